@@ -1,0 +1,477 @@
+//! Relay configuration: the schema, its documented defaults, and how layers combine.
+//!
+//! Precedence, lowest first: embedded defaults < TOML file < `RELAY__SECTION__KEY`
+//! environment variables < `--set section.key=value` flags. Each layer is validated on its
+//! own before merging, so an unknown key is reported with the layer it came from
+//! (`file relay.toml:3:1`, `env RELAY__SERVER__MAX_CONECTIONS`, `--set server.lsten=…`).
+//! Every struct is `deny_unknown_fields`: a typo is an error, never silently ignored.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::rt::cpu::CpuConfig;
+
+/// Prefix of environment variables that configure the relay; `__` separates path segments.
+pub const ENV_PREFIX: &str = "RELAY__";
+
+/// The whole relay configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP listener and connection limits.
+    pub server: ServerConfig,
+    /// Declared CPU costs (read only by the simulation's CPU model).
+    pub cpu: CpuConfig,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// The HTTP listener, its connection budget and its timeouts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Maximum simultaneously admitted connections (the lifecycle registry's capacity).
+    pub max_connections: usize,
+    /// Time allowed from starting to wait for a request head (on a new connection, or on a
+    /// keep-alive connection after its previous response) until the head is complete.
+    /// Bounds slowloris clients that trickle bytes.
+    pub header_read_timeout_ms: u64,
+    /// A connection on which no bytes arrived for this long is asked to close by the idle
+    /// reaper. Must be shorter than `header_read_timeout_ms` to matter for silent clients.
+    pub idle_timeout_ms: u64,
+    /// How often the idle reaper scans the registry.
+    pub idle_check_interval_ms: u64,
+    /// Largest accepted request head (start line + headers), bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// After a close request, how long an in-flight request may take to finish before the
+    /// connection is dropped anyway.
+    pub drain_timeout_ms: u64,
+    /// On shutdown, how long to wait for all connections to drain.
+    pub shutdown_grace_ms: u64,
+    /// Connections accepted while at capacity are served by a small refusal lane: probe
+    /// paths are answered, everything else gets 503 + `Retry-After`. This caps that lane;
+    /// beyond it, excess connections are closed without a response (and counted).
+    pub refusal_lane_max: usize,
+    /// Header-read timeout on the refusal lane (short: it exists to say no quickly).
+    pub refusal_read_timeout_ms: u64,
+    /// `Retry-After` seconds sent with a capacity refusal.
+    pub retry_after_s: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 5_000,
+            idle_check_interval_ms: 1_000,
+            max_header_bytes: 16 * 1024,
+            drain_timeout_ms: 5_000,
+            shutdown_grace_ms: 10_000,
+            refusal_lane_max: 64,
+            refusal_read_timeout_ms: 1_000,
+            retry_after_s: 1,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `header_read_timeout_ms` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// `drain_timeout_ms` as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// `shutdown_grace_ms` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// `idle_check_interval_ms` as a duration.
+    pub fn idle_check_interval(&self) -> Duration {
+        Duration::from_millis(self.idle_check_interval_ms)
+    }
+
+    /// `refusal_read_timeout_ms` as a duration.
+    pub fn refusal_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.refusal_read_timeout_ms)
+    }
+}
+
+/// Log format and verbosity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (one object per line, for machines) or `pretty` (for people).
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive, e.g. `info` or `relay=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable, multi-line.
+    Pretty,
+}
+
+/// Where a configuration layer came from; every error names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A TOML file (or TOML text embedded elsewhere, such as a scenario's `[relay]` table).
+    File(String),
+    /// One environment variable.
+    Env(String),
+    /// One `--set` flag.
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(name) => write!(f, "file {name}"),
+            Self::Env(var) => write!(f, "env {var}"),
+            Self::Flag(flag) => write!(f, "--set {flag}"),
+        }
+    }
+}
+
+/// A configuration error, naming its source and (for files) line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// A layer is not valid TOML or does not match the schema.
+    #[error("{source_name}{location}: {message}")]
+    Invalid {
+        /// Where the bad layer came from.
+        source_name: Source,
+        /// `:line:col` when known, else empty.
+        location: String,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// A `--set` flag or env var is not of the form `section.key=value`.
+    #[error("{source_name}: expected section.key=value, e.g. server.max_connections=512")]
+    Malformed {
+        /// The offending flag or variable.
+        source_name: Source,
+    },
+    /// The merged configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Inconsistent(String),
+}
+
+/// Builds a [`Config`] from layers; each `with_*` call validates its layer immediately.
+#[derive(Debug, Default)]
+pub struct ConfigBuilder {
+    merged: toml::Table,
+}
+
+impl ConfigBuilder {
+    /// Start from the embedded defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overlay a TOML document. `name` is used in errors (a path or a description).
+    pub fn with_toml(mut self, name: &str, text: &str) -> Result<Self, ConfigError> {
+        let located = |error: toml::de::Error| ConfigError::Invalid {
+            location: span_location(text, error.span()),
+            message: error.message().trim().to_owned(),
+            source_name: Source::File(name.to_owned()),
+        };
+        // Deserialising the text straight into the schema keeps spans, so schema errors
+        // (unknown keys, wrong types) point at a line and column.
+        toml::from_str::<Config>(text).map_err(located)?;
+        let table: toml::Table = toml::from_str(text).map_err(located)?;
+        deep_merge(&mut self.merged, table);
+        Ok(self)
+    }
+
+    /// Overlay a TOML file from disk.
+    pub fn with_file(self, path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.display().to_string(),
+            error,
+        })?;
+        self.with_toml(&path.display().to_string(), &text)
+    }
+
+    /// Overlay an already-parsed TOML table (e.g. a scenario's `[relay]` section).
+    pub fn with_table(mut self, name: &str, table: toml::Table) -> Result<Self, ConfigError> {
+        validate_layer(&table, &Source::File(name.to_owned()))?;
+        deep_merge(&mut self.merged, table);
+        Ok(self)
+    }
+
+    /// Overlay every `RELAY__SECTION__KEY=value` pair from `vars` (pass `std::env::vars()`).
+    /// Variables without the prefix are ignored; those with it must name a real key.
+    pub fn with_env(
+        mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut relevant: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        relevant.sort();
+        for (name, value) in relevant {
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_lowercase)
+                .collect();
+            let source_name = Source::Env(name.clone());
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError::Malformed { source_name });
+            }
+            self = self.with_assignment(source_name, &path, &value)?;
+        }
+        Ok(self)
+    }
+
+    /// Overlay one `section.key=value` flag.
+    pub fn with_set(self, assignment: &str) -> Result<Self, ConfigError> {
+        let source_name = Source::Flag(assignment.to_owned());
+        let Some((key, value)) = assignment.split_once('=') else {
+            return Err(ConfigError::Malformed { source_name });
+        };
+        let path: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Malformed { source_name });
+        }
+        self.with_assignment(source_name, &path, value.trim())
+    }
+
+    /// Validate the merged layers and produce the configuration.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let config: Config = self
+            .merged
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Inconsistent(error.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn with_assignment(
+        mut self,
+        source_name: Source,
+        path: &[String],
+        raw_value: &str,
+    ) -> Result<Self, ConfigError> {
+        // A value is read as TOML when it parses as one (numbers, booleans, quoted strings),
+        // otherwise as a bare string, so `server.listen=0.0.0.0:8080` needs no quotes.
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw_value}"))
+            .ok()
+            .and_then(|mut table| table.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw_value.to_owned()));
+        let mut table = toml::Table::new();
+        let (last, parents) = path.split_last().expect("path checked non-empty");
+        let mut cursor = &mut table;
+        for segment in parents {
+            cursor = cursor
+                .entry(segment.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .expect("freshly inserted table");
+        }
+        cursor.insert(last.clone(), value);
+        validate_layer(&table, &source_name)?;
+        deep_merge(&mut self.merged, table);
+        Ok(self)
+    }
+}
+
+impl Config {
+    /// Cross-field checks that the schema alone cannot express.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        let problem = if server.max_connections == 0 {
+            Some("server.max_connections must be at least 1".to_owned())
+        } else if server.max_header_bytes < 1024 {
+            Some("server.max_header_bytes must be at least 1024".to_owned())
+        } else if server.idle_check_interval_ms == 0 {
+            Some("server.idle_check_interval_ms must be at least 1".to_owned())
+        } else if self.cpu.cores == 0 {
+            Some("cpu.cores must be at least 1".to_owned())
+        } else {
+            None
+        };
+        problem.map_or(Ok(()), |message| Err(ConfigError::Inconsistent(message)))
+    }
+
+    /// The configuration as TOML, with every default spelled out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config schema always serialises")
+    }
+}
+
+fn validate_layer(table: &toml::Table, source_name: &Source) -> Result<(), ConfigError> {
+    Config::deserialize(toml::Value::Table(table.clone()))
+        .map(drop)
+        .map_err(|error| ConfigError::Invalid {
+            source_name: source_name.clone(),
+            location: String::new(),
+            message: error.message().trim().to_owned(),
+        })
+}
+
+fn span_location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |tail| tail.chars().count())
+        + 1;
+    format!(":{line}:{column}")
+}
+
+fn deep_merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => {
+                deep_merge(existing, incoming);
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_build_and_round_trip() {
+        let config = ConfigBuilder::new().build().unwrap();
+        assert_eq!(config, Config::default());
+        let again = ConfigBuilder::new()
+            .with_toml("defaults", &config.to_toml())
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn unknown_file_key_names_file_line_and_column() {
+        let text = "[server]\nmax_connections = 10\nmax_conections = 5\n";
+        let error = ConfigBuilder::new()
+            .with_toml("relay.toml", text)
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("file relay.toml:3:1: unknown field `max_conections`"),
+            "{message}"
+        );
+        assert!(message.contains("expected one of"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_value_position() {
+        let text = "[server]\nmax_connections = \"many\"\n";
+        let message = ConfigBuilder::new()
+            .with_toml("relay.toml", text)
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("file relay.toml:2:19:"), "{message}");
+    }
+
+    #[test]
+    fn layers_apply_in_precedence_order() {
+        let config = ConfigBuilder::new()
+            .with_toml("f", "[server]\nmax_connections = 10\nidle_timeout_ms = 7\n")
+            .unwrap()
+            .with_env([
+                ("RELAY__SERVER__MAX_CONNECTIONS".to_owned(), "20".to_owned()),
+                ("HOME".to_owned(), "/root".to_owned()),
+            ])
+            .unwrap()
+            .with_set("server.max_connections=30")
+            .unwrap()
+            .with_set("server.listen=0.0.0.0:9000")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(config.server.max_connections, 30);
+        assert_eq!(config.server.idle_timeout_ms, 7);
+        assert_eq!(config.server.listen, "0.0.0.0:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_env_and_flag_keys_are_rejected_with_their_source() {
+        let env_error = ConfigBuilder::new()
+            .with_env([("RELAY__SERVER__MAX_CONECTIONS".to_owned(), "1".to_owned())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            env_error.starts_with("env RELAY__SERVER__MAX_CONECTIONS: unknown field"),
+            "{env_error}"
+        );
+        let flag_error = ConfigBuilder::new()
+            .with_set("srver.listen=x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            flag_error.starts_with("--set srver.listen=x: unknown field `srver`"),
+            "{flag_error}"
+        );
+        let malformed = ConfigBuilder::new()
+            .with_set("server.listen")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            malformed.contains("expected section.key=value"),
+            "{malformed}"
+        );
+    }
+
+    #[test]
+    fn inconsistent_values_are_rejected() {
+        let message = ConfigBuilder::new()
+            .with_set("server.max_connections=0")
+            .unwrap()
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "invalid configuration: server.max_connections must be at least 1"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The HTTP server: our own accept loop, admission through the lifecycle registry, one
+//! owner task per admitted connection, the refusal lane, the idle reaper, graceful shutdown.
+//!
+//! Why our own loop instead of a framework's: admission must happen *before* any request
+//! is read, through `relay-lifecycle`, so that `max_connections` is a hard bound on owner
+//! tasks and every close request (idle, shutdown, later kicks and evictions) reaches the one
+//! task allowed to close the socket.
+
+mod activity;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use relay_lifecycle::{AdmitError, ConnOwner, Registry};
+use tokio::sync::Semaphore;
+
+use self::activity::ActivityIo;
+use self::routes::Lane;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::rt::cpu::Cpu;
+use crate::rt::net::{TcpListener, TcpStream};
+use crate::rt::time::{sleep, timeout, Clock, Duration, Instant};
+use crate::rt::{self, HyperTimer};
+
+/// Everything a connection task needs, shared by `Arc`. No field is a lock: the request
+/// path touches only atomics, the lifecycle registry and the CPU model.
+#[derive(Debug)]
+pub struct AppState {
+    /// The effective configuration.
+    pub config: Config,
+    /// Admission and close requests for every connection.
+    pub registry: Arc<Registry>,
+    /// This instance's metrics.
+    pub metrics: Metrics,
+    /// Declared CPU costs (simulation only charges them).
+    pub cpu: Cpu,
+    /// Millisecond clock for activity stamps.
+    pub clock: Clock,
+    /// Caps concurrent refusal-lane connections.
+    refusal_lane: Arc<Semaphore>,
+    /// Set while the accept loop runs and shutdown has not begun.
+    accepting: AtomicBool,
+}
+
+impl AppState {
+    /// Build the shared state for `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            registry: Registry::new(config.server.max_connections),
+            metrics: Metrics::new(),
+            cpu: Cpu::new(&config.cpu),
+            clock: Clock::start(),
+            refusal_lane: Arc::new(Semaphore::new(config.server.refusal_lane_max)),
+            accepting: AtomicBool::new(false),
+            config,
+        }
+    }
+
+    /// Readiness: accepting and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst) && !self.registry.is_shutting_down()
+    }
+
+    fn http1(&self, lane: Lane) -> http1::Builder {
+        let server = &self.config.server;
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(HyperTimer)
+            .max_header_size(server.max_header_bytes)
+            .max_buf_size(server.max_header_bytes.max(8192));
+        match lane {
+            Lane::Admitted => builder.header_read_timeout(server.header_read_timeout()),
+            Lane::Refusal => builder
+                .header_read_timeout(server.refusal_read_timeout())
+                .keep_alive(false),
+        };
+        builder
+    }
+}
+
+/// What the server did on its way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections still open when the grace period ended (0 for a clean drain).
+    pub connections_left: usize,
+}
+
+/// Accept connections until `shutdown` resolves, then drain.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> ShutdownReport {
+    let server = &state.config.server;
+    tokio::pin!(shutdown);
+    state.accepting.store(true, Ordering::SeqCst);
+    let mut next_reap = Instant::now() + server.idle_check_interval();
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            () = tokio::time::sleep_until(next_reap) => {
+                next_reap = Instant::now() + server.idle_check_interval();
+                let reaped = state.registry.reap_idle(state.clock.now_ms(), server.idle_timeout_ms);
+                if reaped > 0 {
+                    tracing::debug!(reaped, "idle connections asked to close");
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => admit(&state, stream, peer),
+                Err(error) => {
+                    // Typically EMFILE/ENFILE: back off instead of spinning on the error.
+                    tracing::warn!(%error, "accept failed");
+                    sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    state.accepting.store(false, Ordering::SeqCst);
+    drop(listener);
+    let asked = state.registry.begin_shutdown();
+    tracing::info!(
+        open = state.registry.open(),
+        asked,
+        "shutting down: draining connections"
+    );
+    let deadline = Instant::now() + server.shutdown_grace();
+    while state.registry.open() > 0 && Instant::now() < deadline {
+        sleep(Duration::from_millis(10)).await;
+    }
+    let connections_left = state.registry.open();
+    if connections_left > 0 {
+        tracing::warn!(
+            connections_left,
+            "shutdown grace period ended with connections open"
+        );
+    }
+    ShutdownReport { connections_left }
+}
+
+fn admit(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
+    match state.registry.try_admit(state.clock.now_ms()) {
+        Ok(owner) => {
+            state.metrics.admitted();
+            rt::spawn(own_connection(Arc::clone(state), stream, owner));
+        }
+        Err(refusal) => {
+            let reason = match refusal {
+                AdmitError::AtCapacity => "at_capacity",
+                AdmitError::ShuttingDown => "shutting_down",
+            };
+            state.metrics.refused(reason);
+            match Arc::clone(&state.refusal_lane).try_acquire_owned() {
+                Ok(lane_permit) => {
+                    let state = Arc::clone(state);
+                    rt::spawn(async move {
+                        state.metrics.refusal_lane_delta(1);
+                        refuse(&state, stream).await;
+                        state.metrics.refusal_lane_delta(-1);
+                        drop(lane_permit);
+                    });
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "refusal lane full: closing without a response");
+                    state.metrics.refused("refusal_lane_full");
+                }
+            }
+        }
+    }
+}
+
+/// The owner task of one admitted connection: serves it, honours close requests, and
+/// releases the registry slot (by dropping the owner) exactly once, when it ends.
+async fn own_connection(state: Arc<AppState>, stream: TcpStream, owner: ConnOwner) {
+    let owner = Arc::new(owner);
+    let reason = if owner.activate() {
+        drive_connection(&state, stream, &owner).await
+    } else {
+        // A close was requested between admission and activation (e.g. shutdown).
+        owner
+            .close_requested()
+            .map_or("requested", |reason| reason.as_str())
+    };
+    state.metrics.closed(reason);
+}
+
+async fn drive_connection(
+    state: &Arc<AppState>,
+    stream: TcpStream,
+    owner: &Arc<ConnOwner>,
+) -> &'static str {
+    let io = TokioIo::new(ActivityIo::new(
+        stream,
+        Arc::clone(owner),
+        state.clock.clone(),
+    ));
+    let service_state = Arc::clone(state);
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&service_state);
+        async move { Ok::<_, Infallible>(routes::serve(&state, request, Lane::Admitted).await) }
+    });
+    let connection = state.http1(Lane::Admitted).serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        biased;
+        result = connection.as_mut() => finished_reason(result),
+        reason = owner.close_request() => {
+            // Finish the in-flight request (if any), then close; bounded by the drain timeout.
+            connection.as_mut().graceful_shutdown();
+            match timeout(state.config.server.drain_timeout(), connection).await {
+                Ok(_) => reason.as_str(),
+                Err(_) => "drain_timeout",
+            }
+        }
+    }
+}
+
+/// Serve exactly one request on a connection the registry refused, then close.
+async fn refuse(state: &Arc<AppState>, stream: TcpStream) {
+    let service_state = Arc::clone(state);
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&service_state);
+        async move { Ok::<_, Infallible>(routes::serve(&state, request, Lane::Refusal).await) }
+    });
+    let connection = state
+        .http1(Lane::Refusal)
+        .serve_connection(TokioIo::new(stream), service);
+    let budget = state.config.server.refusal_read_timeout() + state.config.server.drain_timeout();
+    if let Ok(Err(error)) = timeout(budget, connection).await {
+        tracing::debug!(%error, "refusal lane connection ended with an error");
+    }
+}
+
+fn finished_reason(result: Result<(), hyper::Error>) -> &'static str {
+    match result {
+        Ok(()) => "completed",
+        Err(error) if error.is_timeout() => "header_timeout",
+        Err(error) if error.is_parse() || error.is_parse_too_large() => "malformed",
+        Err(error) if error.is_incomplete_message() => "incomplete",
+        Err(_) => "io_error",
+    }
+}
+
+/// Bind the configured listener.
+pub async fn bind(config: &Config) -> io::Result<TcpListener> {
+    TcpListener::bind(config.server.listen).await
+}

@@ -1,0 +1,92 @@
+//! The relay: an event relay's HTTP core, written once and run both in production (real
+//! tokio) and inside the wind tunnel (madsim), unmodified.
+//!
+//! Module map:
+//! - [`rt`]: the runtime seam; the only place naming sockets, clocks, spawning, the CPU model.
+//! - [`config`]: the configuration schema, defaults and layering (file, env, flags).
+//! - [`http`]: accept loop, admission, per-connection owner tasks, routes, shutdown.
+//! - [`metrics`]: the per-instance Prometheus registry.
+//! - [`logging`]: tracing subscriber setup for the binary.
+//!
+//! Tests and the wind tunnel drive the relay through [`Relay`] exactly as the binary does:
+//! bind, then [`Relay::run`] with a shutdown future (the mini-redis shape).
+
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod rt;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use relay_lifecycle::RegistryStats;
+
+use crate::config::Config;
+use crate::http::{AppState, ShutdownReport};
+use crate::rt::net::TcpListener;
+
+/// A bound, not yet running relay.
+#[derive(Debug)]
+pub struct Relay {
+    state: Arc<AppState>,
+    listener: TcpListener,
+}
+
+impl Relay {
+    /// Bind the listener named by `config.server.listen`.
+    pub async fn bind(config: Config) -> io::Result<Self> {
+        let listener = http::bind(&config).await?;
+        Ok(Self {
+            state: Arc::new(AppState::new(config)),
+            listener,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A read-only view for tests and the wind tunnel's oracles.
+    pub fn observer(&self) -> Observer {
+        Observer {
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    /// Serve until `shutdown` resolves, then drain connections within the grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
+        tracing::info!(
+            listen = %self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            max_connections = self.state.config.server.max_connections,
+            "relay serving"
+        );
+        http::serve(self.state, self.listener, shutdown).await
+    }
+}
+
+/// Read-only access to a running relay's state.
+#[derive(Clone, Debug)]
+pub struct Observer {
+    state: Arc<AppState>,
+}
+
+impl Observer {
+    /// Lifecycle registry counters (open, high water, admitted, released, refused).
+    pub fn connections(&self) -> RegistryStats {
+        self.state.registry.stats()
+    }
+
+    /// Whether `/_readyz` would answer 200 now.
+    pub fn is_ready(&self) -> bool {
+        self.state.is_ready()
+    }
+
+    /// The `/metrics` text as it would be served now.
+    pub fn metrics_text(&self) -> String {
+        self.state.metrics.encode(self.state.registry.stats())
+    }
+}

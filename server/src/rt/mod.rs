@@ -1,0 +1,81 @@
+//! The runtime seam: the only module in the relay that names sockets, timers, clocks,
+//! spawning and the CPU model.
+//!
+//! Every crate depends on `tokio = { package = "madsim-tokio" }`. Built normally that *is*
+//! tokio; built with `--cfg madsim` the same paths are madsim's simulated network, clock and
+//! scheduler. Business logic never asks which one it got: anything that must differ between
+//! production and the wind tunnel differs here (today only [`cpu`]), and nowhere else.
+//! Keeping the surface this narrow is also what lets a second engine (turmoil) slot in later.
+
+pub mod cpu;
+mod timer;
+
+pub use self::timer::HyperTimer;
+
+/// Sockets. The relay accepts and dials only through these types.
+pub mod net {
+    pub use tokio::net::{TcpListener, TcpStream};
+}
+
+/// Time: sleeping, deadlines and a monotonic millisecond clock.
+pub mod time {
+    use std::sync::Arc;
+
+    pub use tokio::time::{sleep, timeout, Duration, Instant};
+
+    /// Milliseconds since a fixed origin, for atomics that cannot hold an `Instant`
+    /// (e.g. the lifecycle registry's per-connection activity stamps). Cheap to clone.
+    #[derive(Clone, Debug)]
+    pub struct Clock {
+        origin: Arc<Instant>,
+    }
+
+    impl Clock {
+        /// A clock whose zero is now.
+        pub fn start() -> Self {
+            Self {
+                origin: Arc::new(Instant::now()),
+            }
+        }
+
+        /// Milliseconds elapsed since [`Clock::start`].
+        pub fn now_ms(&self) -> u64 {
+            u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+        }
+    }
+}
+
+/// Spawn a task on the current runtime (the current simulated node under madsim).
+pub fn spawn<F>(future: F)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    // Detached on purpose: tasks report through metrics and the lifecycle registry, and
+    // shutdown is driven by close requests, not by join handles.
+    drop(tokio::spawn(future));
+}
+
+/// Resolves on SIGINT (and SIGTERM on Unix outside simulation): the binary's shutdown trigger.
+pub async fn shutdown_signal() {
+    #[cfg(all(unix, not(madsim)))]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the relay")
+            }
+        }
+    }
+    if let Err(error) = tokio::signal::ctrl_c().await {
+        tracing::error!(%error, "cannot listen for SIGINT; the relay will only stop when killed");
+        std::future::pending::<()>().await;
+    }
+}
