@@ -1,0 +1,191 @@
+//! What a run prints: a one-line verdict, a short summary of what happened, and on failure
+//! the offending oracle and a copy-paste replay command. Pure functions over the trace, so
+//! the text is testable without a simulator.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::oracle::{format_seconds, Verdict, Violation};
+use crate::scenario::{OracleName, Scenario};
+use crate::trace::{ChurnAction, Event, Trace};
+
+/// Counts drawn from a trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Probes sent.
+    pub probes: usize,
+    /// Probes that failed.
+    pub probes_failed: usize,
+    /// Slowest successful probe, microseconds.
+    pub probe_latency_us_max: u64,
+    /// Churner connections by action.
+    pub churn_by_action: BTreeMap<&'static str, usize>,
+    /// Churner connections answered 503.
+    pub churn_refused: usize,
+    /// Churner connections that ended otherwise than planned (closed by the relay, errors).
+    pub churn_cut_short: usize,
+    /// The relay's last accounting sample: (high water, max, admitted, refused).
+    pub relay_last: Option<(usize, usize, u64, u64)>,
+}
+
+impl Summary {
+    /// Summarise `trace`.
+    pub fn of(trace: &Trace) -> Self {
+        let mut summary = Self::default();
+        for record in trace.records() {
+            match &record.event {
+                Event::Probe { ok, latency_us, .. } => {
+                    summary.probes += 1;
+                    if *ok {
+                        summary.probe_latency_us_max =
+                            summary.probe_latency_us_max.max(*latency_us);
+                    } else {
+                        summary.probes_failed += 1;
+                    }
+                }
+                Event::Churn {
+                    action,
+                    refused,
+                    error,
+                    ..
+                } => {
+                    *summary
+                        .churn_by_action
+                        .entry(action_name(*action))
+                        .or_default() += 1;
+                    summary.churn_refused += usize::from(*refused);
+                    summary.churn_cut_short += usize::from(error.is_some());
+                }
+                Event::RelaySample {
+                    high_water,
+                    max,
+                    admitted,
+                    refused,
+                    ..
+                } => summary.relay_last = Some((*high_water, *max, *admitted, *refused)),
+                Event::Phase { .. } | Event::Panic { .. } => {}
+            }
+        }
+        summary
+    }
+}
+
+fn action_name(action: ChurnAction) -> &'static str {
+    match action {
+        ChurnAction::AbruptClose => "abrupt_close",
+        ChurnAction::MidRequestClose => "mid_request_close",
+        ChurnAction::Keepalive => "keepalive",
+        ChurnAction::IdleHold => "idle_hold",
+    }
+}
+
+/// Everything the report needs about one run.
+#[derive(Debug)]
+pub struct RunReport<'a> {
+    /// The scenario as loaded.
+    pub scenario: &'a Scenario,
+    /// Path the scenario was loaded from (for the replay command).
+    pub scenario_path: &'a str,
+    /// The seed.
+    pub seed: u64,
+    /// The run's trace.
+    pub trace: &'a Trace,
+    /// All violations found.
+    pub violations: &'a [Violation],
+    /// The verdict.
+    pub verdict: &'a Verdict,
+}
+
+impl RunReport<'_> {
+    /// The first line: `PASSED …` or `FAILED <scenario> seed=… oracle=… at t=…`.
+    pub fn headline(&self) -> String {
+        let name = &self.scenario.name;
+        let seed = self.seed;
+        let hash = self.trace.hash();
+        match self.verdict {
+            Verdict::Passed => format!("PASSED {name} seed={seed} hash={hash:#018x}"),
+            Verdict::FailedAsExpected(v) => format!(
+                "PASSED {name} seed={seed} hash={hash:#018x} (failed {} at t={} as expected)",
+                v.oracle,
+                format_seconds(v.t_us)
+            ),
+            Verdict::Failed(v) => format!(
+                "FAILED {name} seed={seed} oracle={} at t={} hash={hash:#018x}",
+                v.oracle,
+                format_seconds(v.t_us)
+            ),
+            Verdict::UnexpectedPass(oracle) => format!(
+                "FAILED {name} seed={seed} oracle={oracle} expected to fail but held hash={hash:#018x}"
+            ),
+        }
+    }
+
+    /// The copy-paste command that reproduces this run.
+    pub fn replay_command(&self) -> String {
+        format!("cargo sim run {} --seed {}", self.scenario_path, self.seed)
+    }
+
+    /// The full text: headline, summary, oracle lines, and (on failure) the replay command.
+    pub fn render(&self) -> String {
+        let summary = Summary::of(self.trace);
+        let mut text = self.headline();
+        text.push('\n');
+        let _ = writeln!(
+            text,
+            "  simulated {}s, {} trace records",
+            self.scenario.duration_s,
+            self.trace.records().len()
+        );
+        if summary.probes > 0 {
+            let _ = writeln!(
+                text,
+                "  probes: {} sent, {} failed, slowest success {:.1}ms",
+                summary.probes,
+                summary.probes_failed,
+                summary.probe_latency_us_max as f64 / 1e3
+            );
+        }
+        if !summary.churn_by_action.is_empty() {
+            let total: usize = summary.churn_by_action.values().sum();
+            let by_action: Vec<String> = summary
+                .churn_by_action
+                .iter()
+                .map(|(action, count)| format!("{action} {count}"))
+                .collect();
+            let _ = writeln!(
+                text,
+                "  churn: {total} connections ({}), {} refused with 503, {} cut short",
+                by_action.join(", "),
+                summary.churn_refused,
+                summary.churn_cut_short
+            );
+        }
+        if let Some((high_water, max, admitted, refused)) = summary.relay_last {
+            let _ = writeln!(
+                text,
+                "  relay: high water {high_water}/{max}, admitted {admitted}, refused at capacity {refused}"
+            );
+        }
+        let oracles: Vec<String> = [
+            OracleName::ProbeLiveness,
+            OracleName::ProbeLatencyMax,
+            OracleName::ConnAccounting,
+            OracleName::NoPanics,
+        ]
+        .into_iter()
+        .filter(|oracle| self.scenario.checks(*oracle))
+        .map(|oracle| {
+            let held = !self.violations.iter().any(|v| v.oracle == oracle);
+            format!("{oracle} {}", if held { "held" } else { "VIOLATED" })
+        })
+        .collect();
+        let _ = writeln!(text, "  oracles: {}", oracles.join(", "));
+        for violation in self.violations {
+            let _ = writeln!(text, "  {violation}");
+        }
+        if !self.verdict.is_success() {
+            let _ = writeln!(text, "  replay: {}", self.replay_command());
+        }
+        text
+    }
+}

@@ -1,0 +1,456 @@
+//! Scenario files: the schema, loading, and validation with `file:line:col: …` errors.
+//!
+//! A scenario names the simulated duration, relay configuration overrides (the relay's own
+//! schema, so a typo in `[relay]` is caught exactly as the binary would catch it), the
+//! network, the clients, the oracles to check, and whether the run is expected to pass or
+//! to fail a named oracle (to prove that oracle bites). Every table is
+//! `deny_unknown_fields`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// One scenario file, parsed and validated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short identifier, used in reports and artifact names.
+    pub name: String,
+    /// What the scenario reproduces and why it should pass (or fail).
+    #[serde(default)]
+    pub description: String,
+    /// Simulated duration of the whole run, seconds.
+    pub duration_s: u64,
+    /// `"pass"`, or `{ fail = "<oracle>" }` for a scenario that proves an oracle bites.
+    #[serde(default)]
+    pub expect: Expect,
+    /// Relay configuration (the relay's own schema and defaults). `server.listen` is
+    /// replaced by the world's relay address.
+    #[serde(default)]
+    pub relay: relay::config::Config,
+    /// The simulated network.
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// A Kubernetes-style liveness prober, if any.
+    pub prober: Option<ProberSpec>,
+    /// Groups of client nodes opening and closing connections.
+    #[serde(default)]
+    pub churners: Vec<ChurnerSpec>,
+    /// Which oracles to check, with their bounds.
+    pub oracles: OracleSpecs,
+}
+
+/// Expected verdict of a scenario.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// Every oracle holds.
+    #[default]
+    Pass,
+    /// The named oracle reports a violation (other oracles may or may not).
+    Fail(OracleName),
+}
+
+/// The oracles this build knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OracleName {
+    /// No `failure_threshold` consecutive probe failures (the orchestrator would kill the pod).
+    ProbeLiveness,
+    /// Every successful probe answered within a bound.
+    ProbeLatencyMax,
+    /// Open connections never exceed `max_connections`, every admission is released once,
+    /// and the relay returns to its baseline after the churn stops.
+    ConnAccounting,
+    /// No task panicked anywhere in the simulation.
+    NoPanics,
+}
+
+impl OracleName {
+    /// The snake_case name used in files and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProbeLiveness => "probe_liveness",
+            Self::ProbeLatencyMax => "probe_latency_max",
+            Self::ConnAccounting => "conn_accounting",
+            Self::NoPanics => "no_panics",
+        }
+    }
+}
+
+impl fmt::Display for OracleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An inclusive `[min, max]` range drawn from by the seeded RNG.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Between<T> {
+    /// Smallest value.
+    pub min: T,
+    /// Largest value.
+    pub max: T,
+}
+
+impl<T> Between<T> {
+    /// Convert both bounds.
+    pub fn map<U>(self, convert: impl Fn(T) -> U) -> Between<U> {
+        Between {
+            min: convert(self.min),
+            max: convert(self.max),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de> + PartialOrd + fmt::Display + Copy> Deserialize<'de> for Between<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let [min, max] = <[T; 2]>::deserialize(deserializer)?;
+        if min > max {
+            return Err(serde::de::Error::custom(format!(
+                "expected [min, max] with min <= max, got [{min}, {max}]"
+            )));
+        }
+        Ok(Self { min, max })
+    }
+}
+
+/// The simulated network between all nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSpec {
+    /// One-way latency range per packet, milliseconds.
+    pub latency_ms: Between<u64>,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self {
+            latency_ms: Between { min: 1, max: 10 },
+        }
+    }
+}
+
+/// A Kubernetes-style HTTP prober: a new connection per probe, `Connection: close`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProberSpec {
+    /// Path probed with GET.
+    pub path: String,
+    /// Seconds before the first probe.
+    pub initial_delay_s: u64,
+    /// Seconds between probe starts.
+    pub period_s: u64,
+    /// A probe slower than this fails, seconds.
+    pub timeout_s: u64,
+    /// Consecutive failures after which the orchestrator would restart the pod.
+    pub failure_threshold: u32,
+}
+
+impl Default for ProberSpec {
+    fn default() -> Self {
+        Self {
+            path: "/_healthz".to_owned(),
+            initial_delay_s: 0,
+            period_s: 10,
+            timeout_s: 1,
+            failure_threshold: 3,
+        }
+    }
+}
+
+/// A group of client nodes, each running `loops_per_node` concurrent connection loops.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChurnerSpec {
+    /// Client nodes in this group (each its own simulated host and IP).
+    pub nodes: u32,
+    /// Concurrent connection loops per node.
+    pub loops_per_node: u32,
+    /// When the loops start, seconds.
+    #[serde(default)]
+    pub start_s: u64,
+    /// When the loops stop starting new connections, seconds.
+    pub stop_s: u64,
+    /// Pause between a loop's connections, milliseconds.
+    #[serde(default = "default_think_ms")]
+    pub think_ms: Between<u64>,
+    /// Relative weights of what a loop does with each connection.
+    #[serde(default)]
+    pub mix: ChurnMix,
+    /// Requests per keep-alive connection.
+    #[serde(default = "default_keepalive_requests")]
+    pub keepalive_requests: Between<u32>,
+    /// How long an idle holder keeps its connection silent, seconds.
+    #[serde(default = "default_idle_hold_s")]
+    pub idle_hold_s: Between<u64>,
+    /// Paths requested (drawn uniformly).
+    #[serde(default = "default_paths")]
+    pub paths: Vec<String>,
+}
+
+fn default_think_ms() -> Between<u64> {
+    Between { min: 0, max: 200 }
+}
+
+fn default_keepalive_requests() -> Between<u32> {
+    Between { min: 1, max: 5 }
+}
+
+fn default_idle_hold_s() -> Between<u64> {
+    Between { min: 1, max: 30 }
+}
+
+fn default_paths() -> Vec<String> {
+    ["/_healthz", "/_readyz", "/metrics", "/not-a-route"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Relative weights of churn actions (0 disables an action).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChurnMix {
+    /// Connect, then drop the socket without sending anything.
+    pub abrupt_close: u32,
+    /// Send half a request head, then drop the socket.
+    pub mid_request_close: u32,
+    /// Send several requests on one keep-alive connection, then close.
+    pub keepalive: u32,
+    /// Send one request, then hold the connection silent (the idle reaper's business).
+    pub idle_hold: u32,
+}
+
+impl Default for ChurnMix {
+    fn default() -> Self {
+        Self {
+            abrupt_close: 2,
+            mid_request_close: 2,
+            keepalive: 5,
+            idle_hold: 1,
+        }
+    }
+}
+
+impl ChurnMix {
+    /// Sum of all weights.
+    pub fn total(&self) -> u32 {
+        self.abrupt_close + self.mid_request_close + self.keepalive + self.idle_hold
+    }
+}
+
+/// Oracles to check. Absent means not checked; `no_panics` is always checked.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OracleSpecs {
+    /// See [`OracleName::ProbeLiveness`]. Needs a `[prober]`.
+    pub probe_liveness: Option<ProbeLivenessSpec>,
+    /// See [`OracleName::ProbeLatencyMax`]. Needs a `[prober]`.
+    pub probe_latency_max: Option<ProbeLatencyMaxSpec>,
+    /// See [`OracleName::ConnAccounting`].
+    pub conn_accounting: Option<ConnAccountingSpec>,
+    /// See [`OracleName::NoPanics`]. Always checked; listing it is documentation.
+    pub no_panics: Option<NoPanicsSpec>,
+}
+
+/// `probe_liveness` takes its threshold from the prober.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeLivenessSpec {}
+
+/// `probe_latency_max` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeLatencyMaxSpec {
+    /// Largest acceptable latency of a successful probe, milliseconds.
+    pub latency_ms_max: u64,
+}
+
+/// `conn_accounting` parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnAccountingSpec {
+    /// After the last churner stops, open connections must be back to 0, and the relay's
+    /// task count back to its pre-churn baseline, within this many seconds.
+    pub settle_s: u64,
+}
+
+/// `no_panics` takes no parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoPanicsSpec {}
+
+/// A scenario that could not be loaded: where, and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {error}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// Not valid TOML, or not the scenario schema.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What was found and what was expected.
+        message: String,
+    },
+    /// Well-formed, but inconsistent (e.g. a churner outliving the scenario).
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted path of the offending key.
+        key: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+}
+
+impl Scenario {
+    /// Read, parse and validate a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse and validate scenario text; `path` is only used in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|error| {
+            let (line, column) = line_column(text, error.span().map_or(0, |span| span.start));
+            ScenarioError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: error.message().trim().to_owned(),
+            }
+        })?;
+        scenario
+            .validate()
+            .map_err(|(key, message)| ScenarioError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
+        Ok(scenario)
+    }
+
+    /// When the last churner stops starting connections, seconds (0 without churners).
+    pub fn churn_end_s(&self) -> u64 {
+        self.churners.iter().map(|c| c.stop_s).max().unwrap_or(0)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, message: String| Err((key.to_owned(), message));
+        if self.duration_s == 0 {
+            return fail(
+                "duration_s",
+                "expected a duration of at least 1 second".into(),
+            );
+        }
+        if let Err(error) = self.relay.check() {
+            return fail("relay", error.to_string());
+        }
+        if let Some(prober) = &self.prober {
+            if prober.period_s == 0 || prober.timeout_s == 0 || prober.failure_threshold == 0 {
+                return fail(
+                    "prober",
+                    "expected period_s, timeout_s and failure_threshold of at least 1".into(),
+                );
+            }
+            if prober.timeout_s > prober.period_s {
+                return fail("prober.timeout_s", "expected timeout_s <= period_s".into());
+            }
+        }
+        for (index, churner) in self.churners.iter().enumerate() {
+            let key = |field: &str| format!("churners[{index}].{field}");
+            if churner.nodes == 0 || churner.loops_per_node == 0 {
+                return fail(
+                    &key("nodes"),
+                    "expected nodes and loops_per_node of at least 1".into(),
+                );
+            }
+            if churner.start_s >= churner.stop_s || churner.stop_s > self.duration_s {
+                return fail(
+                    &key("stop_s"),
+                    format!(
+                        "expected start_s ({}) < stop_s ({}) <= duration_s ({})",
+                        churner.start_s, churner.stop_s, self.duration_s
+                    ),
+                );
+            }
+            if churner.mix.total() == 0 {
+                return fail(&key("mix"), "expected at least one non-zero weight".into());
+            }
+            if churner.paths.is_empty() || churner.paths.iter().any(|p| !p.starts_with('/')) {
+                return fail(
+                    &key("paths"),
+                    "expected a non-empty list of paths starting with '/'".into(),
+                );
+            }
+        }
+        let needs_prober =
+            self.oracles.probe_liveness.is_some() || self.oracles.probe_latency_max.is_some();
+        if needs_prober && self.prober.is_none() {
+            return fail(
+                "oracles",
+                "probe_liveness and probe_latency_max need a [prober] table".into(),
+            );
+        }
+        if let Some(accounting) = &self.oracles.conn_accounting {
+            if self.churn_end_s() + accounting.settle_s > self.duration_s {
+                return fail(
+                    "oracles.conn_accounting.settle_s",
+                    format!(
+                        "expected the last churner stop ({}s) + settle_s ({}s) <= duration_s ({}s)",
+                        self.churn_end_s(),
+                        accounting.settle_s,
+                        self.duration_s
+                    ),
+                );
+            }
+        }
+        if let Expect::Fail(oracle) = self.expect {
+            if !self.checks(oracle) {
+                return fail(
+                    "expect",
+                    format!("expects {oracle} to fail, but [oracles] does not check it"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `oracle` is checked in this scenario.
+    pub fn checks(&self, oracle: OracleName) -> bool {
+        match oracle {
+            OracleName::ProbeLiveness => self.oracles.probe_liveness.is_some(),
+            OracleName::ProbeLatencyMax => self.oracles.probe_latency_max.is_some(),
+            OracleName::ConnAccounting => self.oracles.conn_accounting.is_some(),
+            OracleName::NoPanics => true,
+        }
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |tail| tail.chars().count())
+        + 1;
+    (line, column)
+}

@@ -1,0 +1,224 @@
+//! The trace: the ordered record of everything observable that happened in one run, and
+//! its hash. Same scenario + same seed must give the same records, hence the same hash.
+//!
+//! Records are serialised as JSON lines (field order fixed by the structs), and the hash is
+//! 64-bit FNV-1a over exactly those lines, so the hash printed by a run and the hash of the
+//! artifact's `trace.jsonl` are the same thing.
+
+use serde::{Deserialize, Serialize};
+
+/// What happened. One variant per kind of observation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The world moved to a new phase (e.g. `churn_stopped`).
+    Phase {
+        /// Phase name.
+        name: String,
+    },
+    /// One liveness probe finished.
+    Probe {
+        /// Whether the orchestrator would count it as a success.
+        ok: bool,
+        /// HTTP status, if a response head arrived.
+        status: Option<u16>,
+        /// Time from connect to full response (or to giving up), microseconds.
+        latency_us: u64,
+        /// Why it failed, if it did.
+        error: Option<String>,
+    },
+    /// One churner connection ended.
+    Churn {
+        /// What the loop did with the connection.
+        action: ChurnAction,
+        /// Responses received with a status other than 503.
+        requests_ok: u32,
+        /// Whether the relay answered 503 (refused at capacity).
+        refused: bool,
+        /// How the connection ended, if not as planned.
+        error: Option<String>,
+    },
+    /// A periodic sample of the relay's own accounting.
+    RelaySample {
+        /// Connections open in the lifecycle registry.
+        open: usize,
+        /// Registry high-water mark.
+        high_water: usize,
+        /// Configured `max_connections`.
+        max: usize,
+        /// Admissions granted so far.
+        admitted: u64,
+        /// Owners released so far.
+        released: u64,
+        /// Admissions refused at capacity so far.
+        refused: u64,
+        /// Live tasks on the relay node, counted by the simulator (independent of the registry).
+        relay_tasks: usize,
+    },
+    /// A task panicked; the simulation stopped here.
+    Panic {
+        /// The panic message.
+        message: String,
+    },
+}
+
+/// What a churner loop does with one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChurnAction {
+    /// Connect, then drop.
+    AbruptClose,
+    /// Half a request head, then drop.
+    MidRequestClose,
+    /// Several requests on one connection.
+    Keepalive,
+    /// One request, then silence.
+    IdleHold,
+}
+
+/// One trace record: when, where, what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Simulated time since the world started, microseconds.
+    pub t_us: u64,
+    /// The node (or world component) that observed it.
+    pub node: String,
+    /// The observation.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// The ordered records of one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    records: Vec<Record>,
+}
+
+impl Trace {
+    /// Append a record.
+    pub fn push(&mut self, t_us: u64, node: impl Into<String>, event: Event) {
+        self.records.push(Record {
+            t_us,
+            node: node.into(),
+            event,
+        });
+    }
+
+    /// All records, in order.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// One JSON object per line.
+    pub fn to_jsonl(&self) -> String {
+        let mut text = String::new();
+        for record in &self.records {
+            text.push_str(&serde_json::to_string(record).expect("records always serialise"));
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Parse JSON lines back into a trace (for replay comparison and tools).
+    pub fn from_jsonl(text: &str) -> Result<Self, serde_json::Error> {
+        let records = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        Ok(Self { records })
+    }
+
+    /// FNV-1a (64-bit) over [`Trace::to_jsonl`].
+    pub fn hash(&self) -> u64 {
+        fnv1a(self.to_jsonl().as_bytes())
+    }
+
+    /// Index of the first record where `self` and `other` differ, if any.
+    pub fn first_divergence(&self, other: &Trace) -> Option<usize> {
+        let common = self.records.len().min(other.records.len());
+        (0..common)
+            .find(|&i| self.records[i] != other.records[i])
+            .or((self.records.len() != other.records.len()).then_some(common))
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Trace {
+        let mut trace = Trace::default();
+        trace.push(
+            0,
+            "world",
+            Event::Phase {
+                name: "start".into(),
+            },
+        );
+        trace.push(
+            1_500,
+            "prober",
+            Event::Probe {
+                ok: true,
+                status: Some(200),
+                latency_us: 1_200,
+                error: None,
+            },
+        );
+        trace
+    }
+
+    #[test]
+    fn jsonl_round_trips_and_hash_is_stable() {
+        let trace = sample();
+        let text = trace.to_jsonl();
+        assert_eq!(
+            text.lines().next().unwrap(),
+            r#"{"t_us":0,"node":"world","event":"phase","name":"start"}"#
+        );
+        assert_eq!(Trace::from_jsonl(&text).unwrap(), trace);
+        assert_eq!(trace.hash(), fnv1a(text.as_bytes()));
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn first_divergence_names_the_record() {
+        let a = sample();
+        let mut b = sample();
+        assert_eq!(a.first_divergence(&b), None);
+        b.push(
+            2,
+            "x",
+            Event::Phase {
+                name: "extra".into(),
+            },
+        );
+        assert_eq!(a.first_divergence(&b), Some(2));
+        let mut c = Trace::default();
+        c.push(
+            0,
+            "world",
+            Event::Phase {
+                name: "start".into(),
+            },
+        );
+        c.push(
+            1_501,
+            "prober",
+            Event::Phase {
+                name: "other".into(),
+            },
+        );
+        assert_eq!(a.first_divergence(&c), Some(1));
+    }
+}

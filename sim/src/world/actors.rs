@@ -1,0 +1,190 @@
+//! The clients of the world: the Kubernetes-style prober and the churners. Actors only
+//! act and record what they observed; judging is the oracles' job.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use madsim::rand::{thread_rng, Rng};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+use super::client::{self, get};
+use super::TraceSink;
+use crate::scenario::{Between, ChurnerSpec, ProberSpec};
+use crate::trace::{ChurnAction, Event};
+
+/// Upper bound on any single churner request: a stuck relay shows up as an error, not a hang.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Probe like the kubelet: a fresh connection per probe, `Connection: close`, a deadline,
+/// one probe per period, sequentially.
+pub async fn prober(spec: ProberSpec, relay: SocketAddr, sink: TraceSink, world_start: Instant) {
+    let period = Duration::from_secs(spec.period_s);
+    let deadline = Duration::from_secs(spec.timeout_s);
+    let mut next = world_start + Duration::from_secs(spec.initial_delay_s);
+    loop {
+        sleep_until(next).await;
+        next += period;
+        let started = Instant::now();
+        let attempt = timeout(deadline, async {
+            let mut stream = TcpStream::connect(relay).await?;
+            get(&mut stream, &spec.path, false).await
+        })
+        .await;
+        let latency_us = micros(started.elapsed());
+        let event = match attempt {
+            Ok(Ok(response)) => Event::Probe {
+                ok: (200..400).contains(&response.status),
+                status: Some(response.status),
+                latency_us,
+                error: (!(200..400).contains(&response.status))
+                    .then(|| format!("status {}", response.status)),
+            },
+            Ok(Err(error)) => Event::Probe {
+                ok: false,
+                status: None,
+                latency_us,
+                error: Some(error.to_string()),
+            },
+            Err(_) => Event::Probe {
+                ok: false,
+                status: None,
+                latency_us,
+                error: Some(format!("timeout after {}ms", deadline.as_millis())),
+            },
+        };
+        sink.record("prober", event);
+    }
+}
+
+/// One churner loop: until `stop_at`, pick an action by weight, do it, record the outcome.
+pub async fn churn_loop(
+    spec: ChurnerSpec,
+    relay: SocketAddr,
+    sink: TraceSink,
+    node: String,
+    world_start: Instant,
+) {
+    sleep_until(world_start + Duration::from_secs(spec.start_s)).await;
+    let stop_at = world_start + Duration::from_secs(spec.stop_s);
+    while Instant::now() < stop_at {
+        sleep(Duration::from_millis(draw(spec.think_ms))).await;
+        let action = pick_action(&spec);
+        let outcome = match TcpStream::connect(relay).await {
+            Ok(stream) => perform(&spec, action, stream).await,
+            Err(error) => Outcome::failed(format!("connect: {error}")),
+        };
+        sink.record(
+            node.as_str(),
+            Event::Churn {
+                action,
+                requests_ok: outcome.requests_ok,
+                refused: outcome.refused,
+                error: outcome.error,
+            },
+        );
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    requests_ok: u32,
+    refused: bool,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn failed(error: String) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::default()
+        }
+    }
+}
+
+async fn perform(spec: &ChurnerSpec, action: ChurnAction, mut stream: TcpStream) -> Outcome {
+    let mut outcome = Outcome::default();
+    match action {
+        ChurnAction::AbruptClose => {
+            sleep(Duration::from_millis(draw(Between { min: 0, max: 50 }))).await;
+        }
+        ChurnAction::MidRequestClose => {
+            let head = b"GET /_healthz HTTP/1.1\r\nHost: rel";
+            if let Err(error) = client::write_flushed(&mut stream, head).await {
+                outcome.error = Some(error.to_string());
+            }
+            sleep(Duration::from_millis(draw(Between { min: 0, max: 500 }))).await;
+        }
+        ChurnAction::Keepalive => {
+            let requests = draw(spec.keepalive_requests.map(u64::from));
+            for _ in 0..requests {
+                if !request(spec, &mut stream, &mut outcome).await {
+                    break;
+                }
+            }
+        }
+        ChurnAction::IdleHold => {
+            if request(spec, &mut stream, &mut outcome).await {
+                sleep(Duration::from_secs(draw(spec.idle_hold_s))).await;
+                request(spec, &mut stream, &mut outcome).await;
+            }
+        }
+    }
+    outcome
+}
+
+/// One keep-alive request; returns whether the connection is still usable.
+async fn request(spec: &ChurnerSpec, stream: &mut TcpStream, outcome: &mut Outcome) -> bool {
+    let path = &spec.paths[thread_rng().gen_range(0..spec.paths.len())];
+    match timeout(REQUEST_TIMEOUT, get(stream, path, true)).await {
+        Ok(Ok(response)) if response.status == 503 => {
+            outcome.refused = true;
+            false
+        }
+        Ok(Ok(response)) => {
+            outcome.requests_ok += 1;
+            !response.closes
+        }
+        Ok(Err(error)) => {
+            outcome.error = Some(classify(&error));
+            false
+        }
+        Err(_) => {
+            outcome.error = Some(format!("no response within {}s", REQUEST_TIMEOUT.as_secs()));
+            false
+        }
+    }
+}
+
+fn classify(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::UnexpectedEof => "closed by relay".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
+fn pick_action(spec: &ChurnerSpec) -> ChurnAction {
+    let mix = &spec.mix;
+    let mut ticket = thread_rng().gen_range(0..mix.total());
+    for (weight, action) in [
+        (mix.abrupt_close, ChurnAction::AbruptClose),
+        (mix.mid_request_close, ChurnAction::MidRequestClose),
+        (mix.keepalive, ChurnAction::Keepalive),
+        (mix.idle_hold, ChurnAction::IdleHold),
+    ] {
+        if ticket < weight {
+            return action;
+        }
+        ticket -= weight;
+    }
+    unreachable!("ticket drawn below the total weight")
+}
+
+fn draw(range: Between<u64>) -> u64 {
+    thread_rng().gen_range(range.min..=range.max)
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}

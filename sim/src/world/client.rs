@@ -1,0 +1,91 @@
+//! A deliberately small HTTP/1.1 client over a simulated socket. Raw on purpose: churners
+//! must be able to stop half-way through a request head, which no real client library does.
+
+use std::io;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The parts of a response the actors care about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Whether the server said it will close the connection.
+    pub closes: bool,
+}
+
+/// Largest response head the client accepts before calling the response malformed.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Send `GET path` and read the whole response. `keep_alive = false` adds `Connection: close`.
+pub async fn get(stream: &mut TcpStream, path: &str, keep_alive: bool) -> io::Result<Response> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: {connection}\r\n\r\n");
+    write_flushed(stream, request.as_bytes()).await?;
+    read_response(stream).await
+}
+
+/// Write and flush (simulated sockets send only on flush).
+pub async fn write_flushed(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+async fn read_response(stream: &mut TcpStream) -> io::Result<Response> {
+    let mut buffer = Vec::with_capacity(512);
+    let (head_len, status, content_length, closes) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&buffer) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let header = |name: &str| {
+                    response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+                };
+                let content_length = header("content-length")
+                    .map(|v| v.trim().parse::<usize>())
+                    .transpose()
+                    .map_err(|_| malformed("bad content-length"))?
+                    .unwrap_or(0);
+                let closes = header("connection").is_some_and(|v| v.contains("close"));
+                break (head_len, response.code.unwrap_or(0), content_length, closes);
+            }
+            Ok(httparse::Status::Partial) if buffer.len() < MAX_HEAD_BYTES => {}
+            Ok(httparse::Status::Partial) => return Err(malformed("response head too large")),
+            Err(error) => return Err(malformed(&error.to_string())),
+        }
+        if read_more(stream, &mut buffer).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+    };
+    while buffer.len() < head_len + content_length {
+        if read_more(stream, &mut buffer).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed mid-body",
+            ));
+        }
+    }
+    Ok(Response { status, closes })
+}
+
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let read = stream.read(&mut chunk).await?;
+    buffer.extend_from_slice(&chunk[..read]);
+    Ok(read)
+}
+
+fn malformed(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed response: {what}"),
+    )
+}
