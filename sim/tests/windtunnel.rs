@@ -1,0 +1,235 @@
+//! The wind tunnel's system-boundary tests. The plain part (parsing, validation, reports)
+//! runs under ordinary `cargo test`; the `simulated` module runs worlds and needs the
+//! simulation build (`cargo sim-test`).
+
+use std::path::{Path, PathBuf};
+
+use windtunnel::scenario::{Expect, OracleName, Scenario, ScenarioError};
+
+fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
+}
+
+fn load(name: &str) -> Scenario {
+    Scenario::load(&scenarios_dir().join(name)).unwrap_or_else(|error| panic!("{error}"))
+}
+
+fn parse_error(text: &str) -> String {
+    match Scenario::parse(Path::new("bad.toml"), text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+const MINIMAL: &str = "name = \"x\"\nduration_s = 60\n[oracles]\n";
+
+#[test]
+fn every_shipped_scenario_loads() {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(scenarios_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let scenario = Scenario::load(&path).unwrap_or_else(|error| panic!("{error}"));
+            names.push(scenario.name);
+        }
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        ["churn_idle_reaper_disabled", "churn_max_connections"]
+    );
+}
+
+#[test]
+fn expectations_are_parsed() {
+    assert_eq!(load("churn_max_connections.toml").expect, Expect::Pass);
+    assert_eq!(
+        load("churn_idle_reaper_disabled.toml").expect,
+        Expect::Fail(OracleName::ConnAccounting)
+    );
+}
+
+#[test]
+fn unknown_top_level_key_reports_line_and_column() {
+    let message = parse_error("name = \"x\"\nduraton_s = 60\n[oracles]\n");
+    assert!(
+        message.starts_with("bad.toml:2:1: unknown field `duraton_s`, expected one of"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unknown_relay_key_is_caught_by_the_relay_schema_with_its_position() {
+    let message = parse_error(&format!("{MINIMAL}[relay.server]\nmax_conections = 3\n"));
+    assert!(
+        message.starts_with("bad.toml:5:1: unknown field `max_conections`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn inverted_range_reports_what_was_expected() {
+    let text = format!(
+        "{MINIMAL}[[churners]]\nnodes = 1\nloops_per_node = 1\nstop_s = 10\nthink_ms = [50, 10]\n"
+    );
+    let message = parse_error(&text);
+    assert!(
+        message.starts_with("bad.toml:8:12: expected [min, max] with min <= max, got [50, 10]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unknown_oracle_and_bad_expectation_are_rejected() {
+    let message = parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nprobe_lively = {}\n");
+    assert!(
+        message.starts_with("bad.toml:4:1: unknown field `probe_lively`"),
+        "{message}"
+    );
+    let message =
+        parse_error("name = \"x\"\nduration_s = 60\nexpect = { fail = \"nope\" }\n[oracles]\n");
+    assert!(
+        message.starts_with("bad.toml:3:19: unknown variant `nope`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let churner_past_end =
+        format!("{MINIMAL}[[churners]]\nnodes = 1\nloops_per_node = 1\nstop_s = 61\n");
+    assert_eq!(
+        parse_error(&churner_past_end),
+        "bad.toml: churners[0].stop_s: expected start_s (0) < stop_s (61) <= duration_s (60)"
+    );
+    assert_eq!(
+        parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nprobe_liveness = {}\n"),
+        "bad.toml: oracles: probe_liveness and probe_latency_max need a [prober] table"
+    );
+    assert_eq!(
+        parse_error(
+            "name = \"x\"\nduration_s = 60\nexpect = { fail = \"conn_accounting\" }\n[oracles]\n"
+        ),
+        "bad.toml: expect: expects conn_accounting to fail, but [oracles] does not check it"
+    );
+    assert_eq!(
+        parse_error(&format!("{MINIMAL}[relay.server]\nmax_connections = 0\n")),
+        "bad.toml: relay: invalid configuration: server.max_connections must be at least 1"
+    );
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let error = Scenario::load(Path::new("no/such/scenario.toml")).unwrap_err();
+    assert!(matches!(error, ScenarioError::Read { .. }));
+    assert!(
+        error
+            .to_string()
+            .starts_with("no/such/scenario.toml: cannot read:"),
+        "{error}"
+    );
+}
+
+#[cfg(madsim)]
+mod simulated {
+    use super::*;
+    use windtunnel::oracle::Verdict;
+    use windtunnel::world::{self, RunOutcome};
+
+    /// Run `seeds` on two worker threads (one madsim runtime per run), in seed order.
+    fn run_seeds(
+        scenario: &Scenario,
+        seeds: std::ops::RangeInclusive<u64>,
+    ) -> Vec<(u64, RunOutcome)> {
+        let seeds: Vec<u64> = seeds.collect();
+        let halves = seeds.split_at(seeds.len() / 2);
+        let mut outcomes: Vec<(u64, RunOutcome)> = std::thread::scope(|scope| {
+            let workers = [halves.0, halves.1].map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&seed| (seed, world::run(scenario, seed)))
+                        .collect::<Vec<_>>()
+                })
+            });
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().unwrap())
+                .collect()
+        });
+        outcomes.sort_by_key(|(seed, _)| *seed);
+        outcomes
+    }
+
+    #[test]
+    fn churn_max_connections_passes_for_50_seeds() {
+        let scenario = load("churn_max_connections.toml");
+        for (seed, outcome) in run_seeds(&scenario, 1..=50) {
+            assert_eq!(
+                outcome.verdict,
+                Verdict::Passed,
+                "seed {seed}: {:?}",
+                outcome.violations
+            );
+            let samples = outcome
+                .trace
+                .records()
+                .iter()
+                .filter(|r| matches!(r.event, windtunnel::trace::Event::RelaySample { .. }))
+                .count();
+            assert!(
+                samples >= 170,
+                "seed {seed}: the monitor sampled only {samples} times"
+            );
+        }
+    }
+
+    #[test]
+    fn churn_reaches_the_connection_limit_and_gets_refusals() {
+        // The scenario is only meaningful if the churn really exceeds max_connections.
+        let scenario = load("churn_max_connections.toml");
+        let outcome = world::run(&scenario, 3);
+        let summary = windtunnel::report::Summary::of(&outcome.trace);
+        let (high_water, max, _, refused) = summary.relay_last.unwrap();
+        assert_eq!(high_water, max);
+        assert!(refused > 1_000, "only {refused} refusals");
+        assert!(summary.churn_refused > 0, "no churner ever saw a 503");
+    }
+
+    #[test]
+    fn disabled_idle_reaping_fails_conn_accounting_for_20_seeds() {
+        let scenario = load("churn_idle_reaper_disabled.toml");
+        for (seed, outcome) in run_seeds(&scenario, 1..=20) {
+            match &outcome.verdict {
+                Verdict::FailedAsExpected(violation) => {
+                    assert_eq!(violation.oracle, OracleName::ConnAccounting);
+                    assert!(
+                        violation.message.contains("did not return to baseline"),
+                        "{violation}"
+                    );
+                }
+                other => panic!("seed {seed}: expected conn_accounting to fail, got {other:?}"),
+            }
+            let others: Vec<_> = outcome
+                .violations
+                .iter()
+                .filter(|v| v.oracle != OracleName::ConnAccounting)
+                .collect();
+            assert!(
+                others.is_empty(),
+                "seed {seed}: only conn_accounting should fail: {others:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn same_seed_same_hash_and_a_different_seed_changes_it() {
+        let scenario = load("churn_max_connections.toml");
+        let first = world::run(&scenario, 42);
+        let second = world::run(&scenario, 42);
+        assert_eq!(first.trace.first_divergence(&second.trace), None);
+        assert_eq!(first.trace.hash(), second.trace.hash());
+        let other = world::run(&scenario, 43);
+        assert_ne!(first.trace.hash(), other.trace.hash());
+    }
+}
