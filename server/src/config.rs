@@ -461,6 +461,19 @@ mod tests {
         );
     }
 
+    /// The README's configuration table must name every key the schema has.
+    #[test]
+    fn readme_documents_every_key() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        for (section, keys) in &defaults {
+            for key in keys.as_table().unwrap().keys() {
+                let row = format!("| `{section}.{key}` |");
+                assert!(readme.contains(&row), "README.md has no row {row}");
+            }
+        }
+    }
+
     #[test]
     fn inconsistent_values_are_rejected() {
         let message = ConfigBuilder::new()

@@ -442,11 +442,14 @@ mod tests {
         .unwrap();
         assert_eq!(verdict(Expect::Pass, &[]), Verdict::Passed);
         assert_eq!(
-            verdict(Expect::Pass, &[violation.clone()]),
+            verdict(Expect::Pass, std::slice::from_ref(&violation)),
             Verdict::Failed(violation.clone())
         );
         assert_eq!(
-            verdict(Expect::Fail(OracleName::NoPanics), &[violation.clone()]),
+            verdict(
+                Expect::Fail(OracleName::NoPanics),
+                std::slice::from_ref(&violation)
+            ),
             Verdict::FailedAsExpected(violation)
         );
         assert_eq!(

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rt::cpu::Cpu;
 use crate::rt::net::{TcpListener, TcpStream};
-use crate::rt::time::{sleep, timeout, Clock, Duration, Instant};
+use crate::rt::time::{now, sleep, sleep_until, timeout, Clock, Duration};
 use crate::rt::{self, HyperTimer};
 
 /// Everything a connection task needs, shared by `Arc`. No field is a lock: the request
@@ -103,13 +103,13 @@ pub async fn serve(
     let server = &state.config.server;
     tokio::pin!(shutdown);
     state.accepting.store(true, Ordering::SeqCst);
-    let mut next_reap = Instant::now() + server.idle_check_interval();
+    let mut next_reap = now() + server.idle_check_interval();
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            () = tokio::time::sleep_until(next_reap) => {
-                next_reap = Instant::now() + server.idle_check_interval();
+            () = sleep_until(next_reap) => {
+                next_reap = now() + server.idle_check_interval();
                 let reaped = state.registry.reap_idle(state.clock.now_ms(), server.idle_timeout_ms);
                 if reaped > 0 {
                     tracing::debug!(reaped, "idle connections asked to close");
@@ -133,8 +133,8 @@ pub async fn serve(
         asked,
         "shutting down: draining connections"
     );
-    let deadline = Instant::now() + server.shutdown_grace();
-    while state.registry.open() > 0 && Instant::now() < deadline {
+    let deadline = now() + server.shutdown_grace();
+    while state.registry.open() > 0 && now() < deadline {
         sleep(Duration::from_millis(10)).await;
     }
     let connections_left = state.registry.open();

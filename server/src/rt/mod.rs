@@ -21,7 +21,14 @@ pub mod net {
 pub mod time {
     use std::sync::Arc;
 
-    pub use tokio::time::{sleep, timeout, Duration, Instant};
+    pub use tokio::time::{sleep, sleep_until, timeout, Duration, Instant};
+
+    /// The current instant of the seam's clock: tokio's in production, madsim's virtual
+    /// clock in the tunnel (where tokio's `Instant` *is* `std::time::Instant`, virtualised).
+    #[allow(clippy::disallowed_methods)] // the one sanctioned call
+    pub fn now() -> Instant {
+        Instant::now()
+    }
 
     /// Milliseconds since a fixed origin, for atomics that cannot hold an `Instant`
     /// (e.g. the lifecycle registry's per-connection activity stamps). Cheap to clone.
@@ -34,7 +41,7 @@ pub mod time {
         /// A clock whose zero is now.
         pub fn start() -> Self {
             Self {
-                origin: Arc::new(Instant::now()),
+                origin: Arc::new(now()),
             }
         }
 

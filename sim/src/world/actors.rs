@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use madsim::rand::{thread_rng, Rng};
+use relay::rt::time::{now, sleep, sleep_until, timeout, Instant};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::client::{self, get};
 use super::TraceSink;
@@ -26,7 +26,7 @@ pub async fn prober(spec: ProberSpec, relay: SocketAddr, sink: TraceSink, world_
     loop {
         sleep_until(next).await;
         next += period;
-        let started = Instant::now();
+        let started = now();
         let attempt = timeout(deadline, async {
             let mut stream = TcpStream::connect(relay).await?;
             get(&mut stream, &spec.path, false).await
@@ -68,7 +68,7 @@ pub async fn churn_loop(
 ) {
     sleep_until(world_start + Duration::from_secs(spec.start_s)).await;
     let stop_at = world_start + Duration::from_secs(spec.stop_s);
-    while Instant::now() < stop_at {
+    while now() < stop_at {
         sleep(Duration::from_millis(draw(spec.think_ms))).await;
         let action = pick_action(&spec);
         let outcome = match TcpStream::connect(relay).await {

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::runtime::{Handle, Runtime};
+use relay::rt::time::{now, sleep, sleep_until, Instant};
 use relay::{Observer, Relay};
-use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::oracle::{self, Verdict, Violation};
 use crate::scenario::Scenario;
@@ -53,7 +53,7 @@ impl TraceSink {
     fn new() -> Self {
         Self {
             inner: Arc::default(),
-            origin: Instant::now(),
+            origin: now(),
         }
     }
 
@@ -126,7 +126,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
 
 async fn world(scenario: Scenario, sink: TraceSink) {
     let handle = Handle::current();
-    let world_start = Instant::now();
+    let world_start = now();
     let relay_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     let relay_addr = SocketAddr::new(relay_ip, RELAY_PORT);
     let observer_slot: Arc<Mutex<Option<Observer>>> = Arc::default();

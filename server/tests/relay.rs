@@ -1,0 +1,346 @@
+//! The relay at its system boundary: a real listener on loopback, real sockets, real tokio.
+//! Timeouts are configured small so behaviour shows quickly; nothing here asserts speed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relay::config::{Config, ConfigBuilder};
+use relay::{Observer, Relay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+struct Running {
+    addr: SocketAddr,
+    observer: Observer,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<relay::http::ShutdownReport>,
+}
+
+impl Running {
+    async fn start(overrides: &[&str]) -> Self {
+        let mut builder = ConfigBuilder::new()
+            .with_set("server.listen=127.0.0.1:0")
+            .unwrap();
+        for assignment in overrides {
+            builder = builder.with_set(assignment).unwrap();
+        }
+        let config: Config = builder.build().unwrap();
+        let relay = Relay::bind(config).await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let observer = relay.observer();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(relay.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            observer,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn shutdown(mut self) -> relay::http::ShutdownReport {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.await.unwrap()
+    }
+}
+
+/// Send raw bytes and read until the server closes (or 5 s pass).
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_to_close(&mut stream).await
+}
+
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+const GET_HEALTHZ: &[u8] = b"GET /_healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn probes_and_metrics_answer() {
+    let relay = Running::start(&[]).await;
+    let health = exchange(relay.addr, GET_HEALTHZ).await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+    let ready = exchange(
+        relay.addr,
+        b"GET /_readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ready.starts_with("HTTP/1.1 200 OK\r\n"), "{ready}");
+    let metrics = exchange(
+        relay.addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        metrics.contains("relay_connections_admitted_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("relay_http_requests_total{route=\"healthz\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    let missing = exchange(
+        relay.addr,
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "{missing}"
+    );
+    let post = exchange(
+        relay.addr,
+        b"POST /_healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{post}"
+    );
+    assert!(post.contains("allow: GET, HEAD\r\n"), "{post}");
+    assert_eq!(relay.shutdown().await.connections_left, 0);
+}
+
+#[tokio::test]
+async fn at_capacity_others_get_503_with_retry_after_and_probes_still_pass() {
+    let relay = Running::start(&["server.max_connections=2", "server.retry_after_s=7"]).await;
+    let _held_a = TcpStream::connect(relay.addr).await.unwrap();
+    let _held_b = TcpStream::connect(relay.addr).await.unwrap();
+    let observer = relay.observer.clone();
+    wait_until("both connections are admitted", || {
+        observer.connections().open == 2
+    })
+    .await;
+
+    let refused = exchange(relay.addr, b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{refused}"
+    );
+    assert!(refused.contains("retry-after: 7\r\n"), "{refused}");
+    assert!(refused.contains("connection: close\r\n"), "{refused}");
+
+    let probe = exchange(relay.addr, GET_HEALTHZ).await;
+    assert!(
+        probe.starts_with("HTTP/1.1 200 OK\r\n"),
+        "probe at capacity: {probe}"
+    );
+
+    let stats = relay.observer.connections();
+    assert_eq!(
+        (
+            stats.open,
+            stats.high_water,
+            stats.refused_at_capacity_total
+        ),
+        (2, 2, 2)
+    );
+    let metrics = relay.observer.metrics_text();
+    assert!(
+        metrics.contains("relay_connections_refused_total{reason=\"at_capacity\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_are_reaped_and_their_slots_returned() {
+    let relay = Running::start(&[
+        "server.idle_timeout_ms=100",
+        "server.idle_check_interval_ms=20",
+    ])
+    .await;
+    let mut idle = TcpStream::connect(relay.addr).await.unwrap();
+    let observer = relay.observer.clone();
+    wait_until("the connection is admitted", || {
+        observer.connections().open == 1
+    })
+    .await;
+    assert_eq!(
+        read_to_close(&mut idle).await,
+        "",
+        "an idle connection is closed without a response"
+    );
+    wait_until("the slot is released", || observer.connections().open == 0).await;
+    assert!(relay
+        .observer
+        .metrics_text()
+        .contains("relay_connections_closed_total{reason=\"idle\"} 1"));
+}
+
+#[tokio::test]
+async fn slowloris_hits_the_header_read_timeout() {
+    let relay = Running::start(&["server.header_read_timeout_ms=200"]).await;
+    let mut slow = TcpStream::connect(relay.addr).await.unwrap();
+    slow.write_all(b"GET /_healthz HTTP/1.1\r\n").await.unwrap();
+    // Trickle header bytes: activity keeps the idle reaper away, but the head never completes.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            break;
+        }
+    }
+    let response = read_to_close(&mut slow).await;
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 408"),
+        "{response}"
+    );
+    let observer = relay.observer.clone();
+    wait_until("the slot is released", || observer.connections().open == 0).await;
+    assert!(relay
+        .observer
+        .metrics_text()
+        .contains("reason=\"header_timeout\""));
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_heads_get_clear_errors() {
+    let relay = Running::start(&["server.max_header_bytes=2048"]).await;
+    let huge = format!(
+        "GET /_healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(4096)
+    );
+    let response = exchange(relay.addr, huge.as_bytes()).await;
+    assert!(
+        response.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{response}"
+    );
+    let garbage = exchange(relay.addr, b"\x16\x03\x01 not http at all\r\n\r\n").await;
+    assert!(
+        garbage.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{garbage}"
+    );
+    let health = exchange(relay.addr, GET_HEALTHZ).await;
+    assert!(
+        health.starts_with("HTTP/1.1 200 OK\r\n"),
+        "the relay keeps serving: {health}"
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_reuses_one_admitted_connection() {
+    let relay = Running::start(&[]).await;
+    let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+    stream
+        .write_all(b"GET /_healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /_readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let both = read_to_close(&mut stream).await;
+    assert_eq!(both.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{both}");
+    assert_eq!(relay.observer.connections().admitted_total, 1);
+}
+
+#[tokio::test]
+async fn shutdown_drains_open_connections_and_refuses_new_ones() {
+    let relay = Running::start(&["server.shutdown_grace_ms=2000"]).await;
+    let mut open = TcpStream::connect(relay.addr).await.unwrap();
+    let observer = relay.observer.clone();
+    wait_until("the connection is admitted", || {
+        observer.connections().open == 1
+    })
+    .await;
+    let report = relay.shutdown().await;
+    assert_eq!(report.connections_left, 0);
+    assert_eq!(
+        read_to_close(&mut open).await,
+        "",
+        "the idle connection was closed by shutdown"
+    );
+    assert!(!observer.is_ready());
+    assert_eq!(observer.connections().released_total, 1);
+    assert!(observer
+        .metrics_text()
+        .contains("relay_connections_closed_total{reason=\"shutdown\"} 1"));
+}
+
+/// The real binary: `relay serve` on loopback answers a probe, and stops cleanly on SIGINT.
+#[tokio::test]
+async fn the_binary_serves_on_loopback_and_stops_on_sigint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--set",
+            "log.format=json",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut answer = String::new();
+    for _ in 0..500 {
+        if let Ok(mut stream) = TcpStream::connect(addr).await {
+            stream.write_all(GET_HEALTHZ).await.unwrap();
+            answer = read_to_close(&mut stream).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    // Blocking here is fine: the relay under test is another process.
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let output = (status, stderr);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(output.0.success(), "exit {:?}: {}", output.0, output.1);
+    assert!(
+        output.1.contains(r#""message":"relay stopped""#),
+        "{}",
+        output.1
+    );
+}
+
+#[test]
+fn the_binary_rejects_unknown_config_keys_with_the_source() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["serve", "--set", "server.max_conections=5"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(
+            "error: --set server.max_conections=5: unknown field `max_conections`, expected one of"
+        ),
+        "{stderr}"
+    );
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["config", "--set", "server.max_connections=7"])
+        .env("RELAY__SERVER__IDLE_TIMEOUT_MS", "1234")
+        .output()
+        .unwrap();
+    let toml = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        toml.contains("max_connections = 7\n") && toml.contains("idle_timeout_ms = 1234\n"),
+        "{toml}"
+    );
+}
