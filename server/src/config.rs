@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::rt::cpu::CpuConfig;
+pub use crate::upstream::UpstreamConfig;
 
 /// Prefix of environment variables that configure the relay; `__` separates path segments.
 pub const ENV_PREFIX: &str = "RELAY__";
@@ -24,6 +25,10 @@ pub const ENV_PREFIX: &str = "RELAY__";
 pub struct Config {
     /// The HTTP listener and connection limits.
     pub server: ServerConfig,
+    /// The SQLite database.
+    pub store: StoreConfig,
+    /// Upstream subscriptions: ramp, backoff, dormancy, persistence cadence.
+    pub upstream: UpstreamConfig,
     /// Declared CPU costs (read only by the simulation's CPU model).
     pub cpu: CpuConfig,
     /// Log output.
@@ -106,6 +111,22 @@ impl ServerConfig {
     /// `refusal_read_timeout_ms` as a duration.
     pub fn refusal_read_timeout(&self) -> Duration {
         Duration::from_millis(self.refusal_read_timeout_ms)
+    }
+}
+
+/// Where durable state lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite database file (created if missing); `:memory:` keeps nothing across restarts.
+    pub path: std::path::PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: "relay.db".into(),
+        }
     }
 }
 
@@ -324,7 +345,7 @@ impl Config {
         } else if self.cpu.cores == 0 {
             Some("cpu.cores must be at least 1".to_owned())
         } else {
-            None
+            self.upstream.check().err()
         };
         problem.map_or(Ok(()), |message| Err(ConfigError::Inconsistent(message)))
     }

@@ -5,6 +5,8 @@
 //! - [`rt`]: the runtime seam; the only place naming sockets, clocks, spawning, the CPU model.
 //! - [`config`]: the configuration schema, defaults and layering (file, env, flags).
 //! - [`http`]: accept loop, admission, per-connection owner tasks, routes, shutdown.
+//! - [`upstream`]: one worker per upstream host, the startup ramp, backoff, dormancy.
+//! - [`store`]: SQLite (embedded): the host table and its migrations.
 //! - [`metrics`]: the per-instance Prometheus registry.
 //! - [`logging`]: tracing subscriber setup for the binary.
 //!
@@ -16,6 +18,8 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod rt;
+pub mod store;
+pub mod upstream;
 
 use std::future::Future;
 use std::io;
@@ -27,6 +31,29 @@ pub use relay_lifecycle::RegistryStats;
 use crate::config::Config;
 use crate::http::{AppState, ShutdownReport};
 use crate::rt::net::TcpListener;
+use crate::store::{Store, StoreError};
+use crate::upstream::{HostView, UpstreamStats};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open the store at {path}: {error}")]
+    Store {
+        /// The configured path.
+        path: String,
+        /// What went wrong.
+        error: StoreError,
+    },
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What the OS said.
+        error: io::Error,
+    },
+}
 
 /// A bound, not yet running relay.
 #[derive(Debug)]
@@ -36,11 +63,23 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Bind the listener named by `config.server.listen`.
-    pub async fn bind(config: Config) -> io::Result<Self> {
-        let listener = http::bind(&config).await?;
+    /// Open the store, load the host table, and bind the listener named by
+    /// `config.server.listen`. Nothing runs until [`Relay::run`].
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let store_error = |error| StartError::Store {
+            path: config.store.path.display().to_string(),
+            error,
+        };
+        let store = Store::open(&config.store.path).map_err(store_error)?;
+        let state = AppState::new(config.clone(), Arc::new(store)).map_err(store_error)?;
+        let listener = http::bind(&config)
+            .await
+            .map_err(|error| StartError::Bind {
+                addr: config.server.listen,
+                error,
+            })?;
         Ok(Self {
-            state: Arc::new(AppState::new(config)),
+            state: Arc::new(state),
             listener,
         })
     }
@@ -87,6 +126,16 @@ impl Observer {
 
     /// The `/metrics` text as it would be served now.
     pub fn metrics_text(&self) -> String {
-        self.state.metrics.encode(self.state.registry.stats())
+        self.state.metrics_text()
+    }
+
+    /// Upstream aggregate counts (phases, workers, handshakes, events).
+    pub fn upstreams(&self) -> UpstreamStats {
+        self.state.upstreams.stats()
+    }
+
+    /// Every upstream host, as `/hosts` shows it.
+    pub fn hosts(&self) -> Vec<HostView> {
+        self.state.upstreams.views()
     }
 }

@@ -83,10 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the tokio runtime")?;
             runtime.block_on(async move {
-                let listen = config.server.listen;
-                let relay = Relay::bind(config)
-                    .await
-                    .with_context(|| format!("cannot listen on {listen}"))?;
+                let relay = Relay::bind(config).await?;
                 let report = relay.run(relay::rt::shutdown_signal()).await;
                 tracing::info!(connections_left = report.connections_left, "relay stopped");
                 Ok(())

@@ -2,14 +2,18 @@
 //!
 //! Each relay owns its own `prometheus_client` registry (no globals), so several relays in
 //! one wind-tunnel process never share counters. Every label set is bounded: label values
-//! come from fixed enums, never from request data.
+//! come from fixed enums and `&'static str` reasons, never from request data or hostnames.
+//! Gauges that mirror state owned elsewhere (the lifecycle registry, the host table) are
+//! synchronised at scrape time instead of being updated on every change.
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
 use relay_lifecycle::RegistryStats;
 
-/// Labels naming why a connection was refused or closed.
+use crate::upstream::{HostPhase, UpstreamStats};
+
+/// Labels naming why something was refused, closed or ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// A fixed, lowercase reason name.
@@ -19,14 +23,20 @@ pub struct ReasonLabels {
 /// Labels of one served HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The route's fixed name (`healthz`, `readyz`, `metrics`, `other`).
+    /// The route's fixed name (`healthz`, `readyz`, `metrics`, `hosts`, `request_crawl`, `other`).
     pub route: &'static str,
     /// The response status code.
     pub status: u16,
 }
 
-/// All relay metrics. Counters are updated where things happen; gauges that mirror the
-/// lifecycle registry are synchronised at scrape time.
+/// Labels of the per-phase host gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// A [`HostPhase`] name.
+    pub phase: &'static str,
+}
+
+/// All relay metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -38,6 +48,18 @@ pub struct Metrics {
     connections_max: Gauge,
     connections_high_water: Gauge,
     refusal_lane_open: Gauge,
+    upstream_hosts: Family<PhaseLabels, Gauge>,
+    upstream_workers_running: Gauge,
+    upstream_workers_high_water: Gauge,
+    upstream_handshakes_in_flight: Gauge,
+    upstream_handshakes_high_water: Gauge,
+    upstream_attempts: Family<ReasonLabels, Counter>,
+    upstream_disconnects: Family<ReasonLabels, Counter>,
+    upstream_events: Gauge,
+    upstream_duplicate_frames: Counter,
+    upstream_bad_frames: Counter,
+    cursor_flushes: Counter,
+    cursor_rows_flushed: Counter,
 }
 
 impl Default for Metrics {
@@ -49,8 +71,8 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every relay metric registered under the `relay_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("relay");
         let metrics = Self {
+            registry: Registry::with_prefix("relay"),
             connections_admitted: Counter::default(),
             connections_refused: Family::default(),
             connections_closed: Family::default(),
@@ -59,52 +81,125 @@ impl Metrics {
             connections_max: Gauge::default(),
             connections_high_water: Gauge::default(),
             refusal_lane_open: Gauge::default(),
-            registry: Registry::default(),
+            upstream_hosts: Family::default(),
+            upstream_workers_running: Gauge::default(),
+            upstream_workers_high_water: Gauge::default(),
+            upstream_handshakes_in_flight: Gauge::default(),
+            upstream_handshakes_high_water: Gauge::default(),
+            upstream_attempts: Family::default(),
+            upstream_disconnects: Family::default(),
+            upstream_events: Gauge::default(),
+            upstream_duplicate_frames: Counter::default(),
+            upstream_bad_frames: Counter::default(),
+            cursor_flushes: Counter::default(),
+            cursor_rows_flushed: Counter::default(),
         };
+        metrics.registered()
+    }
+
+    fn registered(mut self) -> Self {
+        let registry = &mut self.registry;
         registry.register(
             "connections_admitted",
             "Connections admitted by the lifecycle registry",
-            metrics.connections_admitted.clone(),
+            self.connections_admitted.clone(),
         );
         registry.register(
             "connections_refused",
             "Connections refused (at_capacity, shutting_down) or dropped (refusal_lane_full)",
-            metrics.connections_refused.clone(),
+            self.connections_refused.clone(),
         );
         registry.register(
             "connections_closed",
             "Admitted connections closed, by reason",
-            metrics.connections_closed.clone(),
+            self.connections_closed.clone(),
         );
         registry.register(
             "http_requests",
             "HTTP requests served, by route and status",
-            metrics.http_requests.clone(),
+            self.http_requests.clone(),
         );
         registry.register(
             "connections_open",
             "Admitted connections open now",
-            metrics.connections_open.clone(),
+            self.connections_open.clone(),
         );
         registry.register(
             "connections_max",
             "Configured max_connections",
-            metrics.connections_max.clone(),
+            self.connections_max.clone(),
         );
         registry.register(
             "connections_high_water",
             "Most admitted connections ever open at once",
-            metrics.connections_high_water.clone(),
+            self.connections_high_water.clone(),
         );
         registry.register(
             "refusal_lane_open",
             "Connections being answered by the refusal lane now",
-            metrics.refusal_lane_open.clone(),
+            self.refusal_lane_open.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
+        registry.register(
+            "upstream_hosts",
+            "Upstream hosts by worker phase",
+            self.upstream_hosts.clone(),
+        );
+        registry.register(
+            "upstream_workers_running",
+            "Upstream worker tasks alive now",
+            self.upstream_workers_running.clone(),
+        );
+        registry.register(
+            "upstream_workers_high_water",
+            "Most upstream worker tasks ever alive at once",
+            self.upstream_workers_high_water.clone(),
+        );
+        registry.register(
+            "upstream_handshakes_in_flight",
+            "Upstream handshakes in flight now",
+            self.upstream_handshakes_in_flight.clone(),
+        );
+        registry.register(
+            "upstream_handshakes_high_water",
+            "Most upstream handshakes ever in flight at once",
+            self.upstream_handshakes_high_water.clone(),
+        );
+        registry.register(
+            "upstream_attempts",
+            "Upstream connection attempts, by outcome",
+            self.upstream_attempts.clone(),
+        );
+        registry.register(
+            "upstream_disconnects",
+            "Established upstream sessions that ended, by reason",
+            self.upstream_disconnects.clone(),
+        );
+        registry.register(
+            "upstream_events",
+            "Upstream event frames received since start",
+            self.upstream_events.clone(),
+        );
+        registry.register(
+            "upstream_duplicate_frames",
+            "Upstream frames at or below the host's cursor (skipped)",
+            self.upstream_duplicate_frames.clone(),
+        );
+        registry.register(
+            "upstream_bad_frames",
+            "Upstream frames that were not valid event JSON",
+            self.upstream_bad_frames.clone(),
+        );
+        registry.register(
+            "cursor_flushes",
+            "Cursor flush transactions committed",
+            self.cursor_flushes.clone(),
+        );
+        registry.register(
+            "cursor_rows_flushed",
+            "Host cursors written by flushes",
+            self.cursor_rows_flushed.clone(),
+        );
+        self
     }
 
     /// Count an admission.
@@ -138,13 +233,60 @@ impl Metrics {
         self.refusal_lane_open.inc_by(delta);
     }
 
-    /// The text exposition, with registry gauges synchronised from `connections`.
-    pub fn encode(&self, connections: RegistryStats) -> String {
-        let as_gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
-        self.connections_open.set(as_gauge(connections.open));
-        self.connections_max.set(as_gauge(connections.max));
+    /// Count an upstream attempt's outcome (`connected` or a failure reason).
+    pub fn upstream_attempt(&self, outcome: &'static str) {
+        self.upstream_attempts
+            .get_or_create(&ReasonLabels { reason: outcome })
+            .inc();
+    }
+
+    /// Count an established session's end.
+    pub fn upstream_disconnect(&self, reason: &'static str) {
+        self.upstream_disconnects
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Count a duplicate upstream frame.
+    pub fn upstream_duplicate(&self) {
+        self.upstream_duplicate_frames.inc();
+    }
+
+    /// Count an invalid upstream frame.
+    pub fn upstream_bad_frame(&self) {
+        self.upstream_bad_frames.inc();
+    }
+
+    /// Count a committed cursor flush of `rows` hosts.
+    pub fn cursor_flush(&self, rows: usize) {
+        self.cursor_flushes.inc();
+        self.cursor_rows_flushed.inc_by(rows as u64);
+    }
+
+    /// The text exposition, with mirrored gauges synchronised first.
+    pub fn encode(&self, connections: RegistryStats, upstreams: UpstreamStats) -> String {
+        let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        self.connections_open.set(gauge(connections.open));
+        self.connections_max.set(gauge(connections.max));
         self.connections_high_water
-            .set(as_gauge(connections.high_water));
+            .set(gauge(connections.high_water));
+        for phase in HostPhase::ALL {
+            self.upstream_hosts
+                .get_or_create(&PhaseLabels {
+                    phase: phase.as_str(),
+                })
+                .set(gauge(upstreams.in_phase(phase)));
+        }
+        self.upstream_workers_running
+            .set(gauge(upstreams.workers_running));
+        self.upstream_workers_high_water
+            .set(gauge(upstreams.workers_high_water));
+        self.upstream_handshakes_in_flight
+            .set(gauge(upstreams.handshakes_in_flight));
+        self.upstream_handshakes_high_water
+            .set(gauge(upstreams.handshakes_high_water));
+        self.upstream_events
+            .set(i64::try_from(upstreams.events_total).unwrap_or(i64::MAX));
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text

@@ -22,6 +22,8 @@ impl Running {
     async fn start(overrides: &[&str]) -> Self {
         let mut builder = ConfigBuilder::new()
             .with_set("server.listen=127.0.0.1:0")
+            .unwrap()
+            .with_set("store.path=:memory:")
             .unwrap();
         for assignment in overrides {
             builder = builder.with_set(assignment).unwrap();
@@ -286,6 +288,8 @@ async fn the_binary_serves_on_loopback_and_stops_on_sigint() {
             &format!("127.0.0.1:{port}"),
             "--set",
             "log.format=json",
+            "--set",
+            "store.path=:memory:",
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()

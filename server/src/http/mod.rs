@@ -30,6 +30,8 @@ use crate::rt::cpu::Cpu;
 use crate::rt::net::{TcpListener, TcpStream};
 use crate::rt::time::{now, sleep, sleep_until, timeout, Clock, Duration};
 use crate::rt::{self, HyperTimer};
+use crate::store::{Store, StoreError};
+use crate::upstream::Upstreams;
 
 /// Everything a connection task needs, shared by `Arc`. No field is a lock: the request
 /// path touches only atomics, the lifecycle registry and the CPU model.
@@ -40,11 +42,13 @@ pub struct AppState {
     /// Admission and close requests for every connection.
     pub registry: Arc<Registry>,
     /// This instance's metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Declared CPU costs (simulation only charges them).
     pub cpu: Cpu,
     /// Millisecond clock for activity stamps.
     pub clock: Clock,
+    /// Upstream subscriptions and the host table.
+    pub upstreams: Arc<Upstreams>,
     /// Caps concurrent refusal-lane connections.
     refusal_lane: Arc<Semaphore>,
     /// Set while the accept loop runs and shutdown has not begun.
@@ -52,22 +56,43 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Build the shared state for `config`.
-    pub fn new(config: Config) -> Self {
-        Self {
+    /// Build the shared state for `config` around an open store (loads the host table).
+    pub fn new(config: Config, store: Arc<Store>) -> Result<Self, StoreError> {
+        let metrics = Arc::new(Metrics::new());
+        let cpu = Cpu::new(&config.cpu);
+        let clock = Clock::start();
+        let upstreams = Upstreams::load(
+            config.upstream.clone(),
+            config.cpu.clone(),
+            cpu.clone(),
+            clock.clone(),
+            store,
+            Arc::clone(&metrics),
+        )?;
+        Ok(Self {
             registry: Registry::new(config.server.max_connections),
-            metrics: Metrics::new(),
-            cpu: Cpu::new(&config.cpu),
-            clock: Clock::start(),
+            metrics,
+            cpu,
+            clock,
+            upstreams: Arc::new(upstreams),
             refusal_lane: Arc::new(Semaphore::new(config.server.refusal_lane_max)),
             accepting: AtomicBool::new(false),
             config,
-        }
+        })
     }
 
-    /// Readiness: accepting and not shutting down.
+    /// Readiness: accepting, not shutting down, and the upstream ramp has begun (the store
+    /// is open by construction).
     pub fn is_ready(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst) && !self.registry.is_shutting_down()
+        self.accepting.load(Ordering::SeqCst)
+            && !self.registry.is_shutting_down()
+            && self.upstreams.ramp_started()
+    }
+
+    /// The `/metrics` text as of now.
+    pub fn metrics_text(&self) -> String {
+        self.metrics
+            .encode(self.registry.stats(), self.upstreams.stats())
     }
 
     fn http1(&self, lane: Lane) -> http1::Builder {
@@ -103,6 +128,7 @@ pub async fn serve(
     let server = &state.config.server;
     tokio::pin!(shutdown);
     state.accepting.store(true, Ordering::SeqCst);
+    state.upstreams.start();
     let mut next_reap = now() + server.idle_check_interval();
     loop {
         tokio::select! {
@@ -127,6 +153,7 @@ pub async fn serve(
     }
     state.accepting.store(false, Ordering::SeqCst);
     drop(listener);
+    state.upstreams.stop();
     let asked = state.registry.begin_shutdown();
     tracing::info!(
         open = state.registry.open(),

@@ -1,15 +1,29 @@
 //! Request routing: what each path answers, on the normal lane and on the refusal lane.
 //!
 //! Probe paths answer from atomics only (no locks, no I/O), so a probe is never queued
-//! behind other work except the declared CPU cost every request pays.
+//! behind other work except the declared CPU cost every request pays. Request bodies are
+//! read only by `requestCrawl`, bounded in size and time.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
 
 use super::AppState;
+use crate::rt::time::timeout;
+use crate::upstream::CrawlError;
+
+/// Largest accepted `requestCrawl` body.
+const CRAWL_BODY_BYTES_MAX: usize = 4 * 1024;
+
+/// The `requestCrawl` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrawlRequest {
+    hostname: String,
+}
 
 /// Which lane a request arrived on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +41,8 @@ enum Route {
     Healthz,
     Readyz,
     Metrics,
+    Hosts,
+    RequestCrawl,
     Other,
 }
 
@@ -36,6 +52,8 @@ impl Route {
             "/_healthz" => Self::Healthz,
             "/_readyz" => Self::Readyz,
             "/metrics" => Self::Metrics,
+            "/hosts" => Self::Hosts,
+            "/requestCrawl" => Self::RequestCrawl,
             _ => Self::Other,
         }
     }
@@ -45,8 +63,26 @@ impl Route {
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
+            Self::Hosts => "hosts",
+            Self::RequestCrawl => "request_crawl",
             Self::Other => "other",
         }
+    }
+
+    /// Methods the route accepts (for 405 + `Allow`).
+    fn allows(self, method: &Method) -> Result<(), &'static str> {
+        match self {
+            Self::RequestCrawl if method == Method::POST => Ok(()),
+            Self::RequestCrawl => Err("POST"),
+            Self::Other => Ok(()),
+            _ if matches!(*method, Method::GET | Method::HEAD) => Ok(()),
+            _ => Err("GET, HEAD"),
+        }
+    }
+
+    /// Answered even when the relay is at its connection limit.
+    fn served_at_capacity(self) -> bool {
+        matches!(self, Self::Healthz | Self::Readyz | Self::Metrics)
     }
 }
 
@@ -58,29 +94,15 @@ pub async fn serve(
 ) -> Response<Full<Bytes>> {
     state.cpu.spend(state.config.cpu.http_request()).await;
     let route = Route::of(request.uri().path());
-    let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
-    let response = match route {
-        Route::Healthz | Route::Readyz | Route::Metrics if !read_only => {
+    let response = match route.allows(request.method()) {
+        Err(allowed) => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             response
                 .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+                .insert(ALLOW, HeaderValue::from_static(allowed));
             response
         }
-        Route::Healthz => text(StatusCode::OK, "ok\n"),
-        Route::Readyz if state.is_ready() => text(StatusCode::OK, "ready\n"),
-        Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        Route::Metrics => {
-            let mut response = text(StatusCode::OK, state.metrics.encode(state.registry.stats()));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
-        }
-        Route::Other if lane == Lane::Refusal => {
+        Ok(()) if lane == Lane::Refusal && !route.served_at_capacity() => {
             let mut response = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "connection limit reached, retry later\n",
@@ -91,12 +113,104 @@ pub async fn serve(
             );
             response
         }
-        Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
+        Ok(()) => match route {
+            Route::Healthz => text(StatusCode::OK, "ok\n"),
+            Route::Readyz if state.is_ready() => text(StatusCode::OK, "ready\n"),
+            Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            Route::Metrics => {
+                let mut response = text(StatusCode::OK, state.metrics_text());
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            Route::Hosts => json(StatusCode::OK, &state.upstreams.views()),
+            Route::RequestCrawl => request_crawl(state, request).await,
+            Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
     };
     state
         .metrics
         .request(route.label(), response.status().as_u16());
     response
+}
+
+async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = Limited::new(request.into_body(), CRAWL_BODY_BYTES_MAX);
+    let bytes = match timeout(state.config.server.header_read_timeout(), body.collect()).await {
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time",
+            )
+        }
+        Ok(Err(cause)) if cause.is::<http_body_util::LengthLimitError>() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("expected a JSON body of at most {CRAWL_BODY_BYTES_MAX} bytes"),
+            )
+        }
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body_error",
+                "the request body could not be read",
+            )
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let crawl: CrawlRequest = match serde_json::from_slice(&bytes) {
+        Ok(crawl) => crawl,
+        Err(cause) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                &format!("expected {{\"hostname\": \"<dns name>\"}}: {cause}"),
+            )
+        }
+    };
+    match state.upstreams.request_crawl(&crawl.hostname) {
+        Ok(accepted) => json(StatusCode::OK, &accepted),
+        Err(CrawlError::InvalidHostname(cause)) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_hostname",
+            &cause.to_string(),
+        ),
+        Err(CrawlError::Store(cause)) => {
+            tracing::warn!(error = %cause, "requestCrawl could not be stored");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the host table is unavailable; retry",
+            );
+            response.headers_mut().insert(
+                RETRY_AFTER,
+                HeaderValue::from(state.config.server.retry_after_s),
+            );
+            response
+        }
+    }
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("response types always serialise");
+    let mut response = text(status, body);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &serde_json::json!({ "error": code, "message": message }),
+    )
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -19,6 +19,10 @@ pub struct CpuConfig {
     pub cores: usize,
     /// Cost of serving one small HTTP request (routing, encoding a probe answer), microseconds.
     pub http_request_us: u64,
+    /// Cost of one upstream DNS + TLS + WebSocket client handshake, microseconds.
+    pub upstream_handshake_us: u64,
+    /// Cost of decoding and validating one upstream event frame, microseconds.
+    pub frame_decode_us: u64,
 }
 
 impl Default for CpuConfig {
@@ -26,6 +30,8 @@ impl Default for CpuConfig {
         Self {
             cores: 2,
             http_request_us: 50,
+            upstream_handshake_us: 20_000,
+            frame_decode_us: 50,
         }
     }
 }
@@ -34,6 +40,16 @@ impl CpuConfig {
     /// The declared cost of one HTTP request.
     pub fn http_request(&self) -> Duration {
         Duration::from_micros(self.http_request_us)
+    }
+
+    /// The declared cost of one upstream handshake.
+    pub fn upstream_handshake(&self) -> Duration {
+        Duration::from_micros(self.upstream_handshake_us)
+    }
+
+    /// The declared cost of decoding one upstream frame.
+    pub fn frame_decode(&self) -> Duration {
+        Duration::from_micros(self.frame_decode_us)
     }
 }
 

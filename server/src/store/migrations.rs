@@ -1,0 +1,38 @@
+//! Schema migrations, applied in order and recorded in SQLite's `user_version`, so an old
+//! database is upgraded in place and a database from a newer build is refused, not misread.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry upgrades the schema from version `index` to `index + 1`. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: the host table.
+    "CREATE TABLE hosts (
+        id INTEGER PRIMARY KEY,
+        hostname TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'dormant')),
+        cursor INTEGER NOT NULL DEFAULT 0 CHECK (cursor >= 0),
+        consecutive_failures INTEGER NOT NULL DEFAULT 0
+    );",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Bring `connection` up to [`SCHEMA_VERSION`] in one transaction.
+pub fn apply(connection: &mut Connection) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    let current: usize = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {current} is newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    for (version, migration) in MIGRATIONS.iter().enumerate().skip(current) {
+        transaction.execute_batch(migration)?;
+        transaction.pragma_update(None, "user_version", version + 1)?;
+    }
+    transaction.commit()?;
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Durable state in SQLite: the host table (which upstreams exist, whether they are
+//! dormant, how far we have read from each), with schema migrations.
+//!
+//! SQLite is embedded (rusqlite, bundled), so a fresh machine needs nothing installed.
+//! Calls are synchronous and short (single-row writes, one transaction per cursor flush);
+//! they run inline on the calling task because the determinism rules forbid OS threads
+//! (`spawn_blocking`) on behaviour paths. The connection sits behind a mutex that no probe
+//! path touches: probes answer from atomics.
+
+mod migrations;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A host's persisted status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostStatus {
+    /// Subscribed to (or being retried on the normal backoff schedule).
+    Active,
+    /// Failed too often in a row; its worker has exited; retried slowly by reconciliation.
+    Dormant,
+}
+
+impl HostStatus {
+    /// The value stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Dormant => "dormant",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "active" => Ok(Self::Active),
+            "dormant" => Ok(Self::Dormant),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown host status {other:?}"
+            ))),
+        }
+    }
+}
+
+/// One row of the host table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRow {
+    /// Stable id (SQLite rowid).
+    pub id: i64,
+    /// The upstream's hostname, validated and lowercased.
+    pub hostname: String,
+    /// Active or dormant.
+    pub status: HostStatus,
+    /// Last upstream sequence number durably recorded.
+    pub cursor: u64,
+    /// Consecutive failed connection attempts when last persisted.
+    pub consecutive_failures: u32,
+}
+
+/// Why a store operation failed. Callers surface these (503, retry), never panic.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error (I/O, locking, constraint).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database holds something this build cannot read.
+    #[error("database content is invalid: {0}")]
+    Corrupt(String),
+}
+
+/// The relay's SQLite database.
+#[derive(Debug)]
+pub struct Store {
+    connection: Mutex<Connection>,
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    /// `:memory:` gives a private in-memory database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::apply(&mut connection)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    /// Insert `hostname` if absent. Returns its id and whether it was created.
+    pub fn add_host(&self, hostname: &str) -> Result<(i64, bool), StoreError> {
+        let connection = self.lock();
+        let inserted = connection.execute(
+            "INSERT INTO hosts (hostname) VALUES (?1) ON CONFLICT (hostname) DO NOTHING",
+            params![hostname],
+        )?;
+        let id: i64 = connection.query_row(
+            "SELECT id FROM hosts WHERE hostname = ?1",
+            params![hostname],
+            |row| row.get(0),
+        )?;
+        Ok((id, inserted == 1))
+    }
+
+    /// Insert many hosts in one transaction (fixtures, imports). Existing names are kept.
+    pub fn add_hosts<'a>(
+        &self,
+        hostnames: impl IntoIterator<Item = &'a str>,
+    ) -> Result<usize, StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let mut inserted = 0;
+        {
+            let mut insert = transaction.prepare(
+                "INSERT INTO hosts (hostname) VALUES (?1) ON CONFLICT (hostname) DO NOTHING",
+            )?;
+            for hostname in hostnames {
+                inserted += insert.execute(params![hostname])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(inserted)
+    }
+
+    /// Every host, by id.
+    pub fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        let connection = self.lock();
+        let mut query = connection.prepare(
+            "SELECT id, hostname, status, cursor, consecutive_failures FROM hosts ORDER BY id",
+        )?;
+        let rows = query.query_map([], raw_row)?;
+        rows.map(|raw| host_row(raw?)).collect()
+    }
+
+    /// One host by name.
+    pub fn host(&self, hostname: &str) -> Result<Option<HostRow>, StoreError> {
+        let raw = self
+            .lock()
+            .query_row(
+                "SELECT id, hostname, status, cursor, consecutive_failures FROM hosts WHERE hostname = ?1",
+                params![hostname],
+                raw_row,
+            )
+            .optional()?;
+        raw.map(host_row).transpose()
+    }
+
+    /// Persist a status change and the failure count that caused it.
+    pub fn set_status(
+        &self,
+        id: i64,
+        status: HostStatus,
+        consecutive_failures: u32,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE hosts SET status = ?2, consecutive_failures = ?3 WHERE id = ?1",
+            params![id, status.as_str(), consecutive_failures],
+        )?;
+        Ok(())
+    }
+
+    /// Persist many cursors in one transaction. Cursors only move forward.
+    pub fn flush_cursors(&self, cursors: &[(i64, u64)]) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        {
+            let mut update =
+                transaction.prepare("UPDATE hosts SET cursor = MAX(cursor, ?2) WHERE id = ?1")?;
+            for (id, cursor) in cursors {
+                let cursor = i64::try_from(*cursor)
+                    .map_err(|_| StoreError::Corrupt(format!("cursor {cursor} overflows")))?;
+                update.execute(params![id, cursor])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (statements are
+        // atomic, transactions roll back on drop), so a poisoned lock is still usable.
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type RawRow = (i64, String, String, i64, i64);
+
+fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn host_row((id, hostname, status, cursor, failures): RawRow) -> Result<HostRow, StoreError> {
+    Ok(HostRow {
+        id,
+        hostname,
+        status: HostStatus::parse(&status)?,
+        cursor: u64::try_from(cursor)
+            .map_err(|_| StoreError::Corrupt(format!("negative cursor {cursor}")))?,
+        consecutive_failures: u32::try_from(failures).unwrap_or(u32::MAX),
+    })
+}
+
+#[cfg(test)]
+mod tests;

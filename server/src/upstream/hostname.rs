@@ -1,0 +1,97 @@
+//! Hostname validation for `requestCrawl`: what we are willing to dial.
+//!
+//! Accepts DNS names per RFC 1123 (labels of letters, digits and inner hyphens, 1–63
+//! bytes each, 253 bytes in all, at least two labels), lowercased. Rejects IP literals,
+//! ports, schemes, paths and single-label names, each with its own message.
+
+use std::fmt;
+
+/// Why a hostname was rejected; the message is shown to the caller in a 400.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostnameError(String);
+
+impl fmt::Display for HostnameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HostnameError {}
+
+/// Validate and normalise (lowercase, no trailing dot) a hostname.
+pub fn validate(raw: &str) -> Result<String, HostnameError> {
+    let reject = |why: &str| Err(HostnameError(format!("invalid hostname {raw:?}: {why}")));
+    let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+    if name.is_empty() {
+        return reject("expected a DNS name such as pds.example.com");
+    }
+    if name.contains("://") || name.contains('/') {
+        return reject("expected a bare hostname, without scheme or path");
+    }
+    if name.contains(':') {
+        return reject("expected a hostname without a port");
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return reject("IP addresses are not accepted; expected a DNS name");
+    }
+    if name.len() > 253 {
+        return reject("longer than 253 characters");
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return reject("expected at least two labels, e.g. host.example");
+    }
+    for label in &labels {
+        if label.is_empty() || label.len() > 63 {
+            return reject("each label must be 1 to 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return reject("labels may contain only letters, digits and hyphens");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return reject("labels may not start or end with a hyphen");
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return reject("the top-level label may not be numeric");
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate;
+
+    #[test]
+    fn accepts_and_normalises_dns_names() {
+        assert_eq!(validate("PDS-1.Example.COM.").unwrap(), "pds-1.example.com");
+        assert_eq!(validate("a.b").unwrap(), "a.b");
+    }
+
+    #[test]
+    fn rejects_what_we_will_not_dial_with_a_reason() {
+        for (input, reason) in [
+            ("", "expected a DNS name"),
+            ("https://a.example", "without scheme or path"),
+            ("a.example/x", "without scheme or path"),
+            ("a.example:443", "without a port"),
+            ("10.0.0.1", "IP addresses are not accepted"),
+            ("localhost", "at least two labels"),
+            ("a..example", "1 to 63 characters"),
+            ("a_b.example", "only letters, digits and hyphens"),
+            ("-a.example", "may not start or end with a hyphen"),
+            ("a.123", "top-level label may not be numeric"),
+        ] {
+            let error = validate(input).unwrap_err().to_string();
+            assert!(error.contains(reason), "{input:?}: {error}");
+        }
+        assert!(validate(&format!("{}.example", "a".repeat(64))).is_err());
+        assert!(validate(&format!("{}.example", "a.".repeat(130))).is_err());
+    }
+}

@@ -1,0 +1,548 @@
+//! Upstream subscriptions: one worker task per host in the host table, the startup ramp
+//! that keeps a cold start from starving the HTTP server, reconciliation that respawns
+//! missing workers, dormancy for hosts that keep failing, and batched cursor persistence.
+//!
+//! Cold start is the dangerous moment (seed report: ~2,800 simultaneous DNS+TLS+WebSocket
+//! handshakes starved the probe endpoint until the orchestrator killed the pod, in a loop).
+//! Three independent brakes apply: workers are spawned in batches with a pause between
+//! them; each host's first attempt is delayed by a hostname-hash jitter; and at most
+//! `handshake_concurrency_max` handshakes are in flight at once (a FIFO semaphore), so the
+//! CPU they need arrives in a bounded trickle.
+//!
+//! State a probe or `/hosts` reads is in atomics on each [`Host`]; the host map itself is
+//! behind a read-write lock touched only by `/hosts`, `requestCrawl`, reconciliation and
+//! the cursor flusher, never by probes.
+
+pub mod hostname;
+mod schedule;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst,
+};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::rt::cpu::{Cpu, CpuConfig};
+use crate::rt::time::{sleep, Clock};
+use crate::rt::{self};
+use crate::store::{HostRow, HostStatus, Store, StoreError};
+
+/// Upstream subscription settings. Defaults follow the production incident's fixes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Port dialled on every upstream host (`ws://<host>:<port>/subscribe?cursor=N`).
+    pub port: u16,
+    /// TCP connect plus WebSocket handshake must finish within this, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// No frame for this long means a dead peer: reconnect, milliseconds.
+    pub read_idle_timeout_ms: u64,
+    /// Largest accepted upstream frame, bytes.
+    pub max_frame_bytes: usize,
+    /// Startup only: each host's first attempt waits `hash(hostname) % startup_jitter_ms`.
+    pub startup_jitter_ms: u64,
+    /// Startup only: workers spawned per batch.
+    pub spawn_batch_size: usize,
+    /// Startup only: pause between spawn batches, milliseconds.
+    pub spawn_batch_interval_ms: u64,
+    /// Most TCP+WebSocket handshakes in flight at once (FIFO beyond that).
+    pub handshake_concurrency_max: usize,
+    /// First retry delay, milliseconds; doubles per consecutive failure.
+    pub backoff_base_ms: u64,
+    /// Retry delay cap, milliseconds.
+    pub backoff_cap_ms: u64,
+    /// Retry delays vary by up to ± this percentage (by hostname hash).
+    pub backoff_jitter_pct: u32,
+    /// After this many consecutive failures a host turns dormant and its worker exits.
+    pub dormant_after_failures: u32,
+    /// Reconciliation retries a dormant host after this long since its last attempt.
+    pub dormant_retry_interval_ms: u64,
+    /// How often reconciliation looks for hosts without a worker.
+    pub reconcile_interval_ms: u64,
+    /// How often changed cursors are written to the store (one transaction).
+    pub cursor_flush_interval_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            port: 80,
+            connect_timeout_ms: 10_000,
+            read_idle_timeout_ms: 120_000,
+            max_frame_bytes: 1 << 20,
+            startup_jitter_ms: 30_000,
+            spawn_batch_size: 50,
+            spawn_batch_interval_ms: 100,
+            handshake_concurrency_max: 32,
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 30 * 60_000,
+            backoff_jitter_pct: 20,
+            dormant_after_failures: 15,
+            dormant_retry_interval_ms: 60 * 60_000,
+            reconcile_interval_ms: 5 * 60_000,
+            cursor_flush_interval_ms: 5_000,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Cross-field checks.
+    pub fn check(&self) -> Result<(), String> {
+        if self.spawn_batch_size == 0 || self.handshake_concurrency_max == 0 {
+            return Err("upstream.spawn_batch_size and upstream.handshake_concurrency_max must be at least 1".into());
+        }
+        if self.backoff_base_ms == 0 || self.backoff_base_ms > self.backoff_cap_ms {
+            return Err(
+                "upstream.backoff_base_ms must be at least 1 and at most backoff_cap_ms".into(),
+            );
+        }
+        if self.dormant_after_failures == 0 {
+            return Err("upstream.dormant_after_failures must be at least 1".into());
+        }
+        if self.reconcile_interval_ms == 0 || self.cursor_flush_interval_ms == 0 {
+            return Err(
+                "upstream.reconcile_interval_ms and cursor_flush_interval_ms must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a host's worker is doing right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum HostPhase {
+    /// No worker (not yet spawned, or exited on shutdown).
+    Idle = 0,
+    /// Waiting out the startup jitter.
+    Waiting = 1,
+    /// Dialling or handshaking.
+    Connecting = 2,
+    /// Subscribed and reading frames.
+    Connected = 3,
+    /// Waiting to retry after a failure.
+    Backoff = 4,
+    /// Failed too often; worker exited; retried slowly by reconciliation.
+    Dormant = 5,
+}
+
+impl HostPhase {
+    /// All phases, in order (metric label sets).
+    pub const ALL: [HostPhase; 6] = [
+        Self::Idle,
+        Self::Waiting,
+        Self::Connecting,
+        Self::Connected,
+        Self::Backoff,
+        Self::Dormant,
+    ];
+
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Waiting => "waiting",
+            Self::Connecting => "connecting",
+            Self::Connected => "connected",
+            Self::Backoff => "backoff",
+            Self::Dormant => "dormant",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        Self::ALL[usize::from(value).min(Self::ALL.len() - 1)]
+    }
+}
+
+/// One upstream host: identity plus the atomics its worker updates.
+#[derive(Debug)]
+pub struct Host {
+    /// Store id.
+    pub id: i64,
+    /// Hostname dialled.
+    pub hostname: String,
+    phase: AtomicU8,
+    /// Highest upstream seq seen (one atomic store per frame, no lock).
+    cursor: AtomicU64,
+    /// Highest seq written to the store.
+    flushed_cursor: AtomicU64,
+    consecutive_failures: AtomicU32,
+    events_total: AtomicU64,
+    last_attempt_ms: AtomicU64,
+    /// Exactly one worker per host: set by whoever spawns it, cleared when it exits.
+    worker_running: AtomicBool,
+}
+
+impl Host {
+    fn from_row(row: &HostRow) -> Self {
+        let phase = match row.status {
+            HostStatus::Active => HostPhase::Idle,
+            HostStatus::Dormant => HostPhase::Dormant,
+        };
+        Self {
+            id: row.id,
+            hostname: row.hostname.clone(),
+            phase: AtomicU8::new(phase as u8),
+            cursor: AtomicU64::new(row.cursor),
+            flushed_cursor: AtomicU64::new(row.cursor),
+            consecutive_failures: AtomicU32::new(row.consecutive_failures),
+            events_total: AtomicU64::new(0),
+            last_attempt_ms: AtomicU64::new(0),
+            worker_running: AtomicBool::new(false),
+        }
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> HostPhase {
+        HostPhase::from_u8(self.phase.load(SeqCst))
+    }
+
+    fn set_phase(&self, phase: HostPhase) {
+        self.phase.swap(phase as u8, SeqCst);
+    }
+
+    /// A JSON-ready snapshot for `/hosts`.
+    pub fn view(&self) -> HostView {
+        HostView {
+            id: self.id,
+            hostname: self.hostname.clone(),
+            phase: self.phase(),
+            cursor: self.cursor.load(SeqCst),
+            consecutive_failures: self.consecutive_failures.load(SeqCst),
+            events: self.events_total.load(SeqCst),
+            worker_running: self.worker_running.load(SeqCst),
+        }
+    }
+}
+
+/// What `/hosts` shows per host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostView {
+    /// Store id.
+    pub id: i64,
+    /// Hostname.
+    pub hostname: String,
+    /// Current phase.
+    pub phase: HostPhase,
+    /// Highest upstream seq seen.
+    pub cursor: u64,
+    /// Consecutive failed attempts.
+    pub consecutive_failures: u32,
+    /// Frames received since the relay started.
+    pub events: u64,
+    /// Whether a worker task exists for it.
+    pub worker_running: bool,
+}
+
+/// Aggregate counts for metrics and the wind tunnel's monitor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamStats {
+    /// Hosts in the table.
+    pub hosts: usize,
+    /// Hosts per phase, indexed by `HostPhase as usize`.
+    pub by_phase: [usize; 6],
+    /// Worker tasks alive now.
+    pub workers_running: usize,
+    /// Most worker tasks ever alive at once.
+    pub workers_high_water: usize,
+    /// Handshakes in flight now.
+    pub handshakes_in_flight: usize,
+    /// Most handshakes ever in flight at once.
+    pub handshakes_high_water: usize,
+    /// Frames received from all upstreams.
+    pub events_total: u64,
+}
+
+impl UpstreamStats {
+    /// Hosts currently in `phase`.
+    pub fn in_phase(&self, phase: HostPhase) -> usize {
+        self.by_phase[phase as usize]
+    }
+}
+
+/// Why `requestCrawl` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CrawlError {
+    /// Not a hostname we will dial.
+    #[error(transparent)]
+    InvalidHostname(#[from] hostname::HostnameError),
+    /// The store could not record it; the caller should retry.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Outcome of an accepted `requestCrawl`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CrawlAccepted {
+    /// The normalised hostname.
+    pub hostname: String,
+    /// Store id.
+    pub id: i64,
+    /// Whether the host was new.
+    pub created: bool,
+    /// Whether a worker was started by this request.
+    pub worker_started: bool,
+}
+
+/// All upstream subscriptions of one relay.
+#[derive(Debug)]
+pub struct Upstreams {
+    config: UpstreamConfig,
+    cpu_costs: CpuConfig,
+    cpu: Cpu,
+    clock: Clock,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    hosts: RwLock<BTreeMap<i64, Arc<Host>>>,
+    handshake_permits: Arc<Semaphore>,
+    handshakes_in_flight: AtomicUsize,
+    handshakes_high_water: AtomicUsize,
+    workers_running: AtomicUsize,
+    workers_high_water: AtomicUsize,
+    ramp_started: AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Upstreams {
+    /// Load the host table from `store`.
+    pub fn load(
+        config: UpstreamConfig,
+        cpu_costs: CpuConfig,
+        cpu: Cpu,
+        clock: Clock,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let hosts = store
+            .hosts()?
+            .iter()
+            .map(|row| (row.id, Arc::new(Host::from_row(row))))
+            .collect();
+        Ok(Self {
+            handshake_permits: Arc::new(Semaphore::new(config.handshake_concurrency_max)),
+            config,
+            cpu_costs,
+            cpu,
+            clock,
+            store,
+            metrics,
+            hosts: RwLock::new(hosts),
+            handshakes_in_flight: AtomicUsize::new(0),
+            handshakes_high_water: AtomicUsize::new(0),
+            workers_running: AtomicUsize::new(0),
+            workers_high_water: AtomicUsize::new(0),
+            ramp_started: AtomicBool::new(false),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// Whether the startup ramp has begun (part of readiness).
+    pub fn ramp_started(&self) -> bool {
+        self.ramp_started.load(SeqCst)
+    }
+
+    /// Start the ramp, reconciliation and cursor flushing. Returns at once.
+    pub fn start(self: &Arc<Self>) {
+        rt::spawn(Arc::clone(self).ramp());
+        rt::spawn(Arc::clone(self).reconcile_loop());
+        rt::spawn(Arc::clone(self).flush_loop());
+    }
+
+    /// Stop every worker and loop, then flush cursors one last time.
+    pub fn stop(&self) {
+        self.shutdown.send_replace(true);
+        self.flush_cursors();
+    }
+
+    /// Snapshot of every host, by id.
+    pub fn views(&self) -> Vec<HostView> {
+        self.snapshot().iter().map(|host| host.view()).collect()
+    }
+
+    /// Aggregate counts.
+    pub fn stats(&self) -> UpstreamStats {
+        let mut stats = UpstreamStats {
+            workers_running: self.workers_running.load(SeqCst),
+            workers_high_water: self.workers_high_water.load(SeqCst),
+            handshakes_in_flight: self.handshakes_in_flight.load(SeqCst),
+            handshakes_high_water: self.handshakes_high_water.load(SeqCst),
+            ..UpstreamStats::default()
+        };
+        for host in self.snapshot() {
+            stats.hosts += 1;
+            stats.by_phase[host.phase() as usize] += 1;
+            stats.events_total += host.events_total.load(SeqCst);
+        }
+        stats
+    }
+
+    /// Add (or re-activate) a host on request and make sure it has a worker.
+    pub fn request_crawl(
+        self: &Arc<Self>,
+        raw_hostname: &str,
+    ) -> Result<CrawlAccepted, CrawlError> {
+        let hostname = hostname::validate(raw_hostname)?;
+        let (id, created) = self.store.add_host(&hostname)?;
+        let host = {
+            let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
+            let row = HostRow {
+                id,
+                hostname: hostname.clone(),
+                status: HostStatus::Active,
+                cursor: 0,
+                consecutive_failures: 0,
+            };
+            Arc::clone(
+                hosts
+                    .entry(id)
+                    .or_insert_with(|| Arc::new(Host::from_row(&row))),
+            )
+        };
+        if host.phase() == HostPhase::Dormant {
+            self.store.set_status(id, HostStatus::Active, 0)?;
+            host.consecutive_failures.swap(0, SeqCst);
+            host.set_phase(HostPhase::Idle);
+        }
+        // One-at-a-time spawns need no jitter (seed report: jitter is for the startup herd).
+        let worker_started = self.spawn_worker(&host, Duration::ZERO);
+        Ok(CrawlAccepted {
+            hostname,
+            id,
+            created,
+            worker_started,
+        })
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Host>> {
+        self.hosts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Spawn `host`'s worker unless one is running. Returns whether it spawned one.
+    fn spawn_worker(self: &Arc<Self>, host: &Arc<Host>, initial_delay: Duration) -> bool {
+        if host
+            .worker_running
+            .compare_exchange(false, true, SeqCst, SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        let running = self.workers_running.fetch_add(1, SeqCst) + 1;
+        self.workers_high_water.fetch_max(running, SeqCst);
+        rt::spawn(worker::run(
+            Arc::clone(self),
+            Arc::clone(host),
+            initial_delay,
+        ));
+        true
+    }
+
+    /// Startup: spawn every non-dormant host's worker, in batches, each with its jitter.
+    async fn ramp(self: Arc<Self>) {
+        self.ramp_started.swap(true, SeqCst);
+        let hosts: Vec<Arc<Host>> = self
+            .snapshot()
+            .into_iter()
+            .filter(|host| host.phase() != HostPhase::Dormant)
+            .collect();
+        tracing::info!(hosts = hosts.len(), "upstream ramp starting");
+        let pause = Duration::from_millis(self.config.spawn_batch_interval_ms);
+        for batch in hosts.chunks(self.config.spawn_batch_size) {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            for host in batch {
+                self.spawn_worker(host, schedule::startup_delay(&self.config, &host.hostname));
+            }
+            if !pause.is_zero() {
+                sleep(pause).await;
+            }
+        }
+        tracing::info!(hosts = hosts.len(), "upstream ramp finished spawning");
+    }
+
+    /// Respawn workers for active hosts that lack one, and retry dormant hosts slowly.
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let interval = Duration::from_millis(self.config.reconcile_interval_ms);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = sleep(interval) => {}
+            }
+            let now_ms = self.clock.now_ms();
+            let mut respawned = 0;
+            for host in self.snapshot() {
+                let due = match host.phase() {
+                    HostPhase::Dormant => {
+                        now_ms.saturating_sub(host.last_attempt_ms.load(SeqCst))
+                            >= self.config.dormant_retry_interval_ms
+                    }
+                    _ => true,
+                };
+                if due && self.spawn_worker(&host, Duration::ZERO) {
+                    respawned += 1;
+                }
+            }
+            if respawned > 0 {
+                tracing::info!(respawned, "reconciliation started missing workers");
+            }
+        }
+    }
+
+    async fn flush_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let interval = Duration::from_millis(self.config.cursor_flush_interval_ms);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = sleep(interval) => self.flush_cursors(),
+            }
+        }
+    }
+
+    /// Write every cursor that moved since the last flush, in one transaction.
+    fn flush_cursors(&self) {
+        let changed: Vec<(Arc<Host>, u64)> = self
+            .snapshot()
+            .into_iter()
+            .filter_map(|host| {
+                let cursor = host.cursor.load(SeqCst);
+                (cursor > host.flushed_cursor.load(SeqCst)).then_some((host, cursor))
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let rows: Vec<(i64, u64)> = changed
+            .iter()
+            .map(|(host, cursor)| (host.id, *cursor))
+            .collect();
+        match self.store.flush_cursors(&rows) {
+            Ok(()) => {
+                for (host, cursor) in &changed {
+                    host.flushed_cursor.fetch_max(*cursor, SeqCst);
+                }
+                self.metrics.cursor_flush(rows.len());
+            }
+            // The cursors stay in memory and are retried on the next tick.
+            Err(error) => {
+                tracing::warn!(%error, hosts = rows.len(), "cursor flush failed; will retry")
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Timing decisions for upstream workers: startup jitter and retry backoff.
+//!
+//! Both derive their spread from a hash of the hostname (FNV-1a), never from a random
+//! source: the same host always gets the same startup offset and the same backoff sequence,
+//! in production and in the tunnel, whatever the seed. That keeps a cold start's shape
+//! reproducible and spreads 2,800 hosts evenly without coordination.
+
+use std::time::Duration;
+
+use super::UpstreamConfig;
+
+/// FNV-1a over `parts`, each followed by a separator byte.
+fn hash(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(std::iter::once(&0xff)) {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// Delay before a host's first connection after a restart: uniform over
+/// `[0, startup_jitter_ms)` by hostname hash.
+pub fn startup_delay(config: &UpstreamConfig, hostname: &str) -> Duration {
+    if config.startup_jitter_ms == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(hash(&[hostname.as_bytes()]) % config.startup_jitter_ms)
+}
+
+/// Delay before retry number `failures` (1-based): `base · 2^(failures-1)`, capped, then
+/// shifted by up to ±`backoff_jitter_pct` percent by hostname and attempt.
+pub fn backoff(config: &UpstreamConfig, hostname: &str, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(40);
+    let raw_ms = config
+        .backoff_base_ms
+        .saturating_mul(1u64 << exponent)
+        .min(config.backoff_cap_ms);
+    let spread_ms = raw_ms * u64::from(config.backoff_jitter_pct) / 100;
+    if spread_ms == 0 {
+        return Duration::from_millis(raw_ms);
+    }
+    let offset = hash(&[hostname.as_bytes(), &failures.to_le_bytes()]) % (2 * spread_ms + 1);
+    Duration::from_millis(
+        (raw_ms + offset)
+            .saturating_sub(spread_ms)
+            .min(config.backoff_cap_ms),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_delay_is_stable_and_within_the_window() {
+        let config = UpstreamConfig::default();
+        let a = startup_delay(&config, "pds-1.example");
+        assert_eq!(a, startup_delay(&config, "pds-1.example"));
+        assert!(a < Duration::from_millis(config.startup_jitter_ms));
+        let spread: std::collections::BTreeSet<u64> = (0..2_800)
+            .map(|i| startup_delay(&config, &format!("pds-{i}.example")).as_secs())
+            .collect();
+        assert_eq!(
+            spread.len(),
+            30,
+            "2,800 hosts cover every second of a 30 s window"
+        );
+        let zero = UpstreamConfig {
+            startup_jitter_ms: 0,
+            ..config
+        };
+        assert_eq!(startup_delay(&zero, "pds-1.example"), Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let config = UpstreamConfig {
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 60_000,
+            backoff_jitter_pct: 20,
+            ..UpstreamConfig::default()
+        };
+        for (failures, nominal_ms) in [(1, 1_000u64), (2, 2_000), (3, 4_000), (6, 32_000)] {
+            let delay = backoff(&config, "h.example", failures).as_millis() as u64;
+            assert!(
+                delay >= nominal_ms * 8 / 10 && delay <= nominal_ms * 12 / 10,
+                "failure {failures}: {delay} ms vs nominal {nominal_ms} ms"
+            );
+        }
+        for failures in [7, 20, 1_000, u32::MAX] {
+            assert!(backoff(&config, "h.example", failures) <= Duration::from_millis(60_000));
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! One host's worker: wait out the startup jitter, then connect, read frames, and on
+//! failure back off (exponentially, capped, jittered) until the host turns dormant.
+//!
+//! A session is: take a handshake permit (FIFO, bounded) → TCP connect → declare the
+//! handshake's CPU cost → WebSocket client handshake → release the permit → read JSON event
+//! frames `{seq, kind, body}` until the connection ends. Any failure before the handshake
+//! completes counts toward dormancy; a session that connected resets the count.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{schedule, Host, HostPhase, Upstreams};
+use crate::rt::net::TcpStream;
+use crate::rt::time::{sleep, timeout};
+use crate::store::HostStatus;
+
+/// An upstream event frame. `body` is carried opaquely.
+#[derive(Debug, Deserialize)]
+struct EventFrame {
+    seq: u64,
+    kind: String,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// Never got subscribed: counts toward dormancy.
+    Failed(&'static str),
+    /// Was subscribed, then the stream ended.
+    Ended(&'static str),
+}
+
+/// Decrements the running-worker count and frees the host's worker slot however the
+/// worker ends (return, shutdown, or panic).
+struct WorkerSlot {
+    upstreams: Arc<Upstreams>,
+    host: Arc<Host>,
+}
+
+impl Drop for WorkerSlot {
+    fn drop(&mut self) {
+        if self.host.phase() != HostPhase::Dormant {
+            self.host.set_phase(HostPhase::Idle);
+        }
+        self.host.worker_running.swap(false, SeqCst);
+        self.upstreams.workers_running.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Counts one in-flight handshake for as long as it lives.
+struct HandshakeInFlight<'a>(&'a Upstreams);
+
+impl<'a> HandshakeInFlight<'a> {
+    fn enter(upstreams: &'a Upstreams) -> Self {
+        let now = upstreams.handshakes_in_flight.fetch_add(1, SeqCst) + 1;
+        upstreams.handshakes_high_water.fetch_max(now, SeqCst);
+        Self(upstreams)
+    }
+}
+
+impl Drop for HandshakeInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.handshakes_in_flight.fetch_sub(1, SeqCst);
+    }
+}
+
+/// The worker task body. Ends on shutdown or when the host turns dormant.
+pub(super) async fn run(upstreams: Arc<Upstreams>, host: Arc<Host>, initial_delay: Duration) {
+    let slot = WorkerSlot { upstreams, host };
+    let mut shutdown = slot.upstreams.shutdown.subscribe();
+    tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|stop| *stop) => {}
+        () = lifecycle(&slot.upstreams, &slot.host, initial_delay) => {}
+    }
+}
+
+async fn lifecycle(upstreams: &Arc<Upstreams>, host: &Arc<Host>, initial_delay: Duration) {
+    let config = &upstreams.config;
+    if !initial_delay.is_zero() {
+        host.set_phase(HostPhase::Waiting);
+        sleep(initial_delay).await;
+    }
+    loop {
+        host.set_phase(HostPhase::Connecting);
+        host.last_attempt_ms
+            .fetch_max(upstreams.clock.now_ms(), SeqCst);
+        let failures = match session(upstreams, host).await {
+            SessionEnd::Ended(reason) => {
+                upstreams.metrics.upstream_disconnect(reason);
+                // It was healthy: retry soon, as after a first failure.
+                1
+            }
+            SessionEnd::Failed(reason) => {
+                upstreams.metrics.upstream_attempt(reason);
+                let failures = host.consecutive_failures.fetch_add(1, SeqCst) + 1;
+                if failures >= config.dormant_after_failures {
+                    host.set_phase(HostPhase::Dormant);
+                    tracing::warn!(host = %host.hostname, failures, last = reason, "host turned dormant");
+                    if let Err(error) =
+                        upstreams
+                            .store
+                            .set_status(host.id, HostStatus::Dormant, failures)
+                    {
+                        tracing::warn!(%error, host = %host.hostname, "cannot persist dormancy");
+                    }
+                    return;
+                }
+                failures
+            }
+        };
+        host.set_phase(HostPhase::Backoff);
+        sleep(schedule::backoff(config, &host.hostname, failures)).await;
+    }
+}
+
+async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
+    let config = &upstreams.config;
+    let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+    let stream = {
+        let _permit = upstreams
+            .handshake_permits
+            .acquire()
+            .await
+            .expect("the handshake semaphore is never closed");
+        let _in_flight = HandshakeInFlight::enter(upstreams);
+        let handshake = async {
+            let tcp = TcpStream::connect((host.hostname.as_str(), config.port))
+                .await
+                .map_err(|_| "connect_error")?;
+            // DNS + TLS + WebSocket upgrade: the CPU a cold start spends per host.
+            upstreams
+                .cpu
+                .spend(upstreams.cpu_costs.upstream_handshake())
+                .await;
+            let url = format!(
+                "ws://{}:{}/subscribe?cursor={}",
+                host.hostname,
+                config.port,
+                host.cursor.load(SeqCst)
+            );
+            let ws_config = WebSocketConfig::default()
+                .max_frame_size(Some(config.max_frame_bytes))
+                .max_message_size(Some(config.max_frame_bytes));
+            tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config))
+                .await
+                .map(|(stream, _response)| stream)
+                .map_err(|_| "handshake_error")
+        };
+        match timeout(connect_timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(reason)) => return SessionEnd::Failed(reason),
+            Err(_) => return SessionEnd::Failed("timeout"),
+        }
+    };
+    upstreams.metrics.upstream_attempt("connected");
+    host.set_phase(HostPhase::Connected);
+    if host.consecutive_failures.swap(0, SeqCst) > 0 {
+        if let Err(error) = upstreams.store.set_status(host.id, HostStatus::Active, 0) {
+            tracing::warn!(%error, host = %host.hostname, "cannot persist recovery");
+        }
+    }
+    let (_sink, mut frames) = stream.split();
+    let idle = Duration::from_millis(config.read_idle_timeout_ms);
+    loop {
+        let message = match timeout(idle, frames.next()).await {
+            Err(_) => return SessionEnd::Ended("read_idle_timeout"),
+            Ok(None) => return SessionEnd::Ended("closed"),
+            Ok(Some(Err(_))) => return SessionEnd::Ended("protocol_error"),
+            Ok(Some(Ok(message))) => message,
+        };
+        let payload = match message {
+            Message::Text(text) => text.as_bytes().to_vec(),
+            Message::Binary(bytes) => bytes.to_vec(),
+            Message::Close(_) => return SessionEnd::Ended("closed"),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+        };
+        upstreams
+            .cpu
+            .spend(upstreams.cpu_costs.frame_decode())
+            .await;
+        match serde_json::from_slice::<EventFrame>(&payload) {
+            Ok(frame) if !frame.kind.is_empty() => {
+                if frame.seq > host.cursor.fetch_max(frame.seq, SeqCst) {
+                    host.events_total.fetch_add(1, SeqCst);
+                } else {
+                    upstreams.metrics.upstream_duplicate();
+                }
+            }
+            Ok(_) | Err(_) => {
+                upstreams.metrics.upstream_bad_frame();
+                return SessionEnd::Ended("bad_frame");
+            }
+        }
+    }
+}
