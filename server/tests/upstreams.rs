@@ -1,0 +1,243 @@
+//! Upstream subscriptions at the system boundary: real WebSocket upstreams on loopback, a
+//! real SQLite file, the relay restarted on the same database.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use relay::config::ConfigBuilder;
+use relay::store::{HostStatus, Store};
+use relay::upstream::HostPhase;
+use relay::{Observer, Relay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+fn temp_db(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "relay-upstreams-{}-{name}.sqlite",
+        std::process::id()
+    ));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+/// A WebSocket upstream that records each subscription's request URI and sends frames
+/// `from..=to` on every connection, then stays open.
+async fn upstream(from: u64, to: u64) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let uris = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&uris);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let record = |request: &Request, response: Response| {
+                    seen.lock().unwrap().push(request.uri().to_string());
+                    Ok(response)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                    return;
+                };
+                for seq in from..=to {
+                    let frame = format!(r#"{{"seq":{seq},"kind":"commit","body":{{"n":{seq}}}}}"#);
+                    if ws.send(Message::text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    (port, uris)
+}
+
+struct Running {
+    addr: SocketAddr,
+    observer: Observer,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<relay::http::ShutdownReport>,
+}
+
+async fn start(overrides: &[String]) -> Running {
+    let mut builder = ConfigBuilder::new()
+        .with_set("server.listen=127.0.0.1:0")
+        .unwrap();
+    for assignment in overrides {
+        builder = builder.with_set(assignment).unwrap();
+    }
+    let relay = Relay::bind(builder.build().unwrap()).await.unwrap();
+    let (stop, stopped) = oneshot::channel();
+    Running {
+        addr: relay.local_addr().unwrap(),
+        observer: relay.observer(),
+        stop,
+        task: tokio::spawn(relay.run(async {
+            let _ = stopped.await;
+        })),
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        assert_eq!(self.task.await.unwrap().connections_left, 0);
+    }
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..1_000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn post_crawl(addr: SocketAddr, body: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /requestCrawl HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn frames_advance_the_cursor_which_is_flushed_and_resumed_after_restart() {
+    let db = temp_db("resume");
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    let (port, uris) = upstream(1, 5).await;
+    let overrides = vec![
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        "upstream.cursor_flush_interval_ms=20".to_owned(),
+    ];
+    let relay = start(&overrides).await;
+    let observer = relay.observer.clone();
+    wait_until("the host's cursor reaches 5", || {
+        observer
+            .hosts()
+            .first()
+            .is_some_and(|h| h.cursor == 5 && h.phase == HostPhase::Connected)
+    })
+    .await;
+    let flushed = Store::open(&db).unwrap();
+    wait_until("the cursor is flushed", || {
+        flushed.hosts().unwrap()[0].cursor == 5
+    })
+    .await;
+    let stats = relay.observer.upstreams();
+    assert_eq!((stats.workers_running, stats.events_total), (1, 5));
+    assert!(relay
+        .observer
+        .metrics_text()
+        .contains("relay_upstream_hosts{phase=\"connected\"} 1"));
+    relay.stop().await;
+    assert_eq!(uris.lock().unwrap().as_slice(), ["/subscribe?cursor=0"]);
+
+    // Restart on the same database: the subscription resumes from the flushed cursor, and
+    // the replayed frames at or below it are skipped, not double-counted.
+    let relay = start(&overrides).await;
+    let observer = relay.observer.clone();
+    wait_until("the restarted relay resubscribes", || {
+        uris.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(uris.lock().unwrap()[1], "/subscribe?cursor=5");
+    wait_until("the replayed frames are read", || {
+        observer
+            .metrics_text()
+            .contains("relay_upstream_duplicate_frames_total 5")
+    })
+    .await;
+    assert_eq!(observer.hosts()[0].cursor, 5);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn request_crawl_validates_input_and_failing_hosts_turn_dormant() {
+    let db = temp_db("crawl");
+    let relay = start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+        "upstream.dormant_after_failures=2".to_owned(),
+        "upstream.backoff_base_ms=10".to_owned(),
+        "upstream.backoff_cap_ms=20".to_owned(),
+        "upstream.connect_timeout_ms=500".to_owned(),
+    ])
+    .await;
+    for (body, status, code) in [
+        ("{not json", "400 Bad Request", "invalid_json"),
+        (r#"{"host":"a.example"}"#, "400 Bad Request", "invalid_json"),
+        (
+            r#"{"hostname":"10.0.0.1"}"#,
+            "400 Bad Request",
+            "invalid_hostname",
+        ),
+        (
+            r#"{"hostname":"a.example:443"}"#,
+            "400 Bad Request",
+            "invalid_hostname",
+        ),
+    ] {
+        let response = post_crawl(relay.addr, body).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{body}: {response}"
+        );
+        assert!(
+            response.contains(&format!(r#""error":"{code}""#)),
+            "{body}: {response}"
+        );
+    }
+    let huge = format!(r#"{{"hostname":"{}"}}"#, "a".repeat(5_000));
+    assert!(post_crawl(relay.addr, &huge)
+        .await
+        .starts_with("HTTP/1.1 413 Payload Too Large\r\n"));
+
+    // `.invalid` never resolves (RFC 6761), so every attempt fails.
+    let accepted = post_crawl(relay.addr, r#"{"hostname":"Nothing-Here.invalid"}"#).await;
+    assert!(accepted.starts_with("HTTP/1.1 200 OK\r\n"), "{accepted}");
+    assert!(
+        accepted.ends_with(
+            r#"{"hostname":"nothing-here.invalid","id":1,"created":true,"worker_started":true}"#
+        ),
+        "{accepted}"
+    );
+    let observer = relay.observer.clone();
+    wait_until("the host turns dormant and its worker exits", || {
+        observer.hosts()[0].phase == HostPhase::Dormant && !observer.hosts()[0].worker_running
+    })
+    .await;
+    assert_eq!(observer.upstreams().workers_running, 0);
+    let row = Store::open(&db)
+        .unwrap()
+        .host("nothing-here.invalid")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.status, row.consecutive_failures),
+        (HostStatus::Dormant, 2)
+    );
+
+    // Asking again re-activates it with a fresh worker.
+    let again = post_crawl(relay.addr, r#"{"hostname":"nothing-here.invalid"}"#).await;
+    assert!(
+        again.ends_with(r#""created":false,"worker_started":true}"#),
+        "{again}"
+    );
+    relay.stop().await;
+}
