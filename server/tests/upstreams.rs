@@ -39,6 +39,8 @@ async fn upstream(from: u64, to: u64) -> (u16, Arc<Mutex<Vec<String>>>) {
         while let Ok((stream, _)) = listener.accept().await {
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
+                // The error type is tungstenite's, not ours.
+                #[allow(clippy::result_large_err)]
                 let record = |request: &Request, response: Response| {
                     seen.lock().unwrap().push(request.uri().to_string());
                     Ok(response)
