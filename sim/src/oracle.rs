@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::scenario::{Expect, OracleName, Scenario};
-use crate::trace::{Event, Record, Trace};
+use crate::trace::{Event, Record, Trace, UpstreamSample};
 
 /// One oracle's complaint, pointing at the record that broke it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,8 +62,125 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
             settle_deadline_us,
         ));
     }
+    if let Some(spec) = &scenario.oracles.hosts_connected_min {
+        violations.extend(hosts_connected_min(
+            records,
+            spec.fraction,
+            spec.by_s * 1_000_000,
+        ));
+    }
+    if let Some(spec) = &scenario.oracles.handshakes_bounded {
+        violations.extend(handshakes_bounded(records, spec.max));
+    }
+    if scenario.oracles.workers_bounded.is_some() {
+        violations.extend(workers_bounded(records));
+    }
+    if scenario.oracles.no_host_forgotten.is_some() {
+        violations.extend(no_host_forgotten(records));
+    }
     violations.extend(no_panics(records));
     violations
+}
+
+/// The upstream part of every relay sample, with its record index.
+fn upstream_samples(records: &[Record]) -> impl Iterator<Item = (usize, &Record, UpstreamSample)> {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(index, record)| match record.event {
+            Event::RelaySample { upstreams, .. } => Some((index, record, upstreams)),
+            _ => None,
+        })
+}
+
+fn violation_at(oracle: OracleName, index: usize, record: &Record, message: String) -> Violation {
+    Violation {
+        oracle,
+        record_index: Some(index),
+        t_us: record.t_us,
+        message,
+    }
+}
+
+/// At the last sample no later than `by_us`, at least `fraction` of the live (not dead)
+/// hosts are connected.
+pub fn hosts_connected_min(records: &[Record], fraction: f64, by_us: u64) -> Option<Violation> {
+    let live = records.iter().find_map(|record| match record.event {
+        Event::UpstreamWorld { hosts, dead, .. } => Some(hosts - dead),
+        _ => None,
+    })?;
+    let required = (fraction * f64::from(live)).ceil() as usize;
+    let (index, record, sample) = upstream_samples(records)
+        .take_while(|(_, record, _)| record.t_us <= by_us)
+        .last()?;
+    (sample.hosts_connected < required).then(|| {
+        violation_at(
+            OracleName::HostsConnectedMin,
+            index,
+            record,
+            format!(
+                "{} of {live} live hosts connected, expected at least {required} ({:.0}%) by t={}",
+                sample.hosts_connected,
+                fraction * 100.0,
+                format_seconds(by_us)
+            ),
+        )
+    })
+}
+
+/// Handshakes in flight never exceeded `max` (the relay tracks an exact high-water mark).
+pub fn handshakes_bounded(records: &[Record], max: usize) -> Option<Violation> {
+    upstream_samples(records)
+        .find(|(_, _, sample)| sample.handshakes_high_water > max)
+        .map(|(index, record, sample)| {
+            violation_at(
+                OracleName::HandshakesBounded,
+                index,
+                record,
+                format!(
+                    "{} handshakes were in flight at once, expected at most {max}",
+                    sample.handshakes_high_water
+                ),
+            )
+        })
+}
+
+/// Never more than one worker per host, and dormant hosts hold no worker.
+pub fn workers_bounded(records: &[Record]) -> Option<Violation> {
+    upstream_samples(records)
+        .find(|(_, _, s)| s.workers_high_water > s.hosts || s.workers_running + s.hosts_dormant > s.hosts)
+        .map(|(index, record, s)| {
+            violation_at(
+                OracleName::WorkersBounded,
+                index,
+                record,
+                format!(
+                    "workers: {} running (high water {}), {} dormant hosts, {} hosts; expected at most \
+                     one worker per non-dormant host",
+                    s.workers_running, s.workers_high_water, s.hosts_dormant, s.hosts
+                ),
+            )
+        })
+}
+
+/// At the end, every host has a worker or is dormant, and the table lost none.
+pub fn no_host_forgotten(records: &[Record]) -> Option<Violation> {
+    let hosts = records.iter().find_map(|record| match record.event {
+        Event::UpstreamWorld { hosts, .. } => Some(hosts as usize),
+        _ => None,
+    })?;
+    let (index, record, sample) = upstream_samples(records).last()?;
+    (sample.hosts_idle > 0 || sample.hosts != hosts).then(|| {
+        violation_at(
+            OracleName::NoHostForgotten,
+            index,
+            record,
+            format!(
+                "at the end {} of {} hosts had no worker and were not dormant (table holds {} of {hosts})",
+                sample.hosts_idle, sample.hosts, sample.hosts
+            ),
+        )
+    })
 }
 
 /// `failure_threshold` consecutive failed probes: the orchestrator would kill the pod.
@@ -272,6 +389,7 @@ mod tests {
                 released: s.released,
                 refused: 0,
                 relay_tasks: s.relay_tasks,
+                upstreams: UpstreamSample::default(),
             },
         )
     }
@@ -426,6 +544,127 @@ mod tests {
             conn_accounting(clean.records(), 20_000_000, 40_000_000),
             None
         );
+    }
+
+    fn upstream(t_s: u64, sample: UpstreamSample) -> (u64, Event) {
+        (
+            t_s * 1_000_000,
+            Event::RelaySample {
+                open: 0,
+                high_water: 0,
+                max: 4,
+                admitted: 0,
+                released: 0,
+                refused: 0,
+                relay_tasks: 1,
+                upstreams: sample,
+            },
+        )
+    }
+
+    fn world(hosts: u32, dead: u32) -> (u64, Event) {
+        (
+            0,
+            Event::UpstreamWorld {
+                hosts,
+                dead,
+                flaky: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn hosts_connected_min_judges_the_last_sample_before_the_deadline() {
+        let connected = |n| UpstreamSample {
+            hosts: 100,
+            hosts_connected: n,
+            ..UpstreamSample::default()
+        };
+        let t = trace([
+            world(100, 10),
+            upstream(10, connected(50)),
+            upstream(20, connected(85)),
+            upstream(30, connected(20)),
+        ]);
+        assert_eq!(
+            hosts_connected_min(t.records(), 0.94, 20_000_000),
+            None,
+            "85 >= ceil(0.94 * 90)"
+        );
+        let violation = hosts_connected_min(t.records(), 0.95, 20_000_000).unwrap();
+        assert_eq!(violation.record_index, Some(2));
+        assert!(
+            violation
+                .message
+                .starts_with("85 of 90 live hosts connected, expected at least 86"),
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn handshake_and_worker_bounds_name_the_first_excess() {
+        let ok = UpstreamSample {
+            hosts: 10,
+            workers_running: 8,
+            workers_high_water: 10,
+            hosts_dormant: 2,
+            handshakes_high_water: 4,
+            ..UpstreamSample::default()
+        };
+        let doubled = UpstreamSample {
+            workers_high_water: 11,
+            ..ok
+        };
+        let zombie = UpstreamSample {
+            workers_running: 9,
+            ..ok
+        };
+        let t = trace([upstream(1, ok), upstream(2, doubled)]);
+        assert_eq!(handshakes_bounded(t.records(), 4), None);
+        assert_eq!(
+            handshakes_bounded(t.records(), 3).unwrap().record_index,
+            Some(0)
+        );
+        assert_eq!(workers_bounded(t.records()).unwrap().record_index, Some(1));
+        assert_eq!(
+            workers_bounded(trace([upstream(1, ok), upstream(2, zombie)]).records())
+                .unwrap()
+                .record_index,
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_host_without_worker_or_dormancy_at_the_end_is_forgotten() {
+        let fine = UpstreamSample {
+            hosts: 3,
+            workers_running: 2,
+            hosts_dormant: 1,
+            ..UpstreamSample::default()
+        };
+        let forgotten = UpstreamSample {
+            hosts_idle: 1,
+            workers_running: 1,
+            ..fine
+        };
+        assert_eq!(
+            no_host_forgotten(
+                trace([world(3, 0), upstream(1, forgotten), upstream(2, fine)]).records()
+            ),
+            None
+        );
+        let violation = no_host_forgotten(
+            trace([world(3, 0), upstream(1, fine), upstream(2, forgotten)]).records(),
+        )
+        .unwrap();
+        assert!(
+            violation
+                .message
+                .starts_with("at the end 1 of 3 hosts had no worker"),
+            "{violation}"
+        );
+        let lost = UpstreamSample { hosts: 2, ..fine };
+        assert!(no_host_forgotten(trace([world(3, 0), upstream(1, lost)]).records()).is_some());
     }
 
     #[test]

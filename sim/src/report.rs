@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use crate::oracle::{format_seconds, Verdict, Violation};
 use crate::scenario::{OracleName, Scenario};
-use crate::trace::{ChurnAction, Event, Trace};
+use crate::trace::{ChurnAction, Event, Trace, UpstreamSample};
 
 /// Counts drawn from a trace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,12 +26,22 @@ pub struct Summary {
     pub churn_cut_short: usize,
     /// The relay's last accounting sample: (high water, max, admitted, refused).
     pub relay_last: Option<(usize, usize, u64, u64)>,
+    /// The relay's last upstream sample, if it has upstream hosts.
+    pub upstream_last: Option<UpstreamSample>,
+    /// Most hosts connected at any sample.
+    pub upstream_connected_max: usize,
+    /// Fewest hosts connected at a sample taken while a fault was active (how deep the
+    /// faults cut), if any fault ran.
+    pub upstream_connected_min_during_faults: Option<usize>,
+    /// Upstream hosts in the generated world: (hosts, dead, flaky).
+    pub upstream_world: Option<(u32, u32, u32)>,
 }
 
 impl Summary {
     /// Summarise `trace`.
     pub fn of(trace: &Trace) -> Self {
         let mut summary = Self::default();
+        let mut faults_active = 0usize;
         for record in trace.records() {
             match &record.event {
                 Event::Probe { ok, latency_us, .. } => {
@@ -61,9 +71,34 @@ impl Summary {
                     max,
                     admitted,
                     refused,
+                    upstreams,
                     ..
-                } => summary.relay_last = Some((*high_water, *max, *admitted, *refused)),
-                Event::Phase { .. } | Event::Panic { .. } => {}
+                } => {
+                    summary.relay_last = Some((*high_water, *max, *admitted, *refused));
+                    if summary.upstream_world.is_some() {
+                        let connected = upstreams.hosts_connected;
+                        summary.upstream_connected_max =
+                            summary.upstream_connected_max.max(connected);
+                        if faults_active > 0 {
+                            let min = summary
+                                .upstream_connected_min_during_faults
+                                .get_or_insert(connected);
+                            *min = (*min).min(connected);
+                        }
+                        summary.upstream_last = Some(*upstreams);
+                    }
+                }
+                Event::UpstreamWorld { hosts, dead, flaky } => {
+                    summary.upstream_world = Some((*hosts, *dead, *flaky))
+                }
+                Event::Fault { active, .. } => {
+                    faults_active = if *active {
+                        faults_active + 1
+                    } else {
+                        faults_active.saturating_sub(1)
+                    };
+                }
+                Event::Phase { .. } | Event::Panic { .. } | Event::Subscribed { .. } => {}
             }
         }
         summary
@@ -166,19 +201,33 @@ impl RunReport<'_> {
                 "  relay: high water {high_water}/{max}, admitted {admitted}, refused at capacity {refused}"
             );
         }
-        let oracles: Vec<String> = [
-            OracleName::ProbeLiveness,
-            OracleName::ProbeLatencyMax,
-            OracleName::ConnAccounting,
-            OracleName::NoPanics,
-        ]
-        .into_iter()
-        .filter(|oracle| self.scenario.checks(*oracle))
-        .map(|oracle| {
-            let held = !self.violations.iter().any(|v| v.oracle == oracle);
-            format!("{oracle} {}", if held { "held" } else { "VIOLATED" })
-        })
-        .collect();
+        if let (Some((hosts, dead, flaky)), Some(last)) =
+            (summary.upstream_world, summary.upstream_last)
+        {
+            let faults = summary
+                .upstream_connected_min_during_faults
+                .map(|min| format!(", fewest during faults {min}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                text,
+                "  upstreams: {hosts} hosts ({dead} dead, {flaky} flaky); connected: most {}{faults}, at end {}; \
+                 {} dormant; handshakes high water {}, workers high water {}, {} events",
+                summary.upstream_connected_max,
+                last.hosts_connected,
+                last.hosts_dormant,
+                last.handshakes_high_water,
+                last.workers_high_water,
+                last.upstream_events
+            );
+        }
+        let oracles: Vec<String> = OracleName::ALL
+            .into_iter()
+            .filter(|oracle| self.scenario.checks(*oracle))
+            .map(|oracle| {
+                let held = !self.violations.iter().any(|v| v.oracle == oracle);
+                format!("{oracle} {}", if held { "held" } else { "VIOLATED" })
+            })
+            .collect();
         let _ = writeln!(text, "  oracles: {}", oracles.join(", "));
         for violation in self.violations {
             let _ = writeln!(text, "  {violation}");

@@ -37,6 +37,11 @@ pub struct Scenario {
     /// Groups of client nodes opening and closing connections.
     #[serde(default)]
     pub churners: Vec<ChurnerSpec>,
+    /// Upstream hosts the relay subscribes to (its host table is generated from this).
+    pub upstreams: Option<UpstreamsSpec>,
+    /// Faults on a timeline.
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
     /// Which oracles to check, with their bounds.
     pub oracles: OracleSpecs,
 }
@@ -65,9 +70,29 @@ pub enum OracleName {
     ConnAccounting,
     /// No task panicked anywhere in the simulation.
     NoPanics,
+    /// Enough live upstream hosts connected by a deadline.
+    HostsConnectedMin,
+    /// Upstream handshakes in flight never exceeded a bound.
+    HandshakesBounded,
+    /// At most one worker per host, ever; none left behind by dormant hosts.
+    WorkersBounded,
+    /// At the end every host has a worker or is dormant: none silently dropped.
+    NoHostForgotten,
 }
 
 impl OracleName {
+    /// Every oracle, in check and report order.
+    pub const ALL: [OracleName; 8] = [
+        Self::ProbeLiveness,
+        Self::ProbeLatencyMax,
+        Self::ConnAccounting,
+        Self::HostsConnectedMin,
+        Self::HandshakesBounded,
+        Self::WorkersBounded,
+        Self::NoHostForgotten,
+        Self::NoPanics,
+    ];
+
     /// The snake_case name used in files and reports.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -75,6 +100,10 @@ impl OracleName {
             Self::ProbeLatencyMax => "probe_latency_max",
             Self::ConnAccounting => "conn_accounting",
             Self::NoPanics => "no_panics",
+            Self::HostsConnectedMin => "hosts_connected_min",
+            Self::HandshakesBounded => "handshakes_bounded",
+            Self::WorkersBounded => "workers_bounded",
+            Self::NoHostForgotten => "no_host_forgotten",
         }
     }
 }
@@ -252,6 +281,114 @@ pub struct OracleSpecs {
     pub conn_accounting: Option<ConnAccountingSpec>,
     /// See [`OracleName::NoPanics`]. Always checked; listing it is documentation.
     pub no_panics: Option<NoPanicsSpec>,
+    /// See [`OracleName::HostsConnectedMin`]. Needs `[upstreams]`.
+    pub hosts_connected_min: Option<HostsConnectedMinSpec>,
+    /// See [`OracleName::HandshakesBounded`]. Needs `[upstreams]`.
+    pub handshakes_bounded: Option<HandshakesBoundedSpec>,
+    /// See [`OracleName::WorkersBounded`]. Needs `[upstreams]`.
+    pub workers_bounded: Option<WorkersBoundedSpec>,
+    /// See [`OracleName::NoHostForgotten`]. Needs `[upstreams]`.
+    pub no_host_forgotten: Option<NoHostForgottenSpec>,
+}
+
+/// `hosts_connected_min` bound.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsConnectedMinSpec {
+    /// Fraction of live (not dead) hosts that must be connected, 0..=1.
+    pub fraction: f64,
+    /// By this simulated second.
+    pub by_s: u64,
+}
+
+/// `handshakes_bounded` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandshakesBoundedSpec {
+    /// Most handshakes allowed in flight at once.
+    pub max: usize,
+}
+
+/// `workers_bounded` takes its bound from the host table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersBoundedSpec {}
+
+/// `no_host_forgotten` takes no parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoHostForgottenSpec {}
+
+/// The upstream hosts of the world. Each is its own simulated node with its own IP and DNS
+/// name, serving `ws://<name>:<port>/subscribe?cursor=N`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsSpec {
+    /// How many hosts.
+    pub hosts: u32,
+    /// Server-side delay before a host completes the WebSocket handshake, per host, ms.
+    #[serde(default = "default_handshake_latency_ms")]
+    pub handshake_latency_ms: Between<u64>,
+    /// Each host emits one event per this many seconds (drawn per host).
+    #[serde(default = "default_event_interval_s")]
+    pub event_interval_s: Between<u64>,
+    /// Fraction of hosts that alternate between up and down windows.
+    #[serde(default)]
+    pub flaky_fraction: f64,
+    /// Length of a flaky host's down windows, seconds.
+    #[serde(default = "default_flaky_down_s")]
+    pub flaky_down_s: Between<u64>,
+    /// Length of a flaky host's up windows, seconds.
+    #[serde(default = "default_flaky_up_s")]
+    pub flaky_up_s: Between<u64>,
+    /// Flaky hosts stop flapping (stay up) from this second on; absent: they flap throughout.
+    pub flaky_until_s: Option<u64>,
+    /// Fraction of hosts that never answer (no listener).
+    #[serde(default)]
+    pub dead_fraction: f64,
+}
+
+fn default_handshake_latency_ms() -> Between<u64> {
+    Between { min: 20, max: 200 }
+}
+
+fn default_event_interval_s() -> Between<u64> {
+    Between { min: 5, max: 60 }
+}
+
+fn default_flaky_down_s() -> Between<u64> {
+    Between { min: 20, max: 120 }
+}
+
+fn default_flaky_up_s() -> Between<u64> {
+    Between { min: 60, max: 300 }
+}
+
+/// One fault on the timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum FaultSpec {
+    /// Cut the network between the relay and a fraction of the upstream hosts (both
+    /// directions) from `at_s` for `duration_s`.
+    Partition {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+        /// Fraction of upstream hosts cut off (chosen by the seed).
+        hosts_fraction: f64,
+    },
+}
+
+impl FaultSpec {
+    /// When the fault is over, seconds.
+    pub fn end_s(&self) -> u64 {
+        match self {
+            Self::Partition {
+                at_s, duration_s, ..
+            } => at_s + duration_s,
+        }
+    }
 }
 
 /// `probe_liveness` takes its threshold from the prober.
@@ -401,6 +538,67 @@ impl Scenario {
                 );
             }
         }
+        if let Some(upstreams) = &self.upstreams {
+            let fraction_ok = |f: f64| (0.0..=1.0).contains(&f);
+            if upstreams.hosts == 0 || upstreams.hosts > 60_000 {
+                return fail("upstreams.hosts", "expected 1 to 60000 hosts".into());
+            }
+            if !fraction_ok(upstreams.flaky_fraction) || !fraction_ok(upstreams.dead_fraction) {
+                return fail(
+                    "upstreams",
+                    "expected flaky_fraction and dead_fraction within 0..=1".into(),
+                );
+            }
+            if upstreams.event_interval_s.min == 0
+                || upstreams.flaky_down_s.min == 0
+                || upstreams.flaky_up_s.min == 0
+            {
+                return fail(
+                    "upstreams",
+                    "expected event_interval_s, flaky_down_s and flaky_up_s of at least 1".into(),
+                );
+            }
+        }
+        for (index, fault) in self.faults.iter().enumerate() {
+            let FaultSpec::Partition {
+                duration_s,
+                hosts_fraction,
+                ..
+            } = fault;
+            if self.upstreams.is_none() {
+                return fail(
+                    &format!("faults[{index}]"),
+                    "a partition needs [upstreams]".into(),
+                );
+            }
+            if *duration_s == 0
+                || !(0.0..=1.0).contains(hosts_fraction)
+                || fault.end_s() > self.duration_s
+            {
+                return fail(
+                    &format!("faults[{index}]"),
+                    "expected duration_s >= 1, hosts_fraction within 0..=1, and the fault to end by duration_s".into(),
+                );
+            }
+        }
+        let needs_upstreams = self.oracles.hosts_connected_min.is_some()
+            || self.oracles.handshakes_bounded.is_some()
+            || self.oracles.workers_bounded.is_some()
+            || self.oracles.no_host_forgotten.is_some();
+        if needs_upstreams && self.upstreams.is_none() {
+            return fail(
+                "oracles",
+                "upstream oracles need an [upstreams] table".into(),
+            );
+        }
+        if let Some(spec) = &self.oracles.hosts_connected_min {
+            if !(0.0..=1.0).contains(&spec.fraction) || spec.by_s > self.duration_s {
+                return fail(
+                    "oracles.hosts_connected_min",
+                    "expected fraction within 0..=1 and by_s <= duration_s".into(),
+                );
+            }
+        }
         let needs_prober =
             self.oracles.probe_liveness.is_some() || self.oracles.probe_latency_max.is_some();
         if needs_prober && self.prober.is_none() {
@@ -440,6 +638,10 @@ impl Scenario {
             OracleName::ProbeLatencyMax => self.oracles.probe_latency_max.is_some(),
             OracleName::ConnAccounting => self.oracles.conn_accounting.is_some(),
             OracleName::NoPanics => true,
+            OracleName::HostsConnectedMin => self.oracles.hosts_connected_min.is_some(),
+            OracleName::HandshakesBounded => self.oracles.handshakes_bounded.is_some(),
+            OracleName::WorkersBounded => self.oracles.workers_bounded.is_some(),
+            OracleName::NoHostForgotten => self.oracles.no_host_forgotten.is_some(),
         }
     }
 }

@@ -16,6 +16,29 @@ pub enum Event {
         /// Phase name.
         name: String,
     },
+    /// The generated upstream world, recorded once before the relay starts.
+    UpstreamWorld {
+        /// Hosts in the relay's table.
+        hosts: u32,
+        /// Hosts that never answer.
+        dead: u32,
+        /// Hosts that alternate between up and down.
+        flaky: u32,
+    },
+    /// An upstream host accepted a subscription.
+    Subscribed {
+        /// The cursor the relay asked to resume from.
+        cursor: u64,
+    },
+    /// A fault started or ended.
+    Fault {
+        /// What kind of fault (`partition`).
+        kind: String,
+        /// Upstream hosts affected.
+        hosts: u32,
+        /// Whether it is starting (`true`) or healing (`false`).
+        active: bool,
+    },
     /// One liveness probe finished.
     Probe {
         /// Whether the orchestrator would count it as a success.
@@ -54,12 +77,38 @@ pub enum Event {
         refused: u64,
         /// Live tasks on the relay node, counted by the simulator (independent of the registry).
         relay_tasks: usize,
+        /// Upstream side of the same sample.
+        #[serde(flatten)]
+        upstreams: UpstreamSample,
     },
     /// A task panicked; the simulation stopped here.
     Panic {
         /// The panic message.
         message: String,
     },
+}
+
+/// The relay's upstream accounting at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamSample {
+    /// Hosts in the table.
+    pub hosts: usize,
+    /// Hosts subscribed now.
+    pub hosts_connected: usize,
+    /// Dormant hosts.
+    pub hosts_dormant: usize,
+    /// Hosts with neither a worker nor dormancy (should be transient).
+    pub hosts_idle: usize,
+    /// Worker tasks alive.
+    pub workers_running: usize,
+    /// Most worker tasks ever alive at once.
+    pub workers_high_water: usize,
+    /// Handshakes in flight now.
+    pub handshakes_in_flight: usize,
+    /// Most handshakes ever in flight at once.
+    pub handshakes_high_water: usize,
+    /// Upstream frames received so far.
+    pub upstream_events: u64,
 }
 
 /// What a churner loop does with one connection.

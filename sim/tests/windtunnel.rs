@@ -36,7 +36,13 @@ fn every_shipped_scenario_loads() {
     names.sort();
     assert_eq!(
         names,
-        ["churn_idle_reaper_disabled", "churn_max_connections"]
+        [
+            "churn_idle_reaper_disabled",
+            "churn_max_connections",
+            "cold_start_2800",
+            "cold_start_thundering_herd",
+            "host_flap"
+        ]
     );
 }
 
@@ -115,6 +121,41 @@ fn semantic_errors_name_the_key() {
     assert_eq!(
         parse_error(&format!("{MINIMAL}[relay.server]\nmax_connections = 0\n")),
         "bad.toml: relay: invalid configuration: server.max_connections must be at least 1"
+    );
+}
+
+#[test]
+fn upstream_and_fault_tables_are_validated() {
+    let message = parse_error(&format!(
+        "{MINIMAL}[upstreams]\nhosts = 10\nflaky_fraction = 1.5\n"
+    ));
+    assert_eq!(
+        message,
+        "bad.toml: upstreams: expected flaky_fraction and dead_fraction within 0..=1"
+    );
+    let message = parse_error(&format!("{MINIMAL}[upstreams]\nhost = 10\n"));
+    assert!(
+        message.starts_with("bad.toml:5:1: unknown field `host`"),
+        "{message}"
+    );
+    let message = parse_error(&format!(
+        "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"meteor\"\nat_s = 1\n"
+    ));
+    assert!(
+        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected `partition`"),
+        "{message}"
+    );
+    let message = parse_error(&format!(
+        "{MINIMAL}[[faults]]\nkind = \"partition\"\nat_s = 1\nduration_s = 5\nhosts_fraction = 0.5\n"
+    ));
+    assert_eq!(
+        message,
+        "bad.toml: faults[0]: a partition needs [upstreams]"
+    );
+    let message = parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nno_host_forgotten = {}\n");
+    assert_eq!(
+        message,
+        "bad.toml: oracles: upstream oracles need an [upstreams] table"
     );
 }
 
@@ -220,6 +261,71 @@ mod simulated {
                 "seed {seed}: only conn_accounting should fail: {others:?}"
             );
         }
+    }
+
+    #[test]
+    fn cold_start_2800_keeps_probes_alive_and_connects_the_live_hosts_for_20_seeds() {
+        let scenario = load("cold_start_2800.toml");
+        for (seed, outcome) in run_seeds(&scenario, 1..=20) {
+            assert_eq!(
+                outcome.verdict,
+                Verdict::Passed,
+                "seed {seed}: {:?}",
+                outcome.violations
+            );
+            let summary = windtunnel::report::Summary::of(&outcome.trace);
+            let last = summary.upstream_last.unwrap();
+            assert_eq!(last.hosts, 2_800, "seed {seed}");
+            assert_eq!(
+                last.handshakes_high_water, 32,
+                "seed {seed}: the cap was reached, not just respected"
+            );
+        }
+    }
+
+    #[test]
+    fn cold_start_thundering_herd_fails_probe_liveness_for_20_seeds() {
+        let scenario = load("cold_start_thundering_herd.toml");
+        for (seed, outcome) in run_seeds(&scenario, 1..=20) {
+            match &outcome.verdict {
+                Verdict::FailedAsExpected(violation) => {
+                    assert_eq!(violation.oracle, OracleName::ProbeLiveness, "seed {seed}");
+                    assert!(
+                        violation.t_us < 60_000_000,
+                        "seed {seed}: starvation is a cold-start effect: {violation}"
+                    );
+                }
+                other => panic!("seed {seed}: expected probe_liveness to fail, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn host_flap_recovers_every_host_after_the_faults_for_20_seeds() {
+        let scenario = load("host_flap.toml");
+        for (seed, outcome) in run_seeds(&scenario, 1..=20) {
+            assert_eq!(
+                outcome.verdict,
+                Verdict::Passed,
+                "seed {seed}: {:?}",
+                outcome.violations
+            );
+            let summary = windtunnel::report::Summary::of(&outcome.trace);
+            let during_faults = summary.upstream_connected_min_during_faults.unwrap();
+            assert!(
+                during_faults + 50 < summary.upstream_connected_max,
+                "seed {seed}: the faults must cut hosts off (fewest {during_faults}, most {})",
+                summary.upstream_connected_max
+            );
+        }
+    }
+
+    #[test]
+    fn cold_start_is_deterministic() {
+        let scenario = load("cold_start_2800.toml");
+        let first = world::run(&scenario, 5);
+        let second = world::run(&scenario, 5);
+        assert_eq!(first.trace.first_divergence(&second.trace), None);
     }
 
     #[test]

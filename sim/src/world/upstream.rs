@@ -1,0 +1,250 @@
+//! Upstream host actors and the generated host table.
+//!
+//! Every host is its own simulated node with its own IP and DNS name, serving
+//! `ws://<name>:80/subscribe?cursor=N`. A host's event log is a pure function of time:
+//! event `n` exists from `n · event_interval` after the world started, so a subscriber that
+//! resumes from cursor `c` is sent `c+1 ..` (the catch-up), then live events as they fall
+//! due. Flaky hosts alternate up and down windows (down: new connections are dropped, live
+//! ones cut); dead hosts never listen.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use madsim::rand::{thread_rng, Rng};
+use relay::rt::time::{now, sleep, sleep_until, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::TraceSink;
+use crate::scenario::{Between, UpstreamsSpec};
+use crate::trace::Event;
+
+/// Port every upstream host listens on.
+pub const UPSTREAM_PORT: u16 = 80;
+
+/// A flaky host's up/down rhythm.
+#[derive(Clone, Debug)]
+pub struct Flap {
+    up: Duration,
+    down: Duration,
+    offset: Duration,
+    until: Option<Duration>,
+}
+
+impl Flap {
+    fn cycle(&self) -> Duration {
+        self.up + self.down
+    }
+
+    fn position(&self, since_start: Duration) -> Duration {
+        Duration::from_nanos(
+            ((since_start + self.offset).as_nanos() % self.cycle().as_nanos()) as u64,
+        )
+    }
+
+    /// Whether the host is down `since_start` into the world.
+    pub fn is_down(&self, since_start: Duration) -> bool {
+        self.until.is_none_or(|until| since_start < until) && self.position(since_start) >= self.up
+    }
+
+    /// When the next down window after `since_start` begins, if any.
+    pub fn next_down(&self, since_start: Duration) -> Option<Duration> {
+        let position = self.position(since_start);
+        let next = if position < self.up {
+            since_start + (self.up - position)
+        } else {
+            since_start + (self.cycle() - position) + self.up
+        };
+        self.until.is_none_or(|until| next < until).then_some(next)
+    }
+}
+
+/// One generated host.
+#[derive(Clone, Debug)]
+pub struct HostPlan {
+    /// DNS name (also the node name).
+    pub hostname: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Never listens.
+    pub dead: bool,
+    /// Delay before completing a WebSocket handshake.
+    pub handshake_latency: Duration,
+    /// Time between events.
+    pub event_interval: Duration,
+    /// Up/down rhythm, for flaky hosts.
+    pub flap: Option<Flap>,
+}
+
+/// A realistic-looking, seed-independent hostname for host `index`: mostly hosted
+/// multi-tenant servers, some self-hosted names on assorted TLDs.
+pub fn hostname(index: u32) -> String {
+    const REGIONS: [&str; 4] = ["us-east", "us-west", "eu-central", "ap-south"];
+    const TLDS: [&str; 5] = ["dev", "net", "social", "org", "io"];
+    match index % 10 {
+        0..=6 => format!(
+            "pds-{index:05}.{}.host.example",
+            REGIONS[(index % 4) as usize]
+        ),
+        7 | 8 => format!("pds.user{index}.{}", TLDS[(index % 5) as usize]),
+        _ => format!("bsky.team-{index}.example"),
+    }
+}
+
+/// Draw the host table for `spec` from the seeded RNG.
+pub fn plan(spec: &UpstreamsSpec) -> Vec<HostPlan> {
+    let mut rng = thread_rng();
+    (0..spec.hosts)
+        .map(|index| {
+            let dead = rng.gen_bool(spec.dead_fraction);
+            let flaky = !dead && rng.gen_bool(spec.flaky_fraction);
+            let mut draw = |range: Between<u64>| rng.gen_range(range.min..=range.max);
+            let handshake_latency = Duration::from_millis(draw(spec.handshake_latency_ms));
+            let event_interval = Duration::from_secs(draw(spec.event_interval_s));
+            let flap = flaky.then(|| {
+                let up = Duration::from_secs(draw(spec.flaky_up_s));
+                let down = Duration::from_secs(draw(spec.flaky_down_s));
+                let offset = Duration::from_millis(draw(Between {
+                    min: 0,
+                    max: (up + down).as_millis() as u64 - 1,
+                }));
+                Flap {
+                    up,
+                    down,
+                    offset,
+                    until: spec.flaky_until_s.map(Duration::from_secs),
+                }
+            });
+            HostPlan {
+                hostname: hostname(index),
+                ip: Ipv4Addr::new(172, 16, (index / 250) as u8, (index % 250) as u8 + 1),
+                dead,
+                handshake_latency,
+                event_interval,
+                flap,
+            }
+        })
+        .collect()
+}
+
+/// The host's server: accept subscriptions forever.
+pub async fn serve(plan: Arc<HostPlan>, sink: TraceSink, world_start: Instant) {
+    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], UPSTREAM_PORT)))
+        .await
+        .expect("an upstream host binds its port");
+    while let Ok((stream, _)) = listener.accept().await {
+        madsim::task::spawn(subscription(
+            Arc::clone(&plan),
+            stream,
+            sink.clone(),
+            world_start,
+        ));
+    }
+}
+
+async fn subscription(
+    plan: Arc<HostPlan>,
+    stream: TcpStream,
+    sink: TraceSink,
+    world_start: Instant,
+) {
+    let since_start = || now().saturating_duration_since(world_start);
+    if plan
+        .flap
+        .as_ref()
+        .is_some_and(|flap| flap.is_down(since_start()))
+    {
+        return; // down: the connection is dropped before the handshake
+    }
+    sleep(plan.handshake_latency).await;
+    let mut cursor = 0;
+    #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
+    let read_cursor = |request: &Request, response: Response| {
+        cursor = request
+            .uri()
+            .query()
+            .and_then(|query| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("cursor="))
+            })
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        Ok(response)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, read_cursor).await else {
+        return;
+    };
+    sink.record(&plan.hostname, Event::Subscribed { cursor });
+    let mut seq = cursor + 1;
+    loop {
+        let due = plan.event_interval * u32::try_from(seq).unwrap_or(u32::MAX);
+        let cut_at = plan
+            .flap
+            .as_ref()
+            .and_then(|flap| flap.next_down(since_start()));
+        if let Some(cut_at) = cut_at.filter(|cut_at| *cut_at <= due) {
+            sleep_until(world_start + cut_at).await;
+            return; // going down: the live connection is cut
+        }
+        sleep_until(world_start + due).await;
+        let frame = format!(
+            r#"{{"seq":{seq},"kind":"commit","body":{{"host":"{}","n":{seq}}}}}"#,
+            plan.hostname
+        );
+        if ws.send(Message::text(frame)).await.is_err() {
+            return;
+        }
+        seq += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flap_windows_alternate_and_stop_at_until() {
+        let flap = Flap {
+            up: Duration::from_secs(60),
+            down: Duration::from_secs(20),
+            offset: Duration::ZERO,
+            until: Some(Duration::from_secs(200)),
+        };
+        assert!(!flap.is_down(Duration::from_secs(59)));
+        assert!(flap.is_down(Duration::from_secs(60)));
+        assert!(!flap.is_down(Duration::from_secs(80)));
+        assert_eq!(
+            flap.next_down(Duration::from_secs(10)),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            flap.next_down(Duration::from_secs(70)),
+            Some(Duration::from_secs(140))
+        );
+        assert_eq!(
+            flap.next_down(Duration::from_secs(150)),
+            None,
+            "the next window would start after until"
+        );
+        assert!(
+            !flap.is_down(Duration::from_secs(220)),
+            "no flapping after until"
+        );
+    }
+
+    #[test]
+    fn hostnames_are_unique_and_valid() {
+        let names: std::collections::BTreeSet<String> = (0..2_800).map(hostname).collect();
+        assert_eq!(names.len(), 2_800);
+        for name in &names {
+            assert_eq!(
+                relay::upstream::hostname::validate(name).as_deref(),
+                Ok(name.as_str())
+            );
+        }
+    }
+}
