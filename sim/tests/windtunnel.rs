@@ -339,3 +339,6 @@ mod simulated {
         assert_ne!(first.trace.hash(), other.trace.hash());
     }
 }
+
+#[path = "windtunnel/product.rs"]
+mod product;
