@@ -23,6 +23,7 @@
 //! Every write to a slot's state word is an atomic read-modify-write (plain stores racing a
 //! CAS are both a real bug and a source of loom false positives).
 
+pub mod mailbox;
 mod sync;
 
 use std::fmt;
