@@ -12,8 +12,15 @@ mod timer;
 
 pub use self::timer::HyperTimer;
 
-/// Sockets. The relay accepts and dials only through these types.
+#[cfg(madsim)]
+mod flow;
+
+/// Sockets. The relay accepts and dials only through these types. Under madsim they add
+/// TCP flow control (see `flow`), which the simulator's unbounded buffers lack.
 pub mod net {
+    #[cfg(madsim)]
+    pub use super::flow::{TcpListener, TcpStream};
+    #[cfg(not(madsim))]
     pub use tokio::net::{TcpListener, TcpStream};
 }
 

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use madsim::rand::{thread_rng, Rng};
+use relay::rt::net::TcpStream;
 use relay::rt::time::{now, sleep, sleep_until, timeout, Instant};
-use tokio::net::TcpStream;
 
 use super::client::{self, get};
 use super::TraceSink;

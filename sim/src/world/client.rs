@@ -3,8 +3,8 @@
 
 use std::io;
 
+use relay::rt::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// The parts of a response the actors care about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use madsim::rand::{thread_rng, Rng};
+use relay::rt::net::{TcpListener, TcpStream};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
