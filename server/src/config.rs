@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::events::EventsConfig;
+pub use crate::http::subscribe::FanoutConfig;
 pub use crate::rt::cpu::CpuConfig;
 pub use crate::upstream::UpstreamConfig;
 
@@ -27,8 +29,12 @@ pub struct Config {
     pub server: ServerConfig,
     /// The SQLite database.
     pub store: StoreConfig,
-    /// Upstream subscriptions: ramp, backoff, dormancy, persistence cadence.
+    /// Upstream subscriptions: ramp, backoff, dormancy.
     pub upstream: UpstreamConfig,
+    /// The event pipeline: ingest queue, group commit, retention.
+    pub events: EventsConfig,
+    /// Consumer subscriptions: queue bound, catch-up, pings, kicks.
+    pub fanout: FanoutConfig,
     /// Declared CPU costs (read only by the simulation's CPU model).
     pub cpu: CpuConfig,
     /// Log output.
@@ -345,7 +351,11 @@ impl Config {
         } else if self.cpu.cores == 0 {
             Some("cpu.cores must be at least 1".to_owned())
         } else {
-            self.upstream.check().err()
+            self.upstream
+                .check()
+                .and_then(|()| self.events.check())
+                .and_then(|()| self.fanout.check())
+                .err()
         };
         problem.map_or(Ok(()), |message| Err(ConfigError::Inconsistent(message)))
     }

@@ -6,7 +6,8 @@
 //! - [`config`]: the configuration schema, defaults and layering (file, env, flags).
 //! - [`http`]: accept loop, admission, per-connection owner tasks, routes, shutdown.
 //! - [`upstream`]: one worker per upstream host, the startup ramp, backoff, dormancy.
-//! - [`store`]: SQLite (embedded): the host table and its migrations.
+//! - [`events`]: sequencer, persistence, retention and fan-out to consumers.
+//! - [`store`]: SQLite (embedded): the host table, the event log and their migrations.
 //! - [`metrics`]: the per-instance Prometheus registry.
 //! - [`logging`]: tracing subscriber setup for the binary.
 //!
@@ -14,6 +15,7 @@
 //! bind, then [`Relay::run`] with a shutdown future (the mini-redis shape).
 
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -29,6 +31,7 @@ use std::sync::Arc;
 pub use relay_lifecycle::RegistryStats;
 
 use crate::config::Config;
+use crate::events::EventStats;
 use crate::http::{AppState, ShutdownReport};
 use crate::rt::net::TcpListener;
 use crate::store::{Store, StoreError};
@@ -137,5 +140,10 @@ impl Observer {
     /// Every upstream host, as `/hosts` shows it.
     pub fn hosts(&self) -> Vec<HostView> {
         self.state.upstreams.views()
+    }
+
+    /// Event pipeline counters (head, retention, consumers, kicks, store health).
+    pub fn events(&self) -> EventStats {
+        self.state.events.stats()
     }
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge}
 use prometheus_client::registry::Registry;
 use relay_lifecycle::RegistryStats;
 
+use crate::events::EventStats;
 use crate::upstream::{HostPhase, UpstreamStats};
 
 /// Labels naming why something was refused, closed or ended.
@@ -58,8 +59,15 @@ pub struct Metrics {
     upstream_events: Gauge,
     upstream_duplicate_frames: Counter,
     upstream_bad_frames: Counter,
-    cursor_flushes: Counter,
-    cursor_rows_flushed: Counter,
+    store_errors: Family<ReasonLabels, Counter>,
+    consumer_sessions: Gauge,
+    events_head_seq: Gauge,
+    events_oldest_seq: Gauge,
+    events_store_healthy: Gauge,
+    events_duplicates: Gauge,
+    events_retention_deleted: Gauge,
+    consumers_kicked: Gauge,
+    consumer_mailbox_high_water: Gauge,
 }
 
 impl Default for Metrics {
@@ -91,8 +99,15 @@ impl Metrics {
             upstream_events: Gauge::default(),
             upstream_duplicate_frames: Counter::default(),
             upstream_bad_frames: Counter::default(),
-            cursor_flushes: Counter::default(),
-            cursor_rows_flushed: Counter::default(),
+            store_errors: Family::default(),
+            consumer_sessions: Gauge::default(),
+            events_head_seq: Gauge::default(),
+            events_oldest_seq: Gauge::default(),
+            events_store_healthy: Gauge::default(),
+            events_duplicates: Gauge::default(),
+            events_retention_deleted: Gauge::default(),
+            consumers_kicked: Gauge::default(),
+            consumer_mailbox_high_water: Gauge::default(),
         };
         metrics.registered()
     }
@@ -190,14 +205,49 @@ impl Metrics {
             self.upstream_bad_frames.clone(),
         );
         registry.register(
-            "cursor_flushes",
-            "Cursor flush transactions committed",
-            self.cursor_flushes.clone(),
+            "store_errors",
+            "Failed event-log operations (commit, retention), each retried",
+            self.store_errors.clone(),
         );
         registry.register(
-            "cursor_rows_flushed",
-            "Host cursors written by flushes",
-            self.cursor_rows_flushed.clone(),
+            "consumer_sessions",
+            "Consumer WebSocket sessions open now",
+            self.consumer_sessions.clone(),
+        );
+        registry.register(
+            "events_head_seq",
+            "Highest persisted relay sequence number",
+            self.events_head_seq.clone(),
+        );
+        registry.register(
+            "events_oldest_seq",
+            "Lowest relay sequence number still in the log",
+            self.events_oldest_seq.clone(),
+        );
+        registry.register(
+            "events_store_healthy",
+            "1 if the last event commit succeeded, else 0",
+            self.events_store_healthy.clone(),
+        );
+        registry.register(
+            "events_duplicates",
+            "Upstream events dropped because already persisted",
+            self.events_duplicates.clone(),
+        );
+        registry.register(
+            "events_retention_deleted",
+            "Events deleted by retention since start",
+            self.events_retention_deleted.clone(),
+        );
+        registry.register(
+            "consumers_kicked",
+            "Consumers asked to close because their queue was full",
+            self.consumers_kicked.clone(),
+        );
+        registry.register(
+            "consumer_mailbox_high_water",
+            "Most frames ever waiting for one consumer",
+            self.consumer_mailbox_high_water.clone(),
         );
         self
     }
@@ -257,15 +307,38 @@ impl Metrics {
         self.upstream_bad_frames.inc();
     }
 
-    /// Count a committed cursor flush of `rows` hosts.
-    pub fn cursor_flush(&self, rows: usize) {
-        self.cursor_flushes.inc();
-        self.cursor_rows_flushed.inc_by(rows as u64);
+    /// Count a failed event-log operation (`commit`, `retention`).
+    pub fn store_error(&self, operation: &'static str) {
+        self.store_errors
+            .get_or_create(&ReasonLabels { reason: operation })
+            .inc();
+    }
+
+    /// Track open consumer sessions (+1 on start, -1 on end).
+    pub fn consumer_session(&self, delta: i64) {
+        self.consumer_sessions.inc_by(delta);
     }
 
     /// The text exposition, with mirrored gauges synchronised first.
-    pub fn encode(&self, connections: RegistryStats, upstreams: UpstreamStats) -> String {
+    pub fn encode(
+        &self,
+        connections: RegistryStats,
+        upstreams: UpstreamStats,
+        events: EventStats,
+    ) -> String {
         let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        let wide = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.events_head_seq.set(wide(events.head_seq));
+        self.events_oldest_seq.set(wide(events.oldest_seq));
+        self.events_store_healthy
+            .set(i64::from(events.store_healthy));
+        self.events_duplicates.set(wide(events.duplicates_total));
+        self.events_retention_deleted
+            .set(wide(events.retention_deleted_total));
+        self.consumers_kicked
+            .set(wide(events.consumers_kicked_total));
+        self.consumer_mailbox_high_water
+            .set(gauge(events.mailbox_high_water));
         self.connections_open.set(gauge(connections.open));
         self.connections_max.set(gauge(connections.max));
         self.connections_high_water

@@ -117,7 +117,7 @@ async fn post_crawl(addr: SocketAddr, body: &str) -> String {
 }
 
 #[tokio::test]
-async fn frames_advance_the_cursor_which_is_flushed_and_resumed_after_restart() {
+async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
     let db = temp_db("resume");
     Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
     let (port, uris) = upstream(1, 5).await;
@@ -125,7 +125,6 @@ async fn frames_advance_the_cursor_which_is_flushed_and_resumed_after_restart() 
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),
-        "upstream.cursor_flush_interval_ms=20".to_owned(),
     ];
     let relay = start(&overrides).await;
     let observer = relay.observer.clone();
@@ -136,11 +135,21 @@ async fn frames_advance_the_cursor_which_is_flushed_and_resumed_after_restart() 
             .is_some_and(|h| h.cursor == 5 && h.phase == HostPhase::Connected)
     })
     .await;
-    let flushed = Store::open(&db).unwrap();
-    wait_until("the cursor is flushed", || {
-        flushed.hosts().unwrap()[0].cursor == 5
+    let persisted = Store::open(&db).unwrap();
+    wait_until("the events and the cursor are persisted", || {
+        persisted.hosts().unwrap()[0].cursor == 5
     })
     .await;
+    let events = persisted.events_after(0, 100).unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|event| (event.seq, event.upstream_seq))
+            .collect::<Vec<_>>(),
+        (1..=5).map(|seq| (seq, seq)).collect::<Vec<_>>()
+    );
+    assert_eq!(events[2].body, r#"{"n":3}"#);
+    assert_eq!(relay.observer.events().head_seq, 5);
     let stats = relay.observer.upstreams();
     assert_eq!((stats.workers_running, stats.events_total), (1, 5));
     assert!(relay
@@ -150,7 +159,7 @@ async fn frames_advance_the_cursor_which_is_flushed_and_resumed_after_restart() 
     relay.stop().await;
     assert_eq!(uris.lock().unwrap().as_slice(), ["/subscribe?cursor=0"]);
 
-    // Restart on the same database: the subscription resumes from the flushed cursor, and
+    // Restart on the same database: the subscription resumes from the persisted cursor, and
     // the replayed frames at or below it are skipped, not double-counted.
     let relay = start(&overrides).await;
     let observer = relay.observer.clone();
@@ -166,6 +175,7 @@ async fn frames_advance_the_cursor_which_is_flushed_and_resumed_after_restart() 
     })
     .await;
     assert_eq!(observer.hosts()[0].cursor, 5);
+    assert_eq!(observer.events().head_seq, 5, "nothing persisted twice");
     relay.stop().await;
 }
 

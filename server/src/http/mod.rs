@@ -8,13 +8,14 @@
 
 mod activity;
 pub mod routes;
+pub mod subscribe;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,6 +26,7 @@ use tokio::sync::Semaphore;
 use self::activity::ActivityIo;
 use self::routes::Lane;
 use crate::config::Config;
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::rt::cpu::Cpu;
 use crate::rt::net::{TcpListener, TcpStream};
@@ -49,6 +51,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Upstream subscriptions and the host table.
     pub upstreams: Arc<Upstreams>,
+    /// The event log: sequencer, retention and fan-out to consumers.
+    pub events: Arc<Events>,
     /// Caps concurrent refusal-lane connections.
     refusal_lane: Arc<Semaphore>,
     /// Set while the accept loop runs and shutdown has not begun.
@@ -61,6 +65,13 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let cpu = Cpu::new(&config.cpu);
         let clock = Clock::start();
+        let events = Events::open(
+            config.events.clone(),
+            &config.cpu,
+            cpu.clone(),
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+        )?;
         let upstreams = Upstreams::load(
             config.upstream.clone(),
             config.cpu.clone(),
@@ -75,24 +86,29 @@ impl AppState {
             cpu,
             clock,
             upstreams: Arc::new(upstreams),
+            events: Arc::new(events),
             refusal_lane: Arc::new(Semaphore::new(config.server.refusal_lane_max)),
             accepting: AtomicBool::new(false),
             config,
         })
     }
 
-    /// Readiness: accepting, not shutting down, and the upstream ramp has begun (the store
-    /// is open by construction).
+    /// Readiness: accepting, not shutting down, the upstream ramp has begun and the event
+    /// log accepted its last commit. Answered from atomics only.
     pub fn is_ready(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
             && !self.registry.is_shutting_down()
             && self.upstreams.ramp_started()
+            && self.events.store_healthy()
     }
 
     /// The `/metrics` text as of now.
     pub fn metrics_text(&self) -> String {
-        self.metrics
-            .encode(self.registry.stats(), self.upstreams.stats())
+        self.metrics.encode(
+            self.registry.stats(),
+            self.upstreams.stats(),
+            self.events.stats(),
+        )
     }
 
     fn http1(&self, lane: Lane) -> http1::Builder {
@@ -128,7 +144,8 @@ pub async fn serve(
     let server = &state.config.server;
     tokio::pin!(shutdown);
     state.accepting.store(true, Ordering::SeqCst);
-    state.upstreams.start();
+    let ingest = state.events.start(state.upstreams.cursors());
+    state.upstreams.start(ingest);
     let mut next_reap = now() + server.idle_check_interval();
     loop {
         tokio::select! {
@@ -154,6 +171,7 @@ pub async fn serve(
     state.accepting.store(false, Ordering::SeqCst);
     drop(listener);
     state.upstreams.stop();
+    state.events.stop();
     let asked = state.registry.begin_shutdown();
     tracing::info!(
         open = state.registry.open(),
@@ -231,15 +249,40 @@ async fn drive_connection(
         state.clock.clone(),
     ));
     let service_state = Arc::clone(state);
+    // Where the `/subscribe` route parks an accepted WebSocket handshake for this task.
+    let pending: subscribe::PendingSlot = Arc::default();
+    let service_pending = Arc::clone(&pending);
     let service = service_fn(move |request| {
         let state = Arc::clone(&service_state);
-        async move { Ok::<_, Infallible>(routes::serve(&state, request, Lane::Admitted).await) }
+        let pending = Arc::clone(&service_pending);
+        async move {
+            let response = if subscribe::is_subscribe(&request) {
+                state.cpu.spend(state.config.cpu.http_request()).await;
+                let response = subscribe::accept(&state, request, &pending);
+                state
+                    .metrics
+                    .request("subscribe", response.status().as_u16());
+                response
+            } else {
+                routes::serve(&state, request, Lane::Admitted).await
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
-    let connection = state.http1(Lane::Admitted).serve_connection(io, service);
+    let connection = state
+        .http1(Lane::Admitted)
+        .serve_connection(io, service)
+        .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         biased;
-        result = connection.as_mut() => finished_reason(result),
+        result = connection.as_mut() => {
+            let upgraded = pending.lock().unwrap_or_else(PoisonError::into_inner).take();
+            match (result, upgraded) {
+                (Ok(()), Some(subscription)) => subscribe::run(state, subscription, owner).await,
+                (result, _) => finished_reason(result),
+            }
+        }
         reason = owner.close_request() => {
             // Finish the in-flight request (if any), then close; bounded by the drain timeout.
             connection.as_mut().graceful_shutdown();

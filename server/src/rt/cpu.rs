@@ -23,6 +23,8 @@ pub struct CpuConfig {
     pub upstream_handshake_us: u64,
     /// Cost of decoding and validating one upstream event frame, microseconds.
     pub frame_decode_us: u64,
+    /// Cost of writing, deleting or reading one event-log row in SQLite, microseconds.
+    pub store_row_us: u64,
 }
 
 impl Default for CpuConfig {
@@ -32,6 +34,7 @@ impl Default for CpuConfig {
             http_request_us: 50,
             upstream_handshake_us: 20_000,
             frame_decode_us: 50,
+            store_row_us: 10,
         }
     }
 }
@@ -45,6 +48,11 @@ impl CpuConfig {
     /// The declared cost of one upstream handshake.
     pub fn upstream_handshake(&self) -> Duration {
         Duration::from_micros(self.upstream_handshake_us)
+    }
+
+    /// The declared cost of one event-log row.
+    pub fn store_row(&self) -> Duration {
+        Duration::from_micros(self.store_row_us)
     }
 
     /// The declared cost of decoding one upstream frame.

@@ -8,6 +8,7 @@
 //! Keeping the surface this narrow is also what lets a second engine (turmoil) slot in later.
 
 pub mod cpu;
+pub mod fault;
 mod timer;
 
 pub use self::timer::HyperTimer;
@@ -28,7 +29,7 @@ pub mod net {
 pub mod time {
     use std::sync::Arc;
 
-    pub use tokio::time::{sleep, sleep_until, timeout, Duration, Instant};
+    pub use tokio::time::{interval_at, sleep, sleep_until, timeout, Duration, Instant};
 
     /// The current instant of the seam's clock: tokio's in production, madsim's virtual
     /// clock in the tunnel (where tokio's `Instant` *is* `std::time::Instant`, virtualised).

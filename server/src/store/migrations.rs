@@ -15,6 +15,16 @@ const MIGRATIONS: &[&str] = &[
         cursor INTEGER NOT NULL DEFAULT 0 CHECK (cursor >= 0),
         consecutive_failures INTEGER NOT NULL DEFAULT 0
     );",
+    // 2: the event log. `seq` is the relay's own sequence; (host, upstream_seq) is unique
+    // so an event can never be persisted twice.
+    "CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        host_id INTEGER NOT NULL,
+        upstream_seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (host_id, upstream_seq)
+    );",
 ];
 
 /// The schema version this build writes.

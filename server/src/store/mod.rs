@@ -1,5 +1,10 @@
 //! Durable state in SQLite: the host table (which upstreams exist, whether they are
-//! dormant, how far we have read from each), with schema migrations.
+//! dormant, how far we have read from each) and the event log (every event with its relay
+//! sequence number), with schema migrations.
+//!
+//! An event batch and the host cursors it advances are written in one transaction, so a
+//! restart resumes each upstream exactly after the last event that was persisted: nothing
+//! committed is lost and nothing is persisted twice.
 //!
 //! SQLite is embedded (rusqlite, bundled), so a fresh machine needs nothing installed.
 //! Calls are synchronous and short (single-row writes, one transaction per cursor flush);
@@ -13,6 +18,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::rt::fault::{self, Fault};
 
 /// A host's persisted status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,9 +65,30 @@ pub struct HostRow {
     pub consecutive_failures: u32,
 }
 
+/// An event on its way into the log (its relay sequence number is assigned by the caller).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The relay sequence number.
+    pub seq: u64,
+    /// Which host sent it.
+    pub host_id: i64,
+    /// The host's own sequence number.
+    pub upstream_seq: u64,
+    /// Event kind.
+    pub kind: String,
+    /// Event body (JSON text).
+    pub body: String,
+}
+
+/// An event read back from the log.
+pub type StoredEvent = NewEvent;
+
 /// Why a store operation failed. Callers surface these (503, retry), never panic.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A fault injected by the wind tunnel (never happens outside simulation).
+    #[error("database unavailable (injected fault)")]
+    Injected,
     /// SQLite reported an error (I/O, locking, constraint).
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -161,21 +189,91 @@ impl Store {
         Ok(())
     }
 
-    /// Persist many cursors in one transaction. Cursors only move forward.
-    pub fn flush_cursors(&self, cursors: &[(i64, u64)]) -> Result<(), StoreError> {
-        let mut connection = self.lock();
+    /// Append `events` and advance the cursors of their hosts, in one transaction.
+    pub fn commit_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let mut connection = self.lock_for(Fault::StoreWrite)?;
         let transaction = connection.transaction()?;
         {
-            let mut update =
-                transaction.prepare("UPDATE hosts SET cursor = MAX(cursor, ?2) WHERE id = ?1")?;
-            for (id, cursor) in cursors {
-                let cursor = i64::try_from(*cursor)
-                    .map_err(|_| StoreError::Corrupt(format!("cursor {cursor} overflows")))?;
-                update.execute(params![id, cursor])?;
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO events (seq, host_id, upstream_seq, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut advance = transaction
+                .prepare_cached("UPDATE hosts SET cursor = MAX(cursor, ?2) WHERE id = ?1")?;
+            for event in events {
+                let seq = to_sql(event.seq)?;
+                let upstream_seq = to_sql(event.upstream_seq)?;
+                insert.execute(params![
+                    seq,
+                    event.host_id,
+                    upstream_seq,
+                    event.kind,
+                    event.body
+                ])?;
+                advance.execute(params![event.host_id, upstream_seq])?;
             }
         }
         transaction.commit()?;
         Ok(())
+    }
+
+    /// Up to `limit` events with `seq > after`, in order.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let connection = self.lock_for(Fault::StoreRead)?;
+        let mut query = connection.prepare_cached(
+            "SELECT seq, host_id, upstream_seq, kind, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = query.query_map(params![to_sql(after)?, limit], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        rows.map(|raw| {
+            let (seq, host_id, upstream_seq, kind, body) = raw?;
+            Ok(StoredEvent {
+                seq: from_sql(seq)?,
+                host_id,
+                upstream_seq: from_sql(upstream_seq)?,
+                kind,
+                body,
+            })
+        })
+        .collect()
+    }
+
+    /// The lowest and highest relay sequence numbers in the log (`None` when it is empty).
+    pub fn event_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let connection = self.lock_for(Fault::StoreRead)?;
+        let (low, high): (Option<i64>, Option<i64>) =
+            connection.query_row("SELECT MIN(seq), MAX(seq) FROM events", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+        match (low, high) {
+            (Some(low), Some(high)) => Ok(Some((from_sql(low)?, from_sql(high)?))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Delete up to `limit` of the oldest events with `seq < below`. Returns how many went.
+    pub fn delete_events_below(&self, below: u64, limit: usize) -> Result<usize, StoreError> {
+        let connection = self.lock_for(Fault::StoreWrite)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let deleted = connection.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2)",
+            params![to_sql(below)?, limit],
+        )?;
+        Ok(deleted)
+    }
+
+    fn lock_for(&self, point: Fault) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        if fault::active(point) {
+            return Err(StoreError::Injected);
+        }
+        Ok(self.lock())
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -185,6 +283,15 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn to_sql(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::Corrupt(format!("{value} overflows a SQLite integer")))
+}
+
+fn from_sql(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative sequence {value}")))
 }
 
 type RawRow = (i64, String, String, i64, i64);

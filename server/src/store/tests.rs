@@ -24,8 +24,10 @@ fn hosts_round_trip_and_survive_reopen() {
                 .unwrap(),
             2
         );
-        store.flush_cursors(&[(1, 10), (2, 5)]).unwrap();
-        store.flush_cursors(&[(1, 7)]).unwrap();
+        store
+            .commit_events(&[event(1, 1, 10), event(2, 2, 5)])
+            .unwrap();
+        store.commit_events(&[event(3, 1, 7)]).unwrap();
         store.set_status(3, HostStatus::Dormant, 15).unwrap();
     }
     let store = Store::open(&path).unwrap();
@@ -51,6 +53,51 @@ fn a_newer_schema_is_refused() {
     let error = Store::open(&path).unwrap_err().to_string();
     assert_eq!(
         error,
-        "database content is invalid: schema version 99 is newer than this build's 1"
+        "database content is invalid: schema version 99 is newer than this build's 2"
     );
+}
+
+fn event(seq: u64, host_id: i64, upstream_seq: u64) -> NewEvent {
+    NewEvent {
+        seq,
+        host_id,
+        upstream_seq,
+        kind: "post".to_owned(),
+        body: format!("{{\"n\":{upstream_seq}}}"),
+    }
+}
+
+#[test]
+fn a_failed_batch_leaves_nothing_behind() {
+    let store = Store::open(&temp_db("atomic")).unwrap();
+    store.add_hosts(["a.example"]).unwrap();
+    store.commit_events(&[event(1, 1, 1)]).unwrap();
+    // seq 3 is fine but (host 1, upstream 1) is already persisted: the whole batch fails.
+    let error = store
+        .commit_events(&[event(2, 1, 2), event(3, 1, 1)])
+        .unwrap_err();
+    assert!(error.to_string().contains("UNIQUE"), "{error}");
+    assert_eq!(store.event_bounds().unwrap(), Some((1, 1)));
+    assert_eq!(store.hosts().unwrap()[0].cursor, 1);
+}
+
+#[test]
+fn events_page_in_order_and_retention_deletes_the_oldest_in_batches() {
+    let store = Store::open(&temp_db("paging")).unwrap();
+    store.add_hosts(["a.example", "b.example"]).unwrap();
+    let batch: Vec<NewEvent> = (1..=10)
+        .map(|seq| event(seq, 1 + (seq % 2) as i64, seq))
+        .collect();
+    store.commit_events(&batch).unwrap();
+    let page = store.events_after(3, 4).unwrap();
+    assert_eq!(
+        page.iter().map(|event| event.seq).collect::<Vec<_>>(),
+        [4, 5, 6, 7]
+    );
+    assert_eq!(page[0], batch[3]);
+    assert_eq!(store.delete_events_below(8, 3).unwrap(), 3);
+    assert_eq!(store.delete_events_below(8, 3).unwrap(), 3);
+    assert_eq!(store.delete_events_below(8, 3).unwrap(), 1);
+    assert_eq!(store.delete_events_below(8, 3).unwrap(), 0);
+    assert_eq!(store.event_bounds().unwrap(), Some((8, 10)));
 }

@@ -21,12 +21,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst,
 };
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::events::Ingested;
 use crate::metrics::Metrics;
 use crate::rt::cpu::{Cpu, CpuConfig};
 use crate::rt::time::{sleep, Clock};
@@ -65,8 +66,6 @@ pub struct UpstreamConfig {
     pub dormant_retry_interval_ms: u64,
     /// How often reconciliation looks for hosts without a worker.
     pub reconcile_interval_ms: u64,
-    /// How often changed cursors are written to the store (one transaction).
-    pub cursor_flush_interval_ms: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -86,7 +85,6 @@ impl Default for UpstreamConfig {
             dormant_after_failures: 15,
             dormant_retry_interval_ms: 60 * 60_000,
             reconcile_interval_ms: 5 * 60_000,
-            cursor_flush_interval_ms: 5_000,
         }
     }
 }
@@ -105,11 +103,8 @@ impl UpstreamConfig {
         if self.dormant_after_failures == 0 {
             return Err("upstream.dormant_after_failures must be at least 1".into());
         }
-        if self.reconcile_interval_ms == 0 || self.cursor_flush_interval_ms == 0 {
-            return Err(
-                "upstream.reconcile_interval_ms and cursor_flush_interval_ms must be at least 1"
-                    .into(),
-            );
+        if self.reconcile_interval_ms == 0 {
+            return Err("upstream.reconcile_interval_ms must be at least 1".into());
         }
         Ok(())
     }
@@ -170,10 +165,10 @@ pub struct Host {
     /// Hostname dialled.
     pub hostname: String,
     phase: AtomicU8,
-    /// Highest upstream seq seen (one atomic store per frame, no lock).
+    /// Highest upstream seq handed to the sequencer (one atomic RMW per frame, no lock).
+    /// A reconnect resumes from here; a restart resumes from the persisted cursor, which
+    /// the sequencer advances in the same transaction as the events.
     cursor: AtomicU64,
-    /// Highest seq written to the store.
-    flushed_cursor: AtomicU64,
     consecutive_failures: AtomicU32,
     events_total: AtomicU64,
     last_attempt_ms: AtomicU64,
@@ -192,7 +187,6 @@ impl Host {
             hostname: row.hostname.clone(),
             phase: AtomicU8::new(phase as u8),
             cursor: AtomicU64::new(row.cursor),
-            flushed_cursor: AtomicU64::new(row.cursor),
             consecutive_failures: AtomicU32::new(row.consecutive_failures),
             events_total: AtomicU64::new(0),
             last_attempt_ms: AtomicU64::new(0),
@@ -309,6 +303,8 @@ pub struct Upstreams {
     workers_high_water: AtomicUsize,
     ramp_started: AtomicBool,
     shutdown: watch::Sender<bool>,
+    /// Where workers hand events to the sequencer; set once by [`Upstreams::start`].
+    ingest: OnceLock<mpsc::Sender<Ingested>>,
 }
 
 impl Upstreams {
@@ -341,6 +337,7 @@ impl Upstreams {
             workers_high_water: AtomicUsize::new(0),
             ramp_started: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
+            ingest: OnceLock::new(),
         })
     }
 
@@ -349,17 +346,27 @@ impl Upstreams {
         self.ramp_started.load(SeqCst)
     }
 
-    /// Start the ramp, reconciliation and cursor flushing. Returns at once.
-    pub fn start(self: &Arc<Self>) {
+    /// Start the ramp and reconciliation; workers hand events to `ingest`. Returns at once.
+    pub fn start(self: &Arc<Self>, ingest: mpsc::Sender<Ingested>) {
+        if self.ingest.set(ingest).is_err() {
+            tracing::warn!("upstreams started twice; ignoring the second start");
+            return;
+        }
         rt::spawn(Arc::clone(self).ramp());
         rt::spawn(Arc::clone(self).reconcile_loop());
-        rt::spawn(Arc::clone(self).flush_loop());
     }
 
-    /// Stop every worker and loop, then flush cursors one last time.
+    /// Stop every worker and loop.
     pub fn stop(&self) {
         self.shutdown.send_replace(true);
-        self.flush_cursors();
+    }
+
+    /// Every host's cursor as loaded from the store (call before [`Upstreams::start`]).
+    pub fn cursors(&self) -> Vec<(i64, u64)> {
+        self.snapshot()
+            .iter()
+            .map(|host| (host.id, host.cursor.load(SeqCst)))
+            .collect()
     }
 
     /// Snapshot of every host, by id.
@@ -499,49 +506,6 @@ impl Upstreams {
             }
             if respawned > 0 {
                 tracing::info!(respawned, "reconciliation started missing workers");
-            }
-        }
-    }
-
-    async fn flush_loop(self: Arc<Self>) {
-        let mut shutdown = self.shutdown.subscribe();
-        let interval = Duration::from_millis(self.config.cursor_flush_interval_ms);
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|stop| *stop) => return,
-                () = sleep(interval) => self.flush_cursors(),
-            }
-        }
-    }
-
-    /// Write every cursor that moved since the last flush, in one transaction.
-    fn flush_cursors(&self) {
-        let changed: Vec<(Arc<Host>, u64)> = self
-            .snapshot()
-            .into_iter()
-            .filter_map(|host| {
-                let cursor = host.cursor.load(SeqCst);
-                (cursor > host.flushed_cursor.load(SeqCst)).then_some((host, cursor))
-            })
-            .collect();
-        if changed.is_empty() {
-            return;
-        }
-        let rows: Vec<(i64, u64)> = changed
-            .iter()
-            .map(|(host, cursor)| (host.id, *cursor))
-            .collect();
-        match self.store.flush_cursors(&rows) {
-            Ok(()) => {
-                for (host, cursor) in &changed {
-                    host.flushed_cursor.fetch_max(*cursor, SeqCst);
-                }
-                self.metrics.cursor_flush(rows.len());
-            }
-            // The cursors stay in memory and are retried on the next tick.
-            Err(error) => {
-                tracing::warn!(%error, hosts = rows.len(), "cursor flush failed; will retry")
             }
         }
     }

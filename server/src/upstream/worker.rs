@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{schedule, Host, HostPhase, Upstreams};
+use crate::events::Ingested;
 use crate::rt::net::TcpStream;
 use crate::rt::time::{sleep, timeout};
 use crate::store::HostStatus;
@@ -25,6 +26,8 @@ use crate::store::HostStatus;
 struct EventFrame {
     seq: u64,
     kind: String,
+    #[serde(default)]
+    body: serde_json::Value,
 }
 
 /// How a session ended.
@@ -165,6 +168,9 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
             tracing::warn!(%error, host = %host.hostname, "cannot persist recovery");
         }
     }
+    let Some(ingest) = upstreams.ingest.get() else {
+        return SessionEnd::Ended("not_started");
+    };
     let (_sink, mut frames) = stream.split();
     let idle = Duration::from_millis(config.read_idle_timeout_ms);
     loop {
@@ -186,11 +192,22 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
             .await;
         match serde_json::from_slice::<EventFrame>(&payload) {
             Ok(frame) if !frame.kind.is_empty() => {
-                if frame.seq > host.cursor.fetch_max(frame.seq, SeqCst) {
-                    host.events_total.fetch_add(1, SeqCst);
-                } else {
+                if frame.seq <= host.cursor.load(SeqCst) {
                     upstreams.metrics.upstream_duplicate();
+                    continue;
                 }
+                let event = Ingested {
+                    host_id: host.id,
+                    upstream_seq: frame.seq,
+                    kind: frame.kind,
+                    body: frame.body.to_string(),
+                };
+                // Waits while the sequencer is behind: backpressure to the upstream.
+                if ingest.send(event).await.is_err() {
+                    return SessionEnd::Ended("shutdown");
+                }
+                host.cursor.fetch_max(frame.seq, SeqCst);
+                host.events_total.fetch_add(1, SeqCst);
             }
             Ok(_) | Err(_) => {
                 upstreams.metrics.upstream_bad_frame();

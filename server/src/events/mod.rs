@@ -1,0 +1,278 @@
+//! The event pipeline: sequencing, persistence, retention and fan-out.
+//!
+//! ```text
+//! upstream workers ──ingest (bounded)──► sequencer ──commit (persist lock)──► SQLite
+//!                                            │ after commit
+//!                                            ▼
+//!                                       broadcaster ──offer──► one Mailbox per consumer
+//! retention loop ──small batches (persist lock, released between batches)──► SQLite
+//! ```
+//!
+//! Rules this module owns:
+//! - an event gets its relay sequence number and is **persisted before it is broadcast**,
+//!   together with its host's cursor (one transaction), so a restart resumes every
+//!   upstream after the last persisted event and a consumer never sees an event that a
+//!   crash could take back;
+//! - the *persist lock* serialises writers of the event log (commits and retention) and is
+//!   held only for one batch's work; retention releases it between batches so ingest never
+//!   waits behind a whole garbage-collection pass (the incident: a GC loop held the lock
+//!   for its whole run and stalled the relay every 10 minutes). Probes never take it;
+//! - store failures are retried with backoff and reported through readiness, never a panic.
+
+mod broadcast;
+mod retention;
+mod sequencer;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+pub use self::broadcast::{Broadcaster, Subscription};
+pub use self::sequencer::Ingested;
+use crate::config::CpuConfig;
+use crate::metrics::Metrics;
+use crate::rt::{self, cpu::Cpu};
+use crate::store::{NewEvent, Store, StoreError};
+
+/// Event pipeline settings: `[events]` in the configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events waiting between the upstream workers and the sequencer; when full, workers
+    /// stop reading (backpressure to the upstreams) instead of buffering without bound.
+    pub ingest_queue_max: usize,
+    /// Most events persisted in one transaction.
+    pub commit_batch_max: usize,
+    /// First retry delay after a failed commit, milliseconds; doubles per failure.
+    pub commit_retry_base_ms: u64,
+    /// Retry delay cap after failed commits, milliseconds.
+    pub commit_retry_cap_ms: u64,
+    /// Events kept in the log; older ones are deleted by the retention loop.
+    pub retention_events_max: u64,
+    /// How often the retention loop runs, milliseconds.
+    pub retention_interval_ms: u64,
+    /// Rows deleted per retention batch (the persist lock is released between batches).
+    /// `0` deletes everything due in one batch, holding the lock throughout.
+    pub retention_batch_rows: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            ingest_queue_max: 4096,
+            commit_batch_max: 256,
+            commit_retry_base_ms: 100,
+            commit_retry_cap_ms: 5_000,
+            retention_events_max: 1_000_000,
+            retention_interval_ms: 10 * 60_000,
+            retention_batch_rows: 500,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// Cross-field checks.
+    pub fn check(&self) -> Result<(), String> {
+        if self.ingest_queue_max == 0 || self.commit_batch_max == 0 {
+            return Err(
+                "events.ingest_queue_max and events.commit_batch_max must be at least 1".into(),
+            );
+        }
+        if self.commit_retry_base_ms == 0 || self.commit_retry_base_ms > self.commit_retry_cap_ms {
+            return Err(
+                "events.commit_retry_base_ms must be at least 1 and at most commit_retry_cap_ms"
+                    .into(),
+            );
+        }
+        if self.retention_interval_ms == 0 || self.retention_events_max == 0 {
+            return Err(
+                "events.retention_interval_ms and events.retention_events_max must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One persisted event as consumers receive it: its relay sequence number and the JSON
+/// text frame, encoded once and shared by every consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Relay sequence number.
+    pub seq: u64,
+    /// `{"seq":…,"host_id":…,"upstream_seq":…,"kind":…,"body":…}`.
+    pub text: Utf8Bytes,
+}
+
+impl Frame {
+    /// Encode a persisted event.
+    pub fn encode(event: &NewEvent) -> Self {
+        let kind = serde_json::to_string(&event.kind).expect("a string always serialises");
+        Self {
+            seq: event.seq,
+            text: Utf8Bytes::from(format!(
+                r#"{{"seq":{},"host_id":{},"upstream_seq":{},"kind":{},"body":{}}}"#,
+                event.seq, event.host_id, event.upstream_seq, kind, event.body
+            )),
+        }
+    }
+}
+
+/// Counters and levels for metrics and the wind tunnel's monitor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// Highest persisted relay sequence number.
+    pub head_seq: u64,
+    /// Lowest sequence number still in the log (0 when empty).
+    pub oldest_seq: u64,
+    /// Whether the last commit succeeded.
+    pub store_healthy: bool,
+    /// Failed commit attempts.
+    pub commit_failures_total: u64,
+    /// Events dropped because their host had already delivered that sequence number.
+    pub duplicates_total: u64,
+    /// Events deleted by retention.
+    pub retention_deleted_total: u64,
+    /// Consumers subscribed now.
+    pub consumers: usize,
+    /// Consumers kicked for being too slow.
+    pub consumers_kicked_total: u64,
+    /// Most events ever waiting in one consumer's mailbox.
+    pub mailbox_high_water: usize,
+}
+
+/// The event log and everything that writes or reads it.
+#[derive(Debug)]
+pub struct Events {
+    config: EventsConfig,
+    store: Arc<Store>,
+    cpu: Cpu,
+    /// Declared CPU cost per row written, deleted or read.
+    row_cost: std::time::Duration,
+    /// Serialises writers of the event log; held for one batch at a time.
+    persist: Mutex<()>,
+    broadcaster: Arc<Broadcaster>,
+    /// Tells the sequencer and the retention loop to stop.
+    shutdown: watch::Sender<bool>,
+    oldest_seq: AtomicU64,
+    store_healthy: AtomicBool,
+    commit_failures_total: AtomicU64,
+    duplicates_total: AtomicU64,
+    retention_deleted_total: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Events {
+    /// Open the pipeline over `store`: reads the log's bounds so sequencing continues.
+    pub fn open(
+        config: EventsConfig,
+        cpu_costs: &CpuConfig,
+        cpu: Cpu,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let (oldest, head) = store.event_bounds()?.unwrap_or((0, 0));
+        Ok(Self {
+            config,
+            store,
+            cpu,
+            row_cost: cpu_costs.store_row(),
+            persist: Mutex::new(()),
+            broadcaster: Arc::new(Broadcaster::new(head)),
+            shutdown: watch::channel(false).0,
+            oldest_seq: AtomicU64::new(oldest),
+            store_healthy: AtomicBool::new(true),
+            commit_failures_total: AtomicU64::new(0),
+            duplicates_total: AtomicU64::new(0),
+            retention_deleted_total: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// Start the sequencer and the retention loop. `cursors` are the hosts' persisted
+    /// cursors (the sequencer drops anything at or below them). Returns the ingest sender
+    /// the upstream workers use.
+    pub fn start(self: &Arc<Self>, cursors: Vec<(i64, u64)>) -> mpsc::Sender<Ingested> {
+        let (sender, receiver) = mpsc::channel(self.config.ingest_queue_max);
+        rt::spawn(sequencer::run(
+            Arc::clone(self),
+            receiver,
+            cursors.into_iter().collect(),
+            self.shutdown.subscribe(),
+        ));
+        rt::spawn(retention::run(Arc::clone(self), self.shutdown.subscribe()));
+        sender
+    }
+
+    /// Stop the sequencer (an uncommitted batch is resent by its upstreams after a
+    /// restart, because their persisted cursors did not move) and the retention loop.
+    pub fn stop(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// The fan-out side.
+    pub fn broadcaster(&self) -> &Arc<Broadcaster> {
+        &self.broadcaster
+    }
+
+    /// Whether the store accepted the last commit (readiness).
+    pub fn store_healthy(&self) -> bool {
+        self.store_healthy.load(SeqCst)
+    }
+
+    /// Lowest sequence number still in the log.
+    pub fn oldest_seq(&self) -> u64 {
+        self.oldest_seq.load(SeqCst)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> EventStats {
+        let fanout = self.broadcaster.stats();
+        EventStats {
+            head_seq: self.broadcaster.head(),
+            oldest_seq: self.oldest_seq(),
+            store_healthy: self.store_healthy(),
+            commit_failures_total: self.commit_failures_total.load(SeqCst),
+            duplicates_total: self.duplicates_total.load(SeqCst),
+            retention_deleted_total: self.retention_deleted_total.load(SeqCst),
+            consumers: fanout.consumers,
+            consumers_kicked_total: fanout.kicked_total,
+            mailbox_high_water: fanout.mailbox_high_water,
+        }
+    }
+
+    /// Up to `limit` persisted events after `after` (catch-up). Reads do not take the
+    /// persist lock (SQLite WAL readers do not block the writer).
+    pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Frame>, StoreError> {
+        let events = self.store.events_after(after, limit)?;
+        self.spend_rows(events.len()).await;
+        Ok(events.iter().map(Frame::encode).collect())
+    }
+
+    /// Persist one batch under the persist lock.
+    async fn commit(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let _persist = self.persist.lock().await;
+        self.store.commit_events(events)?;
+        self.spend_rows(events.len()).await;
+        Ok(())
+    }
+
+    /// Delete up to `limit` events below `below` under the persist lock.
+    async fn delete_below(&self, below: u64, limit: usize) -> Result<usize, StoreError> {
+        let _persist = self.persist.lock().await;
+        let deleted = self.store.delete_events_below(below, limit)?;
+        self.spend_rows(deleted).await;
+        Ok(deleted)
+    }
+
+    async fn spend_rows(&self, rows: usize) {
+        if rows > 0 {
+            self.cpu
+                .spend(self.row_cost * u32::try_from(rows).unwrap_or(u32::MAX))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The sequencer: the single task that turns ingested upstream events into the relay's
+//! ordered, persisted log, then hands them to the broadcaster.
+//!
+//! One task owns sequencing, so relay sequence numbers are dense and assigned in commit
+//! order without a lock. It drains the ingest queue in batches (group commit), drops events
+//! its host already delivered (a reconnect resumes from the in-memory cursor, a restart
+//! from the persisted one, and either may overlap), and retries a failed commit with
+//! backoff, holding the batch, until it lands or the relay shuts down. An uncommitted batch
+//! lost to a shutdown or crash is not lost for good: its hosts' persisted cursors did not
+//! move, so the upstreams resend it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Events, Frame};
+use crate::rt::time::{sleep, Duration};
+use crate::store::NewEvent;
+
+/// One event as an upstream worker hands it over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ingested {
+    /// The host's store id.
+    pub host_id: i64,
+    /// The host's own sequence number.
+    pub upstream_seq: u64,
+    /// Event kind.
+    pub kind: String,
+    /// Event body, JSON text.
+    pub body: String,
+}
+
+pub(super) async fn run(
+    events: Arc<Events>,
+    mut ingest: mpsc::Receiver<Ingested>,
+    mut committed: BTreeMap<i64, u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let batch_max = events.config.commit_batch_max;
+    let mut next_seq = events.broadcaster.head() + 1;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            received = ingest.recv() => match received {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        let mut batch = Vec::with_capacity(batch_max);
+        let mut pending = BTreeMap::new();
+        let mut admit = |event: Ingested, batch: &mut Vec<NewEvent>| {
+            let seen = pending
+                .get(&event.host_id)
+                .or_else(|| committed.get(&event.host_id))
+                .copied()
+                .unwrap_or(0);
+            if event.upstream_seq <= seen {
+                events.duplicates_total.fetch_add(1, SeqCst);
+                return;
+            }
+            pending.insert(event.host_id, event.upstream_seq);
+            batch.push(NewEvent {
+                seq: next_seq + batch.len() as u64,
+                host_id: event.host_id,
+                upstream_seq: event.upstream_seq,
+                kind: event.kind,
+                body: event.body,
+            });
+        };
+        admit(first, &mut batch);
+        while batch.len() < batch_max {
+            match ingest.try_recv() {
+                Ok(event) => admit(event, &mut batch),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if !commit_with_retry(&events, &batch, &mut shutdown).await {
+            return;
+        }
+        next_seq += batch.len() as u64;
+        committed.extend(pending);
+        let frames: Vec<Frame> = batch.iter().map(Frame::encode).collect();
+        events.broadcaster.publish(&frames);
+        if events.oldest_seq.load(SeqCst) == 0 {
+            events.oldest_seq.store(batch[0].seq, SeqCst);
+        }
+    }
+}
+
+/// Commit `batch`, retrying with capped exponential backoff. `false` if shutdown came first.
+async fn commit_with_retry(
+    events: &Events,
+    batch: &[NewEvent],
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let config = &events.config;
+    let mut delay_ms = config.commit_retry_base_ms;
+    loop {
+        match events.commit(batch).await {
+            Ok(()) => {
+                if !events.store_healthy.swap(true, SeqCst) {
+                    tracing::info!("event log writable again");
+                }
+                return true;
+            }
+            Err(error) => {
+                events.commit_failures_total.fetch_add(1, SeqCst);
+                events.metrics.store_error("commit");
+                if events.store_healthy.swap(false, SeqCst) {
+                    tracing::warn!(%error, events = batch.len(), "event commit failed; retrying with backoff");
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+            () = sleep(Duration::from_millis(delay_ms)) => {}
+        }
+        delay_ms = (delay_ms * 2).min(config.commit_retry_cap_ms);
+    }
+}

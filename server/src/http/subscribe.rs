@@ -1,0 +1,372 @@
+//! `GET /subscribe?cursor=N`: the consumer's WebSocket session.
+//!
+//! The handshake is answered by the route (101, or a 400 naming what was wrong); the
+//! upgraded socket is then driven by the connection's *owner task* (see `http::own_connection`),
+//! so the task that holds the lifecycle slot is the only one that ever writes to, closes or
+//! forgets the socket. The session:
+//! 1. **catch-up**: pages of persisted events after `cursor`, from the store, until it is
+//!    close to the head;
+//! 2. **cutover**: registers with the broadcaster, which reports the head `h` at that
+//!    instant; reads the rest up to `h` from the store;
+//! 3. **live**: frames above `h` from its mailbox. Frames at or below the last one sent are
+//!    skipped, so the cutover has no gap and no duplicate.
+//!
+//! When the broadcaster finds the mailbox full it requests a close with reason `Kicked`; the
+//! session then sends a `ConsumerTooSlow` error frame and a close frame (bounded by
+//! `kick_flush_timeout_ms`) and ends. Any other close request (idle reaper, shutdown) ends
+//! it with a close frame. Store errors end it with an error frame; the consumer resumes by
+//! cursor.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use relay_lifecycle::{CloseReason, ConnOwner};
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use super::AppState;
+use crate::events::Frame;
+use crate::rt::time::{interval_at, now, timeout, Duration};
+
+/// Consumer fan-out settings: `[fanout]` in the configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutConfig {
+    /// Frames waiting for one consumer before it counts as too slow and is kicked.
+    pub consumer_queue_max: usize,
+    /// Events per catch-up page read from the store.
+    pub catchup_page_events: usize,
+    /// How often the relay pings an otherwise quiet consumer (its pong postpones the idle
+    /// reaper), milliseconds.
+    pub ping_interval_ms: u64,
+    /// How long a kicked consumer gets to receive its `ConsumerTooSlow` frame and the close
+    /// frame before the socket is dropped, milliseconds.
+    pub kick_flush_timeout_ms: u64,
+    /// Largest frame accepted from a consumer (they only send control frames), bytes.
+    pub max_inbound_frame_bytes: usize,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            consumer_queue_max: 1024,
+            catchup_page_events: 500,
+            ping_interval_ms: 2_000,
+            kick_flush_timeout_ms: 10_000,
+            max_inbound_frame_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl FanoutConfig {
+    /// Cross-field checks.
+    pub fn check(&self) -> Result<(), String> {
+        if self.consumer_queue_max == 0
+            || self.catchup_page_events == 0
+            || self.ping_interval_ms == 0
+        {
+            return Err("fanout.consumer_queue_max, catchup_page_events and ping_interval_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A subscription whose handshake was answered; the owner task runs it after the upgrade.
+pub struct Pending {
+    upgrade: hyper::upgrade::OnUpgrade,
+    cursor: u64,
+}
+
+/// The per-connection hand-over slot between the route and the owner task. Only this
+/// connection's tasks touch it.
+pub type PendingSlot = Arc<Mutex<Option<Pending>>>;
+
+/// Whether `request` asks for a subscription (so the caller routes it here).
+pub fn is_subscribe(request: &Request<Incoming>) -> bool {
+    request.uri().path() == "/subscribe"
+}
+
+/// Answer the handshake: 101 and a parked [`Pending`], or a 4xx saying what was wrong.
+pub fn accept(
+    state: &AppState,
+    mut request: Request<Incoming>,
+    slot: &PendingSlot,
+) -> Response<Full<Bytes>> {
+    let cursor = match parse_cursor(request.uri().query()) {
+        Ok(cursor) => cursor,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "InvalidCursor", &message),
+    };
+    let head = state.events.broadcaster().head();
+    if cursor > head {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "FutureCursor",
+            &format!("cursor {cursor} is ahead of the newest event {head}"),
+        );
+    }
+    let headers = request.headers();
+    let upgrade_ok = headers
+        .get(UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
+    let version_ok = headers
+        .get("sec-websocket-version")
+        .is_some_and(|value| value == "13");
+    let Some(key) = headers.get("sec-websocket-key").cloned() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "NotWebSocket",
+            "expected a WebSocket handshake (Sec-WebSocket-Key missing)",
+        );
+    };
+    if !upgrade_ok || !version_ok {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "NotWebSocket",
+            "expected `Upgrade: websocket` and `Sec-WebSocket-Version: 13`",
+        );
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Pending { upgrade, cursor });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("a base64 accept key is a valid header value"),
+    );
+    response
+}
+
+fn parse_cursor(query: Option<&str>) -> Result<u64, String> {
+    let Some(query) = query else {
+        return Ok(0);
+    };
+    let mut cursor = 0;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("cursor", value)) => {
+                cursor = value
+                    .parse()
+                    .map_err(|_| format!("cursor must be a non-negative integer, got {value:?}"))?;
+            }
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {pair:?}; expected cursor=N"
+                ))
+            }
+        }
+    }
+    Ok(cursor)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Run a subscription on the owner task until the consumer leaves or a close is requested.
+/// Returns the connection-closed metric reason.
+pub async fn run(state: &Arc<AppState>, pending: Pending, owner: &ConnOwner) -> &'static str {
+    let Ok(upgraded) = pending.upgrade.await else {
+        return "upgrade_failed";
+    };
+    let config = &state.config.fanout;
+    let ws_config = WebSocketConfig::default()
+        .max_frame_size(Some(config.max_inbound_frame_bytes))
+        .max_message_size(Some(config.max_inbound_frame_bytes));
+    let mut socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await;
+    state.metrics.consumer_session(1);
+    let mut session = Session {
+        state,
+        owner,
+        sent: pending.cursor,
+    };
+    let reason = match session.serve(&mut socket).await {
+        End::Ended(reason) => reason,
+        End::Requested(reason) => {
+            session.farewell(&mut socket, reason).await;
+            reason.as_str()
+        }
+    };
+    state.metrics.consumer_session(-1);
+    reason
+}
+
+/// How a session ends.
+enum End {
+    /// The consumer left, the socket failed, or the store failed: nothing more to send.
+    Ended(&'static str),
+    /// Someone requested a close: say goodbye (and why) before closing.
+    Requested(CloseReason),
+}
+
+struct Session<'a> {
+    state: &'a Arc<AppState>,
+    owner: &'a ConnOwner,
+    /// Highest sequence number delivered so far (starts at the requested cursor).
+    sent: u64,
+}
+
+impl Session<'_> {
+    async fn serve(&mut self, socket: &mut Socket) -> End {
+        let events = &self.state.events;
+        let config = &self.state.config.fanout;
+        // Catch up from the store while far behind, without holding a mailbox.
+        while events.broadcaster().head().saturating_sub(self.sent)
+            > config.catchup_page_events as u64
+        {
+            if let Err(end) = self.send_page(socket, u64::MAX).await {
+                return end;
+            }
+        }
+        // Registered here; dropped (unsubscribed, mailbox closed) when this returns.
+        let (subscription, registered_head) = events.broadcaster().subscribe(
+            self.owner.registry(),
+            self.owner.id(),
+            config.consumer_queue_max,
+        );
+        while self.sent < registered_head {
+            if let Err(end) = self.send_page(socket, registered_head).await {
+                return end;
+            }
+        }
+        let ping_every = Duration::from_millis(config.ping_interval_ms);
+        let mut pings = interval_at(now() + ping_every, ping_every);
+        loop {
+            let step = tokio::select! {
+                biased;
+                reason = self.owner.close_request() => Err(End::Requested(reason)),
+                frame = subscription.mailbox().recv() => match frame {
+                    Some(frame) => self.send_frame(socket, frame).await,
+                    None => Err(End::Ended("mailbox_closed")),
+                },
+                inbound = socket.next() => match inbound {
+                    None | Some(Ok(Message::Close(_))) => Err(End::Ended("consumer_closed")),
+                    Some(Err(_)) => Err(End::Ended("consumer_protocol_error")),
+                    Some(Ok(_)) => Ok(()),
+                },
+                _ = pings.tick() => self.write(socket, Message::Ping(Bytes::new())).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Send one page of persisted events above `sent` and at most `up_to`.
+    async fn send_page(&mut self, socket: &mut Socket, up_to: u64) -> Result<(), End> {
+        let page_size = self.state.config.fanout.catchup_page_events;
+        let frames = match self.state.events.read_after(self.sent, page_size).await {
+            Ok(frames) => frames,
+            Err(error) => {
+                tracing::warn!(%error, cursor = self.sent, "catch-up read failed");
+                let text = error_frame(
+                    "StoreUnavailable",
+                    "catch-up failed; retry with your cursor",
+                );
+                let _ = self.write(socket, Message::Text(text)).await;
+                return Err(End::Ended("store_error"));
+            }
+        };
+        let Some(first) = frames.first() else {
+            // The head says there is more, but the store has nothing: never spin on it.
+            return Err(End::Ended("catchup_stalled"));
+        };
+        if first.seq > self.sent + 1 {
+            // Retention removed events this consumer had not seen: say so, then go on from
+            // the oldest kept event (the consumer decides whether that is acceptable).
+            let message = format!(
+                "events {}..={} were removed by retention",
+                self.sent + 1,
+                first.seq - 1
+            );
+            self.write(
+                socket,
+                Message::Text(error_frame("OutdatedCursor", &message)),
+            )
+            .await?;
+        }
+        for frame in frames.into_iter().filter(|frame| frame.seq <= up_to) {
+            self.send_frame(socket, frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_frame(&mut self, socket: &mut Socket, frame: Frame) -> Result<(), End> {
+        if frame.seq <= self.sent {
+            return Ok(());
+        }
+        self.write(socket, Message::Text(frame.text)).await?;
+        self.sent = frame.seq;
+        Ok(())
+    }
+
+    /// Write one message; a close request interrupts a write the socket is not taking.
+    async fn write(&self, socket: &mut Socket, message: Message) -> Result<(), End> {
+        tokio::select! {
+            biased;
+            written = socket.send(message) => written.map_err(|_| End::Ended("consumer_write_error"))?,
+            reason = self.owner.close_request() => return Err(End::Requested(reason)),
+        }
+        self.owner.touch(self.state.clock.now_ms());
+        Ok(())
+    }
+
+    /// Tell the consumer why it is being closed, within a bounded time.
+    async fn farewell(&self, socket: &mut Socket, reason: CloseReason) {
+        let config = &self.state.config;
+        let (notice, code, budget_ms) = match reason {
+            CloseReason::Kicked => (
+                Some(error_frame(
+                    "ConsumerTooSlow",
+                    &format!("your queue was full; reconnect with cursor={}", self.sent),
+                )),
+                CloseCode::Policy,
+                config.fanout.kick_flush_timeout_ms,
+            ),
+            CloseReason::Shutdown => (None, CloseCode::Away, config.server.drain_timeout_ms),
+            CloseReason::Idle | CloseReason::Evicted => {
+                (None, CloseCode::Normal, config.server.drain_timeout_ms)
+            }
+        };
+        let close = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason.as_str()),
+        };
+        let goodbye = async {
+            if let Some(text) = notice {
+                socket.send(Message::Text(text)).await?;
+            }
+            socket.send(Message::Close(Some(close))).await
+        };
+        let _ = timeout(Duration::from_millis(budget_ms), goodbye).await;
+    }
+}
+
+fn error_frame(code: &str, message: &str) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string())
+}

@@ -1,0 +1,63 @@
+//! Fault points: the places in relay code where the wind tunnel can inject a failure
+//! (BUGGIFY-style, after FoundationDB and madsim).
+//!
+//! Relay code asks `fault::active(Fault::StoreWrite)` right where the real failure would
+//! surface, and handles it exactly like the real thing (the store returns an error, callers
+//! back off and answer 503). Outside simulation `active` is a constant `false` and the check
+//! compiles away, so production behaviour cannot depend on it. Under madsim the tunnel's
+//! timeline switches points on and off with [`set`]; the switches live in a thread-local
+//! because each simulation run owns its OS thread.
+
+/// A place where a failure can be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Every store write (event commits, retention deletes) fails.
+    StoreWrite,
+    /// Every store read (catch-up pages, log bounds) fails.
+    StoreRead,
+}
+
+impl Fault {
+    #[cfg(madsim)]
+    const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+#[cfg(madsim)]
+thread_local! {
+    static ACTIVE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `point` is failing now. Always `false` outside simulation.
+#[inline(always)]
+pub fn active(point: Fault) -> bool {
+    #[cfg(madsim)]
+    {
+        ACTIVE.with(|active| active.get() & point.bit() != 0)
+    }
+    #[cfg(not(madsim))]
+    {
+        let _ = point;
+        false
+    }
+}
+
+/// Switch `point` on or off for the current simulation run (the tunnel's timeline calls this).
+#[cfg(madsim)]
+pub fn set(point: Fault, failing: bool) {
+    ACTIVE.with(|active| {
+        let bits = active.get();
+        active.set(if failing {
+            bits | point.bit()
+        } else {
+            bits & !point.bit()
+        });
+    });
+}
+
+/// Switch every point off (a run starts clean even if a previous run on this thread did not).
+#[cfg(madsim)]
+pub fn clear() {
+    ACTIVE.with(|active| active.set(0));
+}
