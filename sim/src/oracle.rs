@@ -78,8 +78,119 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
     if scenario.oracles.no_host_forgotten.is_some() {
         violations.extend(no_host_forgotten(records));
     }
+    if let Some(spec) = &scenario.oracles.no_lost_events {
+        violations.extend(no_lost_events(
+            records,
+            scenario.duration_s.saturating_sub(spec.lag_s) * 1_000_000,
+        ));
+    }
+    if scenario.oracles.slow_consumers_kicked.is_some() {
+        violations.extend(slow_consumers_kicked(records));
+    }
+    if let Some(spec) = &scenario.oracles.memory_bounded {
+        violations.extend(memory_bounded(records, spec.mailbox_max));
+    }
     violations.extend(no_panics(records));
     violations
+}
+
+/// Consumers see relay sequence numbers in order, without gap or duplicate (any
+/// `ConsumerAnomaly` is a violation), and every consumer that is not slow ends at or
+/// beyond the head the relay had persisted at `caught_up_by_us`.
+pub fn no_lost_events(records: &[Record], caught_up_by_us: u64) -> Option<Violation> {
+    if let Some((index, record)) = records
+        .iter()
+        .enumerate()
+        .find(|(_, record)| matches!(record.event, Event::ConsumerAnomaly { .. }))
+    {
+        let Event::ConsumerAnomaly {
+            consumer,
+            expected,
+            got,
+            detail,
+        } = &record.event
+        else {
+            unreachable!("matched above");
+        };
+        return Some(violation_at(
+            OracleName::NoLostEvents,
+            index,
+            record,
+            format!("{consumer} expected seq {expected} next but got {got} ({detail})"),
+        ));
+    }
+    let head_then = records
+        .iter()
+        .rev()
+        .filter(|record| record.t_us <= caught_up_by_us)
+        .find_map(|record| match record.event {
+            Event::RelaySample { events, .. } => Some(events.head_seq),
+            _ => None,
+        })
+        .unwrap_or(0);
+    records
+        .iter()
+        .enumerate()
+        .find_map(|(index, record)| match &record.event {
+            Event::ConsumerFinal {
+                consumer,
+                slow: false,
+                last_seq,
+                ..
+            } if *last_seq < head_then => Some(violation_at(
+                OracleName::NoLostEvents,
+                index,
+                record,
+                format!(
+                    "{consumer} ended at seq {last_seq}, behind the head {head_then} persisted at t={}",
+                    format_seconds(caught_up_by_us)
+                ),
+            )),
+            _ => None,
+        })
+}
+
+/// Every slow consumer received at least one `ConsumerTooSlow` notice.
+pub fn slow_consumers_kicked(records: &[Record]) -> Option<Violation> {
+    records
+        .iter()
+        .enumerate()
+        .find_map(|(index, record)| match &record.event {
+            Event::ConsumerFinal {
+                consumer,
+                slow: true,
+                too_slow: 0,
+                frames,
+                ..
+            } => Some(violation_at(
+                OracleName::SlowConsumersKicked,
+                index,
+                record,
+                format!("slow consumer {consumer} was never kicked ({frames} frames received); its queue must have grown instead"),
+            )),
+            _ => None,
+        })
+}
+
+/// No consumer's relay-side queue ever held more than `mailbox_max` frames.
+pub fn memory_bounded(records: &[Record], mailbox_max: usize) -> Option<Violation> {
+    records
+        .iter()
+        .enumerate()
+        .find_map(|(index, record)| match record.event {
+            Event::RelaySample { events, .. } if events.mailbox_high_water > mailbox_max => {
+                Some(violation_at(
+                    OracleName::MemoryBounded,
+                    index,
+                    record,
+                    format!(
+                        "a consumer queue held {} frames, bound {mailbox_max}",
+                        events.mailbox_high_water
+                    ),
+                ))
+            }
+            _ => None,
+        })
 }
 
 /// The upstream part of every relay sample, with its record index.
@@ -356,6 +467,7 @@ pub fn verdict(expect: Expect, violations: &[Violation]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::EventsSample;
 
     fn probe(t_s: u64, ok: bool) -> (u64, Event) {
         (
@@ -390,6 +502,7 @@ mod tests {
                 refused: 0,
                 relay_tasks: s.relay_tasks,
                 upstreams: UpstreamSample::default(),
+                events: EventsSample::default(),
             },
         )
     }
@@ -558,8 +671,103 @@ mod tests {
                 refused: 0,
                 relay_tasks: 1,
                 upstreams: sample,
+                events: EventsSample::default(),
             },
         )
+    }
+
+    fn head(t_s: u64, head_seq: u64, mailbox_high_water: usize) -> (u64, Event) {
+        let (t_us, mut event) = upstream(t_s, UpstreamSample::default());
+        if let Event::RelaySample { events, .. } = &mut event {
+            events.head_seq = head_seq;
+            events.mailbox_high_water = mailbox_high_water;
+        }
+        (t_us, event)
+    }
+
+    fn consumer_final(
+        t_s: u64,
+        name: &str,
+        slow: bool,
+        last_seq: u64,
+        too_slow: u32,
+    ) -> (u64, Event) {
+        (
+            t_s * 1_000_000,
+            Event::ConsumerFinal {
+                consumer: name.to_owned(),
+                slow,
+                last_seq,
+                frames: last_seq,
+                sessions: 1,
+                too_slow,
+            },
+        )
+    }
+
+    #[test]
+    fn no_lost_events_flags_the_first_anomaly_and_consumers_left_behind() {
+        let clean = trace([
+            head(10, 50, 3),
+            head(20, 90, 3),
+            consumer_final(30, "fast-0", false, 95, 0),
+            consumer_final(30, "slow-0", true, 10, 2),
+        ]);
+        assert_eq!(no_lost_events(clean.records(), 20_000_000), None);
+        let behind = no_lost_events(clean.records(), 30_000_000);
+        assert_eq!(
+            behind, None,
+            "no sample after 20 s: the head then is still 90"
+        );
+        let lagging = trace([head(10, 50, 0), consumer_final(30, "fast-0", false, 49, 0)]);
+        let violation = no_lost_events(lagging.records(), 20_000_000).unwrap();
+        assert_eq!(violation.record_index, Some(1));
+        assert!(
+            violation
+                .message
+                .starts_with("fast-0 ended at seq 49, behind the head 50"),
+            "{violation}"
+        );
+        let gap = trace([
+            head(10, 50, 0),
+            (
+                12_000_000,
+                Event::ConsumerAnomaly {
+                    consumer: "fast-1".to_owned(),
+                    expected: 7,
+                    got: 9,
+                    detail: "gap".to_owned(),
+                },
+            ),
+            consumer_final(30, "fast-1", false, 60, 0),
+        ]);
+        let violation = no_lost_events(gap.records(), 20_000_000).unwrap();
+        assert_eq!(
+            (violation.record_index, violation.message.as_str()),
+            (Some(1), "fast-1 expected seq 7 next but got 9 (gap)")
+        );
+    }
+
+    #[test]
+    fn slow_consumers_must_be_kicked_and_queues_bounded() {
+        let kicked = trace([consumer_final(30, "slow-0", true, 10, 1)]);
+        assert_eq!(slow_consumers_kicked(kicked.records()), None);
+        let never = trace([
+            consumer_final(30, "fast-0", false, 10, 0),
+            consumer_final(30, "slow-0", true, 10, 0),
+        ]);
+        assert_eq!(
+            slow_consumers_kicked(never.records()).unwrap().record_index,
+            Some(1)
+        );
+        let queues = trace([head(1, 5, 10), head(2, 9, 300), head(3, 12, 400)]);
+        assert_eq!(memory_bounded(queues.records(), 400), None);
+        let violation = memory_bounded(queues.records(), 256).unwrap();
+        assert_eq!(violation.record_index, Some(1));
+        assert_eq!(
+            violation.message,
+            "a consumer queue held 300 frames, bound 256"
+        );
     }
 
     fn world(hosts: u32, dead: u32) -> (u64, Event) {

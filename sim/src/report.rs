@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use crate::oracle::{format_seconds, Verdict, Violation};
 use crate::scenario::{OracleName, Scenario};
-use crate::trace::{ChurnAction, Event, Trace, UpstreamSample};
+use crate::trace::{ChurnAction, Event, EventsSample, Trace, UpstreamSample};
 
 /// Counts drawn from a trace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +35,18 @@ pub struct Summary {
     pub upstream_connected_min_during_faults: Option<usize>,
     /// Upstream hosts in the generated world: (hosts, dead, flaky).
     pub upstream_world: Option<(u32, u32, u32)>,
+    /// The relay's last event-pipeline sample.
+    pub events_last: Option<EventsSample>,
+    /// Consumers that reported final totals, and how many of them are slow.
+    pub consumers: (usize, usize),
+    /// Event frames received by all consumers.
+    pub consumer_frames: u64,
+    /// Consumer sessions opened.
+    pub consumer_sessions: u64,
+    /// `ConsumerTooSlow` notices received by consumers.
+    pub consumer_too_slow: u64,
+    /// Ordering anomalies consumers reported (gaps, duplicates, error frames).
+    pub consumer_anomalies: usize,
 }
 
 impl Summary {
@@ -72,9 +84,11 @@ impl Summary {
                     admitted,
                     refused,
                     upstreams,
+                    events,
                     ..
                 } => {
                     summary.relay_last = Some((*high_water, *max, *admitted, *refused));
+                    summary.events_last = Some(*events);
                     if summary.upstream_world.is_some() {
                         let connected = upstreams.hosts_connected;
                         summary.upstream_connected_max =
@@ -98,7 +112,25 @@ impl Summary {
                         faults_active.saturating_sub(1)
                     };
                 }
-                Event::Phase { .. } | Event::Panic { .. } | Event::Subscribed { .. } => {}
+                Event::ConsumerFinal {
+                    slow,
+                    frames,
+                    sessions,
+                    too_slow,
+                    ..
+                } => {
+                    summary.consumers.0 += 1;
+                    summary.consumers.1 += usize::from(*slow);
+                    summary.consumer_frames += frames;
+                    summary.consumer_sessions += u64::from(*sessions);
+                    summary.consumer_too_slow += u64::from(*too_slow);
+                }
+                Event::ConsumerAnomaly { .. } => summary.consumer_anomalies += 1,
+                Event::Phase { .. }
+                | Event::Panic { .. }
+                | Event::Subscribed { .. }
+                | Event::ConsumerConnected { .. }
+                | Event::ConsumerEnded { .. } => {}
             }
         }
         summary
@@ -219,6 +251,21 @@ impl RunReport<'_> {
                 last.workers_high_water,
                 last.upstream_events
             );
+        }
+        if let (Some(events), (consumers, slow)) = (summary.events_last, summary.consumers) {
+            if consumers > 0 {
+                let _ = writeln!(
+                    text,
+                    "  events: head seq {}; consumers: {consumers} ({slow} slow), {} sessions, {} frames, \
+                     {} kicked (ConsumerTooSlow), {} anomalies, queue high water {}",
+                    events.head_seq,
+                    summary.consumer_sessions,
+                    summary.consumer_frames,
+                    summary.consumer_too_slow,
+                    summary.consumer_anomalies,
+                    events.mailbox_high_water
+                );
+            }
         }
         let oracles: Vec<String> = OracleName::ALL
             .into_iter()

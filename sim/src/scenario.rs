@@ -39,6 +39,9 @@ pub struct Scenario {
     pub churners: Vec<ChurnerSpec>,
     /// Upstream hosts the relay subscribes to (its host table is generated from this).
     pub upstreams: Option<UpstreamsSpec>,
+    /// Groups of downstream consumers on `/subscribe`.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerSpec>,
     /// Faults on a timeline.
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
@@ -78,11 +81,18 @@ pub enum OracleName {
     WorkersBounded,
     /// At the end every host has a worker or is dormant: none silently dropped.
     NoHostForgotten,
+    /// Every consumer received relay sequence numbers in order with no gap and no
+    /// duplicate, and every consumer that is not slow caught up with the head.
+    NoLostEvents,
+    /// Every slow consumer was kicked and told so with a `ConsumerTooSlow` frame.
+    SlowConsumersKicked,
+    /// Per-consumer queues never held more than a bound (memory stays bounded).
+    MemoryBounded,
 }
 
 impl OracleName {
     /// Every oracle, in check and report order.
-    pub const ALL: [OracleName; 8] = [
+    pub const ALL: [OracleName; 11] = [
         Self::ProbeLiveness,
         Self::ProbeLatencyMax,
         Self::ConnAccounting,
@@ -90,6 +100,9 @@ impl OracleName {
         Self::HandshakesBounded,
         Self::WorkersBounded,
         Self::NoHostForgotten,
+        Self::NoLostEvents,
+        Self::SlowConsumersKicked,
+        Self::MemoryBounded,
         Self::NoPanics,
     ];
 
@@ -104,6 +117,9 @@ impl OracleName {
             Self::HandshakesBounded => "handshakes_bounded",
             Self::WorkersBounded => "workers_bounded",
             Self::NoHostForgotten => "no_host_forgotten",
+            Self::NoLostEvents => "no_lost_events",
+            Self::SlowConsumersKicked => "slow_consumers_kicked",
+            Self::MemoryBounded => "memory_bounded",
         }
     }
 }
@@ -289,6 +305,82 @@ pub struct OracleSpecs {
     pub workers_bounded: Option<WorkersBoundedSpec>,
     /// See [`OracleName::NoHostForgotten`]. Needs `[upstreams]`.
     pub no_host_forgotten: Option<NoHostForgottenSpec>,
+    /// See [`OracleName::NoLostEvents`]. Needs `[[consumers]]`.
+    pub no_lost_events: Option<NoLostEventsSpec>,
+    /// See [`OracleName::SlowConsumersKicked`]. Needs a slow consumer.
+    pub slow_consumers_kicked: Option<SlowConsumersKickedSpec>,
+    /// See [`OracleName::MemoryBounded`].
+    pub memory_bounded: Option<MemoryBoundedSpec>,
+}
+
+/// `no_lost_events` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoLostEventsSpec {
+    /// At the end, every fast or reconnecting consumer must have received at least the
+    /// head the relay had persisted this many seconds earlier.
+    pub lag_s: u64,
+}
+
+/// `slow_consumers_kicked` takes no parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowConsumersKickedSpec {}
+
+/// `memory_bounded` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBoundedSpec {
+    /// Most frames one consumer's queue may ever hold.
+    pub mailbox_max: usize,
+}
+
+/// How a consumer reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerKind {
+    /// Reads everything as soon as it arrives.
+    Fast,
+    /// Stops reading for `stall_s` every `stall_every_s`.
+    Slow,
+    /// Drops its connection every `reconnect_every_s` and resumes by cursor.
+    Reconnecting,
+}
+
+/// A group of consumers, each on its own node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSpec {
+    /// Group name; consumers are named `<name>-<index>`.
+    pub name: String,
+    /// How many consumers.
+    pub count: u32,
+    /// How they read.
+    pub kind: ConsumerKind,
+    /// When they first connect, seconds (cursor 0: everything from the start).
+    #[serde(default)]
+    pub start_s: u64,
+    /// Slow consumers: seconds between stalls.
+    #[serde(default = "default_stall_every_s")]
+    pub stall_every_s: u64,
+    /// Slow consumers: length of a stall, seconds.
+    #[serde(default = "default_stall_s")]
+    pub stall_s: u64,
+    /// Reconnecting consumers: seconds between planned disconnects.
+    #[serde(default = "default_reconnect_every_s")]
+    pub reconnect_every_s: u64,
+}
+
+fn default_stall_every_s() -> u64 {
+    60
+}
+
+fn default_stall_s() -> u64 {
+    20
+}
+
+fn default_reconnect_every_s() -> u64 {
+    20
 }
 
 /// `hosts_connected_min` bound.
@@ -620,6 +712,32 @@ impl Scenario {
                 );
             }
         }
+        for (index, consumer) in self.consumers.iter().enumerate() {
+            if consumer.count == 0
+                || consumer.stall_every_s == 0
+                || consumer.reconnect_every_s == 0
+                || consumer.start_s >= self.duration_s
+            {
+                return fail(
+                    &format!("consumers[{index}]"),
+                    "expected count, stall_every_s and reconnect_every_s of at least 1 and start_s < duration_s".into(),
+                );
+            }
+        }
+        if self.oracles.no_lost_events.is_some() && self.consumers.is_empty() {
+            return fail(
+                "oracles.no_lost_events",
+                "needs at least one [[consumers]] group".into(),
+            );
+        }
+        if self.oracles.slow_consumers_kicked.is_some()
+            && !self.consumers.iter().any(|c| c.kind == ConsumerKind::Slow)
+        {
+            return fail(
+                "oracles.slow_consumers_kicked",
+                "needs a [[consumers]] group with kind = \"slow\"".into(),
+            );
+        }
         if let Expect::Fail(oracle) = self.expect {
             if !self.checks(oracle) {
                 return fail(
@@ -642,6 +760,9 @@ impl Scenario {
             OracleName::HandshakesBounded => self.oracles.handshakes_bounded.is_some(),
             OracleName::WorkersBounded => self.oracles.workers_bounded.is_some(),
             OracleName::NoHostForgotten => self.oracles.no_host_forgotten.is_some(),
+            OracleName::NoLostEvents => self.oracles.no_lost_events.is_some(),
+            OracleName::SlowConsumersKicked => self.oracles.slow_consumers_kicked.is_some(),
+            OracleName::MemoryBounded => self.oracles.memory_bounded.is_some(),
         }
     }
 }

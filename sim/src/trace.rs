@@ -80,6 +80,53 @@ pub enum Event {
         /// Upstream side of the same sample.
         #[serde(flatten)]
         upstreams: UpstreamSample,
+        /// Event pipeline side of the same sample.
+        #[serde(flatten)]
+        events: EventsSample,
+    },
+    /// A consumer's WebSocket subscription was accepted.
+    ConsumerConnected {
+        /// Consumer name.
+        consumer: String,
+        /// The cursor it resumed from.
+        cursor: u64,
+    },
+    /// A consumer's session ended.
+    ConsumerEnded {
+        /// Consumer name.
+        consumer: String,
+        /// Why (`too_slow`, `planned_disconnect`, `eof`, `close: …`, `connect: …`).
+        reason: String,
+        /// Event frames received in this session.
+        frames: u64,
+        /// Whether the relay said `ConsumerTooSlow`.
+        too_slow: bool,
+    },
+    /// A consumer received something out of order (first one per session).
+    ConsumerAnomaly {
+        /// Consumer name.
+        consumer: String,
+        /// The sequence number it expected next.
+        expected: u64,
+        /// What arrived (0 for an error frame).
+        got: u64,
+        /// `gap`, `duplicate_or_reordered`, or the relay's error code.
+        detail: String,
+    },
+    /// A consumer's totals at the end of the run.
+    ConsumerFinal {
+        /// Consumer name.
+        consumer: String,
+        /// Whether it is a slow consumer (exempt from catching up).
+        slow: bool,
+        /// Highest sequence number received.
+        last_seq: u64,
+        /// Event frames received over all sessions.
+        frames: u64,
+        /// Sessions opened.
+        sessions: u32,
+        /// `ConsumerTooSlow` notices received.
+        too_slow: u32,
     },
     /// A task panicked; the simulation stopped here.
     Panic {
@@ -109,6 +156,26 @@ pub struct UpstreamSample {
     pub handshakes_high_water: usize,
     /// Upstream frames received so far.
     pub upstream_events: u64,
+}
+
+/// The relay's event pipeline at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsSample {
+    /// Highest persisted relay sequence number.
+    #[serde(default)]
+    pub head_seq: u64,
+    /// Consumers subscribed now.
+    #[serde(default)]
+    pub consumers: usize,
+    /// Consumers kicked so far.
+    #[serde(default)]
+    pub consumers_kicked: u64,
+    /// Most frames ever waiting in one consumer's queue.
+    #[serde(default)]
+    pub mailbox_high_water: usize,
+    /// Whether the event log accepted its last commit.
+    #[serde(default)]
+    pub store_healthy: bool,
 }
 
 /// What a churner loop does with one connection.

@@ -321,6 +321,47 @@ mod simulated {
     }
 
     #[test]
+    fn slow_consumer_kicks_the_slow_and_loses_nothing_for_the_rest_for_20_seeds() {
+        let scenario = load("slow_consumer.toml");
+        for (seed, outcome) in run_seeds(&scenario, 1..=20) {
+            assert_eq!(
+                outcome.verdict,
+                Verdict::Passed,
+                "seed {seed}: {:?}",
+                outcome.violations
+            );
+            let summary = windtunnel::report::Summary::of(&outcome.trace);
+            let events = summary.events_last.unwrap();
+            assert!(
+                events.head_seq > 10_000 && summary.consumer_frames > 5 * events.head_seq,
+                "seed {seed}: the consumers must actually carry the stream: {summary:?}"
+            );
+            assert!(summary.consumer_too_slow >= 2, "seed {seed}: {summary:?}");
+        }
+    }
+
+    #[test]
+    fn an_unbounded_consumer_queue_fails_memory_bounded() {
+        let scenario = load("slow_consumer_unbounded_queue.toml");
+        for (seed, outcome) in run_seeds(&scenario, 1..=6) {
+            match &outcome.verdict {
+                Verdict::FailedAsExpected(violation) => {
+                    assert_eq!(violation.oracle, OracleName::MemoryBounded, "seed {seed}");
+                }
+                other => panic!("seed {seed}: expected memory_bounded to fail, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn slow_consumer_is_deterministic() {
+        let scenario = load("slow_consumer.toml");
+        let first = world::run(&scenario, 9);
+        let second = world::run(&scenario, 9);
+        assert_eq!(first.trace.first_divergence(&second.trace), None);
+    }
+
+    #[test]
     fn cold_start_is_deterministic() {
         let scenario = load("cold_start_2800.toml");
         let first = world::run(&scenario, 5);

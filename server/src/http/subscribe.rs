@@ -357,13 +357,22 @@ impl Session<'_> {
             code,
             reason: Utf8Bytes::from_static(reason.as_str()),
         };
-        let goodbye = async {
+        // After our close frame, the closing handshake: keep reading until the consumer
+        // answers with its own close (or leaves), so frames still in flight to it are not
+        // cut off by dropping the socket under them.
+        let closing_handshake = async {
             if let Some(text) = notice {
                 socket.send(Message::Text(text)).await?;
             }
-            socket.send(Message::Close(Some(close))).await
+            socket.send(Message::Close(Some(close))).await?;
+            while let Some(message) = socket.next().await {
+                if matches!(message?, Message::Close(_)) {
+                    break;
+                }
+            }
+            Ok::<_, tokio_tungstenite::tungstenite::Error>(())
         };
-        let _ = timeout(Duration::from_millis(budget_ms), goodbye).await;
+        let _ = timeout(Duration::from_millis(budget_ms), closing_handshake).await;
     }
 }
 

@@ -2,13 +2,15 @@
 //! prober node, churner nodes, and a monitor that samples the relay's accounting.
 //!
 //! Node layout: relay `10.0.0.1:8080`; prober `10.0.1.1`; churner group `g`, node `n` at
-//! `10.(g+1).(n / 250).(n % 250 + 1)`; upstream host `i` at `172.16.(i / 250).(i % 250 + 1)`
+//! `10.(g+1).(n / 250).(n % 250 + 1)`; consumer `i` (over all groups) at
+//! `10.200.(i / 250).(i % 250 + 1)`; upstream host `i` at `172.16.(i / 250).(i % 250 + 1)`
 //! with a DNS name (one host per node, as in production). All randomness comes from
 //! madsim's seeded RNG; all time is simulated. The relay's SQLite database is a real file in
 //! the system temp dir, pre-filled with the generated host table, removed after the run.
 
 mod actors;
 mod client;
+mod consumer;
 mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,8 +28,8 @@ use relay::store::Store;
 use relay::{Observer, Relay};
 
 use crate::oracle::{self, Verdict, Violation};
-use crate::scenario::{FaultSpec, Scenario};
-use crate::trace::{Event, Trace, UpstreamSample};
+use crate::scenario::{ConsumerKind, FaultSpec, Scenario};
+use crate::trace::{Event, EventsSample, Trace, UpstreamSample};
 
 /// The relay's port inside the world.
 const RELAY_PORT: u16 = 8080;
@@ -266,12 +268,45 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
             }
         }
     }
+    let mut tallies = Vec::new();
+    for spec in &scenario.consumers {
+        for index in 0..spec.count {
+            let name = format!("{}-{index}", spec.name);
+            let ordinal = tallies.len();
+            let ip = Ipv4Addr::new(10, 200, (ordinal / 250) as u8, (ordinal % 250) as u8 + 1);
+            let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
+            let tally = consumer::SharedTally::default();
+            node.spawn(consumer::run(
+                spec.clone(),
+                name.clone(),
+                relay_addr,
+                sink.clone(),
+                Arc::clone(&tally),
+                world_start,
+            ));
+            tallies.push((name, spec.kind == ConsumerKind::Slow, tally));
+        }
+    }
     if !scenario.churners.is_empty() {
         sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
         sink.phase("churn_stopped");
     }
     sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
     sample(&sink, &observer);
+    for (name, slow, tally) in tallies {
+        let tally = tally.lock().expect("tally lock").clone();
+        sink.record(
+            &name,
+            Event::ConsumerFinal {
+                consumer: name.clone(),
+                slow,
+                last_seq: tally.last_seq,
+                frames: tally.frames,
+                sessions: tally.sessions,
+                too_slow: tally.too_slow,
+            },
+        );
+    }
     sink.phase("end");
 }
 
@@ -372,6 +407,14 @@ fn sample(sink: &TraceSink, observer: &Observer) {
         handshakes_high_water: up.handshakes_high_water,
         upstream_events: up.events_total,
     };
+    let pipeline = observer.events();
+    let events = EventsSample {
+        head_seq: pipeline.head_seq,
+        consumers: pipeline.consumers,
+        consumers_kicked: pipeline.consumers_kicked_total,
+        mailbox_high_water: pipeline.mailbox_high_water,
+        store_healthy: pipeline.store_healthy,
+    };
     let relay_tasks = Handle::current()
         .metrics()
         .num_tasks_by_node()
@@ -389,6 +432,7 @@ fn sample(sink: &TraceSink, observer: &Observer) {
             refused: stats.refused_at_capacity_total,
             relay_tasks,
             upstreams,
+            events,
         },
     );
 }

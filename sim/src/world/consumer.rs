@@ -1,0 +1,177 @@
+//! Consumer actors: downstream subscribers of the relay's `/subscribe` WebSocket.
+//!
+//! Each consumer checks what it receives as it goes (relay sequence numbers must follow
+//! its cursor with no gap and no duplicate) and records only what an oracle needs: each
+//! session's start and end, the first anomaly of a session, and a final tally kept in
+//! shared state that the world records at the end of the run. Per-frame records would
+//! swamp the trace. Kinds:
+//! - `fast` reads everything as soon as it arrives;
+//! - `slow` stops reading for `stall_s` every `stall_every_s` (a GC pause, a stuck disk):
+//!   its socket fills, then its relay-side queue, and the relay must kick it;
+//! - `reconnecting` drops its connection every `reconnect_every_s` and resumes by cursor.
+//!
+//! Every consumer reconnects with its last sequence number after a session ends.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use relay::rt::net::TcpStream;
+use relay::rt::time::{now, sleep, sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::TraceSink;
+use crate::scenario::{ConsumerKind, ConsumerSpec};
+use crate::trace::Event;
+
+/// What one consumer has seen so far; read by the world when the run ends.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Highest contiguous relay sequence number received.
+    pub last_seq: u64,
+    /// Frames received over all sessions.
+    pub frames: u64,
+    /// Sessions opened.
+    pub sessions: u32,
+    /// `ConsumerTooSlow` notices received.
+    pub too_slow: u32,
+}
+
+/// Shared handle on a consumer's tally.
+pub type SharedTally = Arc<Mutex<Tally>>;
+
+/// Run consumer `name` forever (the world ends the simulation).
+pub async fn run(
+    spec: ConsumerSpec,
+    name: String,
+    relay: SocketAddr,
+    sink: TraceSink,
+    tally: SharedTally,
+    world_start: Instant,
+) {
+    sleep_until(world_start + Duration::from_secs(spec.start_s)).await;
+    let mut next_stall = now() + Duration::from_secs(spec.stall_every_s.max(1));
+    loop {
+        let cursor = tally.lock().expect("tally lock").last_seq;
+        let ended = session(&spec, &name, relay, cursor, &sink, &tally, &mut next_stall).await;
+        sink.record(&name, ended);
+        sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn session(
+    spec: &ConsumerSpec,
+    name: &str,
+    relay: SocketAddr,
+    cursor: u64,
+    sink: &TraceSink,
+    tally: &SharedTally,
+    next_stall: &mut Instant,
+) -> Event {
+    let end = |reason: &str, frames: u64, too_slow: bool| Event::ConsumerEnded {
+        consumer: name.to_owned(),
+        reason: reason.to_owned(),
+        frames,
+        too_slow,
+    };
+    let connect = async {
+        let stream = TcpStream::connect(relay).await.map_err(|e| e.to_string())?;
+        let url = format!("ws://{relay}/subscribe?cursor={cursor}");
+        tokio_tungstenite::client_async(url, stream)
+            .await
+            .map(|(socket, _)| socket)
+            .map_err(|e| e.to_string())
+    };
+    let mut socket = match timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => return end(&format!("connect: {error}"), 0, false),
+        Err(_) => return end("connect: timeout", 0, false),
+    };
+    tally.lock().expect("tally lock").sessions += 1;
+    sink.record(
+        name,
+        Event::ConsumerConnected {
+            consumer: name.to_owned(),
+            cursor,
+        },
+    );
+    let session_end = match spec.kind {
+        ConsumerKind::Reconnecting => Some(now() + Duration::from_secs(spec.reconnect_every_s)),
+        _ => None,
+    };
+    let mut expected = cursor + 1;
+    let mut frames = 0;
+    let mut anomaly_reported = false;
+    loop {
+        if spec.kind == ConsumerKind::Slow && now() >= *next_stall {
+            sleep(Duration::from_secs(spec.stall_s)).await;
+            *next_stall = now() + Duration::from_secs(spec.stall_every_s);
+        }
+        if session_end.is_some_and(|end| now() >= end) {
+            return end("planned_disconnect", frames, false);
+        }
+        let message = match timeout(Duration::from_secs(1), socket.next()).await {
+            Err(_) => continue,
+            Ok(None) => return end("eof", frames, false),
+            Ok(Some(Err(error))) => return end(&format!("error: {error}"), frames, false),
+            Ok(Some(Ok(message))) => message,
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(frame) => {
+                let reason =
+                    frame.map_or_else(|| "close".to_owned(), |f| format!("close: {}", f.reason));
+                return end(&reason, frames, false);
+            }
+            _ => continue,
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return end("bad_json", frames, false);
+        };
+        if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
+            if error == "ConsumerTooSlow" {
+                tally.lock().expect("tally lock").too_slow += 1;
+                return end("too_slow", frames, true);
+            }
+            if !anomaly_reported {
+                anomaly_reported = true;
+                sink.record(
+                    name,
+                    Event::ConsumerAnomaly {
+                        consumer: name.to_owned(),
+                        expected,
+                        got: 0,
+                        detail: error.to_owned(),
+                    },
+                );
+            }
+            continue;
+        }
+        let seq = value.get("seq").and_then(|s| s.as_u64()).unwrap_or(0);
+        if seq != expected && !anomaly_reported {
+            anomaly_reported = true;
+            sink.record(
+                name,
+                Event::ConsumerAnomaly {
+                    consumer: name.to_owned(),
+                    expected,
+                    got: seq,
+                    detail: if seq < expected {
+                        "duplicate_or_reordered"
+                    } else {
+                        "gap"
+                    }
+                    .to_owned(),
+                },
+            );
+        }
+        if seq >= expected {
+            expected = seq + 1;
+            frames += 1;
+            let mut tally = tally.lock().expect("tally lock");
+            tally.frames += 1;
+            tally.last_seq = seq;
+        }
+    }
+}
