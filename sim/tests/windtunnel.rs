@@ -41,7 +41,9 @@ fn every_shipped_scenario_loads() {
             "churn_max_connections",
             "cold_start_2800",
             "cold_start_thundering_herd",
-            "host_flap"
+            "host_flap",
+            "slow_consumer",
+            "slow_consumer_unbounded_queue"
         ]
     );
 }
