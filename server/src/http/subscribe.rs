@@ -320,16 +320,37 @@ impl Session<'_> {
         if frame.seq <= self.sent {
             return Ok(());
         }
-        self.write(socket, Message::Text(frame.text)).await?;
+        self.queue(socket, Message::Text(frame.text)).await?;
+        // The socket has taken the frame: it reaches the consumer before anything written
+        // later (the farewell included) even if a close request interrupts the flush, so it
+        // counts as sent — the `ConsumerTooSlow` cursor must not make the consumer fetch it
+        // twice.
         self.sent = frame.seq;
-        Ok(())
+        self.flush(socket).await
     }
 
     /// Write one message; a close request interrupts a write the socket is not taking.
     async fn write(&self, socket: &mut Socket, message: Message) -> Result<(), End> {
+        self.queue(socket, message).await?;
+        self.flush(socket).await
+    }
+
+    /// Hand one message to the socket's write buffer (waiting while an earlier write is
+    /// blocked). Interrupted by a close request, the message is dropped, never half-taken.
+    async fn queue(&self, socket: &mut Socket, message: Message) -> Result<(), End> {
         tokio::select! {
             biased;
-            written = socket.send(message) => written.map_err(|_| End::Ended("consumer_write_error"))?,
+            queued = socket.feed(message) => queued.map_err(|_| End::Ended("consumer_write_error")),
+            reason = self.owner.close_request() => Err(End::Requested(reason)),
+        }
+    }
+
+    /// Push buffered messages to the consumer; a close request interrupts a flush the
+    /// socket is not taking (what was buffered still goes out first during the farewell).
+    async fn flush(&self, socket: &mut Socket) -> Result<(), End> {
+        tokio::select! {
+            biased;
+            flushed = socket.flush() => flushed.map_err(|_| End::Ended("consumer_write_error"))?,
             reason = self.owner.close_request() => return Err(End::Requested(reason)),
         }
         self.owner.touch(self.state.clock.now_ms());

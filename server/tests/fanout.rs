@@ -1,0 +1,701 @@
+//! Consumer fan-out at the system boundary: a relay on loopback subscribed to a real
+//! WebSocket upstream that keeps emitting, and consumers speaking WebSocket to
+//! `/subscribe?cursor=N` through tokio-tungstenite's `client_async` over a tokio
+//! `TcpStream`, exactly as an external consumer would.
+//!
+//! What is checked, always as exact values: the catch-up → live cutover has no gap and no
+//! duplicate while events are flowing; handshake errors are 400s with a JSON body naming the
+//! problem; a consumer that stops reading is kicked, told why (`ConsumerTooSlow` then a close
+//! frame) and torn down exactly once, while a fast consumer next to it misses nothing; and a
+//! consumer resumes across a relay restart on the same database by its last sequence number.
+//! Timeouts only bound how long a broken relay can hang a test; nothing asserts speed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use relay::config::ConfigBuilder;
+use relay::store::Store;
+use relay::{Observer, Relay};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Upper bound on any single wait; only a broken relay ever reaches it.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn temp_db(name: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("relay-fanout-{}-{name}.sqlite", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+/// The event body the upstream sends for `seq`: `{"n":seq}`, padded with `pad` bytes.
+fn body(seq: u64, pad: usize) -> String {
+    if pad == 0 {
+        format!(r#"{{"n":{seq}}}"#)
+    } else {
+        format!(r#"{{"n":{seq},"pad":"{}"}}"#, "x".repeat(pad))
+    }
+}
+
+/// The exact frame a consumer must receive for `seq` (one upstream host, id 1, whose own
+/// sequence numbers line up with the relay's).
+fn frame(seq: u64, pad: usize) -> String {
+    format!(
+        r#"{{"seq":{seq},"host_id":1,"upstream_seq":{seq},"kind":"commit","body":{}}}"#,
+        body(seq, pad)
+    )
+}
+
+/// A WebSocket upstream. Every subscription gets events `cursor+1 ..= limit` (the cursor
+/// taken from the request URI), then more whenever the test raises `limit`.
+struct Upstream {
+    port: u16,
+    /// How far the upstream may emit; raising it releases more events.
+    limit: watch::Sender<u64>,
+    /// Request URIs of the subscriptions, in order.
+    uris: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    async fn start(pad: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let uris = Arc::new(Mutex::new(Vec::new()));
+        let (limit, _) = watch::channel(0);
+        let seen = Arc::clone(&uris);
+        let limits = limit.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                let limit = limits.subscribe();
+                tokio::spawn(serve_upstream(stream, seen, limit, pad));
+            }
+        });
+        Self { port, limit, uris }
+    }
+
+    /// Let the upstream emit up to `limit`.
+    fn emit_to(&self, limit: u64) {
+        self.limit.send_replace(limit);
+    }
+
+    /// Raise the limit by one every `pace` until `last`, in the background.
+    fn pace_to(&self, last: u64, pace: Duration) -> JoinHandle<()> {
+        let limit = self.limit.clone();
+        tokio::spawn(async move {
+            while *limit.borrow() < last {
+                limit.send_modify(|limit| *limit += 1);
+                tokio::time::sleep(pace).await;
+            }
+        })
+    }
+
+    fn uris(&self) -> Vec<String> {
+        self.uris.lock().unwrap().clone()
+    }
+}
+
+async fn serve_upstream(
+    stream: TcpStream,
+    seen: Arc<Mutex<Vec<String>>>,
+    mut limit: watch::Receiver<u64>,
+    pad: usize,
+) {
+    let cursor = Arc::new(Mutex::new(0u64));
+    let requested = Arc::clone(&cursor);
+    // The error type is tungstenite's, not ours.
+    #[allow(clippy::result_large_err)]
+    let record = |request: &Request, response: Response| {
+        let uri = request.uri().to_string();
+        let from = uri
+            .split_once("cursor=")
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0);
+        *requested.lock().unwrap() = from;
+        seen.lock().unwrap().push(uri);
+        Ok(response)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+        return;
+    };
+    let mut next = *cursor.lock().unwrap() + 1;
+    loop {
+        let upto = *limit.borrow_and_update();
+        while next <= upto {
+            let text = format!(
+                r#"{{"seq":{next},"kind":"commit","body":{}}}"#,
+                body(next, pad)
+            );
+            if ws.send(Message::text(text)).await.is_err() {
+                return;
+            }
+            next += 1;
+        }
+        if limit.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A relay on loopback, stopped through a oneshot.
+struct Running {
+    addr: SocketAddr,
+    observer: Observer,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<relay::http::ShutdownReport>,
+}
+
+async fn start(db: &std::path::Path, port: u16, overrides: &[&str]) -> Running {
+    let mut builder = ConfigBuilder::new();
+    for assignment in [
+        "server.listen=127.0.0.1:0".to_owned(),
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        "upstream.startup_jitter_ms=0".to_owned(),
+    ]
+    .iter()
+    .map(String::as_str)
+    .chain(overrides.iter().copied())
+    {
+        builder = builder.with_set(assignment).unwrap();
+    }
+    let relay = Relay::bind(builder.build().unwrap()).await.unwrap();
+    let (stop, stopped) = oneshot::channel();
+    Running {
+        addr: relay.local_addr().unwrap(),
+        observer: relay.observer(),
+        stop,
+        task: tokio::spawn(relay.run(async {
+            let _ = stopped.await;
+        })),
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        assert_eq!(self.task.await.unwrap().connections_left, 0);
+    }
+}
+
+/// A database holding one upstream host, `127.0.0.1` (store id 1).
+fn db_with_upstream(name: &str) -> PathBuf {
+    let db = temp_db(name);
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    db
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
+}
+
+type Consumer = WebSocketStream<TcpStream>;
+
+/// Subscribe like an external consumer: TCP connect, then the WebSocket client handshake.
+async fn subscribe(addr: SocketAddr, cursor: u64) -> Consumer {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (ws, response) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/subscribe?cursor={cursor}"), stream)
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// One thing a consumer observed (pings and pongs are not interesting and are skipped).
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// An event frame; its text was checked against [`frame`].
+    Event(u64),
+    /// A `{"error","message"}` text frame.
+    Error { code: String, message: String },
+    /// A close frame: code and reason.
+    Close(Option<(CloseCode, String)>),
+    /// The stream ended (or failed) after the close.
+    End,
+}
+
+async fn next_seen(ws: &mut Consumer, pad: usize) -> Seen {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a consumer waited too long for a frame");
+        let text = match message {
+            None | Some(Err(_)) => return Seen::End,
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(close))) => {
+                return Seen::Close(close.map(|c| (c.code, c.reason.to_string())))
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+        };
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let object = value.as_object().unwrap();
+        if object.contains_key("error") {
+            assert_eq!(object.len(), 2, "{text}");
+            return Seen::Error {
+                code: object["error"].as_str().unwrap().to_owned(),
+                message: object["message"].as_str().unwrap().to_owned(),
+            };
+        }
+        let seq = object["seq"].as_u64().unwrap();
+        assert_eq!(text.as_str(), frame(seq, pad));
+        return Seen::Event(seq);
+    }
+}
+
+/// Read events until `last` has arrived; returns every sequence number seen, in order.
+async fn read_events_to(ws: &mut Consumer, last: u64, pad: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&last) {
+        match next_seen(ws, pad).await {
+            Seen::Event(seq) => seqs.push(seq),
+            other => panic!("after {:?} expected an event, got {other:?}", seqs.last()),
+        }
+    }
+    seqs
+}
+
+fn range(from: u64, to: u64) -> Vec<u64> {
+    (from..=to).collect()
+}
+
+#[tokio::test]
+async fn consumers_get_every_event_in_order_across_the_catch_up_to_live_cutover() {
+    const LAST: u64 = 800;
+    let db = db_with_upstream("cutover");
+    let upstream = Upstream::start(0).await;
+    // Small catch-up pages, so a consumer a few pages behind reads several of them (first
+    // without a mailbox, then up to its registration head) while events keep arriving.
+    let relay = start(
+        &db,
+        upstream.port,
+        &["fanout.catchup_page_events=16", "events.commit_batch_max=4"],
+    )
+    .await;
+    let observer = relay.observer.clone();
+    let pacer = upstream.pace_to(LAST, Duration::from_millis(2));
+
+    wait_until("100 events are persisted", || {
+        observer.events().head_seq >= 100
+    })
+    .await;
+    // From the beginning: catch-up pages from the store, then live.
+    let mut consumers = vec![(0, subscribe(relay.addr, 0).await)];
+    // Mid-stream, at lags around the page size: exactly at the head, one behind, one page,
+    // one page and one event, several pages.
+    for (i, lag) in [0u64, 1, 16, 17, 100].into_iter().enumerate() {
+        let at = 200 + 50 * i as u64;
+        wait_until("the stream moves on", || observer.events().head_seq >= at).await;
+        let cursor = observer.events().head_seq - lag;
+        consumers.push((cursor, subscribe(relay.addr, cursor).await));
+    }
+    let head_when_all_subscribed = observer.events().head_seq;
+    assert!(
+        head_when_all_subscribed < LAST,
+        "the upstream was still emitting while consumers subscribed (head {head_when_all_subscribed})"
+    );
+    assert_eq!(observer.events().consumers, 6);
+
+    let readers: Vec<_> = consumers
+        .into_iter()
+        .map(|(cursor, mut ws)| {
+            tokio::spawn(async move { (cursor, read_events_to(&mut ws, LAST, 0).await, ws) })
+        })
+        .collect();
+    for reader in readers {
+        let (cursor, seqs, mut ws) = reader.await.unwrap();
+        assert_eq!(
+            seqs,
+            range(cursor + 1, LAST),
+            "consumer from cursor {cursor}"
+        );
+        ws.close(None).await.unwrap();
+    }
+    pacer.await.unwrap();
+    wait_until("every consumer has left", || {
+        observer.events().consumers == 0 && observer.connections().open == 0
+    })
+    .await;
+    assert_eq!(observer.events().head_seq, LAST);
+    assert_eq!(observer.events().consumers_kicked_total, 0);
+    relay.stop().await;
+}
+
+/// Send a raw request and read one response: status, headers (lowercased) and body.
+async fn raw_exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&received).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|line| {
+                        line.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    let status = head[9..12].parse().unwrap();
+                    return (status, head.to_ascii_lowercase(), body.to_owned());
+                }
+            }
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed mid-response: {text}");
+            received.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(PATIENCE, read).await.unwrap()
+}
+
+fn handshake(target: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn bad_subscriptions_get_a_400_naming_the_problem() {
+    let db = db_with_upstream("handshake");
+    let upstream = Upstream::start(0).await;
+    upstream.emit_to(3);
+    let relay = start(&db, upstream.port, &[]).await;
+    let observer = relay.observer.clone();
+    wait_until("3 events are persisted", || observer.events().head_seq == 3).await;
+
+    let cases = [
+        (
+            handshake("/subscribe?cursor=abc"),
+            "InvalidCursor",
+            r#"cursor must be a non-negative integer, got "abc""#,
+        ),
+        (
+            handshake("/subscribe?cursor=-1"),
+            "InvalidCursor",
+            r#"cursor must be a non-negative integer, got "-1""#,
+        ),
+        (
+            handshake("/subscribe?cursor=4"),
+            "FutureCursor",
+            "cursor 4 is ahead of the newest event 3",
+        ),
+        (
+            handshake("/subscribe?cursor=1&since=2"),
+            "InvalidCursor",
+            r#"unknown query parameter "since=2"; expected cursor=N"#,
+        ),
+        (
+            handshake("/subscribe?verbose"),
+            "InvalidCursor",
+            r#"unknown query parameter "verbose"; expected cursor=N"#,
+        ),
+        (
+            "GET /subscribe HTTP/1.1\r\nHost: relay\r\n\r\n".to_owned(),
+            "NotWebSocket",
+            "expected a WebSocket handshake (Sec-WebSocket-Key missing)",
+        ),
+        (
+            "GET /subscribe?cursor=1 HTTP/1.1\r\nHost: relay\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                .to_owned(),
+            "NotWebSocket",
+            "expected `Upgrade: websocket` and `Sec-WebSocket-Version: 13`",
+        ),
+    ];
+    for (request, code, message) in &cases {
+        let (status, head, body) = raw_exchange(relay.addr, request).await;
+        assert_eq!(status, 400, "{request}");
+        assert!(
+            head.contains("\r\ncontent-type: application/json"),
+            "{head}"
+        );
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({ "error": code, "message": message }),
+            "{request}"
+        );
+    }
+
+    // A real client sees the refusal as an HTTP error, not as a WebSocket.
+    let stream = TcpStream::connect(relay.addr).await.unwrap();
+    let refused =
+        tokio_tungstenite::client_async(format!("ws://{}/subscribe?cursor=9", relay.addr), stream)
+            .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    // The head itself is a valid cursor: nothing to catch up, straight to live.
+    let mut at_head = subscribe(relay.addr, 3).await;
+    upstream.emit_to(4);
+    assert_eq!(next_seen(&mut at_head, 0).await, Seen::Event(4));
+    at_head.close(None).await.unwrap();
+
+    let metrics = observer.metrics_text();
+    assert!(
+        metrics.contains("relay_http_requests_total{route=\"subscribe\",status=\"400\"} 8\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("relay_http_requests_total{route=\"subscribe\",status=\"101\"} 1\n"),
+        "{metrics}"
+    );
+    wait_until("every connection is released", || {
+        observer.connections().open == 0 && observer.events().consumers == 0
+    })
+    .await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
+    /// Big enough that a few hundred events fill the loopback socket buffers.
+    const PAD: usize = 32 * 1024;
+    /// Events released at a time; the fast consumer reads each burst before the next.
+    const BURST: u64 = 16;
+    const QUEUE: u64 = 32;
+    let db = db_with_upstream("slow");
+    let upstream = Upstream::start(PAD).await;
+    let relay = start(
+        &db,
+        upstream.port,
+        &[
+            &format!("fanout.consumer_queue_max={QUEUE}"),
+            // A publish offers a whole commit batch at once; keep batches below the queue.
+            "events.commit_batch_max=8",
+            // The stalled consumer must be kicked, not reaped as idle, and must get time
+            // to read its farewell after the test lets it resume.
+            "server.idle_timeout_ms=120000",
+            "fanout.kick_flush_timeout_ms=60000",
+        ],
+    )
+    .await;
+    let observer = relay.observer.clone();
+    let baseline = (observer.connections().open, observer.events().consumers);
+    assert_eq!(baseline, (0, 0));
+
+    let mut slow = subscribe(relay.addr, 0).await;
+    let fast = subscribe(relay.addr, 0).await;
+    wait_until("both consumers are registered", || {
+        observer.events().consumers == 2
+    })
+    .await;
+    // The fast consumer reads everything, reporting its progress, until told to stop.
+    let (progress, mut fast_progress) = watch::channel(0u64);
+    let (stop_fast, mut fast_stopped) = oneshot::channel::<()>();
+    let fast_reader = tokio::spawn(async move {
+        let mut fast = fast;
+        let mut seqs = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut fast_stopped => return (seqs, fast),
+                seen = next_seen(&mut fast, PAD) => match seen {
+                    Seen::Event(seq) => {
+                        seqs.push(seq);
+                        progress.send_replace(seq);
+                    }
+                    other => panic!("the fast consumer got {other:?} after {:?}", seqs.last()),
+                },
+            }
+        }
+    });
+
+    // The slow consumer reads the first burst, then stops reading.
+    upstream.emit_to(BURST);
+    assert_eq!(read_events_to(&mut slow, BURST, PAD).await, range(1, BURST));
+    let mut released = BURST;
+    while observer.events().consumers_kicked_total == 0 {
+        assert!(
+            released < 4_000,
+            "{released} events of {PAD} bytes never filled the slow consumer's buffers"
+        );
+        released += BURST;
+        upstream.emit_to(released);
+        tokio::time::timeout(PATIENCE, fast_progress.wait_for(|seq| *seq == released))
+            .await
+            .expect("the fast consumer keeps up")
+            .unwrap();
+    }
+    // Life goes on for the fast consumer after the kick.
+    released += BURST;
+    upstream.emit_to(released);
+    tokio::time::timeout(PATIENCE, fast_progress.wait_for(|seq| *seq == released))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The slow consumer resumes: a contiguous prefix, then why, then the close frame.
+    let mut seqs = range(1, BURST);
+    let farewell = loop {
+        match next_seen(&mut slow, PAD).await {
+            Seen::Event(seq) => seqs.push(seq),
+            other => break other,
+        }
+    };
+    let last = *seqs.last().unwrap();
+    assert_eq!(
+        seqs,
+        range(1, last),
+        "the slow consumer's events are a prefix"
+    );
+    assert!(
+        last < released,
+        "the kick came before the end of the stream"
+    );
+    assert_eq!(
+        farewell,
+        Seen::Error {
+            code: "ConsumerTooSlow".to_owned(),
+            message: format!("your queue was full; reconnect with cursor={last}"),
+        }
+    );
+    assert_eq!(
+        next_seen(&mut slow, PAD).await,
+        Seen::Close(Some((CloseCode::Policy, "kicked".to_owned())))
+    );
+    assert_eq!(next_seen(&mut slow, PAD).await, Seen::End);
+
+    // Exactly-once teardown: one kick, one closed connection, one unsubscription.
+    wait_until(
+        "the kicked consumer's slot and subscription are gone",
+        || observer.connections().open == 1 && observer.events().consumers == 1,
+    )
+    .await;
+    let stats = observer.events();
+    assert_eq!(stats.consumers_kicked_total, 1);
+    assert!(stats.mailbox_high_water <= QUEUE as usize);
+    let metrics = observer.metrics_text();
+    for line in [
+        "relay_consumers_kicked 1\n",
+        "relay_connections_closed_total{reason=\"kicked\"} 1\n",
+        "relay_consumer_sessions 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+
+    // Following the advice resumes exactly where the slow consumer left off.
+    let mut resumed = subscribe(relay.addr, last).await;
+    assert_eq!(
+        read_events_to(&mut resumed, released, PAD).await,
+        range(last + 1, released)
+    );
+    resumed.close(None).await.unwrap();
+
+    // The fast consumer got everything, in order, and was never kicked.
+    assert_eq!(observer.events().head_seq, released);
+    assert_eq!(observer.events().consumers_kicked_total, 1);
+    stop_fast.send(()).unwrap();
+    let (fast_seqs, mut fast) = fast_reader.await.unwrap();
+    assert_eq!(fast_seqs, range(1, released));
+    fast.close(None).await.unwrap();
+    wait_until("every connection is back to the baseline", || {
+        (observer.connections().open, observer.events().consumers) == baseline
+    })
+    .await;
+    let connections = observer.connections();
+    assert_eq!(connections.admitted_total, 3);
+    assert_eq!(connections.released_total, 3);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_resumes_by_cursor_across_a_relay_restart() {
+    const LAST: u64 = 600;
+    let db = db_with_upstream("restart");
+    let upstream = Upstream::start(0).await;
+    let relay = start(&db, upstream.port, &["events.commit_batch_max=4"]).await;
+    let observer = relay.observer.clone();
+    // The upstream keeps emitting, across the restart, until LAST.
+    let pacer = upstream.pace_to(LAST, Duration::from_millis(2));
+    let mut consumer = subscribe(relay.addr, 0).await;
+    let reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        loop {
+            match next_seen(&mut consumer, 0).await {
+                Seen::Event(seq) => seqs.push(seq),
+                other => {
+                    let after = next_seen(&mut consumer, 0).await;
+                    return (seqs, other, after);
+                }
+            }
+        }
+    });
+    wait_until("150 events are persisted", || {
+        observer.events().head_seq >= 150
+    })
+    .await;
+    relay.stop().await;
+    let (seqs, close, after) = reader.await.unwrap();
+    let last = *seqs.last().unwrap();
+    assert_eq!(seqs, range(1, last), "before the restart");
+    assert_eq!(
+        close,
+        Seen::Close(Some((CloseCode::Away, "shutdown".to_owned())))
+    );
+    assert_eq!(after, Seen::End);
+    let persisted = Store::open(&db).unwrap();
+    let (_, head) = persisted.event_bounds().unwrap().unwrap();
+    assert!(head < LAST, "the relay stopped mid-stream (head {head})");
+    assert!(last <= head, "a consumer only ever sees persisted events");
+    assert_eq!(persisted.hosts().unwrap()[0].cursor, head);
+    drop(persisted);
+
+    let relay = start(&db, upstream.port, &["events.commit_batch_max=4"]).await;
+    let observer = relay.observer.clone();
+    assert_eq!(observer.events().head_seq, head, "sequencing continues");
+    // Reconnect with the last sequence number seen: exactly what follows, nothing twice.
+    let mut resumed = subscribe(relay.addr, last).await;
+    // And a newcomer from the beginning sees the whole log, old and new.
+    let mut newcomer = subscribe(relay.addr, 0).await;
+    assert_eq!(
+        read_events_to(&mut resumed, LAST, 0).await,
+        range(last + 1, LAST)
+    );
+    assert_eq!(read_events_to(&mut newcomer, LAST, 0).await, range(1, LAST));
+    pacer.await.unwrap();
+    assert_eq!(
+        upstream.uris(),
+        [
+            "/subscribe?cursor=0".to_owned(),
+            format!("/subscribe?cursor={head}")
+        ]
+    );
+    let stats = observer.events();
+    assert_eq!((stats.head_seq, stats.duplicates_total), (LAST, 0));
+    resumed.close(None).await.unwrap();
+    newcomer.close(None).await.unwrap();
+    wait_until("every consumer has left", || {
+        observer.connections().open == 0 && observer.events().consumers == 0
+    })
+    .await;
+    relay.stop().await;
+}
