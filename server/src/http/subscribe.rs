@@ -12,8 +12,10 @@
 //!    skipped, so the cutover has no gap and no duplicate.
 //!
 //! When the broadcaster finds the mailbox full it requests a close with reason `Kicked`; the
-//! session then sends a `ConsumerTooSlow` error frame and a close frame (bounded by
-//! `kick_flush_timeout_ms`) and ends. Any other close request (idle reaper, shutdown) ends
+//! session then sends a `ConsumerTooSlow` error frame and a close frame, and waits for the
+//! consumer's close reply (all bounded by `kick_flush_timeout_ms`) before it ends, so the
+//! socket is never dropped with unread input (which would reset the connection and destroy
+//! the farewell still in flight). Any other close request (idle reaper, shutdown) ends
 //! it with a close frame. Store errors end it with an error frame; the consumer resumes by
 //! cursor.
 
@@ -265,7 +267,13 @@ impl Session<'_> {
                     None => Err(End::Ended("mailbox_closed")),
                 },
                 inbound = socket.next() => match inbound {
-                    None | Some(Ok(Message::Close(_))) => Err(End::Ended("consumer_closed")),
+                    None => Err(End::Ended("consumer_closed")),
+                    Some(Ok(Message::Close(_))) => {
+                        // Reading the close queued tungstenite's reply; send it (RFC 6455
+                        // §5.5.1) before the socket goes, within the drain timeout.
+                        let _ = timeout(self.state.config.server.drain_timeout(), socket.flush()).await;
+                        Err(End::Ended("consumer_closed"))
+                    }
                     Some(Err(_)) => Err(End::Ended("consumer_protocol_error")),
                     Some(Ok(_)) => Ok(()),
                 },
@@ -382,7 +390,13 @@ impl Session<'_> {
             if let Some(text) = notice {
                 socket.send(Message::Text(text)).await?;
             }
-            socket.send(Message::Close(Some(close))).await
+            socket.send(Message::Close(Some(close))).await?;
+            // Finish the closing handshake: read (and drop) whatever the consumer sent until
+            // its close reply or EOF. Dropping a socket with unread input makes the kernel
+            // answer with a reset and discard everything still queued for the consumer —
+            // the notice and the close frame above included.
+            while let Some(Ok(_)) = socket.next().await {}
+            Ok::<(), tokio_tungstenite::tungstenite::Error>(())
         };
         let _ = timeout(Duration::from_millis(budget_ms), goodbye).await;
     }
