@@ -314,7 +314,10 @@ async fn consumers_get_every_event_in_order_across_the_catch_up_to_live_cutover(
         head_when_all_subscribed < LAST,
         "the upstream was still emitting while consumers subscribed (head {head_when_all_subscribed})"
     );
-    assert_eq!(observer.events().consumers, 6);
+    wait_until("all six consumers are registered", || {
+        observer.events().consumers == 6
+    })
+    .await;
 
     let readers: Vec<_> = consumers
         .into_iter()
@@ -329,7 +332,10 @@ async fn consumers_get_every_event_in_order_across_the_catch_up_to_live_cutover(
             range(cursor + 1, LAST),
             "consumer from cursor {cursor}"
         );
+        // A consumer that leaves gets the closing handshake answered.
         ws.close(None).await.unwrap();
+        assert_eq!(next_seen(&mut ws, 0).await, Seen::Close(None));
+        assert_eq!(next_seen(&mut ws, 0).await, Seen::End);
     }
     pacer.await.unwrap();
     wait_until("every consumer has left", || {
@@ -495,6 +501,10 @@ async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
             // to read its farewell after the test lets it resume.
             "server.idle_timeout_ms=120000",
             "fanout.kick_flush_timeout_ms=60000",
+            // Pings pile up behind the stall; the resumed consumer answers each with a pong
+            // the relay must not leave unread when it closes (unread input turns the close
+            // into a reset that destroys the farewell still in flight).
+            "fanout.ping_interval_ms=20",
         ],
     )
     .await;
@@ -553,13 +563,18 @@ async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
         .unwrap()
         .unwrap();
 
-    // The slow consumer resumes: a contiguous prefix, then why, then the close frame.
+    // The slow consumer resumes, still slowly, after pinging the relay (as client
+    // libraries do to keep a connection alive): a contiguous prefix, then why, then the
+    // close frame. The relay stops reading requests once kicked, so the ping (and the pongs
+    // answering the relay's own pings) are still unread when it closes the socket.
+    slow.send(Message::Ping("still here".into())).await.unwrap();
     let mut seqs = range(1, BURST);
     let farewell = loop {
         match next_seen(&mut slow, PAD).await {
             Seen::Event(seq) => seqs.push(seq),
             other => break other,
         }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let last = *seqs.last().unwrap();
     assert_eq!(

@@ -12,8 +12,10 @@
 //!    skipped, so the cutover has no gap and no duplicate.
 //!
 //! When the broadcaster finds the mailbox full it requests a close with reason `Kicked`; the
-//! session then sends a `ConsumerTooSlow` error frame and a close frame (bounded by
-//! `kick_flush_timeout_ms`) and ends. Any other close request (idle reaper, shutdown) ends
+//! session then sends a `ConsumerTooSlow` error frame and a close frame, and waits for the
+//! consumer's close reply (all bounded by `kick_flush_timeout_ms`) before it ends, so the
+//! socket is never dropped with unread input (which would reset the connection and destroy
+//! the farewell still in flight). Any other close request (idle reaper, shutdown) ends
 //! it with a close frame. Store errors end it with an error frame; the consumer resumes by
 //! cursor.
 
@@ -265,7 +267,13 @@ impl Session<'_> {
                     None => Err(End::Ended("mailbox_closed")),
                 },
                 inbound = socket.next() => match inbound {
-                    None | Some(Ok(Message::Close(_))) => Err(End::Ended("consumer_closed")),
+                    None => Err(End::Ended("consumer_closed")),
+                    Some(Ok(Message::Close(_))) => {
+                        // Reading the close queued tungstenite's reply; send it (RFC 6455
+                        // §5.5.1) before the socket goes, within the drain timeout.
+                        let _ = timeout(self.state.config.server.drain_timeout(), socket.flush()).await;
+                        Err(End::Ended("consumer_closed"))
+                    }
                     Some(Err(_)) => Err(End::Ended("consumer_protocol_error")),
                     Some(Ok(_)) => Ok(()),
                 },
@@ -378,20 +386,17 @@ impl Session<'_> {
             code,
             reason: Utf8Bytes::from_static(reason.as_str()),
         };
-        // After our close frame, the closing handshake: keep reading until the consumer
-        // answers with its own close (or leaves), so frames still in flight to it are not
-        // cut off by dropping the socket under them.
         let closing_handshake = async {
             if let Some(text) = notice {
                 socket.send(Message::Text(text)).await?;
             }
             socket.send(Message::Close(Some(close))).await?;
-            while let Some(message) = socket.next().await {
-                if matches!(message?, Message::Close(_)) {
-                    break;
-                }
-            }
-            Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+            // Finish the closing handshake: read (and drop) whatever the consumer sent until
+            // its close reply or EOF. Dropping a socket with unread input makes the kernel
+            // answer with a reset and discard everything still queued for the consumer —
+            // the notice and the close frame above included.
+            while let Some(Ok(_)) = socket.next().await {}
+            Ok::<(), tokio_tungstenite::tungstenite::Error>(())
         };
         let _ = timeout(Duration::from_millis(budget_ms), closing_handshake).await;
     }
