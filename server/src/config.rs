@@ -350,6 +350,13 @@ impl Config {
             Some("server.idle_check_interval_ms must be at least 1".to_owned())
         } else if self.cpu.cores == 0 {
             Some("cpu.cores must be at least 1".to_owned())
+        } else if self.fanout.consumer_queue_max < self.events.commit_batch_max {
+            // One commit is published to every mailbox at once: a queue smaller than a
+            // batch would kick consumers that keep up perfectly well.
+            Some(format!(
+                "fanout.consumer_queue_max ({}) must be at least events.commit_batch_max ({})",
+                self.fanout.consumer_queue_max, self.events.commit_batch_max
+            ))
         } else {
             self.upstream
                 .check()
@@ -417,6 +424,19 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(again, config);
+    }
+
+    #[test]
+    fn a_consumer_queue_smaller_than_a_commit_batch_is_refused() {
+        let error = ConfigBuilder::new()
+            .with_set("fanout.consumer_queue_max=64")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: fanout.consumer_queue_max (64) must be at least events.commit_batch_max (256)"
+        );
     }
 
     #[test]

@@ -90,8 +90,176 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
     if let Some(spec) = &scenario.oracles.memory_bounded {
         violations.extend(memory_bounded(records, spec.mailbox_max));
     }
+    if let Some(spec) = &scenario.oracles.recovery_within {
+        let last_end_us = scenario
+            .faults
+            .iter()
+            .map(crate::scenario::FaultSpec::end_s)
+            .max()
+            .unwrap_or(0)
+            * 1_000_000;
+        violations.extend(recovery_within(records, last_end_us, spec.s * 1_000_000));
+    }
+    if scenario.oracles.no_stale_delivery.is_some() {
+        let fast = scenario.consumer_names(crate::scenario::ConsumerKind::Fast);
+        violations.extend(no_stale_delivery(records, &fast));
+    }
+    if let (Some(spec), Some(end_s)) = (
+        &scenario.oracles.consumer_accounting,
+        scenario.consumers_end_s(),
+    ) {
+        violations.extend(consumer_accounting(
+            records,
+            (end_s + spec.settle_s) * 1_000_000,
+        ));
+    }
+    if let Some(spec) = &scenario.oracles.delivery_gap_max {
+        violations.extend(delivery_gap_max(records, spec.gap_ms_max));
+    }
     violations.extend(no_panics(records));
     violations
+}
+
+/// None of the `fast` consumers was ever closed for a reason that belongs to another
+/// connection (idle, kicked, evicted) or told it was too slow.
+pub fn no_stale_delivery(records: &[Record], fast: &[String]) -> Option<Violation> {
+    records
+        .iter()
+        .enumerate()
+        .find_map(|(index, record)| match &record.event {
+            Event::ConsumerEnded {
+                consumer,
+                reason,
+                too_slow,
+                ..
+            } if fast.contains(consumer)
+                && (*too_slow
+                    || ["close: idle", "close: kicked", "close: evicted"]
+                        .iter()
+                        .any(|stale| reason.starts_with(stale))) =>
+            {
+                Some(violation_at(
+                    OracleName::NoStaleDelivery,
+                    index,
+                    record,
+                    format!(
+                        "fast consumer {consumer} was closed with {reason:?}: a close request reached a connection it was not meant for"
+                    ),
+                ))
+            }
+            _ => None,
+        })
+}
+
+/// Every sample balances (admitted = released + open), and from `settled_us` on the relay
+/// holds no subscription and no connection.
+pub fn consumer_accounting(records: &[Record], settled_us: u64) -> Option<Violation> {
+    let mut saw_settled_sample = false;
+    for (index, record) in records.iter().enumerate() {
+        let Event::RelaySample {
+            open,
+            admitted,
+            released,
+            events,
+            ..
+        } = &record.event
+        else {
+            continue;
+        };
+        if *admitted != released + *open as u64 {
+            return Some(violation_at(
+                OracleName::ConsumerAccounting,
+                index,
+                record,
+                format!("admitted {admitted} != released {released} + open {open}"),
+            ));
+        }
+        if record.t_us >= settled_us {
+            saw_settled_sample = true;
+            if *open != 0 || events.consumers != 0 {
+                return Some(violation_at(
+                    OracleName::ConsumerAccounting,
+                    index,
+                    record,
+                    format!(
+                        "after every consumer left: {open} connections open, {} subscriptions held",
+                        events.consumers
+                    ),
+                ));
+            }
+        }
+    }
+    (!saw_settled_sample).then(|| Violation {
+        oracle: OracleName::ConsumerAccounting,
+        record_index: None,
+        t_us: settled_us,
+        message: "no relay sample after the consumers left (was the relay down?)".into(),
+    })
+}
+
+/// No consumer that is not slow waited more than `gap_ms_max` between two frames.
+pub fn delivery_gap_max(records: &[Record], gap_ms_max: u64) -> Option<Violation> {
+    records
+        .iter()
+        .enumerate()
+        .find_map(|(index, record)| match &record.event {
+            Event::ConsumerFinal {
+                consumer,
+                slow: false,
+                max_gap_ms,
+                ..
+            } if *max_gap_ms > gap_ms_max => Some(violation_at(
+                OracleName::DeliveryGapMax,
+                index,
+                record,
+                format!(
+                    "{consumer} waited {max_gap_ms}ms between two frames, bound {gap_ms_max}ms"
+                ),
+            )),
+            _ => None,
+        })
+}
+
+/// The first relay sample at or after `healed_us + within_us` shows the event log healthy
+/// and a head beyond the last one sampled before `healed_us`.
+pub fn recovery_within(records: &[Record], healed_us: u64, within_us: u64) -> Option<Violation> {
+    let samples = || {
+        records
+            .iter()
+            .enumerate()
+            .filter_map(|(index, record)| match record.event {
+                Event::RelaySample { events, .. } => Some((index, record, events)),
+                _ => None,
+            })
+    };
+    let head_at_heal = samples()
+        .filter(|(_, record, _)| record.t_us <= healed_us)
+        .map(|(_, _, events)| events.head_seq)
+        .max()
+        .unwrap_or(0);
+    let deadline_us = healed_us + within_us;
+    let Some((index, record, events)) = samples().find(|(_, record, _)| record.t_us >= deadline_us)
+    else {
+        return Some(Violation {
+            oracle: OracleName::RecoveryWithin,
+            record_index: None,
+            t_us: deadline_us,
+            message: "no relay sample after the recovery deadline (was the relay down?)".into(),
+        });
+    };
+    (!events.store_healthy || events.head_seq <= head_at_heal).then(|| {
+        violation_at(
+            OracleName::RecoveryWithin,
+            index,
+            record,
+            format!(
+                "{}s after the faults healed: event log {}, head {} (was {head_at_heal} when they healed)",
+                within_us / 1_000_000,
+                if events.store_healthy { "healthy" } else { "still failing" },
+                events.head_seq
+            ),
+        )
+    })
 }
 
 /// Consumers see relay sequence numbers in order, without gap or duplicate (any
@@ -117,6 +285,50 @@ pub fn no_lost_events(records: &[Record], caught_up_by_us: u64) -> Option<Violat
             index,
             record,
             format!("{consumer} expected seq {expected} next but got {got} ({detail})"),
+        ));
+    }
+    if let Some((index, record)) =
+        records
+            .iter()
+            .enumerate()
+            .find(|(_, record)| match &record.event {
+                Event::StoreAudit {
+                    events,
+                    oldest_seq,
+                    head_seq,
+                    hosts_with_gaps,
+                    hosts_behind,
+                    ..
+                } => {
+                    let dense = *events == 0 || head_seq - oldest_seq + 1 == *events;
+                    !dense || *hosts_with_gaps > 0 || *hosts_behind > 0
+                }
+                _ => false,
+            })
+    {
+        let Event::StoreAudit {
+            events,
+            oldest_seq,
+            head_seq,
+            hosts_with_gaps,
+            hosts_behind,
+            first_behind,
+        } = &record.event
+        else {
+            unreachable!("matched above");
+        };
+        return Some(violation_at(
+            OracleName::NoLostEvents,
+            index,
+            record,
+            format!(
+                "event log: {events} events for seqs {oldest_seq}..={head_seq}, {hosts_with_gaps} hosts with holes, \
+                 {hosts_behind} hosts missing events they had emitted{}",
+                first_behind
+                    .as_ref()
+                    .map(|host| format!(" (first: {host})"))
+                    .unwrap_or_default()
+            ),
         ));
     }
     let head_then = records
@@ -360,6 +572,7 @@ pub fn conn_accounting(
     };
     let mut baseline_tasks = None;
     let mut last_before_deadline = None;
+    let mut settled = false;
     for (index, record) in records.iter().enumerate() {
         let Event::RelaySample {
             open,
@@ -392,14 +605,18 @@ pub fn conn_accounting(
                 ),
             ));
         }
-        if record.t_us >= churn_end_us && open == 0 && relay_tasks <= baseline {
-            return None;
+        // Only samples up to the deadline can show the relay settling in time; the bounds
+        // above are still checked on every later sample.
+        if !settled && record.t_us <= settle_deadline_us {
+            if record.t_us >= churn_end_us && open == 0 && relay_tasks <= baseline {
+                settled = true;
+            } else {
+                last_before_deadline = Some((index, record, open, relay_tasks, baseline));
+            }
         }
-        if record.t_us <= settle_deadline_us {
-            last_before_deadline = Some((index, record, open, relay_tasks, baseline));
-        } else {
-            break;
-        }
+    }
+    if settled {
+        return None;
     }
     let (index, record, open, relay_tasks, baseline) = last_before_deadline?;
     Some(violation(
@@ -659,6 +876,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn accounting_rejects_a_relay_that_settles_only_after_the_deadline() {
+        let late = trace([
+            sample(Sample {
+                t_s: 30,
+                open: 2,
+                high_water: 4,
+                admitted: 9,
+                released: 7,
+                relay_tasks: 5,
+            }),
+            sample(Sample {
+                t_s: 45,
+                open: 0,
+                high_water: 4,
+                admitted: 9,
+                released: 9,
+                relay_tasks: 3,
+            }),
+        ]);
+        let violation = conn_accounting(late.records(), 20_000_000, 40_000_000).unwrap();
+        assert_eq!(violation.record_index, Some(0));
+    }
+
     fn upstream(t_s: u64, sample: UpstreamSample) -> (u64, Event) {
         (
             t_s * 1_000_000,
@@ -701,6 +942,7 @@ mod tests {
                 frames: last_seq,
                 sessions: 1,
                 too_slow,
+                max_gap_ms: last_seq,
             },
         )
     }
@@ -745,6 +987,176 @@ mod tests {
         assert_eq!(
             (violation.record_index, violation.message.as_str()),
             (Some(1), "fast-1 expected seq 7 next but got 9 (gap)")
+        );
+    }
+
+    #[test]
+    fn recovery_within_needs_a_healthy_log_whose_head_moved() {
+        let sample = |t_s: u64, head_seq: u64, store_healthy: bool| {
+            let (t_us, mut event) = head(t_s, head_seq, 0);
+            if let Event::RelaySample { events, .. } = &mut event {
+                events.store_healthy = store_healthy;
+            }
+            (t_us, event)
+        };
+        let recovered = trace([
+            sample(10, 100, false),
+            sample(20, 100, false),
+            sample(30, 180, true),
+        ]);
+        assert_eq!(
+            recovery_within(recovered.records(), 20_000_000, 10_000_000),
+            None
+        );
+        let stuck = trace([
+            sample(10, 100, false),
+            sample(20, 100, false),
+            sample(30, 100, true),
+        ]);
+        let violation = recovery_within(stuck.records(), 20_000_000, 10_000_000).unwrap();
+        assert_eq!(violation.record_index, Some(2));
+        assert_eq!(
+            violation.message,
+            "10s after the faults healed: event log healthy, head 100 (was 100 when they healed)"
+        );
+        let failing = trace([sample(20, 100, false), sample(30, 150, false)]);
+        assert!(recovery_within(failing.records(), 20_000_000, 10_000_000)
+            .unwrap()
+            .message
+            .contains("still failing"));
+        let down = trace([sample(20, 100, true)]);
+        assert_eq!(
+            recovery_within(down.records(), 20_000_000, 10_000_000)
+                .unwrap()
+                .record_index,
+            None
+        );
+    }
+
+    fn ended(t_s: u64, consumer: &str, reason: &str, too_slow: bool) -> (u64, Event) {
+        (
+            t_s * 1_000_000,
+            Event::ConsumerEnded {
+                consumer: consumer.to_owned(),
+                reason: reason.to_owned(),
+                frames: 1,
+                too_slow,
+            },
+        )
+    }
+
+    #[test]
+    fn no_stale_delivery_flags_a_fast_consumer_closed_for_someone_else() {
+        let fast = ["fast-0".to_owned()];
+        let fine = trace([
+            ended(10, "fast-0", "close: shutdown", false),
+            ended(11, "slow-0", "close: idle", false),
+            ended(12, "slow-1", "too_slow", true),
+        ]);
+        assert_eq!(no_stale_delivery(fine.records(), &fast), None);
+        for (reason, too_slow) in [
+            ("close: idle", false),
+            ("too_slow", true),
+            ("close: kicked", false),
+        ] {
+            let stale = trace([
+                ended(10, "slow-0", "too_slow", true),
+                ended(20, "fast-0", reason, too_slow),
+            ]);
+            let violation = no_stale_delivery(stale.records(), &fast).unwrap();
+            assert_eq!(violation.record_index, Some(1), "{reason}");
+        }
+    }
+
+    #[test]
+    fn consumer_accounting_balances_and_returns_to_zero() {
+        let balanced = |t_s: u64, open: usize, admitted: u64, released: u64, consumers: usize| {
+            let (t_us, mut event) = head(t_s, 1, 0);
+            if let Event::RelaySample {
+                open: o,
+                admitted: a,
+                released: r,
+                events,
+                ..
+            } = &mut event
+            {
+                (*o, *a, *r) = (open, admitted, released);
+                events.consumers = consumers;
+            }
+            (t_us, event)
+        };
+        let clean = trace([balanced(10, 3, 5, 2, 3), balanced(30, 0, 5, 5, 0)]);
+        assert_eq!(consumer_accounting(clean.records(), 20_000_000), None);
+        let leaked = trace([balanced(10, 3, 5, 2, 3), balanced(30, 1, 5, 4, 1)]);
+        assert_eq!(
+            consumer_accounting(leaked.records(), 20_000_000)
+                .unwrap()
+                .message,
+            "after every consumer left: 1 connections open, 1 subscriptions held"
+        );
+        let double = trace([balanced(10, 1, 5, 5, 1)]);
+        assert_eq!(
+            consumer_accounting(double.records(), 20_000_000)
+                .unwrap()
+                .message,
+            "admitted 5 != released 5 + open 1"
+        );
+        assert_eq!(
+            consumer_accounting(clean.records(), 40_000_000)
+                .unwrap()
+                .record_index,
+            None
+        );
+    }
+
+    #[test]
+    fn delivery_gap_max_ignores_slow_consumers() {
+        // `consumer_final` reuses `last_seq` as the gap: 900 ms and 5 s.
+        let t = trace([
+            consumer_final(30, "fast-0", false, 900, 0),
+            consumer_final(30, "slow-0", true, 5_000, 1),
+        ]);
+        assert_eq!(delivery_gap_max(t.records(), 1_000), None);
+        let violation = delivery_gap_max(t.records(), 800).unwrap();
+        assert_eq!(
+            (violation.record_index, violation.message.as_str()),
+            (
+                Some(0),
+                "fast-0 waited 900ms between two frames, bound 800ms"
+            )
+        );
+    }
+
+    #[test]
+    fn no_lost_events_audits_the_event_log() {
+        let audit = |events, oldest_seq, head_seq, hosts_with_gaps, hosts_behind: u32| {
+            trace([(
+                60_000_000,
+                Event::StoreAudit {
+                    events,
+                    oldest_seq,
+                    head_seq,
+                    hosts_with_gaps,
+                    hosts_behind,
+                    first_behind: (hosts_behind > 0).then(|| "h1.example".to_owned()),
+                },
+            )])
+        };
+        assert_eq!(no_lost_events(audit(100, 1, 100, 0, 0).records(), 0), None);
+        assert_eq!(no_lost_events(audit(0, 0, 0, 0, 0).records(), 0), None);
+        let hole = no_lost_events(audit(99, 1, 100, 0, 0).records(), 0).unwrap();
+        assert!(
+            hole.message
+                .starts_with("event log: 99 events for seqs 1..=100"),
+            "{hole}"
+        );
+        assert!(no_lost_events(audit(100, 1, 100, 1, 0).records(), 0).is_some());
+        let behind = no_lost_events(audit(100, 1, 100, 0, 2).records(), 0).unwrap();
+        assert!(
+            behind
+                .message
+                .ends_with("2 hosts missing events they had emitted (first: h1.example)"),
+            "{behind}"
         );
     }
 

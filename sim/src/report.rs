@@ -47,6 +47,12 @@ pub struct Summary {
     pub consumer_too_slow: u64,
     /// Ordering anomalies consumers reported (gaps, duplicates, error frames).
     pub consumer_anomalies: usize,
+    /// Longest wait between two frames of a session, over consumers that are not slow, ms.
+    pub consumer_gap_ms_max: u64,
+    /// The end-of-run audit of the event log: (events, head seq, hosts with gaps, hosts behind).
+    pub store_audit: Option<(u64, u64, u32, u32)>,
+    /// Relay incarnations killed or restarted, and store-fault windows.
+    pub relay_faults: usize,
 }
 
 impl Summary {
@@ -105,7 +111,10 @@ impl Summary {
                 Event::UpstreamWorld { hosts, dead, flaky } => {
                     summary.upstream_world = Some((*hosts, *dead, *flaky))
                 }
-                Event::Fault { active, .. } => {
+                Event::Fault { active, kind, .. } => {
+                    if *active && kind != "partition" {
+                        summary.relay_faults += 1;
+                    }
                     faults_active = if *active {
                         faults_active + 1
                     } else {
@@ -117,8 +126,12 @@ impl Summary {
                     frames,
                     sessions,
                     too_slow,
+                    max_gap_ms,
                     ..
                 } => {
+                    if !slow {
+                        summary.consumer_gap_ms_max = summary.consumer_gap_ms_max.max(*max_gap_ms);
+                    }
                     summary.consumers.0 += 1;
                     summary.consumers.1 += usize::from(*slow);
                     summary.consumer_frames += frames;
@@ -126,6 +139,16 @@ impl Summary {
                     summary.consumer_too_slow += u64::from(*too_slow);
                 }
                 Event::ConsumerAnomaly { .. } => summary.consumer_anomalies += 1,
+                Event::StoreAudit {
+                    events,
+                    head_seq,
+                    hosts_with_gaps,
+                    hosts_behind,
+                    ..
+                } => {
+                    summary.store_audit =
+                        Some((*events, *head_seq, *hosts_with_gaps, *hosts_behind));
+                }
                 Event::Phase { .. }
                 | Event::Panic { .. }
                 | Event::Subscribed { .. }
@@ -257,15 +280,24 @@ impl RunReport<'_> {
                 let _ = writeln!(
                     text,
                     "  events: head seq {}; consumers: {consumers} ({slow} slow), {} sessions, {} frames, \
-                     {} kicked (ConsumerTooSlow), {} anomalies, queue high water {}",
+                     {} kicked (ConsumerTooSlow), {} anomalies, queue high water {}, longest frame gap {}ms",
                     events.head_seq,
                     summary.consumer_sessions,
                     summary.consumer_frames,
                     summary.consumer_too_slow,
                     summary.consumer_anomalies,
-                    events.mailbox_high_water
+                    events.mailbox_high_water,
+                    summary.consumer_gap_ms_max
                 );
             }
+        }
+        if let Some((events, head, gaps, behind)) = summary.store_audit {
+            let _ = writeln!(
+                text,
+                "  event log: {events} events up to seq {head}, {gaps} hosts with gaps, {behind} hosts behind; \
+                 {} relay/store faults",
+                summary.relay_faults
+            );
         }
         let oracles: Vec<String> = OracleName::ALL
             .into_iter()

@@ -86,13 +86,26 @@ pub enum OracleName {
     NoLostEvents,
     /// Every slow consumer was kicked and told so with a `ConsumerTooSlow` frame.
     SlowConsumersKicked,
+    /// Close requests reach only the connection they were meant for: a fast consumer (one
+    /// that reads everything and answers pings) is never closed as idle, kicked or evicted,
+    /// and never told `ConsumerTooSlow`.
+    NoStaleDelivery,
+    /// After every consumer has left, the relay holds no subscription and no connection,
+    /// and every admission was released exactly once.
+    ConsumerAccounting,
     /// Per-consumer queues never held more than a bound (memory stays bounded).
     MemoryBounded,
+    /// Within a bound after the last fault heals, the relay's event log accepts commits
+    /// again (readiness back) and its head moves past where it stood when the fault ended.
+    RecoveryWithin,
+    /// No consumer that is not slow waited longer than a bound between two frames of one
+    /// session (the relay's delivery never stalls, e.g. behind retention).
+    DeliveryGapMax,
 }
 
 impl OracleName {
     /// Every oracle, in check and report order.
-    pub const ALL: [OracleName; 11] = [
+    pub const ALL: [OracleName; 15] = [
         Self::ProbeLiveness,
         Self::ProbeLatencyMax,
         Self::ConnAccounting,
@@ -102,7 +115,11 @@ impl OracleName {
         Self::NoHostForgotten,
         Self::NoLostEvents,
         Self::SlowConsumersKicked,
+        Self::NoStaleDelivery,
+        Self::ConsumerAccounting,
         Self::MemoryBounded,
+        Self::RecoveryWithin,
+        Self::DeliveryGapMax,
         Self::NoPanics,
     ];
 
@@ -119,7 +136,11 @@ impl OracleName {
             Self::NoHostForgotten => "no_host_forgotten",
             Self::NoLostEvents => "no_lost_events",
             Self::SlowConsumersKicked => "slow_consumers_kicked",
+            Self::NoStaleDelivery => "no_stale_delivery",
+            Self::ConsumerAccounting => "consumer_accounting",
             Self::MemoryBounded => "memory_bounded",
+            Self::RecoveryWithin => "recovery_within",
+            Self::DeliveryGapMax => "delivery_gap_max",
         }
     }
 }
@@ -311,6 +332,43 @@ pub struct OracleSpecs {
     pub slow_consumers_kicked: Option<SlowConsumersKickedSpec>,
     /// See [`OracleName::MemoryBounded`].
     pub memory_bounded: Option<MemoryBoundedSpec>,
+    /// See [`OracleName::RecoveryWithin`]. Needs `[[faults]]`.
+    pub recovery_within: Option<RecoveryWithinSpec>,
+    /// See [`OracleName::DeliveryGapMax`]. Needs `[[consumers]]`.
+    pub delivery_gap_max: Option<DeliveryGapMaxSpec>,
+    /// See [`OracleName::NoStaleDelivery`]. Needs `[[consumers]]`.
+    pub no_stale_delivery: Option<NoStaleDeliverySpec>,
+    /// See [`OracleName::ConsumerAccounting`]. Needs every consumer group to have `stop_s`.
+    pub consumer_accounting: Option<ConsumerAccountingSpec>,
+}
+
+/// `no_stale_delivery` takes no parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoStaleDeliverySpec {}
+
+/// `consumer_accounting` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerAccountingSpec {
+    /// Seconds after the last consumer leaves by which the relay must be back to zero.
+    pub settle_s: u64,
+}
+
+/// `delivery_gap_max` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryGapMaxSpec {
+    /// Longest acceptable wait between two frames, milliseconds.
+    pub gap_ms_max: u64,
+}
+
+/// `recovery_within` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryWithinSpec {
+    /// Seconds after the last fault ends.
+    pub s: u64,
 }
 
 /// `no_lost_events` bound.
@@ -360,6 +418,8 @@ pub struct ConsumerSpec {
     /// When they first connect, seconds (cursor 0: everything from the start).
     #[serde(default)]
     pub start_s: u64,
+    /// When they leave for good (dropping their connection), seconds; absent: never.
+    pub stop_s: Option<u64>,
     /// Slow consumers: seconds between stalls.
     #[serde(default = "default_stall_every_s")]
     pub stall_every_s: u64,
@@ -470,6 +530,33 @@ pub enum FaultSpec {
         /// Fraction of upstream hosts cut off (chosen by the seed).
         hosts_fraction: f64,
     },
+    /// Kill the relay's node at `at_s` (no drain: in-flight work is lost, as in a crash or
+    /// an OOM kill) and start it again `down_s` later on the same database.
+    KillRelay {
+        /// When, seconds.
+        at_s: u64,
+        /// How long it stays down, seconds.
+        down_s: u64,
+    },
+    /// Ask the relay to shut down gracefully at `at_s` (stop accepting, request every
+    /// connection to close, drain), then start it again `down_s` after it stopped.
+    RestartRelay {
+        /// When, seconds.
+        at_s: u64,
+        /// How long it stays down after it stopped, seconds.
+        down_s: u64,
+    },
+    /// Make the relay's event-log writes (and reads, if `reads`) fail from `at_s` for
+    /// `duration_s`, through the relay's store fault points.
+    StoreFault {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+        /// Fail reads too (catch-up pages).
+        #[serde(default)]
+        reads: bool,
+    },
 }
 
 impl FaultSpec {
@@ -478,7 +565,11 @@ impl FaultSpec {
         match self {
             Self::Partition {
                 at_s, duration_s, ..
+            }
+            | Self::StoreFault {
+                at_s, duration_s, ..
             } => at_s + duration_s,
+            Self::KillRelay { at_s, down_s } | Self::RestartRelay { at_s, down_s } => at_s + down_s,
         }
     }
 }
@@ -652,24 +743,41 @@ impl Scenario {
             }
         }
         for (index, fault) in self.faults.iter().enumerate() {
-            let FaultSpec::Partition {
-                duration_s,
-                hosts_fraction,
-                ..
-            } = fault;
-            if self.upstreams.is_none() {
-                return fail(
-                    &format!("faults[{index}]"),
-                    "a partition needs [upstreams]".into(),
-                );
+            let key = format!("faults[{index}]");
+            match fault {
+                FaultSpec::Partition {
+                    duration_s,
+                    hosts_fraction,
+                    ..
+                } => {
+                    if self.upstreams.is_none() {
+                        return fail(&key, "a partition needs [upstreams]".into());
+                    }
+                    if *duration_s == 0 || !(0.0..=1.0).contains(hosts_fraction) {
+                        return fail(
+                            &key,
+                            "expected duration_s >= 1 and hosts_fraction within 0..=1".into(),
+                        );
+                    }
+                }
+                FaultSpec::StoreFault { duration_s, .. } if *duration_s == 0 => {
+                    return fail(&key, "expected duration_s >= 1".into());
+                }
+                FaultSpec::KillRelay { down_s, .. } | FaultSpec::RestartRelay { down_s, .. }
+                    if *down_s == 0 =>
+                {
+                    return fail(&key, "expected down_s >= 1".into());
+                }
+                _ => {}
             }
-            if *duration_s == 0
-                || !(0.0..=1.0).contains(hosts_fraction)
-                || fault.end_s() > self.duration_s
-            {
+            if fault.end_s() > self.duration_s {
                 return fail(
-                    &format!("faults[{index}]"),
-                    "expected duration_s >= 1, hosts_fraction within 0..=1, and the fault to end by duration_s".into(),
+                    &key,
+                    format!(
+                        "expected the fault to end by duration_s ({}s), it ends at {}s",
+                        self.duration_s,
+                        fault.end_s()
+                    ),
                 );
             }
         }
@@ -717,12 +825,59 @@ impl Scenario {
                 || consumer.stall_every_s == 0
                 || consumer.reconnect_every_s == 0
                 || consumer.start_s >= self.duration_s
+                || consumer
+                    .stop_s
+                    .is_some_and(|stop| stop <= consumer.start_s || stop > self.duration_s)
             {
                 return fail(
                     &format!("consumers[{index}]"),
-                    "expected count, stall_every_s and reconnect_every_s of at least 1 and start_s < duration_s".into(),
+                    "expected count, stall_every_s and reconnect_every_s of at least 1 and start_s < stop_s <= duration_s".into(),
                 );
             }
+        }
+        if let Some(spec) = &self.oracles.recovery_within {
+            let last_end = self.faults.iter().map(FaultSpec::end_s).max();
+            match last_end {
+                None => {
+                    return fail(
+                        "oracles.recovery_within",
+                        "needs at least one [[faults]] entry".into(),
+                    )
+                }
+                Some(end) if end + spec.s > self.duration_s => {
+                    return fail(
+                        "oracles.recovery_within.s",
+                        format!(
+                            "expected the last fault end ({end}s) + s ({}s) <= duration_s ({}s)",
+                            spec.s, self.duration_s
+                        ),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(spec) = &self.oracles.consumer_accounting {
+            match self.consumers_end_s() {
+                Some(end) if end + spec.settle_s <= self.duration_s => {}
+                _ => {
+                    return fail(
+                        "oracles.consumer_accounting",
+                        "needs consumers that all have stop_s, with the last stop_s + settle_s <= duration_s".into(),
+                    )
+                }
+            }
+        }
+        if self.oracles.no_stale_delivery.is_some() && self.consumers.is_empty() {
+            return fail(
+                "oracles.no_stale_delivery",
+                "needs at least one [[consumers]] group".into(),
+            );
+        }
+        if self.oracles.delivery_gap_max.is_some() && self.consumers.is_empty() {
+            return fail(
+                "oracles.delivery_gap_max",
+                "needs at least one [[consumers]] group".into(),
+            );
         }
         if self.oracles.no_lost_events.is_some() && self.consumers.is_empty() {
             return fail(
@@ -749,6 +904,21 @@ impl Scenario {
         Ok(())
     }
 
+    /// When the last consumer leaves, if every group has a `stop_s` (and there is one).
+    pub fn consumers_end_s(&self) -> Option<u64> {
+        let stops: Option<Vec<u64>> = self.consumers.iter().map(|c| c.stop_s).collect();
+        stops?.into_iter().max()
+    }
+
+    /// Names of the consumers of `kind`, as the world names them.
+    pub fn consumer_names(&self, kind: ConsumerKind) -> Vec<String> {
+        self.consumers
+            .iter()
+            .filter(|group| group.kind == kind)
+            .flat_map(|group| (0..group.count).map(move |index| format!("{}-{index}", group.name)))
+            .collect()
+    }
+
     /// Whether `oracle` is checked in this scenario.
     pub fn checks(&self, oracle: OracleName) -> bool {
         match oracle {
@@ -763,6 +933,10 @@ impl Scenario {
             OracleName::NoLostEvents => self.oracles.no_lost_events.is_some(),
             OracleName::SlowConsumersKicked => self.oracles.slow_consumers_kicked.is_some(),
             OracleName::MemoryBounded => self.oracles.memory_bounded.is_some(),
+            OracleName::RecoveryWithin => self.oracles.recovery_within.is_some(),
+            OracleName::DeliveryGapMax => self.oracles.delivery_gap_max.is_some(),
+            OracleName::NoStaleDelivery => self.oracles.no_stale_delivery.is_some(),
+            OracleName::ConsumerAccounting => self.oracles.consumer_accounting.is_some(),
         }
     }
 }

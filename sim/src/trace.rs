@@ -32,7 +32,7 @@ pub enum Event {
     },
     /// A fault started or ended.
     Fault {
-        /// What kind of fault (`partition`).
+        /// What kind of fault (`partition`, `kill_relay`, `restart_relay`, `store_fault`).
         kind: String,
         /// Upstream hosts affected.
         hosts: u32,
@@ -127,6 +127,25 @@ pub enum Event {
         sessions: u32,
         /// `ConsumerTooSlow` notices received.
         too_slow: u32,
+        /// Longest wait between two consecutive frames within one session, milliseconds.
+        #[serde(default)]
+        max_gap_ms: u64,
+    },
+    /// What the relay's event log holds at the end of the run (read from its SQLite file).
+    StoreAudit {
+        /// Events in the log.
+        events: u64,
+        /// Lowest relay sequence number (0 when empty).
+        oldest_seq: u64,
+        /// Highest relay sequence number (0 when empty).
+        head_seq: u64,
+        /// Hosts whose persisted upstream sequence numbers have a hole.
+        hosts_with_gaps: u32,
+        /// Steady hosts (not flaky, not dead, not partitioned) whose log ends before the
+        /// last event they emitted `lag_s` before the end of the run.
+        hosts_behind: u32,
+        /// The first such host, for the report.
+        first_behind: Option<String>,
     },
     /// A task panicked; the simulation stopped here.
     Panic {

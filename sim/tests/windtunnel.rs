@@ -39,9 +39,15 @@ fn every_shipped_scenario_loads() {
         [
             "churn_idle_reaper_disabled",
             "churn_max_connections",
+            "close_recv_race",
             "cold_start_2800",
             "cold_start_thundering_herd",
+            "db_fault",
+            "db_fault_slow_retry",
+            "gc_stall",
+            "gc_stall_unbatched",
             "host_flap",
+            "restart_resume",
             "slow_consumer",
             "slow_consumer_unbounded_queue"
         ]
@@ -144,7 +150,7 @@ fn upstream_and_fault_tables_are_validated() {
         "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"meteor\"\nat_s = 1\n"
     ));
     assert!(
-        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected `partition`"),
+        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `kill_relay`, `restart_relay`, `store_fault`"),
         "{message}"
     );
     let message = parse_error(&format!(
@@ -352,6 +358,107 @@ mod simulated {
                 }
                 other => panic!("seed {seed}: expected memory_bounded to fail, got {other:?}"),
             }
+        }
+    }
+
+    /// Every seed passes; returns the summaries for scenario-specific checks.
+    fn passes(
+        name: &str,
+        seeds: std::ops::RangeInclusive<u64>,
+    ) -> Vec<(u64, windtunnel::report::Summary, RunOutcome)> {
+        let scenario = load(name);
+        run_seeds(&scenario, seeds)
+            .into_iter()
+            .map(|(seed, outcome)| {
+                assert_eq!(
+                    outcome.verdict,
+                    Verdict::Passed,
+                    "{name} seed {seed}: {:?}",
+                    outcome.violations
+                );
+                (
+                    seed,
+                    windtunnel::report::Summary::of(&outcome.trace),
+                    outcome,
+                )
+            })
+            .collect()
+    }
+
+    /// Every seed fails `oracle`, as the scenario expects.
+    fn fails_as_expected(name: &str, seeds: std::ops::RangeInclusive<u64>, oracle: OracleName) {
+        let scenario = load(name);
+        for (seed, outcome) in run_seeds(&scenario, seeds) {
+            match &outcome.verdict {
+                Verdict::FailedAsExpected(violation) => {
+                    assert_eq!(violation.oracle, oracle, "{name} seed {seed}")
+                }
+                other => panic!("{name} seed {seed}: expected {oracle} to fail, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn restart_resume_loses_nothing_across_a_kill_and_a_graceful_restart_for_20_seeds() {
+        for (seed, summary, outcome) in passes("restart_resume.toml", 1..=20) {
+            assert_eq!(summary.relay_faults, 2, "seed {seed}");
+            let resumed = outcome.trace.records().iter().any(|record| {
+                record.t_us > 40_000_000
+                    && matches!(record.event, windtunnel::trace::Event::Subscribed { cursor } if cursor > 0)
+            });
+            assert!(
+                resumed,
+                "seed {seed}: upstreams must be resumed by cursor after the kill"
+            );
+            let (events, head, _, _) = summary.store_audit.unwrap();
+            assert!(events > 5_000 && events == head, "seed {seed}: {summary:?}");
+        }
+    }
+
+    #[test]
+    fn db_fault_turns_readiness_off_then_recovers_without_loss_for_20_seeds() {
+        for (seed, _, outcome) in passes("db_fault.toml", 1..=20) {
+            let unhealthy_during_fault = outcome.trace.records().iter().any(|record| {
+                (41_000_000..60_000_000).contains(&record.t_us)
+                    && matches!(record.event, windtunnel::trace::Event::RelaySample { events, .. } if !events.store_healthy)
+            });
+            assert!(
+                unhealthy_during_fault,
+                "seed {seed}: the fault must bite (readiness off)"
+            );
+        }
+    }
+
+    #[test]
+    fn db_fault_with_a_too_long_backoff_fails_recovery_within() {
+        fails_as_expected(
+            "db_fault_slow_retry.toml",
+            1..=6,
+            OracleName::RecoveryWithin,
+        );
+    }
+
+    #[test]
+    fn gc_stall_batched_retention_never_stalls_delivery_for_20_seeds() {
+        for (seed, summary, _) in passes("gc_stall.toml", 1..=20) {
+            let (events, head, _, _) = summary.store_audit.unwrap();
+            assert!(
+                events < head / 2,
+                "seed {seed}: retention must have deleted: {summary:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gc_stall_unbatched_retention_fails_delivery_gap_max() {
+        fails_as_expected("gc_stall_unbatched.toml", 1..=6, OracleName::DeliveryGapMax);
+    }
+
+    #[test]
+    fn close_recv_race_tears_down_exactly_once_for_20_seeds() {
+        for (seed, summary, _) in passes("close_recv_race.toml", 1..=20) {
+            assert!(summary.consumer_sessions > 60, "seed {seed}: {summary:?}");
+            assert_eq!(summary.relay_faults, 1, "seed {seed}");
         }
     }
 

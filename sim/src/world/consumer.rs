@@ -10,7 +10,9 @@
 //!   its socket fills, then its relay-side queue, and the relay must kick it;
 //! - `reconnecting` drops its connection every `reconnect_every_s` and resumes by cursor.
 //!
-//! Every consumer reconnects with its last sequence number after a session ends.
+//! Every consumer reconnects with its last sequence number after a session ends. Error
+//! frames are anomalies (events lost) except `ConsumerTooSlow` and `StoreUnavailable`,
+//! which end the session with nothing skipped.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -36,6 +38,8 @@ pub struct Tally {
     pub sessions: u32,
     /// `ConsumerTooSlow` notices received.
     pub too_slow: u32,
+    /// Longest wait between two consecutive frames of one session, microseconds.
+    pub max_gap_us: u64,
 }
 
 /// Shared handle on a consumer's tally.
@@ -51,10 +55,24 @@ pub async fn run(
     world_start: Instant,
 ) {
     sleep_until(world_start + Duration::from_secs(spec.start_s)).await;
+    let stop_at = spec
+        .stop_s
+        .map(|stop| world_start + Duration::from_secs(stop));
     let mut next_stall = now() + Duration::from_secs(spec.stall_every_s.max(1));
     loop {
         let cursor = tally.lock().expect("tally lock").last_seq;
-        let ended = session(&spec, &name, relay, cursor, &sink, &tally, &mut next_stall).await;
+        let session = session(&spec, &name, relay, cursor, &sink, &tally, &mut next_stall);
+        let ended = match stop_at {
+            Some(stop_at) => tokio::select! {
+                ended = session => ended,
+                () = sleep_until(stop_at) => {
+                    // Leave for good: the connection is dropped with the session future.
+                    sink.record(&name, Event::ConsumerEnded { consumer: name.clone(), reason: "stopped".into(), frames: 0, too_slow: false });
+                    return;
+                }
+            },
+            None => session.await,
+        };
         sink.record(&name, ended);
         sleep(Duration::from_secs(1)).await;
     }
@@ -102,6 +120,7 @@ async fn session(
     };
     let mut expected = cursor + 1;
     let mut frames = 0;
+    let mut last_frame_at: Option<Instant> = None;
     let mut anomaly_reported = false;
     loop {
         if spec.kind == ConsumerKind::Slow && now() >= *next_stall {
@@ -133,6 +152,11 @@ async fn session(
             if error == "ConsumerTooSlow" {
                 tally.lock().expect("tally lock").too_slow += 1;
                 return end("too_slow", frames, true);
+            }
+            if error == "StoreUnavailable" {
+                // The relay could not read the catch-up page: nothing was skipped, the
+                // consumer retries with the same cursor.
+                return end("store_unavailable", frames, false);
             }
             if !anomaly_reported {
                 anomaly_reported = true;
@@ -169,7 +193,13 @@ async fn session(
         if seq >= expected {
             expected = seq + 1;
             frames += 1;
+            let arrived = now();
+            let gap_us = last_frame_at.map_or(0, |last| {
+                u64::try_from(arrived.duration_since(last).as_micros()).unwrap_or(u64::MAX)
+            });
+            last_frame_at = Some(arrived);
             let mut tally = tally.lock().expect("tally lock");
+            tally.max_gap_us = tally.max_gap_us.max(gap_us);
             tally.frames += 1;
             tally.last_seq = seq;
         }

@@ -107,6 +107,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
 fn run_on_this_thread(scenario: &Scenario, seed: u64) -> RunOutcome {
     #[allow(clippy::disallowed_methods)] // wall time of the harness itself, never of the world
     let wall_start = std::time::Instant::now();
+    relay::rt::fault::clear();
     let mut config = madsim::Config::default();
     let latency = scenario.network.latency_ms.map(Duration::from_millis);
     config.net.send_latency = latency.min..latency.max + Duration::from_nanos(1);
@@ -188,50 +189,44 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     let world_start = now();
     let relay_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     let relay_addr = SocketAddr::new(relay_ip, RELAY_PORT);
-    let observer_slot: Arc<Mutex<Option<Observer>>> = Arc::default();
+    let control = Arc::new(RelayControl::default());
 
-    let upstream_nodes = match &scenario.upstreams {
+    let (upstream_nodes, plans) = match &scenario.upstreams {
         Some(spec) => start_upstreams(&handle, spec, &database, &sink, world_start),
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     let mut relay_config = scenario.relay.clone();
     relay_config.server.listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT);
-    relay_config.store.path = database;
+    relay_config.store.path = database.clone();
     relay_config.upstream.port = upstream::UPSTREAM_PORT;
-    let relay_observer_slot = Arc::clone(&observer_slot);
+    let relay_control = Arc::clone(&control);
     let relay_node = handle
         .create_node()
         .name(RELAY_NODE)
         .ip(relay_ip)
-        .init(move || {
-            let config = relay_config.clone();
-            let observer_slot = Arc::clone(&relay_observer_slot);
-            async move {
-                let relay = Relay::bind(config)
-                    .await
-                    .expect("the relay binds inside the world");
-                *observer_slot.lock().expect("observer lock") = Some(relay.observer());
-                relay.run(std::future::pending()).await;
-            }
-        })
+        .init(move || run_relay(relay_config.clone(), Arc::clone(&relay_control)))
         .build();
-    let observer = loop {
-        if let Some(observer) = observer_slot.lock().expect("observer lock").clone() {
-            break observer;
-        }
+    while control.observer().is_none() {
         sleep(Duration::from_millis(1)).await;
-    };
+    }
     sink.phase("relay_ready");
-    sample(&sink, &observer);
-    madsim::task::spawn(monitor(sink.clone(), observer.clone()));
+    sample(&sink, &control);
+    // Everything this world starts, so it can all be torn down when the run ends.
+    let mut nodes = vec![relay_node.id()];
+    nodes.extend(upstream_nodes.iter().map(NodeHandle::id));
+    let mut world_tasks = vec![madsim::task::spawn(monitor(
+        sink.clone(),
+        Arc::clone(&control),
+    ))];
     for fault in scenario.faults.clone() {
-        madsim::task::spawn(inject(
+        world_tasks.push(madsim::task::spawn(inject(
             fault,
             relay_node.id(),
             upstream_nodes.clone(),
+            Arc::clone(&control),
             sink.clone(),
             world_start,
-        ));
+        )));
     }
 
     if let Some(prober) = scenario.prober.clone() {
@@ -240,6 +235,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
             .name("prober")
             .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
             .build();
+        nodes.push(node.id());
         node.spawn(actors::prober(
             prober,
             relay_addr,
@@ -257,6 +253,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
                 (index % 250) as u8 + 1,
             );
             let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
+            nodes.push(node.id());
             for _ in 0..spec.loops_per_node {
                 node.spawn(actors::churn_loop(
                     spec.clone(),
@@ -275,6 +272,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
             let ordinal = tallies.len();
             let ip = Ipv4Addr::new(10, 200, (ordinal / 250) as u8, (ordinal % 250) as u8 + 1);
             let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
+            nodes.push(node.id());
             let tally = consumer::SharedTally::default();
             node.spawn(consumer::run(
                 spec.clone(),
@@ -292,7 +290,16 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
         sink.phase("churn_stopped");
     }
     sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
-    sample(&sink, &observer);
+    sample(&sink, &control);
+    let lag_s = scenario
+        .oracles
+        .no_lost_events
+        .as_ref()
+        .map_or(0, |spec| spec.lag_s);
+    let emitted_by = Duration::from_secs(scenario.duration_s.saturating_sub(lag_s));
+    if scenario.upstreams.is_some() {
+        sink.record("world", audit(&database, &plans, emitted_by));
+    }
     for (name, slow, tally) in tallies {
         let tally = tally.lock().expect("tally lock").clone();
         sink.record(
@@ -304,10 +311,22 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
                 frames: tally.frames,
                 sessions: tally.sessions,
                 too_slow: tally.too_slow,
+                max_gap_ms: tally.max_gap_us / 1_000,
             },
         );
     }
     sink.phase("end");
+    // Tear the world down inside the simulation: killed nodes drop their tasks (and with
+    // them sockets, SQLite connections, buffers). Tasks that wait on each other form
+    // reference cycles that dropping the runtime alone does not break, so without this
+    // every run would leak its whole world into the next one.
+    for task in world_tasks {
+        task.abort();
+    }
+    for node in nodes {
+        handle.kill(node);
+    }
+    sleep(Duration::from_millis(10)).await;
 }
 
 /// Generate the host table, write it to the relay's database, and start one node per host.
@@ -317,8 +336,9 @@ fn start_upstreams(
     database: &Path,
     sink: &TraceSink,
     world_start: Instant,
-) -> Vec<NodeHandle> {
-    let plans = upstream::plan(spec);
+) -> (Vec<NodeHandle>, Vec<Arc<upstream::HostPlan>>) {
+    let plans: Vec<Arc<upstream::HostPlan>> =
+        upstream::plan(spec).into_iter().map(Arc::new).collect();
     Store::open(database)
         .and_then(|store| store.add_hosts(plans.iter().map(|plan| plan.hostname.as_str())))
         .expect("the world writes the relay's host table");
@@ -331,8 +351,8 @@ fn start_upstreams(
         },
     );
     let net = NetSim::current();
-    plans
-        .into_iter()
+    let nodes = plans
+        .iter()
         .map(|plan| {
             net.add_dns_record(&plan.hostname, IpAddr::V4(plan.ip));
             let node = handle
@@ -341,11 +361,116 @@ fn start_upstreams(
                 .ip(IpAddr::V4(plan.ip))
                 .build();
             if !plan.dead {
-                node.spawn(upstream::serve(Arc::new(plan), sink.clone(), world_start));
+                node.spawn(upstream::serve(Arc::clone(plan), sink.clone(), world_start));
             }
             node
         })
-        .collect()
+        .collect();
+    (nodes, plans)
+}
+
+/// The world's handle on the relay node across restarts.
+#[derive(Default)]
+struct RelayControl {
+    /// The running incarnation's observer; `None` while the relay is down.
+    observer: Mutex<Option<Observer>>,
+    /// Wakes the running incarnation's shutdown future.
+    stop: tokio::sync::Notify,
+    /// Incarnations that have finished their graceful shutdown.
+    stopped: AtomicU64,
+}
+
+impl RelayControl {
+    fn observer(&self) -> Option<Observer> {
+        self.observer.lock().expect("observer lock").clone()
+    }
+
+    fn set_observer(&self, observer: Option<Observer>) {
+        *self.observer.lock().expect("observer lock") = observer;
+    }
+}
+
+/// One incarnation of the relay node: bind (retrying while the store refuses, as an
+/// orchestrator would restart it), publish the observer, serve until asked to stop.
+async fn run_relay(config: relay::config::Config, control: Arc<RelayControl>) {
+    let relay = loop {
+        match Relay::bind(config.clone()).await {
+            Ok(relay) => break relay,
+            Err(error) => {
+                tracing::warn!(%error, "relay failed to start; retrying in 1s");
+                sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    control.set_observer(Some(relay.observer()));
+    let stop = Arc::clone(&control);
+    relay.run(async move { stop.stop.notified().await }).await;
+    control.set_observer(None);
+    control.stopped.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Read the relay's event log from its database file: holes per host, and steady hosts
+/// whose log ends before what they had emitted by `emitted_by`.
+fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duration) -> Event {
+    let empty = Event::StoreAudit {
+        events: 0,
+        oldest_seq: 0,
+        head_seq: 0,
+        hosts_with_gaps: 0,
+        hosts_behind: 0,
+        first_behind: None,
+    };
+    let Ok(connection) = rusqlite::Connection::open(database) else {
+        return empty;
+    };
+    let bounds = connection.query_row(
+        "SELECT COUNT(*), COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM events",
+        [],
+        |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        },
+    );
+    let Ok((events, oldest, head)) = bounds else {
+        return empty;
+    };
+    let mut per_host: std::collections::BTreeMap<String, (i64, i64, i64)> = Default::default();
+    if let Ok(mut query) = connection.prepare(
+        "SELECT h.hostname, COUNT(e.seq), COALESCE(MIN(e.upstream_seq), 0), COALESCE(MAX(e.upstream_seq), 0) \
+         FROM hosts h LEFT JOIN events e ON e.host_id = h.id GROUP BY h.id",
+    ) {
+        if let Ok(rows) = query.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, (row.get(1)?, row.get(2)?, row.get(3)?)))
+        }) {
+            per_host.extend(rows.flatten());
+        }
+    }
+    let hosts_with_gaps = per_host
+        .values()
+        .filter(|(count, low, high)| *count > 0 && high - low + 1 != *count)
+        .count() as u32;
+    let behind: Vec<&str> = plans
+        .iter()
+        .filter(|plan| !plan.dead && plan.flap.is_none())
+        .filter(|plan| {
+            let emitted = (emitted_by.as_micros() / plan.event_interval.as_micros().max(1)) as i64;
+            per_host
+                .get(&plan.hostname)
+                .is_none_or(|(_, _, high)| *high < emitted)
+        })
+        .map(|plan| plan.hostname.as_str())
+        .collect();
+    Event::StoreAudit {
+        events: events as u64,
+        oldest_seq: oldest as u64,
+        head_seq: head as u64,
+        hosts_with_gaps,
+        hosts_behind: behind.len() as u32,
+        first_behind: behind.first().map(|name| (*name).to_owned()),
+    }
 }
 
 /// Play one fault of the timeline.
@@ -353,47 +478,99 @@ async fn inject(
     fault: FaultSpec,
     relay: madsim::task::NodeId,
     upstreams: Vec<NodeHandle>,
+    control: Arc<RelayControl>,
     sink: TraceSink,
     world_start: Instant,
 ) {
-    let FaultSpec::Partition {
-        at_s,
-        duration_s,
-        hosts_fraction,
-    } = fault;
-    sleep_until(world_start + Duration::from_secs(at_s)).await;
-    let count = (hosts_fraction * upstreams.len() as f64).round() as usize;
-    let cut: Vec<&NodeHandle> = upstreams
-        .choose_multiple(&mut thread_rng(), count)
-        .collect();
-    let net = NetSim::current();
-    for node in &cut {
-        net.clog_link(relay, node.id());
-        net.clog_link(node.id(), relay);
-    }
-    let record = |active| Event::Fault {
-        kind: "partition".to_owned(),
-        hosts: count as u32,
-        active,
+    let record = |kind: &str, hosts: usize, active: bool| {
+        sink.record(
+            "world",
+            Event::Fault {
+                kind: kind.to_owned(),
+                hosts: hosts as u32,
+                active,
+            },
+        );
     };
-    sink.record("world", record(true));
-    sleep(Duration::from_secs(duration_s)).await;
-    for node in &cut {
-        net.unclog_link(relay, node.id());
-        net.unclog_link(node.id(), relay);
+    let handle = Handle::current();
+    match fault {
+        FaultSpec::Partition {
+            at_s,
+            duration_s,
+            hosts_fraction,
+        } => {
+            sleep_until(world_start + Duration::from_secs(at_s)).await;
+            let count = (hosts_fraction * upstreams.len() as f64).round() as usize;
+            let cut: Vec<&NodeHandle> = upstreams
+                .choose_multiple(&mut thread_rng(), count)
+                .collect();
+            let net = NetSim::current();
+            for node in &cut {
+                net.clog_link(relay, node.id());
+                net.clog_link(node.id(), relay);
+            }
+            record("partition", count, true);
+            sleep(Duration::from_secs(duration_s)).await;
+            for node in &cut {
+                net.unclog_link(relay, node.id());
+                net.unclog_link(node.id(), relay);
+            }
+            record("partition", count, false);
+        }
+        FaultSpec::KillRelay { at_s, down_s } => {
+            sleep_until(world_start + Duration::from_secs(at_s)).await;
+            control.set_observer(None);
+            handle.kill(relay);
+            record("kill_relay", 0, true);
+            sleep(Duration::from_secs(down_s)).await;
+            handle.restart(relay);
+            record("kill_relay", 0, false);
+        }
+        FaultSpec::RestartRelay { at_s, down_s } => {
+            sleep_until(world_start + Duration::from_secs(at_s)).await;
+            let stopped_before = control.stopped.load(Ordering::SeqCst);
+            record("restart_relay", 0, true);
+            control.stop.notify_waiters();
+            while control.stopped.load(Ordering::SeqCst) == stopped_before {
+                sleep(Duration::from_millis(10)).await;
+            }
+            // Stopped cleanly; madsim needs the node killed before it can be restarted.
+            handle.kill(relay);
+            sleep(Duration::from_secs(down_s)).await;
+            handle.restart(relay);
+            record("restart_relay", 0, false);
+        }
+        FaultSpec::StoreFault {
+            at_s,
+            duration_s,
+            reads,
+        } => {
+            use relay::rt::fault::{self, Fault};
+            sleep_until(world_start + Duration::from_secs(at_s)).await;
+            fault::set(Fault::StoreWrite, true);
+            fault::set(Fault::StoreRead, reads);
+            record("store_fault", 0, true);
+            sleep(Duration::from_secs(duration_s)).await;
+            fault::set(Fault::StoreWrite, false);
+            fault::set(Fault::StoreRead, false);
+            record("store_fault", 0, false);
+        }
     }
-    sink.record("world", record(false));
 }
 
-async fn monitor(sink: TraceSink, observer: Observer) {
+async fn monitor(sink: TraceSink, control: Arc<RelayControl>) {
     loop {
         sleep(SAMPLE_PERIOD).await;
-        sample(&sink, &observer);
+        sample(&sink, &control);
     }
 }
 
-fn sample(sink: &TraceSink, observer: &Observer) {
+/// Record one sample of the running relay's accounting (nothing while it is down).
+fn sample(sink: &TraceSink, control: &RelayControl) {
     use relay::upstream::HostPhase;
+    let Some(observer) = control.observer() else {
+        return;
+    };
     let stats = observer.connections();
     let up = observer.upstreams();
     let upstreams = UpstreamSample {
