@@ -66,6 +66,8 @@ struct Run {
     ingest: Duration,
     /// Until each consumer had received every event, sorted ascending.
     finished: Vec<Duration>,
+    /// CPU time this process (server and consumers) spent from release to all delivered.
+    cpu: f64,
     kicked: u64,
     mailbox_high_water: usize,
 }
@@ -118,27 +120,44 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "median of {} round(s); ev/s = events delivered per second, counting every consumer's copy",
+        "median of {} round(s). ev/s: events delivered per second of wall time, every consumer's copy counted; \
+         per CPU-s: the same per second of this process's CPU time (server and consumers together), \
+         which other load on the machine disturbs less",
         args.rounds.max(1)
     );
-    println!("| consumers | broadcast ev/s | broadcast_batched ev/s | relay ev/s | relay / broadcast | relay / broadcast_batched | relay per-consumer ev/s (slowest) | relay ingest ev/s (persisted) | relay kicked |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| consumers | mode | all delivered (s) | aggregate ev/s | per-consumer ev/s (slowest) | ingest ev/s | process CPU (s) | deliveries per CPU-s | kicked | mailbox high water |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let aggregate = |run: &Run| rate(run.consumers as u64 * args.events, run.all());
+    let per_cpu = |run: &Run| run.consumers as f64 * args.events as f64 / run.cpu.max(1e-9);
+    for run in table.iter().flatten() {
+        println!(
+            "| {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} |",
+            run.consumers,
+            run.mode.name(),
+            run.all().as_secs_f64(),
+            aggregate(run),
+            rate(args.events, run.all()),
+            rate(args.events, run.ingest),
+            run.cpu,
+            per_cpu(run),
+            run.kicked,
+            run.mailbox_high_water,
+        );
+    }
+    println!();
+    println!("| consumers | relay / broadcast (wall) | relay / broadcast_batched (wall) | relay / broadcast (per CPU-s) | relay / broadcast_batched (per CPU-s) |");
+    println!("|---:|---:|---:|---:|---:|");
     for row in &table {
         let [broadcast, batched, relay] = row.as_slice() else {
             continue;
         };
-        let aggregate = |run: &Run| rate(run.consumers as u64 * args.events, run.all());
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
             relay.consumers,
-            aggregate(broadcast),
-            aggregate(batched),
-            aggregate(relay),
             aggregate(relay) / aggregate(broadcast),
             aggregate(relay) / aggregate(batched),
-            rate(args.events, relay.all()),
-            rate(args.events, relay.ingest),
-            relay.kicked
+            per_cpu(relay) / per_cpu(broadcast),
+            per_cpu(relay) / per_cpu(batched),
         );
     }
     Ok(())
@@ -172,7 +191,7 @@ fn print_run(run: &Run, events: u64) {
     let per = |d: Duration| rate(events, d);
     let median = run.finished[run.finished.len() / 2];
     println!(
-        "{:<17} consumers={:<5} ingest={:>8.3}s ({:>9.0} ev/s)  all_delivered={:>8.3}s  aggregate={:>11.0} ev/s  per_consumer ev/s: slowest={:.0} median={:.0} fastest={:.0}  kicked={} mailbox_high_water={}",
+        "{:<17} consumers={:<5} ingest={:>8.3}s ({:>9.0} ev/s)  all_delivered={:>8.3}s  aggregate={:>11.0} ev/s  per_consumer ev/s: slowest={:.0} median={:.0} fastest={:.0}  cpu={:.2}s  kicked={} mailbox_high_water={}",
         run.mode.name(),
         run.consumers,
         run.ingest.as_secs_f64(),
@@ -182,6 +201,7 @@ fn print_run(run: &Run, events: u64) {
         per(run.all()),
         per(median),
         per(run.finished[0]),
+        run.cpu,
         run.kicked,
         run.mailbox_high_water,
     );
@@ -189,6 +209,27 @@ fn print_run(run: &Run, events: u64) {
 
 fn rate(events: u64, elapsed: Duration) -> f64 {
     events as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// CPU time (user + system) this process has used so far, in seconds; 0 where
+/// `/proc/self/stat` is missing. Linux reports it in clock ticks of 1/100 s.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// Each consumer holds a socket in this process and the server holds the other end.
@@ -378,6 +419,7 @@ async fn relay_run(args: &Args, count: usize) -> anyhow::Result<Run> {
     })
     .await?;
 
+    let cpu0 = cpu_seconds();
     let t0 = now();
     started.send_replace(Some(t0));
     limit.send_replace(args.events);
@@ -387,11 +429,13 @@ async fn relay_run(args: &Args, count: usize) -> anyhow::Result<Run> {
     .await?;
     let ingest = now() - t0;
     let finished = collect(readers).await?;
+    let cpu = cpu_seconds() - cpu0;
     let stats = observer.events();
     let _ = stop.send(());
     server.await?;
     remove_db(&db);
     Ok(Run {
+        cpu,
         mode: Mode::Relay,
         consumers: count,
         ingest,
@@ -476,6 +520,7 @@ async fn baseline(args: &Args, count: usize, mode: Mode) -> anyhow::Result<Run> 
     })
     .await?;
 
+    let cpu0 = cpu_seconds();
     let t0 = now();
     started.send_replace(Some(t0));
     limit.send_replace(args.events);
@@ -485,9 +530,11 @@ async fn baseline(args: &Args, count: usize, mode: Mode) -> anyhow::Result<Run> 
         .context("the baseline's upstream reader stopped")?;
     let ingest_time = now() - t0;
     let finished = collect(readers).await?;
+    let cpu = cpu_seconds() - cpu0;
     acceptor.abort();
     ingest.abort();
     Ok(Run {
+        cpu,
         mode,
         consumers: count,
         ingest: ingest_time,
