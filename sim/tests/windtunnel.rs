@@ -340,5 +340,7 @@ mod simulated {
     }
 }
 
+#[path = "windtunnel/docs.rs"]
+mod docs;
 #[path = "windtunnel/product.rs"]
 mod product;

@@ -32,6 +32,7 @@ fn a_failed_run_prints_one_headline_and_a_copy_paste_replay_command() {
         scenario: &scenario,
         scenario_path: "scenarios/x.toml",
         seed: 7,
+        swarm: &[],
         trace: &trace,
         violations: &violations,
         verdict: &verdict,
@@ -39,11 +40,11 @@ fn a_failed_run_prints_one_headline_and_a_copy_paste_replay_command() {
     let text = report.render();
     let headline = text.lines().next().unwrap();
     assert!(
-        headline.starts_with("FAILED x seed=7 oracle=probe_liveness at t=30.0s hash=0x"),
+        headline.starts_with("FAILED x seed=0x7 oracle=probe_liveness at t=30.0s hash=0x"),
         "{headline}"
     );
     assert!(
-        text.contains("\n  replay: cargo sim run scenarios/x.toml --seed 7\n"),
+        text.contains("\n  replay: cargo sim run scenarios/x.toml --seed 0x7\n"),
         "{text}"
     );
 }
