@@ -420,6 +420,12 @@ fn shrink_failure(
     );
     let mut minimal = shrunk.scenario.clone();
     minimal.name = format!("{}_shrunk", failing.scenario.name);
+    minimal.description = format!(
+        "{} (shrunk from {} seed {})",
+        failing.scenario.description,
+        loaded.display_path(),
+        format_seed(seed)
+    );
     let header = format!(
         "Shrunk by `cargo sim shrink {} --seed {}`: still fails {target} with seed {}.\n\
          {} runs; changes: {}",

@@ -256,6 +256,13 @@ impl RunReport<'_> {
         let _ = writeln!(text, "  oracles: {}", oracles.join(", "));
         for violation in self.violations {
             let _ = writeln!(text, "  {violation}");
+            let record = violation
+                .record_index
+                .and_then(|index| Some((index, self.trace.records().get(index)?)));
+            if let Some((index, record)) = record {
+                let json = serde_json::to_string(record).expect("records serialise");
+                let _ = writeln!(text, "    #{index}: {json}");
+            }
         }
         if !self.verdict.is_success() {
             let _ = writeln!(text, "  replay: {}", self.replay_command());

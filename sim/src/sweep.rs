@@ -339,18 +339,16 @@ mod tests {
         }
         union.sort_by_key(|job| (job.scenario, job.seed));
         assert_eq!(union, all);
+        let seeds_of = |shard| -> Vec<(usize, u64)> {
+            plan(2, 5, 3, shard)
+                .into_iter()
+                .map(|job| (job.scenario, job.seed))
+                .collect()
+        };
+        assert_eq!(seeds_of(Shard { index: 2, count: 3 }), [(0, 6), (1, 6)]);
         assert_eq!(
-            plan(2, 5, 2, Shard { index: 2, count: 3 }),
-            [
-                Job {
-                    scenario: 0,
-                    seed: 6
-                },
-                Job {
-                    scenario: 1,
-                    seed: 7
-                }
-            ]
+            seeds_of(Shard { index: 1, count: 2 }),
+            [(0, 5), (0, 7), (1, 6)]
         );
     }
 

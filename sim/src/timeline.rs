@@ -345,14 +345,9 @@ fn panels(scenario: &Scenario, trace: &Trace) -> Vec<Panel> {
                 dormant.push((t, upstreams.hosts_dormant as f64));
                 workers.push((t, upstreams.workers_running as f64));
                 handshakes.push((t, upstreams.handshakes_in_flight as f64));
-                if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(record) {
-                    for (key, value) in fields {
-                        if key.contains("queue") || key.contains("depth") {
-                            if let Some(v) = value.as_f64() {
-                                queues.entry(key).or_default().push((t, v));
-                            }
-                        }
-                    }
+                let json = serde_json::to_value(record).expect("records serialise");
+                for (key, v) in queue_fields(&json) {
+                    queues.entry(key).or_default().push((t, v));
                 }
             }
             Event::UpstreamWorld { .. } => has_upstreams = true,
@@ -426,6 +421,17 @@ fn panels(scenario: &Scenario, trace: &Trace) -> Vec<Panel> {
     panels
 }
 
+/// Numeric fields of a serialised sample whose names say they are queues.
+fn queue_fields(record: &serde_json::Value) -> Vec<(String, f64)> {
+    record
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(key, _)| key.contains("queue") || key.contains("depth"))
+        .filter_map(|(key, value)| Some((key.clone(), value.as_f64()?)))
+        .collect()
+}
+
 /// `(kind, start_s, end_s)` of every fault window; unhealed faults run to the end.
 fn fault_windows(trace: &Trace, end_s: f64) -> Vec<(String, f64, f64)> {
     let mut open: Vec<(String, f64)> = Vec::new();
@@ -485,6 +491,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn any_numeric_queue_or_depth_field_of_a_sample_is_a_queue_series() {
+        let sample = serde_json::json!({
+            "t_us": 1, "node": "monitor", "event": "relay_sample", "open": 3,
+            "consumer_queue_max": 7, "store_depth": 2.5, "queue_name": "not a number"
+        });
+        assert_eq!(
+            queue_fields(&sample),
+            [
+                ("consumer_queue_max".to_owned(), 7.0),
+                ("store_depth".to_owned(), 2.5)
+            ]
+        );
+    }
+
+    #[test]
     fn nice_numbers() {
         assert_eq!(nice_ceiling(1.0), 1.0);
         assert_eq!(nice_ceiling(64.0), 100.0);
@@ -492,7 +513,8 @@ mod tests {
         assert_eq!(nice_ceiling(2800.0), 5000.0);
         assert_eq!(nice_step(180.0 / 8.0), 50.0);
         assert_eq!(trim(12.0), "12");
-        assert_eq!(trim(0.25), "0.2");
+        assert_eq!(trim(0.25), "0.25");
+        assert_eq!(trim(2.5), "2.5");
         assert_eq!(escape("a<b&\"c\">"), "a&lt;b&amp;&quot;c&quot;&gt;");
     }
 }
