@@ -877,3 +877,174 @@ fn writing_artifacts_and_replaying_are_logged() {
     harness::replay(&engine, &dir, &Options::default()).unwrap();
     assert!(logs_contain("replay identical"));
 }
+
+// ---------------------------------------------------------------------------------------
+// The same product features on the real engine (simulation build only).
+
+#[cfg(madsim)]
+mod simulated {
+    use super::*;
+    use windtunnel::engine::Madsim;
+
+    fn shipped(name: &str) -> Loaded {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scenarios")
+            .join(name);
+        Loaded::load(&path).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// `churn_max_connections` with a probe latency bound it cannot meet.
+    fn tight() -> Loaded {
+        let original = shipped("churn_max_connections.toml");
+        let text = original
+            .source
+            .replace("latency_ms_max = 1000", "latency_ms_max = 3")
+            .replace(
+                "name = \"churn_max_connections\"",
+                "name = \"churn_tight_latency\"",
+            );
+        assert_ne!(text, original.source);
+        loaded_at("scenarios/churn_tight_latency.toml", &text)
+    }
+
+    #[test]
+    fn capturing_the_relays_logs_does_not_change_the_trace() {
+        let scenario = shipped("churn_max_connections.toml").scenario;
+        let plain = Madsim.run(&scenario, 11, None);
+        let logged = Madsim.run(&scenario, 11, Some(&LogSettings::default()));
+        assert_eq!(plain.trace.first_divergence(&logged.trace), None);
+        assert_eq!(plain.logs, None);
+        let logs = logged.logs.unwrap();
+        let serving = logs
+            .lines()
+            .find(|line| line.contains("relay serving"))
+            .unwrap_or_else(|| panic!("no startup line in:\n{logs}"));
+        // Simulated seconds, then the madsim node span naming the relay.
+        assert!(serving.trim_start().starts_with("0.0"), "{serving}");
+        assert!(serving.contains("node{id=1 name=\"relay\"}"), "{serving}");
+        assert!(
+            logs.contains("DEBUG") && logs.contains("idle connections asked to close"),
+            "the idle reaper's debug lines are captured"
+        );
+    }
+
+    #[test]
+    fn a_failing_run_leaves_artifacts_that_replay_to_the_same_hash() {
+        let root = fresh_dir("sim-replay");
+        let result = harness::run_seed(&Madsim, &tight(), 2, &options(&root)).unwrap();
+        assert!(
+            result
+                .headline
+                .starts_with("FAILED churn_tight_latency seed=0x2 oracle=probe_latency_max at t="),
+            "{}",
+            result.headline
+        );
+        let dir = result.artifacts.clone().unwrap();
+        let logs = std::fs::read_to_string(dir.join("logs.txt")).unwrap();
+        assert!(logs.contains("relay serving"), "{logs}");
+        let svg = std::fs::read_to_string(dir.join("timeline.svg")).unwrap();
+        assert!(
+            svg.contains(">probe_latency_max at "),
+            "the violation is drawn"
+        );
+        let replay = harness::replay(&Madsim, &dir, &Options::default()).unwrap();
+        assert!(replay.identical(), "{}", replay.summary(&dir));
+        assert_eq!(
+            artifacts::format_hash(replay.result.run.trace.hash()),
+            artifacts::read_meta(&dir).unwrap().trace_hash
+        );
+    }
+
+    #[test]
+    fn swarm_options_reach_the_world() {
+        let text = shipped("churn_max_connections.toml").source
+            + "\n[swarm]\n\"relay.server.max_connections\" = [16, 48]\n";
+        let loaded = loaded_at("scenarios/churn_swarm.toml", &text);
+        let opts = Options {
+            artifacts_root: None,
+            logs_up_front: false,
+            ..Options::default()
+        };
+        let mut drawn = BTreeSet::new();
+        for seed in [1, 2, 3] {
+            let result = harness::run_seed(&Madsim, &loaded, seed, &opts).unwrap();
+            let max = result.scenario.relay.server.max_connections;
+            drawn.insert(max);
+            assert!(result
+                .report
+                .contains(&format!("  swarm: relay.server.max_connections={max}\n")));
+            let summary = windtunnel::report::Summary::of(&result.run.trace);
+            assert_eq!(summary.relay_last.unwrap().1, max, "seed {seed}");
+        }
+        assert!(drawn.len() > 1, "{drawn:?}");
+    }
+
+    #[test]
+    fn shrinking_a_real_failure_keeps_it_failing() {
+        let failing = tight();
+        let seed = 2;
+        let target = OracleName::ProbeLatencyMax;
+        let mut still_fails = |s: &Scenario| {
+            Madsim
+                .run(s, seed, None)
+                .violations
+                .iter()
+                .any(|v| v.oracle == target)
+        };
+        let shrunk = shrink::shrink(
+            &failing.scenario,
+            target,
+            8,
+            &mut still_fails,
+            &mut |_, _| {},
+        );
+        assert!(!shrunk.steps.is_empty(), "nothing could be removed");
+        assert!(still_fails(&shrunk.scenario));
+        let text = shrink::to_toml(&shrunk.scenario, "test");
+        let back = Scenario::parse(Path::new("shrunk.toml"), &text).unwrap();
+        assert!(
+            still_fails(&back),
+            "the printed scenario reproduces:\n{text}"
+        );
+    }
+
+    #[test]
+    fn a_sharded_sweep_covers_what_the_whole_sweep_covers() {
+        let scenarios = [shipped("churn_max_connections.toml"), tight()];
+        let opts = Options {
+            artifacts_root: None,
+            logs_up_front: false,
+            ..Options::default()
+        };
+        let whole = sweep::run(
+            &Madsim,
+            &scenarios,
+            &sweep::plan(2, 1, 2, Shard::ALL),
+            &opts,
+            2,
+            &|_, _, _| {},
+        );
+        let mut sharded = Vec::new();
+        for index in 1..=2 {
+            let plan = sweep::plan(2, 1, 2, Shard { index, count: 2 });
+            sharded.extend(sweep::run(
+                &Madsim,
+                &scenarios,
+                &plan,
+                &opts,
+                1,
+                &|_, _, _| {},
+            ));
+        }
+        sharded.sort_by_key(|o| (o.job.scenario, o.job.seed));
+        let key = |o: &sweep::JobOutcome| (o.job, o.ok, o.headline.clone());
+        assert_eq!(
+            whole.iter().map(key).collect::<Vec<_>>(),
+            sharded.iter().map(key).collect::<Vec<_>>()
+        );
+        let rows = sweep::summarise(&scenarios, &whole);
+        assert_eq!((rows[0].passed, rows[0].failed), (2, 0));
+        assert_eq!((rows[1].passed, rows[1].failed), (0, 2));
+        assert_eq!(rows[1].first_failure.as_ref().unwrap().0, 1);
+    }
+}
