@@ -332,6 +332,7 @@ fn sweep(
             )
             .expect("the template parses"),
         );
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
         bar
     });
     let on_done = |done: usize, total: usize, outcome: &sweep::JobOutcome| {

@@ -90,6 +90,28 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
                 &|s| s.churners[index].loops_per_node = loops,
             );
         }
+        let mix = &churner.mix;
+        for (action, weight) in [
+            ("abrupt_close", mix.abrupt_close),
+            ("mid_request_close", mix.mid_request_close),
+            ("keepalive", mix.keepalive),
+            ("idle_hold", mix.idle_hold),
+        ] {
+            if weight > 0 {
+                push(
+                    format!("churners[{index}].mix.{action} {weight} → 0"),
+                    &|s| {
+                        let mix = &mut s.churners[index].mix;
+                        match action {
+                            "abrupt_close" => mix.abrupt_close = 0,
+                            "mid_request_close" => mix.mid_request_close = 0,
+                            "keepalive" => mix.keepalive = 0,
+                            _ => mix.idle_hold = 0,
+                        }
+                    },
+                );
+            }
+        }
         let window = churner.stop_s - churner.start_s;
         if window > 1 {
             let stop = churner.start_s + window / 2;
