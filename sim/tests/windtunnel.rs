@@ -340,6 +340,8 @@ mod simulated {
     }
 }
 
+#[path = "windtunnel/cli.rs"]
+mod cli;
 #[path = "windtunnel/docs.rs"]
 mod docs;
 #[path = "windtunnel/product.rs"]
