@@ -5,14 +5,30 @@
 //! - [`trace`]: the ordered record of a run and its hash (plain Rust).
 //! - [`oracle`]: pure checks from scenario + trace to violations and a verdict (plain Rust).
 //! - [`report`]: what a run prints (plain Rust).
+//! - [`swarm`]: scenario parameters drawn from the seed (plain Rust).
+//! - [`engine`]: the seam between the harness and what runs a seed (`Madsim` under
+//!   `--cfg madsim`).
+//! - [`harness`]: one seed end to end (swarm draw, run, report, determinism check,
+//!   artifacts) and replaying an artifact folder (plain Rust over an [`engine::Engine`]).
+//! - [`artifacts`], [`logs`], [`timeline`]: what a run leaves behind (folder layout,
+//!   captured logs, the timeline SVG).
+//! - [`sweep`], [`shrink`]: many seeds in shards with a summary; failure shrinking.
 //! - `world` (only with `--cfg madsim`): builds the simulated world and runs one seed.
 //!
 //! Everything judged is judged from the trace, so the plain parts are tested by ordinary
 //! `cargo test` and only running a world needs the simulation build (`cargo sim-test`).
 
+pub mod artifacts;
+pub mod engine;
+pub mod harness;
+pub mod logs;
 pub mod oracle;
 pub mod report;
 pub mod scenario;
+pub mod shrink;
+pub mod swarm;
+pub mod sweep;
+pub mod timeline;
 pub mod trace;
 #[cfg(madsim)]
 pub mod world;

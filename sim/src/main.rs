@@ -1,11 +1,26 @@
-//! `windtunnel`: the wind tunnel's command line. `cargo sim run <scenario> --seed N` runs a
-//! scenario in simulation; `check` validates scenario files without running them.
+//! `windtunnel`: the wind tunnel's command line. It only parses arguments, picks the
+//! engine and prints; the work is in the library (`harness`, `sweep`, `shrink`).
+//!
+//! - `run <scenario> --seed N` runs seeds and judges them (failing runs leave an artifact
+//!   folder; `--shrink` shrinks a failure);
+//! - `replay <artifact-dir>` re-runs a recorded run and checks the trace hash;
+//! - `sweep <dirs-or-files> --seeds N [--shard k/n]` runs many seeds with a summary table;
+//! - `shrink <scenario> --seed N` minimises a failing scenario;
+//! - `check <files>` validates scenario files without running them.
+//!
+//! Everything but `check` needs the simulation build: `cargo sim <command> …`.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use windtunnel::scenario::Scenario;
+use clap::{Args, Parser, Subcommand};
+use windtunnel::engine::Engine;
+use windtunnel::harness::{self, Loaded, Options};
+use windtunnel::logs::{LogSettings, DEFAULT_FILTER};
+use windtunnel::oracle::Verdict;
+use windtunnel::report::{format_seed, parse_seed};
+use windtunnel::{artifacts, shrink, sweep};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,7 +35,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a scenario for one or more seeds and judge it (simulation build only: `cargo sim run`).
+    /// Run a scenario for one or more seeds and judge it (simulation build: `cargo sim run`).
     Run {
         /// The scenario file.
         scenario: PathBuf,
@@ -33,9 +48,56 @@ enum Command {
         /// Run each seed twice and compare the traces record by record.
         #[arg(long)]
         check_determinism: bool,
-        /// Where failing runs leave their trace and report.
-        #[arg(long, default_value = "artifacts")]
-        artifacts: PathBuf,
+        /// Shrink a failing seed's scenario to a minimal one that still fails.
+        #[arg(long)]
+        shrink: bool,
+        /// Most runs a shrink may make.
+        #[arg(long, default_value_t = 100)]
+        max_runs: usize,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Re-run the scenario copy and seed recorded in an artifact folder; fail unless the
+    /// trace hash is identical, naming the first divergent record.
+    Replay {
+        /// An artifact folder (contains meta.json, scenario.toml, trace.jsonl).
+        dir: PathBuf,
+    },
+    /// Run many seeds of many scenarios (optionally one shard of them) and print a summary.
+    Sweep {
+        /// Scenario files, or directories whose *.toml files are all swept.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// First seed.
+        #[arg(long, default_value = "1", value_parser = parse_seed)]
+        seed: u64,
+        /// Seeds per scenario, starting at --seed.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        /// Run only shard k of n (1-based) of the (scenario, seed) pairs.
+        #[arg(long, default_value = "1/1")]
+        shard: sweep::Shard,
+        /// Seeds run at once (each on its own thread).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Run each seed twice and compare the traces.
+        #[arg(long)]
+        check_determinism: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Shrink a failing (scenario, seed) to a minimal scenario that fails the same oracle.
+    Shrink {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// The failing seed.
+        #[arg(long, value_parser = parse_seed)]
+        seed: u64,
+        /// Most runs the shrink may make.
+        #[arg(long, default_value_t = 100)]
+        max_runs: usize,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Parse and validate scenario files; report every error as file:line:col.
     Check {
@@ -45,48 +107,114 @@ enum Command {
     },
 }
 
-fn parse_seed(text: &str) -> Result<u64, String> {
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|error| format!("expected a decimal or 0x-hex u64 seed: {error}"))
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// Where artifact folders go (one per failing run).
+    #[arg(long, default_value = "artifacts")]
+    artifacts: PathBuf,
+    /// Write an artifact folder for passing runs too.
+    #[arg(long)]
+    artifacts_always: bool,
+    /// Which log lines go into logs.txt (`level,target=level,…`).
+    #[arg(long, default_value = DEFAULT_FILTER)]
+    log_filter: String,
+}
+
+impl OutputArgs {
+    fn options(&self, check_determinism: bool, logs_up_front: bool) -> Result<Options, ExitCode> {
+        let logs = LogSettings::with_filter(&self.log_filter).map_err(|error| {
+            eprintln!("{error}");
+            ExitCode::from(2)
+        })?;
+        Ok(Options {
+            artifacts_root: Some(self.artifacts.clone()),
+            artifacts_always: self.artifacts_always,
+            logs,
+            logs_up_front,
+            check_determinism,
+        })
+    }
+}
+
+#[cfg(madsim)]
+fn engine() -> Option<&'static dyn Engine> {
+    Some(&windtunnel::engine::Madsim)
+}
+
+#[cfg(not(madsim))]
+fn engine() -> Option<&'static dyn Engine> {
+    None
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Check { files } => check(&files),
+    let command = Cli::parse().command;
+    if let Command::Check { files } = &command {
+        return check(files);
+    }
+    let Some(engine) = engine() else {
+        eprintln!(
+            "this windtunnel binary was built without the simulator; use `cargo sim <command> …` \
+             (it builds with --cfg madsim), e.g. `cargo sim run scenarios/churn_max_connections.toml --seed 1`"
+        );
+        return ExitCode::from(2);
+    };
+    let outcome = match command {
         Command::Run {
             scenario,
             seed,
             seeds,
             check_determinism,
-            artifacts,
-        } => {
-            let loaded = match Scenario::load(&scenario) {
-                Ok(loaded) => loaded,
-                Err(error) => {
-                    eprintln!("{error}");
-                    return ExitCode::from(2);
-                }
-            };
+            shrink,
+            max_runs,
+            output,
+        } => output.options(check_determinism, true).and_then(|options| {
             run(
+                engine,
                 &scenario,
-                &loaded,
                 seed,
                 seeds,
-                check_determinism,
-                &artifacts,
+                &options,
+                shrink.then_some(max_runs),
             )
-        }
-    }
+        }),
+        Command::Replay { dir } => replay(engine, &dir),
+        Command::Sweep {
+            paths,
+            seed,
+            seeds,
+            shard,
+            jobs,
+            check_determinism,
+            output,
+        } => output
+            .options(check_determinism, false)
+            .and_then(|options| sweep(engine, &paths, seed, seeds, shard, jobs, &options)),
+        Command::Shrink {
+            scenario,
+            seed,
+            max_runs,
+            output,
+        } => output.options(false, true).and_then(|options| {
+            let loaded = load(&scenario)?;
+            let result = run_one(engine, &loaded, seed, &options)?;
+            shrink_failure(engine, &loaded, &result, max_runs, &options)
+        }),
+        Command::Check { .. } => unreachable!("handled above"),
+    };
+    outcome.unwrap_or_else(|code| code)
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for file in files {
-        match Scenario::load(file) {
-            Ok(scenario) => println!("ok {} ({})", file.display(), scenario.name),
+        match Loaded::load(file) {
+            Ok(loaded) => {
+                let swarm = match loaded.scenario.swarm.len() {
+                    0 => String::new(),
+                    n => format!("; swarm: {n} keys drawn per seed"),
+                };
+                println!("ok {} ({}{swarm})", file.display(), loaded.scenario.name);
+            }
             Err(error) => {
                 eprintln!("{error}");
                 failed = true;
@@ -100,83 +228,250 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-#[cfg(not(madsim))]
-fn run(_: &Path, _: &Scenario, _: u64, _: u64, _: bool, _: &Path) -> ExitCode {
-    eprintln!(
-        "this windtunnel binary was built without the simulator; run scenarios with \
-         `cargo sim run <scenario> --seed N` (it builds with --cfg madsim)"
-    );
-    ExitCode::from(2)
+fn load(path: &Path) -> Result<Loaded, ExitCode> {
+    Loaded::load(path).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    })
 }
 
-#[cfg(madsim)]
+fn run_one(
+    engine: &dyn Engine,
+    loaded: &Loaded,
+    seed: u64,
+    options: &Options,
+) -> Result<harness::SeedResult, ExitCode> {
+    let result = harness::run_seed(engine, loaded, seed, options).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    })?;
+    print!("{}", result.console_text());
+    Ok(result)
+}
+
 fn run(
+    engine: &dyn Engine,
     path: &Path,
-    scenario: &Scenario,
     first_seed: u64,
     seeds: u64,
-    check_determinism: bool,
-    artifacts: &Path,
-) -> ExitCode {
-    use windtunnel::report::RunReport;
-    use windtunnel::world;
-
+    options: &Options,
+    shrink_budget: Option<usize>,
+) -> Result<ExitCode, ExitCode> {
+    let loaded = load(path)?;
     let mut all_ok = true;
     for seed in first_seed..first_seed.saturating_add(seeds.max(1)) {
-        let outcome = world::run(scenario, seed);
-        let path_text = path.display().to_string();
-        let report = RunReport {
-            scenario,
-            scenario_path: &path_text,
-            seed,
-            trace: &outcome.trace,
-            violations: &outcome.violations,
-            verdict: &outcome.verdict,
-        };
-        let text = report.render();
-        print!("{text}");
-        println!("  wall {:.2}s", outcome.wall.as_secs_f64());
-        let mut ok = outcome.verdict.is_success();
-        if check_determinism {
-            let again = world::run(scenario, seed);
-            match outcome.trace.first_divergence(&again.trace) {
-                None => println!(
-                    "  determinism: second run identical (hash {:#018x})",
-                    again.trace.hash()
-                ),
-                Some(index) => {
-                    ok = false;
-                    println!("  determinism: FAILED, runs diverge at trace record #{index}");
-                    let show = |trace: &windtunnel::trace::Trace| {
-                        trace.records().get(index).map_or_else(
-                            || "<end of trace>".to_owned(),
-                            |r| serde_json::to_string(r).expect("records serialise"),
-                        )
-                    };
-                    println!("    first run:  {}", show(&outcome.trace));
-                    println!("    second run: {}", show(&again.trace));
-                }
+        let result = run_one(engine, &loaded, seed, options)?;
+        all_ok &= result.ok();
+        if let (false, Some(max_runs)) = (result.ok(), shrink_budget) {
+            if matches!(result.run.verdict, Verdict::Failed(_)) {
+                shrink_failure(engine, &loaded, &result, max_runs, options)?;
             }
         }
-        if !ok {
-            let dir = artifacts.join(format!("{}-seed{seed}", scenario.name));
-            match write_artifacts(&dir, &outcome.trace.to_jsonl(), &text) {
-                Ok(()) => println!("  artifacts: {}", dir.display()),
-                Err(error) => eprintln!("  cannot write artifacts to {}: {error}", dir.display()),
-            }
-        }
-        all_ok &= ok;
     }
-    if all_ok {
+    Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
-#[cfg(madsim)]
-fn write_artifacts(dir: &Path, trace: &str, report: &str) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("trace.jsonl"), trace)?;
-    std::fs::write(dir.join("report.txt"), report)
+fn replay(engine: &dyn Engine, dir: &Path) -> Result<ExitCode, ExitCode> {
+    let options = Options {
+        logs_up_front: false,
+        ..Options::default()
+    };
+    let replay = harness::replay(engine, dir, &options).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    })?;
+    print!("{}", replay.result.console_text());
+    print!("{}", replay.summary(dir));
+    Ok(if replay.identical() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn sweep(
+    engine: &dyn Engine,
+    paths: &[PathBuf],
+    first_seed: u64,
+    seeds: u64,
+    shard: sweep::Shard,
+    jobs: usize,
+    options: &Options,
+) -> Result<ExitCode, ExitCode> {
+    let files = sweep::expand_paths(paths).map_err(|error| {
+        eprintln!("cannot list scenarios: {error}");
+        ExitCode::from(2)
+    })?;
+    let mut scenarios = Vec::new();
+    let mut load_failed = false;
+    for file in &files {
+        match Loaded::load(file) {
+            Ok(loaded) => scenarios.push(loaded),
+            Err(error) => {
+                eprintln!("{error}");
+                load_failed = true;
+            }
+        }
+    }
+    if load_failed || scenarios.is_empty() {
+        if scenarios.is_empty() && !load_failed {
+            eprintln!("no scenario files found in the given paths");
+        }
+        return Err(ExitCode::from(2));
+    }
+    let plan = sweep::plan(scenarios.len(), first_seed, seeds, shard);
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(plan.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40.cyan/blue} {pos}/{len} seeds [{elapsed_precise}, eta {eta}] {msg}",
+            )
+            .expect("the template parses"),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
+        bar
+    });
+    let on_done = |done: usize, total: usize, outcome: &sweep::JobOutcome| {
+        let name = &scenarios[outcome.job.scenario].scenario.name;
+        match &progress {
+            Some(bar) => {
+                if !outcome.ok {
+                    bar.println(outcome.failure_text.trim_end());
+                }
+                bar.set_message(format!("{name} seed={}", format_seed(outcome.job.seed)));
+                bar.inc(1);
+            }
+            None => {
+                if !outcome.ok {
+                    print!("{}", outcome.failure_text);
+                }
+                eprintln!(
+                    "[{done}/{total}] {} ({:.2}s)",
+                    outcome.headline,
+                    outcome.wall.as_secs_f64()
+                );
+            }
+        }
+    };
+    let outcomes = sweep::run(engine, &scenarios, &plan, options, jobs, &on_done);
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    let rows = sweep::summarise(&scenarios, &outcomes);
+    let table = sweep::render_table(&rows, shard);
+    print!("{table}");
+    if let Some(root) = &options.artifacts_root {
+        let path = sweep::summary_path(root, shard);
+        match std::fs::create_dir_all(root).and_then(|()| std::fs::write(&path, &table)) {
+            Ok(()) => println!("summary: {}", path.display()),
+            Err(error) => eprintln!("cannot write {}: {error}", path.display()),
+        }
+    }
+    Ok(if outcomes.iter().all(|o| o.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn shrink_failure(
+    engine: &dyn Engine,
+    loaded: &Loaded,
+    failing: &harness::SeedResult,
+    max_runs: usize,
+    options: &Options,
+) -> Result<ExitCode, ExitCode> {
+    let target = match &failing.run.verdict {
+        Verdict::Failed(violation) | Verdict::FailedAsExpected(violation) => violation.oracle,
+        Verdict::Passed | Verdict::UnexpectedPass(_) => {
+            eprintln!(
+                "nothing to shrink: {} seed={} violates no oracle",
+                failing.scenario.name,
+                format_seed(failing.seed)
+            );
+            return Err(ExitCode::from(2));
+        }
+    };
+    let seed = failing.seed;
+    println!(
+        "shrinking {} seed={} while it still fails {target} (at most {max_runs} runs)",
+        failing.scenario.name,
+        format_seed(seed)
+    );
+    let mut still_fails = |candidate: &windtunnel::scenario::Scenario| {
+        engine
+            .run(candidate, seed, None)
+            .violations
+            .iter()
+            .any(|v| v.oracle == target)
+    };
+    let mut on_try = |change: &str, kept: bool| {
+        println!("  {} {change}", if kept { "kept:   " } else { "dropped:" });
+    };
+    let shrunk = shrink::shrink(
+        &failing.scenario,
+        target,
+        max_runs,
+        &mut still_fails,
+        &mut on_try,
+    );
+    let mut minimal = shrunk.scenario.clone();
+    minimal.name = format!("{}_shrunk", failing.scenario.name);
+    minimal.description = format!(
+        "{} (shrunk from {} seed {})",
+        failing.scenario.description,
+        loaded.display_path(),
+        format_seed(seed)
+    );
+    let header = format!(
+        "Shrunk by `cargo sim shrink {} --seed {}`: still fails {target} with seed {}.\n\
+         {} runs; changes: {}",
+        loaded.display_path(),
+        format_seed(seed),
+        format_seed(seed),
+        shrunk.runs,
+        if shrunk.steps.is_empty() {
+            "none kept".to_owned()
+        } else {
+            shrunk.steps.join("; ")
+        }
+    );
+    let text = shrink::to_toml(&minimal, &header);
+    let dir = options
+        .artifacts_root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("artifacts"))
+        .join(artifacts::dir_name(&failing.scenario.name, seed));
+    let path = dir.join("shrunk.toml");
+    if let Err(error) = windtunnel::scenario::Scenario::parse(&path, &text) {
+        eprintln!("the shrunk scenario does not load back (a shrinker bug): {error}\n{text}");
+        return Err(ExitCode::from(2));
+    }
+    println!(
+        "SHRUNK {} seed={} still fails {target}: {} of {} runs kept a change{}",
+        failing.scenario.name,
+        format_seed(seed),
+        shrunk.steps.len(),
+        shrunk.runs,
+        if shrunk.budget_exhausted {
+            " (budget exhausted; raise --max-runs to go further)"
+        } else {
+            ""
+        }
+    );
+    println!("{text}");
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &text)) {
+        Ok(()) => println!(
+            "  written to {}; reproduce: cargo sim run {} --seed {}",
+            path.display(),
+            path.display(),
+            format_seed(seed)
+        ),
+        Err(error) => eprintln!("cannot write {}: {error}", path.display()),
+    }
+    Ok(ExitCode::FAILURE)
 }

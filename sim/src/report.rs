@@ -7,7 +7,22 @@ use std::fmt::Write as _;
 
 use crate::oracle::{format_seconds, Verdict, Violation};
 use crate::scenario::{OracleName, Scenario};
+use crate::swarm::Draw;
 use crate::trace::{ChurnAction, Event, EventsSample, Trace, UpstreamSample};
+
+/// A seed as the tunnel prints it everywhere: `0x…` hex (any form parses back).
+pub fn format_seed(seed: u64) -> String {
+    format!("{seed:#x}")
+}
+
+/// Parse a seed: decimal or `0x`-hex.
+pub fn parse_seed(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|error| format!("expected a decimal or 0x-hex u64 seed, got `{text}`: {error}"))
+}
 
 /// Counts drawn from a trace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -172,12 +187,14 @@ fn action_name(action: ChurnAction) -> &'static str {
 /// Everything the report needs about one run.
 #[derive(Debug)]
 pub struct RunReport<'a> {
-    /// The scenario as loaded.
+    /// The scenario as run (swarm ranges resolved).
     pub scenario: &'a Scenario,
     /// Path the scenario was loaded from (for the replay command).
     pub scenario_path: &'a str,
     /// The seed.
     pub seed: u64,
+    /// The options the seed drew from the scenario's `[swarm]` table.
+    pub swarm: &'a [Draw],
     /// The run's trace.
     pub trace: &'a Trace,
     /// All violations found.
@@ -190,7 +207,7 @@ impl RunReport<'_> {
     /// The first line: `PASSED …` or `FAILED <scenario> seed=… oracle=… at t=…`.
     pub fn headline(&self) -> String {
         let name = &self.scenario.name;
-        let seed = self.seed;
+        let seed = format_seed(self.seed);
         let hash = self.trace.hash();
         match self.verdict {
             Verdict::Passed => format!("PASSED {name} seed={seed} hash={hash:#018x}"),
@@ -212,7 +229,11 @@ impl RunReport<'_> {
 
     /// The copy-paste command that reproduces this run.
     pub fn replay_command(&self) -> String {
-        format!("cargo sim run {} --seed {}", self.scenario_path, self.seed)
+        format!(
+            "cargo sim run {} --seed {}",
+            self.scenario_path,
+            format_seed(self.seed)
+        )
     }
 
     /// The full text: headline, summary, oracle lines, and (on failure) the replay command.
@@ -220,6 +241,10 @@ impl RunReport<'_> {
         let summary = Summary::of(self.trace);
         let mut text = self.headline();
         text.push('\n');
+        if !self.swarm.is_empty() {
+            let drawn: Vec<String> = self.swarm.iter().map(Draw::to_string).collect();
+            let _ = writeln!(text, "  swarm: {}", drawn.join(", "));
+        }
         let _ = writeln!(
             text,
             "  simulated {}s, {} trace records",
@@ -310,6 +335,13 @@ impl RunReport<'_> {
         let _ = writeln!(text, "  oracles: {}", oracles.join(", "));
         for violation in self.violations {
             let _ = writeln!(text, "  {violation}");
+            let record = violation
+                .record_index
+                .and_then(|index| Some((index, self.trace.records().get(index)?)));
+            if let Some((index, record)) = record {
+                let json = serde_json::to_string(record).expect("records serialise");
+                let _ = writeln!(text, "    #{index}: {json}");
+            }
         }
         if !self.verdict.is_success() {
             let _ = writeln!(text, "  replay: {}", self.replay_command());

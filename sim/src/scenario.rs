@@ -6,10 +6,13 @@
 //! to fail a named oracle (to prove that oracle bites). Every table is
 //! `deny_unknown_fields`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::swarm::SwarmRange;
 
 /// One scenario file, parsed and validated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +50,9 @@ pub struct Scenario {
     pub faults: Vec<FaultSpec>,
     /// Which oracles to check, with their bounds.
     pub oracles: OracleSpecs,
+    /// Swarm ranges: dotted scenario keys whose values each seed draws (see [`crate::swarm`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub swarm: BTreeMap<String, SwarmRange>,
 }
 
 /// Expected verdict of a scenario.
@@ -151,8 +157,8 @@ impl fmt::Display for OracleName {
     }
 }
 
-/// An inclusive `[min, max]` range drawn from by the seeded RNG.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// An inclusive `[min, max]` range drawn from by the seeded RNG; written `[min, max]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Between<T> {
     /// Smallest value.
     pub min: T,
@@ -167,6 +173,12 @@ impl<T> Between<T> {
             min: convert(self.min),
             max: convert(self.max),
         }
+    }
+}
+
+impl<T: Serialize> Serialize for Between<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        [&self.min, &self.max].serialize(serializer)
     }
 }
 
@@ -672,7 +684,8 @@ impl Scenario {
         self.churners.iter().map(|c| c.stop_s).max().unwrap_or(0)
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// Semantic checks beyond the schema; `Err((dotted key, message))`.
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, message: String| Err((key.to_owned(), message));
         if self.duration_s == 0 {
             return fail(
@@ -901,7 +914,7 @@ impl Scenario {
                 );
             }
         }
-        Ok(())
+        crate::swarm::check(self)
     }
 
     /// When the last consumer leaves, if every group has a `stop_s` (and there is one).

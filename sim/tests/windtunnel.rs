@@ -490,5 +490,9 @@ mod simulated {
     }
 }
 
+#[path = "windtunnel/cli.rs"]
+mod cli;
+#[path = "windtunnel/docs.rs"]
+mod docs;
 #[path = "windtunnel/product.rs"]
 mod product;

@@ -94,10 +94,14 @@ impl TraceSink {
 /// from the same seed's first run. A fresh thread makes every run a first run.
 pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
     let scenario = scenario.clone();
+    // The caller's log subscriber (e.g. the harness's per-run capture) follows the run.
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
     #[allow(clippy::disallowed_methods)] // the harness's own thread, outside any simulation
     let runner = std::thread::Builder::new()
         .name(format!("windtunnel-seed-{seed}"))
-        .spawn(move || run_on_this_thread(&scenario, seed))
+        .spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || run_on_this_thread(&scenario, seed))
+        })
         .expect("cannot start a simulation thread");
     runner
         .join()

@@ -1,0 +1,243 @@
+//! Log capture for one run: a `tracing` subscriber scoped to that run, writing the relay's
+//! (and the simulator's) log lines into a bounded in-memory buffer that ends up as the
+//! artifact's `logs.txt`.
+//!
+//! In madsim every simulated node lives in one process and one thread, so "the relay's
+//! logs" are simply the events emitted on the run's thread; madsim wraps every task in a
+//! `node{id name}` span, so each line says which node logged it. Lines are stamped with
+//! *simulated* time since the run started, so they line up with `trace.jsonl`'s `t_us`.
+//!
+//! The filter is a [`Targets`] list (no hash maps, no per-callsite state), and nothing here
+//! draws randomness or reads the wall clock: capturing logs must not change the trace (the
+//! harness checks this whenever it re-runs a seed to capture them).
+
+use std::io;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use tracing::Dispatch;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Default filter: debug for the relay and the harness, info for the HTTP and simulator
+/// crates (their debug output is per packet and drowns the relay's own lines).
+pub const DEFAULT_FILTER: &str =
+    "debug,hyper=info,madsim=info,tungstenite=info,tokio_tungstenite=info";
+
+/// Most bytes of log text kept per run; older lines are dropped first (the end of a run,
+/// where failures show, is what matters).
+pub const DEFAULT_BUDGET_BYTES: usize = 32 << 20;
+
+/// What to capture.
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    /// Which targets at which level.
+    pub filter: Targets,
+    /// Most bytes kept.
+    pub budget_bytes: usize,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: Targets::from_str(DEFAULT_FILTER).expect("the default filter parses"),
+            budget_bytes: DEFAULT_BUDGET_BYTES,
+        }
+    }
+}
+
+impl LogSettings {
+    /// Settings with a filter given as `level,target=level,…`.
+    pub fn with_filter(filter: &str) -> Result<Self, LogFilterError> {
+        let filter = Targets::from_str(filter).map_err(|error| LogFilterError {
+            filter: filter.to_owned(),
+            message: error.to_string(),
+        })?;
+        Ok(Self {
+            filter,
+            ..Self::default()
+        })
+    }
+}
+
+/// A log filter that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("log filter `{filter}`: {message} (expected e.g. `debug,hyper=info`)")]
+pub struct LogFilterError {
+    /// The filter given.
+    pub filter: String,
+    /// What the parser said.
+    pub message: String,
+}
+
+/// A subscriber for one run and the buffer it writes to.
+#[derive(Debug)]
+pub struct LogCapture {
+    buffer: Arc<Mutex<Buffer>>,
+    dispatch: Dispatch,
+}
+
+impl LogCapture {
+    /// A fresh capture.
+    pub fn new(settings: &LogSettings) -> Self {
+        let buffer = Arc::new(Mutex::new(Buffer {
+            text: Vec::new(),
+            budget: settings.budget_bytes.max(1024),
+            dropped_bytes: 0,
+        }));
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_timer(SimulatedTime)
+            .with_writer(BufferWriter(Arc::clone(&buffer)));
+        let subscriber = tracing_subscriber::registry()
+            .with(layer)
+            .with(settings.filter.clone());
+        Self {
+            buffer,
+            dispatch: Dispatch::new(subscriber),
+        }
+    }
+
+    /// The dispatcher to install (with [`tracing::dispatcher::with_default`]) around the run.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    /// The captured text, with a note first if older lines were dropped.
+    pub fn finish(self) -> String {
+        let buffer = self
+            .buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let text = String::from_utf8_lossy(&buffer.text);
+        if buffer.dropped_bytes == 0 {
+            text.into_owned()
+        } else {
+            format!(
+                "[… {} bytes of earlier log lines dropped (budget {} bytes)]\n{text}",
+                buffer.dropped_bytes, buffer.budget
+            )
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Buffer {
+    text: Vec<u8>,
+    budget: usize,
+    dropped_bytes: usize,
+}
+
+impl Buffer {
+    fn append(&mut self, bytes: &[u8]) {
+        self.text.extend_from_slice(bytes);
+        if self.text.len() > 2 * self.budget {
+            // Drop the oldest half at a line boundary; amortised O(1) per byte.
+            let excess = self.text.len() - self.budget;
+            let cut = self.text[excess..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.text.len(), |at| excess + at + 1);
+            self.text.drain(..cut);
+            self.dropped_bytes += cut;
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct BufferWriter(Arc<Mutex<Buffer>>);
+
+impl io::Write for BufferWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .append(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferWriter {
+    type Writer = BufferWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Stamps lines with simulated seconds since the run started; `-` outside a simulation.
+#[derive(Clone, Copy, Debug)]
+struct SimulatedTime;
+
+impl FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        #[cfg(madsim)]
+        if let Some(time) = madsim::time::TimeHandle::try_current() {
+            return write!(w, "{:>11.6}s", time.elapsed().as_secs_f64());
+        }
+        write!(w, "{:>12}", "-")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_events_at_the_filtered_levels_only() {
+        let settings = LogSettings::with_filter("info,noisy=warn").unwrap();
+        let capture = LogCapture::new(&settings);
+        tracing::dispatcher::with_default(capture.dispatch(), || {
+            tracing::info!(target: "relay::http", peer = "10.0.0.2", "accepted");
+            tracing::debug!(target: "relay::http", "not at debug");
+            tracing::info!(target: "noisy", "filtered out");
+            tracing::warn!(target: "noisy", "kept");
+        });
+        let text = capture.finish();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with("INFO relay::http: accepted peer=\"10.0.0.2\""),
+            "{text}"
+        );
+        assert!(lines[1].ends_with("WARN noisy: kept"), "{text}");
+        assert!(lines[0].trim_start().starts_with("- "), "{text}");
+    }
+
+    #[test]
+    fn the_budget_keeps_the_newest_lines_and_says_how_much_was_dropped() {
+        let settings = LogSettings {
+            budget_bytes: 1024,
+            ..LogSettings::default()
+        };
+        let capture = LogCapture::new(&settings);
+        tracing::dispatcher::with_default(capture.dispatch(), || {
+            for line in 0..200 {
+                tracing::info!(target: "relay", line, "a line of padding text");
+            }
+        });
+        let text = capture.finish();
+        assert!(text.starts_with("[… "), "{}", &text[..80]);
+        assert!(text.len() <= 2 * 1024 + 100, "{}", text.len());
+        assert!(text.trim_end().ends_with("line=199"), "{text}");
+        assert!(!text.contains("line=0\n"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_filter_is_a_clear_error() {
+        let error = LogSettings::with_filter("debug,hyper=loud").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("log filter `debug,hyper=loud`: "),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! Failure shrinking: from a failing (scenario, seed), repeatedly try a smaller scenario —
+//! a fault, a churner group, the prober, the upstreams or an oracle dropped; a count,
+//! fraction or window halved — and keep it when the same seed still fails the same
+//! oracle. Greedy, first improvement wins, bounded by a run budget. The result is printed as
+//! TOML (relay keys only where they differ from the relay's defaults) and loads as a
+//! scenario.
+//!
+//! A smaller world draws randomness differently, so "the same seed" is a different run; the
+//! shrinker only keeps what still fails, so the minimal scenario always reproduces with the
+//! printed seed. Plain Rust over a `still_fails` closure: tested without a simulator.
+
+use crate::scenario::{FaultSpec, OracleName, Scenario};
+
+/// A smaller scenario and what was removed to get it.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// What changed, e.g. `drop churners[1]` or `upstreams.hosts 2800 → 1400`.
+    pub change: String,
+    /// The smaller scenario (valid).
+    pub scenario: Scenario,
+}
+
+fn halve<T: Copy + Into<u64> + TryFrom<u64>>(value: T) -> Option<T> {
+    let value: u64 = value.into();
+    (value > 1).then(|| T::try_from(value / 2).ok()).flatten()
+}
+
+/// Every one-step reduction of `scenario` that is still valid and still checks `target`,
+/// most drastic first.
+pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    let mut push = |change: String, edit: &dyn Fn(&mut Scenario)| {
+        let mut smaller = scenario.clone();
+        edit(&mut smaller);
+        if smaller != *scenario && smaller.checks(target) && smaller.validate().is_ok() {
+            out.push(Candidate {
+                change,
+                scenario: smaller,
+            });
+        }
+    };
+    for (index, fault) in scenario.faults.iter().enumerate() {
+        let kind = match fault {
+            FaultSpec::Partition { .. } => "partition",
+            FaultSpec::KillRelay { .. } => "kill_relay",
+            FaultSpec::RestartRelay { .. } => "restart_relay",
+            FaultSpec::StoreFault { .. } => "store_fault",
+        };
+        push(format!("drop faults[{index}] ({kind})"), &|s| {
+            s.faults.remove(index);
+        });
+    }
+    for index in 0..scenario.churners.len() {
+        push(format!("drop churners[{index}]"), &|s| {
+            s.churners.remove(index);
+        });
+    }
+    for (index, group) in scenario.consumers.iter().enumerate() {
+        push(format!("drop consumers[{index}] ({})", group.name), &|s| {
+            s.consumers.remove(index);
+        });
+        if let Some(count) = halve(group.count) {
+            push(
+                format!("consumers[{index}].count {} → {count}", group.count),
+                &|s| s.consumers[index].count = count,
+            );
+        }
+    }
+    push("drop [prober] and the probe oracles".to_owned(), &|s| {
+        s.prober = None;
+        s.oracles.probe_liveness = None;
+        s.oracles.probe_latency_max = None;
+    });
+    push(
+        "drop [upstreams] and the upstream oracles".to_owned(),
+        &|s| {
+            s.upstreams = None;
+            s.oracles.hosts_connected_min = None;
+            s.oracles.handshakes_bounded = None;
+            s.oracles.workers_bounded = None;
+            s.oracles.no_host_forgotten = None;
+        },
+    );
+    for oracle in OracleName::ALL {
+        if oracle != target {
+            push(format!("drop oracles.{oracle}"), &|s| {
+                drop_oracle(s, oracle)
+            });
+        }
+    }
+    for (index, churner) in scenario.churners.iter().enumerate() {
+        if let Some(nodes) = halve(churner.nodes) {
+            push(
+                format!("churners[{index}].nodes {} → {nodes}", churner.nodes),
+                &|s| s.churners[index].nodes = nodes,
+            );
+        }
+        if let Some(loops) = halve(churner.loops_per_node) {
+            push(
+                format!(
+                    "churners[{index}].loops_per_node {} → {loops}",
+                    churner.loops_per_node
+                ),
+                &|s| s.churners[index].loops_per_node = loops,
+            );
+        }
+        let mix = &churner.mix;
+        for (action, weight) in [
+            ("abrupt_close", mix.abrupt_close),
+            ("mid_request_close", mix.mid_request_close),
+            ("keepalive", mix.keepalive),
+            ("idle_hold", mix.idle_hold),
+        ] {
+            if weight > 0 {
+                push(
+                    format!("churners[{index}].mix.{action} {weight} → 0"),
+                    &|s| {
+                        let mix = &mut s.churners[index].mix;
+                        match action {
+                            "abrupt_close" => mix.abrupt_close = 0,
+                            "mid_request_close" => mix.mid_request_close = 0,
+                            "keepalive" => mix.keepalive = 0,
+                            _ => mix.idle_hold = 0,
+                        }
+                    },
+                );
+            }
+        }
+        let window = churner.stop_s - churner.start_s;
+        if window > 1 {
+            let stop = churner.start_s + window / 2;
+            push(
+                format!("churners[{index}].stop_s {} → {stop}", churner.stop_s),
+                &|s| s.churners[index].stop_s = stop,
+            );
+        }
+    }
+    if let Some(upstreams) = &scenario.upstreams {
+        if let Some(hosts) = halve(upstreams.hosts) {
+            push(
+                format!("upstreams.hosts {} → {hosts}", upstreams.hosts),
+                &|s| {
+                    if let Some(u) = &mut s.upstreams {
+                        u.hosts = hosts;
+                    }
+                },
+            );
+        }
+        if upstreams.flaky_fraction > 0.0 {
+            push("upstreams.flaky_fraction → 0".to_owned(), &|s| {
+                if let Some(u) = &mut s.upstreams {
+                    u.flaky_fraction = 0.0;
+                }
+            });
+        }
+        if upstreams.dead_fraction > 0.0 {
+            push("upstreams.dead_fraction → 0".to_owned(), &|s| {
+                if let Some(u) = &mut s.upstreams {
+                    u.dead_fraction = 0.0;
+                }
+            });
+        }
+    }
+    for (index, fault) in scenario.faults.iter().enumerate() {
+        let (field, length) = match fault {
+            FaultSpec::Partition { duration_s, .. } | FaultSpec::StoreFault { duration_s, .. } => {
+                ("duration_s", *duration_s)
+            }
+            FaultSpec::KillRelay { down_s, .. } | FaultSpec::RestartRelay { down_s, .. } => {
+                ("down_s", *down_s)
+            }
+        };
+        if let Some(half) = halve(length) {
+            push(
+                format!("faults[{index}].{field} {length} → {half}"),
+                &|s| match &mut s.faults[index] {
+                    FaultSpec::Partition { duration_s, .. }
+                    | FaultSpec::StoreFault { duration_s, .. } => *duration_s = half,
+                    FaultSpec::KillRelay { down_s, .. }
+                    | FaultSpec::RestartRelay { down_s, .. } => *down_s = half,
+                },
+            );
+        }
+    }
+    if let Some(half) = halve(scenario.duration_s) {
+        push(
+            format!("duration_s {} → {half}", scenario.duration_s),
+            &|s| s.duration_s = half,
+        );
+    }
+    out
+}
+
+fn drop_oracle(scenario: &mut Scenario, oracle: OracleName) {
+    let o = &mut scenario.oracles;
+    match oracle {
+        OracleName::ProbeLiveness => o.probe_liveness = None,
+        OracleName::ProbeLatencyMax => o.probe_latency_max = None,
+        OracleName::ConnAccounting => o.conn_accounting = None,
+        OracleName::NoPanics => o.no_panics = None,
+        OracleName::HostsConnectedMin => o.hosts_connected_min = None,
+        OracleName::HandshakesBounded => o.handshakes_bounded = None,
+        OracleName::WorkersBounded => o.workers_bounded = None,
+        OracleName::NoHostForgotten => o.no_host_forgotten = None,
+        OracleName::NoLostEvents => o.no_lost_events = None,
+        OracleName::SlowConsumersKicked => o.slow_consumers_kicked = None,
+        OracleName::NoStaleDelivery => o.no_stale_delivery = None,
+        OracleName::ConsumerAccounting => o.consumer_accounting = None,
+        OracleName::MemoryBounded => o.memory_bounded = None,
+        OracleName::RecoveryWithin => o.recovery_within = None,
+        OracleName::DeliveryGapMax => o.delivery_gap_max = None,
+    }
+}
+
+/// The end of a shrink.
+#[derive(Clone, Debug)]
+pub struct Shrunk {
+    /// The smallest scenario found that still fails.
+    pub scenario: Scenario,
+    /// Accepted changes, in order.
+    pub steps: Vec<String>,
+    /// Runs made (not counting the first, failing one).
+    pub runs: usize,
+    /// Whether the budget ran out before no candidate was left.
+    pub budget_exhausted: bool,
+}
+
+/// Shrink `start` while `still_fails` holds, making at most `max_runs` runs.
+/// `on_try(change, kept)` reports every attempt.
+pub fn shrink(
+    start: &Scenario,
+    target: OracleName,
+    max_runs: usize,
+    still_fails: &mut dyn FnMut(&Scenario) -> bool,
+    on_try: &mut dyn FnMut(&str, bool),
+) -> Shrunk {
+    let mut current = start.clone();
+    let mut steps = Vec::new();
+    let mut runs = 0;
+    'outer: loop {
+        for candidate in candidates(&current, target) {
+            if runs == max_runs {
+                return Shrunk {
+                    scenario: current,
+                    steps,
+                    runs,
+                    budget_exhausted: true,
+                };
+            }
+            runs += 1;
+            let kept = still_fails(&candidate.scenario);
+            on_try(&candidate.change, kept);
+            if kept {
+                steps.push(candidate.change);
+                current = candidate.scenario;
+                continue 'outer;
+            }
+        }
+        return Shrunk {
+            scenario: current,
+            steps,
+            runs,
+            budget_exhausted: false,
+        };
+    }
+}
+
+/// Top-level keys in the order a scenario file is written (the schema's field order);
+/// keys not listed follow in name order.
+const KEY_ORDER: [&str; 12] = [
+    "name",
+    "description",
+    "duration_s",
+    "expect",
+    "relay",
+    "network",
+    "prober",
+    "churners",
+    "upstreams",
+    "faults",
+    "oracles",
+    "swarm",
+];
+
+/// `scenario` as a scenario file: `header` lines as comments, then the TOML in schema
+/// order, with `[relay]` reduced to the keys that differ from the relay's defaults and
+/// empty lists left out.
+pub fn to_toml(scenario: &Scenario, header: &str) -> String {
+    let document = toml::Value::try_from(scenario).expect("scenarios always serialise");
+    let toml::Value::Table(mut table) = document else {
+        unreachable!("a scenario serialises as a table")
+    };
+    if let Some(relay) = table.get_mut("relay") {
+        let defaults = toml::Value::try_from(relay::config::Config::default())
+            .expect("the relay config always serialises");
+        strip_defaults(relay, &defaults);
+    }
+    table.retain(|_, value| match value {
+        toml::Value::Array(items) => !items.is_empty(),
+        toml::Value::Table(items) => !items.is_empty(),
+        _ => true,
+    });
+    let mut keys: Vec<String> = KEY_ORDER
+        .iter()
+        .filter(|key| table.contains_key(**key))
+        .map(|key| (*key).to_owned())
+        .collect();
+    keys.extend(
+        table
+            .keys()
+            .filter(|key| !KEY_ORDER.contains(&key.as_str()))
+            .cloned(),
+    );
+    let mut text = String::new();
+    for line in header.lines() {
+        text.push_str("# ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    let (scalars, tables): (Vec<&String>, Vec<&String>) = keys.iter().partition(|key| {
+        !matches!(
+            table[key.as_str()],
+            toml::Value::Table(_) | toml::Value::Array(_)
+        )
+    });
+    for key in scalars.into_iter().chain(tables) {
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), table[key.as_str()].clone());
+        let part = toml::to_string(&one).expect("a TOML value always prints");
+        if !text.ends_with("\n\n") && part.starts_with('[') {
+            text.push('\n');
+        }
+        text.push_str(&part);
+    }
+    if table.contains_key("oracles") {
+        text
+    } else {
+        text + "\n[oracles]\n"
+    }
+}
+
+/// Remove every key of `value` equal to the same key in `defaults`; drop emptied tables.
+fn strip_defaults(value: &mut toml::Value, defaults: &toml::Value) {
+    let (Some(table), Some(defaults)) = (value.as_table_mut(), defaults.as_table()) else {
+        return;
+    };
+    table.retain(|key, value| match defaults.get(key) {
+        Some(default) if default == value => false,
+        Some(default) if value.is_table() => {
+            strip_defaults(value, default);
+            !value.as_table().is_some_and(toml::Table::is_empty)
+        }
+        _ => true,
+    });
+}
