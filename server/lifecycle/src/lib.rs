@@ -321,8 +321,13 @@ impl Registry {
             },
         };
         // Shutdown may have begun between the check above and now; make sure this
-        // connection sees it rather than slipping past `begin_shutdown`'s sweep.
-        if self.is_shutting_down() {
+        // connection sees it rather than slipping past `begin_shutdown`'s sweep. This
+        // re-check and `begin_shutdown`'s flag write are both read-modify-writes of the flag,
+        // so they are totally ordered: either the sweep comes after this slot turned
+        // `Accepted` and requests its close, or this re-check sees the flag. (With a plain
+        // load here, both sides could miss each other's write — the store-buffering shape —
+        // under any ordering weaker than SeqCst, which is how loom checks it.)
+        if self.shutting_down.fetch_or(false, SeqCst) {
             self.request_close(owner.id, CloseReason::Shutdown);
         }
         Ok(owner)
@@ -365,7 +370,8 @@ impl Registry {
 
     /// Stop admitting and request every open connection to close. Returns how many requests took effect.
     pub fn begin_shutdown(&self) -> usize {
-        self.shutting_down.store(true, SeqCst);
+        // A read-modify-write, not a store: see the re-check at the end of `try_admit`.
+        self.shutting_down.swap(true, SeqCst);
         self.request_close_where(CloseReason::Shutdown, |_| true)
     }
 

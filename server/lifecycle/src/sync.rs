@@ -1,15 +1,21 @@
-//! The one place that picks `std` or `loom` synchronisation primitives, so the same
-//! registry code runs in production and under loom's exhaustive scheduler.
+//! The one place that picks the synchronisation primitives, so the same registry code runs
+//! in production (`std`), under loom's exhaustive scheduler (`--cfg loom`) and under
+//! shuttle's randomized schedulers (the `shuttle` feature, used only by `loom-tests`).
 //!
-//! Reference counts (`Arc`) stay `std` on purpose: modelling them multiplies loom's state
-//! space without exercising anything this crate decides.
+//! Reference counts (`Arc`) stay `std` on purpose: modelling them multiplies the checkers'
+//! state space without exercising anything this crate decides.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     Mutex, MutexGuard,
 };
-#[cfg(not(loom))]
+#[cfg(all(feature = "shuttle", not(loom)))]
+pub(crate) use shuttle::sync::{
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    Mutex, MutexGuard,
+};
+#[cfg(not(any(loom, feature = "shuttle")))]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     Mutex, MutexGuard,
