@@ -9,29 +9,53 @@ use std::time::Instant;
 
 use loom_tests::models;
 
+/// Reports one model's run when it ends, passed or failed: how many executions loom ran
+/// (for a failure, the execution that found the bug) and the wall time.
+struct Tally {
+    name: &'static str,
+    executions: Arc<AtomicUsize>,
+    started: Instant,
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let executions = self.executions.load(Relaxed);
+        let seconds = self.started.elapsed().as_secs_f64();
+        if std::thread::panicking() {
+            eprintln!(
+                "loom model {}: FAILED in execution {executions} after {seconds:.2}s",
+                self.name
+            );
+        } else {
+            eprintln!(
+                "loom model {}: {executions} executions in {seconds:.2}s (exhaustive)",
+                self.name
+            );
+        }
+    }
+}
+
 /// Run `model` in every interleaving loom can produce, then report how many there were.
-fn exhaustively(name: &str, model: impl Fn() + Sync + Send + 'static) {
+fn exhaustively(name: &'static str, model: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = None;
     builder.max_duration = None;
     builder.max_permutations = None;
     builder.checkpoint_file = None;
-    let executions = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&executions);
-    // Wall time of the checker itself, reported, never asserted.
-    #[allow(clippy::disallowed_methods)]
-    let started = Instant::now();
+    let tally = Tally {
+        name,
+        executions: Arc::new(AtomicUsize::new(0)),
+        // Wall time of the checker itself, reported, never asserted.
+        #[allow(clippy::disallowed_methods)]
+        started: Instant::now(),
+    };
+    let counter = Arc::clone(&tally.executions);
     builder.check(move || {
         counter.fetch_add(1, Relaxed);
         model();
     });
-    let executions = executions.load(Relaxed);
-    eprintln!(
-        "loom model {name}: {executions} executions in {:.2}s (exhaustive)",
-        started.elapsed().as_secs_f64()
-    );
     assert!(
-        executions > 1,
+        tally.executions.load(Relaxed) > 1,
         "{name} explored a single interleaving: the model has no concurrency"
     );
 }
