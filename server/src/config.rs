@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub refusal_read_timeout_ms: u64,
     /// `Retry-After` seconds sent with a capacity refusal.
     pub retry_after_s: u32,
+    /// A request handler still running after this long is abandoned and answered 504
+    /// (a stuck handler must not hold its connection forever).
+    pub handler_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             refusal_lane_max: 64,
             refusal_read_timeout_ms: 1_000,
             retry_after_s: 1,
+            handler_timeout_ms: 30_000,
         }
     }
 }
@@ -112,6 +116,11 @@ impl ServerConfig {
     /// `idle_check_interval_ms` as a duration.
     pub fn idle_check_interval(&self) -> Duration {
         Duration::from_millis(self.idle_check_interval_ms)
+    }
+
+    /// `handler_timeout_ms` as a duration.
+    pub fn handler_timeout(&self) -> Duration {
+        Duration::from_millis(self.handler_timeout_ms)
     }
 
     /// `refusal_read_timeout_ms` as a duration.
@@ -348,6 +357,8 @@ impl Config {
             Some("server.max_header_bytes must be at least 1024".to_owned())
         } else if server.idle_check_interval_ms == 0 {
             Some("server.idle_check_interval_ms must be at least 1".to_owned())
+        } else if server.handler_timeout_ms == 0 {
+            Some("server.handler_timeout_ms must be at least 1".to_owned())
         } else if self.cpu.cores == 0 {
             Some("cpu.cores must be at least 1".to_owned())
         } else if self.fanout.consumer_queue_max < self.events.commit_batch_max {

@@ -30,6 +30,15 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of a handler the request boundary had to answer for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerFailureLabels {
+    /// The route's fixed name.
+    pub route: &'static str,
+    /// `panic` (answered 500) or `timeout` (answered 504).
+    pub kind: &'static str,
+}
+
 /// Labels of the per-phase host gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -45,6 +54,7 @@ pub struct Metrics {
     connections_refused: Family<ReasonLabels, Counter>,
     connections_closed: Family<ReasonLabels, Counter>,
     http_requests: Family<RequestLabels, Counter>,
+    handler_failures: Family<HandlerFailureLabels, Counter>,
     connections_open: Gauge,
     connections_max: Gauge,
     connections_high_water: Gauge,
@@ -85,6 +95,7 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_closed: Family::default(),
             http_requests: Family::default(),
+            handler_failures: Family::default(),
             connections_open: Gauge::default(),
             connections_max: Gauge::default(),
             connections_high_water: Gauge::default(),
@@ -133,6 +144,11 @@ impl Metrics {
             "http_requests",
             "HTTP requests served, by route and status",
             self.http_requests.clone(),
+        );
+        registry.register(
+            "handler_failures",
+            "Requests whose handler panicked (500) or timed out (504), by route and kind",
+            self.handler_failures.clone(),
         );
         registry.register(
             "connections_open",
@@ -275,6 +291,13 @@ impl Metrics {
     pub fn request(&self, route: &'static str, status: u16) {
         self.http_requests
             .get_or_create(&RequestLabels { route, status })
+            .inc();
+    }
+
+    /// Count a handler that panicked or timed out (`kind` = `panic` | `timeout`).
+    pub fn handler_failed(&self, route: &'static str, kind: &'static str) {
+        self.handler_failures
+            .get_or_create(&HandlerFailureLabels { route, kind })
             .inc();
     }
 

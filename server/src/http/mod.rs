@@ -7,6 +7,7 @@
 //! task allowed to close the socket.
 
 mod activity;
+mod guard;
 pub mod routes;
 pub mod subscribe;
 
@@ -14,7 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
 use hyper::server::conn::http1;
@@ -24,6 +25,7 @@ use relay_lifecycle::{AdmitError, ConnOwner, Registry};
 use tokio::sync::Semaphore;
 
 use self::activity::ActivityIo;
+use self::guard::RequestContext;
 use self::routes::Lane;
 use crate::config::Config;
 use crate::events::Events;
@@ -57,6 +59,8 @@ pub struct AppState {
     refusal_lane: Arc<Semaphore>,
     /// Set while the accept loop runs and shutdown has not begun.
     accepting: AtomicBool,
+    /// Numbers requests for logs (per instance, so seed-stable in the wind tunnel).
+    request_ids: AtomicU64,
 }
 
 impl AppState {
@@ -89,6 +93,7 @@ impl AppState {
             events: Arc::new(events),
             refusal_lane: Arc::new(Semaphore::new(config.server.refusal_lane_max)),
             accepting: AtomicBool::new(false),
+            request_ids: AtomicU64::new(0),
             config,
         })
     }
@@ -100,6 +105,11 @@ impl AppState {
             && !self.registry.is_shutting_down()
             && self.upstreams.ramp_started()
             && self.events.store_healthy()
+    }
+
+    /// The next request number (1, 2, …): names a request in the logs.
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The `/metrics` text as of now.
@@ -258,7 +268,14 @@ async fn drive_connection(
         async move {
             let response = if subscribe::is_subscribe(&request) {
                 state.cpu.spend(state.config.cpu.http_request()).await;
-                let response = subscribe::accept(&state, request, &pending);
+                let context = RequestContext::new("subscribe", &request, state.next_request_id());
+                let response = guard::contain(
+                    &state.metrics,
+                    state.config.server.handler_timeout(),
+                    context,
+                    async { subscribe::accept(&state, request, &pending) },
+                )
+                .await;
                 state
                     .metrics
                     .request("subscribe", response.status().as_u16());

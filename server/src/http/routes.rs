@@ -11,7 +11,9 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
+use super::guard::{self, RequestContext};
 use super::AppState;
+use crate::rt::fault::{self, Fault};
 use crate::rt::time::timeout;
 use crate::upstream::CrawlError;
 
@@ -86,7 +88,7 @@ impl Route {
     }
 }
 
-/// Answer one request.
+/// Answer one request, its handler inside the request boundary (`guard`).
 pub async fn serve(
     state: &AppState,
     request: Request<Incoming>,
@@ -94,7 +96,27 @@ pub async fn serve(
 ) -> Response<Full<Bytes>> {
     state.cpu.spend(state.config.cpu.http_request()).await;
     let route = Route::of(request.uri().path());
-    let response = match route.allows(request.method()) {
+    let context = RequestContext::new(route.label(), &request, state.next_request_id());
+    let response = guard::contain(
+        &state.metrics,
+        state.config.server.handler_timeout(),
+        context,
+        respond(state, request, route, lane),
+    )
+    .await;
+    state
+        .metrics
+        .request(route.label(), response.status().as_u16());
+    response
+}
+
+async fn respond(
+    state: &AppState,
+    request: Request<Incoming>,
+    route: Route,
+    lane: Lane,
+) -> Response<Full<Bytes>> {
+    match route.allows(request.method()) {
         Err(allowed) => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             response
@@ -127,15 +149,29 @@ pub async fn serve(
                 );
                 response
             }
-            Route::Hosts => json(StatusCode::OK, &state.upstreams.views()),
-            Route::RequestCrawl => request_crawl(state, request).await,
+            Route::Hosts => {
+                injected_handler_faults().await;
+                json(StatusCode::OK, &state.upstreams.views())
+            }
+            Route::RequestCrawl => {
+                injected_handler_faults().await;
+                request_crawl(state, request).await
+            }
             Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
         },
-    };
-    state
-        .metrics
-        .request(route.label(), response.status().as_u16());
-    response
+    }
+}
+
+/// The wind tunnel's handler faults, at the top of the routes that do real work (probes
+/// answer from atomics and have no handler code to fail): a panic, or a stall that never
+/// ends. Both are no-ops outside simulation.
+async fn injected_handler_faults() {
+    if fault::active(Fault::HandlerPanic) {
+        panic!("injected handler panic (fault point HandlerPanic)");
+    }
+    if fault::active(Fault::HandlerStall) {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -206,7 +242,8 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Byte
     response
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+/// A JSON error response `{"error": code, "message": message}`.
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     json(
         status,
         &serde_json::json!({ "error": code, "message": message }),
