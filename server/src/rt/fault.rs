@@ -15,10 +15,6 @@ pub enum Fault {
     StoreWrite,
     /// Every store read (catch-up pages, log bounds) fails.
     StoreRead,
-    /// Work-route handlers (`/hosts`, `/requestCrawl`) panic.
-    HandlerPanic,
-    /// Work-route handlers (`/hosts`, `/requestCrawl`) never finish.
-    HandlerStall,
 }
 
 impl Fault {
