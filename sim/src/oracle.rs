@@ -116,8 +116,128 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
     if let Some(spec) = &scenario.oracles.delivery_gap_max {
         violations.extend(delivery_gap_max(records, spec.gap_ms_max));
     }
+    if let Some(spec) = &scenario.oracles.panics_contained {
+        violations.extend(panics_contained(
+            records,
+            &handler_fault_windows(scenario),
+            spec.settle_s * 1_000_000,
+        ));
+    }
     violations.extend(no_panics(records));
     violations
+}
+
+/// One handler-fault window of the timeline and the answer the relay contains it with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandlerFaultWindow {
+    /// Start, microseconds.
+    pub start_us: u64,
+    /// End, microseconds.
+    pub end_us: u64,
+    /// The status a contained fault is answered with (500 panic, 504 stall).
+    pub status: u16,
+}
+
+/// The scenario's `handler_panic` / `handler_stall` faults as windows.
+pub fn handler_fault_windows(scenario: &Scenario) -> Vec<HandlerFaultWindow> {
+    use crate::scenario::FaultSpec;
+    scenario
+        .faults
+        .iter()
+        .filter_map(|fault| {
+            let (at_s, duration_s, status) = match *fault {
+                FaultSpec::HandlerPanic { at_s, duration_s } => (at_s, duration_s, 500),
+                FaultSpec::HandlerStall { at_s, duration_s } => (at_s, duration_s, 504),
+                _ => return None,
+            };
+            Some(HandlerFaultWindow {
+                start_us: at_s * 1_000_000,
+                end_us: (at_s + duration_s) * 1_000_000,
+                status,
+            })
+        })
+        .collect()
+}
+
+/// Every API call got a response. A call that overlapped a handler-fault window (or the
+/// `settle_us` after it) got a 200 or that window's contained answer; any other call got a
+/// 200. And after the last window (plus `settle_us`) some call succeeded again.
+pub fn panics_contained(
+    records: &[Record],
+    windows: &[HandlerFaultWindow],
+    settle_us: u64,
+) -> Option<Violation> {
+    let violation = |index: Option<usize>, t_us: u64, message: String| Violation {
+        oracle: OracleName::PanicsContained,
+        record_index: index,
+        t_us,
+        message,
+    };
+    let recovered_from_us = windows
+        .iter()
+        .map(|window| window.end_us + settle_us)
+        .max()
+        .unwrap_or(0);
+    let mut recovered = false;
+    for (index, record) in records.iter().enumerate() {
+        let Event::Call {
+            status,
+            latency_us,
+            error,
+        } = &record.event
+        else {
+            continue;
+        };
+        let started_us = record.t_us.saturating_sub(*latency_us);
+        let Some(status) = *status else {
+            return Some(violation(
+                Some(index),
+                record.t_us,
+                format!(
+                    "{} got no response: {}",
+                    record.node,
+                    error.as_deref().unwrap_or("unknown error")
+                ),
+            ));
+        };
+        if status == 200 {
+            recovered |= started_us >= recovered_from_us;
+            continue;
+        }
+        let contained = windows.iter().any(|window| {
+            window.status == status
+                && started_us <= window.end_us + settle_us
+                && record.t_us >= window.start_us
+        });
+        if !contained {
+            let expected: Vec<String> = windows
+                .iter()
+                .filter(|w| started_us <= w.end_us + settle_us && record.t_us >= w.start_us)
+                .map(|w| w.status.to_string())
+                .chain(std::iter::once("200".to_owned()))
+                .collect();
+            return Some(violation(
+                Some(index),
+                record.t_us,
+                format!(
+                    "{} was answered {status}, expected {}",
+                    record.node,
+                    expected.join(" or ")
+                ),
+            ));
+        }
+    }
+    let last_t_us = records.last().map_or(0, |record| record.t_us);
+    (!recovered).then(|| {
+        violation(
+            None,
+            last_t_us,
+            format!(
+                "no call succeeded after the handler faults (from t={:.1}s)",
+                recovered_from_us as f64 / 1e6
+            ),
+        )
+    })
 }
 
 /// None of the `fast` consumers was ever closed for a reason that belongs to another
@@ -730,6 +850,83 @@ mod tests {
             trace.push(t_us, "test", event);
         }
         trace
+    }
+
+    /// A call that ended at `end_ms` after `latency_ms`, answered `status` (or not at all).
+    fn call(end_ms: u64, latency_ms: u64, status: Option<u16>) -> (u64, Event) {
+        (
+            end_ms * 1_000,
+            Event::Call {
+                status,
+                latency_us: latency_ms * 1_000,
+                error: status.is_none().then(|| "timeout after 5000ms".to_owned()),
+            },
+        )
+    }
+
+    #[test]
+    fn panics_contained_accepts_contained_answers_only_inside_their_window() {
+        let panic_window = [HandlerFaultWindow {
+            start_us: 10_000_000,
+            end_us: 20_000_000,
+            status: 500,
+        }];
+        let fine = trace([
+            call(5_000, 10, Some(200)),
+            call(12_000, 10, Some(500)),
+            // Started before the window ended, answered after: still the window's answer.
+            call(21_000, 1_500, Some(500)),
+            call(25_000, 10, Some(200)),
+        ]);
+        assert_eq!(
+            panics_contained(fine.records(), &panic_window, 1_000_000),
+            None
+        );
+
+        let stray = trace([call(5_000, 10, Some(500)), call(25_000, 10, Some(200))]);
+        let violation = panics_contained(stray.records(), &panic_window, 1_000_000).unwrap();
+        assert_eq!(violation.record_index, Some(0));
+        assert!(
+            violation.message.contains("answered 500, expected 200"),
+            "{violation}"
+        );
+
+        let wrong_kind = trace([call(12_000, 10, Some(504)), call(25_000, 10, Some(200))]);
+        let violation = panics_contained(wrong_kind.records(), &panic_window, 1_000_000).unwrap();
+        assert!(
+            violation.message.contains("expected 500 or 200"),
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn panics_contained_needs_an_answer_and_a_recovery() {
+        let stall_window = [HandlerFaultWindow {
+            start_us: 10_000_000,
+            end_us: 20_000_000,
+            status: 504,
+        }];
+        let unanswered = trace([call(15_000, 5_000, None), call(25_000, 10, Some(200))]);
+        let violation = panics_contained(unanswered.records(), &stall_window, 1_000_000).unwrap();
+        assert_eq!(violation.record_index, Some(0));
+        assert!(
+            violation.message.contains("got no response: timeout"),
+            "{violation}"
+        );
+
+        let never_recovers = trace([
+            call(15_000, 2_000, Some(504)),
+            call(21_500, 2_000, Some(504)),
+        ]);
+        let violation =
+            panics_contained(never_recovers.records(), &stall_window, 1_000_000).unwrap();
+        assert_eq!(violation.record_index, None);
+        assert!(
+            violation
+                .message
+                .contains("no call succeeded after the handler faults"),
+            "{violation}"
+        );
     }
 
     #[test]

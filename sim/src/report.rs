@@ -35,6 +35,8 @@ pub struct Summary {
     pub probe_latency_us_max: u64,
     /// Churner connections by action.
     pub churn_by_action: BTreeMap<&'static str, usize>,
+    /// API calls by answer: the status code, or `no response`.
+    pub calls_by_answer: BTreeMap<String, usize>,
     /// Churner connections answered 503.
     pub churn_refused: usize,
     /// Churner connections that ended otherwise than planned (closed by the relay, errors).
@@ -85,6 +87,10 @@ impl Summary {
                     } else {
                         summary.probes_failed += 1;
                     }
+                }
+                Event::Call { status, .. } => {
+                    let answer = status.map_or_else(|| "no response".to_owned(), |s| s.to_string());
+                    *summary.calls_by_answer.entry(answer).or_default() += 1;
                 }
                 Event::Churn {
                     action,
@@ -274,6 +280,15 @@ impl RunReport<'_> {
                 summary.churn_refused,
                 summary.churn_cut_short
             );
+        }
+        if !summary.calls_by_answer.is_empty() {
+            let total: usize = summary.calls_by_answer.values().sum();
+            let by_answer: Vec<String> = summary
+                .calls_by_answer
+                .iter()
+                .map(|(answer, count)| format!("{answer} {count}"))
+                .collect();
+            let _ = writeln!(text, "  calls: {total} ({})", by_answer.join(", "));
         }
         if let Some((high_water, max, admitted, refused)) = summary.relay_last {
             let _ = writeln!(

@@ -45,6 +45,9 @@ pub struct Scenario {
     /// Groups of downstream consumers on `/subscribe`.
     #[serde(default)]
     pub consumers: Vec<ConsumerSpec>,
+    /// Groups of API clients calling one path periodically (what a handler fault hits).
+    #[serde(default)]
+    pub callers: Vec<CallerSpec>,
     /// Faults on a timeline.
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
@@ -107,11 +110,15 @@ pub enum OracleName {
     /// No consumer that is not slow waited longer than a bound between two frames of one
     /// session (the relay's delivery never stalls, e.g. behind retention).
     DeliveryGapMax,
+    /// Every API call got a response; outside handler-fault windows (plus `settle_s`) it was
+    /// a 200, inside them a 200 or the fault's contained answer (500 for a panic, 504 for a
+    /// stall); and calls succeed again after the last handler fault.
+    PanicsContained,
 }
 
 impl OracleName {
     /// Every oracle, in check and report order.
-    pub const ALL: [OracleName; 15] = [
+    pub const ALL: [OracleName; 16] = [
         Self::ProbeLiveness,
         Self::ProbeLatencyMax,
         Self::ConnAccounting,
@@ -126,6 +133,7 @@ impl OracleName {
         Self::MemoryBounded,
         Self::RecoveryWithin,
         Self::DeliveryGapMax,
+        Self::PanicsContained,
         Self::NoPanics,
     ];
 
@@ -147,6 +155,7 @@ impl OracleName {
             Self::MemoryBounded => "memory_bounded",
             Self::RecoveryWithin => "recovery_within",
             Self::DeliveryGapMax => "delivery_gap_max",
+            Self::PanicsContained => "panics_contained",
         }
     }
 }
@@ -234,6 +243,36 @@ impl Default for ProberSpec {
             period_s: 10,
             timeout_s: 1,
             failure_threshold: 3,
+        }
+    }
+}
+
+/// A group of API clients, one per node, each calling `GET path` every `period_ms` for the
+/// whole run and recording every answer (or the lack of one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallerSpec {
+    /// Client nodes in this group.
+    pub nodes: u32,
+    /// Path called with GET.
+    pub path: String,
+    /// Milliseconds between call starts.
+    pub period_ms: u64,
+    /// A call without a complete response after this long is given up, milliseconds.
+    pub timeout_ms: u64,
+    /// Reuse one connection for every call (reconnecting only when it dies) instead of a
+    /// fresh connection per call.
+    pub keep_alive: bool,
+}
+
+impl Default for CallerSpec {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            path: "/hosts".to_owned(),
+            period_ms: 1_000,
+            timeout_ms: 5_000,
+            keep_alive: false,
         }
     }
 }
@@ -352,6 +391,21 @@ pub struct OracleSpecs {
     pub no_stale_delivery: Option<NoStaleDeliverySpec>,
     /// See [`OracleName::ConsumerAccounting`]. Needs every consumer group to have `stop_s`.
     pub consumer_accounting: Option<ConsumerAccountingSpec>,
+    /// See [`OracleName::PanicsContained`]. Needs `[[callers]]`.
+    pub panics_contained: Option<PanicsContainedSpec>,
+}
+
+/// `panics_contained` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanicsContainedSpec {
+    /// Seconds after a handler fault ends during which calls may still see its answer.
+    #[serde(default = "default_panics_settle_s")]
+    pub settle_s: u64,
+}
+
+fn default_panics_settle_s() -> u64 {
+    1
 }
 
 /// `no_stale_delivery` takes no parameters.
@@ -569,9 +623,37 @@ pub enum FaultSpec {
         #[serde(default)]
         reads: bool,
     },
+    /// Make the relay's work-route handlers (`/hosts`, `/requestCrawl`) panic from `at_s`
+    /// for `duration_s`, through the relay's `HandlerPanic` fault point.
+    HandlerPanic {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+    },
+    /// Make the relay's work-route handlers never finish from `at_s` for `duration_s`,
+    /// through the relay's `HandlerStall` fault point.
+    HandlerStall {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+    },
 }
 
 impl FaultSpec {
+    /// The fault's `kind` as written in scenario files and trace records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Partition { .. } => "partition",
+            Self::KillRelay { .. } => "kill_relay",
+            Self::RestartRelay { .. } => "restart_relay",
+            Self::StoreFault { .. } => "store_fault",
+            Self::HandlerPanic { .. } => "handler_panic",
+            Self::HandlerStall { .. } => "handler_stall",
+        }
+    }
+
     /// When the fault is over, seconds.
     pub fn end_s(&self) -> u64 {
         match self {
@@ -580,7 +662,9 @@ impl FaultSpec {
             }
             | Self::StoreFault {
                 at_s, duration_s, ..
-            } => at_s + duration_s,
+            }
+            | Self::HandlerPanic { at_s, duration_s }
+            | Self::HandlerStall { at_s, duration_s } => at_s + duration_s,
             Self::KillRelay { at_s, down_s } | Self::RestartRelay { at_s, down_s } => at_s + down_s,
         }
     }
@@ -734,6 +818,24 @@ impl Scenario {
                 );
             }
         }
+        for (index, caller) in self.callers.iter().enumerate() {
+            let key = |field: &str| format!("callers[{index}].{field}");
+            if index >= 40 {
+                return fail("callers", "expected at most 40 caller groups".into());
+            }
+            if caller.nodes == 0 || caller.nodes > 250 {
+                return fail(&key("nodes"), "expected 1 to 250 nodes".into());
+            }
+            if caller.period_ms == 0 || caller.timeout_ms == 0 {
+                return fail(
+                    &key("period_ms"),
+                    "expected period_ms and timeout_ms of at least 1".into(),
+                );
+            }
+            if !caller.path.starts_with('/') {
+                return fail(&key("path"), "expected a path starting with '/'".into());
+            }
+        }
         if let Some(upstreams) = &self.upstreams {
             let fraction_ok = |f: f64| (0.0..=1.0).contains(&f);
             if upstreams.hosts == 0 || upstreams.hosts > 60_000 {
@@ -773,7 +875,11 @@ impl Scenario {
                         );
                     }
                 }
-                FaultSpec::StoreFault { duration_s, .. } if *duration_s == 0 => {
+                FaultSpec::StoreFault { duration_s, .. }
+                | FaultSpec::HandlerPanic { duration_s, .. }
+                | FaultSpec::HandlerStall { duration_s, .. }
+                    if *duration_s == 0 =>
+                {
                     return fail(&key, "expected duration_s >= 1".into());
                 }
                 FaultSpec::KillRelay { down_s, .. } | FaultSpec::RestartRelay { down_s, .. }
@@ -811,6 +917,12 @@ impl Scenario {
                     "expected fraction within 0..=1 and by_s <= duration_s".into(),
                 );
             }
+        }
+        if self.oracles.panics_contained.is_some() && self.callers.is_empty() {
+            return fail(
+                "oracles.panics_contained",
+                "panics_contained needs [[callers]]".into(),
+            );
         }
         let needs_prober =
             self.oracles.probe_liveness.is_some() || self.oracles.probe_latency_max.is_some();
@@ -950,6 +1062,7 @@ impl Scenario {
             OracleName::DeliveryGapMax => self.oracles.delivery_gap_max.is_some(),
             OracleName::NoStaleDelivery => self.oracles.no_stale_delivery.is_some(),
             OracleName::ConsumerAccounting => self.oracles.consumer_accounting.is_some(),
+            OracleName::PanicsContained => self.oracles.panics_contained.is_some(),
         }
     }
 }

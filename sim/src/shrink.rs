@@ -40,12 +40,7 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
         }
     };
     for (index, fault) in scenario.faults.iter().enumerate() {
-        let kind = match fault {
-            FaultSpec::Partition { .. } => "partition",
-            FaultSpec::KillRelay { .. } => "kill_relay",
-            FaultSpec::RestartRelay { .. } => "restart_relay",
-            FaultSpec::StoreFault { .. } => "store_fault",
-        };
+        let kind = fault.kind();
         push(format!("drop faults[{index}] ({kind})"), &|s| {
             s.faults.remove(index);
         });
@@ -54,6 +49,17 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
         push(format!("drop churners[{index}]"), &|s| {
             s.churners.remove(index);
         });
+    }
+    for (index, group) in scenario.callers.iter().enumerate() {
+        push(format!("drop callers[{index}]"), &|s| {
+            s.callers.remove(index);
+        });
+        if let Some(nodes) = halve(group.nodes) {
+            push(
+                format!("callers[{index}].nodes {} → {nodes}", group.nodes),
+                &|s| s.callers[index].nodes = nodes,
+            );
+        }
     }
     for (index, group) in scenario.consumers.iter().enumerate() {
         push(format!("drop consumers[{index}] ({})", group.name), &|s| {
@@ -163,9 +169,10 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
     }
     for (index, fault) in scenario.faults.iter().enumerate() {
         let (field, length) = match fault {
-            FaultSpec::Partition { duration_s, .. } | FaultSpec::StoreFault { duration_s, .. } => {
-                ("duration_s", *duration_s)
-            }
+            FaultSpec::Partition { duration_s, .. }
+            | FaultSpec::StoreFault { duration_s, .. }
+            | FaultSpec::HandlerPanic { duration_s, .. }
+            | FaultSpec::HandlerStall { duration_s, .. } => ("duration_s", *duration_s),
             FaultSpec::KillRelay { down_s, .. } | FaultSpec::RestartRelay { down_s, .. } => {
                 ("down_s", *down_s)
             }
@@ -175,7 +182,9 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
                 format!("faults[{index}].{field} {length} → {half}"),
                 &|s| match &mut s.faults[index] {
                     FaultSpec::Partition { duration_s, .. }
-                    | FaultSpec::StoreFault { duration_s, .. } => *duration_s = half,
+                    | FaultSpec::StoreFault { duration_s, .. }
+                    | FaultSpec::HandlerPanic { duration_s, .. }
+                    | FaultSpec::HandlerStall { duration_s, .. } => *duration_s = half,
                     FaultSpec::KillRelay { down_s, .. }
                     | FaultSpec::RestartRelay { down_s, .. } => *down_s = half,
                 },
@@ -209,6 +218,7 @@ fn drop_oracle(scenario: &mut Scenario, oracle: OracleName) {
         OracleName::MemoryBounded => o.memory_bounded = None,
         OracleName::RecoveryWithin => o.recovery_within = None,
         OracleName::DeliveryGapMax => o.delivery_gap_max = None,
+        OracleName::PanicsContained => o.panics_contained = None,
     }
 }
 

@@ -32,7 +32,8 @@ pub enum Event {
     },
     /// A fault started or ended.
     Fault {
-        /// What kind of fault (`partition`, `kill_relay`, `restart_relay`, `store_fault`).
+        /// What kind of fault (`partition`, `kill_relay`, `restart_relay`, `store_fault`,
+        /// `handler_panic`, `handler_stall`).
         kind: String,
         /// Upstream hosts affected.
         hosts: u32,
@@ -48,6 +49,15 @@ pub enum Event {
         /// Time from connect to full response (or to giving up), microseconds.
         latency_us: u64,
         /// Why it failed, if it did.
+        error: Option<String>,
+    },
+    /// One API call finished (answered, failed or given up).
+    Call {
+        /// HTTP status, if a complete response arrived.
+        status: Option<u16>,
+        /// Time from sending (or connecting) to the full response or giving up, microseconds.
+        latency_us: u64,
+        /// Why no response arrived, if none did.
         error: Option<String>,
     },
     /// One churner connection ended.

@@ -46,7 +46,10 @@ fn every_shipped_scenario_loads() {
             "db_fault_slow_retry",
             "gc_stall",
             "gc_stall_unbatched",
+            "handler_timeout",
+            "handler_timeout_too_long",
             "host_flap",
+            "panic_isolation",
             "restart_resume",
             "slow_consumer",
             "slow_consumer_unbounded_queue"
@@ -150,7 +153,7 @@ fn upstream_and_fault_tables_are_validated() {
         "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"meteor\"\nat_s = 1\n"
     ));
     assert!(
-        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `kill_relay`, `restart_relay`, `store_fault`"),
+        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `kill_relay`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`"),
         "{message}"
     );
     let message = parse_error(&format!(
@@ -452,6 +455,38 @@ mod simulated {
     #[test]
     fn gc_stall_unbatched_retention_fails_delivery_gap_max() {
         fails_as_expected("gc_stall_unbatched.toml", 1..=6, OracleName::DeliveryGapMax);
+    }
+
+    #[test]
+    fn panic_isolation_answers_every_panic_and_keeps_serving_for_20_seeds() {
+        for (seed, summary, _) in passes("panic_isolation.toml", 1..=20) {
+            let contained = summary.calls_by_answer.get("500").copied().unwrap_or(0);
+            assert!(
+                contained > 50,
+                "seed {seed}: the fault must bite: {summary:?}"
+            );
+            assert!(!summary.calls_by_answer.contains_key("no response"));
+        }
+    }
+
+    #[test]
+    fn handler_timeout_answers_stalled_handlers_504_for_20_seeds() {
+        for (seed, summary, _) in passes("handler_timeout.toml", 1..=20) {
+            let timed_out = summary.calls_by_answer.get("504").copied().unwrap_or(0);
+            assert!(
+                timed_out > 10,
+                "seed {seed}: the fault must bite: {summary:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_handler_deadline_longer_than_the_clients_wait_fails_panics_contained() {
+        fails_as_expected(
+            "handler_timeout_too_long.toml",
+            1..=6,
+            OracleName::PanicsContained,
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::guard::{self, RequestContext};
 use super::AppState;
+use crate::rt::fault::{self, Fault};
 use crate::rt::time::timeout;
 use crate::upstream::CrawlError;
 
@@ -148,10 +149,28 @@ async fn respond(
                 );
                 response
             }
-            Route::Hosts => json(StatusCode::OK, &state.upstreams.views()),
-            Route::RequestCrawl => request_crawl(state, request).await,
+            Route::Hosts => {
+                injected_handler_faults().await;
+                json(StatusCode::OK, &state.upstreams.views())
+            }
+            Route::RequestCrawl => {
+                injected_handler_faults().await;
+                request_crawl(state, request).await
+            }
             Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
         },
+    }
+}
+
+/// The wind tunnel's handler faults, at the top of the routes that do real work (probes
+/// answer from atomics and have no handler code to fail): a panic, or a stall that never
+/// ends. Both are no-ops outside simulation.
+async fn injected_handler_faults() {
+    if fault::active(Fault::HandlerPanic) {
+        std::panic::panic_any(fault::INJECTED_HANDLER_PANIC);
+    }
+    if fault::active(Fault::HandlerStall) {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -8,6 +8,10 @@
 //! timeline switches points on and off with [`set`]; the switches live in a thread-local
 //! because each simulation run owns its OS thread.
 
+/// The payload of the panic the `HandlerPanic` point raises, so the tunnel can tell an
+/// injected (and contained) panic from a real one.
+pub const INJECTED_HANDLER_PANIC: &str = "injected handler panic (fault point HandlerPanic)";
+
 /// A place where a failure can be injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
@@ -15,6 +19,10 @@ pub enum Fault {
     StoreWrite,
     /// Every store read (catch-up pages, log bounds) fails.
     StoreRead,
+    /// Work-route handlers (`/hosts`, `/requestCrawl`) panic.
+    HandlerPanic,
+    /// Work-route handlers (`/hosts`, `/requestCrawl`) never finish.
+    HandlerStall,
 }
 
 impl Fault {

@@ -1,5 +1,5 @@
-//! The clients of the world: the Kubernetes-style prober and the churners. Actors only
-//! act and record what they observed; judging is the oracles' job.
+//! The clients of the world: the Kubernetes-style prober, the churners and the API
+//! callers. Actors only act and record what they observed; judging is the oracles' job.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use relay::rt::time::{now, sleep, sleep_until, timeout, Instant};
 
 use super::client::{self, get};
 use super::TraceSink;
-use crate::scenario::{Between, ChurnerSpec, ProberSpec};
+use crate::scenario::{Between, CallerSpec, ChurnerSpec, ProberSpec};
 use crate::trace::{ChurnAction, Event};
 
 /// Upper bound on any single churner request: a stuck relay shows up as an error, not a hang.
@@ -55,6 +55,52 @@ pub async fn prober(spec: ProberSpec, relay: SocketAddr, sink: TraceSink, world_
             },
         };
         sink.record("prober", event);
+    }
+}
+
+/// An API client: `GET path` every period for the whole run, on a fresh connection per call
+/// or (with `keep_alive`) on one connection reused until it dies. Every call is recorded
+/// with its status, or with why no response arrived.
+pub async fn caller(spec: CallerSpec, relay: SocketAddr, sink: TraceSink, node: String) {
+    let period = Duration::from_millis(spec.period_ms);
+    let deadline = Duration::from_millis(spec.timeout_ms);
+    let mut reused: Option<TcpStream> = None;
+    let mut next = now();
+    loop {
+        sleep_until(next).await;
+        next += period;
+        let started = now();
+        let attempt = timeout(deadline, async {
+            let mut stream = match reused.take() {
+                Some(stream) => stream,
+                None => TcpStream::connect(relay).await?,
+            };
+            let response = get(&mut stream, &spec.path, spec.keep_alive).await?;
+            Ok::<_, io::Error>((response, stream))
+        })
+        .await;
+        let latency_us = micros(started.elapsed());
+        let (status, error) = match attempt {
+            Ok(Ok((response, stream))) => {
+                if spec.keep_alive && !response.closes {
+                    reused = Some(stream);
+                }
+                (Some(response.status), None)
+            }
+            Ok(Err(error)) => (None, Some(error.to_string())),
+            Err(_) => (
+                None,
+                Some(format!("timeout after {}ms", deadline.as_millis())),
+            ),
+        };
+        sink.record(
+            node.as_str(),
+            Event::Call {
+                status,
+                latency_us,
+                error,
+            },
+        );
     }
 }
 

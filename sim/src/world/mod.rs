@@ -2,7 +2,8 @@
 //! prober node, churner nodes, and a monitor that samples the relay's accounting.
 //!
 //! Node layout: relay `10.0.0.1:8080`; prober `10.0.1.1`; churner group `g`, node `n` at
-//! `10.(g+1).(n / 250).(n % 250 + 1)`; consumer `i` (over all groups) at
+//! `10.(g+1).(n / 250).(n % 250 + 1)`; caller group `g`, node `n` at `10.(210+g).0.(n+1)`;
+//! consumer `i` (over all groups) at
 //! `10.200.(i / 250).(i % 250 + 1)`; upstream host `i` at `172.16.(i / 250).(i % 250 + 1)`
 //! with a DNS name (one host per node, as in production). All randomness comes from
 //! madsim's seeded RNG; all time is simulated. The relay's SQLite database is a real file in
@@ -93,6 +94,7 @@ impl TraceSink {
 /// time they are used; on a reused thread a later run would skip those draws and diverge
 /// from the same seed's first run. A fresh thread makes every run a first run.
 pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
+    quiet_injected_panics();
     let scenario = scenario.clone();
     // The caller's log subscriber (e.g. the harness's per-run capture) follows the run.
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
@@ -106,6 +108,23 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
     runner
         .join()
         .expect("the simulation thread catches its own panics")
+}
+
+/// Keep the panics raised by the relay's `HandlerPanic` fault point off stderr: they are
+/// expected, the relay contains each one (a 500 in the trace) and logs it with method and
+/// path (in the run's captured logs). Every other panic still reaches the previous hook.
+fn quiet_injected_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let injected = info.payload().downcast_ref::<&str>()
+                == Some(&relay::rt::fault::INJECTED_HANDLER_PANIC);
+            if !injected {
+                previous(info);
+            }
+        }));
+    });
 }
 
 fn run_on_this_thread(scenario: &Scenario, seed: u64) -> RunOutcome {
@@ -267,6 +286,15 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
                     world_start,
                 ));
             }
+        }
+    }
+    for (group, spec) in scenario.callers.iter().enumerate() {
+        for index in 0..spec.nodes {
+            let name = format!("caller-{group}-{index}");
+            let ip = Ipv4Addr::new(10, 210 + group as u8, 0, index as u8 + 1);
+            let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
+            nodes.push(node.id());
+            node.spawn(actors::caller(spec.clone(), relay_addr, sink.clone(), name));
         }
     }
     let mut tallies = Vec::new();
@@ -543,6 +571,21 @@ async fn inject(
             sleep(Duration::from_secs(down_s)).await;
             handle.restart(relay);
             record("restart_relay", 0, false);
+        }
+        FaultSpec::HandlerPanic { at_s, duration_s }
+        | FaultSpec::HandlerStall { at_s, duration_s } => {
+            use relay::rt::fault::{self, Fault};
+            let kind = fault.kind();
+            let point = match fault {
+                FaultSpec::HandlerPanic { .. } => Fault::HandlerPanic,
+                _ => Fault::HandlerStall,
+            };
+            sleep_until(world_start + Duration::from_secs(at_s)).await;
+            fault::set(point, true);
+            record(kind, 0, true);
+            sleep(Duration::from_secs(duration_s)).await;
+            fault::set(point, false);
+            record(kind, 0, false);
         }
         FaultSpec::StoreFault {
             at_s,

@@ -442,7 +442,7 @@ fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
     assert_eq!(names.first().unwrap(), "churn_idle_reaper_disabled.toml");
     assert_eq!(names.last().unwrap(), "host_flap.toml");
     assert!(names.iter().all(|n| n.ends_with(".toml")));
-    assert_eq!(names.len(), 14, "{names:?}");
+    assert_eq!(names.len(), 17, "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -928,6 +928,26 @@ mod simulated {
             logs.contains("DEBUG") && logs.contains("idle connections asked to close"),
             "the idle reaper's debug lines are captured"
         );
+    }
+
+    #[test]
+    fn a_contained_handler_panic_is_logged_with_method_path_and_request_id() {
+        let scenario = shipped("panic_isolation.toml").scenario;
+        let run = Madsim.run(&scenario, 3, Some(&LogSettings::default()));
+        let logs = run.logs.unwrap();
+        let panicked = logs
+            .lines()
+            .find(|line| line.contains("handler panicked; answered 500"))
+            .unwrap_or_else(|| panic!("no contained panic logged in:\n{logs}"));
+        assert!(panicked.contains("ERROR"), "{panicked}");
+        assert!(panicked.contains("method=GET"), "{panicked}");
+        assert!(panicked.contains(r#"path="/hosts""#), "{panicked}");
+        assert!(panicked.contains("request_id="), "{panicked}");
+        assert!(panicked.contains("injected handler panic"), "{panicked}");
+        // Simulated time first: the panic happened inside the fault window (10–30 s).
+        let stamp = panicked.split_whitespace().next().unwrap();
+        let t_s: f64 = stamp.trim_end_matches('s').parse().unwrap();
+        assert!((10.0..31.0).contains(&t_s), "{panicked}");
     }
 
     #[test]
