@@ -596,6 +596,25 @@ pub enum FaultSpec {
         /// Fraction of upstream hosts cut off (chosen by the seed).
         hosts_fraction: f64,
     },
+    /// Cut the relay's node off the network entirely (every link, both directions) from
+    /// `at_s` for `duration_s`: new connections are refused, bytes of live ones are held
+    /// until it heals (madsim's clog).
+    Clog {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+    },
+    /// Change the one-way latency of every packet to `latency_ms` from `at_s` for
+    /// `duration_s`, then restore `[network].latency_ms`.
+    Latency {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+        /// One-way latency range during the window, milliseconds.
+        latency_ms: Between<u64>,
+    },
     /// Kill the relay's node at `at_s` (no drain: in-flight work is lost, as in a crash or
     /// an OOM kill) and start it again `down_s` later on the same database.
     KillRelay {
@@ -646,6 +665,8 @@ impl FaultSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Partition { .. } => "partition",
+            Self::Clog { .. } => "clog",
+            Self::Latency { .. } => "latency",
             Self::KillRelay { .. } => "kill_relay",
             Self::RestartRelay { .. } => "restart_relay",
             Self::StoreFault { .. } => "store_fault",
@@ -663,6 +684,10 @@ impl FaultSpec {
             | Self::StoreFault {
                 at_s, duration_s, ..
             }
+            | Self::Latency {
+                at_s, duration_s, ..
+            }
+            | Self::Clog { at_s, duration_s }
             | Self::HandlerPanic { at_s, duration_s }
             | Self::HandlerStall { at_s, duration_s } => at_s + duration_s,
             Self::KillRelay { at_s, down_s } | Self::RestartRelay { at_s, down_s } => at_s + down_s,
@@ -876,6 +901,8 @@ impl Scenario {
                     }
                 }
                 FaultSpec::StoreFault { duration_s, .. }
+                | FaultSpec::Clog { duration_s, .. }
+                | FaultSpec::Latency { duration_s, .. }
                 | FaultSpec::HandlerPanic { duration_s, .. }
                 | FaultSpec::HandlerStall { duration_s, .. }
                     if *duration_s == 0 =>

@@ -171,6 +171,8 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
         let (field, length) = match fault {
             FaultSpec::Partition { duration_s, .. }
             | FaultSpec::StoreFault { duration_s, .. }
+            | FaultSpec::Clog { duration_s, .. }
+            | FaultSpec::Latency { duration_s, .. }
             | FaultSpec::HandlerPanic { duration_s, .. }
             | FaultSpec::HandlerStall { duration_s, .. } => ("duration_s", *duration_s),
             FaultSpec::KillRelay { down_s, .. } | FaultSpec::RestartRelay { down_s, .. } => {
@@ -183,6 +185,8 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
                 &|s| match &mut s.faults[index] {
                     FaultSpec::Partition { duration_s, .. }
                     | FaultSpec::StoreFault { duration_s, .. }
+                    | FaultSpec::Clog { duration_s, .. }
+                    | FaultSpec::Latency { duration_s, .. }
                     | FaultSpec::HandlerPanic { duration_s, .. }
                     | FaultSpec::HandlerStall { duration_s, .. } => *duration_s = half,
                     FaultSpec::KillRelay { down_s, .. }

@@ -49,6 +49,7 @@ fn every_shipped_scenario_loads() {
             "handler_timeout",
             "handler_timeout_too_long",
             "host_flap",
+            "network_blip",
             "panic_isolation",
             "restart_resume",
             "slow_consumer",
@@ -153,7 +154,7 @@ fn upstream_and_fault_tables_are_validated() {
         "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"meteor\"\nat_s = 1\n"
     ));
     assert!(
-        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `kill_relay`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`"),
+        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`"),
         "{message}"
     );
     let message = parse_error(&format!(
@@ -162,6 +163,23 @@ fn upstream_and_fault_tables_are_validated() {
     assert_eq!(
         message,
         "bad.toml: faults[0]: a partition needs [upstreams]"
+    );
+    let message = parse_error(&format!(
+        "{MINIMAL}[[faults]]\nkind = \"latency\"\nat_s = 1\nduration_s = 5\nlatency_ms = [90, 10]\n"
+    ));
+    assert_eq!(
+        message,
+        "bad.toml:4:1: expected [min, max] with min <= max, got [90, 10]"
+    );
+    let message = parse_error(&format!(
+        "{MINIMAL}[[faults]]\nkind = \"clog\"\nat_s = 1\nduration_s = 0\n"
+    ));
+    assert_eq!(message, "bad.toml: faults[0]: expected duration_s >= 1");
+    let message =
+        parse_error("name = \"x\"\nduration_s = 60\n[[callers]]\npath = \"hosts\"\n[oracles]\n");
+    assert_eq!(
+        message,
+        "bad.toml: callers[0].path: expected a path starting with '/'"
     );
     let message = parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nno_host_forgotten = {}\n");
     assert_eq!(
@@ -455,6 +473,21 @@ mod simulated {
     #[test]
     fn gc_stall_unbatched_retention_fails_delivery_gap_max() {
         fails_as_expected("gc_stall_unbatched.toml", 1..=6, OracleName::DeliveryGapMax);
+    }
+
+    #[test]
+    fn network_blip_rides_out_latency_and_a_clog_for_20_seeds() {
+        for (seed, summary, _) in passes("network_blip.toml", 1..=20) {
+            let fewest = summary.upstream_connected_min_during_faults.unwrap();
+            assert!(
+                fewest < 100,
+                "seed {seed}: the clog must bite (hosts disconnected): {summary:?}"
+            );
+            assert!(
+                summary.consumer_gap_ms_max >= 5_000,
+                "seed {seed}: the clog must stall delivery: {summary:?}"
+            );
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use relay::store::Store;
 use relay::{Observer, Relay};
 
 use crate::oracle::{self, Verdict, Violation};
-use crate::scenario::{ConsumerKind, FaultSpec, Scenario};
+use crate::scenario::{Between, ConsumerKind, FaultSpec, NetworkSpec, Scenario};
 use crate::trace::{Event, EventsSample, Trace, UpstreamSample};
 
 /// The relay's port inside the world.
@@ -132,8 +132,7 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> RunOutcome {
     let wall_start = std::time::Instant::now();
     relay::rt::fault::clear();
     let mut config = madsim::Config::default();
-    let latency = scenario.network.latency_ms.map(Duration::from_millis);
-    config.net.send_latency = latency.min..latency.max + Duration::from_nanos(1);
+    config.net.send_latency = send_latency(scenario.network.latency_ms);
     let mut runtime = Runtime::with_seed_and_config(seed, config);
     runtime.set_time_limit(Duration::from_secs(scenario.duration_s + 120));
     let sink_slot: Arc<Mutex<Option<TraceSink>>> = Arc::default();
@@ -244,6 +243,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     for fault in scenario.faults.clone() {
         world_tasks.push(madsim::task::spawn(inject(
             fault,
+            scenario.network.clone(),
             relay_node.id(),
             upstream_nodes.clone(),
             Arc::clone(&control),
@@ -505,9 +505,16 @@ fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duratio
     }
 }
 
+/// madsim's per-packet latency range for an inclusive `[min, max]` in milliseconds.
+fn send_latency(range_ms: Between<u64>) -> std::ops::Range<Duration> {
+    let range = range_ms.map(Duration::from_millis);
+    range.min..range.max + Duration::from_nanos(1)
+}
+
 /// Play one fault of the timeline.
 async fn inject(
     fault: FaultSpec,
+    network: NetworkSpec,
     relay: madsim::task::NodeId,
     upstreams: Vec<NodeHandle>,
     control: Arc<RelayControl>,
@@ -548,6 +555,31 @@ async fn inject(
                 net.unclog_link(node.id(), relay);
             }
             record("partition", count, false);
+        }
+        FaultSpec::Clog { at_s, duration_s } => {
+            sleep_until(world_start + Duration::from_secs(at_s)).await;
+            let net = NetSim::current();
+            net.clog_node(relay);
+            record("clog", 0, true);
+            sleep(Duration::from_secs(duration_s)).await;
+            net.unclog_node(relay);
+            record("clog", 0, false);
+        }
+        FaultSpec::Latency {
+            at_s,
+            duration_s,
+            latency_ms,
+        } => {
+            let set_latency = |range_ms: Between<u64>| {
+                NetSim::current()
+                    .update_config(|config| config.send_latency = send_latency(range_ms));
+            };
+            sleep_until(world_start + Duration::from_secs(at_s)).await;
+            set_latency(latency_ms);
+            record("latency", 0, true);
+            sleep(Duration::from_secs(duration_s)).await;
+            set_latency(network.latency_ms);
+            record("latency", 0, false);
         }
         FaultSpec::KillRelay { at_s, down_s } => {
             sleep_until(world_start + Duration::from_secs(at_s)).await;

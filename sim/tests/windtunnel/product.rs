@@ -442,7 +442,7 @@ fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
     assert_eq!(names.first().unwrap(), "churn_idle_reaper_disabled.toml");
     assert_eq!(names.last().unwrap(), "host_flap.toml");
     assert!(names.iter().all(|n| n.ends_with(".toml")));
-    assert_eq!(names.len(), 17, "{names:?}");
+    assert_eq!(names.len(), 18, "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------
