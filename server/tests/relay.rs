@@ -238,6 +238,60 @@ async fn oversized_and_malformed_heads_get_clear_errors() {
 }
 
 #[tokio::test]
+async fn a_head_split_mid_crlf_is_reassembled() {
+    let relay = Running::start(&[]).await;
+    let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    // Each piece ends between a CR and its LF, as a TCP segment boundary may fall.
+    for piece in [
+        &b"GET /_healthz HTTP/1.1\r"[..],
+        b"\nHost: x\r",
+        b"\nConnection: close\r",
+        b"\n\r",
+        b"\n",
+    ] {
+        stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = read_to_close(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+}
+
+#[tokio::test]
+async fn a_post_body_that_never_ends_gets_408_and_the_slot_back() {
+    let relay = Running::start(&["server.header_read_timeout_ms=300"]).await;
+    let mut endless = TcpStream::connect(relay.addr).await.unwrap();
+    endless
+        .write_all(b"POST /requestCrawl HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    // A chunk every 50 ms: the connection is never idle, the body never ends.
+    let trickle = async {
+        for _ in 0..40 {
+            if endless.write_all(b"1\r\n{\r\n").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut reader = TcpStream::connect(relay.addr).await.unwrap();
+    reader.write_all(GET_HEALTHZ).await.unwrap();
+    let (_, health) = tokio::join!(trickle, read_to_close(&mut reader));
+    assert!(
+        health.starts_with("HTTP/1.1 200 OK\r\n"),
+        "probes are answered meanwhile: {health}"
+    );
+    let response = read_to_close(&mut endless).await;
+    assert!(
+        response.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{response}"
+    );
+    assert!(response.contains(r#""error":"body_timeout""#), "{response}");
+    let observer = relay.observer.clone();
+    wait_until("the slot is released", || observer.connections().open == 0).await;
+}
+
+#[tokio::test]
 async fn keep_alive_reuses_one_admitted_connection() {
     let relay = Running::start(&[]).await;
     let mut stream = TcpStream::connect(relay.addr).await.unwrap();
