@@ -50,6 +50,22 @@ fn active_connection(max: usize) -> (Arc<Registry>, ConnOwner) {
     (registry, owner)
 }
 
+/// Spawn `count` threads; thread `n` runs `body(n, registry)`. Join handles in order.
+fn spawn_each<T: Send + 'static>(
+    registry: &Arc<Registry>,
+    count: usize,
+    body: impl Fn(usize, &Arc<Registry>) -> T + Send + Sync + 'static,
+) -> Vec<thread::JoinHandle<T>> {
+    let body = Arc::new(body);
+    (0..count)
+        .map(|n| {
+            let registry = Arc::clone(registry);
+            let body = Arc::clone(&body);
+            thread::spawn(move || body(n, &registry))
+        })
+        .collect()
+}
+
 /// The reason requester `n` of a model asks for, so several requesters differ.
 fn reason_of(n: usize) -> CloseReason {
     CloseReason::ALL[n % CloseReason::ALL.len()]
@@ -62,12 +78,9 @@ fn reason_of(n: usize) -> CloseReason {
 pub fn stale_id_never_reaches_next_occupant(requesters: usize) {
     let (registry, first) = active_connection(1);
     let stale = first.id();
-    let handles: Vec<_> = (0..requesters)
-        .map(|n| {
-            let registry = Arc::clone(&registry);
-            thread::spawn(move || registry.request_close(stale, reason_of(n)))
-        })
-        .collect();
+    let handles = spawn_each(&registry, requesters, move |n, registry| {
+        registry.request_close(stale, reason_of(n))
+    });
     drop(first);
     let second = registry.try_admit(0).expect("the only slot was released");
     let activated = second.activate();
@@ -95,20 +108,15 @@ pub fn stale_id_never_reaches_next_occupant(requesters: usize) {
 pub fn one_close_among_eof_kick_and_reaper(requesters: usize) {
     let (registry, owner) = active_connection(1);
     let id = owner.id();
-    let handles: Vec<_> = (0..requesters)
-        .map(|n| {
-            let registry = Arc::clone(&registry);
-            thread::spawn(move || {
-                if n % 2 == 0 {
-                    let took = registry.request_close(id, CloseReason::Kicked);
-                    (CloseReason::Kicked, took == CloseRequest::Requested)
-                } else {
-                    // Last activity was at 0 ms: at 10 s with a 5 s timeout it is idle.
-                    (CloseReason::Idle, registry.reap_idle(10_000, 5_000) == 1)
-                }
-            })
-        })
-        .collect();
+    let handles = spawn_each(&registry, requesters, move |n, registry| {
+        if n % 2 == 0 {
+            let took = registry.request_close(id, CloseReason::Kicked);
+            (CloseReason::Kicked, took == CloseRequest::Requested)
+        } else {
+            // Last activity was at 0 ms: at 10 s with a 5 s timeout it is idle.
+            (CloseReason::Idle, registry.reap_idle(10_000, 5_000) == 1)
+        }
+    });
     // Owner EOF: the read loop ends; the owner looks at its state once and finishes.
     let seen_by_owner = owner.close_requested();
     drop(owner);
@@ -138,27 +146,23 @@ pub fn one_close_among_eof_kick_and_reaper(requesters: usize) {
 /// and hold the permit while counting themselves; never more than `max` hold at once.
 pub fn concurrent_admits_never_exceed_max(max: usize, threads: usize) {
     let registry = Registry::new(max);
-    let holding = Arc::new(AtomicUsize::new(0));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let registry = Arc::clone(&registry);
-            let holding = Arc::clone(&holding);
-            thread::spawn(move || match registry.try_admit(0) {
-                Ok(owner) => {
-                    let now_holding = holding.fetch_add(1, SeqCst) + 1;
-                    assert!(
-                        now_holding <= max,
-                        "{now_holding} connections hold {max} permits"
-                    );
-                    holding.fetch_sub(1, SeqCst);
-                    drop(owner);
-                    true
-                }
-                Err(AdmitError::AtCapacity) => false,
-                Err(err) => panic!("unexpected refusal: {err}"),
-            })
-        })
-        .collect();
+    let holding = AtomicUsize::new(0);
+    let handles = spawn_each(&registry, threads, move |_, registry| {
+        match registry.try_admit(0) {
+            Ok(owner) => {
+                let now_holding = holding.fetch_add(1, SeqCst) + 1;
+                assert!(
+                    now_holding <= max,
+                    "{now_holding} connections hold {max} permits"
+                );
+                holding.fetch_sub(1, SeqCst);
+                drop(owner);
+                true
+            }
+            Err(AdmitError::AtCapacity) => false,
+            Err(err) => panic!("unexpected refusal: {err}"),
+        }
+    });
     let admitted = handles
         .into_iter()
         .map(|h| h.join().unwrap())
@@ -180,12 +184,7 @@ pub fn concurrent_admits_never_exceed_max(max: usize, threads: usize) {
 /// shutdown; connections open before are asked to close; every later admission is refused.
 pub fn admit_during_shutdown_is_refused_or_draining(admitters: usize) {
     let (registry, existing) = active_connection(admitters + 1);
-    let handles: Vec<_> = (0..admitters)
-        .map(|_| {
-            let registry = Arc::clone(&registry);
-            thread::spawn(move || registry.try_admit(0))
-        })
-        .collect();
+    let handles = spawn_each(&registry, admitters, |_, registry| registry.try_admit(0));
     let shutdown = {
         let registry = Arc::clone(&registry);
         thread::spawn(move || registry.begin_shutdown())
@@ -220,12 +219,9 @@ pub fn eviction_never_resurrected_by_activation(evictors: usize) {
     let registry = Registry::new(1);
     let owner = registry.try_admit(0).expect("empty registry admits");
     let id = owner.id();
-    let handles: Vec<_> = (0..evictors)
-        .map(|_| {
-            let registry = Arc::clone(&registry);
-            thread::spawn(move || registry.request_close(id, CloseReason::Evicted))
-        })
-        .collect();
+    let handles = spawn_each(&registry, evictors, move |_, registry| {
+        registry.request_close(id, CloseReason::Evicted)
+    });
     let activated = owner.activate();
     let outcomes: Vec<CloseRequest> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let requested = outcomes
@@ -252,12 +248,9 @@ pub fn eviction_never_resurrected_by_activation(evictors: usize) {
 pub fn close_request_wakes_waiting_owner(requesters: usize) {
     let (registry, owner) = active_connection(1);
     let id = owner.id();
-    let handles: Vec<_> = (0..requesters)
-        .map(|n| {
-            let registry = Arc::clone(&registry);
-            thread::spawn(move || (reason_of(n), registry.request_close(id, reason_of(n))))
-        })
-        .collect();
+    let handles = spawn_each(&registry, requesters, move |n, registry| {
+        (reason_of(n), registry.request_close(id, reason_of(n)))
+    });
     let woken_for = block_on(owner.close_request());
     let granted: Vec<CloseReason> = handles
         .into_iter()
@@ -379,12 +372,9 @@ pub fn delivery_during_drain_is_flushed_or_refused(
 pub fn eviction_victim_finishing_concurrently(evictors: usize) {
     let (registry, victim) = active_connection(1);
     let id = victim.id();
-    let handles: Vec<_> = (0..evictors)
-        .map(|_| {
-            let registry = Arc::clone(&registry);
-            thread::spawn(move || registry.request_close(id, CloseReason::Evicted))
-        })
-        .collect();
+    let handles = spawn_each(&registry, evictors, move |_, registry| {
+        registry.request_close(id, CloseReason::Evicted)
+    });
     drop(victim);
     let outcomes: Vec<CloseRequest> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(
