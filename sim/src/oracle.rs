@@ -145,14 +145,14 @@ pub fn handler_fault_windows(scenario: &Scenario) -> Vec<HandlerFaultWindow> {
         .faults
         .iter()
         .filter_map(|fault| {
-            let (at_s, duration_s, status) = match *fault {
-                FaultSpec::HandlerPanic { at_s, duration_s } => (at_s, duration_s, 500),
-                FaultSpec::HandlerStall { at_s, duration_s } => (at_s, duration_s, 504),
+            let (at_s, status) = match *fault {
+                FaultSpec::HandlerPanic { at_s, .. } => (at_s, 500),
+                FaultSpec::HandlerStall { at_s, .. } => (at_s, 504),
                 _ => return None,
             };
             Some(HandlerFaultWindow {
                 start_us: at_s * 1_000_000,
-                end_us: (at_s + duration_s) * 1_000_000,
+                end_us: fault.end_s() * 1_000_000,
                 status,
             })
         })
@@ -204,16 +204,12 @@ pub fn panics_contained(
             recovered |= started_us >= recovered_from_us;
             continue;
         }
-        let contained = windows.iter().any(|window| {
-            window.status == status
-                && started_us <= window.end_us + settle_us
-                && record.t_us >= window.start_us
+        let overlapping = windows.iter().filter(|window| {
+            started_us <= window.end_us + settle_us && record.t_us >= window.start_us
         });
-        if !contained {
-            let expected: Vec<String> = windows
-                .iter()
-                .filter(|w| started_us <= w.end_us + settle_us && record.t_us >= w.start_us)
-                .map(|w| w.status.to_string())
+        if !overlapping.clone().any(|window| window.status == status) {
+            let expected: Vec<String> = overlapping
+                .map(|window| window.status.to_string())
                 .chain(std::iter::once("200".to_owned()))
                 .collect();
             return Some(violation(

@@ -23,6 +23,7 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::routes::error;
+use super::AppState;
 use crate::metrics::Metrics;
 use crate::rt::time::{timeout, Duration};
 
@@ -54,7 +55,7 @@ impl RequestContext {
 
 /// Run `handler` inside the boundary: its response, or a 500 if it panicked, or a 504 if it
 /// took longer than `handler_timeout`.
-pub async fn contain(
+async fn contain(
     metrics: &Metrics,
     handler_timeout: Duration,
     request: RequestContext,
@@ -89,6 +90,25 @@ pub async fn contain(
             )
         }
     }
+}
+
+/// [`contain`] with the relay's own metrics and handler deadline; the request is then
+/// counted under its route with the status it was answered.
+pub async fn guarded(
+    state: &AppState,
+    request: RequestContext,
+    handler: impl Future<Output = Response<Full<Bytes>>>,
+) -> Response<Full<Bytes>> {
+    let route = request.route;
+    let response = contain(
+        &state.metrics,
+        state.config.server.handler_timeout(),
+        request,
+        handler,
+    )
+    .await;
+    state.metrics.request(route, response.status().as_u16());
+    response
 }
 
 /// The text of a panic payload (`panic!` with a literal or a formatted message).

@@ -269,17 +269,10 @@ async fn drive_connection(
             let response = if subscribe::is_subscribe(&request) {
                 state.cpu.spend(state.config.cpu.http_request()).await;
                 let context = RequestContext::new("subscribe", &request, state.next_request_id());
-                let response = guard::contain(
-                    &state.metrics,
-                    state.config.server.handler_timeout(),
-                    context,
-                    async { subscribe::accept(&state, request, &pending) },
-                )
-                .await;
-                state
-                    .metrics
-                    .request("subscribe", response.status().as_u16());
-                response
+                guard::guarded(&state, context, async {
+                    subscribe::accept(&state, request, &pending)
+                })
+                .await
             } else {
                 routes::serve(&state, request, Lane::Admitted).await
             };

@@ -97,17 +97,7 @@ pub async fn serve(
     state.cpu.spend(state.config.cpu.http_request()).await;
     let route = Route::of(request.uri().path());
     let context = RequestContext::new(route.label(), &request, state.next_request_id());
-    let response = guard::contain(
-        &state.metrics,
-        state.config.server.handler_timeout(),
-        context,
-        respond(state, request, route, lane),
-    )
-    .await;
-    state
-        .metrics
-        .request(route.label(), response.status().as_u16());
-    response
+    guard::guarded(state, context, respond(state, request, route, lane)).await
 }
 
 async fn respond(
