@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::events::EventsConfig;
+pub use crate::http::dispatch::DispatchMode;
 pub use crate::http::subscribe::FanoutConfig;
 pub use crate::rt::cpu::CpuConfig;
 pub use crate::upstream::UpstreamConfig;
@@ -76,6 +77,11 @@ pub struct ServerConfig {
     /// A request handler still running after this long is abandoned and answered 504
     /// (a stuck handler must not hold its connection forever).
     pub handler_timeout_ms: u64,
+    /// `concurrent` (default): handlers of different connections run at the same time.
+    /// `serialized`: one connection's exchange at a time, and every response closes its
+    /// connection (`Connection: close`) so a keep-alive client cannot hold the turn.
+    /// Probes and `/metrics` are answered in either mode without waiting for the turn.
+    pub dispatch: DispatchMode,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +99,7 @@ impl Default for ServerConfig {
             refusal_read_timeout_ms: 1_000,
             retry_after_s: 1,
             handler_timeout_ms: 30_000,
+            dispatch: DispatchMode::Concurrent,
         }
     }
 }

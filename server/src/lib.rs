@@ -32,6 +32,7 @@ pub use relay_lifecycle::RegistryStats;
 
 use crate::config::Config;
 use crate::events::EventStats;
+use crate::http::dispatch::DispatchStats;
 use crate::http::{AppState, ShutdownReport};
 use crate::rt::net::TcpListener;
 use crate::store::{Store, StoreError};
@@ -140,6 +141,11 @@ impl Observer {
     /// Every upstream host, as `/hosts` shows it.
     pub fn hosts(&self) -> Vec<HostView> {
         self.state.upstreams.views()
+    }
+
+    /// Dispatched handlers in flight now and at most.
+    pub fn dispatch(&self) -> DispatchStats {
+        self.state.dispatcher.stats()
     }
 
     /// Event pipeline counters (head, retention, consumers, kicks, store health).

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use relay_lifecycle::RegistryStats;
 
 use crate::events::EventStats;
+use crate::http::dispatch::DispatchStats;
 use crate::upstream::{HostPhase, UpstreamStats};
 
 /// Labels naming why something was refused, closed or ended.
@@ -78,6 +79,8 @@ pub struct Metrics {
     events_retention_deleted: Gauge,
     consumers_kicked: Gauge,
     consumer_mailbox_high_water: Gauge,
+    handlers_in_flight: Gauge,
+    handlers_in_flight_high_water: Gauge,
 }
 
 impl Default for Metrics {
@@ -119,6 +122,8 @@ impl Metrics {
             events_retention_deleted: Gauge::default(),
             consumers_kicked: Gauge::default(),
             consumer_mailbox_high_water: Gauge::default(),
+            handlers_in_flight: Gauge::default(),
+            handlers_in_flight_high_water: Gauge::default(),
         };
         metrics.registered()
     }
@@ -265,6 +270,16 @@ impl Metrics {
             "Most frames ever waiting for one consumer",
             self.consumer_mailbox_high_water.clone(),
         );
+        registry.register(
+            "handlers_in_flight",
+            "Dispatched request handlers running now (probes and /metrics excluded)",
+            self.handlers_in_flight.clone(),
+        );
+        registry.register(
+            "handlers_in_flight_high_water",
+            "Most dispatched request handlers ever running at once",
+            self.handlers_in_flight_high_water.clone(),
+        );
         self
     }
 
@@ -348,8 +363,12 @@ impl Metrics {
         connections: RegistryStats,
         upstreams: UpstreamStats,
         events: EventStats,
+        dispatch: DispatchStats,
     ) -> String {
         let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        self.handlers_in_flight.set(gauge(dispatch.in_flight));
+        self.handlers_in_flight_high_water
+            .set(gauge(dispatch.high_water));
         let wide = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.events_head_seq.set(wide(events.head_seq));
         self.events_oldest_seq.set(wide(events.oldest_seq));

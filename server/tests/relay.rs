@@ -305,6 +305,29 @@ async fn keep_alive_reuses_one_admitted_connection() {
 }
 
 #[tokio::test]
+async fn serialized_dispatch_answers_one_request_per_connection() {
+    let relay = Running::start(&["server.dispatch=serialized"]).await;
+    // Two keep-alive requests pipelined on one connection: the first answer closes it.
+    let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+    stream
+        .write_all(b"GET /hosts HTTP/1.1\r\nHost: x\r\n\r\nGET /hosts HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = read_to_close(&mut stream).await;
+    assert_eq!(
+        answered.matches("HTTP/1.1 200 OK\r\n").count(),
+        1,
+        "{answered}"
+    );
+    assert!(answered.contains("connection: close\r\n"), "{answered}");
+    // The turn came back with the connection: the next connection is served at once.
+    let next = exchange(relay.addr, b"GET /hosts HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(next.starts_with("HTTP/1.1 200 OK\r\n"), "{next}");
+    assert_eq!(relay.observer.dispatch().high_water, 1);
+    assert_eq!(relay.observer.dispatch().in_flight, 0);
+}
+
+#[tokio::test]
 async fn shutdown_drains_open_connections_and_refuses_new_ones() {
     let relay = Running::start(&["server.shutdown_grace_ms=2000"]).await;
     let mut open = TcpStream::connect(relay.addr).await.unwrap();

@@ -123,6 +123,12 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
             spec.settle_s * 1_000_000,
         ));
     }
+    if let Some(spec) = &scenario.oracles.calls_answered {
+        violations.extend(calls_answered(records, &spec.statuses));
+    }
+    if let Some(spec) = &scenario.oracles.handlers_in_flight_max {
+        violations.extend(handlers_in_flight_max(records, spec.max));
+    }
     violations.extend(no_panics(records));
     violations
 }
@@ -234,6 +240,80 @@ pub fn panics_contained(
             ),
         )
     })
+}
+
+/// Every API call got a response with one of `statuses`, and after the last call that
+/// was not a 200 (a shed, say) some call succeeded again.
+pub fn calls_answered(records: &[Record], statuses: &[u16]) -> Option<Violation> {
+    let mut last_refusal: Option<(usize, u64)> = None;
+    let mut succeeded_since = false;
+    for (index, record) in records.iter().enumerate() {
+        let Event::Call { status, error, .. } = &record.event else {
+            continue;
+        };
+        match *status {
+            None => {
+                return Some(violation_at(
+                    OracleName::CallsAnswered,
+                    index,
+                    record,
+                    format!(
+                        "{} got no response: {}",
+                        record.node,
+                        error.as_deref().unwrap_or("unknown error")
+                    ),
+                ))
+            }
+            Some(200) => succeeded_since = true,
+            Some(status) if statuses.contains(&status) => {
+                last_refusal = Some((index, record.t_us));
+                succeeded_since = false;
+            }
+            Some(status) => {
+                let allowed: Vec<String> = statuses.iter().map(u16::to_string).collect();
+                return Some(violation_at(
+                    OracleName::CallsAnswered,
+                    index,
+                    record,
+                    format!(
+                        "{} was answered {status}, expected {}",
+                        record.node,
+                        allowed.join(" or ")
+                    ),
+                ));
+            }
+        }
+    }
+    match last_refusal {
+        Some((index, t_us)) if !succeeded_since => Some(Violation {
+            oracle: OracleName::CallsAnswered,
+            record_index: Some(index),
+            t_us,
+            message: "no call succeeded after the last one that was refused".into(),
+        }),
+        _ => None,
+    }
+}
+
+/// The relay never ran more than `max` dispatched handlers at once.
+pub fn handlers_in_flight_max(records: &[Record], max: usize) -> Option<Violation> {
+    records
+        .iter()
+        .enumerate()
+        .find_map(|(index, record)| match record.event {
+            Event::RelaySample { http, .. } if http.handlers_high_water > max => {
+                Some(violation_at(
+                    OracleName::HandlersInFlightMax,
+                    index,
+                    record,
+                    format!(
+                        "{} handlers ran at once, bound {max}",
+                        http.handlers_high_water
+                    ),
+                ))
+            }
+            _ => None,
+        })
 }
 
 /// None of the `fast` consumers was ever closed for a reason that belongs to another
@@ -800,7 +880,7 @@ pub fn verdict(expect: Expect, violations: &[Violation]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::EventsSample;
+    use crate::trace::{EventsSample, HttpSample};
 
     fn probe(t_s: u64, ok: bool) -> (u64, Event) {
         (
@@ -814,6 +894,7 @@ mod tests {
         )
     }
 
+    #[derive(Default)]
     struct Sample {
         t_s: u64,
         open: usize,
@@ -836,6 +917,7 @@ mod tests {
                 relay_tasks: s.relay_tasks,
                 upstreams: UpstreamSample::default(),
                 events: EventsSample::default(),
+                http: HttpSample::default(),
             },
         )
     }
@@ -891,6 +973,60 @@ mod tests {
         let violation = panics_contained(wrong_kind.records(), &panic_window, 1_000_000).unwrap();
         assert!(
             violation.message.contains("expected 500 or 200"),
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn calls_answered_allows_listed_statuses_then_needs_a_success() {
+        let shed_then_served = trace([
+            call(1_000, 10, Some(200)),
+            call(2_000, 10, Some(503)),
+            call(3_000, 10, Some(200)),
+        ]);
+        assert_eq!(
+            calls_answered(shed_then_served.records(), &[200, 503]),
+            None
+        );
+        let violation = calls_answered(shed_then_served.records(), &[200]).unwrap();
+        assert_eq!(violation.record_index, Some(1));
+        assert!(
+            violation.message.contains("answered 503, expected 200"),
+            "{violation}"
+        );
+
+        let never_served_again = trace([call(1_000, 10, Some(200)), call(2_000, 10, Some(503))]);
+        let violation = calls_answered(never_served_again.records(), &[200, 503]).unwrap();
+        assert_eq!(violation.record_index, Some(1));
+        assert!(
+            violation.message.contains("no call succeeded after"),
+            "{violation}"
+        );
+
+        let unanswered = trace([call(1_000, 5_000, None)]);
+        let violation = calls_answered(unanswered.records(), &[200]).unwrap();
+        assert!(violation.message.contains("got no response"), "{violation}");
+    }
+
+    #[test]
+    fn handlers_in_flight_max_reports_the_first_sample_over_the_bound() {
+        let with_high_water = |t_s: u64, handlers_high_water: usize| {
+            let (t_us, mut event) = sample(Sample {
+                t_s,
+                ..Sample::default()
+            });
+            if let Event::RelaySample { http, .. } = &mut event {
+                http.handlers_high_water = handlers_high_water;
+            }
+            (t_us, event)
+        };
+        let serialized = trace([with_high_water(1, 1), with_high_water(2, 1)]);
+        assert_eq!(handlers_in_flight_max(serialized.records(), 1), None);
+        let overlapped = trace([with_high_water(1, 1), with_high_water(2, 2)]);
+        let violation = handlers_in_flight_max(overlapped.records(), 1).unwrap();
+        assert_eq!(violation.record_index, Some(1));
+        assert!(
+            violation.message.contains("2 handlers ran at once"),
             "{violation}"
         );
     }
@@ -1106,6 +1242,7 @@ mod tests {
                 relay_tasks: 1,
                 upstreams: sample,
                 events: EventsSample::default(),
+                http: HttpSample::default(),
             },
         )
     }

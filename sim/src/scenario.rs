@@ -114,11 +114,17 @@ pub enum OracleName {
     /// a 200, inside them a 200 or the fault's contained answer (500 for a panic, 504 for a
     /// stall); and calls succeed again after the last handler fault.
     PanicsContained,
+    /// Every API call got a response, with one of the listed statuses, and after any 503
+    /// (load shed) a later call succeeded with 200.
+    CallsAnswered,
+    /// The relay never ran more dispatched handlers at once than a bound (`1` checks that
+    /// serialized dispatch is serialized).
+    HandlersInFlightMax,
 }
 
 impl OracleName {
     /// Every oracle, in check and report order.
-    pub const ALL: [OracleName; 16] = [
+    pub const ALL: [OracleName; 18] = [
         Self::ProbeLiveness,
         Self::ProbeLatencyMax,
         Self::ConnAccounting,
@@ -134,6 +140,8 @@ impl OracleName {
         Self::RecoveryWithin,
         Self::DeliveryGapMax,
         Self::PanicsContained,
+        Self::CallsAnswered,
+        Self::HandlersInFlightMax,
         Self::NoPanics,
     ];
 
@@ -156,6 +164,8 @@ impl OracleName {
             Self::RecoveryWithin => "recovery_within",
             Self::DeliveryGapMax => "delivery_gap_max",
             Self::PanicsContained => "panics_contained",
+            Self::CallsAnswered => "calls_answered",
+            Self::HandlersInFlightMax => "handlers_in_flight_max",
         }
     }
 }
@@ -393,6 +403,31 @@ pub struct OracleSpecs {
     pub consumer_accounting: Option<ConsumerAccountingSpec>,
     /// See [`OracleName::PanicsContained`]. Needs `[[callers]]`.
     pub panics_contained: Option<PanicsContainedSpec>,
+    /// See [`OracleName::CallsAnswered`]. Needs `[[callers]]`.
+    pub calls_answered: Option<CallsAnsweredSpec>,
+    /// See [`OracleName::HandlersInFlightMax`].
+    pub handlers_in_flight_max: Option<HandlersInFlightMaxSpec>,
+}
+
+/// `calls_answered` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallsAnsweredSpec {
+    /// The statuses a call may be answered with.
+    #[serde(default = "default_calls_statuses")]
+    pub statuses: Vec<u16>,
+}
+
+fn default_calls_statuses() -> Vec<u16> {
+    vec![200]
+}
+
+/// `handlers_in_flight_max` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlersInFlightMaxSpec {
+    /// Most dispatched handlers allowed to run at once.
+    pub max: usize,
 }
 
 /// `panics_contained` bound.
@@ -951,6 +986,20 @@ impl Scenario {
                 "panics_contained needs [[callers]]".into(),
             );
         }
+        if let Some(spec) = &self.oracles.calls_answered {
+            if self.callers.is_empty() {
+                return fail(
+                    "oracles.calls_answered",
+                    "calls_answered needs [[callers]]".into(),
+                );
+            }
+            if !spec.statuses.contains(&200) {
+                return fail(
+                    "oracles.calls_answered.statuses",
+                    "expected a list of statuses that includes 200".into(),
+                );
+            }
+        }
         let needs_prober =
             self.oracles.probe_liveness.is_some() || self.oracles.probe_latency_max.is_some();
         if needs_prober && self.prober.is_none() {
@@ -1090,6 +1139,8 @@ impl Scenario {
             OracleName::NoStaleDelivery => self.oracles.no_stale_delivery.is_some(),
             OracleName::ConsumerAccounting => self.oracles.consumer_accounting.is_some(),
             OracleName::PanicsContained => self.oracles.panics_contained.is_some(),
+            OracleName::CallsAnswered => self.oracles.calls_answered.is_some(),
+            OracleName::HandlersInFlightMax => self.oracles.handlers_in_flight_max.is_some(),
         }
     }
 }

@@ -223,6 +223,8 @@ fn drop_oracle(scenario: &mut Scenario, oracle: OracleName) {
         OracleName::RecoveryWithin => o.recovery_within = None,
         OracleName::DeliveryGapMax => o.delivery_gap_max = None,
         OracleName::PanicsContained => o.panics_contained = None,
+        OracleName::CallsAnswered => o.calls_answered = None,
+        OracleName::HandlersInFlightMax => o.handlers_in_flight_max = None,
     }
 }
 

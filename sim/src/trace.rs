@@ -93,6 +93,9 @@ pub enum Event {
         /// Event pipeline side of the same sample.
         #[serde(flatten)]
         events: EventsSample,
+        /// Request dispatch side of the same sample.
+        #[serde(flatten)]
+        http: HttpSample,
     },
     /// A consumer's WebSocket subscription was accepted.
     ConsumerConnected {
@@ -205,6 +208,14 @@ pub struct EventsSample {
     /// Whether the event log accepted its last commit.
     #[serde(default)]
     pub store_healthy: bool,
+}
+
+/// The relay's request dispatch at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSample {
+    /// Most dispatched handlers ever running at once.
+    #[serde(default)]
+    pub handlers_high_water: usize,
 }
 
 /// What a churner loop does with one connection.

@@ -49,6 +49,8 @@ fn every_shipped_scenario_loads() {
             "handler_timeout",
             "handler_timeout_too_long",
             "host_flap",
+            "keepalive_dispatch",
+            "keepalive_dispatch_concurrent",
             "network_blip",
             "panic_isolation",
             "restart_resume",
@@ -519,6 +521,26 @@ mod simulated {
             "handler_timeout_too_long.toml",
             1..=6,
             OracleName::PanicsContained,
+        );
+    }
+
+    #[test]
+    fn keepalive_dispatch_serializes_handlers_and_answers_every_call_for_20_seeds() {
+        for (seed, summary, _) in passes("keepalive_dispatch.toml", 1..=20) {
+            let served = summary.calls_by_answer.get("200").copied().unwrap_or(0);
+            assert!(
+                served > 1000,
+                "seed {seed}: callers must keep calling: {summary:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn concurrent_dispatch_overlaps_handlers_and_fails_handlers_in_flight_max() {
+        fails_as_expected(
+            "keepalive_dispatch_concurrent.toml",
+            1..=6,
+            OracleName::HandlersInFlightMax,
         );
     }
 

@@ -165,7 +165,12 @@ mod tests {
         assert!(logs_contain("method=GET"));
         assert!(logs_contain(r#"path="/hosts""#));
         assert!(logs_contain("the host table view broke"));
-        let text = metrics.encode(Default::default(), Default::default(), Default::default());
+        let text = metrics.encode(
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
         assert!(
             text.contains(r#"relay_handler_failures_total{route="hosts",kind="panic"} 1"#),
             "{text}"
@@ -186,7 +191,12 @@ mod tests {
         assert!(body.contains(r#""error":"handler_timeout""#), "{body}");
         assert!(logs_contain("handler timed out; answered 504"));
         assert!(logs_contain("timeout_ms=20"));
-        let text = metrics.encode(Default::default(), Default::default(), Default::default());
+        let text = metrics.encode(
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
         assert!(
             text.contains(r#"relay_handler_failures_total{route="hosts",kind="timeout"} 1"#),
             "{text}"

@@ -7,6 +7,7 @@
 //! task allowed to close the socket.
 
 mod activity;
+pub mod dispatch;
 mod guard;
 pub mod routes;
 pub mod subscribe;
@@ -18,13 +19,16 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
+use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use relay_lifecycle::{AdmitError, ConnOwner, Registry};
 use tokio::sync::Semaphore;
 
 use self::activity::ActivityIo;
+use self::dispatch::{ConnectionTurn, Dispatcher};
 use self::guard::RequestContext;
 use self::routes::Lane;
 use crate::config::Config;
@@ -55,6 +59,8 @@ pub struct AppState {
     pub upstreams: Arc<Upstreams>,
     /// The event log: sequencer, retention and fan-out to consumers.
     pub events: Arc<Events>,
+    /// How admitted connections reach their handlers (`server.dispatch`).
+    pub dispatcher: Dispatcher,
     /// Caps concurrent refusal-lane connections.
     refusal_lane: Arc<Semaphore>,
     /// Set while the accept loop runs and shutdown has not begun.
@@ -91,6 +97,7 @@ impl AppState {
             clock,
             upstreams: Arc::new(upstreams),
             events: Arc::new(events),
+            dispatcher: Dispatcher::new(config.server.dispatch),
             refusal_lane: Arc::new(Semaphore::new(config.server.refusal_lane_max)),
             accepting: AtomicBool::new(false),
             request_ids: AtomicU64::new(0),
@@ -118,10 +125,11 @@ impl AppState {
             self.registry.stats(),
             self.upstreams.stats(),
             self.events.stats(),
+            self.dispatcher.stats(),
         )
     }
 
-    fn http1(&self, lane: Lane) -> http1::Builder {
+    fn http1(&self, lane: Lane<'_>) -> http1::Builder {
         let server = &self.config.server;
         let mut builder = http1::Builder::new();
         builder
@@ -129,7 +137,7 @@ impl AppState {
             .max_header_size(server.max_header_bytes)
             .max_buf_size(server.max_header_bytes.max(8192));
         match lane {
-            Lane::Admitted => builder.header_read_timeout(server.header_read_timeout()),
+            Lane::Admitted(_) => builder.header_read_timeout(server.header_read_timeout()),
             Lane::Refusal => builder
                 .header_read_timeout(server.refusal_read_timeout())
                 .keep_alive(false),
@@ -262,31 +270,46 @@ async fn drive_connection(
     // Where the `/subscribe` route parks an accepted WebSocket handshake for this task.
     let pending: subscribe::PendingSlot = Arc::default();
     let service_pending = Arc::clone(&pending);
+    // This connection's dispatch turn (serialized mode); given back when the task ends.
+    let turn = Arc::new(ConnectionTurn::default());
+    let service_turn = Arc::clone(&turn);
     let service = service_fn(move |request| {
         let state = Arc::clone(&service_state);
         let pending = Arc::clone(&service_pending);
+        let turn = Arc::clone(&service_turn);
         async move {
-            let response = if subscribe::is_subscribe(&request) {
-                state.cpu.spend(state.config.cpu.http_request()).await;
+            let mut response = if subscribe::is_subscribe(&request) {
                 let context = RequestContext::new("subscribe", &request, state.next_request_id());
+                let _in_flight = state.dispatcher.enter(&turn).await;
+                state.cpu.spend(state.config.cpu.http_request()).await;
                 guard::guarded(&state, context, async {
                     subscribe::accept(&state, request, &pending)
                 })
                 .await
             } else {
-                routes::serve(&state, request, Lane::Admitted).await
+                routes::serve(&state, request, Lane::Admitted(&turn)).await
             };
+            if state.dispatcher.closes_connections()
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                // hyper ends the connection after a response that says so.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(response)
         }
     });
     let connection = state
-        .http1(Lane::Admitted)
+        .http1(Lane::Admitted(&turn))
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         biased;
         result = connection.as_mut() => {
+            // The HTTP exchange is over; a subscription does not hold the dispatch turn.
+            turn.release();
             let upgraded = pending.lock().unwrap_or_else(PoisonError::into_inner).take();
             match (result, upgraded) {
                 (Ok(()), Some(subscription)) => subscribe::run(state, subscription, owner).await,

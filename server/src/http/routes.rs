@@ -11,6 +11,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
+use super::dispatch::ConnectionTurn;
 use super::guard::{self, RequestContext};
 use super::AppState;
 use crate::rt::fault::{self, Fault};
@@ -28,10 +29,10 @@ struct CrawlRequest {
 }
 
 /// Which lane a request arrived on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lane {
-    /// An admitted connection.
-    Admitted,
+#[derive(Clone, Copy, Debug)]
+pub enum Lane<'a> {
+    /// An admitted connection, with its dispatch turn.
+    Admitted(&'a ConnectionTurn),
     /// A connection accepted while the registry refused it: probes and metrics are
     /// answered, everything else is told to come back later.
     Refusal,
@@ -82,7 +83,8 @@ impl Route {
         }
     }
 
-    /// Answered even when the relay is at its connection limit.
+    /// Answered even when the relay is at its connection limit, and never queued for the
+    /// dispatch turn: these answer from atomics.
     fn served_at_capacity(self) -> bool {
         matches!(self, Self::Healthz | Self::Readyz | Self::Metrics)
     }
@@ -92,19 +94,26 @@ impl Route {
 pub async fn serve(
     state: &AppState,
     request: Request<Incoming>,
-    lane: Lane,
+    lane: Lane<'_>,
 ) -> Response<Full<Bytes>> {
-    state.cpu.spend(state.config.cpu.http_request()).await;
     let route = Route::of(request.uri().path());
     let context = RequestContext::new(route.label(), &request, state.next_request_id());
-    guard::guarded(state, context, respond(state, request, route, lane)).await
+    let _in_flight = match lane {
+        Lane::Admitted(turn) if !route.served_at_capacity() => {
+            Some(state.dispatcher.enter(turn).await)
+        }
+        _ => None,
+    };
+    state.cpu.spend(state.config.cpu.http_request()).await;
+    let refused = matches!(lane, Lane::Refusal);
+    guard::guarded(state, context, respond(state, request, route, refused)).await
 }
 
 async fn respond(
     state: &AppState,
     request: Request<Incoming>,
     route: Route,
-    lane: Lane,
+    refusal_lane: bool,
 ) -> Response<Full<Bytes>> {
     match route.allows(request.method()) {
         Err(allowed) => {
@@ -114,7 +123,7 @@ async fn respond(
                 .insert(ALLOW, HeaderValue::from_static(allowed));
             response
         }
-        Ok(()) if lane == Lane::Refusal && !route.served_at_capacity() => {
+        Ok(()) if refusal_lane && !route.served_at_capacity() => {
             let mut response = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "connection limit reached, retry later\n",
@@ -141,7 +150,12 @@ async fn respond(
             }
             Route::Hosts => {
                 injected_handler_faults().await;
-                json(StatusCode::OK, &state.upstreams.views())
+                let views = state.upstreams.views();
+                state
+                    .cpu
+                    .spend(state.config.cpu.host_listing(views.len()))
+                    .await;
+                json(StatusCode::OK, &views)
             }
             Route::RequestCrawl => {
                 injected_handler_faults().await;

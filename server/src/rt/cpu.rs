@@ -25,6 +25,8 @@ pub struct CpuConfig {
     pub frame_decode_us: u64,
     /// Cost of writing, deleting or reading one event-log row in SQLite, microseconds.
     pub store_row_us: u64,
+    /// Cost of rendering one host of the `/hosts` listing as JSON, microseconds.
+    pub host_listing_us: u64,
 }
 
 impl Default for CpuConfig {
@@ -35,6 +37,7 @@ impl Default for CpuConfig {
             upstream_handshake_us: 20_000,
             frame_decode_us: 50,
             store_row_us: 10,
+            host_listing_us: 2,
         }
     }
 }
@@ -53,6 +56,11 @@ impl CpuConfig {
     /// The declared cost of one event-log row.
     pub fn store_row(&self) -> Duration {
         Duration::from_micros(self.store_row_us)
+    }
+
+    /// The declared cost of rendering `hosts` hosts of the `/hosts` listing.
+    pub fn host_listing(&self, hosts: usize) -> Duration {
+        Duration::from_micros(self.host_listing_us.saturating_mul(hosts as u64))
     }
 
     /// The declared cost of decoding one upstream frame.

@@ -30,7 +30,7 @@ use relay::{Observer, Relay};
 
 use crate::oracle::{self, Verdict, Violation};
 use crate::scenario::{Between, ConsumerKind, FaultSpec, NetworkSpec, Scenario};
-use crate::trace::{Event, EventsSample, Trace, UpstreamSample};
+use crate::trace::{Event, EventsSample, HttpSample, Trace, UpstreamSample};
 
 /// The relay's port inside the world.
 const RELAY_PORT: u16 = 8080;
@@ -689,6 +689,9 @@ fn sample(sink: &TraceSink, control: &RelayControl) {
             relay_tasks,
             upstreams,
             events,
+            http: HttpSample {
+                handlers_high_water: observer.dispatch().high_water,
+            },
         },
     );
 }

@@ -105,6 +105,7 @@ fn relay_sample(open: usize) -> Event {
         relay_tasks: 3 + open,
         upstreams: UpstreamSample::default(),
         events: Default::default(),
+        http: Default::default(),
     }
 }
 
@@ -442,7 +443,7 @@ fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
     assert_eq!(names.first().unwrap(), "churn_idle_reaper_disabled.toml");
     assert_eq!(names.last().unwrap(), "host_flap.toml");
     assert!(names.iter().all(|n| n.ends_with(".toml")));
-    assert_eq!(names.len(), 18, "{names:?}");
+    assert_eq!(names.len(), 20, "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -715,6 +716,7 @@ fn upstream_trace() -> Trace {
                 upstream_events: t_s * 10,
             },
             events: Default::default(),
+            http: Default::default(),
         };
         trace.push(t_s * 1_000_000, "monitor", event);
         if t_s == 5 {
