@@ -482,6 +482,48 @@ async fn bad_subscriptions_get_a_400_naming_the_problem() {
 }
 
 #[tokio::test]
+async fn invalid_consumer_frames_get_a_close_frame_naming_why() {
+    let db = temp_db("bad-frames");
+    let relay = start(&db, 1, &["fanout.max_inbound_frame_bytes=1024"]).await;
+    // A reserved opcode (0xB), masked as a client frame must be: a protocol error.
+    let reserved_opcode = [0x8B, 0x80, 1, 2, 3, 4];
+    // A binary frame whose header announces 1 MiB, far above the 1 KiB limit.
+    let mut too_large = vec![0x82, 0x80 | 127];
+    too_large.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    too_large.extend_from_slice(&[1, 2, 3, 4]);
+    // An unmasked client frame: also a protocol error.
+    let unmasked = [0x81, 0x02, b'h', b'i'];
+    for (bytes, code, reason) in [
+        (&reserved_opcode[..], CloseCode::Protocol, "protocol error"),
+        (&too_large[..], CloseCode::Size, "frame too large"),
+        (&unmasked[..], CloseCode::Protocol, "protocol error"),
+    ] {
+        let mut ws = subscribe(relay.addr, 0).await;
+        ws.get_mut().write_all(bytes).await.unwrap();
+        assert_eq!(
+            next_seen(&mut ws, 0).await,
+            Seen::Close(Some((code, reason.to_owned())))
+        );
+        drop(ws);
+    }
+    let observer = relay.observer.clone();
+    wait_until("every rejected consumer's slot is back", || {
+        observer.connections().open == 0
+    })
+    .await;
+    let metrics = relay.observer.metrics_text();
+    assert!(
+        metrics.contains(r#"reason="consumer_protocol_error"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"reason="consumer_frame_too_large"} 1"#),
+        "{metrics}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
     /// Big enough that a few hundred events fill the loopback socket buffers.
     const PAD: usize = 32 * 1024;

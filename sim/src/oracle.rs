@@ -5,9 +5,10 @@
 //! That makes every verdict reproducible from an artifact and testable without a simulator.
 //! Each violation names the first offending trace record.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::scenario::{Expect, OracleName, Scenario};
+use crate::scenario::{AbuseKind, Expect, OracleName, Scenario};
 use crate::trace::{Event, Record, Trace, UpstreamSample};
 
 /// One oracle's complaint, pointing at the record that broke it.
@@ -128,6 +129,10 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
     }
     if let Some(spec) = &scenario.oracles.handlers_in_flight_max {
         violations.extend(handlers_in_flight_max(records, spec.max));
+    }
+    if scenario.oracles.bad_input_rejected.is_some() {
+        let kinds: BTreeSet<AbuseKind> = scenario.abusers.iter().map(|a| a.kind).collect();
+        violations.extend(bad_input_rejected(records, &kinds));
     }
     violations.extend(no_panics(records));
     violations
@@ -293,6 +298,43 @@ pub fn calls_answered(records: &[Record], statuses: &[u16]) -> Option<Violation>
         }),
         _ => None,
     }
+}
+
+/// Every abuser attempt got one of its kind's expected answers, and every kind in `kinds`
+/// was answered at least once.
+pub fn bad_input_rejected(records: &[Record], kinds: &BTreeSet<AbuseKind>) -> Option<Violation> {
+    let mut answered = BTreeSet::new();
+    for (index, record) in records.iter().enumerate() {
+        let Event::Abuse { kind, answer, .. } = &record.event else {
+            continue;
+        };
+        let expected = kind.expected_answers();
+        if !expected.contains(&answer.as_str()) {
+            return Some(violation_at(
+                OracleName::BadInputRejected,
+                index,
+                record,
+                format!(
+                    "{} ({}) got `{answer}`, expected {}",
+                    record.node,
+                    kind.as_str(),
+                    expected
+                        .iter()
+                        .map(|e| format!("`{e}`"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            ));
+        }
+        answered.insert(*kind);
+    }
+    let last_t_us = records.last().map_or(0, |record| record.t_us);
+    kinds.difference(&answered).next().map(|kind| Violation {
+        oracle: OracleName::BadInputRejected,
+        record_index: None,
+        t_us: last_t_us,
+        message: format!("no {} attempt was ever answered", kind.as_str()),
+    })
 }
 
 /// The relay never ran more than `max` dispatched handlers at once.
@@ -1006,6 +1048,54 @@ mod tests {
         let unanswered = trace([call(1_000, 5_000, None)]);
         let violation = calls_answered(unanswered.records(), &[200]).unwrap();
         assert!(violation.message.contains("got no response"), "{violation}");
+    }
+
+    #[test]
+    fn bad_input_rejected_wants_each_kinds_answer_and_every_kind_answered() {
+        use crate::scenario::AbuseKind;
+        let abuse = |t_s: u64, kind: AbuseKind, answer: &str| {
+            (
+                t_s * 1_000_000,
+                Event::Abuse {
+                    kind,
+                    answer: answer.to_owned(),
+                    latency_us: 1_000,
+                },
+            )
+        };
+        let kinds: BTreeSet<AbuseKind> = [AbuseKind::HugeHeaders, AbuseKind::Slowloris].into();
+        let fine = trace([
+            abuse(1, AbuseKind::HugeHeaders, "431"),
+            abuse(2, AbuseKind::Slowloris, "closed"),
+            abuse(3, AbuseKind::Slowloris, "408"),
+        ]);
+        assert_eq!(bad_input_rejected(fine.records(), &kinds), None);
+
+        let accepted = trace([
+            abuse(1, AbuseKind::HugeHeaders, "200"),
+            abuse(2, AbuseKind::Slowloris, "closed"),
+        ]);
+        let violation = bad_input_rejected(accepted.records(), &kinds).unwrap();
+        assert_eq!(violation.record_index, Some(0));
+        assert!(
+            violation.message.contains("got `200`, expected `431`"),
+            "{violation}"
+        );
+
+        let never_answered = trace([
+            abuse(1, AbuseKind::HugeHeaders, "431"),
+            abuse(31, AbuseKind::Slowloris, "no answer"),
+        ]);
+        let violation = bad_input_rejected(never_answered.records(), &kinds).unwrap();
+        assert!(violation.message.contains("got `no answer`"), "{violation}");
+
+        let missing = trace([abuse(1, AbuseKind::HugeHeaders, "431")]);
+        let violation = bad_input_rejected(missing.records(), &kinds).unwrap();
+        assert_eq!(violation.record_index, None);
+        assert!(
+            violation.message.contains("no slowloris attempt"),
+            "{violation}"
+        );
     }
 
     #[test]

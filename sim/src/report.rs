@@ -37,6 +37,8 @@ pub struct Summary {
     pub churn_by_action: BTreeMap<&'static str, usize>,
     /// API calls by answer: the status code, or `no response`.
     pub calls_by_answer: BTreeMap<String, usize>,
+    /// Abuser attempts by kind, then by the relay's answer.
+    pub abuse_answers: BTreeMap<&'static str, BTreeMap<String, usize>>,
     /// Churner connections answered 503.
     pub churn_refused: usize,
     /// Churner connections that ended otherwise than planned (closed by the relay, errors).
@@ -91,6 +93,14 @@ impl Summary {
                 Event::Call { status, .. } => {
                     let answer = status.map_or_else(|| "no response".to_owned(), |s| s.to_string());
                     *summary.calls_by_answer.entry(answer).or_default() += 1;
+                }
+                Event::Abuse { kind, answer, .. } => {
+                    *summary
+                        .abuse_answers
+                        .entry(kind.as_str())
+                        .or_default()
+                        .entry(answer.clone())
+                        .or_default() += 1;
                 }
                 Event::Churn {
                     action,
@@ -289,6 +299,20 @@ impl RunReport<'_> {
                 .map(|(answer, count)| format!("{answer} {count}"))
                 .collect();
             let _ = writeln!(text, "  calls: {total} ({})", by_answer.join(", "));
+        }
+        if !summary.abuse_answers.is_empty() {
+            let by_kind: Vec<String> = summary
+                .abuse_answers
+                .iter()
+                .map(|(kind, answers)| {
+                    let answers: Vec<String> = answers
+                        .iter()
+                        .map(|(answer, count)| format!("{answer} ×{count}"))
+                        .collect();
+                    format!("{kind}: {}", answers.join(", "))
+                })
+                .collect();
+            let _ = writeln!(text, "  bad input: {}", by_kind.join("; "));
         }
         if let Some((high_water, max, admitted, refused)) = summary.relay_last {
             let _ = writeln!(

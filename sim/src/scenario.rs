@@ -48,6 +48,9 @@ pub struct Scenario {
     /// Groups of API clients calling one path periodically (what a handler fault hits).
     #[serde(default)]
     pub callers: Vec<CallerSpec>,
+    /// Groups of clients sending bad input (slowloris, huge heads, garbage, bad frames).
+    #[serde(default)]
+    pub abusers: Vec<AbuserSpec>,
     /// Faults on a timeline.
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
@@ -120,11 +123,14 @@ pub enum OracleName {
     /// The relay never ran more dispatched handlers at once than a bound (`1` checks that
     /// serialized dispatch is serialized).
     HandlersInFlightMax,
+    /// Every abuser attempt got the answer its kind calls for (431 for a huge head, a 1002
+    /// close for a garbage frame, …), and every abuser group got at least one answer.
+    BadInputRejected,
 }
 
 impl OracleName {
     /// Every oracle, in check and report order.
-    pub const ALL: [OracleName; 18] = [
+    pub const ALL: [OracleName; 19] = [
         Self::ProbeLiveness,
         Self::ProbeLatencyMax,
         Self::ConnAccounting,
@@ -142,6 +148,7 @@ impl OracleName {
         Self::PanicsContained,
         Self::CallsAnswered,
         Self::HandlersInFlightMax,
+        Self::BadInputRejected,
         Self::NoPanics,
     ];
 
@@ -166,6 +173,7 @@ impl OracleName {
             Self::PanicsContained => "panics_contained",
             Self::CallsAnswered => "calls_answered",
             Self::HandlersInFlightMax => "handlers_in_flight_max",
+            Self::BadInputRejected => "bad_input_rejected",
         }
     }
 }
@@ -285,6 +293,94 @@ impl Default for CallerSpec {
             keep_alive: false,
         }
     }
+}
+
+/// What an abuser sends. Each kind has one answer the relay must give (see
+/// [`AbuseKind::expected_answers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbuseKind {
+    /// A request head trickled one header line per second, never finished.
+    Slowloris,
+    /// A request head of 64 KiB of headers.
+    HugeHeaders,
+    /// Bytes that are not HTTP (a TLS ClientHello prefix and noise).
+    Garbage,
+    /// A valid `GET /_healthz`, sent in pieces that end between a CR and its LF.
+    SplitCrlf,
+    /// `POST /requestCrawl` with a chunked body that gets a chunk every 200 ms, forever.
+    EndlessBody,
+    /// A WebSocket subscription that then sends a frame with a reserved opcode.
+    GarbageFrame,
+    /// A WebSocket subscription that then announces a 16 MiB frame.
+    OversizedFrame,
+}
+
+impl AbuseKind {
+    /// Every kind, in report order.
+    pub const ALL: [AbuseKind; 7] = [
+        Self::Slowloris,
+        Self::HugeHeaders,
+        Self::Garbage,
+        Self::SplitCrlf,
+        Self::EndlessBody,
+        Self::GarbageFrame,
+        Self::OversizedFrame,
+    ];
+
+    /// The snake_case name used in files, traces and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Slowloris => "slowloris",
+            Self::HugeHeaders => "huge_headers",
+            Self::Garbage => "garbage",
+            Self::SplitCrlf => "split_crlf",
+            Self::EndlessBody => "endless_body",
+            Self::GarbageFrame => "garbage_frame",
+            Self::OversizedFrame => "oversized_frame",
+        }
+    }
+
+    /// The answers (as abusers record them) that count as the relay handling this input:
+    /// an HTTP status, `closed` (the relay closed without a response) or `ws close <code>`.
+    pub fn expected_answers(self) -> &'static [&'static str] {
+        match self {
+            // hyper closes a connection whose head missed the header-read deadline.
+            Self::Slowloris => &["408", "closed"],
+            Self::HugeHeaders => &["431"],
+            Self::Garbage => &["400"],
+            Self::SplitCrlf => &["200"],
+            Self::EndlessBody => &["408"],
+            Self::GarbageFrame => &["ws close 1002"],
+            Self::OversizedFrame => &["ws close 1009"],
+        }
+    }
+}
+
+/// A group of abusers, one per node, each sending `kind` of bad input every `period_ms`
+/// (one attempt at a time, each on a fresh connection) and recording the relay's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbuserSpec {
+    /// What to send.
+    pub kind: AbuseKind,
+    /// Abuser nodes in this group.
+    #[serde(default = "default_one")]
+    pub nodes: u32,
+    /// Milliseconds between the end of one attempt and the start of the next.
+    #[serde(default = "default_abuse_period_ms")]
+    pub period_ms: u64,
+    /// When the first attempt starts, seconds.
+    #[serde(default)]
+    pub start_s: u64,
+}
+
+fn default_one() -> u32 {
+    1
+}
+
+fn default_abuse_period_ms() -> u64 {
+    1_000
 }
 
 /// A group of client nodes, each running `loops_per_node` concurrent connection loops.
@@ -407,7 +503,14 @@ pub struct OracleSpecs {
     pub calls_answered: Option<CallsAnsweredSpec>,
     /// See [`OracleName::HandlersInFlightMax`].
     pub handlers_in_flight_max: Option<HandlersInFlightMaxSpec>,
+    /// See [`OracleName::BadInputRejected`]. Needs `[[abusers]]`.
+    pub bad_input_rejected: Option<BadInputRejectedSpec>,
 }
+
+/// `bad_input_rejected` takes no parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadInputRejectedSpec {}
 
 /// `calls_answered` bound.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -896,6 +999,21 @@ impl Scenario {
                 return fail(&key("path"), "expected a path starting with '/'".into());
             }
         }
+        for (index, abuser) in self.abusers.iter().enumerate() {
+            let key = |field: &str| format!("abusers[{index}].{field}");
+            if index >= 20 {
+                return fail("abusers", "expected at most 20 abuser groups".into());
+            }
+            if abuser.nodes == 0 || abuser.nodes > 250 {
+                return fail(&key("nodes"), "expected 1 to 250 nodes".into());
+            }
+            if abuser.period_ms == 0 {
+                return fail(&key("period_ms"), "expected at least 1".into());
+            }
+            if abuser.start_s >= self.duration_s {
+                return fail(&key("start_s"), "expected start_s < duration_s".into());
+            }
+        }
         if let Some(upstreams) = &self.upstreams {
             let fraction_ok = |f: f64| (0.0..=1.0).contains(&f);
             if upstreams.hosts == 0 || upstreams.hosts > 60_000 {
@@ -984,6 +1102,12 @@ impl Scenario {
             return fail(
                 "oracles.panics_contained",
                 "panics_contained needs [[callers]]".into(),
+            );
+        }
+        if self.oracles.bad_input_rejected.is_some() && self.abusers.is_empty() {
+            return fail(
+                "oracles.bad_input_rejected",
+                "bad_input_rejected needs [[abusers]]".into(),
             );
         }
         if let Some(spec) = &self.oracles.calls_answered {
@@ -1141,6 +1265,7 @@ impl Scenario {
             OracleName::PanicsContained => self.oracles.panics_contained.is_some(),
             OracleName::CallsAnswered => self.oracles.calls_answered.is_some(),
             OracleName::HandlersInFlightMax => self.oracles.handlers_in_flight_max.is_some(),
+            OracleName::BadInputRejected => self.oracles.bad_input_rejected.is_some(),
         }
     }
 }

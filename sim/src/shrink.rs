@@ -61,6 +61,17 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
             );
         }
     }
+    for (index, group) in scenario.abusers.iter().enumerate() {
+        push(format!("drop abusers[{index}]"), &|s| {
+            s.abusers.remove(index);
+        });
+        if let Some(nodes) = halve(group.nodes) {
+            push(
+                format!("abusers[{index}].nodes {} → {nodes}", group.nodes),
+                &|s| s.abusers[index].nodes = nodes,
+            );
+        }
+    }
     for (index, group) in scenario.consumers.iter().enumerate() {
         push(format!("drop consumers[{index}] ({})", group.name), &|s| {
             s.consumers.remove(index);
@@ -225,6 +236,7 @@ fn drop_oracle(scenario: &mut Scenario, oracle: OracleName) {
         OracleName::PanicsContained => o.panics_contained = None,
         OracleName::CallsAnswered => o.calls_answered = None,
         OracleName::HandlersInFlightMax => o.handlers_in_flight_max = None,
+        OracleName::BadInputRejected => o.bad_input_rejected = None,
     }
 }
 

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::scenario::AbuseKind;
+
 /// What happened. One variant per kind of observation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -59,6 +61,16 @@ pub enum Event {
         latency_us: u64,
         /// Why no response arrived, if none did.
         error: Option<String>,
+    },
+    /// One abuser attempt ended: what it sent and how the relay answered.
+    Abuse {
+        /// What was sent.
+        kind: AbuseKind,
+        /// An HTTP status (`"431"`), `"closed"` (closed without a response),
+        /// `"ws close <code>"`, or `"no answer"` / `"error: …"` when nothing useful came back.
+        answer: String,
+        /// From connecting to the answer, microseconds.
+        latency_us: u64,
     },
     /// One churner connection ended.
     Churn {

@@ -37,6 +37,7 @@ fn every_shipped_scenario_loads() {
     assert_eq!(
         names,
         [
+            "bad_input",
             "churn_idle_reaper_disabled",
             "churn_max_connections",
             "close_recv_race",
@@ -182,6 +183,25 @@ fn upstream_and_fault_tables_are_validated() {
     assert_eq!(
         message,
         "bad.toml: callers[0].path: expected a path starting with '/'"
+    );
+    let message =
+        parse_error("name = \"x\"\nduration_s = 60\n[[abusers]]\nkind = \"smurf\"\n[oracles]\n");
+    assert!(
+        message.starts_with("bad.toml:4:8: unknown variant `smurf`, expected one of `slowloris`"),
+        "{message}"
+    );
+    let message = parse_error(
+        "name = \"x\"\nduration_s = 60\n[[abusers]]\nkind = \"garbage\"\nstart_s = 60\n[oracles]\n",
+    );
+    assert_eq!(
+        message,
+        "bad.toml: abusers[0].start_s: expected start_s < duration_s"
+    );
+    let message =
+        parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nbad_input_rejected = {}\n");
+    assert_eq!(
+        message,
+        "bad.toml: oracles.bad_input_rejected: bad_input_rejected needs [[abusers]]"
     );
     let message = parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nno_host_forgotten = {}\n");
     assert_eq!(
@@ -542,6 +562,22 @@ mod simulated {
             1..=6,
             OracleName::HandlersInFlightMax,
         );
+    }
+
+    #[test]
+    fn bad_input_gets_clear_answers_while_probes_pass_for_20_seeds() {
+        for (seed, summary, _) in passes("bad_input.toml", 1..=20) {
+            assert_eq!(summary.abuse_answers.len(), 7, "seed {seed}: {summary:?}");
+            let attempts: usize = summary
+                .abuse_answers
+                .values()
+                .flat_map(|answers| answers.values())
+                .sum();
+            assert!(
+                attempts > 500,
+                "seed {seed}: abusers must keep at it: {summary:?}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! socket is never dropped with unread input (which would reset the connection and destroy
 //! the farewell still in flight). Any other close request (idle reaper, shutdown) ends
 //! it with a close frame. Store errors end it with an error frame; the consumer resumes by
-//! cursor.
+//! cursor. A consumer that sends something that is not a valid WebSocket frame, or a frame
+//! larger than `max_inbound_frame_bytes`, gets a close frame saying so (1002, 1007 or 1009).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -30,10 +31,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use relay_lifecycle::{CloseReason, ConnOwner};
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::AppState;
@@ -274,7 +276,7 @@ impl Session<'_> {
                         let _ = timeout(self.state.config.server.drain_timeout(), socket.flush()).await;
                         Err(End::Ended("consumer_closed"))
                     }
-                    Some(Err(_)) => Err(End::Ended("consumer_protocol_error")),
+                    Some(Err(error)) => Err(End::Ended(self.reject(socket, &error).await)),
                     Some(Ok(_)) => Ok(()),
                 },
                 _ = pings.tick() => self.write(socket, Message::Ping(Bytes::new())).await,
@@ -399,6 +401,49 @@ impl Session<'_> {
             Ok::<(), tokio_tungstenite::tungstenite::Error>(())
         };
         let _ = timeout(Duration::from_millis(budget_ms), closing_handshake).await;
+    }
+}
+
+impl Session<'_> {
+    /// The consumer sent something that is not a valid WebSocket frame (or one larger than
+    /// `max_inbound_frame_bytes`): tell it why with a close frame (RFC 6455 §7.4.1: 1002
+    /// protocol error, 1007 invalid UTF-8, 1009 too big), then end the session. Returns
+    /// the session's end reason.
+    async fn reject(&self, socket: &mut Socket, error: &WsError) -> &'static str {
+        let (code, reason, ended) = match error {
+            WsError::Capacity(_) => (
+                CloseCode::Size,
+                "frame too large",
+                "consumer_frame_too_large",
+            ),
+            WsError::Utf8(_) => (
+                CloseCode::Invalid,
+                "invalid UTF-8",
+                "consumer_protocol_error",
+            ),
+            WsError::Protocol(_) => (
+                CloseCode::Protocol,
+                "protocol error",
+                "consumer_protocol_error",
+            ),
+            // The socket itself failed or was closed: nobody left to tell.
+            _ => return "consumer_io_error",
+        };
+        tracing::debug!(%error, conn = ?self.owner.id(), "consumer sent an invalid frame");
+        let close = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let farewell = async {
+            socket.send(Message::Close(Some(close))).await?;
+            // What follows the bad frame cannot be parsed; read it raw and drop it until the
+            // consumer closes, so unread input does not turn our close into a reset.
+            let mut discard = [0u8; 4096];
+            while socket.get_mut().read(&mut discard).await? > 0 {}
+            Ok::<(), WsError>(())
+        };
+        let _ = timeout(self.state.config.server.drain_timeout(), farewell).await;
+        ended
     }
 }
 

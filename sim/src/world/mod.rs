@@ -9,6 +9,7 @@
 //! madsim's seeded RNG; all time is simulated. The relay's SQLite database is a real file in
 //! the system temp dir, pre-filled with the generated host table, removed after the run.
 
+mod abuser;
 mod actors;
 mod client;
 mod consumer;
@@ -295,6 +296,21 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
             let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
             nodes.push(node.id());
             node.spawn(actors::caller(spec.clone(), relay_addr, sink.clone(), name));
+        }
+    }
+    for (group, spec) in scenario.abusers.iter().enumerate() {
+        for index in 0..spec.nodes {
+            let name = format!("abuser-{group}-{index}");
+            let ip = Ipv4Addr::new(10, 180 + group as u8, 0, index as u8 + 1);
+            let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
+            nodes.push(node.id());
+            node.spawn(abuser::run(
+                spec.clone(),
+                relay_addr,
+                sink.clone(),
+                name,
+                world_start,
+            ));
         }
     }
     let mut tallies = Vec::new();
