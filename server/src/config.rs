@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::events::EventsConfig;
 pub use crate::http::dispatch::DispatchMode;
 pub use crate::http::subscribe::FanoutConfig;
+pub use crate::memory::MemoryConfig;
 pub use crate::rt::cpu::CpuConfig;
 pub use crate::upstream::UpstreamConfig;
 
@@ -36,6 +37,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Consumer subscriptions: queue bound, catch-up, pings, kicks.
     pub fanout: FanoutConfig,
+    /// The memory budget and the load-shedding breaker.
+    pub memory: MemoryConfig,
     /// Declared CPU costs (read only by the simulation's CPU model).
     pub cpu: CpuConfig,
     /// Log output.
@@ -380,6 +383,7 @@ impl Config {
                 .check()
                 .and_then(|()| self.events.check())
                 .and_then(|()| self.fanout.check())
+                .and_then(|()| self.memory.check())
                 .err()
         };
         problem.map_or(Ok(()), |message| Err(ConfigError::Inconsistent(message)))

@@ -8,6 +8,7 @@
 //! - [`upstream`]: one worker per upstream host, the startup ramp, backoff, dormancy.
 //! - [`events`]: sequencer, persistence, retention and fan-out to consumers.
 //! - [`store`]: SQLite (embedded): the host table, the event log and their migrations.
+//! - [`memory`]: the memory account and the breaker that sheds load under pressure.
 //! - [`metrics`]: the per-instance Prometheus registry.
 //! - [`logging`]: tracing subscriber setup for the binary.
 //!
@@ -18,6 +19,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod rt;
 pub mod store;
@@ -34,6 +36,7 @@ use crate::config::Config;
 use crate::events::EventStats;
 use crate::http::dispatch::DispatchStats;
 use crate::http::{AppState, ShutdownReport};
+use crate::memory::MemoryStats;
 use crate::rt::net::TcpListener;
 use crate::store::{Store, StoreError};
 use crate::upstream::{HostView, UpstreamStats};
@@ -146,6 +149,11 @@ impl Observer {
     /// Dispatched handlers in flight now and at most.
     pub fn dispatch(&self) -> DispatchStats {
         self.state.dispatcher.stats()
+    }
+
+    /// The memory account: bytes held, high water, breaker state, sheds and kicks.
+    pub fn memory(&self) -> MemoryStats {
+        self.state.memory.stats()
     }
 
     /// Event pipeline counters (head, retention, consumers, kicks, store health).

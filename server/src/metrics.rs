@@ -13,6 +13,7 @@ use relay_lifecycle::RegistryStats;
 
 use crate::events::EventStats;
 use crate::http::dispatch::DispatchStats;
+use crate::memory::MemoryStats;
 use crate::upstream::{HostPhase, UpstreamStats};
 
 /// Labels naming why something was refused, closed or ended.
@@ -81,6 +82,12 @@ pub struct Metrics {
     consumer_mailbox_high_water: Gauge,
     handlers_in_flight: Gauge,
     handlers_in_flight_high_water: Gauge,
+    memory_held_bytes: Gauge,
+    memory_held_high_water_bytes: Gauge,
+    memory_budget_bytes: Gauge,
+    memory_shedding: Gauge,
+    memory_shed: Gauge,
+    memory_kicked: Gauge,
 }
 
 impl Default for Metrics {
@@ -124,6 +131,12 @@ impl Metrics {
             consumer_mailbox_high_water: Gauge::default(),
             handlers_in_flight: Gauge::default(),
             handlers_in_flight_high_water: Gauge::default(),
+            memory_held_bytes: Gauge::default(),
+            memory_held_high_water_bytes: Gauge::default(),
+            memory_budget_bytes: Gauge::default(),
+            memory_shedding: Gauge::default(),
+            memory_shed: Gauge::default(),
+            memory_kicked: Gauge::default(),
         };
         metrics.registered()
     }
@@ -280,6 +293,36 @@ impl Metrics {
             "Most dispatched request handlers ever running at once",
             self.handlers_in_flight_high_water.clone(),
         );
+        registry.register(
+            "memory_held_bytes",
+            "Bytes of frames queued for consumers (the memory account)",
+            self.memory_held_bytes.clone(),
+        );
+        registry.register(
+            "memory_held_high_water_bytes",
+            "Most bytes the memory account ever held",
+            self.memory_held_high_water_bytes.clone(),
+        );
+        registry.register(
+            "memory_budget_bytes",
+            "The memory budget (memory.budget_bytes)",
+            self.memory_budget_bytes.clone(),
+        );
+        registry.register(
+            "memory_shedding",
+            "1 while the memory breaker is open and new work is answered 503",
+            self.memory_shedding.clone(),
+        );
+        registry.register(
+            "memory_shed_requests",
+            "Requests answered 503 memory_pressure",
+            self.memory_shed.clone(),
+        );
+        registry.register(
+            "memory_kicked_consumers",
+            "Consumers kicked because the memory account passed the budget",
+            self.memory_kicked.clone(),
+        );
         self
     }
 
@@ -364,12 +407,20 @@ impl Metrics {
         upstreams: UpstreamStats,
         events: EventStats,
         dispatch: DispatchStats,
+        memory: MemoryStats,
     ) -> String {
         let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        let wide = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.handlers_in_flight.set(gauge(dispatch.in_flight));
+        self.memory_held_bytes.set(wide(memory.held_bytes));
+        self.memory_held_high_water_bytes
+            .set(wide(memory.high_water_bytes));
+        self.memory_budget_bytes.set(wide(memory.budget_bytes));
+        self.memory_shedding.set(i64::from(memory.shedding));
+        self.memory_shed.set(wide(memory.shed_total));
+        self.memory_kicked.set(wide(memory.kicked_total));
         self.handlers_in_flight_high_water
             .set(gauge(dispatch.high_water));
-        let wide = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.events_head_seq.set(wide(events.head_seq));
         self.events_oldest_seq.set(wide(events.oldest_seq));
         self.events_store_healthy

@@ -89,7 +89,11 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
         violations.extend(slow_consumers_kicked(records));
     }
     if let Some(spec) = &scenario.oracles.memory_bounded {
-        violations.extend(memory_bounded(records, spec.mailbox_max));
+        violations.extend(memory_bounded(
+            records,
+            spec.mailbox_max.unwrap_or(usize::MAX),
+            spec.held_bytes_max.unwrap_or(u64::MAX),
+        ));
     }
     if let Some(spec) = &scenario.oracles.recovery_within {
         let last_end_us = scenario
@@ -622,8 +626,13 @@ pub fn slow_consumers_kicked(records: &[Record]) -> Option<Violation> {
         })
 }
 
-/// No consumer's relay-side queue ever held more than `mailbox_max` frames.
-pub fn memory_bounded(records: &[Record], mailbox_max: usize) -> Option<Violation> {
+/// No consumer's relay-side queue ever held more than `mailbox_max` frames, and the relay's
+/// memory account never held more than `held_bytes_max` bytes.
+pub fn memory_bounded(
+    records: &[Record],
+    mailbox_max: usize,
+    held_bytes_max: u64,
+) -> Option<Violation> {
     records
         .iter()
         .enumerate()
@@ -636,6 +645,19 @@ pub fn memory_bounded(records: &[Record], mailbox_max: usize) -> Option<Violatio
                     format!(
                         "a consumer queue held {} frames, bound {mailbox_max}",
                         events.mailbox_high_water
+                    ),
+                ))
+            }
+            Event::RelaySample { memory, .. }
+                if memory.memory_high_water_bytes > held_bytes_max =>
+            {
+                Some(violation_at(
+                    OracleName::MemoryBounded,
+                    index,
+                    record,
+                    format!(
+                        "the relay held {} bytes for consumers, bound {held_bytes_max}",
+                        memory.memory_high_water_bytes
                     ),
                 ))
             }
@@ -922,7 +944,7 @@ pub fn verdict(expect: Expect, violations: &[Violation]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{EventsSample, HttpSample};
+    use crate::trace::{EventsSample, HttpSample, MemorySample};
 
     fn probe(t_s: u64, ok: bool) -> (u64, Event) {
         (
@@ -960,6 +982,7 @@ mod tests {
                 upstreams: UpstreamSample::default(),
                 events: EventsSample::default(),
                 http: HttpSample::default(),
+                memory: MemorySample::default(),
             },
         )
     }
@@ -1333,6 +1356,7 @@ mod tests {
                 upstreams: sample,
                 events: EventsSample::default(),
                 http: HttpSample::default(),
+                memory: MemorySample::default(),
             },
         )
     }
@@ -1593,12 +1617,27 @@ mod tests {
             Some(1)
         );
         let queues = trace([head(1, 5, 10), head(2, 9, 300), head(3, 12, 400)]);
-        assert_eq!(memory_bounded(queues.records(), 400), None);
-        let violation = memory_bounded(queues.records(), 256).unwrap();
+        assert_eq!(memory_bounded(queues.records(), 400, u64::MAX), None);
+        let violation = memory_bounded(queues.records(), 256, u64::MAX).unwrap();
         assert_eq!(violation.record_index, Some(1));
         assert_eq!(
             violation.message,
             "a consumer queue held 300 frames, bound 256"
+        );
+        let held = |t_s: u64, bytes: u64| {
+            let (t_us, mut event) = head(t_s, 1, 1);
+            if let Event::RelaySample { memory, .. } = &mut event {
+                memory.memory_high_water_bytes = bytes;
+            }
+            (t_us, event)
+        };
+        let account = trace([held(1, 1_000), held(2, 5_000)]);
+        assert_eq!(memory_bounded(account.records(), usize::MAX, 5_000), None);
+        let violation = memory_bounded(account.records(), usize::MAX, 4_096).unwrap();
+        assert_eq!(violation.record_index, Some(1));
+        assert_eq!(
+            violation.message,
+            "the relay held 5000 bytes for consumers, bound 4096"
         );
     }
 

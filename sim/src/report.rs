@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use crate::oracle::{format_seconds, Verdict, Violation};
 use crate::scenario::{OracleName, Scenario};
 use crate::swarm::Draw;
-use crate::trace::{ChurnAction, Event, EventsSample, Trace, UpstreamSample};
+use crate::trace::{ChurnAction, Event, EventsSample, MemorySample, Trace, UpstreamSample};
 
 /// A seed as the tunnel prints it everywhere: `0x…` hex (any form parses back).
 pub fn format_seed(seed: u64) -> String {
@@ -56,6 +56,8 @@ pub struct Summary {
     pub upstream_world: Option<(u32, u32, u32)>,
     /// The relay's last event-pipeline sample.
     pub events_last: Option<EventsSample>,
+    /// The relay's last memory-account sample.
+    pub memory_last: Option<MemorySample>,
     /// Consumers that reported final totals, and how many of them are slow.
     pub consumers: (usize, usize),
     /// Event frames received by all consumers.
@@ -122,10 +124,12 @@ impl Summary {
                     refused,
                     upstreams,
                     events,
+                    memory,
                     ..
                 } => {
                     summary.relay_last = Some((*high_water, *max, *admitted, *refused));
                     summary.events_last = Some(*events);
+                    summary.memory_last = Some(*memory);
                     if summary.upstream_world.is_some() {
                         let connected = upstreams.hosts_connected;
                         summary.upstream_connected_max =
@@ -354,6 +358,16 @@ impl RunReport<'_> {
                     summary.consumer_gap_ms_max
                 );
             }
+        }
+        if let Some(memory) = summary
+            .memory_last
+            .filter(|m| m.memory_high_water_bytes > 0)
+        {
+            let _ = writeln!(
+                text,
+                "  memory: held at most {} bytes for consumers; {} requests shed with 503, {} consumers kicked to stay in budget",
+                memory.memory_high_water_bytes, memory.memory_shed_total, memory.memory_kicked
+            );
         }
         if let Some((events, head, gaps, behind)) = summary.store_audit {
             let _ = writeln!(

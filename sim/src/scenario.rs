@@ -594,7 +594,9 @@ pub struct SlowConsumersKickedSpec {}
 #[serde(deny_unknown_fields)]
 pub struct MemoryBoundedSpec {
     /// Most frames one consumer's queue may ever hold.
-    pub mailbox_max: usize,
+    pub mailbox_max: Option<usize>,
+    /// Most bytes the relay's memory account may ever hold (frames queued for consumers).
+    pub held_bytes_max: Option<u64>,
 }
 
 /// How a consumer reads.
@@ -1109,6 +1111,14 @@ impl Scenario {
                 "oracles.bad_input_rejected",
                 "bad_input_rejected needs [[abusers]]".into(),
             );
+        }
+        if let Some(spec) = &self.oracles.memory_bounded {
+            if spec.mailbox_max.is_none() && spec.held_bytes_max.is_none() {
+                return fail(
+                    "oracles.memory_bounded",
+                    "expected mailbox_max, held_bytes_max or both".into(),
+                );
+            }
         }
         if let Some(spec) = &self.oracles.calls_answered {
             if self.callers.is_empty() {

@@ -108,6 +108,9 @@ pub enum Event {
         /// Request dispatch side of the same sample.
         #[serde(flatten)]
         http: HttpSample,
+        /// The memory account at the same instant.
+        #[serde(flatten)]
+        memory: MemorySample,
     },
     /// A consumer's WebSocket subscription was accepted.
     ConsumerConnected {
@@ -228,6 +231,26 @@ pub struct HttpSample {
     /// Most dispatched handlers ever running at once.
     #[serde(default)]
     pub handlers_high_water: usize,
+}
+
+/// The relay's memory account at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemorySample {
+    /// Bytes queued for consumers now.
+    #[serde(default)]
+    pub memory_held_bytes: u64,
+    /// Most bytes ever queued for consumers at once.
+    #[serde(default)]
+    pub memory_high_water_bytes: u64,
+    /// Whether the breaker is open.
+    #[serde(default)]
+    pub memory_shedding: bool,
+    /// Requests shed with 503 so far.
+    #[serde(default)]
+    pub memory_shed_total: u64,
+    /// Consumers kicked to get back under the budget so far.
+    #[serde(default)]
+    pub memory_kicked: u64,
 }
 
 /// What a churner loop does with one connection.

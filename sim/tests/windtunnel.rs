@@ -52,6 +52,8 @@ fn every_shipped_scenario_loads() {
             "host_flap",
             "keepalive_dispatch",
             "keepalive_dispatch_concurrent",
+            "memory_pressure",
+            "memory_pressure_unguarded",
             "network_blip",
             "panic_isolation",
             "restart_resume",
@@ -578,6 +580,34 @@ mod simulated {
                 "seed {seed}: abusers must keep at it: {summary:?}"
             );
         }
+    }
+
+    #[test]
+    fn memory_pressure_sheds_and_kicks_within_the_budget_for_20_seeds() {
+        for (seed, summary, _) in passes("memory_pressure.toml", 1..=20) {
+            let memory = summary.memory_last.expect("memory samples");
+            assert!(
+                memory.memory_kicked > 0,
+                "seed {seed}: the budget must bite: {memory:?}"
+            );
+            assert!(
+                memory.memory_shed_total > 0,
+                "seed {seed}: the breaker must open: {memory:?}"
+            );
+            assert!(
+                summary.calls_by_answer.contains_key("503"),
+                "seed {seed}: {summary:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_the_memory_budget_the_account_grows_and_fails_memory_bounded() {
+        fails_as_expected(
+            "memory_pressure_unguarded.toml",
+            1..=6,
+            OracleName::MemoryBounded,
+        );
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! moves on. Only the consumer's own task closes its socket and removes its entry (when
 //! its [`Subscription`] drops), so teardown happens exactly once, on one task.
 //!
+//! Every queued frame is charged to the memory account ([`crate::memory`]) and to its
+//! consumer, and discharged when the consumer receives it or its subscription drops. When
+//! a frame would take what the consumers hold past the budget, the consumers holding the
+//! most are kicked first, largest first; consumers already asked to close are offered
+//! nothing more (their session will not read it; they resume by cursor from the store).
+//!
 //! `head` (the highest published sequence number) changes only under the same mutex as the
 //! consumer set, which is what makes the catch-up → live cutover exact: a subscriber
 //! registered at head `h` receives every frame above `h` through its mailbox and reads
@@ -17,14 +23,27 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use relay_lifecycle::mailbox::{Mailbox, Offer};
-use relay_lifecycle::{CloseReason, ConnId, Registry};
+use relay_lifecycle::{CloseReason, ConnId, Phase, Registry};
 
 use super::Frame;
+use crate::memory::MemoryGuard;
 
 struct Consumer {
     mailbox: Arc<Mailbox<Frame>>,
     registry: Arc<Registry>,
     conn: ConnId,
+    /// Bytes of frames waiting in `mailbox` (its share of the memory account).
+    held: Arc<AtomicU64>,
+}
+
+impl Consumer {
+    /// Whether a close was requested: it will not read its mailbox again.
+    fn leaving(&self) -> bool {
+        !matches!(
+            self.registry.phase(self.conn),
+            Some(Phase::Active | Phase::Accepted)
+        )
+    }
 }
 
 #[derive(Default)]
@@ -47,6 +66,7 @@ pub struct FanoutStats {
 /// Fans committed frames out to consumer mailboxes.
 pub struct Broadcaster {
     consumers: Mutex<Consumers>,
+    memory: Arc<MemoryGuard>,
     head: AtomicU64,
     /// Mirrors `consumers.by_id.len()`: lets `publish` skip the lock when nobody listens.
     consumer_count: AtomicUsize,
@@ -63,9 +83,10 @@ impl std::fmt::Debug for Broadcaster {
 }
 
 impl Broadcaster {
-    pub(super) fn new(head: u64) -> Self {
+    pub(super) fn new(head: u64, memory: Arc<MemoryGuard>) -> Self {
         Self {
             consumers: Mutex::new(Consumers::default()),
+            memory,
             head: AtomicU64::new(head),
             consumer_count: AtomicUsize::new(0),
             kicked_total: AtomicU64::new(0),
@@ -96,6 +117,7 @@ impl Broadcaster {
         mailbox_capacity: usize,
     ) -> (Subscription, u64) {
         let mailbox = Arc::new(Mailbox::new(mailbox_capacity));
+        let held = Arc::new(AtomicU64::new(0));
         let mut consumers = self.lock();
         let id = consumers.next_id;
         consumers.next_id += 1;
@@ -105,6 +127,7 @@ impl Broadcaster {
                 mailbox: Arc::clone(&mailbox),
                 registry: Arc::clone(registry),
                 conn,
+                held: Arc::clone(&held),
             },
         );
         self.consumer_count.store(consumers.by_id.len(), SeqCst);
@@ -115,6 +138,7 @@ impl Broadcaster {
                 broadcaster: Arc::clone(self),
                 id,
                 mailbox,
+                held,
             },
             head,
         )
@@ -134,25 +158,83 @@ impl Broadcaster {
         }
         let consumers = self.lock();
         self.head.store(last.seq, SeqCst);
+        // What the consumers that will read their mailboxes hold; kicked ones are on their
+        // way out and discard theirs.
+        let mut kept: u64 = consumers
+            .by_id
+            .values()
+            .filter(|consumer| !consumer.leaving())
+            .map(|consumer| consumer.held.load(SeqCst))
+            .sum();
         for consumer in consumers.by_id.values() {
             for frame in frames {
+                let cost = frame.cost();
+                if kept + cost > self.memory.budget() {
+                    kept = self.make_room(&consumers, kept, cost);
+                }
+                if consumer.leaving() {
+                    // Kicked (now or earlier) or closing: its session will not read this;
+                    // it resumes by cursor from the store.
+                    break;
+                }
+                self.memory.reserve(cost);
                 match consumer.mailbox.offer(frame.clone()) {
-                    Offer::Accepted => {}
+                    Offer::Accepted => {
+                        consumer.held.fetch_add(cost, SeqCst);
+                        kept += cost;
+                    }
                     Offer::Full(_) => {
-                        let request = consumer
-                            .registry
-                            .request_close(consumer.conn, CloseReason::Kicked);
-                        if request == relay_lifecycle::CloseRequest::Requested {
-                            self.kicked_total.fetch_add(1, SeqCst);
-                        }
+                        self.memory.release(cost);
+                        self.kick(consumer);
+                        kept = kept.saturating_sub(consumer.held.load(SeqCst));
                         break;
                     }
-                    Offer::Closed(_) => break,
+                    Offer::Closed(_) => {
+                        self.memory.release(cost);
+                        break;
+                    }
                 }
             }
             self.mailbox_high_water
                 .fetch_max(consumer.mailbox.len(), SeqCst);
         }
+    }
+
+    /// The memory budget cannot take `cost` more on top of `kept`: kick the consumers
+    /// holding the most (ties: the oldest subscription) until it can. A kicked session
+    /// drops its mailbox as soon as it sees the request, which is when the account goes
+    /// down; until then the account may exceed the budget by the frames of this publish.
+    /// Returns what the remaining consumers hold.
+    fn make_room(&self, consumers: &Consumers, mut kept: u64, cost: u64) -> u64 {
+        let mut staying: Vec<&Consumer> = consumers
+            .by_id
+            .values()
+            .filter(|consumer| !consumer.leaving())
+            .collect();
+        // Largest first; the sort is stable, so subscription order breaks ties.
+        staying.sort_by_key(|consumer| std::cmp::Reverse(consumer.held.load(SeqCst)));
+        for consumer in staying {
+            if kept + cost <= self.memory.budget() {
+                break;
+            }
+            kept = kept.saturating_sub(consumer.held.load(SeqCst));
+            if self.kick(consumer) {
+                self.memory.kicked();
+            }
+        }
+        kept
+    }
+
+    /// Ask `consumer`'s task to close it as too slow; whether this request was the first.
+    fn kick(&self, consumer: &Consumer) -> bool {
+        let request = consumer
+            .registry
+            .request_close(consumer.conn, CloseReason::Kicked);
+        let first = request == relay_lifecycle::CloseRequest::Requested;
+        if first {
+            self.kicked_total.fetch_add(1, SeqCst);
+        }
+        first
     }
 
     fn remove(&self, id: u64) {
@@ -178,18 +260,105 @@ pub struct Subscription {
     broadcaster: Arc<Broadcaster>,
     id: u64,
     mailbox: Arc<Mailbox<Frame>>,
+    held: Arc<AtomicU64>,
 }
 
 impl Subscription {
-    /// The consumer's mailbox (receive and close are the owner's alone).
-    pub fn mailbox(&self) -> &Mailbox<Frame> {
-        &self.mailbox
+    /// The next frame from the mailbox (its bytes leave the memory account); `None` once
+    /// the mailbox is closed. Receive and close are the owner's alone.
+    pub async fn recv(&self) -> Option<Frame> {
+        let frame = self.mailbox.recv().await?;
+        self.forget(frame.cost());
+        Some(frame)
+    }
+
+    fn forget(&self, bytes: u64) {
+        self.held.fetch_sub(bytes, SeqCst);
+        self.broadcaster.memory.release(bytes);
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.mailbox.close();
+        let undelivered: u64 = self.mailbox.close().iter().map(Frame::cost).sum();
+        self.forget(undelivered);
         self.broadcaster.remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use relay_lifecycle::ConnOwner;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    use super::*;
+    use crate::memory::MemoryConfig;
+
+    fn frame(seq: u64) -> Frame {
+        Frame {
+            seq,
+            text: Utf8Bytes::from(format!(
+                "{{\"seq\":{seq:04},\"body\":\"{}\"}}",
+                "x".repeat(60)
+            )),
+        }
+    }
+
+    fn consumer(registry: &Arc<Registry>) -> ConnOwner {
+        let owner = registry.try_admit(0).unwrap();
+        assert!(owner.activate());
+        owner
+    }
+
+    #[test]
+    fn past_the_budget_the_largest_holder_is_kicked_and_its_bytes_come_back() {
+        let cost = frame(1).cost();
+        let memory = Arc::new(MemoryGuard::new(&MemoryConfig {
+            budget_bytes: cost * 25,
+            shed_at_pct: 80,
+            resume_at_pct: 60,
+        }));
+        let broadcaster = Arc::new(Broadcaster::new(0, Arc::clone(&memory)));
+        let registry = Registry::new(8);
+        let (reader, hog, newcomer) = (
+            consumer(&registry),
+            consumer(&registry),
+            consumer(&registry),
+        );
+        let (reading, _) = broadcaster.subscribe(&registry, reader.id(), 1000);
+        let (hogging, _) = broadcaster.subscribe(&registry, hog.id(), 1000);
+        // Ten frames reach everyone; the reader reads its share.
+        broadcaster.publish(&(1..=10).map(frame).collect::<Vec<_>>());
+        while reading.recv().now_or_never().flatten().is_some() {}
+        assert_eq!(
+            memory.stats().held_bytes,
+            10 * cost,
+            "only the hog's share is left"
+        );
+        let (arriving, _) = broadcaster.subscribe(&registry, newcomer.id(), 1000);
+        // Ten more: hog 20 + newcomer 10 would be 30 > 25: the hog, holding most, goes.
+        broadcaster.publish(&(11..=20).map(frame).collect::<Vec<_>>());
+        assert_eq!(hog.close_requested(), Some(CloseReason::Kicked));
+        assert_eq!(newcomer.close_requested(), None);
+        assert_eq!(reader.close_requested(), None);
+        assert_eq!(
+            arriving.mailbox.len(),
+            10,
+            "nothing withheld from the others"
+        );
+        let stats = memory.stats();
+        assert_eq!(stats.kicked_total, 1);
+        assert!(stats.shedding, "past 80% of the budget the breaker is open");
+        // The hog's task drops its subscription: its bytes leave the account.
+        let before = memory.stats().held_bytes;
+        let hog_bytes = hogging.held.load(SeqCst);
+        drop(hogging);
+        assert_eq!(memory.stats().held_bytes, before - hog_bytes);
+        // Kicked consumers are offered nothing more; the others still are.
+        broadcaster.publish(&[frame(21)]);
+        assert_eq!(arriving.mailbox.len(), 11);
+        drop((reading, arriving));
+        assert_eq!(memory.stats().held_bytes, 0, "every byte accounted for");
     }
 }

@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub use self::broadcast::{Broadcaster, Subscription};
 pub use self::sequencer::Ingested;
 use crate::config::CpuConfig;
+use crate::memory::MemoryGuard;
 use crate::metrics::Metrics;
 use crate::rt::{self, cpu::Cpu};
 use crate::store::{NewEvent, Store, StoreError};
@@ -121,6 +122,17 @@ impl Frame {
     }
 }
 
+/// What one queued copy of a frame costs in the memory account: its text plus the queue
+/// entry. The text is shared between mailboxes, so summing this over mailboxes errs high.
+const FRAME_ENTRY_BYTES: u64 = std::mem::size_of::<Frame>() as u64;
+
+impl Frame {
+    /// Bytes this frame counts for in one mailbox.
+    pub fn cost(&self) -> u64 {
+        self.text.len() as u64 + FRAME_ENTRY_BYTES
+    }
+}
+
 /// Counters and levels for metrics and the wind tunnel's monitor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventStats {
@@ -173,6 +185,7 @@ impl Events {
         cpu: Cpu,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
+        memory: Arc<MemoryGuard>,
     ) -> Result<Self, StoreError> {
         let (oldest, head) = store.event_bounds()?.unwrap_or((0, 0));
         Ok(Self {
@@ -181,7 +194,7 @@ impl Events {
             cpu,
             row_cost: cpu_costs.store_row(),
             persist: Mutex::new(()),
-            broadcaster: Arc::new(Broadcaster::new(head)),
+            broadcaster: Arc::new(Broadcaster::new(head, memory)),
             shutdown: watch::channel(false).0,
             oldest_seq: AtomicU64::new(oldest),
             store_healthy: AtomicBool::new(true),

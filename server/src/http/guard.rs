@@ -170,6 +170,7 @@ mod tests {
             Default::default(),
             Default::default(),
             Default::default(),
+            Default::default(),
         );
         assert!(
             text.contains(r#"relay_handler_failures_total{route="hosts",kind="panic"} 1"#),
@@ -192,6 +193,7 @@ mod tests {
         assert!(logs_contain("handler timed out; answered 504"));
         assert!(logs_contain("timeout_ms=20"));
         let text = metrics.encode(
+            Default::default(),
             Default::default(),
             Default::default(),
             Default::default(),

@@ -33,6 +33,7 @@ use self::guard::RequestContext;
 use self::routes::Lane;
 use crate::config::Config;
 use crate::events::Events;
+use crate::memory::MemoryGuard;
 use crate::metrics::Metrics;
 use crate::rt::cpu::Cpu;
 use crate::rt::net::{TcpListener, TcpStream};
@@ -59,6 +60,8 @@ pub struct AppState {
     pub upstreams: Arc<Upstreams>,
     /// The event log: sequencer, retention and fan-out to consumers.
     pub events: Arc<Events>,
+    /// The memory account and its load-shedding breaker.
+    pub memory: Arc<MemoryGuard>,
     /// How admitted connections reach their handlers (`server.dispatch`).
     pub dispatcher: Dispatcher,
     /// Caps concurrent refusal-lane connections.
@@ -73,6 +76,7 @@ impl AppState {
     /// Build the shared state for `config` around an open store (loads the host table).
     pub fn new(config: Config, store: Arc<Store>) -> Result<Self, StoreError> {
         let metrics = Arc::new(Metrics::new());
+        let memory = Arc::new(MemoryGuard::new(&config.memory));
         let cpu = Cpu::new(&config.cpu);
         let clock = Clock::start();
         let events = Events::open(
@@ -81,6 +85,7 @@ impl AppState {
             cpu.clone(),
             Arc::clone(&store),
             Arc::clone(&metrics),
+            Arc::clone(&memory),
         )?;
         let upstreams = Upstreams::load(
             config.upstream.clone(),
@@ -97,6 +102,7 @@ impl AppState {
             clock,
             upstreams: Arc::new(upstreams),
             events: Arc::new(events),
+            memory,
             dispatcher: Dispatcher::new(config.server.dispatch),
             refusal_lane: Arc::new(Semaphore::new(config.server.refusal_lane_max)),
             accepting: AtomicBool::new(false),
@@ -105,13 +111,15 @@ impl AppState {
         })
     }
 
-    /// Readiness: accepting, not shutting down, the upstream ramp has begun and the event
-    /// log accepted its last commit. Answered from atomics only.
+    /// Readiness: accepting, not shutting down, the upstream ramp has begun, the event
+    /// log accepted its last commit and the memory breaker is closed. Answered from atomics
+    /// only.
     pub fn is_ready(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
             && !self.registry.is_shutting_down()
             && self.upstreams.ramp_started()
             && self.events.store_healthy()
+            && !self.memory.shedding()
     }
 
     /// The next request number (1, 2, …): names a request in the logs.
@@ -126,6 +134,7 @@ impl AppState {
             self.upstreams.stats(),
             self.events.stats(),
             self.dispatcher.stats(),
+            self.memory.stats(),
         )
     }
 

@@ -148,6 +148,7 @@ async fn respond(
                 );
                 response
             }
+            Route::Hosts | Route::RequestCrawl if state.memory.shed() => shed(state),
             Route::Hosts => {
                 injected_handler_faults().await;
                 let views = state.upstreams.views();
@@ -247,6 +248,20 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Byte
 }
 
 /// A JSON error response `{"error": code, "message": message}`.
+/// The memory breaker is open: `503 memory_pressure`, come back after `Retry-After`.
+pub(super) fn shed(state: &AppState) -> Response<Full<Bytes>> {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "memory_pressure",
+        "the relay is shedding load to stay within its memory budget; retry later",
+    );
+    response.headers_mut().insert(
+        RETRY_AFTER,
+        HeaderValue::from(state.config.server.retry_after_s),
+    );
+    response
+}
+
 pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     json(
         status,

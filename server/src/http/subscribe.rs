@@ -38,6 +38,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use super::routes::shed;
 use super::AppState;
 use crate::events::Frame;
 use crate::rt::time::{interval_at, now, timeout, Duration};
@@ -106,6 +107,9 @@ pub fn accept(
     mut request: Request<Incoming>,
     slot: &PendingSlot,
 ) -> Response<Full<Bytes>> {
+    if state.memory.shed() {
+        return shed(state);
+    }
     let cursor = match parse_cursor(request.uri().query()) {
         Ok(cursor) => cursor,
         Err(message) => return error(StatusCode::BAD_REQUEST, "InvalidCursor", &message),
@@ -264,7 +268,7 @@ impl Session<'_> {
             let step = tokio::select! {
                 biased;
                 reason = self.owner.close_request() => Err(End::Requested(reason)),
-                frame = subscription.mailbox().recv() => match frame {
+                frame = subscription.recv() => match frame {
                     Some(frame) => self.send_frame(socket, frame).await,
                     None => Err(End::Ended("mailbox_closed")),
                 },

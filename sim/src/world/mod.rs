@@ -31,7 +31,7 @@ use relay::{Observer, Relay};
 
 use crate::oracle::{self, Verdict, Violation};
 use crate::scenario::{Between, ConsumerKind, FaultSpec, NetworkSpec, Scenario};
-use crate::trace::{Event, EventsSample, HttpSample, Trace, UpstreamSample};
+use crate::trace::{Event, EventsSample, HttpSample, MemorySample, Trace, UpstreamSample};
 
 /// The relay's port inside the world.
 const RELAY_PORT: u16 = 8080;
@@ -679,6 +679,7 @@ fn sample(sink: &TraceSink, control: &RelayControl) {
         handshakes_high_water: up.handshakes_high_water,
         upstream_events: up.events_total,
     };
+    let memory = observer.memory();
     let pipeline = observer.events();
     let events = EventsSample {
         head_seq: pipeline.head_seq,
@@ -707,6 +708,13 @@ fn sample(sink: &TraceSink, control: &RelayControl) {
             events,
             http: HttpSample {
                 handlers_high_water: observer.dispatch().high_water,
+            },
+            memory: MemorySample {
+                memory_held_bytes: memory.held_bytes,
+                memory_high_water_bytes: memory.high_water_bytes,
+                memory_shedding: memory.shedding,
+                memory_shed_total: memory.shed_total,
+                memory_kicked: memory.kicked_total,
             },
         },
     );

@@ -106,6 +106,7 @@ fn relay_sample(open: usize) -> Event {
         upstreams: UpstreamSample::default(),
         events: Default::default(),
         http: Default::default(),
+        memory: Default::default(),
     }
 }
 
@@ -443,7 +444,7 @@ fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
     assert_eq!(names.first().unwrap(), "bad_input.toml");
     assert_eq!(names.last().unwrap(), "host_flap.toml");
     assert!(names.iter().all(|n| n.ends_with(".toml")));
-    assert_eq!(names.len(), 21, "{names:?}");
+    assert_eq!(names.len(), 23, "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -717,6 +718,7 @@ fn upstream_trace() -> Trace {
             },
             events: Default::default(),
             http: Default::default(),
+            memory: Default::default(),
         };
         trace.push(t_s * 1_000_000, "monitor", event);
         if t_s == 5 {
