@@ -17,6 +17,8 @@ pub mod hostname;
 mod schedule;
 mod worker;
 
+pub use worker::{decode_frame, ws_config, BadFrame, EventFrame};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst,

@@ -15,19 +15,51 @@ use serde::Deserialize;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{schedule, Host, HostPhase, Upstreams};
+use super::{schedule, Host, HostPhase, UpstreamConfig, Upstreams};
 use crate::events::Ingested;
 use crate::rt::net::TcpStream;
 use crate::rt::time::{sleep, timeout};
 use crate::store::HostStatus;
 
-/// An upstream event frame. `body` is carried opaquely.
+/// An upstream event frame `{seq, kind, body}`, as [`decode_frame`] accepts it.
 #[derive(Debug, Deserialize)]
-struct EventFrame {
-    seq: u64,
-    kind: String,
+pub struct EventFrame {
+    /// The upstream's sequence number (the worker skips those at or below its cursor).
+    pub seq: u64,
+    /// What happened; never empty in a decoded frame.
+    pub kind: String,
+    /// Any JSON (`null` when absent), stored re-encoded by `serde_json`.
     #[serde(default)]
-    body: serde_json::Value,
+    pub body: serde_json::Value,
+}
+
+/// Why a message payload is not an event frame (the worker ends the session: `bad_frame`).
+#[derive(Debug, thiserror::Error)]
+pub enum BadFrame {
+    /// Not JSON, or not the `{seq, kind, body}` shape.
+    #[error("not an event frame: {0}")]
+    Json(#[from] serde_json::Error),
+    /// `kind` is the empty string.
+    #[error("event frame with an empty kind")]
+    EmptyKind,
+}
+
+/// Decode one text or binary message payload from an upstream: exactly what the worker
+/// does with every data message before its duplicate check (public for the fuzz targets).
+pub fn decode_frame(payload: &[u8]) -> Result<EventFrame, BadFrame> {
+    let frame: EventFrame = serde_json::from_slice(payload)?;
+    if frame.kind.is_empty() {
+        return Err(BadFrame::EmptyKind);
+    }
+    Ok(frame)
+}
+
+/// The WebSocket limits a worker dials its upstream with: frames and whole messages of at
+/// most `max_frame_bytes` (public for the fuzz targets).
+pub fn ws_config(config: &UpstreamConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_frame_size(Some(config.max_frame_bytes))
+        .max_message_size(Some(config.max_frame_bytes))
 }
 
 /// How a session ended.
@@ -147,10 +179,7 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
                 config.port,
                 host.cursor.load(SeqCst)
             );
-            let ws_config = WebSocketConfig::default()
-                .max_frame_size(Some(config.max_frame_bytes))
-                .max_message_size(Some(config.max_frame_bytes));
-            tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config))
+            tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config(config)))
                 .await
                 .map(|(stream, _response)| stream)
                 .map_err(|_| "handshake_error")
@@ -190,8 +219,8 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
             .cpu
             .spend(upstreams.cpu_costs.frame_decode())
             .await;
-        match serde_json::from_slice::<EventFrame>(&payload) {
-            Ok(frame) if !frame.kind.is_empty() => {
+        match decode_frame(&payload) {
+            Ok(frame) => {
                 if frame.seq <= host.cursor.load(SeqCst) {
                     upstreams.metrics.upstream_duplicate();
                     continue;
@@ -209,7 +238,7 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
                 host.cursor.fetch_max(frame.seq, SeqCst);
                 host.events_total.fetch_add(1, SeqCst);
             }
-            Ok(_) | Err(_) => {
+            Err(_) => {
                 upstreams.metrics.upstream_bad_frame();
                 return SessionEnd::Ended("bad_frame");
             }
