@@ -66,6 +66,18 @@ scenario_run='^scenario ([^ ]+\.toml) seed=([0-9]+|0x[0-9a-fA-F]+) oracle=([a-z_
 
 patches=("$@")
 [ ${#patches[@]} -gt 0 ] || patches=(ci/museum/*.patch)
+# Loom exhibits first, then the rest, each in the given order: a loom exhibit patches
+# relay-lifecycle, which every simulator build depends on, so interleaving the two kinds
+# would rebuild the lifecycle crate and everything above it for each simulator exhibit.
+loom_first=() others=()
+for patch in "${patches[@]}"; do
+  if [ -f "$patch" ] && grep -q '^Caught-by: loom ' "$patch"; then
+    loom_first+=("$patch")
+  else
+    others+=("$patch")
+  fi
+done
+patches=("${loom_first[@]}" "${others[@]}")
 
 # Make the scratch copy hold exactly the working tree's files (tracked and untracked, not
 # ignored), rewriting only those whose content differs: a rewritten file gets a fresh mtime,
