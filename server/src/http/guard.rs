@@ -144,6 +144,17 @@ mod tests {
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
+    /// The exposition of `metrics` alone (no registry, upstream or event state).
+    fn metrics_text(metrics: &Metrics) -> String {
+        metrics.encode(
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        )
+    }
+
     #[tokio::test]
     #[traced_test]
     async fn a_panicking_handler_is_answered_500_logged_with_method_and_path_and_counted() {
@@ -165,13 +176,7 @@ mod tests {
         assert!(logs_contain("method=GET"));
         assert!(logs_contain(r#"path="/hosts""#));
         assert!(logs_contain("the host table view broke"));
-        let text = metrics.encode(
-            Default::default(),
-            Default::default(),
-            Default::default(),
-            Default::default(),
-            Default::default(),
-        );
+        let text = metrics_text(&metrics);
         assert!(
             text.contains(r#"relay_handler_failures_total{route="hosts",kind="panic"} 1"#),
             "{text}"
@@ -192,13 +197,7 @@ mod tests {
         assert!(body.contains(r#""error":"handler_timeout""#), "{body}");
         assert!(logs_contain("handler timed out; answered 504"));
         assert!(logs_contain("timeout_ms=20"));
-        let text = metrics.encode(
-            Default::default(),
-            Default::default(),
-            Default::default(),
-            Default::default(),
-            Default::default(),
-        );
+        let text = metrics_text(&metrics);
         assert!(
             text.contains(r#"relay_handler_failures_total{route="hosts",kind="timeout"} 1"#),
             "{text}"

@@ -123,17 +123,13 @@ async fn respond(
                 .insert(ALLOW, HeaderValue::from_static(allowed));
             response
         }
-        Ok(()) if refusal_lane && !route.served_at_capacity() => {
-            let mut response = text(
+        Ok(()) if refusal_lane && !route.served_at_capacity() => retry_later(
+            state,
+            text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "connection limit reached, retry later\n",
-            );
-            response.headers_mut().insert(
-                RETRY_AFTER,
-                HeaderValue::from(state.config.server.retry_after_s),
-            );
-            response
-        }
+            ),
+        ),
         Ok(()) => match route {
             Route::Healthz => text(StatusCode::OK, "ok\n"),
             Route::Readyz if state.is_ready() => text(StatusCode::OK, "ready\n"),
@@ -224,16 +220,14 @@ async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response
         ),
         Err(CrawlError::Store(cause)) => {
             tracing::warn!(error = %cause, "requestCrawl could not be stored");
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the host table is unavailable; retry",
-            );
-            response.headers_mut().insert(
-                RETRY_AFTER,
-                HeaderValue::from(state.config.server.retry_after_s),
-            );
-            response
+            retry_later(
+                state,
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the host table is unavailable; retry",
+                ),
+            )
         }
     }
 }
@@ -247,14 +241,20 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Byte
     response
 }
 
-/// A JSON error response `{"error": code, "message": message}`.
 /// The memory breaker is open: `503 memory_pressure`, come back after `Retry-After`.
 pub(super) fn shed(state: &AppState) -> Response<Full<Bytes>> {
-    let mut response = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "memory_pressure",
-        "the relay is shedding load to stay within its memory budget; retry later",
-    );
+    retry_later(
+        state,
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "memory_pressure",
+            "the relay is shedding load to stay within its memory budget; retry later",
+        ),
+    )
+}
+
+/// `response` with the configured `Retry-After` (every 503 that asks the client back).
+fn retry_later(state: &AppState, mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     response.headers_mut().insert(
         RETRY_AFTER,
         HeaderValue::from(state.config.server.retry_after_s),
@@ -262,6 +262,7 @@ pub(super) fn shed(state: &AppState) -> Response<Full<Bytes>> {
     response
 }
 
+/// A JSON error response `{"error": code, "message": message}`.
 pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     json(
         status,
