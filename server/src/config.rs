@@ -462,6 +462,26 @@ mod tests {
     }
 
     #[test]
+    fn frame_limits_too_small_for_a_control_frame_are_refused() {
+        for key in ["upstream.max_frame_bytes", "fanout.max_inbound_frame_bytes"] {
+            let error = ConfigBuilder::new()
+                .with_set(&format!("{key}=0"))
+                .unwrap()
+                .build()
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("invalid configuration: {key} must be at least 125 (a control frame's largest payload)")
+            );
+            ConfigBuilder::new()
+                .with_set(&format!("{key}=125"))
+                .unwrap()
+                .build()
+                .unwrap();
+        }
+    }
+
+    #[test]
     fn unknown_file_key_names_file_line_and_column() {
         let text = "[server]\nmax_connections = 10\nmax_conections = 5\n";
         let error = ConfigBuilder::new()

@@ -42,6 +42,7 @@ use super::routes::shed;
 use super::AppState;
 use crate::events::Frame;
 use crate::rt::time::{interval_at, now, timeout, Duration};
+use crate::upstream::MIN_FRAME_LIMIT_BYTES;
 
 /// Consumer fan-out settings: `[fanout]` in the configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +82,11 @@ impl FanoutConfig {
             || self.ping_interval_ms == 0
         {
             return Err("fanout.consumer_queue_max, catchup_page_events and ping_interval_ms must be at least 1".into());
+        }
+        if self.max_inbound_frame_bytes < MIN_FRAME_LIMIT_BYTES {
+            return Err(format!(
+                "fanout.max_inbound_frame_bytes must be at least {MIN_FRAME_LIMIT_BYTES} (a control frame's largest payload)"
+            ));
         }
         Ok(())
     }

@@ -108,9 +108,19 @@ impl UpstreamConfig {
         if self.reconcile_interval_ms == 0 {
             return Err("upstream.reconcile_interval_ms must be at least 1".into());
         }
+        if self.max_frame_bytes < MIN_FRAME_LIMIT_BYTES {
+            return Err(format!(
+                "upstream.max_frame_bytes must be at least {MIN_FRAME_LIMIT_BYTES} (a control frame's largest payload)"
+            ));
+        }
         Ok(())
     }
 }
+
+/// The smallest frame limit a config may set: 125 bytes, the largest payload of a WebSocket
+/// control frame, so pings, pongs and close frames always fit (a limit of 0 would refuse
+/// every message, and the session would end on the first frame).
+pub const MIN_FRAME_LIMIT_BYTES: usize = 125;
 
 /// What a host's worker is doing right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -28,9 +29,20 @@ pub struct EventFrame {
     pub seq: u64,
     /// What happened; never empty in a decoded frame.
     pub kind: String,
-    /// Any JSON (`null` when absent), stored re-encoded by `serde_json`.
+    /// Any JSON, kept as the exact text the upstream sent (`None` when absent or `null`):
+    /// the relay stores and forwards the upstream's bytes, so no number is re-rounded and
+    /// no duplicate key dropped on the way through.
     #[serde(default)]
-    pub body: serde_json::Value,
+    pub body: Option<Box<RawValue>>,
+}
+
+impl EventFrame {
+    /// The body as the relay stores it: the upstream's JSON text, `null` when absent.
+    pub fn stored_body(&self) -> String {
+        self.body
+            .as_deref()
+            .map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned())
+    }
 }
 
 /// Why a message payload is not an event frame (the worker ends the session: `bad_frame`).
@@ -50,6 +62,12 @@ pub fn decode_frame(payload: &[u8]) -> Result<EventFrame, BadFrame> {
     let frame: EventFrame = serde_json::from_slice(payload)?;
     if frame.kind.is_empty() {
         return Err(BadFrame::EmptyKind);
+    }
+    if let Some(raw) = &frame.body {
+        // The raw text only passed a syntax check; a number out of f64's range (`1e400`)
+        // would make every consumer that parses the frame fail on it, so such a body is
+        // refused here, as it was when bodies were parsed into values.
+        serde_json::from_str::<serde_json::Value>(raw.get())?;
     }
     Ok(frame)
 }
@@ -228,8 +246,8 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
                 let event = Ingested {
                     host_id: host.id,
                     upstream_seq: frame.seq,
+                    body: frame.stored_body(),
                     kind: frame.kind,
-                    body: frame.body.to_string(),
                 };
                 // Waits while the sequencer is behind: backpressure to the upstream.
                 if ingest.send(event).await.is_err() {
@@ -242,6 +260,49 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
                 upstreams.metrics.upstream_bad_frame();
                 return SessionEnd::Ended("bad_frame");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_body_is_the_upstreams_own_text() {
+        // Floats serde_json would re-round, an integer past u64, a duplicate key, spacing.
+        let body = r#"{ "x": -5e-72, "big": 18446744073709551616123, "k": 1, "k": 2 }"#;
+        let payload = format!(r#"{{"seq": 7, "kind": "post", "body": {body}}}"#);
+        let frame = decode_frame(payload.as_bytes()).unwrap();
+        assert_eq!((frame.seq, frame.kind.as_str()), (7, "post"));
+        assert_eq!(frame.stored_body(), body);
+    }
+
+    #[test]
+    fn an_absent_or_null_body_is_stored_as_null() {
+        for payload in [
+            r#"{"seq":1,"kind":"k"}"#,
+            r#"{"seq":1,"kind":"k","body":null}"#,
+        ] {
+            assert_eq!(
+                decode_frame(payload.as_bytes()).unwrap().stored_body(),
+                "null"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_and_kindless_frames_are_refused() {
+        assert!(matches!(
+            decode_frame(br#"{"seq":1,"kind":""}"#),
+            Err(BadFrame::EmptyKind)
+        ));
+        for payload in [
+            &b"not json"[..],
+            br#"{"seq":-1,"kind":"k"}"#,
+            br#"{"seq":1,"kind":"k","body":}"#,
+        ] {
+            assert!(matches!(decode_frame(payload), Err(BadFrame::Json(_))));
         }
     }
 }
