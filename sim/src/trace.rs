@@ -97,7 +97,8 @@ pub enum Event {
         released: u64,
         /// Admissions refused at capacity so far.
         refused: u64,
-        /// Live tasks on the relay node, counted by the simulator (independent of the registry).
+        /// Live tasks the relay spawned through its runtime seam (`relay::rt::tasks_alive`: a
+        /// census kept by `rt::spawn`, independent of the lifecycle registry).
         relay_tasks: usize,
         /// Upstream side of the same sample.
         #[serde(flatten)]

@@ -42,7 +42,7 @@ use super::routes::shed;
 use super::AppState;
 use crate::events::Frame;
 use crate::rt::time::{interval_at, now, timeout, Duration};
-use crate::upstream::MIN_FRAME_LIMIT_BYTES;
+use crate::upstream::{MIN_FRAME_LIMIT_BYTES, WS_READ_BUFFER_BYTES};
 
 /// Consumer fan-out settings: `[fanout]` in the configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -208,6 +208,7 @@ pub async fn run(state: &Arc<AppState>, pending: Pending, owner: &ConnOwner) -> 
     };
     let config = &state.config.fanout;
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_frame_size(Some(config.max_inbound_frame_bytes))
         .max_message_size(Some(config.max_inbound_frame_bytes));
     let mut socket =

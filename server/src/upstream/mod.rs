@@ -122,6 +122,14 @@ impl UpstreamConfig {
 /// every message, and the session would end on the first frame).
 pub const MIN_FRAME_LIMIT_BYTES: usize = 125;
 
+/// The read buffer every WebSocket the relay holds starts with (tungstenite's default is
+/// 128 KiB). tungstenite zero-fills the free part of its read buffer before every socket
+/// read, so with 128 KiB a 100-byte event frame cost a 128 KiB memset (a quarter of the
+/// cold-start tunnel's CPU), and every idle connection held 128 KiB. Frames larger than
+/// the buffer still arrive whole: the codec reserves a frame's full length once its
+/// header is read (up to the configured frame limit).
+pub const WS_READ_BUFFER_BYTES: usize = 4096;
+
 /// What a host's worker is doing right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]

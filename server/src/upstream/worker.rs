@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{schedule, Host, HostPhase, UpstreamConfig, Upstreams};
+use super::{schedule, Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
 use crate::events::Ingested;
 use crate::rt::net::TcpStream;
 use crate::rt::time::{sleep, timeout};
@@ -76,6 +76,7 @@ pub fn decode_frame(payload: &[u8]) -> Result<EventFrame, BadFrame> {
 /// most `max_frame_bytes` (public for the fuzz targets).
 pub fn ws_config(config: &UpstreamConfig) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_frame_size(Some(config.max_frame_bytes))
         .max_message_size(Some(config.max_frame_bytes))
 }

@@ -96,7 +96,7 @@ async fn session(
     let connect = async {
         let stream = TcpStream::connect(relay).await.map_err(|e| e.to_string())?;
         let url = format!("ws://{relay}/subscribe?cursor={cursor}");
-        tokio_tungstenite::client_async(url, stream)
+        tokio_tungstenite::client_async_with_config(url, stream, Some(super::actor_ws_config()))
             .await
             .map(|(socket, _)| socket)
             .map_err(|e| e.to_string())

@@ -7,10 +7,15 @@
 //! `10.200.(i / 250).(i % 250 + 1)`; upstream host `i` at `172.16.(i / 250).(i % 250 + 1)`
 //! with a DNS name (one host per node, as in production). All randomness comes from
 //! madsim's seeded RNG; all time is simulated. The relay's SQLite database is a real file in
-//! the system temp dir, pre-filled with the generated host table, removed after the run.
+//! `/dev/shm` when it has room (else the system temp dir), pre-filled with the generated
+//! host table, removed after the run.
+//!
+//! [`bare`] builds the same shape of world without the relay and the harness: the baseline
+//! the benchmarks compare the tunnel against.
 
 mod abuser;
 mod actors;
+pub mod bare;
 mod client;
 mod consumer;
 mod upstream;
@@ -111,6 +116,14 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
         .expect("the simulation thread catches its own panics")
 }
 
+/// The WebSocket settings the world's upstream hosts and consumers use: the relay's own
+/// small read buffer (`relay::upstream::WS_READ_BUFFER_BYTES`), so the tunnel's wall
+/// time goes to the relay and not to zero-filling 128 KiB buffers on the actors' side.
+fn actor_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(relay::upstream::WS_READ_BUFFER_BYTES)
+}
+
 /// Keep the panics raised by the relay's `HandlerPanic` fault point off stderr: they are
 /// expected, the relay contains each one (a 500 in the trace) and logs it with method and
 /// path (in the run's captured logs). Every other panic still reaches the previous hook.
@@ -187,8 +200,7 @@ impl RelayDatabase {
     fn new() -> Self {
         static RUNS: AtomicU64 = AtomicU64::new(0);
         let run = RUNS.fetch_add(1, Ordering::SeqCst);
-        let path =
-            std::env::temp_dir().join(format!("windtunnel-{}-{run}.sqlite", std::process::id()));
+        let path = database_dir().join(format!("windtunnel-{}-{run}.sqlite", std::process::id()));
         let database = Self { path };
         database.remove();
         database
@@ -199,6 +211,55 @@ impl RelayDatabase {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
         }
     }
+}
+
+/// Where run databases go: `$WINDTUNNEL_DB_DIR` if set; else `/dev/shm` (memory-backed)
+/// when it is mounted with at least [`SHM_ROOM_MIN_BYTES`] (containers often give it only
+/// 64 MiB, and parallel seeds each hold a database); else the system temp dir. Every
+/// commit writes WAL frames with real syscalls; on a disk filesystem those writes were a
+/// tenth of the cold-start tunnel's CPU. The relay neither knows nor cares.
+fn database_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WINDTUNNEL_DB_DIR") {
+        return PathBuf::from(dir);
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if shm_has_room(&mounts) {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// The least room `/dev/shm` must have to hold run databases.
+const SHM_ROOM_MIN_BYTES: u64 = 1 << 30;
+
+/// Whether `/proc/mounts` text shows a tmpfs on `/dev/shm` of at least
+/// [`SHM_ROOM_MIN_BYTES`] (no `size=` option means the kernel's default, half the RAM).
+fn shm_has_room(mounts: &str) -> bool {
+    mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, "/dev/shm", "tmpfs", options, ..] = fields.as_slice() else {
+            return false;
+        };
+        options
+            .split(',')
+            .find_map(|option| option.strip_prefix("size="))
+            .is_none_or(|size| {
+                let (digits, unit) = size.split_at(
+                    size.len() - size.trim_start_matches(|c: char| c.is_ascii_digit()).len(),
+                );
+                let scale: u64 = match unit {
+                    "" => 1,
+                    "k" => 1 << 10,
+                    "m" => 1 << 20,
+                    "g" => 1 << 30,
+                    _ => return false,
+                };
+                digits
+                    .parse::<u64>()
+                    .is_ok_and(|value| value.saturating_mul(scale) >= SHM_ROOM_MIN_BYTES)
+            })
+    })
 }
 
 impl Drop for RelayDatabase {
@@ -688,12 +749,7 @@ fn sample(sink: &TraceSink, control: &RelayControl) {
         mailbox_high_water: pipeline.mailbox_high_water,
         store_healthy: pipeline.store_healthy,
     };
-    let relay_tasks = Handle::current()
-        .metrics()
-        .num_tasks_by_node()
-        .get(RELAY_NODE)
-        .copied()
-        .unwrap_or(0);
+    let relay_tasks = relay::rt::tasks_alive();
     sink.record(
         "monitor",
         Event::RelaySample {
@@ -718,4 +774,29 @@ fn sample(sink: &TraceSink, control: &RelayControl) {
             },
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shm_has_room;
+
+    #[test]
+    fn shm_is_used_only_when_mounted_with_room() {
+        let mounts = |line: &str| format!("proc /proc proc rw 0 0\n{line}\n");
+        assert!(shm_has_room(&mounts(
+            "tmpfs /dev/shm tmpfs rw,relatime,size=24683652k 0 0"
+        )));
+        assert!(shm_has_room(&mounts(
+            "tmpfs /dev/shm tmpfs rw,nosuid,nodev 0 0"
+        )));
+        assert!(shm_has_room(&mounts("shm /dev/shm tmpfs rw,size=2g 0 0")));
+        assert!(!shm_has_room(&mounts(
+            "shm /dev/shm tmpfs rw,nosuid,size=65536k 0 0"
+        )));
+        assert!(!shm_has_room(&mounts(
+            "tmpfs /dev/shm tmpfs rw,size=50% 0 0"
+        )));
+        assert!(!shm_has_room(&mounts("/dev/vda /dev/shm ext4 rw 0 0")));
+        assert!(!shm_has_room("tmpfs /run tmpfs rw 0 0\n"));
+    }
 }

@@ -175,7 +175,13 @@ async fn subscription(
             .unwrap_or(0);
         Ok(response)
     };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, read_cursor).await else {
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        read_cursor,
+        Some(super::actor_ws_config()),
+    )
+    .await
+    else {
         return;
     };
     sink.record(&plan.hostname, Event::Subscribed { cursor });
