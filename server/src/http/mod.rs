@@ -286,7 +286,10 @@ async fn drive_connection(
         let state = Arc::clone(&service_state);
         let pending = Arc::clone(&service_pending);
         let turn = Arc::clone(&service_turn);
-        async move {
+        // Boxed for the same reason as the session below: hyper keeps the service's future
+        // inline in the connection, so unboxed every idle connection would carry the
+        // largest handler's state.
+        Box::pin(async move {
             let mut response = if subscribe::is_subscribe(&request) {
                 let context = RequestContext::new("subscribe", &request, state.next_request_id());
                 let _in_flight = state.dispatcher.enter(&turn).await;
@@ -307,7 +310,7 @@ async fn drive_connection(
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             Ok::<_, Infallible>(response)
-        }
+        })
     });
     let connection = state
         .http1(Lane::Admitted(&turn))
@@ -321,7 +324,12 @@ async fn drive_connection(
             turn.release();
             let upgraded = pending.lock().unwrap_or_else(PoisonError::into_inner).take();
             match (result, upgraded) {
-                (Ok(()), Some(subscription)) => subscribe::run(state, subscription, owner).await,
+                // Boxed: a session's state lives on the heap only while there is one, so a
+                // plain HTTP connection's task does not carry it (it was ~12 KB of every
+                // idle keep-alive connection, BENCHMARKS.md "idle connections").
+                (Ok(()), Some(subscription)) => {
+                    Box::pin(subscribe::run(state, subscription, owner)).await
+                }
                 (result, _) => finished_reason(result),
             }
         }
