@@ -22,7 +22,7 @@
 //! speed; it measures and prints.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,10 @@ use relay::Relay;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, oneshot, watch, Semaphore};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+#[path = "support/procfs.rs"]
+mod procfs;
+use procfs::{check_fd_limit, cpu_seconds};
 
 #[derive(Debug, Parser)]
 #[command(about = "Relay fan-out throughput on loopback, against a broadcast-channel baseline")]
@@ -87,7 +91,8 @@ async fn main() -> anyhow::Result<()> {
         "consumer counts must be at least 1"
     );
     let most = args.consumers.iter().copied().max().unwrap_or(1);
-    check_fd_limit(most)?;
+    // Each consumer holds a socket in this process and the server holds the other end.
+    check_fd_limit(2 * most + 64)?;
     let frame_bytes = consumer_frame(1, &pad(args.body_bytes)).len();
     println!(
         "fanout_bench: events={} body_pad_bytes={} frame_bytes~{} consumers={:?} worker_threads={}",
@@ -209,47 +214,6 @@ fn print_run(run: &Run, events: u64) {
 
 fn rate(events: u64, elapsed: Duration) -> f64 {
     events as f64 / elapsed.as_secs_f64().max(1e-9)
-}
-
-/// CPU time (user + system) this process has used so far, in seconds; 0 where
-/// `/proc/self/stat` is missing. Linux reports it in clock ticks of 1/100 s.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|field| field.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-/// Each consumer holds a socket in this process and the server holds the other end.
-fn check_fd_limit(consumers: usize) -> anyhow::Result<()> {
-    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
-        return Ok(());
-    };
-    let soft = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .and_then(|line| line.split_whitespace().nth(3))
-        .and_then(|soft| soft.parse::<usize>().ok());
-    if let Some(soft) = soft {
-        let needed = 2 * consumers + 64;
-        ensure!(
-            soft >= needed,
-            "open-file limit {soft} is below the {needed} this run needs; raise it (ulimit -n {needed})"
-        );
-    }
-    Ok(())
 }
 
 fn pad(bytes: usize) -> String {
@@ -419,7 +383,7 @@ async fn relay_run(args: &Args, count: usize) -> anyhow::Result<Run> {
     })
     .await?;
 
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(Path::new("/proc/self/stat"));
     let t0 = now();
     started.send_replace(Some(t0));
     limit.send_replace(args.events);
@@ -429,7 +393,7 @@ async fn relay_run(args: &Args, count: usize) -> anyhow::Result<Run> {
     .await?;
     let ingest = now() - t0;
     let finished = collect(readers).await?;
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = cpu_seconds(Path::new("/proc/self/stat")) - cpu0;
     let stats = observer.events();
     let _ = stop.send(());
     server.await?;
@@ -520,7 +484,7 @@ async fn baseline(args: &Args, count: usize, mode: Mode) -> anyhow::Result<Run> 
     })
     .await?;
 
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(Path::new("/proc/self/stat"));
     let t0 = now();
     started.send_replace(Some(t0));
     limit.send_replace(args.events);
@@ -530,7 +494,7 @@ async fn baseline(args: &Args, count: usize, mode: Mode) -> anyhow::Result<Run> 
         .context("the baseline's upstream reader stopped")?;
     let ingest_time = now() - t0;
     let finished = collect(readers).await?;
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = cpu_seconds(Path::new("/proc/self/stat")) - cpu0;
     acceptor.abort();
     ingest.abort();
     Ok(Run {
