@@ -206,14 +206,20 @@ impl Broadcaster {
     /// down; until then the account may exceed the budget by the frames of this publish.
     /// Returns what the remaining consumers hold.
     fn make_room(&self, consumers: &Consumers, mut kept: u64, cost: u64) -> u64 {
-        let mut staying: Vec<&Consumer> = consumers
+        // Each consumer's holding is read once, before sorting: consumer tasks release bytes
+        // concurrently, and a key that changes mid-sort is not a total order (the standard
+        // sort panics on that, and this runs on the sequencer: found by `fanout_bench` at
+        // 1,000 consumers on the multi-threaded runtime, which the tunnel cannot reproduce
+        // since its single thread never interleaves with a sort).
+        let mut staying: Vec<(u64, &Consumer)> = consumers
             .by_id
             .values()
             .filter(|consumer| !consumer.leaving())
+            .map(|consumer| (consumer.held.load(SeqCst), consumer))
             .collect();
         // Largest first; the sort is stable, so subscription order breaks ties.
-        staying.sort_by_key(|consumer| std::cmp::Reverse(consumer.held.load(SeqCst)));
-        for consumer in staying {
+        staying.sort_by_key(|&(held, _)| std::cmp::Reverse(held));
+        for (_, consumer) in staying {
             if kept + cost <= self.memory.budget() {
                 break;
             }
