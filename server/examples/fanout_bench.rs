@@ -15,9 +15,9 @@
 //! - `broadcast_batched`: the same, but a consumer task feeds everything waiting in the
 //!   channel and flushes once — a ceiling for what batching writes would buy.
 //!
-//! The relay's consumer queue is sized to the whole run so nobody can be kicked (the
-//! relay has no backpressure from consumers to ingest by design: it kicks instead); the
-//! kick counter is printed and must read 0. The consumers share the machine's cores with
+//! The relay's consumer queue and memory budget are sized to the whole run so nobody can
+//! be kicked (the relay has no backpressure from consumers to ingest by design: it kicks
+//! instead); the kick counter is printed and must read 0. The consumers share the machine's cores with
 //! the server in every mode, so the ratios compare like with like. Nothing here asserts a
 //! speed; it measures and prints.
 
@@ -356,8 +356,14 @@ async fn relay_run(args: &Args, count: usize) -> anyhow::Result<Run> {
         "upstream.startup_jitter_ms=0".to_owned(),
         format!("server.max_connections={}", count + 64),
         "server.idle_timeout_ms=3600000".to_owned(),
-        // Room for the whole run: measure throughput, not the kick policy.
+        // Room for the whole run: measure throughput, not the kick policy. The memory
+        // account counts a frame once per mailbox holding it, so the whole run's frames in
+        // every mailbox must fit the budget too (frames are shared: real memory is far less).
         format!("fanout.consumer_queue_max={}", args.events.max(1)),
+        format!(
+            "memory.budget_bytes={}",
+            (count as u64 * args.events * (args.body_bytes as u64 + 512)).max(1 << 28)
+        ),
         "log.level=warn".to_owned(),
     ] {
         builder = builder.with_set(&assignment)?;
