@@ -10,6 +10,7 @@
 //! - [`store`]: SQLite (embedded): the host table, the event log and their migrations.
 //! - [`memory`]: the memory account and the breaker that sheds load under pressure.
 //! - [`metrics`]: the per-instance Prometheus registry.
+//! - [`vital`]: the long-lived tasks whose panic fails liveness (no half-broken relay).
 //! - [`logging`]: tracing subscriber setup for the binary.
 //!
 //! Tests and the wind tunnel drive the relay through [`Relay`] exactly as the binary does:
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod rt;
 pub mod store;
 pub mod upstream;
+pub mod vital;
 
 use std::future::Future;
 use std::io;

@@ -37,6 +37,7 @@ use crate::memory::MemoryGuard;
 use crate::metrics::Metrics;
 use crate::rt::{self, cpu::Cpu};
 use crate::store::{NewEvent, Store, StoreError};
+use crate::vital::Vitals;
 
 /// Event pipeline settings: `[events]` in the configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -205,18 +206,28 @@ impl Events {
         })
     }
 
-    /// Start the sequencer and the retention loop. `cursors` are the hosts' persisted
+    /// Start the sequencer and the retention loop, watched as vital tasks. `cursors` are the hosts' persisted
     /// cursors (the sequencer drops anything at or below them). Returns the ingest sender
     /// the upstream workers use.
-    pub fn start(self: &Arc<Self>, cursors: Vec<(i64, u64)>) -> mpsc::Sender<Ingested> {
+    pub fn start(
+        self: &Arc<Self>,
+        cursors: Vec<(i64, u64)>,
+        vitals: &Arc<Vitals>,
+    ) -> mpsc::Sender<Ingested> {
         let (sender, receiver) = mpsc::channel(self.config.ingest_queue_max);
-        rt::spawn(sequencer::run(
-            Arc::clone(self),
-            receiver,
-            cursors.into_iter().collect(),
-            self.shutdown.subscribe(),
+        rt::spawn(vitals.watch(
+            "sequencer",
+            sequencer::run(
+                Arc::clone(self),
+                receiver,
+                cursors.into_iter().collect(),
+                self.shutdown.subscribe(),
+            ),
         ));
-        rt::spawn(retention::run(Arc::clone(self), self.shutdown.subscribe()));
+        rt::spawn(vitals.watch(
+            "retention",
+            retention::run(Arc::clone(self), self.shutdown.subscribe()),
+        ));
         sender
     }
 

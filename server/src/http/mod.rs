@@ -41,6 +41,7 @@ use crate::rt::time::{now, sleep, sleep_until, timeout, Clock, Duration};
 use crate::rt::{self, HyperTimer};
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstreams;
+use crate::vital::Vitals;
 
 /// Everything a connection task needs, shared by `Arc`. No field is a lock: the request
 /// path touches only atomics, the lifecycle registry and the CPU model.
@@ -64,6 +65,8 @@ pub struct AppState {
     pub memory: Arc<MemoryGuard>,
     /// How admitted connections reach their handlers (`server.dispatch`).
     pub dispatcher: Dispatcher,
+    /// The long-lived tasks whose panic fails liveness.
+    pub vitals: Arc<Vitals>,
     /// Caps concurrent refusal-lane connections.
     refusal_lane: Arc<Semaphore>,
     /// Set while the accept loop runs and shutdown has not begun.
@@ -104,6 +107,7 @@ impl AppState {
             events: Arc::new(events),
             memory,
             dispatcher: Dispatcher::new(config.server.dispatch),
+            vitals: Arc::default(),
             refusal_lane: Arc::new(Semaphore::new(config.server.refusal_lane_max)),
             accepting: AtomicBool::new(false),
             request_ids: AtomicU64::new(0),
@@ -111,11 +115,12 @@ impl AppState {
         })
     }
 
-    /// Readiness: accepting, not shutting down, the upstream ramp has begun, the event
-    /// log accepted its last commit and the memory breaker is closed. Answered from atomics
+    /// Readiness: no vital task lost, accepting, not shutting down, the upstream ramp has
+    /// begun, the event log accepted its last commit and the memory breaker is closed. Answered from atomics
     /// only.
     pub fn is_ready(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst)
+        self.vitals.lost().is_none()
+            && self.accepting.load(Ordering::SeqCst)
             && !self.registry.is_shutting_down()
             && self.upstreams.ramp_started()
             && self.events.store_healthy()
@@ -171,8 +176,8 @@ pub async fn serve(
     let server = &state.config.server;
     tokio::pin!(shutdown);
     state.accepting.store(true, Ordering::SeqCst);
-    let ingest = state.events.start(state.upstreams.cursors());
-    state.upstreams.start(ingest);
+    let ingest = state.events.start(state.upstreams.cursors(), &state.vitals);
+    state.upstreams.start(ingest, &state.vitals);
     let mut next_reap = now() + server.idle_check_interval();
     loop {
         tokio::select! {

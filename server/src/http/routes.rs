@@ -131,7 +131,14 @@ async fn respond(
             ),
         ),
         Ok(()) => match route {
-            Route::Healthz => text(StatusCode::OK, "ok\n"),
+            Route::Healthz => match state.vitals.lost() {
+                None => text(StatusCode::OK, "ok\n"),
+                // Half broken (e.g. nothing is persisted any more): ask to be restarted.
+                Some(task) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("vital task lost: {task}\n"),
+                ),
+            },
             Route::Readyz if state.is_ready() => text(StatusCode::OK, "ready\n"),
             Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             Route::Metrics => {

@@ -35,6 +35,7 @@ use crate::rt::cpu::{Cpu, CpuConfig};
 use crate::rt::time::{sleep, Clock};
 use crate::rt::{self};
 use crate::store::{HostRow, HostStatus, Store, StoreError};
+use crate::vital::Vitals;
 
 /// Upstream subscription settings. Defaults follow the production incident's fixes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -366,14 +367,15 @@ impl Upstreams {
         self.ramp_started.load(SeqCst)
     }
 
-    /// Start the ramp and reconciliation; workers hand events to `ingest`. Returns at once.
-    pub fn start(self: &Arc<Self>, ingest: mpsc::Sender<Ingested>) {
+    /// Start the ramp and reconciliation (watched as vital tasks); workers hand events to
+    /// `ingest`. Returns at once.
+    pub fn start(self: &Arc<Self>, ingest: mpsc::Sender<Ingested>, vitals: &Arc<Vitals>) {
         if self.ingest.set(ingest).is_err() {
             tracing::warn!("upstreams started twice; ignoring the second start");
             return;
         }
-        rt::spawn(Arc::clone(self).ramp());
-        rt::spawn(Arc::clone(self).reconcile_loop());
+        rt::spawn(vitals.watch("upstream_ramp", Arc::clone(self).ramp()));
+        rt::spawn(vitals.watch("upstream_reconcile", Arc::clone(self).reconcile_loop()));
     }
 
     /// Stop every worker and loop.
