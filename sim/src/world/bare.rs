@@ -25,7 +25,7 @@ use relay::rt::time::{now, sleep, sleep_until, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::upstream::{plan, HostPlan, UPSTREAM_PORT};
-use super::{send_latency, RELAY_PORT};
+use super::{host_node, send_latency, RELAY_PORT};
 use crate::scenario::Scenario;
 
 /// What one bare run did, for comparing its volume with the tunnel's.
@@ -90,12 +90,7 @@ async fn world(scenario: Scenario, counters: Arc<Counters>) {
         .map(|spec| plan(spec).into_iter().map(Arc::new).collect())
         .unwrap_or_default();
     for plan in &plans {
-        net.add_dns_record(&plan.hostname, IpAddr::V4(plan.ip));
-        let node = handle
-            .create_node()
-            .name(&plan.hostname)
-            .ip(IpAddr::V4(plan.ip))
-            .build();
+        let node = host_node(&handle, &net, plan);
         if !plan.dead {
             node.spawn(serve(Arc::clone(plan), world_start));
         }
@@ -173,21 +168,8 @@ async fn session(plan: Arc<HostPlan>, stream: TcpStream, world_start: Instant) {
     let cursor: u64 = cursor_line.trim().parse().unwrap_or(0);
     sleep(plan.handshake_latency).await;
     let mut seq = cursor + 1;
-    loop {
-        let due = plan.event_interval * u32::try_from(seq).unwrap_or(u32::MAX);
-        let cut_at = plan
-            .flap
-            .as_ref()
-            .and_then(|flap| flap.next_down(since_start()));
-        if let Some(cut_at) = cut_at.filter(|cut_at| *cut_at <= due) {
-            sleep_until(world_start + cut_at).await;
-            return;
-        }
-        sleep_until(world_start + due).await;
-        let frame = format!(
-            "{{\"seq\":{seq},\"kind\":\"commit\",\"body\":{{\"host\":\"{}\",\"n\":{seq}}}}}\n",
-            plan.hostname
-        );
+    while let Some(mut frame) = plan.next_frame(seq, world_start).await {
+        frame.push('\n');
         if write_flushed(&mut write, frame.as_bytes()).await.is_err() {
             return;
         }

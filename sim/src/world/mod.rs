@@ -463,12 +463,7 @@ fn start_upstreams(
     let nodes = plans
         .iter()
         .map(|plan| {
-            net.add_dns_record(&plan.hostname, IpAddr::V4(plan.ip));
-            let node = handle
-                .create_node()
-                .name(&plan.hostname)
-                .ip(IpAddr::V4(plan.ip))
-                .build();
+            let node = host_node(handle, &net, plan);
             if !plan.dead {
                 node.spawn(upstream::serve(Arc::clone(plan), sink.clone(), world_start));
             }
@@ -476,6 +471,17 @@ fn start_upstreams(
         })
         .collect();
     (nodes, plans)
+}
+
+/// One upstream host's node: its DNS record, name and IP (the tunnel's world and the bare
+/// program lay hosts out alike).
+fn host_node(handle: &Handle, net: &NetSim, plan: &upstream::HostPlan) -> NodeHandle {
+    net.add_dns_record(&plan.hostname, IpAddr::V4(plan.ip));
+    handle
+        .create_node()
+        .name(&plan.hostname)
+        .ip(IpAddr::V4(plan.ip))
+        .build()
 }
 
 /// The world's handle on the relay node across restarts.

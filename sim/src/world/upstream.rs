@@ -130,6 +130,28 @@ pub fn plan(spec: &UpstreamsSpec) -> Vec<HostPlan> {
         .collect()
 }
 
+impl HostPlan {
+    /// Wait until event `seq` falls due and return its frame, or, if the host goes down
+    /// first (flaky hosts), wait until then and return `None`: the live connection is cut.
+    pub async fn next_frame(&self, seq: u64, world_start: Instant) -> Option<String> {
+        let due = self.event_interval * u32::try_from(seq).unwrap_or(u32::MAX);
+        let since_start = now().saturating_duration_since(world_start);
+        let cut_at = self
+            .flap
+            .as_ref()
+            .and_then(|flap| flap.next_down(since_start));
+        if let Some(cut_at) = cut_at.filter(|cut_at| *cut_at <= due) {
+            sleep_until(world_start + cut_at).await;
+            return None;
+        }
+        sleep_until(world_start + due).await;
+        Some(format!(
+            r#"{{"seq":{seq},"kind":"commit","body":{{"host":"{}","n":{seq}}}}}"#,
+            self.hostname
+        ))
+    }
+}
+
 /// The host's server: accept subscriptions forever.
 pub async fn serve(plan: Arc<HostPlan>, sink: TraceSink, world_start: Instant) {
     let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], UPSTREAM_PORT)))
@@ -186,21 +208,8 @@ async fn subscription(
     };
     sink.record(&plan.hostname, Event::Subscribed { cursor });
     let mut seq = cursor + 1;
-    loop {
-        let due = plan.event_interval * u32::try_from(seq).unwrap_or(u32::MAX);
-        let cut_at = plan
-            .flap
-            .as_ref()
-            .and_then(|flap| flap.next_down(since_start()));
-        if let Some(cut_at) = cut_at.filter(|cut_at| *cut_at <= due) {
-            sleep_until(world_start + cut_at).await;
-            return; // going down: the live connection is cut
-        }
-        sleep_until(world_start + due).await;
-        let frame = format!(
-            r#"{{"seq":{seq},"kind":"commit","body":{{"host":"{}","n":{seq}}}}}"#,
-            plan.hostname
-        );
+    // `None`: going down, the live connection is cut.
+    while let Some(frame) = plan.next_frame(seq, world_start).await {
         if ws.send(Message::text(frame)).await.is_err() {
             return;
         }
