@@ -22,3 +22,13 @@ if [ -n "$stray_spawns" ]; then
   echo "$stray_spawns"
   exit 1
 fi
+
+# Every `select!` in the relay and the tunnel's actors is `biased`: real tokio (the turmoil
+# engine, production) draws an unbiased select's branch order from an unseeded RNG, which
+# would make turmoil runs of one seed differ.
+unbiased=$(git grep -nA1 -E 'select! \{' -- 'server/src/*.rs' 'sim/src/*.rs' | grep -E '^[^:]+-[0-9]+-' | grep -v 'biased;' || true)
+if [ -n "$unbiased" ]; then
+  echo "select! without 'biased;' as its first line:"
+  echo "$unbiased"
+  exit 1
+fi

@@ -85,6 +85,10 @@ pub struct ServerConfig {
     /// connection (`Connection: close`) so a keep-alive client cannot hold the turn.
     /// Probes and `/metrics` are answered in either mode without waiting for the turn.
     pub dispatch: DispatchMode,
+    /// Send a `Date` header on every response (HTTP/1.1 asks an origin with a clock to).
+    /// The turmoil engine turns it off: there the wall clock is the real one, and a run's
+    /// bytes must not depend on when it ran.
+    pub date_header: bool,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +107,7 @@ impl Default for ServerConfig {
             retry_after_s: 1,
             handler_timeout_ms: 30_000,
             dispatch: DispatchMode::Concurrent,
+            date_header: true,
         }
     }
 }

@@ -2,14 +2,16 @@
 //! harness, replay, sweep, shrink) is plain Rust over [`SeedRun`]s, so it is tested with a
 //! fake engine under ordinary `cargo test`; only [`Madsim`] needs the simulation build.
 //!
-//! Today every scenario runs on madsim. The seam is where a second engine (turmoil, for
-//! TCP-faithful small topologies; see DESIGN.md) would plug in.
+//! Two engines: [`Madsim`] (the simulation build, `--cfg madsim`) for the scenarios that
+//! name `engine = "madsim"` (the default), and [`Turmoil`] (ordinary builds) for those
+//! that name `engine = "turmoil"`. [`for_scenario`] picks the one a scenario asks for, or
+//! says which build has it.
 
 use std::time::Duration;
 
 use crate::logs::LogSettings;
 use crate::oracle::{Verdict, Violation};
-use crate::scenario::Scenario;
+use crate::scenario::{EngineName, Scenario};
 use crate::trace::Trace;
 
 /// Everything one seed of one (resolved) scenario produced.
@@ -64,5 +66,43 @@ impl Engine for Madsim {
             wall: outcome.wall,
             logs: capture.map(crate::logs::LogCapture::finish),
         }
+    }
+}
+
+/// The turmoil world (`crate::turmoil_world`): the unmodified relay on turmoil's hosts.
+#[cfg(not(madsim))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Turmoil;
+
+#[cfg(not(madsim))]
+impl Engine for Turmoil {
+    fn name(&self) -> &'static str {
+        "turmoil"
+    }
+
+    fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
+        crate::turmoil_world::run(scenario, seed, logs)
+    }
+}
+
+/// The engine this build runs `scenario` on, or why it cannot (with the command that can).
+pub fn for_scenario(scenario: &Scenario) -> Result<&'static dyn Engine, String> {
+    match scenario.engine {
+        #[cfg(madsim)]
+        EngineName::Madsim => Ok(&Madsim),
+        #[cfg(not(madsim))]
+        EngineName::Turmoil => Ok(&Turmoil),
+        #[cfg(not(madsim))]
+        EngineName::Madsim => Err(format!(
+            "scenario {:?} runs on madsim, which this build does not have; use `cargo sim <command> …` \
+             (it builds with --cfg madsim), e.g. `cargo sim run scenarios/churn_max_connections.toml --seed 1`",
+            scenario.name
+        )),
+        #[cfg(madsim)]
+        EngineName::Turmoil => Err(format!(
+            "scenario {:?} runs on turmoil, which the simulation build does not have; use an ordinary \
+             build: `cargo run --release -p windtunnel -- <command> …`",
+            scenario.name
+        )),
     }
 }

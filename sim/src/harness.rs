@@ -212,8 +212,9 @@ impl SeedResult {
         if let Some(dir) = &self.artifacts {
             let _ = writeln!(
                 text,
-                "  artifacts: {} (trace, report, logs, timeline.svg; `cargo sim replay {}` checks the hash)",
+                "  artifacts: {} (trace, report, logs, timeline.svg; `{} replay {}` checks the hash)",
                 dir.display(),
+                self.scenario.engine.cargo_command(),
                 dir.display()
             );
         }

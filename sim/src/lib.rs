@@ -18,6 +18,7 @@
 //! Everything judged is judged from the trace, so the plain parts are tested by ordinary
 //! `cargo test` and only running a world needs the simulation build (`cargo sim-test`).
 
+pub mod actors;
 pub mod artifacts;
 pub mod engine;
 pub mod harness;
@@ -30,5 +31,7 @@ pub mod swarm;
 pub mod sweep;
 pub mod timeline;
 pub mod trace;
+#[cfg(not(madsim))]
+pub mod turmoil_world;
 #[cfg(madsim)]
 pub mod world;

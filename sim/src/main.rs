@@ -35,7 +35,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a scenario for one or more seeds and judge it (simulation build: `cargo sim run`).
+    /// Run a scenario for one or more seeds and judge it (`cargo sim run` for madsim
+    /// scenarios, `cargo run --release -p windtunnel -- run` for turmoil ones).
     Run {
         /// The scenario file.
         scenario: PathBuf,
@@ -136,14 +137,16 @@ impl OutputArgs {
     }
 }
 
+/// This build's engine: madsim in the simulation build, turmoil in an ordinary one.
 #[cfg(madsim)]
-fn engine() -> Option<&'static dyn Engine> {
-    Some(&windtunnel::engine::Madsim)
+fn engine() -> &'static dyn Engine {
+    &windtunnel::engine::Madsim
 }
 
+/// This build's engine: madsim in the simulation build, turmoil in an ordinary one.
 #[cfg(not(madsim))]
-fn engine() -> Option<&'static dyn Engine> {
-    None
+fn engine() -> &'static dyn Engine {
+    &windtunnel::engine::Turmoil
 }
 
 fn main() -> ExitCode {
@@ -151,13 +154,7 @@ fn main() -> ExitCode {
     if let Command::Check { files } = &command {
         return check(files);
     }
-    let Some(engine) = engine() else {
-        eprintln!(
-            "this windtunnel binary was built without the simulator; use `cargo sim <command> …` \
-             (it builds with --cfg madsim), e.g. `cargo sim run scenarios/churn_max_connections.toml --seed 1`"
-        );
-        return ExitCode::from(2);
-    };
+    let engine = engine();
     let outcome = match command {
         Command::Run {
             scenario,
@@ -228,11 +225,17 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// Load a scenario this build's engine can run.
 fn load(path: &Path) -> Result<Loaded, ExitCode> {
-    Loaded::load(path).map_err(|error| {
+    let loaded = Loaded::load(path).map_err(|error| {
         eprintln!("{error}");
         ExitCode::from(2)
-    })
+    })?;
+    if let Err(error) = windtunnel::engine::for_scenario(&loaded.scenario) {
+        eprintln!("{}: {error}", path.display());
+        return Err(ExitCode::from(2));
+    }
+    Ok(loaded)
 }
 
 fn run_one(
@@ -276,6 +279,14 @@ fn run(
 }
 
 fn replay(engine: &dyn Engine, dir: &Path) -> Result<ExitCode, ExitCode> {
+    // The recorded scenario must be one this build's engine runs (the harness reports a
+    // missing or broken folder itself).
+    if let Ok(recorded) = Loaded::load(&dir.join("scenario.toml")) {
+        if let Err(error) = windtunnel::engine::for_scenario(&recorded.scenario) {
+            eprintln!("{}: {error}", dir.display());
+            return Err(ExitCode::from(2));
+        }
+    }
     let options = Options {
         logs_up_front: false,
         ..Options::default()
@@ -308,17 +319,31 @@ fn sweep(
     })?;
     let mut scenarios = Vec::new();
     let mut load_failed = false;
+    let mut other_engine = Vec::new();
     for file in &files {
         match Loaded::load(file) {
-            Ok(loaded) => scenarios.push(loaded),
+            Ok(loaded) if windtunnel::engine::for_scenario(&loaded.scenario).is_ok() => {
+                scenarios.push(loaded);
+            }
+            Ok(loaded) => other_engine.push(loaded),
             Err(error) => {
                 eprintln!("{error}");
                 load_failed = true;
             }
         }
     }
+    if let Some(first) = other_engine.first() {
+        eprintln!(
+            "skipping {} scenario(s) for another engine ({}, …): {}",
+            other_engine.len(),
+            first.path.display(),
+            windtunnel::engine::for_scenario(&first.scenario)
+                .err()
+                .unwrap_or_default()
+        );
+    }
     if load_failed || scenarios.is_empty() {
-        if scenarios.is_empty() && !load_failed {
+        if scenarios.is_empty() && !load_failed && other_engine.is_empty() {
             eprintln!("no scenario files found in the given paths");
         }
         return Err(ExitCode::from(2));
@@ -466,8 +491,9 @@ fn shrink_failure(
     println!("{text}");
     match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &text)) {
         Ok(()) => println!(
-            "  written to {}; reproduce: cargo sim run {} --seed {}",
+            "  written to {}; reproduce: {} run {} --seed {}",
             path.display(),
+            failing.scenario.engine.cargo_command(),
             path.display(),
             format_seed(seed)
         ),

@@ -198,6 +198,7 @@ impl Summary {
 fn action_name(action: ChurnAction) -> &'static str {
     match action {
         ChurnAction::AbruptClose => "abrupt_close",
+        ChurnAction::HalfClose => "half_close",
         ChurnAction::MidRequestClose => "mid_request_close",
         ChurnAction::Keepalive => "keepalive",
         ChurnAction::IdleHold => "idle_hold",
@@ -250,7 +251,8 @@ impl RunReport<'_> {
     /// The copy-paste command that reproduces this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo sim run {} --seed {}",
+            "{} run {} --seed {}",
+            self.scenario.engine.cargo_command(),
             self.scenario_path,
             format_seed(self.seed)
         )

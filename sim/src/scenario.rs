@@ -25,6 +25,11 @@ pub struct Scenario {
     pub description: String,
     /// Simulated duration of the whole run, seconds.
     pub duration_s: u64,
+    /// Which engine runs the scenario: `"madsim"` (the default: thousands of hosts, run by
+    /// `cargo sim …`) or `"turmoil"` (small topologies with TCP's RST, half-close and a
+    /// bounded accept queue; runs in an ordinary build, `cargo run -p windtunnel -- …`).
+    #[serde(default)]
+    pub engine: EngineName,
     /// `"pass"`, or `{ fail = "<oracle>" }` for a scenario that proves an oracle bites.
     #[serde(default)]
     pub expect: Expect,
@@ -60,6 +65,39 @@ pub struct Scenario {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub swarm: BTreeMap<String, SwarmRange>,
 }
+
+/// The engines a scenario can name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineName {
+    /// madsim: the relay on simulated nodes, with the CPU model and the relay's fault points.
+    #[default]
+    Madsim,
+    /// turmoil: TCP-faithful hosts on paused tokio runtimes, for small topologies.
+    Turmoil,
+}
+
+impl EngineName {
+    /// The name as scenario files spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Madsim => "madsim",
+            Self::Turmoil => "turmoil",
+        }
+    }
+
+    /// The command prefix of the build that has this engine (`<prefix> run …`).
+    pub fn cargo_command(self) -> &'static str {
+        match self {
+            Self::Madsim => "cargo sim",
+            Self::Turmoil => "cargo run --release -p windtunnel --",
+        }
+    }
+}
+
+/// The most hosts (relay, upstreams and actors) a turmoil world may have: its links are
+/// per host pair, and it steps every host every millisecond.
+pub const TURMOIL_MAX_HOSTS: u64 = 300;
 
 /// Expected verdict of a scenario.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,12 +265,17 @@ impl<'de, T: Deserialize<'de> + PartialOrd + fmt::Display + Copy> Deserialize<'d
 pub struct NetworkSpec {
     /// One-way latency range per packet, milliseconds.
     pub latency_ms: Between<u64>,
+    /// turmoil only: the accept queue of every listener (a connection arriving at a full
+    /// queue is refused) and the segments in flight per stream direction. turmoil's
+    /// default (64) when unset; madsim has neither limit.
+    pub tcp_capacity: Option<usize>,
 }
 
 impl Default for NetworkSpec {
     fn default() -> Self {
         Self {
             latency_ms: Between { min: 1, max: 10 },
+            tcp_capacity: None,
         }
     }
 }
@@ -443,6 +486,10 @@ pub struct ChurnMix {
     pub keepalive: u32,
     /// Send one request, then hold the connection silent (the idle reaper's business).
     pub idle_hold: u32,
+    /// Send one request with `Connection: close`, shut the write half (FIN) and read the
+    /// response to the end: the relay must answer a half-closed connection. turmoil only
+    /// (madsim's TCP has no half-close).
+    pub half_close: u32,
 }
 
 impl Default for ChurnMix {
@@ -452,6 +499,7 @@ impl Default for ChurnMix {
             mid_request_close: 2,
             keepalive: 5,
             idle_hold: 1,
+            half_close: 0,
         }
     }
 }
@@ -459,7 +507,11 @@ impl Default for ChurnMix {
 impl ChurnMix {
     /// Sum of all weights.
     pub fn total(&self) -> u32 {
-        self.abrupt_close + self.mid_request_close + self.keepalive + self.idle_hold
+        self.abrupt_close
+            + self.mid_request_close
+            + self.keepalive
+            + self.idle_hold
+            + self.half_close
     }
 }
 
@@ -933,6 +985,81 @@ impl Scenario {
         self.churners.iter().map(|c| c.stop_s).max().unwrap_or(0)
     }
 
+    /// What the chosen engine cannot play; `Err((dotted key, message))`.
+    fn validate_engine(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, message: String| Err((key.to_owned(), message));
+        match self.engine {
+            EngineName::Madsim => {
+                if self.network.tcp_capacity.is_some() {
+                    return fail(
+                        "network.tcp_capacity",
+                        "expected no tcp_capacity with engine = \"madsim\" (madsim's TCP has \
+                         no accept queue or window limit; use engine = \"turmoil\")"
+                            .into(),
+                    );
+                }
+                if let Some(index) = self.churners.iter().position(|c| c.mix.half_close > 0) {
+                    return fail(
+                        &format!("churners[{index}].mix.half_close"),
+                        "expected half_close = 0 with engine = \"madsim\" (madsim's TCP has no \
+                         half-close; use engine = \"turmoil\")"
+                            .into(),
+                    );
+                }
+            }
+            EngineName::Turmoil => {
+                if self.network.tcp_capacity == Some(0) {
+                    return fail(
+                        "network.tcp_capacity",
+                        "expected a capacity of at least 1".into(),
+                    );
+                }
+                if let Some(fault) = self.faults.iter().find(|fault| {
+                    matches!(
+                        fault,
+                        FaultSpec::HandlerPanic { .. }
+                            | FaultSpec::HandlerStall { .. }
+                            | FaultSpec::StoreFault { .. }
+                    )
+                }) {
+                    return fail(
+                        "faults",
+                        format!(
+                            "expected no {} fault with engine = \"turmoil\" (the relay's fault \
+                             points exist only in the madsim build)",
+                            fault.kind()
+                        ),
+                    );
+                }
+                let hosts = self.host_count();
+                if hosts > TURMOIL_MAX_HOSTS {
+                    return fail(
+                        "engine",
+                        format!(
+                            "expected at most {TURMOIL_MAX_HOSTS} hosts with engine = \"turmoil\" \
+                             (its links are per host pair), found {hosts}; use engine = \"madsim\""
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hosts in the world: the relay, upstreams, prober, churner, caller and abuser nodes,
+    /// and consumers.
+    pub fn host_count(&self) -> u64 {
+        1 + self
+            .upstreams
+            .as_ref()
+            .map_or(0, |spec| u64::from(spec.hosts))
+            + u64::from(self.prober.is_some())
+            + self.churners.iter().map(|c| c.nodes as u64).sum::<u64>()
+            + self.callers.iter().map(|c| c.nodes as u64).sum::<u64>()
+            + self.abusers.iter().map(|a| a.nodes as u64).sum::<u64>()
+            + self.consumers.iter().map(|c| c.count as u64).sum::<u64>()
+    }
+
     /// Semantic checks beyond the schema; `Err((dotted key, message))`.
     pub(crate) fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, message: String| Err((key.to_owned(), message));
@@ -945,6 +1072,7 @@ impl Scenario {
         if let Err(error) = self.relay.check() {
             return fail("relay", error.to_string());
         }
+        self.validate_engine()?;
         if let Some(prober) = &self.prober {
             if prober.period_s == 0 || prober.timeout_s == 0 || prober.failure_threshold == 0 {
                 return fail(

@@ -127,6 +127,7 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
             ("mid_request_close", mix.mid_request_close),
             ("keepalive", mix.keepalive),
             ("idle_hold", mix.idle_hold),
+            ("half_close", mix.half_close),
         ] {
             if weight > 0 {
                 push(
@@ -137,7 +138,8 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
                             "abrupt_close" => mix.abrupt_close = 0,
                             "mid_request_close" => mix.mid_request_close = 0,
                             "keepalive" => mix.keepalive = 0,
-                            _ => mix.idle_hold = 0,
+                            "idle_hold" => mix.idle_hold = 0,
+                            _ => mix.half_close = 0,
                         }
                     },
                 );

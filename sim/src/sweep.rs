@@ -159,7 +159,8 @@ pub fn run(
                     format_seed(job.seed)
                 ),
                 replay: format!(
-                    "cargo sim run {} --seed {}",
+                    "{} run {} --seed {}",
+                    loaded.scenario.engine.cargo_command(),
                     loaded.display_path(),
                     format_seed(job.seed)
                 ),

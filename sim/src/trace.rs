@@ -266,6 +266,8 @@ pub enum ChurnAction {
     Keepalive,
     /// One request, then silence.
     IdleHold,
+    /// One request, the write half shut, the response read to the end.
+    HalfClose,
 }
 
 /// One trace record: when, where, what.

@@ -58,7 +58,9 @@ fn every_shipped_scenario_loads() {
             "panic_isolation",
             "restart_resume",
             "slow_consumer",
-            "slow_consumer_unbounded_queue"
+            "slow_consumer_unbounded_queue",
+            "turmoil_backlog_churn",
+            "turmoil_close_recv_race"
         ]
     );
 }
@@ -222,6 +224,65 @@ fn missing_file_is_a_clear_error() {
             .starts_with("no/such/scenario.toml: cannot read:"),
         "{error}"
     );
+}
+
+/// The turmoil engine's scenarios, in the ordinary build (no cfg flags): each passes, and
+/// runs to the same trace twice.
+#[cfg(not(madsim))]
+mod turmoil_engine {
+    use super::*;
+    use windtunnel::engine::{Engine, Turmoil};
+    use windtunnel::oracle::Verdict;
+    use windtunnel::trace::Event;
+
+    fn passes_twice_alike(file: &str, seed: u64) -> windtunnel::trace::Trace {
+        let scenario = load(file);
+        let [first, second] = [seed, seed].map(|seed| Turmoil.run(&scenario, seed, None));
+        assert_eq!(
+            first.verdict,
+            Verdict::Passed,
+            "{file} seed {seed}: {:?}",
+            first.violations
+        );
+        assert_eq!(
+            first.trace.hash(),
+            second.trace.hash(),
+            "{file} seed {seed}: two runs differ"
+        );
+        first.trace
+    }
+
+    #[test]
+    fn backlog_churn_passes_and_is_deterministic() {
+        let trace = passes_twice_alike("turmoil_backlog_churn.toml", 1);
+        let half_closed_ok = trace
+            .records()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.event,
+                    Event::Churn {
+                        action: windtunnel::trace::ChurnAction::HalfClose,
+                        requests_ok: 1,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert!(
+            half_closed_ok > 100,
+            "only {half_closed_ok} half-closed requests were answered"
+        );
+    }
+
+    #[test]
+    fn close_recv_race_passes_and_is_deterministic() {
+        let trace = passes_twice_alike("turmoil_close_recv_race.toml", 1);
+        let restarted = trace.records().iter().any(|r| {
+            matches!(&r.event, Event::Fault { kind, active: false, .. } if kind == "restart_relay")
+        });
+        assert!(restarted, "the relay never came back from its restart");
+    }
 }
 
 #[cfg(madsim)]

@@ -148,6 +148,7 @@ impl AppState {
         let mut builder = http1::Builder::new();
         builder
             .timer(HyperTimer)
+            .auto_date_header(server.date_header)
             .max_header_size(server.max_header_bytes)
             .max_buf_size(server.max_header_bytes.max(8192));
         match lane {

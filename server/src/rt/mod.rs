@@ -5,7 +5,10 @@
 //! tokio; built with `--cfg madsim` the same paths are madsim's simulated network, clock and
 //! scheduler. Business logic never asks which one it got: anything that must differ between
 //! production and the wind tunnel differs here (today only [`cpu`]), and nowhere else.
-//! Keeping the surface this narrow is also what lets a second engine (turmoil) slot in later.
+//!
+//! The second engine, turmoil, runs on ordinary tokio (a paused clock per simulated host),
+//! so only the sockets differ: with the cargo feature `turmoil` they are [`switched`]
+//! between turmoil's and the operating system's, per socket.
 
 pub mod cpu;
 pub mod fault;
@@ -15,13 +18,18 @@ pub use self::timer::HyperTimer;
 
 #[cfg(madsim)]
 mod flow;
+#[cfg(all(feature = "turmoil", not(madsim)))]
+pub mod switched;
 
 /// Sockets. The relay accepts and dials only through these types. Under madsim they add
-/// TCP flow control (see `flow`), which the simulator's unbounded buffers lack.
+/// TCP flow control (see `flow`), which the simulator's unbounded buffers lack; with the
+/// `turmoil` feature they are turmoil's inside a turmoil simulation (see [`switched`]).
 pub mod net {
     #[cfg(madsim)]
     pub use super::flow::{TcpListener, TcpStream};
-    #[cfg(not(madsim))]
+    #[cfg(all(feature = "turmoil", not(madsim)))]
+    pub use super::switched::{TcpListener, TcpStream};
+    #[cfg(not(any(madsim, feature = "turmoil")))]
     pub use tokio::net::{TcpListener, TcpStream};
 }
 
@@ -77,49 +85,69 @@ where
 
 /// How many tasks spawned through [`spawn`] are alive (spawned, and their future not yet
 /// finished or dropped): the relay's own task census, which a leak makes grow. Process-wide
-/// in production; per simulation thread under madsim, where one thread runs one simulated
-/// world and only the relay spawns through the seam, so it is that relay's count (asking
-/// madsim instead walks every node's task list: a sixth of the cold-start tunnel's CPU).
+/// in production; per simulation thread under madsim and inside a turmoil simulation, where
+/// one thread runs one simulated world and only the relay spawns through the seam, so it is
+/// that relay's count (asking madsim instead walks every node's task list: a sixth of the
+/// cold-start tunnel's CPU).
 pub fn tasks_alive() -> usize {
     census::alive()
 }
 
 /// The counter behind [`tasks_alive`].
 mod census {
-    #[cfg(madsim)]
-    thread_local! {
-        static ALIVE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    }
-    #[cfg(not(madsim))]
-    static ALIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// One live task: counted from [`Counted::enter`] until dropped with the task's future.
-    pub struct Counted(());
+    thread_local! {
+        static THIS_WORLD: Cell<usize> = const { Cell::new(0) };
+    }
+    static PROCESS: AtomicUsize = AtomicUsize::new(0);
+
+    /// Whether tasks are counted per thread (one simulated world per thread).
+    fn per_thread() -> bool {
+        #[cfg(madsim)]
+        return true;
+        #[cfg(all(feature = "turmoil", not(madsim)))]
+        return turmoil::in_simulation();
+        #[cfg(not(any(madsim, feature = "turmoil")))]
+        false
+    }
+
+    /// One live task: counted from [`Counted::enter`] until dropped with the task's future
+    /// (on the counter it entered, wherever it is dropped).
+    pub struct Counted {
+        per_thread: bool,
+    }
 
     impl Counted {
         pub fn enter() -> Self {
-            #[cfg(madsim)]
-            ALIVE.with(|alive| alive.set(alive.get() + 1));
-            #[cfg(not(madsim))]
-            ALIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Self(())
+            let per_thread = per_thread();
+            if per_thread {
+                THIS_WORLD.with(|alive| alive.set(alive.get() + 1));
+            } else {
+                PROCESS.fetch_add(1, Ordering::Relaxed);
+            }
+            Self { per_thread }
         }
     }
 
     impl Drop for Counted {
         fn drop(&mut self) {
-            #[cfg(madsim)]
-            ALIVE.with(|alive| alive.set(alive.get().saturating_sub(1)));
-            #[cfg(not(madsim))]
-            ALIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if self.per_thread {
+                // A thread's count may already be gone when the thread itself is exiting.
+                let _ = THIS_WORLD.try_with(|alive| alive.set(alive.get().saturating_sub(1)));
+            } else {
+                PROCESS.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
     pub fn alive() -> usize {
-        #[cfg(madsim)]
-        return ALIVE.with(std::cell::Cell::get);
-        #[cfg(not(madsim))]
-        ALIVE.load(std::sync::atomic::Ordering::Relaxed)
+        if per_thread() {
+            THIS_WORLD.with(Cell::get)
+        } else {
+            PROCESS.load(Ordering::Relaxed)
+        }
     }
 }
 
@@ -131,6 +159,7 @@ pub async fn shutdown_signal() {
         match signal(SignalKind::terminate()) {
             Ok(mut terminate) => {
                 tokio::select! {
+                    biased;
                     _ = tokio::signal::ctrl_c() => {}
                     _ = terminate.recv() => {}
                 }

@@ -7,8 +7,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-// `Timer::now` keeps hyper's default, `std::time::Instant::now()`, which madsim intercepts.
-
 pin_project_lite::pin_project! {
     struct HyperSleep {
         #[pin]
@@ -31,6 +29,16 @@ impl hyper::rt::Sleep for HyperSleep {}
 pub struct HyperTimer;
 
 impl hyper::rt::Timer for HyperTimer {
+    /// The seam's clock, not hyper's default `std::time::Instant::now()`: that is the same
+    /// instant in production and under madsim (which virtualises std's clock), but under
+    /// turmoil each host's tokio clock is paused and runs ahead of the real one, and a
+    /// deadline taken from the real clock (the header-read timeout) would already be past.
+    fn now(&self) -> Instant {
+        // A real conversion under tokio; the identity under madsim, whose `Instant` is std's.
+        #[allow(clippy::useless_conversion)]
+        Instant::from(super::time::now())
+    }
+
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(HyperSleep {
             inner: tokio::time::sleep(duration),

@@ -24,8 +24,8 @@ use madsim::runtime::{Handle, Runtime};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use super::upstream::{plan, HostPlan, UPSTREAM_PORT};
 use super::{host_node, send_latency, RELAY_PORT};
+use crate::actors::upstream::{plan, HostPlan, UPSTREAM_PORT};
 use crate::scenario::Scenario;
 
 /// What one bare run did, for comparing its volume with the tunnel's.

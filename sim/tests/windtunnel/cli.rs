@@ -69,20 +69,24 @@ fn check_exits_0_for_valid_files_and_2_with_the_position_of_an_error() {
 
 #[cfg(not(madsim))]
 #[test]
-fn without_the_simulator_run_says_how_to_get_it() {
+fn without_the_simulator_a_madsim_scenario_says_how_to_run_it() {
     let dir = workdir("nosim");
     std::fs::write(dir.join("ok.toml"), TINY).unwrap();
+    std::fs::create_dir_all(dir.join("recorded")).unwrap();
+    std::fs::write(dir.join("recorded/scenario.toml"), TINY).unwrap();
     for args in [
         &["run", "ok.toml"][..],
         &["sweep", "ok.toml"],
-        &["replay", "x"],
+        &["replay", "recorded"],
         &["shrink", "ok.toml", "--seed", "1"],
     ] {
         let output = windtunnel(args, &dir);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(
-            stderr(&output).contains("built without the simulator; use `cargo sim <command> …`"),
-            "{}",
+            stderr(&output).contains(
+                "runs on madsim, which this build does not have; use `cargo sim <command> …`"
+            ),
+            "{args:?}: {}",
             stderr(&output)
         );
     }

@@ -118,6 +118,7 @@ async fn trickle(stream: &mut TcpStream, head: &[u8], more: &[u8], every: Durati
     loop {
         let mut chunk = [0u8; 4096];
         tokio::select! {
+            biased;
             read = stream.read(&mut chunk) => match read {
                 Ok(0) | Err(_) => return answer_of(&received),
                 Ok(n) => {

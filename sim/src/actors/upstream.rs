@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use madsim::rand::{thread_rng, Rng};
+use madsim::rand::Rng;
 use relay::rt::net::{TcpListener, TcpStream};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::rng::thread_rng;
 use super::TraceSink;
 use crate::scenario::{Between, UpstreamsSpec};
 use crate::trace::Event;
@@ -158,7 +159,7 @@ pub async fn serve(plan: Arc<HostPlan>, sink: TraceSink, world_start: Instant) {
         .await
         .expect("an upstream host binds its port");
     while let Ok((stream, _)) = listener.accept().await {
-        madsim::task::spawn(subscription(
+        tokio::spawn(subscription(
             Arc::clone(&plan),
             stream,
             sink.clone(),

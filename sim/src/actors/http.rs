@@ -5,11 +5,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use madsim::rand::{thread_rng, Rng};
+use madsim::rand::Rng;
 use relay::rt::net::TcpStream;
 use relay::rt::time::{now, sleep, sleep_until, timeout, Instant};
 
 use super::client::{self, get};
+use super::rng::thread_rng;
 use super::TraceSink;
 use crate::scenario::{Between, CallerSpec, ChurnerSpec, ProberSpec};
 use crate::trace::{ChurnAction, Event};
@@ -176,6 +177,18 @@ async fn perform(spec: &ChurnerSpec, action: ChurnAction, mut stream: TcpStream)
                 request(spec, &mut stream, &mut outcome).await;
             }
         }
+        ChurnAction::HalfClose => {
+            let path = &spec.paths[thread_rng().gen_range(0..spec.paths.len())];
+            match timeout(REQUEST_TIMEOUT, client::get_half_closed(&mut stream, path)).await {
+                Ok(Ok(response)) if response.status == 503 => outcome.refused = true,
+                Ok(Ok(_)) => outcome.requests_ok += 1,
+                Ok(Err(error)) => outcome.error = Some(classify(&error)),
+                Err(_) => {
+                    outcome.error =
+                        Some(format!("no response within {}s", REQUEST_TIMEOUT.as_secs()));
+                }
+            }
+        }
     }
     outcome
 }
@@ -218,6 +231,7 @@ fn pick_action(spec: &ChurnerSpec) -> ChurnAction {
         (mix.mid_request_close, ChurnAction::MidRequestClose),
         (mix.keepalive, ChurnAction::Keepalive),
         (mix.idle_hold, ChurnAction::IdleHold),
+        (mix.half_close, ChurnAction::HalfClose),
     ] {
         if ticket < weight {
             return action;

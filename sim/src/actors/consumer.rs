@@ -64,6 +64,7 @@ pub async fn run(
         let session = session(&spec, &name, relay, cursor, &sink, &tally, &mut next_stall);
         let ended = match stop_at {
             Some(stop_at) => tokio::select! {
+                biased;
                 ended = session => ended,
                 () = sleep_until(stop_at) => {
                     // Leave for good: the connection is dropped with the session future.

@@ -26,6 +26,15 @@ pub async fn get(stream: &mut TcpStream, path: &str, keep_alive: bool) -> io::Re
     read_response(stream).await
 }
 
+/// Send `GET path` with `Connection: close`, shut the write half (the peer reads end of
+/// stream after the request), and read the response.
+pub async fn get_half_closed(stream: &mut TcpStream, path: &str) -> io::Result<Response> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    write_flushed(stream, request.as_bytes()).await?;
+    stream.shutdown().await?;
+    read_response(stream).await
+}
+
 /// Write and flush (simulated sockets send only on flush).
 pub async fn write_flushed(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
     stream.write_all(bytes).await?;

@@ -1,0 +1,362 @@
+//! The relay's host program and the world's handle on it, whatever the engine: one
+//! incarnation of the relay per host start ([`run_relay`]), the [`RelayControl`] the world
+//! stops and observes it through, the [`monitor`] that samples its accounting into the
+//! trace, the [`audit`] of its event log after the run, and the run's database file.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relay::rt::time::sleep;
+use relay::{Observer, Relay};
+
+use super::{consumer, upstream, TraceSink};
+use crate::scenario::{ConsumerKind, ConsumerSpec, Scenario};
+use crate::trace::{Event, EventsSample, HttpSample, MemorySample, UpstreamSample};
+
+/// How often the monitor samples the relay's accounting.
+const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Keep the panics raised by the relay's `HandlerPanic` fault point off stderr: they are
+/// expected, the relay contains each one (a 500 in the trace) and logs it with method and
+/// path (in the run's captured logs). Every other panic still reaches the previous hook.
+pub fn quiet_injected_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let injected = info.payload().downcast_ref::<&str>()
+                == Some(&relay::rt::fault::INJECTED_HANDLER_PANIC);
+            if !injected {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// The relay's database file for one run; removed (with its WAL files) on drop.
+pub struct RelayDatabase {
+    /// The database file.
+    pub path: PathBuf,
+}
+
+impl RelayDatabase {
+    /// A fresh, empty database path for one run.
+    pub fn create() -> Self {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let run = RUNS.fetch_add(1, Ordering::SeqCst);
+        let path = database_dir().join(format!("windtunnel-{}-{run}.sqlite", std::process::id()));
+        let database = Self { path };
+        database.remove();
+        database
+    }
+
+    fn remove(&self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+        }
+    }
+}
+
+/// Where run databases go: `$WINDTUNNEL_DB_DIR` if set; else `/dev/shm` (memory-backed)
+/// when it is mounted with at least [`SHM_ROOM_MIN_BYTES`] (containers often give it only
+/// 64 MiB, and parallel seeds each hold a database); else the system temp dir. Every
+/// commit writes WAL frames with real syscalls; on a disk filesystem those writes were a
+/// tenth of the cold-start tunnel's CPU. The relay neither knows nor cares.
+fn database_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WINDTUNNEL_DB_DIR") {
+        return PathBuf::from(dir);
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if shm_has_room(&mounts) {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// The least room `/dev/shm` must have to hold run databases.
+const SHM_ROOM_MIN_BYTES: u64 = 1 << 30;
+
+/// Whether `/proc/mounts` text shows a tmpfs on `/dev/shm` of at least
+/// [`SHM_ROOM_MIN_BYTES`] (no `size=` option means the kernel's default, half the RAM).
+fn shm_has_room(mounts: &str) -> bool {
+    mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, "/dev/shm", "tmpfs", options, ..] = fields.as_slice() else {
+            return false;
+        };
+        options
+            .split(',')
+            .find_map(|option| option.strip_prefix("size="))
+            .is_none_or(|size| {
+                let (digits, unit) = size.split_at(
+                    size.len() - size.trim_start_matches(|c: char| c.is_ascii_digit()).len(),
+                );
+                let scale: u64 = match unit {
+                    "" => 1,
+                    "k" => 1 << 10,
+                    "m" => 1 << 20,
+                    "g" => 1 << 30,
+                    _ => return false,
+                };
+                digits
+                    .parse::<u64>()
+                    .is_ok_and(|value| value.saturating_mul(scale) >= SHM_ROOM_MIN_BYTES)
+            })
+    })
+}
+
+impl Drop for RelayDatabase {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The world's handle on the relay node across restarts.
+#[derive(Default)]
+pub struct RelayControl {
+    /// The running incarnation's observer; `None` while the relay is down.
+    pub observer: Mutex<Option<Observer>>,
+    /// Wakes the running incarnation's shutdown future.
+    pub stop: tokio::sync::Notify,
+    /// Incarnations that have finished their graceful shutdown.
+    pub stopped: AtomicU64,
+}
+
+impl RelayControl {
+    /// The running incarnation's observer, if it is up.
+    pub fn observer(&self) -> Option<Observer> {
+        self.observer.lock().expect("observer lock").clone()
+    }
+
+    /// Publish (or, with `None`, withdraw) the running incarnation's observer.
+    pub fn set_observer(&self, observer: Option<Observer>) {
+        *self.observer.lock().expect("observer lock") = observer;
+    }
+}
+
+/// One incarnation of the relay node: bind (retrying while the store refuses, as an
+/// orchestrator would restart it), publish the observer, serve until asked to stop.
+pub async fn run_relay(config: relay::config::Config, control: Arc<RelayControl>) {
+    let relay = loop {
+        match Relay::bind(config.clone()).await {
+            Ok(relay) => break relay,
+            Err(error) => {
+                tracing::warn!(%error, "relay failed to start; retrying in 1s");
+                sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    control.set_observer(Some(relay.observer()));
+    let stop = Arc::clone(&control);
+    relay.run(async move { stop.stop.notified().await }).await;
+    control.set_observer(None);
+    control.stopped.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Read the relay's event log from its database file: holes per host, and steady hosts
+/// whose log ends before what they had emitted by `emitted_by`.
+fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duration) -> Event {
+    let empty = Event::StoreAudit {
+        events: 0,
+        oldest_seq: 0,
+        head_seq: 0,
+        hosts_with_gaps: 0,
+        hosts_behind: 0,
+        first_behind: None,
+    };
+    let Ok(connection) = rusqlite::Connection::open(database) else {
+        return empty;
+    };
+    let bounds = connection.query_row(
+        "SELECT COUNT(*), COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM events",
+        [],
+        |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        },
+    );
+    let Ok((events, oldest, head)) = bounds else {
+        return empty;
+    };
+    let mut per_host: std::collections::BTreeMap<String, (i64, i64, i64)> = Default::default();
+    if let Ok(mut query) = connection.prepare(
+        "SELECT h.hostname, COUNT(e.seq), COALESCE(MIN(e.upstream_seq), 0), COALESCE(MAX(e.upstream_seq), 0) \
+         FROM hosts h LEFT JOIN events e ON e.host_id = h.id GROUP BY h.id",
+    ) {
+        if let Ok(rows) = query.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, (row.get(1)?, row.get(2)?, row.get(3)?)))
+        }) {
+            per_host.extend(rows.flatten());
+        }
+    }
+    let hosts_with_gaps = per_host
+        .values()
+        .filter(|(count, low, high)| *count > 0 && high - low + 1 != *count)
+        .count() as u32;
+    let behind: Vec<&str> = plans
+        .iter()
+        .filter(|plan| !plan.dead && plan.flap.is_none())
+        .filter(|plan| {
+            let emitted = (emitted_by.as_micros() / plan.event_interval.as_micros().max(1)) as i64;
+            per_host
+                .get(&plan.hostname)
+                .is_none_or(|(_, _, high)| *high < emitted)
+        })
+        .map(|plan| plan.hostname.as_str())
+        .collect();
+    Event::StoreAudit {
+        events: events as u64,
+        oldest_seq: oldest as u64,
+        head_seq: head as u64,
+        hosts_with_gaps,
+        hosts_behind: behind.len() as u32,
+        first_behind: behind.first().map(|name| (*name).to_owned()),
+    }
+}
+
+/// Sample the relay every [`SAMPLE_PERIOD`] until the task is dropped.
+pub async fn monitor(sink: TraceSink, control: Arc<RelayControl>) {
+    loop {
+        sleep(SAMPLE_PERIOD).await;
+        sample(&sink, &control);
+    }
+}
+
+/// Record one sample of the running relay's accounting (nothing while it is down).
+pub fn sample(sink: &TraceSink, control: &RelayControl) {
+    use relay::upstream::HostPhase;
+    let Some(observer) = control.observer() else {
+        return;
+    };
+    let stats = observer.connections();
+    let up = observer.upstreams();
+    let upstreams = UpstreamSample {
+        hosts: up.hosts,
+        hosts_connected: up.in_phase(HostPhase::Connected),
+        hosts_dormant: up.in_phase(HostPhase::Dormant),
+        hosts_idle: up.in_phase(HostPhase::Idle),
+        workers_running: up.workers_running,
+        workers_high_water: up.workers_high_water,
+        handshakes_in_flight: up.handshakes_in_flight,
+        handshakes_high_water: up.handshakes_high_water,
+        upstream_events: up.events_total,
+    };
+    let memory = observer.memory();
+    let pipeline = observer.events();
+    let events = EventsSample {
+        head_seq: pipeline.head_seq,
+        consumers: pipeline.consumers,
+        consumers_kicked: pipeline.consumers_kicked_total,
+        mailbox_high_water: pipeline.mailbox_high_water,
+        store_healthy: pipeline.store_healthy,
+    };
+    let relay_tasks = relay::rt::tasks_alive();
+    sink.record(
+        "monitor",
+        Event::RelaySample {
+            open: stats.open,
+            high_water: stats.high_water,
+            max: stats.max,
+            admitted: stats.admitted_total,
+            released: stats.released_total,
+            refused: stats.refused_at_capacity_total,
+            relay_tasks,
+            upstreams,
+            events,
+            http: HttpSample {
+                handlers_high_water: observer.dispatch().high_water,
+            },
+            memory: MemorySample {
+                memory_held_bytes: memory.held_bytes,
+                memory_high_water_bytes: memory.high_water_bytes,
+                memory_shedding: memory.shedding,
+                memory_shed_total: memory.shed_total,
+                memory_kicked: memory.kicked_total,
+            },
+        },
+    );
+}
+
+/// One consumer's running tally, kept by the world until the end of the run.
+pub struct ConsumerTally {
+    name: String,
+    slow: bool,
+    tally: consumer::SharedTally,
+}
+
+impl ConsumerTally {
+    /// The tally `tally` of consumer `name`, started from `spec`.
+    pub fn new(name: String, spec: &ConsumerSpec, tally: consumer::SharedTally) -> Self {
+        Self {
+            name,
+            slow: spec.kind == ConsumerKind::Slow,
+            tally,
+        }
+    }
+}
+
+/// The end of a run, before teardown: audit the relay's event log (when the world has
+/// upstreams) and record every consumer's final tally.
+pub fn finish(
+    scenario: &Scenario,
+    sink: &TraceSink,
+    database: &Path,
+    plans: &[Arc<upstream::HostPlan>],
+    tallies: Vec<ConsumerTally>,
+) {
+    let lag_s = scenario
+        .oracles
+        .no_lost_events
+        .as_ref()
+        .map_or(0, |spec| spec.lag_s);
+    let emitted_by = Duration::from_secs(scenario.duration_s.saturating_sub(lag_s));
+    if scenario.upstreams.is_some() {
+        sink.record("world", audit(database, plans, emitted_by));
+    }
+    for ConsumerTally { name, slow, tally } in tallies {
+        let tally = tally.lock().expect("tally lock").clone();
+        sink.record(
+            &name,
+            Event::ConsumerFinal {
+                consumer: name.clone(),
+                slow,
+                last_seq: tally.last_seq,
+                frames: tally.frames,
+                sessions: tally.sessions,
+                too_slow: tally.too_slow,
+                max_gap_ms: tally.max_gap_us / 1_000,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shm_has_room;
+
+    #[test]
+    fn shm_is_used_only_when_mounted_with_room() {
+        let mounts = |line: &str| format!("proc /proc proc rw 0 0\n{line}\n");
+        assert!(shm_has_room(&mounts(
+            "tmpfs /dev/shm tmpfs rw,relatime,size=24683652k 0 0"
+        )));
+        assert!(shm_has_room(&mounts(
+            "tmpfs /dev/shm tmpfs rw,nosuid,nodev 0 0"
+        )));
+        assert!(shm_has_room(&mounts("shm /dev/shm tmpfs rw,size=2g 0 0")));
+        assert!(!shm_has_room(&mounts(
+            "shm /dev/shm tmpfs rw,nosuid,size=65536k 0 0"
+        )));
+        assert!(!shm_has_room(&mounts(
+            "tmpfs /dev/shm tmpfs rw,size=50% 0 0"
+        )));
+        assert!(!shm_has_room(&mounts("/dev/vda /dev/shm ext4 rw 0 0")));
+        assert!(!shm_has_room("tmpfs /run tmpfs rw 0 0\n"));
+    }
+}

@@ -1,0 +1,490 @@
+//! The turmoil world (ordinary builds, no cfg flags): the same cast as the madsim world
+//! (`crate::actors`) on turmoil's hosts, for scenarios that declare `engine = "turmoil"`.
+//!
+//! turmoil's TCP is what madsim's is not: a reset when a socket is dropped with unread
+//! bytes, half-close (FIN on one direction, the other still open), a bounded accept queue
+//! (`network.tcp_capacity`: a full queue refuses the connection) and per-stream flow
+//! control. Its links are per host pair, so it is for small topologies (at most
+//! [`crate::scenario::TURMOIL_MAX_HOSTS`] hosts).
+//!
+//! Every host (relay, each upstream, each actor) runs on its own paused current-thread
+//! tokio runtime, all on this thread, stepped one tick (1 ms) at a time; the world's own
+//! timeline (monitor, faults, end-of-run bookkeeping) is turmoil's one client, and the run
+//! ends when it does. Faults that turmoil can only apply from outside the simulation
+//! (crashing and restarting the relay, changing latency) are queued by the timeline and
+//! applied between steps. Determinism: turmoil's RNG and the actors' RNG are seeded from
+//! the seed, every `select!` in the relay and the actors is `biased`, the relay's `Date`
+//! header is off, and nothing iterates a hash map.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use madsim::rand::seq::SliceRandom;
+use relay::rt::time::{sleep, sleep_until};
+use relay::store::Store;
+
+use crate::actors::relay_host::{
+    self, monitor, quiet_injected_panics, run_relay, sample, RelayControl, RelayDatabase,
+};
+use crate::actors::rng::{self, thread_rng};
+use crate::actors::{abuser, consumer, http, upstream, TraceSink, WorldClock};
+use crate::engine::SeedRun;
+use crate::logs::{LogCapture, LogSettings};
+use crate::oracle;
+use crate::scenario::{Between, FaultSpec, Scenario};
+use crate::trace::{Event, Trace};
+
+/// The relay's host name and port.
+const RELAY_HOST: &str = "relay";
+const RELAY_PORT: u16 = 8080;
+/// turmoil's step: every host runs this much simulated time per step.
+const TICK: Duration = Duration::from_millis(1);
+/// The simulated wall clock's epoch (2026-01-01T00:00:00Z), so no run reads today's date.
+const EPOCH_S: u64 = 1_767_225_600;
+
+/// Run one seed of `scenario` on turmoil and judge it, on a fresh thread (the actors' RNG
+/// and the relay's task census are per thread), capturing logs with `logs` if given.
+pub fn run(scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
+    quiet_injected_panics();
+    let capture = logs.map(LogCapture::new);
+    let dispatch = match &capture {
+        Some(capture) => capture.dispatch().clone(),
+        None => tracing::dispatcher::get_default(Clone::clone),
+    };
+    let scenario = scenario.clone();
+    #[allow(clippy::disallowed_methods)] // the harness's own thread, outside any simulation
+    let runner = std::thread::Builder::new()
+        .name(format!("windtunnel-turmoil-seed-{seed}"))
+        .spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || run_on_this_thread(&scenario, seed))
+        })
+        .expect("cannot start a simulation thread");
+    let mut run = runner
+        .join()
+        .expect("the simulation thread catches its own panics");
+    run.logs = capture.map(LogCapture::finish);
+    run
+}
+
+/// What the timeline asks of the simulation between steps.
+enum Command {
+    CrashRelay,
+    RestartRelay,
+    SetLatency(Between<u64>),
+}
+
+type Commands = Arc<Mutex<VecDeque<Command>>>;
+
+fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
+    #[allow(clippy::disallowed_methods)] // wall time of the harness itself, never of the world
+    let wall_start = std::time::Instant::now();
+    rng::seed(seed);
+    let database = RelayDatabase::create();
+    let sink = TraceSink::new(WorldClock::TurmoilSimulation);
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        simulate(scenario, seed, &database, &sink)
+    }));
+    drop(database);
+    let mut trace: Trace = sink.take();
+    let failure = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error),
+        Err(payload) => Some(
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "non-string panic payload".to_owned()),
+        ),
+    };
+    if let Some(message) = failure {
+        let t_us = trace.records().last().map_or(0, |r| r.t_us);
+        trace.push(t_us, "world", Event::Panic { message });
+    }
+    let violations = oracle::check(scenario, &trace);
+    let verdict = oracle::verdict(scenario.expect, &violations);
+    SeedRun {
+        trace,
+        violations,
+        verdict,
+        wall: wall_start.elapsed(),
+        logs: None,
+    }
+}
+
+/// Build the world, step it until the timeline ends, apply its commands between steps.
+fn simulate(
+    scenario: &Scenario,
+    seed: u64,
+    database: &RelayDatabase,
+    sink: &TraceSink,
+) -> Result<(), String> {
+    let latency = scenario.network.latency_ms;
+    let mut builder = turmoil::Builder::new();
+    builder
+        .rng_seed(seed)
+        .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_S))
+        .tick_duration(TICK)
+        .simulation_duration(Duration::from_secs(scenario.duration_s + 120))
+        .min_message_latency(Duration::from_millis(latency.min))
+        .max_message_latency(Duration::from_millis(latency.max));
+    if let Some(capacity) = scenario.network.tcp_capacity {
+        builder.tcp_capacity(capacity);
+    }
+    let mut sim = builder.build();
+    let control = Arc::new(RelayControl::default());
+    let commands: Commands = Arc::default();
+
+    let plans = match &scenario.upstreams {
+        Some(spec) => start_upstreams(&mut sim, spec, &database.path, sink),
+        None => Vec::new(),
+    };
+    let mut relay_config = scenario.relay.clone();
+    relay_config.server.listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT);
+    relay_config.server.date_header = false;
+    relay_config.store.path = database.path.clone();
+    relay_config.upstream.port = upstream::UPSTREAM_PORT;
+    let relay_control = Arc::clone(&control);
+    sim.host(RELAY_HOST, move || {
+        let config = relay_config.clone();
+        let control = Arc::clone(&relay_control);
+        async move {
+            run_relay(config, control).await;
+            Ok(())
+        }
+    });
+    let relay_addr = SocketAddr::new(sim.lookup(RELAY_HOST), RELAY_PORT);
+    let upstream_names: Vec<String> = plans.iter().map(|plan| plan.hostname.clone()).collect();
+    let tallies = start_actors(&mut sim, scenario, relay_addr, sink);
+
+    let timeline = Timeline {
+        scenario: scenario.clone(),
+        sink: sink.clone(),
+        control,
+        commands: Arc::clone(&commands),
+        upstreams: upstream_names,
+        database: database.path.clone(),
+        plans,
+        tallies: Mutex::new(tallies),
+    };
+    sim.client("world", async move {
+        timeline.play().await;
+        Ok(())
+    });
+    loop {
+        let finished = sim.step().map_err(|error| error.to_string())?;
+        let pending: Vec<Command> = commands.lock().expect("commands lock").drain(..).collect();
+        for command in pending {
+            match command {
+                Command::CrashRelay => sim.crash(RELAY_HOST),
+                Command::RestartRelay => sim.bounce(RELAY_HOST),
+                Command::SetLatency(range) => {
+                    sim.set_max_message_latency(Duration::from_millis(range.max));
+                }
+            }
+        }
+        if finished {
+            return Ok(());
+        }
+    }
+}
+
+/// Generate the host table, write it to the relay's database, and start one host per
+/// upstream (dead ones never listen).
+fn start_upstreams(
+    sim: &mut turmoil::Sim<'_>,
+    spec: &crate::scenario::UpstreamsSpec,
+    database: &std::path::Path,
+    sink: &TraceSink,
+) -> Vec<Arc<upstream::HostPlan>> {
+    let plans: Vec<Arc<upstream::HostPlan>> =
+        upstream::plan(spec).into_iter().map(Arc::new).collect();
+    Store::open(database)
+        .and_then(|store| store.add_hosts(plans.iter().map(|plan| plan.hostname.as_str())))
+        .expect("the world writes the relay's host table");
+    sink.record(
+        "world",
+        Event::UpstreamWorld {
+            hosts: spec.hosts,
+            dead: plans.iter().filter(|plan| plan.dead).count() as u32,
+            flaky: plans.iter().filter(|plan| plan.flap.is_some()).count() as u32,
+        },
+    );
+    for plan in &plans {
+        let name = plan.hostname.clone();
+        let plan = Arc::clone(plan);
+        let sink = sink.clone();
+        sim.host(name.as_str(), move || {
+            let plan = Arc::clone(&plan);
+            let sink = sink.clone();
+            async move {
+                if !plan.dead {
+                    upstream::serve(plan, sink, WorldClock::TurmoilSimulation.start()).await;
+                }
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
+    plans
+}
+
+/// Start the prober, churners, callers, abusers and consumers, one host each.
+fn start_actors(
+    sim: &mut turmoil::Sim<'_>,
+    scenario: &Scenario,
+    relay: SocketAddr,
+    sink: &TraceSink,
+) -> Vec<relay_host::ConsumerTally> {
+    if let Some(prober) = scenario.prober.clone() {
+        let sink = sink.clone();
+        sim.host("prober", move || {
+            let (prober, sink) = (prober.clone(), sink.clone());
+            async move {
+                http::prober(prober, relay, sink, WorldClock::TurmoilSimulation.start()).await;
+                Ok(())
+            }
+        });
+    }
+    for (group, spec) in scenario.churners.iter().enumerate() {
+        for index in 0..spec.nodes {
+            let name = format!("churner-{group}-{index}");
+            let (spec, sink, node) = (spec.clone(), sink.clone(), name.clone());
+            sim.host(name.as_str(), move || {
+                let (spec, sink, node) = (spec.clone(), sink.clone(), node.clone());
+                async move {
+                    let world_start = WorldClock::TurmoilSimulation.start();
+                    for _ in 1..spec.loops_per_node {
+                        tokio::spawn(http::churn_loop(
+                            spec.clone(),
+                            relay,
+                            sink.clone(),
+                            node.clone(),
+                            world_start,
+                        ));
+                    }
+                    http::churn_loop(spec, relay, sink, node, world_start).await;
+                    Ok(())
+                }
+            });
+        }
+    }
+    for (group, spec) in scenario.callers.iter().enumerate() {
+        for index in 0..spec.nodes {
+            let name = format!("caller-{group}-{index}");
+            let (spec, sink, node) = (spec.clone(), sink.clone(), name.clone());
+            sim.host(name.as_str(), move || {
+                let (spec, sink, node) = (spec.clone(), sink.clone(), node.clone());
+                async move {
+                    http::caller(spec, relay, sink, node).await;
+                    Ok(())
+                }
+            });
+        }
+    }
+    for (group, spec) in scenario.abusers.iter().enumerate() {
+        for index in 0..spec.nodes {
+            let name = format!("abuser-{group}-{index}");
+            let (spec, sink, node) = (spec.clone(), sink.clone(), name.clone());
+            sim.host(name.as_str(), move || {
+                let (spec, sink, node) = (spec.clone(), sink.clone(), node.clone());
+                async move {
+                    let world_start = WorldClock::TurmoilSimulation.start();
+                    abuser::run(spec, relay, sink, node, world_start).await;
+                    Ok(())
+                }
+            });
+        }
+    }
+    let mut tallies = Vec::new();
+    for spec in &scenario.consumers {
+        for index in 0..spec.count {
+            let name = format!("{}-{index}", spec.name);
+            let tally = consumer::SharedTally::default();
+            let (spec_for_host, sink, node) = (spec.clone(), sink.clone(), name.clone());
+            let host_tally = Arc::clone(&tally);
+            sim.host(name.as_str(), move || {
+                let (spec, sink, node) = (spec_for_host.clone(), sink.clone(), node.clone());
+                let tally = Arc::clone(&host_tally);
+                async move {
+                    let world_start = WorldClock::TurmoilSimulation.start();
+                    consumer::run(spec, node, relay, sink, tally, world_start).await;
+                    Ok(())
+                }
+            });
+            tallies.push(relay_host::ConsumerTally::new(name, spec, tally));
+        }
+    }
+    tallies
+}
+
+/// The world's own timeline: wait for the relay, sample it, play the faults, and do the
+/// end-of-run bookkeeping.
+struct Timeline {
+    scenario: Scenario,
+    sink: TraceSink,
+    control: Arc<RelayControl>,
+    commands: Commands,
+    upstreams: Vec<String>,
+    database: std::path::PathBuf,
+    plans: Vec<Arc<upstream::HostPlan>>,
+    tallies: Mutex<Vec<relay_host::ConsumerTally>>,
+}
+
+impl Timeline {
+    async fn play(self) {
+        let world_start = WorldClock::TurmoilSimulation.start();
+        while self.control.observer().is_none() {
+            sleep(Duration::from_millis(1)).await;
+        }
+        self.sink.phase("relay_ready");
+        sample(&self.sink, &self.control);
+        let this = Arc::new(self);
+        let monitor_task = tokio::spawn(monitor(this.sink.clone(), Arc::clone(&this.control)));
+        let mut fault_tasks = Vec::new();
+        for fault in this.scenario.faults.clone() {
+            let this = Arc::clone(&this);
+            fault_tasks.push(tokio::spawn(async move {
+                this.inject(fault, world_start).await;
+            }));
+        }
+        let scenario = &this.scenario;
+        if !scenario.churners.is_empty() {
+            sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
+            this.sink.phase("churn_stopped");
+        }
+        sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
+        sample(&this.sink, &this.control);
+        let tallies = std::mem::take(&mut *this.tallies.lock().expect("tallies lock"));
+        relay_host::finish(scenario, &this.sink, &this.database, &this.plans, tallies);
+        this.sink.phase("end");
+        monitor_task.abort();
+        for task in fault_tasks {
+            task.abort();
+        }
+    }
+
+    fn command(&self, command: Command) {
+        self.commands
+            .lock()
+            .expect("commands lock")
+            .push_back(command);
+    }
+
+    fn record(&self, kind: &str, hosts: usize, active: bool) {
+        self.sink.record(
+            "world",
+            Event::Fault {
+                kind: kind.to_owned(),
+                hosts: hosts as u32,
+                active,
+            },
+        );
+    }
+
+    /// Play one fault (the scenario's validation refused the kinds turmoil cannot play).
+    async fn inject(&self, fault: FaultSpec, world_start: relay::rt::time::Instant) {
+        let at = |at_s: u64| world_start + Duration::from_secs(at_s);
+        match fault {
+            FaultSpec::Partition {
+                at_s,
+                duration_s,
+                hosts_fraction,
+            } => {
+                sleep_until(at(at_s)).await;
+                let count = (hosts_fraction * self.upstreams.len() as f64).round() as usize;
+                let cut: Vec<&String> = self
+                    .upstreams
+                    .choose_multiple(&mut thread_rng(), count)
+                    .collect();
+                for host in &cut {
+                    turmoil::partition(RELAY_HOST, host.as_str());
+                }
+                self.record("partition", count, true);
+                sleep(Duration::from_secs(duration_s)).await;
+                for host in &cut {
+                    turmoil::repair(RELAY_HOST, host.as_str());
+                }
+                self.record("partition", count, false);
+            }
+            FaultSpec::Clog { at_s, duration_s } => {
+                sleep_until(at(at_s)).await;
+                let others = self.others();
+                for host in &others {
+                    turmoil::hold(RELAY_HOST, host.as_str());
+                }
+                self.record("clog", 0, true);
+                sleep(Duration::from_secs(duration_s)).await;
+                for host in &others {
+                    turmoil::release(RELAY_HOST, host.as_str());
+                }
+                self.record("clog", 0, false);
+            }
+            FaultSpec::Latency {
+                at_s,
+                duration_s,
+                latency_ms,
+            } => {
+                sleep_until(at(at_s)).await;
+                self.command(Command::SetLatency(latency_ms));
+                self.record("latency", 0, true);
+                sleep(Duration::from_secs(duration_s)).await;
+                self.command(Command::SetLatency(self.scenario.network.latency_ms));
+                self.record("latency", 0, false);
+            }
+            FaultSpec::KillRelay { at_s, down_s } => {
+                sleep_until(at(at_s)).await;
+                self.control.set_observer(None);
+                self.command(Command::CrashRelay);
+                self.record("kill_relay", 0, true);
+                sleep(Duration::from_secs(down_s)).await;
+                self.command(Command::RestartRelay);
+                self.record("kill_relay", 0, false);
+            }
+            FaultSpec::RestartRelay { at_s, down_s } => {
+                sleep_until(at(at_s)).await;
+                let stopped_before = self.control.stopped.load(Ordering::SeqCst);
+                self.record("restart_relay", 0, true);
+                self.control.stop.notify_waiters();
+                while self.control.stopped.load(Ordering::SeqCst) == stopped_before {
+                    sleep(Duration::from_millis(10)).await;
+                }
+                self.command(Command::CrashRelay);
+                sleep(Duration::from_secs(down_s)).await;
+                self.command(Command::RestartRelay);
+                self.record("restart_relay", 0, false);
+            }
+            FaultSpec::HandlerPanic { .. }
+            | FaultSpec::HandlerStall { .. }
+            | FaultSpec::StoreFault { .. } => {
+                unreachable!("validation keeps the relay's fault points off turmoil")
+            }
+        }
+    }
+
+    /// Every host but the relay and the world: what a clogged relay stops hearing.
+    fn others(&self) -> Vec<String> {
+        let scenario = &self.scenario;
+        let mut names = self.upstreams.clone();
+        if scenario.prober.is_some() {
+            names.push("prober".to_owned());
+        }
+        for (group, spec) in scenario.churners.iter().enumerate() {
+            names.extend((0..spec.nodes).map(|index| format!("churner-{group}-{index}")));
+        }
+        for (group, spec) in scenario.callers.iter().enumerate() {
+            names.extend((0..spec.nodes).map(|index| format!("caller-{group}-{index}")));
+        }
+        for (group, spec) in scenario.abusers.iter().enumerate() {
+            names.extend((0..spec.nodes).map(|index| format!("abuser-{group}-{index}")));
+        }
+        for spec in &scenario.consumers {
+            names.extend((0..spec.count).map(|index| format!("{}-{index}", spec.name)));
+        }
+        names
+    }
+}
