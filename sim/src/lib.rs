@@ -13,7 +13,12 @@
 //! - [`artifacts`], [`logs`], [`timeline`]: what a run leaves behind (folder layout,
 //!   captured logs, the timeline SVG).
 //! - [`sweep`], [`shrink`]: many seeds in shards with a summary; failure shrinking.
+//! - [`actors`]: the world's cast (upstream hosts, consumers, probers, churners, callers,
+//!   abusers, the relay's host program, monitor and audit), shared by every engine.
 //! - `world` (only with `--cfg madsim`): builds the simulated world and runs one seed.
+//! - `turmoil_world` (ordinary builds): the same cast on turmoil's TCP-faithful hosts.
+//! - `real_world` (ordinary builds, `run --real`): the same cast on real tokio and real
+//!   loopback TCP against the relay.
 //!
 //! Everything judged is judged from the trace, so the plain parts are tested by ordinary
 //! `cargo test` and only running a world needs the simulation build (`cargo sim-test`).
@@ -24,6 +29,8 @@ pub mod engine;
 pub mod harness;
 pub mod logs;
 pub mod oracle;
+#[cfg(not(madsim))]
+pub mod real_world;
 pub mod report;
 pub mod scenario;
 pub mod shrink;

@@ -55,6 +55,10 @@ enum Command {
         /// Most runs a shrink may make.
         #[arg(long, default_value_t = 100)]
         max_runs: usize,
+        /// Run the scenario's actors on real tokio and loopback TCP against the relay on
+        /// its own runtime, in real time (ordinary builds; not deterministic, same oracles).
+        #[arg(long, conflicts_with_all = ["check_determinism", "shrink"])]
+        real: bool,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -163,11 +167,17 @@ fn main() -> ExitCode {
             check_determinism,
             shrink,
             max_runs,
+            real,
             output,
         } => output.options(check_determinism, true).and_then(|options| {
+            let (engine, loaded) = if real {
+                load_for_real(&scenario)?
+            } else {
+                (engine, load(&scenario)?)
+            };
             run(
                 engine,
-                &scenario,
+                &loaded,
                 seed,
                 seeds,
                 &options,
@@ -225,6 +235,31 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// Load a scenario to run for real (`run --real`), with the engine that does it.
+#[cfg(not(madsim))]
+fn load_for_real(path: &Path) -> Result<(&'static dyn Engine, Loaded), ExitCode> {
+    let loaded = Loaded::load(path).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    })?;
+    if let Some(reason) = windtunnel::real_world::unsupported(&loaded.scenario) {
+        eprintln!("{}: cannot run for real: {reason}", path.display());
+        return Err(ExitCode::from(2));
+    }
+    Ok((&windtunnel::real_world::Real, loaded))
+}
+
+/// `run --real` needs an ordinary build.
+#[cfg(madsim)]
+fn load_for_real(path: &Path) -> Result<(&'static dyn Engine, Loaded), ExitCode> {
+    eprintln!(
+        "{}: --real runs in an ordinary build (real tokio, real sockets): \
+         `cargo run --release -p windtunnel -- run --real …`",
+        path.display()
+    );
+    Err(ExitCode::from(2))
+}
+
 /// Load a scenario this build's engine can run.
 fn load(path: &Path) -> Result<Loaded, ExitCode> {
     let loaded = Loaded::load(path).map_err(|error| {
@@ -254,20 +289,19 @@ fn run_one(
 
 fn run(
     engine: &dyn Engine,
-    path: &Path,
+    loaded: &Loaded,
     first_seed: u64,
     seeds: u64,
     options: &Options,
     shrink_budget: Option<usize>,
 ) -> Result<ExitCode, ExitCode> {
-    let loaded = load(path)?;
     let mut all_ok = true;
     for seed in first_seed..first_seed.saturating_add(seeds.max(1)) {
-        let result = run_one(engine, &loaded, seed, options)?;
+        let result = run_one(engine, loaded, seed, options)?;
         all_ok &= result.ok();
         if let (false, Some(max_runs)) = (result.ok(), shrink_budget) {
             if matches!(result.run.verdict, Verdict::Failed(_)) {
-                shrink_failure(engine, &loaded, &result, max_runs, options)?;
+                shrink_failure(engine, loaded, &result, max_runs, options)?;
             }
         }
     }

@@ -223,7 +223,13 @@ fn start_upstreams(
             let sink = sink.clone();
             async move {
                 if !plan.dead {
-                    upstream::serve(plan, sink, WorldClock::TurmoilSimulation.start()).await;
+                    upstream::serve(
+                        plan,
+                        upstream::simulated_listen(),
+                        sink,
+                        WorldClock::TurmoilSimulation.start(),
+                    )
+                    .await;
                 }
                 std::future::pending::<()>().await;
                 Ok(())

@@ -285,6 +285,90 @@ mod turmoil_engine {
     }
 }
 
+/// Real mode: the same actors on real tokio and loopback TCP against the relay, judged by
+/// the same oracles (a small world, 15 real seconds, with a graceful restart).
+#[cfg(not(madsim))]
+#[test]
+fn real_mode_runs_the_actors_against_the_relay_and_judges_them() {
+    use windtunnel::oracle::Verdict;
+    use windtunnel::trace::Event;
+    let scenario = Scenario::parse(
+        Path::new("real.toml"),
+        r#"name = "real"
+duration_s = 15
+[relay.server]
+shutdown_grace_ms = 2000
+drain_timeout_ms = 500
+[relay.upstream]
+startup_jitter_ms = 500
+backoff_base_ms = 200
+backoff_cap_ms = 1000
+[upstreams]
+hosts = 10
+handshake_latency_ms = [5, 20]
+event_interval_s = [1, 1]
+[prober]
+path = "/_readyz"
+initial_delay_s = 1
+period_s = 1
+timeout_s = 1
+failure_threshold = 4
+[[consumers]]
+name = "fast"
+count = 2
+kind = "fast"
+start_s = 2
+stop_s = 12
+[[faults]]
+kind = "restart_relay"
+at_s = 6
+down_s = 1
+[oracles]
+probe_liveness = {}
+no_stale_delivery = {}
+no_lost_events = { lag_s = 4 }
+consumer_accounting = { settle_s = 2 }
+no_panics = {}
+"#,
+    )
+    .unwrap();
+    assert_eq!(windtunnel::real_world::unsupported(&scenario), None);
+    let run = windtunnel::real_world::run(&scenario, 1, None);
+    assert_eq!(run.verdict, Verdict::Passed, "{:?}", run.violations);
+    let frames: u64 = run
+        .trace
+        .records()
+        .iter()
+        .filter_map(|r| match r.event {
+            Event::ConsumerFinal { frames, .. } => Some(frames),
+            _ => None,
+        })
+        .sum();
+    assert!(frames > 100, "the consumers saw only {frames} frames");
+}
+
+#[cfg(not(madsim))]
+#[test]
+fn real_mode_refuses_what_a_loopback_cannot_play() {
+    let with_fault = |fault: &str| {
+        Scenario::parse(
+            Path::new("real.toml"),
+            &format!("{MINIMAL}\n[upstreams]\nhosts = 4\n\n[[faults]]\n{fault}\n"),
+        )
+        .unwrap()
+    };
+    let partition =
+        with_fault("kind = \"partition\"\nat_s = 1\nduration_s = 1\nhosts_fraction = 0.5");
+    let reason = windtunnel::real_world::unsupported(&partition).unwrap();
+    assert!(
+        reason.contains("partition fault cannot be played"),
+        "{reason}"
+    );
+    let kill = with_fault("kind = \"kill_relay\"\nat_s = 1\ndown_s = 1");
+    let reason = windtunnel::real_world::unsupported(&kill).unwrap();
+    assert!(reason.contains("kill_relay"), "{reason}");
+}
+
 #[cfg(madsim)]
 mod simulated {
     use super::*;

@@ -153,11 +153,19 @@ impl HostPlan {
     }
 }
 
-/// The host's server: accept subscriptions forever.
-pub async fn serve(plan: Arc<HostPlan>, sink: TraceSink, world_start: Instant) {
-    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], UPSTREAM_PORT)))
-        .await
-        .expect("an upstream host binds its port");
+/// The address a simulated host listens on: every address of its node, [`UPSTREAM_PORT`].
+pub fn simulated_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], UPSTREAM_PORT))
+}
+
+/// The host's server on `listen`: accept subscriptions forever.
+pub async fn serve(plan: Arc<HostPlan>, listen: SocketAddr, sink: TraceSink, world_start: Instant) {
+    let listener = TcpListener::bind(listen).await.unwrap_or_else(|error| {
+        panic!(
+            "upstream host {} cannot bind {listen}: {error}",
+            plan.hostname
+        )
+    });
     while let Ok((stream, _)) = listener.accept().await {
         tokio::spawn(subscription(
             Arc::clone(&plan),

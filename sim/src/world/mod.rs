@@ -294,7 +294,12 @@ fn start_upstreams(
         .map(|plan| {
             let node = host_node(handle, &net, plan);
             if !plan.dead {
-                node.spawn(upstream::serve(Arc::clone(plan), sink.clone(), world_start));
+                node.spawn(upstream::serve(
+                    Arc::clone(plan),
+                    upstream::simulated_listen(),
+                    sink.clone(),
+                    world_start,
+                ));
             }
             node
         })
