@@ -23,12 +23,10 @@ use std::time::Duration;
 use relay::rt::time::{now, sleep, sleep_until};
 use relay::store::Store;
 
-use crate::actors::relay_host::{
-    self, monitor, quiet_injected_panics, run_relay, sample, RelayControl, RelayDatabase,
-};
+use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::{abuser, consumer, http, rng, upstream, TraceSink, WorldClock};
 use crate::engine::{Engine, SeedRun};
-use crate::logs::{LogCapture, LogSettings};
+use crate::logs::LogSettings;
 use crate::oracle;
 use crate::scenario::{FaultSpec, Scenario};
 use crate::trace::Event;
@@ -78,25 +76,7 @@ pub fn unsupported(scenario: &Scenario) -> Option<String> {
 
 /// Run `scenario` for real once, with `seed` for the actors' choices, and judge it.
 pub fn run(scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
-    quiet_injected_panics();
-    let capture = logs.map(LogCapture::new);
-    let dispatch = match &capture {
-        Some(capture) => capture.dispatch().clone(),
-        None => tracing::dispatcher::get_default(Clone::clone),
-    };
-    let scenario = scenario.clone();
-    #[allow(clippy::disallowed_methods)] // the harness's own thread, outside any simulation
-    let runner = std::thread::Builder::new()
-        .name(format!("windtunnel-real-seed-{seed}"))
-        .spawn(move || {
-            tracing::dispatcher::with_default(&dispatch, || run_on_this_thread(&scenario, seed))
-        })
-        .expect("cannot start the real-mode thread");
-    let mut run = runner
-        .join()
-        .expect("the real-mode thread reports its own failures");
-    run.logs = capture.map(LogCapture::finish);
-    run
+    crate::actors::on_fresh_thread("real", scenario, seed, logs, run_on_this_thread)
 }
 
 fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {

@@ -27,13 +27,11 @@ use madsim::rand::seq::SliceRandom;
 use relay::rt::time::{sleep, sleep_until};
 use relay::store::Store;
 
-use crate::actors::relay_host::{
-    self, monitor, quiet_injected_panics, run_relay, sample, RelayControl, RelayDatabase,
-};
+use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::rng::{self, thread_rng};
 use crate::actors::{abuser, consumer, http, upstream, TraceSink, WorldClock};
 use crate::engine::SeedRun;
-use crate::logs::{LogCapture, LogSettings};
+use crate::logs::LogSettings;
 use crate::oracle;
 use crate::scenario::{Between, FaultSpec, Scenario};
 use crate::trace::{Event, Trace};
@@ -49,25 +47,7 @@ const EPOCH_S: u64 = 1_767_225_600;
 /// Run one seed of `scenario` on turmoil and judge it, on a fresh thread (the actors' RNG
 /// and the relay's task census are per thread), capturing logs with `logs` if given.
 pub fn run(scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
-    quiet_injected_panics();
-    let capture = logs.map(LogCapture::new);
-    let dispatch = match &capture {
-        Some(capture) => capture.dispatch().clone(),
-        None => tracing::dispatcher::get_default(Clone::clone),
-    };
-    let scenario = scenario.clone();
-    #[allow(clippy::disallowed_methods)] // the harness's own thread, outside any simulation
-    let runner = std::thread::Builder::new()
-        .name(format!("windtunnel-turmoil-seed-{seed}"))
-        .spawn(move || {
-            tracing::dispatcher::with_default(&dispatch, || run_on_this_thread(&scenario, seed))
-        })
-        .expect("cannot start a simulation thread");
-    let mut run = runner
-        .join()
-        .expect("the simulation thread catches its own panics");
-    run.logs = capture.map(LogCapture::finish);
-    run
+    crate::actors::on_fresh_thread("turmoil", scenario, seed, logs, run_on_this_thread)
 }
 
 /// What the timeline asks of the simulation between steps.

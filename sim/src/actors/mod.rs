@@ -117,3 +117,33 @@ pub fn actor_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketC
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(relay::upstream::WS_READ_BUFFER_BYTES)
 }
+
+/// Run one seed of a world on a fresh OS thread named `windtunnel-<world>-seed-<seed>` (the
+/// actors' RNG and the relay's task census are per thread, so each run starts clean),
+/// with the caller's log subscriber, or a capture of the run's logs when `logs` is given.
+#[cfg(not(madsim))]
+pub fn on_fresh_thread(
+    world: &str,
+    scenario: &crate::scenario::Scenario,
+    seed: u64,
+    logs: Option<&crate::logs::LogSettings>,
+    run: fn(&crate::scenario::Scenario, u64) -> crate::engine::SeedRun,
+) -> crate::engine::SeedRun {
+    relay_host::quiet_injected_panics();
+    let capture = logs.map(crate::logs::LogCapture::new);
+    let dispatch = match &capture {
+        Some(capture) => capture.dispatch().clone(),
+        None => tracing::dispatcher::get_default(Clone::clone),
+    };
+    let scenario = scenario.clone();
+    #[allow(clippy::disallowed_methods)] // the harness's own thread, outside any simulation
+    let runner = std::thread::Builder::new()
+        .name(format!("windtunnel-{world}-seed-{seed}"))
+        .spawn(move || tracing::dispatcher::with_default(&dispatch, || run(&scenario, seed)))
+        .expect("cannot start a world's thread");
+    let mut outcome = runner
+        .join()
+        .expect("a world's thread reports its own failures");
+    outcome.logs = capture.map(crate::logs::LogCapture::finish);
+    outcome
+}
