@@ -21,13 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay::rt::time::{now, sleep, sleep_until};
-use relay::store::Store;
 
 use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::{abuser, consumer, http, rng, upstream, TraceSink, WorldClock};
 use crate::engine::{Engine, SeedRun};
 use crate::logs::LogSettings;
-use crate::oracle;
 use crate::scenario::{FaultSpec, Scenario};
 use crate::trace::Event;
 
@@ -105,13 +103,7 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
     drop(actors_runtime);
     relay_runtime.shutdown_timeout(Duration::from_secs(5));
     drop(database);
-    let mut trace = sink.take();
-    if let Err(message) = outcome {
-        let t_us = trace.records().last().map_or(0, |r| r.t_us);
-        trace.push(t_us, "world", Event::Panic { message });
-    }
-    let violations = oracle::check(scenario, &trace);
-    let verdict = oracle::verdict(scenario.expect, &violations);
+    let (trace, violations, verdict) = relay_host::judge(scenario, sink.take(), outcome.err());
     SeedRun {
         trace,
         violations,
@@ -154,17 +146,8 @@ async fn world(
         None => Vec::new(),
     };
     if let Some(spec) = &scenario.upstreams {
-        Store::open(&database.path)
-            .and_then(|store| store.add_hosts(plans.iter().map(|plan| plan.hostname.as_str())))
+        relay_host::publish_host_table(&database.path, spec, &plans, &sink)
             .map_err(|error| format!("cannot write the relay's host table: {error}"))?;
-        sink.record(
-            "world",
-            Event::UpstreamWorld {
-                hosts: spec.hosts,
-                dead: plans.iter().filter(|plan| plan.dead).count() as u32,
-                flaky: plans.iter().filter(|plan| plan.flap.is_some()).count() as u32,
-            },
-        );
     }
     for plan in plans.iter().filter(|plan| !plan.dead) {
         let listen = SocketAddr::from((plan.ip, REAL_UPSTREAM_PORT));

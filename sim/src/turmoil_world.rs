@@ -25,16 +25,14 @@ use std::time::{Duration, SystemTime};
 
 use madsim::rand::seq::SliceRandom;
 use relay::rt::time::{sleep, sleep_until};
-use relay::store::Store;
 
 use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::rng::{self, thread_rng};
 use crate::actors::{abuser, consumer, http, upstream, TraceSink, WorldClock};
 use crate::engine::SeedRun;
 use crate::logs::LogSettings;
-use crate::oracle;
 use crate::scenario::{Between, FaultSpec, Scenario};
-use crate::trace::{Event, Trace};
+use crate::trace::Event;
 
 /// The relay's host name and port.
 const RELAY_HOST: &str = "relay";
@@ -69,24 +67,11 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
         simulate(scenario, seed, &database, &sink)
     }));
     drop(database);
-    let mut trace: Trace = sink.take();
     let failure = match result {
-        Ok(Ok(())) => None,
-        Ok(Err(error)) => Some(error),
-        Err(payload) => Some(
-            payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "non-string panic payload".to_owned()),
-        ),
+        Ok(outcome) => outcome.err(),
+        Err(payload) => Some(relay_host::panic_message(&*payload)),
     };
-    if let Some(message) = failure {
-        let t_us = trace.records().last().map_or(0, |r| r.t_us);
-        trace.push(t_us, "world", Event::Panic { message });
-    }
-    let violations = oracle::check(scenario, &trace);
-    let verdict = oracle::verdict(scenario.expect, &violations);
+    let (trace, violations, verdict) = relay_host::judge(scenario, sink.take(), failure);
     SeedRun {
         trace,
         violations,
@@ -183,17 +168,8 @@ fn start_upstreams(
 ) -> Vec<Arc<upstream::HostPlan>> {
     let plans: Vec<Arc<upstream::HostPlan>> =
         upstream::plan(spec).into_iter().map(Arc::new).collect();
-    Store::open(database)
-        .and_then(|store| store.add_hosts(plans.iter().map(|plan| plan.hostname.as_str())))
+    relay_host::publish_host_table(database, spec, &plans, sink)
         .expect("the world writes the relay's host table");
-    sink.record(
-        "world",
-        Event::UpstreamWorld {
-            hosts: spec.hosts,
-            dead: plans.iter().filter(|plan| plan.dead).count() as u32,
-            flaky: plans.iter().filter(|plan| plan.flap.is_some()).count() as u32,
-        },
-    );
     for plan in &plans {
         let name = plan.hostname.clone();
         let plan = Arc::clone(plan);

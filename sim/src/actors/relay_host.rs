@@ -12,8 +12,9 @@ use relay::rt::time::sleep;
 use relay::{Observer, Relay};
 
 use super::{consumer, upstream, TraceSink};
-use crate::scenario::{ConsumerKind, ConsumerSpec, Scenario};
-use crate::trace::{Event, EventsSample, HttpSample, MemorySample, UpstreamSample};
+use crate::oracle::{self, Verdict, Violation};
+use crate::scenario::{ConsumerKind, ConsumerSpec, Scenario, UpstreamsSpec};
+use crate::trace::{Event, EventsSample, HttpSample, MemorySample, Trace, UpstreamSample};
 
 /// How often the monitor samples the relay's accounting.
 const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
@@ -281,6 +282,52 @@ pub fn sample(sink: &TraceSink, control: &RelayControl) {
             },
         },
     );
+}
+
+/// Write the host table of `plans` (generated from `spec`) to the relay's database and
+/// record the upstream world in the trace: what every world does before the relay starts.
+pub fn publish_host_table(
+    database: &Path,
+    spec: &UpstreamsSpec,
+    plans: &[Arc<upstream::HostPlan>],
+    sink: &TraceSink,
+) -> Result<(), relay::store::StoreError> {
+    relay::store::Store::open(database)?
+        .add_hosts(plans.iter().map(|plan| plan.hostname.as_str()))?;
+    sink.record(
+        "world",
+        Event::UpstreamWorld {
+            hosts: spec.hosts,
+            dead: plans.iter().filter(|plan| plan.dead).count() as u32,
+            flaky: plans.iter().filter(|plan| plan.flap.is_some()).count() as u32,
+        },
+    );
+    Ok(())
+}
+
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// Judge a finished run's `trace`: a world that failed (`failure`: a panic or an engine
+/// error) gets it recorded as a panic at the last record's time, then every oracle runs.
+pub fn judge(
+    scenario: &Scenario,
+    mut trace: Trace,
+    failure: Option<String>,
+) -> (Trace, Vec<Violation>, Verdict) {
+    if let Some(message) = failure {
+        let t_us = trace.records().last().map_or(0, |r| r.t_us);
+        trace.push(t_us, "world", Event::Panic { message });
+    }
+    let violations = oracle::check(scenario, &trace);
+    let verdict = oracle::verdict(scenario.expect, &violations);
+    (trace, violations, verdict)
 }
 
 /// One consumer's running tally, kept by the world until the end of the run.

@@ -26,13 +26,12 @@ use madsim::net::NetSim;
 use madsim::rand::{seq::SliceRandom, thread_rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
-use relay::store::Store;
 
 use crate::actors::relay_host::{
     self, monitor, quiet_injected_panics, run_relay, sample, RelayControl, RelayDatabase,
 };
 use crate::actors::{abuser, consumer, http as actors, upstream, TraceSink};
-use crate::oracle::{self, Verdict, Violation};
+use crate::oracle::{Verdict, Violation};
 use crate::scenario::{Between, FaultSpec, NetworkSpec, Scenario};
 use crate::trace::{Event, Trace};
 
@@ -100,18 +99,11 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> RunOutcome {
     drop(runtime);
     drop(database);
     let sink = sink_slot.lock().expect("slot lock").take();
-    let mut trace = sink.map_or_else(Trace::default, |sink| sink.take());
-    if let Err(payload) = result {
-        let message = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "non-string panic payload".to_owned());
-        let t_us = trace.records().last().map_or(0, |r| r.t_us);
-        trace.push(t_us, "world", Event::Panic { message });
-    }
-    let violations = oracle::check(scenario, &trace);
-    let verdict = oracle::verdict(scenario.expect, &violations);
+    let trace = sink.map_or_else(Trace::default, |sink| sink.take());
+    let failure = result
+        .err()
+        .map(|payload| relay_host::panic_message(&*payload));
+    let (trace, violations, verdict) = relay_host::judge(scenario, trace, failure);
     RunOutcome {
         trace,
         violations,
@@ -277,17 +269,8 @@ fn start_upstreams(
 ) -> (Vec<NodeHandle>, Vec<Arc<upstream::HostPlan>>) {
     let plans: Vec<Arc<upstream::HostPlan>> =
         upstream::plan(spec).into_iter().map(Arc::new).collect();
-    Store::open(database)
-        .and_then(|store| store.add_hosts(plans.iter().map(|plan| plan.hostname.as_str())))
+    relay_host::publish_host_table(database, spec, &plans, sink)
         .expect("the world writes the relay's host table");
-    sink.record(
-        "world",
-        Event::UpstreamWorld {
-            hosts: spec.hosts,
-            dead: plans.iter().filter(|plan| plan.dead).count() as u32,
-            flaky: plans.iter().filter(|plan| plan.flap.is_some()).count() as u32,
-        },
-    );
     let net = NetSim::current();
     let nodes = plans
         .iter()
