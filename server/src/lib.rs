@@ -16,6 +16,7 @@
 //! Tests and the wind tunnel drive the relay through [`Relay`] exactly as the binary does:
 //! bind, then [`Relay::run`] with a shutdown future (the mini-redis shape).
 
+pub mod cli;
 pub mod config;
 pub mod events;
 pub mod http;

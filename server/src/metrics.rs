@@ -3,8 +3,12 @@
 //! Each relay owns its own `prometheus_client` registry (no globals), so several relays in
 //! one wind-tunnel process never share counters. Every label set is bounded: label values
 //! come from fixed enums and `&'static str` reasons, never from request data or hostnames.
-//! Gauges that mirror state owned elsewhere (the lifecycle registry, the host table) are
-//! synchronised at scrape time instead of being updated on every change.
+//! Values that mirror state owned elsewhere (the lifecycle registry's totals, the host
+//! table, the fan-out) are synchronised at scrape time instead of being updated on every
+//! change; the registry's admitted, released and open come from one balanced reading, so a
+//! scrape shows `admitted = released + open` (the wind tunnel's real mode checks it).
+
+use std::sync::atomic::Ordering;
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
@@ -53,6 +57,7 @@ pub struct PhaseLabels {
 pub struct Metrics {
     registry: Registry,
     connections_admitted: Counter,
+    connections_released: Counter,
     connections_refused: Family<ReasonLabels, Counter>,
     connections_closed: Family<ReasonLabels, Counter>,
     http_requests: Family<RequestLabels, Counter>,
@@ -88,6 +93,8 @@ pub struct Metrics {
     memory_shedding: Gauge,
     memory_shed: Gauge,
     memory_kicked: Gauge,
+    consumers_subscribed: Gauge,
+    tasks_alive: Gauge,
 }
 
 impl Default for Metrics {
@@ -102,6 +109,7 @@ impl Metrics {
         let metrics = Self {
             registry: Registry::with_prefix("relay"),
             connections_admitted: Counter::default(),
+            connections_released: Counter::default(),
             connections_refused: Family::default(),
             connections_closed: Family::default(),
             http_requests: Family::default(),
@@ -137,6 +145,8 @@ impl Metrics {
             memory_shedding: Gauge::default(),
             memory_shed: Gauge::default(),
             memory_kicked: Gauge::default(),
+            consumers_subscribed: Gauge::default(),
+            tasks_alive: Gauge::default(),
         };
         metrics.registered()
     }
@@ -145,8 +155,13 @@ impl Metrics {
         let registry = &mut self.registry;
         registry.register(
             "connections_admitted",
-            "Connections admitted by the lifecycle registry",
+            "Connections admitted by the lifecycle registry (admitted = released + open within one scrape)",
             self.connections_admitted.clone(),
+        );
+        registry.register(
+            "connections_released",
+            "Admitted connections released (their owner dropped), each exactly once",
+            self.connections_released.clone(),
         );
         registry.register(
             "connections_refused",
@@ -319,16 +334,21 @@ impl Metrics {
             self.memory_shed.clone(),
         );
         registry.register(
+            "consumers_subscribed",
+            "Consumers subscribed to the fan-out now",
+            self.consumers_subscribed.clone(),
+        );
+        registry.register(
+            "tasks_alive",
+            "Tasks the relay spawned (through its runtime seam) that are alive now",
+            self.tasks_alive.clone(),
+        );
+        registry.register(
             "memory_kicked_consumers",
             "Consumers kicked because the memory account passed the budget",
             self.memory_kicked.clone(),
         );
         self
-    }
-
-    /// Count an admission.
-    pub fn admitted(&self) {
-        self.connections_admitted.inc();
     }
 
     /// Count a refusal for `reason`.
@@ -432,6 +452,15 @@ impl Metrics {
             .set(wide(events.consumers_kicked_total));
         self.consumer_mailbox_high_water
             .set(gauge(events.mailbox_high_water));
+        self.consumers_subscribed.set(gauge(events.consumers));
+        self.tasks_alive.set(gauge(crate::rt::tasks_alive()));
+        // One balanced registry reading: admitted = released + open in the same scrape.
+        self.connections_admitted
+            .inner()
+            .store(connections.admitted_total, Ordering::Relaxed);
+        self.connections_released
+            .inner()
+            .store(connections.released_total, Ordering::Relaxed);
         self.connections_open.set(gauge(connections.open));
         self.connections_max.set(gauge(connections.max));
         self.connections_high_water

@@ -92,10 +92,14 @@ async fn probes_and_metrics_answer() {
         b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(
-        metrics.contains("relay_connections_admitted_total 3"),
-        "{metrics}"
-    );
+    // The scrape's own connection is admitted and still open: 3 = 2 released + 1 open.
+    for line in [
+        "relay_connections_admitted_total 3",
+        "relay_connections_released_total 2",
+        "relay_connections_open 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
     assert!(
         metrics.contains("relay_http_requests_total{route=\"healthz\",status=\"200\"} 1"),
         "{metrics}"

@@ -34,6 +34,13 @@ pub trait Engine: Sync {
     /// Short name, shown in reports and SCENARIOS.md.
     fn name(&self) -> &'static str;
 
+    /// Whether a seed replays to the same trace (everything but real mode). A run that is
+    /// not deterministic is never re-run behind the user's back, and its failures say how
+    /// to run it again rather than how to replay it.
+    fn deterministic(&self) -> bool {
+        true
+    }
+
     /// Run one seed of `scenario` (already swarm-resolved) and judge it; capture logs with
     /// `logs` if given. Capturing logs must not change the trace.
     fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun;

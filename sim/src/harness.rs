@@ -194,6 +194,8 @@ pub struct SeedResult {
     pub replay: String,
     /// The artifact folder written, if any.
     pub artifacts: Option<PathBuf>,
+    /// Whether the engine replays this seed (false for real mode).
+    pub replayable: bool,
 }
 
 impl SeedResult {
@@ -209,7 +211,13 @@ impl SeedResult {
     /// Everything to print: the report plus where the artifacts went.
     pub fn console_text(&self) -> String {
         let mut text = self.report.clone();
-        if let Some(dir) = &self.artifacts {
+        if let (Some(dir), false) = (&self.artifacts, self.replayable) {
+            let _ = writeln!(
+                text,
+                "  artifacts: {} (trace, report, logs with the relay's output, timeline.svg)",
+                dir.display()
+            );
+        } else if let Some(dir) = &self.artifacts {
             let _ = writeln!(
                 text,
                 "  artifacts: {} (trace, report, logs, timeline.svg; `{} replay {}` checks the hash)",
@@ -262,7 +270,7 @@ pub fn run_seed(
         options.logs_up_front.then_some(&options.logs),
     );
     let mut determinism = None;
-    if options.check_determinism {
+    if options.check_determinism && engine.deterministic() {
         let again = engine.run(&scenario, seed, None);
         determinism = Some(Determinism {
             reason: "--check-determinism",
@@ -275,7 +283,7 @@ pub fn run_seed(
             .as_ref()
             .is_none_or(|d: &Determinism| d.divergence.is_none());
     let write_artifacts = options.artifacts_root.is_some() && (!passed || options.artifacts_always);
-    if write_artifacts && run.logs.is_none() {
+    if write_artifacts && run.logs.is_none() && engine.deterministic() {
         let again = engine.run(&scenario, seed, Some(&options.logs));
         if determinism.is_none() {
             determinism = Some(Determinism {
@@ -296,6 +304,7 @@ pub fn run_seed(
         trace: &run.trace,
         violations: &run.violations,
         verdict: &run.verdict,
+        deterministic: engine.deterministic(),
     };
     let headline = report.headline();
     let replay = report.replay_command();
@@ -337,6 +346,7 @@ pub fn run_seed(
         headline,
         replay,
         artifacts: None,
+        replayable: engine.deterministic(),
     };
     log_outcome(&result);
     if let (true, Some(root)) = (write_artifacts, &options.artifacts_root) {

@@ -6,10 +6,14 @@
 //! - `replay <artifact-dir>` re-runs a recorded run and checks the trace hash;
 //! - `sweep <dirs-or-files> --seeds N [--shard k/n]` runs many seeds with a summary table;
 //! - `shrink <scenario> --seed N` minimises a failing scenario;
-//! - `check <files>` validates scenario files without running them.
+//! - `check <files>` validates scenario files without running them;
+//! - `relay …` (hidden, ordinary builds) is the relay's own command line (`relay::cli`):
+//!   real mode runs the relay as a child process through it.
 //!
-//! Everything but `check` needs the simulation build: `cargo sim <command> …`.
+//! madsim scenarios run in the simulation build (`cargo sim <command> …`), turmoil
+//! scenarios and `run --real` in an ordinary one.
 
+use std::ffi::OsString;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,10 +59,14 @@ enum Command {
         /// Most runs a shrink may make.
         #[arg(long, default_value_t = 100)]
         max_runs: usize,
-        /// Run the scenario's actors on real tokio and loopback TCP against the relay on
-        /// its own runtime, in real time (ordinary builds; not deterministic, same oracles).
+        /// Run the scenario's actors on real tokio and loopback TCP against the relay as a
+        /// separate process, in real time (ordinary builds; not deterministic, same oracles).
         #[arg(long, conflicts_with_all = ["check_determinism", "shrink"])]
         real: bool,
+        /// With --real: the relay binary to run (default: this executable's own copy of the
+        /// relay's command line, `windtunnel relay serve`).
+        #[arg(long, requires = "real", value_name = "PATH")]
+        relay_bin: Option<PathBuf>,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -110,6 +118,14 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// The relay's command line (`windtunnel relay serve --config F` is `relay serve
+    /// --config F`); real mode's relay process.
+    #[command(hide = true)]
+    Relay {
+        /// The relay's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -155,8 +171,10 @@ fn engine() -> &'static dyn Engine {
 
 fn main() -> ExitCode {
     let command = Cli::parse().command;
-    if let Command::Check { files } = &command {
-        return check(files);
+    match &command {
+        Command::Check { files } => return check(files),
+        Command::Relay { args } => return relay_command(args),
+        _ => {}
     }
     let engine = engine();
     let outcome = match command {
@@ -168,10 +186,14 @@ fn main() -> ExitCode {
             shrink,
             max_runs,
             real,
+            relay_bin,
             output,
         } => output.options(check_determinism, true).and_then(|options| {
+            let real_engine: Box<dyn Engine>;
             let (engine, loaded) = if real {
-                load_for_real(&scenario)?
+                let (found, loaded) = load_for_real(&scenario, relay_bin)?;
+                real_engine = found;
+                (real_engine.as_ref(), loaded)
             } else {
                 (engine, load(&scenario)?)
             };
@@ -206,7 +228,7 @@ fn main() -> ExitCode {
             let result = run_one(engine, &loaded, seed, &options)?;
             shrink_failure(engine, &loaded, &result, max_runs, &options)
         }),
-        Command::Check { .. } => unreachable!("handled above"),
+        Command::Check { .. } | Command::Relay { .. } => unreachable!("handled above"),
     };
     outcome.unwrap_or_else(|code| code)
 }
@@ -235,9 +257,14 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-/// Load a scenario to run for real (`run --real`), with the engine that does it.
+/// Load a scenario to run for real (`run --real`), with the engine that does it: the
+/// relay run by `relay_bin`, or by this executable's `relay` command.
 #[cfg(not(madsim))]
-fn load_for_real(path: &Path) -> Result<(&'static dyn Engine, Loaded), ExitCode> {
+fn load_for_real(
+    path: &Path,
+    relay_bin: Option<PathBuf>,
+) -> Result<(Box<dyn Engine>, Loaded), ExitCode> {
+    use windtunnel::real_world::process::RelayProgram;
     let loaded = Loaded::load(path).map_err(|error| {
         eprintln!("{error}");
         ExitCode::from(2)
@@ -246,12 +273,22 @@ fn load_for_real(path: &Path) -> Result<(&'static dyn Engine, Loaded), ExitCode>
         eprintln!("{}: cannot run for real: {reason}", path.display());
         return Err(ExitCode::from(2));
     }
-    Ok((&windtunnel::real_world::Real, loaded))
+    let relay = match relay_bin {
+        Some(binary) => RelayProgram::binary(binary),
+        None => RelayProgram::this_windtunnel().map_err(|error| {
+            eprintln!("cannot find this executable to run the relay with: {error}");
+            ExitCode::from(2)
+        })?,
+    };
+    Ok((Box::new(windtunnel::real_world::Real { relay }), loaded))
 }
 
 /// `run --real` needs an ordinary build.
 #[cfg(madsim)]
-fn load_for_real(path: &Path) -> Result<(&'static dyn Engine, Loaded), ExitCode> {
+fn load_for_real(
+    path: &Path,
+    _relay_bin: Option<PathBuf>,
+) -> Result<(Box<dyn Engine>, Loaded), ExitCode> {
     eprintln!(
         "{}: --real runs in an ordinary build (real tokio, real sockets): \
          `cargo run --release -p windtunnel -- run --real …`",
@@ -312,7 +349,34 @@ fn run(
     })
 }
 
+/// `windtunnel relay …`: the relay's own command line, in this executable.
+#[cfg(not(madsim))]
+fn relay_command(args: &[OsString]) -> ExitCode {
+    relay::cli::main(std::iter::once(OsString::from("relay")).chain(args.iter().cloned()))
+}
+
+/// The relay's command line is not in the simulation build (it starts a real runtime).
+#[cfg(madsim)]
+fn relay_command(_args: &[OsString]) -> ExitCode {
+    eprintln!(
+        "`windtunnel relay` runs in an ordinary build: `cargo run --release -p windtunnel -- relay …`"
+    );
+    ExitCode::from(2)
+}
+
 fn replay(engine: &dyn Engine, dir: &Path) -> Result<ExitCode, ExitCode> {
+    // A real run is not deterministic: there is nothing to replay.
+    if let Ok(meta) = artifacts::read_meta(dir) {
+        if meta.engine == "real" {
+            eprintln!(
+                "{}: a real run cannot be replayed (real time and the machine's scheduler \
+                 decide it); run it again with: {}",
+                dir.display(),
+                meta.replay
+            );
+            return Err(ExitCode::from(2));
+        }
+    }
     // The recorded scenario must be one this build's engine runs (the harness reports a
     // missing or broken folder itself).
     if let Ok(recorded) = Loaded::load(&dir.join("scenario.toml")) {

@@ -72,6 +72,8 @@ pub struct Summary {
     pub consumer_gap_ms_max: u64,
     /// The end-of-run audit of the event log: (events, head seq, hosts with gaps, hosts behind).
     pub store_audit: Option<(u64, u64, u32, u32)>,
+    /// Real mode: the relay processes' (incarnations, peak RSS bytes, CPU ms).
+    pub relay_process: Option<(u32, u64, u64)>,
     /// Relay incarnations killed or restarted, and store-fault windows.
     pub relay_faults: usize,
 }
@@ -184,6 +186,11 @@ impl Summary {
                     summary.store_audit =
                         Some((*events, *head_seq, *hosts_with_gaps, *hosts_behind));
                 }
+                Event::RelayProcess {
+                    incarnations,
+                    peak_rss_bytes,
+                    cpu_ms,
+                } => summary.relay_process = Some((*incarnations, *peak_rss_bytes, *cpu_ms)),
                 Event::Phase { .. }
                 | Event::Panic { .. }
                 | Event::Subscribed { .. }
@@ -222,6 +229,8 @@ pub struct RunReport<'a> {
     pub violations: &'a [Violation],
     /// The verdict.
     pub verdict: &'a Verdict,
+    /// Whether the engine replays seeds (false for real mode).
+    pub deterministic: bool,
 }
 
 impl RunReport<'_> {
@@ -248,8 +257,16 @@ impl RunReport<'_> {
         }
     }
 
-    /// The copy-paste command that reproduces this run.
+    /// The copy-paste command that reproduces this run; for a real run, the command that
+    /// runs it for real again (it will not replay).
     pub fn replay_command(&self) -> String {
+        if !self.deterministic {
+            return format!(
+                "cargo run --release -p windtunnel -- run --real {} --seed {}",
+                self.scenario_path,
+                format_seed(self.seed)
+            );
+        }
         format!(
             "{} run {} --seed {}",
             self.scenario.engine.cargo_command(),
@@ -269,7 +286,12 @@ impl RunReport<'_> {
         }
         let _ = writeln!(
             text,
-            "  simulated {}s, {} trace records",
+            "  {} {}s, {} trace records",
+            if self.deterministic {
+                "simulated"
+            } else {
+                "real time"
+            },
             self.scenario.duration_s,
             self.trace.records().len()
         );
@@ -379,6 +401,14 @@ impl RunReport<'_> {
                 summary.relay_faults
             );
         }
+        if let Some((incarnations, peak_rss_bytes, cpu_ms)) = summary.relay_process {
+            let _ = writeln!(
+                text,
+                "  relay process: {incarnations} incarnations, peak RSS {:.1} MiB, CPU {:.2} s",
+                peak_rss_bytes as f64 / f64::from(1 << 20),
+                cpu_ms as f64 / 1e3
+            );
+        }
         let oracles: Vec<String> = OracleName::ALL
             .into_iter()
             .filter(|oracle| self.scenario.checks(*oracle))
@@ -399,7 +429,12 @@ impl RunReport<'_> {
             }
         }
         if !self.verdict.is_success() {
-            let _ = writeln!(text, "  replay: {}", self.replay_command());
+            let label = if self.deterministic {
+                "replay"
+            } else {
+                "run again (a real run is not deterministic)"
+            };
+            let _ = writeln!(text, "  {label}: {}", self.replay_command());
         }
         text
     }

@@ -176,6 +176,16 @@ pub enum Event {
         /// The first such host, for the report.
         first_behind: Option<String>,
     },
+    /// Real mode only: what the relay's processes used, read from `/proc` just before each
+    /// stopped (the highest peak RSS, the CPU time summed over incarnations).
+    RelayProcess {
+        /// Incarnations started.
+        incarnations: u32,
+        /// Highest peak resident set size (`VmHWM`) of an incarnation, bytes.
+        peak_rss_bytes: u64,
+        /// CPU time (user + system) of all incarnations, milliseconds.
+        cpu_ms: u64,
+    },
     /// A task panicked; the simulation stopped here.
     Panic {
         /// The panic message.

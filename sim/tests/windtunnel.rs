@@ -285,17 +285,19 @@ mod turmoil_engine {
     }
 }
 
-/// Real mode: the same actors on real tokio and loopback TCP against the relay, judged by
-/// the same oracles (a small world, 15 real seconds, with a graceful restart).
+/// Real mode: the same actors on real tokio and loopback TCP against the relay as a child
+/// process (this package's windtunnel binary running the relay's command line), judged by
+/// the same oracles (a small world, 18 real seconds, a graceful restart and a SIGKILL).
 #[cfg(not(madsim))]
 #[test]
 fn real_mode_runs_the_actors_against_the_relay_and_judges_them() {
     use windtunnel::oracle::Verdict;
+    use windtunnel::real_world::process::RelayProgram;
     use windtunnel::trace::Event;
     let scenario = Scenario::parse(
         Path::new("real.toml"),
         r#"name = "real"
-duration_s = 15
+duration_s = 18
 [relay.server]
 shutdown_grace_ms = 2000
 drain_timeout_ms = 500
@@ -318,10 +320,14 @@ name = "fast"
 count = 2
 kind = "fast"
 start_s = 2
-stop_s = 12
+stop_s = 16
 [[faults]]
 kind = "restart_relay"
 at_s = 6
+down_s = 1
+[[faults]]
+kind = "kill_relay"
+at_s = 10
 down_s = 1
 [oracles]
 probe_liveness = {}
@@ -333,8 +339,39 @@ no_panics = {}
     )
     .unwrap();
     assert_eq!(windtunnel::real_world::unsupported(&scenario), None);
-    let run = windtunnel::real_world::run(&scenario, 1, None);
-    assert_eq!(run.verdict, Verdict::Passed, "{:?}", run.violations);
+    let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
+    let run = windtunnel::real_world::run(&scenario, 1, None, &relay);
+    assert_eq!(
+        run.verdict,
+        Verdict::Passed,
+        "{:?}\n{}",
+        run.violations,
+        run.logs.unwrap_or_default()
+    );
+    // Three incarnations (start, restart, after the kill), each scraped.
+    let samples = run
+        .trace
+        .records()
+        .iter()
+        .filter(|r| matches!(r.event, Event::RelaySample { .. }))
+        .count();
+    assert!(
+        samples >= 12,
+        "only {samples} scrapes of /metrics were recorded"
+    );
+    let incarnations = run.trace.records().iter().find_map(|r| match r.event {
+        Event::RelayProcess {
+            incarnations,
+            peak_rss_bytes,
+            ..
+        } if peak_rss_bytes > 0 => Some(incarnations),
+        _ => None,
+    });
+    assert_eq!(
+        incarnations,
+        Some(3),
+        "start, restart, start after the kill"
+    );
     let frames: u64 = run
         .trace
         .records()
@@ -350,6 +387,7 @@ no_panics = {}
 #[cfg(not(madsim))]
 #[test]
 fn real_mode_refuses_what_a_loopback_cannot_play() {
+    use windtunnel::real_world::process::RelayProgram;
     let with_fault = |fault: &str| {
         Scenario::parse(
             Path::new("real.toml"),
@@ -364,9 +402,27 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
         reason.contains("partition fault cannot be played"),
         "{reason}"
     );
+    let stall = with_fault("kind = \"handler_stall\"\nat_s = 1\nduration_s = 1");
+    let reason = windtunnel::real_world::unsupported(&stall).unwrap();
+    assert!(reason.contains("fault points"), "{reason}");
     let kill = with_fault("kind = \"kill_relay\"\nat_s = 1\ndown_s = 1");
-    let reason = windtunnel::real_world::unsupported(&kill).unwrap();
-    assert!(reason.contains("kill_relay"), "{reason}");
+    assert_eq!(windtunnel::real_world::unsupported(&kill), None);
+    // A relay that cannot start is a clear failure of the run, not a hang.
+    let missing = RelayProgram::binary("/nonexistent/relay");
+    let run = windtunnel::real_world::run(&kill, 1, None, &missing);
+    let panic = run
+        .trace
+        .records()
+        .iter()
+        .find_map(|r| match &r.event {
+            windtunnel::trace::Event::Panic { message } => Some(message.clone()),
+            _ => None,
+        })
+        .expect("the failure is recorded");
+    assert!(
+        panic.contains("cannot start the relay (/nonexistent/relay)"),
+        "{panic}"
+    );
 }
 
 #[cfg(madsim)]

@@ -142,7 +142,8 @@ impl fmt::Display for ConnId {
     }
 }
 
-/// Counters describing the registry since it was created. All values are read atomically one by one.
+/// Counters describing the registry since it was created. Each is read atomically, one
+/// by one; [`Registry::stats`] reads again until admitted = released + open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RegistryStats {
     /// Configured maximum of simultaneously open connections.
@@ -160,6 +161,15 @@ pub struct RegistryStats {
     /// Admissions refused because the registry was shutting down.
     pub refused_shutting_down_total: u64,
 }
+
+/// How many times [`Registry::stats`] reads the counters looking for a balanced reading.
+#[cfg(not(any(loom, feature = "shuttle")))]
+pub const STATS_READ_ATTEMPTS: usize = 1_000;
+/// Under the model checkers `stats` is read only after a model's threads are joined: one
+/// reading, so a model that breaks the balance fails its assertion at once instead of
+/// spending the checker's branch budget on re-reads.
+#[cfg(any(loom, feature = "shuttle"))]
+pub const STATS_READ_ATTEMPTS: usize = 1;
 
 // State word layout: generation (bits 32..64) | phase (bits 8..16) | reason (bits 0..8).
 const PHASE_FREE: u64 = 0;
@@ -264,7 +274,25 @@ impl Registry {
     }
 
     /// A snapshot of the counters.
+    ///
+    /// The reading balances (`admitted_total = released_total + open`) whenever the
+    /// registry does: an admission or release half-done on another thread (`open` moves
+    /// before or after its total) is waited out by reading again, up to
+    /// [`STATS_READ_ATTEMPTS`] times. A registry that never balances — an admission
+    /// released twice or never — is returned as read, for the caller to see.
     pub fn stats(&self) -> RegistryStats {
+        let mut reading = self.read_stats();
+        for _ in 1..STATS_READ_ATTEMPTS {
+            if reading.admitted_total == reading.released_total + reading.open as u64 {
+                break;
+            }
+            sync::yield_now();
+            reading = self.read_stats();
+        }
+        reading
+    }
+
+    fn read_stats(&self) -> RegistryStats {
         RegistryStats {
             max: self.max(),
             open: self.open(),

@@ -6,6 +6,13 @@
 //! state space without exercising anything this crate decides.
 
 #[cfg(loom)]
+pub(crate) use loom::thread::yield_now;
+#[cfg(all(feature = "shuttle", not(loom)))]
+pub(crate) use shuttle::thread::yield_now;
+#[cfg(not(any(loom, feature = "shuttle")))]
+pub(crate) use std::thread::yield_now;
+
+#[cfg(loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     Mutex, MutexGuard,

@@ -97,3 +97,45 @@ fn idle_reaper_only_touches_quiet_connections() {
     assert_eq!(quiet.close_requested(), Some(CloseReason::Idle));
     assert_eq!(busy.close_requested(), None);
 }
+
+/// Readers see admitted = released + open in every reading while four threads admit,
+/// hold and release connections (a relay under churn: the counters move one at a time, so
+/// a single read of them is torn now and then; without re-reading this fails at once).
+/// Threads that do nothing but admit and release keep an operation in flight nearly all
+/// the time, and `stats` gives up after `STATS_READ_ATTEMPTS` readings: that is the limit.
+#[cfg(not(feature = "shuttle"))]
+#[test]
+fn stats_read_during_churn_always_balance() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let registry = Registry::new(8);
+    let stop = Arc::new(AtomicBool::new(false));
+    let churners: Vec<_> = (0..4)
+        .map(|_| {
+            let registry = Arc::clone(&registry);
+            let stop = Arc::clone(&stop);
+            #[allow(clippy::disallowed_methods)] // a plain unit test: real threads are the point
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let owner = registry.try_admit(0);
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                    drop(owner);
+                }
+            })
+        })
+        .collect();
+    let mut readings = 0u64;
+    while registry.stats().admitted_total < 10_000 {
+        let stats = registry.stats();
+        assert_eq!(
+            stats.admitted_total,
+            stats.released_total + stats.open as u64,
+            "unbalanced reading {stats:?}"
+        );
+        readings += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for churner in churners {
+        churner.join().unwrap();
+    }
+    assert!(readings > 1_000, "only {readings} readings");
+}

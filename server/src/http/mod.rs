@@ -228,7 +228,6 @@ pub async fn serve(
 fn admit(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
     match state.registry.try_admit(state.clock.now_ms()) {
         Ok(owner) => {
-            state.metrics.admitted();
             rt::spawn(own_connection(Arc::clone(state), stream, owner));
         }
         Err(refusal) => {

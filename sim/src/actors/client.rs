@@ -23,7 +23,16 @@ pub async fn get(stream: &mut TcpStream, path: &str, keep_alive: bool) -> io::Re
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: {connection}\r\n\r\n");
     write_flushed(stream, request.as_bytes()).await?;
-    read_response(stream).await
+    Ok(read_response(stream).await?.0)
+}
+
+/// Send `GET path` with `Connection: close` and read the response and its body as text.
+pub async fn get_text(stream: &mut TcpStream, path: &str) -> io::Result<(Response, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    write_flushed(stream, request.as_bytes()).await?;
+    let (response, body) = read_response(stream).await?;
+    let text = String::from_utf8(body).map_err(|_| malformed("body is not UTF-8"))?;
+    Ok((response, text))
 }
 
 /// Send `GET path` with `Connection: close`, shut the write half (the peer reads end of
@@ -32,7 +41,7 @@ pub async fn get_half_closed(stream: &mut TcpStream, path: &str) -> io::Result<R
     let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
     write_flushed(stream, request.as_bytes()).await?;
     stream.shutdown().await?;
-    read_response(stream).await
+    Ok(read_response(stream).await?.0)
 }
 
 /// Write and flush (simulated sockets send only on flush).
@@ -41,7 +50,8 @@ pub async fn write_flushed(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<(
     stream.flush().await
 }
 
-async fn read_response(stream: &mut TcpStream) -> io::Result<Response> {
+/// Read one response: its parts and its body (`Content-Length` bytes).
+async fn read_response(stream: &mut TcpStream) -> io::Result<(Response, Vec<u8>)> {
     let mut buffer = Vec::with_capacity(512);
     let (head_len, status, content_length, closes) = loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -82,7 +92,8 @@ async fn read_response(stream: &mut TcpStream) -> io::Result<Response> {
             ));
         }
     }
-    Ok(Response { status, closes })
+    buffer.truncate(head_len + content_length);
+    Ok((Response { status, closes }, buffer.split_off(head_len)))
 }
 
 async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<usize> {

@@ -121,13 +121,15 @@ pub fn actor_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketC
 /// Run one seed of a world on a fresh OS thread named `windtunnel-<world>-seed-<seed>` (the
 /// actors' RNG and the relay's task census are per thread, so each run starts clean),
 /// with the caller's log subscriber, or a capture of the run's logs when `logs` is given.
+/// Log text the world returns itself (real mode: the relay process's output) follows the
+/// captured lines.
 #[cfg(not(madsim))]
 pub fn on_fresh_thread(
     world: &str,
     scenario: &crate::scenario::Scenario,
     seed: u64,
     logs: Option<&crate::logs::LogSettings>,
-    run: fn(&crate::scenario::Scenario, u64) -> crate::engine::SeedRun,
+    run: impl FnOnce(&crate::scenario::Scenario, u64) -> crate::engine::SeedRun + Send + 'static,
 ) -> crate::engine::SeedRun {
     relay_host::quiet_injected_panics();
     let capture = logs.map(crate::logs::LogCapture::new);
@@ -144,6 +146,12 @@ pub fn on_fresh_thread(
     let mut outcome = runner
         .join()
         .expect("a world's thread reports its own failures");
-    outcome.logs = capture.map(crate::logs::LogCapture::finish);
+    if let Some(capture) = capture {
+        let captured = capture.finish();
+        outcome.logs = Some(match outcome.logs.take() {
+            Some(own) => format!("{captured}{own}"),
+            None => captured,
+        });
+    }
     outcome
 }

@@ -8,8 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use relay::events::EventStats;
+use relay::http::dispatch::DispatchStats;
+use relay::memory::MemoryStats;
 use relay::rt::time::sleep;
-use relay::{Observer, Relay};
+use relay::upstream::UpstreamStats;
+use relay::{Observer, RegistryStats, Relay};
 
 use super::{consumer, upstream, TraceSink};
 use crate::oracle::{self, Verdict, Violation};
@@ -231,35 +235,52 @@ pub async fn monitor(sink: TraceSink, control: Arc<RelayControl>) {
 
 /// Record one sample of the running relay's accounting (nothing while it is down).
 pub fn sample(sink: &TraceSink, control: &RelayControl) {
-    use relay::upstream::HostPhase;
-    let Some(observer) = control.observer() else {
-        return;
-    };
-    let stats = observer.connections();
-    let up = observer.upstreams();
-    let upstreams = UpstreamSample {
-        hosts: up.hosts,
-        hosts_connected: up.in_phase(HostPhase::Connected),
-        hosts_dormant: up.in_phase(HostPhase::Dormant),
-        hosts_idle: up.in_phase(HostPhase::Idle),
-        workers_running: up.workers_running,
-        workers_high_water: up.workers_high_water,
-        handshakes_in_flight: up.handshakes_in_flight,
-        handshakes_high_water: up.handshakes_high_water,
-        upstream_events: up.events_total,
-    };
-    let memory = observer.memory();
-    let pipeline = observer.events();
-    let events = EventsSample {
-        head_seq: pipeline.head_seq,
-        consumers: pipeline.consumers,
-        consumers_kicked: pipeline.consumers_kicked_total,
-        mailbox_high_water: pipeline.mailbox_high_water,
-        store_healthy: pipeline.store_healthy,
-    };
-    let relay_tasks = relay::rt::tasks_alive();
-    sink.record(
-        "monitor",
+    if let Some(observer) = control.observer() {
+        sink.record("monitor", RelayReading::observe(&observer).sample());
+    }
+}
+
+/// One reading of the relay's own accounting: from its [`Observer`] in the simulated
+/// worlds and in-process, from a `/metrics` scrape when it runs as a process (real mode);
+/// either way it becomes the same [`Event::RelaySample`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayReading {
+    /// The lifecycle registry's counters.
+    pub connections: RegistryStats,
+    /// The upstream workers and host table.
+    pub upstreams: UpstreamStats,
+    /// The event pipeline and fan-out.
+    pub events: EventStats,
+    /// Dispatched request handlers.
+    pub dispatch: DispatchStats,
+    /// The memory account.
+    pub memory: MemoryStats,
+    /// The relay's tasks alive now (`relay::rt::tasks_alive`).
+    pub tasks_alive: usize,
+}
+
+impl RelayReading {
+    /// Read a running relay through its observer (and this process's task census).
+    pub fn observe(observer: &Observer) -> Self {
+        Self {
+            connections: observer.connections(),
+            upstreams: observer.upstreams(),
+            events: observer.events(),
+            dispatch: observer.dispatch(),
+            memory: observer.memory(),
+            tasks_alive: relay::rt::tasks_alive(),
+        }
+    }
+
+    /// The trace record of this reading.
+    pub fn sample(&self) -> Event {
+        use relay::upstream::HostPhase;
+        let (stats, up, pipeline, memory) = (
+            &self.connections,
+            &self.upstreams,
+            &self.events,
+            &self.memory,
+        );
         Event::RelaySample {
             open: stats.open,
             high_water: stats.high_water,
@@ -267,11 +288,27 @@ pub fn sample(sink: &TraceSink, control: &RelayControl) {
             admitted: stats.admitted_total,
             released: stats.released_total,
             refused: stats.refused_at_capacity_total,
-            relay_tasks,
-            upstreams,
-            events,
+            relay_tasks: self.tasks_alive,
+            upstreams: UpstreamSample {
+                hosts: up.hosts,
+                hosts_connected: up.in_phase(HostPhase::Connected),
+                hosts_dormant: up.in_phase(HostPhase::Dormant),
+                hosts_idle: up.in_phase(HostPhase::Idle),
+                workers_running: up.workers_running,
+                workers_high_water: up.workers_high_water,
+                handshakes_in_flight: up.handshakes_in_flight,
+                handshakes_high_water: up.handshakes_high_water,
+                upstream_events: up.events_total,
+            },
+            events: EventsSample {
+                head_seq: pipeline.head_seq,
+                consumers: pipeline.consumers,
+                consumers_kicked: pipeline.consumers_kicked_total,
+                mailbox_high_water: pipeline.mailbox_high_water,
+                store_healthy: pipeline.store_healthy,
+            },
             http: HttpSample {
-                handlers_high_water: observer.dispatch().high_water,
+                handlers_high_water: self.dispatch.high_water,
             },
             memory: MemorySample {
                 memory_held_bytes: memory.held_bytes,
@@ -280,8 +317,8 @@ pub fn sample(sink: &TraceSink, control: &RelayControl) {
                 memory_shed_total: memory.shed_total,
                 memory_kicked: memory.kicked_total,
             },
-        },
-    );
+        }
+    }
 }
 
 /// Write the host table of `plans` (generated from `spec`) to the relay's database and

@@ -747,6 +747,7 @@ fn render(scenario_text: &str, trace: &Trace, seed: u64) -> String {
         trace,
         violations: &violations,
         verdict: &verdict,
+        deterministic: true,
     }
     .render()
 }

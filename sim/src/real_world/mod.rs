@@ -1,0 +1,415 @@
+//! Real mode (`windtunnel run --real`, ordinary builds): a scenario's own actors
+//! (`crate::actors`) on a real tokio runtime, over real loopback TCP, against the relay as
+//! a separate process (the relay's own command line, [`process::RelayProgram`]) with real
+//! time, real sockets and a real SQLite file, judged by the same oracles. Nothing is
+//! deterministic here; the point is to show that what the tunnel predicts is what the relay
+//! does on a real network.
+//!
+//! Layout: the relay on `127.0.0.1:<free port>`, configured by the scenario's `[relay]`
+//! table written to a file beside its database; upstream host `i` on its own loopback
+//! address (the plan's `172.16.a.b` becomes `127.16.a.b`, port [`REAL_UPSTREAM_PORT`])
+//! and named by that address in the relay's host table (no DNS); every other actor dials
+//! from `127.0.0.1`. The monitor reads the relay's accounting from `/metrics` once a second
+//! ([`scrape`]), the same numbers an observer gives in the simulated worlds. A graceful
+//! restart is SIGTERM (the relay drains) and a new process; `kill_relay` is SIGKILL.
+//!
+//! What a real loopback cannot do is refused by [`unsupported`]: network faults
+//! (partition, clog, latency), the relay's fault points (simulation builds only) and
+//! turmoil's accept-queue size.
+
+pub mod process;
+pub mod scrape;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay::rt::time::{now, sleep, sleep_until};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::actors::relay_host::{self, RelayDatabase};
+use crate::actors::{abuser, consumer, http, rng, upstream, TraceSink, WorldClock};
+use crate::engine::{Engine, SeedRun};
+use crate::logs::LogSettings;
+use crate::scenario::{FaultSpec, Scenario};
+use crate::trace::Event;
+use process::{ProcessUsage, RelayProcess, RelayProgram};
+
+/// The port every real upstream host listens on (each on its own loopback address).
+pub const REAL_UPSTREAM_PORT: u16 = 18_081;
+/// How often the monitor scrapes the relay.
+const SCRAPE_PERIOD: Duration = Duration::from_secs(1);
+/// How long the relay gets to release the connections of the clients stopped at the end.
+const CLIENTS_GONE_PAUSE: Duration = Duration::from_millis(100);
+/// Time a stopping relay gets beyond its own shutdown grace and drain timeout.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Real mode as an engine: `run --real`, with the program that runs the relay.
+#[derive(Clone, Debug)]
+pub struct Real {
+    /// The relay's program.
+    pub relay: RelayProgram,
+}
+
+impl Engine for Real {
+    fn name(&self) -> &'static str {
+        "real"
+    }
+
+    fn deterministic(&self) -> bool {
+        false
+    }
+
+    fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
+        run(scenario, seed, logs, &self.relay)
+    }
+}
+
+/// Why `scenario` cannot run for real, if it cannot.
+pub fn unsupported(scenario: &Scenario) -> Option<String> {
+    if scenario.network.tcp_capacity.is_some() {
+        return Some(
+            "network.tcp_capacity is turmoil's accept queue; a real listener's backlog is the \
+             kernel's"
+                .into(),
+        );
+    }
+    scenario.faults.iter().find_map(|fault| match fault {
+        FaultSpec::RestartRelay { .. } | FaultSpec::KillRelay { .. } => None,
+        other => Some(format!(
+            "a {} fault cannot be played on a real loopback network (no partitions, clogs or \
+             latency control, and the relay's fault points exist only in simulation builds)",
+            other.kind()
+        )),
+    })
+}
+
+/// Run `scenario` for real once, with `seed` for the actors' choices and the relay run by
+/// `relay`, and judge it. The relay process's output is appended to the run's logs.
+pub fn run(
+    scenario: &Scenario,
+    seed: u64,
+    logs: Option<&LogSettings>,
+    relay: &RelayProgram,
+) -> SeedRun {
+    let relay = relay.clone();
+    crate::actors::on_fresh_thread("real", scenario, seed, logs, move |scenario, seed| {
+        run_on_this_thread(scenario, seed, &relay)
+    })
+}
+
+fn run_on_this_thread(scenario: &Scenario, seed: u64, program: &RelayProgram) -> SeedRun {
+    #[allow(clippy::disallowed_methods)] // wall time of the harness itself
+    let wall_start = std::time::Instant::now();
+    rng::seed(seed);
+    let files = RunFiles::create();
+    let actors_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot build the actors' runtime");
+    let sink = actors_runtime.block_on(async { TraceSink::new(WorldClock::Since(now())) });
+    let outcome = actors_runtime.block_on(world(scenario.clone(), sink.clone(), &files, program));
+    // The actors' tasks end (their sockets close) before the files go.
+    drop(actors_runtime);
+    let relay_output = std::fs::read_to_string(&files.relay_output).unwrap_or_default();
+    let (trace, violations, verdict) = relay_host::judge(scenario, sink.take(), outcome.err());
+    SeedRun {
+        trace,
+        violations,
+        verdict,
+        wall: wall_start.elapsed(),
+        logs: Some(format!("# relay process output\n{relay_output}")),
+    }
+}
+
+/// The files of one real run: the relay's database, its configuration and its output;
+/// all removed on drop.
+struct RunFiles {
+    database: RelayDatabase,
+    relay_config: PathBuf,
+    relay_output: PathBuf,
+}
+
+impl RunFiles {
+    fn create() -> Self {
+        let database = RelayDatabase::create();
+        let beside = |suffix: &str| PathBuf::from(format!("{}{suffix}", database.path.display()));
+        let files = Self {
+            relay_config: beside(".relay.toml"),
+            relay_output: beside(".relay.log"),
+            database,
+        };
+        files.remove_own();
+        files
+    }
+
+    fn remove_own(&self) {
+        let _ = std::fs::remove_file(&self.relay_config);
+        let _ = std::fs::remove_file(&self.relay_output);
+    }
+}
+
+impl Drop for RunFiles {
+    fn drop(&mut self) {
+        self.remove_own();
+    }
+}
+
+/// A free loopback port for the relay (bound and released; the relay binds it next).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|error| format!("cannot find a free loopback port: {error}"))
+}
+
+/// The relay's incarnations, one process at a time.
+struct RelayNode<'a> {
+    program: &'a RelayProgram,
+    config: &'a Path,
+    output: &'a Path,
+    addr: SocketAddr,
+    stop_grace: Duration,
+    running: Option<RelayProcess>,
+    /// Processes started.
+    incarnations: u32,
+    /// What the incarnations used, each read just before it stopped: the highest peak RSS
+    /// and the sum of CPU times.
+    usage: ProcessUsage,
+}
+
+impl RelayNode<'_> {
+    /// Start an incarnation and wait until it serves.
+    async fn start(&mut self) -> Result<(), String> {
+        let mut process = RelayProcess::start(self.program, self.config, self.output)?;
+        self.incarnations += 1;
+        process.wait_until_serving(self.addr).await?;
+        self.running = Some(process);
+        Ok(())
+    }
+
+    /// Stop the running incarnation: gracefully (SIGTERM) or not (SIGKILL).
+    async fn stop(&mut self, graceful: bool) -> Result<(), String> {
+        let Some(mut process) = self.running.take() else {
+            return Ok(());
+        };
+        if let Some(usage) = process.usage() {
+            self.usage.peak_rss_bytes = self.usage.peak_rss_bytes.max(usage.peak_rss_bytes);
+            self.usage.cpu_ticks += usage.cpu_ticks;
+        }
+        if graceful {
+            if !process.stop(self.stop_grace).await? {
+                tracing::warn!(
+                    pid = process.pid(),
+                    "the relay did not exit by itself within its grace period and was killed"
+                );
+            }
+        } else {
+            process.kill().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The real world: host table, relay, upstreams, actors, timeline.
+async fn world(
+    scenario: Scenario,
+    sink: TraceSink,
+    files: &RunFiles,
+    program: &RelayProgram,
+) -> Result<(), String> {
+    let world_start = now();
+    let relay_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let plans: Vec<Arc<upstream::HostPlan>> = match &scenario.upstreams {
+        Some(spec) => upstream::plan(spec)
+            .into_iter()
+            .map(|plan| {
+                let [_, _, a, b] = plan.ip.octets();
+                let ip = Ipv4Addr::new(127, 16, a, b);
+                Arc::new(upstream::HostPlan {
+                    hostname: ip.to_string(),
+                    ip,
+                    ..plan
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let database = &files.database.path;
+    if let Some(spec) = &scenario.upstreams {
+        relay_host::publish_host_table(database, spec, &plans, &sink)
+            .map_err(|error| format!("cannot write the relay's host table: {error}"))?;
+    }
+    for plan in plans.iter().filter(|plan| !plan.dead) {
+        let listen = SocketAddr::from((plan.ip, REAL_UPSTREAM_PORT));
+        tokio::spawn(upstream::serve(
+            Arc::clone(plan),
+            listen,
+            sink.clone(),
+            world_start,
+        ));
+    }
+
+    let mut relay_config = scenario.relay.clone();
+    relay_config.server.listen = relay_addr;
+    relay_config.store.path = database.clone();
+    relay_config.upstream.port = REAL_UPSTREAM_PORT;
+    std::fs::write(&files.relay_config, relay_config.to_toml()).map_err(|error| {
+        format!(
+            "cannot write the relay's configuration to {}: {error}",
+            files.relay_config.display()
+        )
+    })?;
+    let server = &relay_config.server;
+    let mut relay = RelayNode {
+        program,
+        config: &files.relay_config,
+        output: &files.relay_output,
+        addr: relay_addr,
+        stop_grace: Duration::from_millis(server.shutdown_grace_ms + server.drain_timeout_ms)
+            + STOP_MARGIN,
+        running: None,
+        incarnations: 0,
+        usage: ProcessUsage::default(),
+    };
+    relay.start().await?;
+    sink.phase("relay_ready");
+    let stop_monitor = Arc::new(Notify::new());
+    let monitor_task = tokio::spawn(monitor(sink.clone(), relay_addr, Arc::clone(&stop_monitor)));
+
+    // The actors that are the relay's clients; stopped before the end-of-run reading.
+    let mut clients = JoinSet::new();
+    if let Some(prober) = scenario.prober.clone() {
+        clients.spawn(http::prober(prober, relay_addr, sink.clone(), world_start));
+    }
+    for (group, spec) in scenario.churners.iter().enumerate() {
+        for index in 0..spec.nodes {
+            let name = format!("churner-{group}-{index}");
+            for _ in 0..spec.loops_per_node {
+                clients.spawn(http::churn_loop(
+                    spec.clone(),
+                    relay_addr,
+                    sink.clone(),
+                    name.clone(),
+                    world_start,
+                ));
+            }
+        }
+    }
+    for (group, spec) in scenario.callers.iter().enumerate() {
+        for index in 0..spec.nodes {
+            let name = format!("caller-{group}-{index}");
+            clients.spawn(http::caller(spec.clone(), relay_addr, sink.clone(), name));
+        }
+    }
+    for (group, spec) in scenario.abusers.iter().enumerate() {
+        for index in 0..spec.nodes {
+            let name = format!("abuser-{group}-{index}");
+            clients.spawn(abuser::run(
+                spec.clone(),
+                relay_addr,
+                sink.clone(),
+                name,
+                world_start,
+            ));
+        }
+    }
+    let mut tallies = Vec::new();
+    for spec in &scenario.consumers {
+        for index in 0..spec.count {
+            let name = format!("{}-{index}", spec.name);
+            let tally = consumer::SharedTally::default();
+            clients.spawn(consumer::run(
+                spec.clone(),
+                name.clone(),
+                relay_addr,
+                sink.clone(),
+                Arc::clone(&tally),
+                world_start,
+            ));
+            tallies.push(relay_host::ConsumerTally::new(name, spec, tally));
+        }
+    }
+
+    let mut outages: Vec<(u64, u64, &'static str)> = scenario
+        .faults
+        .iter()
+        .filter_map(|fault| match fault {
+            FaultSpec::RestartRelay { at_s, down_s } => Some((*at_s, *down_s, "restart_relay")),
+            FaultSpec::KillRelay { at_s, down_s } => Some((*at_s, *down_s, "kill_relay")),
+            _ => None,
+        })
+        .collect();
+    outages.sort_unstable();
+    let record = |kind: &str, active: bool| {
+        sink.record(
+            "world",
+            Event::Fault {
+                kind: kind.into(),
+                hosts: 0,
+                active,
+            },
+        );
+    };
+    let mut churn_stop_recorded = scenario.churners.is_empty();
+    for (at_s, down_s, kind) in outages {
+        if !churn_stop_recorded && scenario.churn_end_s() <= at_s {
+            sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
+            sink.phase("churn_stopped");
+            churn_stop_recorded = true;
+        }
+        sleep_until(world_start + Duration::from_secs(at_s)).await;
+        record(kind, true);
+        relay.stop(kind == "restart_relay").await?;
+        sleep(Duration::from_secs(down_s)).await;
+        relay.start().await?;
+        record(kind, false);
+    }
+    if !churn_stop_recorded {
+        sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
+        sink.phase("churn_stopped");
+    }
+    sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
+    stop_monitor.notify_one();
+    monitor_task
+        .await
+        .map_err(|error| format!("the monitor failed: {error}"))??;
+    // The end-of-run reading: a scrape is not instantaneous like an observer's reading, so
+    // the clients (a probe due at this very second, a churner mid-request) stop first and
+    // the relay gets a moment to release their connections; a connection it still holds
+    // after that is counted.
+    clients.shutdown().await;
+    sleep(CLIENTS_GONE_PAUSE).await;
+    if let Some(reading) = scrape::scrape(relay_addr).await {
+        sink.record("monitor", reading?.sample());
+    }
+    relay_host::finish(&scenario, &sink, database, &plans, tallies);
+    sink.phase("end");
+    relay.stop(true).await?;
+    sink.record(
+        "world",
+        Event::RelayProcess {
+            incarnations: relay.incarnations,
+            peak_rss_bytes: relay.usage.peak_rss_bytes,
+            cpu_ms: relay.usage.cpu_ticks * 1_000 / ProcessUsage::TICKS_PER_SECOND,
+        },
+    );
+    Ok(())
+}
+
+/// Scrape the relay every [`SCRAPE_PERIOD`] into the trace until `stop` is notified; a
+/// scrape the relay answers with an exposition the harness cannot read ends the run.
+async fn monitor(sink: TraceSink, relay_addr: SocketAddr, stop: Arc<Notify>) -> Result<(), String> {
+    loop {
+        if let Some(reading) = scrape::scrape(relay_addr).await {
+            sink.record("monitor", reading?.sample());
+        }
+        tokio::select! {
+            biased;
+            () = stop.notified() => return Ok(()),
+            () = sleep(SCRAPE_PERIOD) => {}
+        }
+    }
+}
