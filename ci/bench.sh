@@ -3,7 +3,7 @@
 # speed. The machine is printed first: these machines are noisy, so each benchmark
 # compares against a baseline in the same run and its figures are read as ratios.
 #
-#   ci/bench.sh                 all of them, in the order below (about 25 min on 2 cores)
+#   ci/bench.sh                 all of them, in the order below (about 35 min on 2 cores)
 #   ci/bench.sh NAME [ARGS...]  one of them, ARGS passed to it:
 #     tunnel      cold_start_2800 vs the bare madsim program (seed pairs), seeds/s for
 #                 churn_max_connections and close_recv_race (sim/benches/tunnel.rs)
@@ -12,7 +12,8 @@
 #     healthz     /_healthz requests/s, relay vs a minimal hyper server, same load generator
 #     idle        resident memory per idle connection at 10,000 connections
 #     fanout      events/s to 1, 100 and 1,000 consumers vs broadcast-channel baselines
-#     cold-start  the cold start for real: 2,800 local upstream sockets, probe latency
+#     cold-start  scenarios/cold_start_2800.toml for real (run --real, 10 minutes): 2,800
+#                 local upstream sockets, probe latency, the relay process's RSS and CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,7 +69,13 @@ fanout() {
   fi
   real_example fanout_bench "$@"
 }
-cold_start() { real_example cold_start_real "$@"; }
+# The cold-start scenario itself, for real: the tunnel's own upstream actors on loopback
+# sockets and the release relay binary as a child process (sim/src/real_world).
+cold_start() {
+  cargo build --release -p windtunnel -p relay
+  run target/release/windtunnel run --real scenarios/cold_start_2800.toml --seed 1 \
+    --relay-bin target/release/relay "$@"
+}
 
 machine
 name=${1:-all}

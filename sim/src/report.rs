@@ -404,7 +404,8 @@ impl RunReport<'_> {
         if let Some((incarnations, peak_rss_bytes, cpu_ms)) = summary.relay_process {
             let _ = writeln!(
                 text,
-                "  relay process: {incarnations} incarnations, peak RSS {:.1} MiB, CPU {:.2} s",
+                "  relay process: {incarnations} incarnation{}, peak RSS {:.1} MiB, CPU {:.2} s",
+                if incarnations == 1 { "" } else { "s" },
                 peak_rss_bytes as f64 / f64::from(1 << 20),
                 cpu_ms as f64 / 1e3
             );

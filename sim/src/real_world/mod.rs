@@ -95,6 +95,7 @@ pub fn run(
     relay: &RelayProgram,
 ) -> SeedRun {
     let relay = relay.clone();
+    raise_open_file_limit();
     crate::actors::on_fresh_thread("real", scenario, seed, logs, move |scenario, seed| {
         run_on_this_thread(scenario, seed, &relay)
     })
@@ -154,6 +155,24 @@ impl RunFiles {
 impl Drop for RunFiles {
     fn drop(&mut self) {
         self.remove_own();
+    }
+}
+
+/// Raise this process's soft open-file limit to its hard limit (the relay process inherits
+/// it): a 2,800-host world holds ~5,500 loopback sockets here and ~2,800 in the relay, and
+/// the usual soft limit is 1,024. Best effort: an upstream that still cannot bind says so.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let target = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|current| current < target) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            },
+        );
     }
 }
 
