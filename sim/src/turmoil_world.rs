@@ -28,7 +28,7 @@ use relay::rt::time::{sleep, sleep_until};
 
 use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::rng::{self, thread_rng};
-use crate::actors::{abuser, consumer, http, upstream, TraceSink, WorldClock};
+use crate::actors::{cast, upstream, TraceSink, WorldClock};
 use crate::engine::SeedRun;
 use crate::logs::LogSettings;
 use crate::scenario::{Between, FaultSpec, Scenario};
@@ -195,91 +195,28 @@ fn start_upstreams(
     plans
 }
 
-/// Start the prober, churners, callers, abusers and consumers, one host each.
+/// Start the relay's clients (`actors::cast`), one host each; a host's program is created
+/// afresh whenever turmoil starts it.
 fn start_actors(
     sim: &mut turmoil::Sim<'_>,
     scenario: &Scenario,
     relay: SocketAddr,
     sink: &TraceSink,
 ) -> Vec<relay_host::ConsumerTally> {
-    if let Some(prober) = scenario.prober.clone() {
-        let sink = sink.clone();
-        sim.host("prober", move || {
-            let (prober, sink) = (prober.clone(), sink.clone());
+    let (clients, tallies) = cast::clients(scenario);
+    for client in clients {
+        let (name, sink) = (client.name.clone(), sink.clone());
+        sim.host(name.as_str(), move || {
+            let (client, sink) = (client.clone(), sink.clone());
             async move {
-                http::prober(prober, relay, sink, WorldClock::TurmoilSimulation.start()).await;
+                let world_start = WorldClock::TurmoilSimulation.start();
+                for _ in 1..client.loops {
+                    tokio::spawn(client.run(relay, sink.clone(), world_start));
+                }
+                client.run(relay, sink, world_start).await;
                 Ok(())
             }
         });
-    }
-    for (group, spec) in scenario.churners.iter().enumerate() {
-        for index in 0..spec.nodes {
-            let name = format!("churner-{group}-{index}");
-            let (spec, sink, node) = (spec.clone(), sink.clone(), name.clone());
-            sim.host(name.as_str(), move || {
-                let (spec, sink, node) = (spec.clone(), sink.clone(), node.clone());
-                async move {
-                    let world_start = WorldClock::TurmoilSimulation.start();
-                    for _ in 1..spec.loops_per_node {
-                        tokio::spawn(http::churn_loop(
-                            spec.clone(),
-                            relay,
-                            sink.clone(),
-                            node.clone(),
-                            world_start,
-                        ));
-                    }
-                    http::churn_loop(spec, relay, sink, node, world_start).await;
-                    Ok(())
-                }
-            });
-        }
-    }
-    for (group, spec) in scenario.callers.iter().enumerate() {
-        for index in 0..spec.nodes {
-            let name = format!("caller-{group}-{index}");
-            let (spec, sink, node) = (spec.clone(), sink.clone(), name.clone());
-            sim.host(name.as_str(), move || {
-                let (spec, sink, node) = (spec.clone(), sink.clone(), node.clone());
-                async move {
-                    http::caller(spec, relay, sink, node).await;
-                    Ok(())
-                }
-            });
-        }
-    }
-    for (group, spec) in scenario.abusers.iter().enumerate() {
-        for index in 0..spec.nodes {
-            let name = format!("abuser-{group}-{index}");
-            let (spec, sink, node) = (spec.clone(), sink.clone(), name.clone());
-            sim.host(name.as_str(), move || {
-                let (spec, sink, node) = (spec.clone(), sink.clone(), node.clone());
-                async move {
-                    let world_start = WorldClock::TurmoilSimulation.start();
-                    abuser::run(spec, relay, sink, node, world_start).await;
-                    Ok(())
-                }
-            });
-        }
-    }
-    let mut tallies = Vec::new();
-    for spec in &scenario.consumers {
-        for index in 0..spec.count {
-            let name = format!("{}-{index}", spec.name);
-            let tally = consumer::SharedTally::default();
-            let (spec_for_host, sink, node) = (spec.clone(), sink.clone(), name.clone());
-            let host_tally = Arc::clone(&tally);
-            sim.host(name.as_str(), move || {
-                let (spec, sink, node) = (spec_for_host.clone(), sink.clone(), node.clone());
-                let tally = Arc::clone(&host_tally);
-                async move {
-                    let world_start = WorldClock::TurmoilSimulation.start();
-                    consumer::run(spec, node, relay, sink, tally, world_start).await;
-                    Ok(())
-                }
-            });
-            tallies.push(relay_host::ConsumerTally::new(name, spec, tally));
-        }
     }
     tallies
 }

@@ -3,11 +3,13 @@
 //! the monitor that samples it, the store audit, and the trace they all write to.
 //!
 //! Nothing here names an engine. Sockets, timers and spawning come through the relay's own
-//! seam (`relay::rt`), so the same actor code runs on madsim's nodes (`crate::world`) and
-//! on turmoil's hosts (`crate::turmoil_world`); the few things an engine must provide are
-//! the world's clock ([`WorldClock`]) and the seeded RNG ([`rng`]).
+//! seam (`relay::rt`), so the same actor code runs on madsim's nodes (`crate::world`), on
+//! turmoil's hosts (`crate::turmoil_world`) and on real tokio (`crate::real_world`); the few
+//! things an engine must provide are the world's clock ([`WorldClock`]) and the seeded RNG
+//! ([`rng`]). [`cast`] lists the relay's clients once, for every world to start.
 
 pub mod abuser;
+pub mod cast;
 pub mod client;
 pub mod consumer;
 pub mod http;

@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::actors::relay_host::{self, RelayDatabase};
-use crate::actors::{abuser, consumer, http, rng, upstream, TraceSink, WorldClock};
+use crate::actors::{cast, rng, upstream, TraceSink, WorldClock};
 use crate::engine::{Engine, SeedRun};
 use crate::logs::LogSettings;
 use crate::scenario::{FaultSpec, Scenario};
@@ -298,57 +298,12 @@ async fn world(
     let stop_monitor = Arc::new(Notify::new());
     let monitor_task = tokio::spawn(monitor(sink.clone(), relay_addr, Arc::clone(&stop_monitor)));
 
-    // The actors that are the relay's clients; stopped before the end-of-run reading.
+    // The relay's clients; stopped before the end-of-run reading.
+    let (cast, tallies) = cast::clients(&scenario);
     let mut clients = JoinSet::new();
-    if let Some(prober) = scenario.prober.clone() {
-        clients.spawn(http::prober(prober, relay_addr, sink.clone(), world_start));
-    }
-    for (group, spec) in scenario.churners.iter().enumerate() {
-        for index in 0..spec.nodes {
-            let name = format!("churner-{group}-{index}");
-            for _ in 0..spec.loops_per_node {
-                clients.spawn(http::churn_loop(
-                    spec.clone(),
-                    relay_addr,
-                    sink.clone(),
-                    name.clone(),
-                    world_start,
-                ));
-            }
-        }
-    }
-    for (group, spec) in scenario.callers.iter().enumerate() {
-        for index in 0..spec.nodes {
-            let name = format!("caller-{group}-{index}");
-            clients.spawn(http::caller(spec.clone(), relay_addr, sink.clone(), name));
-        }
-    }
-    for (group, spec) in scenario.abusers.iter().enumerate() {
-        for index in 0..spec.nodes {
-            let name = format!("abuser-{group}-{index}");
-            clients.spawn(abuser::run(
-                spec.clone(),
-                relay_addr,
-                sink.clone(),
-                name,
-                world_start,
-            ));
-        }
-    }
-    let mut tallies = Vec::new();
-    for spec in &scenario.consumers {
-        for index in 0..spec.count {
-            let name = format!("{}-{index}", spec.name);
-            let tally = consumer::SharedTally::default();
-            clients.spawn(consumer::run(
-                spec.clone(),
-                name.clone(),
-                relay_addr,
-                sink.clone(),
-                Arc::clone(&tally),
-                world_start,
-            ));
-            tallies.push(relay_host::ConsumerTally::new(name, spec, tally));
+    for client in &cast {
+        for _ in 0..client.loops {
+            clients.spawn(client.run(relay_addr, sink.clone(), world_start));
         }
     }
 

@@ -30,7 +30,7 @@ use relay::rt::time::{now, sleep, sleep_until, Instant};
 use crate::actors::relay_host::{
     self, monitor, quiet_injected_panics, run_relay, sample, RelayControl, RelayDatabase,
 };
-use crate::actors::{abuser, consumer, http as actors, upstream, TraceSink};
+use crate::actors::{cast, upstream, TraceSink};
 use crate::oracle::{Verdict, Violation};
 use crate::scenario::{Between, FaultSpec, NetworkSpec, Scenario};
 use crate::trace::{Event, Trace};
@@ -158,84 +158,16 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
         )));
     }
 
-    if let Some(prober) = scenario.prober.clone() {
+    let (clients, tallies) = cast::clients(&scenario);
+    for client in &clients {
         let node = handle
             .create_node()
-            .name("prober")
-            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
+            .name(&client.name)
+            .ip(IpAddr::V4(client.ip))
             .build();
         nodes.push(node.id());
-        node.spawn(actors::prober(
-            prober,
-            relay_addr,
-            sink.clone(),
-            world_start,
-        ));
-    }
-    for (group, spec) in scenario.churners.iter().enumerate() {
-        for index in 0..spec.nodes {
-            let name = format!("churner-{group}-{index}");
-            let ip = Ipv4Addr::new(
-                10,
-                group as u8 + 1,
-                (index / 250) as u8,
-                (index % 250) as u8 + 1,
-            );
-            let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
-            nodes.push(node.id());
-            for _ in 0..spec.loops_per_node {
-                node.spawn(actors::churn_loop(
-                    spec.clone(),
-                    relay_addr,
-                    sink.clone(),
-                    name.clone(),
-                    world_start,
-                ));
-            }
-        }
-    }
-    for (group, spec) in scenario.callers.iter().enumerate() {
-        for index in 0..spec.nodes {
-            let name = format!("caller-{group}-{index}");
-            let ip = Ipv4Addr::new(10, 210 + group as u8, 0, index as u8 + 1);
-            let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
-            nodes.push(node.id());
-            node.spawn(actors::caller(spec.clone(), relay_addr, sink.clone(), name));
-        }
-    }
-    for (group, spec) in scenario.abusers.iter().enumerate() {
-        for index in 0..spec.nodes {
-            let name = format!("abuser-{group}-{index}");
-            let ip = Ipv4Addr::new(10, 180 + group as u8, 0, index as u8 + 1);
-            let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
-            nodes.push(node.id());
-            node.spawn(abuser::run(
-                spec.clone(),
-                relay_addr,
-                sink.clone(),
-                name,
-                world_start,
-            ));
-        }
-    }
-    let mut tallies = Vec::new();
-    for spec in &scenario.consumers {
-        for index in 0..spec.count {
-            let name = format!("{}-{index}", spec.name);
-            let ordinal = tallies.len();
-            let ip = Ipv4Addr::new(10, 200, (ordinal / 250) as u8, (ordinal % 250) as u8 + 1);
-            let node = handle.create_node().name(&name).ip(IpAddr::V4(ip)).build();
-            nodes.push(node.id());
-            let tally = consumer::SharedTally::default();
-            node.spawn(consumer::run(
-                spec.clone(),
-                name.clone(),
-                relay_addr,
-                sink.clone(),
-                Arc::clone(&tally),
-                world_start,
-            ));
-            tallies.push(relay_host::ConsumerTally::new(name, spec, tally));
+        for _ in 0..client.loops {
+            node.spawn(client.run(relay_addr, sink.clone(), world_start));
         }
     }
     if !scenario.churners.is_empty() {
