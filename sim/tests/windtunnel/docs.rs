@@ -246,8 +246,21 @@ fn scenarios_md_names_every_shipped_scenario_and_its_engine() {
                 .lines()
                 .find(|line| line.starts_with(&format!("| {file} |")))
                 .unwrap_or_else(|| panic!("SCENARIOS.md's engine table has no row for {file}"));
-            let engine = Scenario::load(&path).unwrap().engine.as_str();
+            let scenario = Scenario::load(&path).unwrap();
+            let engine = scenario.engine.as_str();
             assert!(row.contains(&format!("| {engine} |")), "{row}");
+            // The `--real` column: whether real mode can play it.
+            #[cfg(not(madsim))]
+            {
+                let real = match windtunnel::real_world::unsupported(&scenario) {
+                    None => "yes",
+                    Some(_) => "no",
+                };
+                assert!(
+                    row.starts_with(&format!("| {file} | {engine} | {real} |")),
+                    "SCENARIOS.md's --real column should say {real}: {row}"
+                );
+            }
         }
     }
 }
