@@ -7,7 +7,8 @@
 //!
 //! Layout: the relay on `127.0.0.1:<free port>`, configured by the scenario's `[relay]`
 //! table written to a file beside its database; upstream host `i` on its own loopback
-//! address (the plan's `172.16.a.b` becomes `127.16.a.b`, port [`REAL_UPSTREAM_PORT`])
+//! address (the plan's `172.16.a.b` becomes `127.16.a.b`, all on one port found free for the
+//! run, so real runs side by side — parallel tests — do not collide)
 //! and named by that address in the relay's host table (no DNS); every other actor dials
 //! from `127.0.0.1`. The monitor reads the relay's accounting from `/metrics` once a second
 //! ([`scrape`]), the same numbers an observer gives in the simulated worlds. A graceful
@@ -37,8 +38,6 @@ use crate::scenario::{FaultSpec, Scenario};
 use crate::trace::Event;
 use process::{ProcessUsage, RelayProcess, RelayProgram};
 
-/// The port every real upstream host listens on (each on its own loopback address).
-pub const REAL_UPSTREAM_PORT: u16 = 18_081;
 /// How often the monitor scrapes the relay.
 const SCRAPE_PERIOD: Duration = Duration::from_secs(1);
 /// How long the relay gets to release the connections of the clients stopped at the end.
@@ -176,12 +175,13 @@ fn raise_open_file_limit() {
     }
 }
 
-/// A free loopback port for the relay (bound and released; the relay binds it next).
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+/// A port free on loopback address `ip` (bound and released; the run binds it next). Another
+/// run holding a port on `ip` is never given the same one.
+fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
+    std::net::TcpListener::bind((ip, 0))
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
-        .map_err(|error| format!("cannot find a free loopback port: {error}"))
+        .map_err(|error| format!("cannot find a free port on {ip}: {error}"))
 }
 
 /// The relay's incarnations, one process at a time.
@@ -240,7 +240,9 @@ async fn world(
     program: &RelayProgram,
 ) -> Result<(), String> {
     let world_start = now();
-    let relay_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let relay_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)?));
+    // Every upstream host listens on this port, each on its own address.
+    let upstream_port = free_port(Ipv4Addr::new(127, 16, 0, 1))?;
     let plans: Vec<Arc<upstream::HostPlan>> = match &scenario.upstreams {
         Some(spec) => upstream::plan(spec)
             .into_iter()
@@ -262,7 +264,7 @@ async fn world(
             .map_err(|error| format!("cannot write the relay's host table: {error}"))?;
     }
     for plan in plans.iter().filter(|plan| !plan.dead) {
-        let listen = SocketAddr::from((plan.ip, REAL_UPSTREAM_PORT));
+        let listen = SocketAddr::from((plan.ip, upstream_port));
         tokio::spawn(upstream::serve(
             Arc::clone(plan),
             listen,
@@ -274,7 +276,7 @@ async fn world(
     let mut relay_config = scenario.relay.clone();
     relay_config.server.listen = relay_addr;
     relay_config.store.path = database.clone();
-    relay_config.upstream.port = REAL_UPSTREAM_PORT;
+    relay_config.upstream.port = upstream_port;
     std::fs::write(&files.relay_config, relay_config.to_toml()).map_err(|error| {
         format!(
             "cannot write the relay's configuration to {}: {error}",
