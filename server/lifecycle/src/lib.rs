@@ -281,13 +281,15 @@ impl Registry {
     /// [`STATS_READ_ATTEMPTS`] times. A registry that never balances — an admission
     /// released twice or never — is returned as read, for the caller to see.
     pub fn stats(&self) -> RegistryStats {
+        let balanced = |reading: &RegistryStats| {
+            reading.admitted_total == reading.released_total + reading.open as u64
+        };
         let mut reading = self.read_stats();
-        for _ in 1..STATS_READ_ATTEMPTS {
-            if reading.admitted_total == reading.released_total + reading.open as u64 {
-                break;
-            }
+        let mut readings = 1;
+        while readings < STATS_READ_ATTEMPTS && !balanced(&reading) {
             sync::yield_now();
             reading = self.read_stats();
+            readings += 1;
         }
         reading
     }

@@ -209,26 +209,36 @@ impl RelayNode<'_> {
         Ok(())
     }
 
-    /// Stop the running incarnation: gracefully (SIGTERM) or not (SIGKILL).
+    /// Stop the running incarnation: gracefully (SIGTERM) or not (SIGKILL). A relay that
+    /// had already exited on its own, or that answers SIGTERM with a failing exit, fails the
+    /// run; one that outlives its grace period is killed, with a warning.
     async fn stop(&mut self, graceful: bool) -> Result<(), String> {
         let Some(mut process) = self.running.take() else {
             return Ok(());
         };
+        if let Some(status) = process.exit_status() {
+            return Err(process.failure(&format!("exited on its own ({status})")));
+        }
         if let Some(usage) = process.usage() {
             self.usage.peak_rss_bytes = self.usage.peak_rss_bytes.max(usage.peak_rss_bytes);
             self.usage.cpu_ticks += usage.cpu_ticks;
         }
-        if graceful {
-            if !process.stop(self.stop_grace).await? {
+        if !graceful {
+            return process.kill().await;
+        }
+        match process.stop(self.stop_grace).await? {
+            Some(status) if !status.success() => {
+                Err(process.failure(&format!("answered SIGTERM with {status}")))
+            }
+            Some(_) => Ok(()),
+            None => {
                 tracing::warn!(
                     pid = process.pid(),
-                    "the relay did not exit by itself within its grace period and was killed"
+                    "the relay did not exit within its grace period and was killed"
                 );
+                Ok(())
             }
-        } else {
-            process.kill().await?;
         }
-        Ok(())
     }
 }
 

@@ -147,8 +147,9 @@ impl RelayProcess {
     }
 
     /// Ask the relay to stop (SIGTERM: it drains and exits) and wait up to `grace`; kill it
-    /// if it is still running then. Returns whether it exited by itself, successfully.
-    pub async fn stop(&mut self, grace: Duration) -> Result<bool, String> {
+    /// if it is still running then. Returns how it exited by itself, or `None` if it had to
+    /// be killed.
+    pub async fn stop(&mut self, grace: Duration) -> Result<Option<ExitStatus>, String> {
         if self.exit_status().is_some() {
             return Err(self.failure("had exited before it was asked to stop"));
         }
@@ -156,12 +157,12 @@ impl RelayProcess {
         let deadline = now() + grace;
         while now() < deadline {
             if let Some(status) = self.exit_status() {
-                return Ok(status.success());
+                return Ok(Some(status));
             }
             sleep(POLL_PERIOD).await;
         }
         self.kill().await?;
-        Ok(false)
+        Ok(None)
     }
 
     /// Kill the relay (SIGKILL: no drain, no final commit) and wait for it to be gone.
@@ -191,7 +192,7 @@ impl RelayProcess {
     }
 
     /// A failure message that quotes the end of the relay's output.
-    fn failure(&self, what: &str) -> String {
+    pub fn failure(&self, what: &str) -> String {
         let output = std::fs::read_to_string(&self.output).unwrap_or_default();
         let lines: Vec<&str> = output.lines().collect();
         let tail = lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n");
