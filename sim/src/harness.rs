@@ -211,18 +211,19 @@ impl SeedResult {
     /// Everything to print: the report plus where the artifacts went.
     pub fn console_text(&self) -> String {
         let mut text = self.report.clone();
-        if let (Some(dir), false) = (&self.artifacts, self.replayable) {
+        if let Some(dir) = &self.artifacts {
+            let contents = if self.replayable {
+                format!(
+                    "logs, timeline.svg; `{} replay {}` checks the hash",
+                    self.scenario.engine.cargo_command(),
+                    dir.display()
+                )
+            } else {
+                "logs with the relay's output, timeline.svg".to_owned()
+            };
             let _ = writeln!(
                 text,
-                "  artifacts: {} (trace, report, logs with the relay's output, timeline.svg)",
-                dir.display()
-            );
-        } else if let Some(dir) = &self.artifacts {
-            let _ = writeln!(
-                text,
-                "  artifacts: {} (trace, report, logs, timeline.svg; `{} replay {}` checks the hash)",
-                dir.display(),
-                self.scenario.engine.cargo_command(),
+                "  artifacts: {} (trace, report, {contents})",
                 dir.display()
             );
         }

@@ -20,8 +20,8 @@ use crate::oracle::{self, Verdict, Violation};
 use crate::scenario::{ConsumerKind, ConsumerSpec, Scenario, UpstreamsSpec};
 use crate::trace::{Event, EventsSample, HttpSample, MemorySample, Trace, UpstreamSample};
 
-/// How often the monitor samples the relay's accounting.
-const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+/// How often the monitor samples the relay's accounting (real mode scrapes as often).
+pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Keep the panics raised by the relay's `HandlerPanic` fault point off stderr: they are
 /// expected, the relay contains each one (a 500 in the trace) and logs it with method and
@@ -241,8 +241,8 @@ pub fn sample(sink: &TraceSink, control: &RelayControl) {
 }
 
 /// One reading of the relay's own accounting: from its [`Observer`] in the simulated
-/// worlds and in-process, from a `/metrics` scrape when it runs as a process (real mode);
-/// either way it becomes the same [`Event::RelaySample`].
+/// worlds, from a `/metrics` scrape of the relay process in real mode; either way it
+/// becomes the same [`Event::RelaySample`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayReading {
     /// The lifecycle registry's counters.

@@ -30,7 +30,7 @@ use relay::rt::time::{now, sleep, sleep_until};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::actors::relay_host::{self, RelayDatabase};
+use crate::actors::relay_host::{self, RelayDatabase, SAMPLE_PERIOD};
 use crate::actors::{cast, rng, upstream, TraceSink, WorldClock};
 use crate::engine::{Engine, SeedRun};
 use crate::logs::LogSettings;
@@ -38,8 +38,6 @@ use crate::scenario::{FaultSpec, Scenario};
 use crate::trace::Event;
 use process::{ProcessUsage, RelayProcess, RelayProgram};
 
-/// How often the monitor scrapes the relay.
-const SCRAPE_PERIOD: Duration = Duration::from_secs(1);
 /// How long the relay gets to release the connections of the clients stopped at the end.
 const CLIENTS_GONE_PAUSE: Duration = Duration::from_millis(100);
 /// Time a stopping relay gets beyond its own shutdown grace and drain timeout.
@@ -319,12 +317,13 @@ async fn world(
         }
     }
 
-    let mut outages: Vec<(u64, u64, &'static str)> = scenario
+    // (at, down for, graceful, the fault's kind)
+    let mut outages: Vec<(u64, u64, bool, &'static str)> = scenario
         .faults
         .iter()
         .filter_map(|fault| match fault {
-            FaultSpec::RestartRelay { at_s, down_s } => Some((*at_s, *down_s, "restart_relay")),
-            FaultSpec::KillRelay { at_s, down_s } => Some((*at_s, *down_s, "kill_relay")),
+            FaultSpec::RestartRelay { at_s, down_s } => Some((*at_s, *down_s, true, fault.kind())),
+            FaultSpec::KillRelay { at_s, down_s } => Some((*at_s, *down_s, false, fault.kind())),
             _ => None,
         })
         .collect();
@@ -340,7 +339,7 @@ async fn world(
         );
     };
     let mut churn_stop_recorded = scenario.churners.is_empty();
-    for (at_s, down_s, kind) in outages {
+    for (at_s, down_s, graceful, kind) in outages {
         if !churn_stop_recorded && scenario.churn_end_s() <= at_s {
             sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
             sink.phase("churn_stopped");
@@ -348,7 +347,7 @@ async fn world(
         }
         sleep_until(world_start + Duration::from_secs(at_s)).await;
         record(kind, true);
-        relay.stop(kind == "restart_relay").await?;
+        relay.stop(graceful).await?;
         sleep(Duration::from_secs(down_s)).await;
         relay.start().await?;
         record(kind, false);
@@ -368,9 +367,7 @@ async fn world(
     // after that is counted.
     clients.shutdown().await;
     sleep(CLIENTS_GONE_PAUSE).await;
-    if let Some(reading) = scrape::scrape(relay_addr).await {
-        sink.record("monitor", reading?.sample());
-    }
+    record_scrape(&sink, relay_addr).await?;
     relay_host::finish(&scenario, &sink, database, &plans, tallies);
     sink.phase("end");
     relay.stop(true).await?;
@@ -385,17 +382,23 @@ async fn world(
     Ok(())
 }
 
-/// Scrape the relay every [`SCRAPE_PERIOD`] into the trace until `stop` is notified; a
-/// scrape the relay answers with an exposition the harness cannot read ends the run.
+/// Scrape the relay every [`SAMPLE_PERIOD`] into the trace until `stop` is notified.
 async fn monitor(sink: TraceSink, relay_addr: SocketAddr, stop: Arc<Notify>) -> Result<(), String> {
     loop {
-        if let Some(reading) = scrape::scrape(relay_addr).await {
-            sink.record("monitor", reading?.sample());
-        }
+        record_scrape(&sink, relay_addr).await?;
         tokio::select! {
             biased;
             () = stop.notified() => return Ok(()),
-            () = sleep(SCRAPE_PERIOD) => {}
+            () = sleep(SAMPLE_PERIOD) => {}
         }
     }
+}
+
+/// Scrape the relay once into the trace (nothing while it is down or refuses); an
+/// exposition the harness cannot read ends the run.
+async fn record_scrape(sink: &TraceSink, relay_addr: SocketAddr) -> Result<(), String> {
+    if let Some(reading) = scrape::scrape(relay_addr).await {
+        sink.record("monitor", reading?.sample());
+    }
+    Ok(())
 }
