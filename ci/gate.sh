@@ -47,8 +47,8 @@ cargo test -p loom-tests --features shuttle
 step "simulation tests: scenarios over many seeds (madsim)"
 cargo sim-test
 
-step "determinism sample through the CLI: same seed twice, compare traces"
-cargo sim run scenarios/churn_max_connections.toml --seed 7 --check-determinism
+step "isolation: every madsim scenario, seeds 1-2, hashes the same alone (own process) as back to back in one process, in order and in reverse"
+cargo sim isolation scenarios --seeds 2
 
 step "loom: exhaustive models of the connection lifecycle"
 ci/loom.sh

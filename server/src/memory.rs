@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::rt::probe::{self, Probe};
+
 /// Memory budget settings: `[memory]` in the configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -112,8 +114,8 @@ impl MemoryGuard {
     pub fn reserve(&self, bytes: u64) {
         let held = self.held.fetch_add(bytes, Ordering::SeqCst) + bytes;
         self.high_water.fetch_max(held, Ordering::SeqCst);
-        if held >= self.shed_at {
-            self.shedding.swap(true, Ordering::SeqCst);
+        if held >= self.shed_at && !self.shedding.swap(true, Ordering::SeqCst) {
+            probe::reached(Probe::BreakerOpen);
         }
     }
 
@@ -121,8 +123,10 @@ impl MemoryGuard {
     pub fn release(&self, bytes: u64) {
         let before = self.held.fetch_sub(bytes, Ordering::SeqCst);
         debug_assert!(before >= bytes, "released {bytes} bytes of {before} held");
-        if before.saturating_sub(bytes) <= self.resume_at {
-            self.shedding.swap(false, Ordering::SeqCst);
+        if before.saturating_sub(bytes) <= self.resume_at
+            && self.shedding.swap(false, Ordering::SeqCst)
+        {
+            probe::reached(Probe::BreakerClose);
         }
     }
 

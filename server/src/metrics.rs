@@ -76,6 +76,8 @@ pub struct Metrics {
     upstream_events: Gauge,
     upstream_duplicate_frames: Counter,
     upstream_bad_frames: Counter,
+    upstream_quarantined: Family<ReasonLabels, Counter>,
+    events_rejected: Counter,
     store_errors: Family<ReasonLabels, Counter>,
     consumer_sessions: Gauge,
     events_head_seq: Gauge,
@@ -128,6 +130,8 @@ impl Metrics {
             upstream_events: Gauge::default(),
             upstream_duplicate_frames: Counter::default(),
             upstream_bad_frames: Counter::default(),
+            upstream_quarantined: Family::default(),
+            events_rejected: Counter::default(),
             store_errors: Family::default(),
             consumer_sessions: Gauge::default(),
             events_head_seq: Gauge::default(),
@@ -252,6 +256,16 @@ impl Metrics {
             "upstream_bad_frames",
             "Upstream frames that were not valid event JSON",
             self.upstream_bad_frames.clone(),
+        );
+        registry.register(
+            "upstream_quarantined",
+            "Hosts quarantined for sending what the relay cannot keep, by reason",
+            self.upstream_quarantined.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events the event log refused for what they carry (their hosts are quarantined)",
+            self.events_rejected.clone(),
         );
         registry.register(
             "store_errors",
@@ -406,6 +420,18 @@ impl Metrics {
     /// Count an invalid upstream frame.
     pub fn upstream_bad_frame(&self) {
         self.upstream_bad_frames.inc();
+    }
+
+    /// Count a host quarantined for `reason`.
+    pub fn upstream_quarantined(&self, reason: &'static str) {
+        self.upstream_quarantined
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Count an event the event log refused for what it carries.
+    pub fn event_rejected(&self) {
+        self.events_rejected.inc();
     }
 
     /// Count a failed event-log operation (`commit`, `retention`).

@@ -253,3 +253,184 @@ async fn request_crawl_validates_input_and_failing_hosts_turn_dormant() {
     );
     relay.stop().await;
 }
+
+/// A WebSocket upstream serving two hosts by the `Host` header the relay dials with:
+/// `127.0.0.1` gets `good`, `localhost` gets `bad` (each frame text as given, in order), and
+/// both connections then stay open.
+async fn two_host_upstream(good: Vec<String>, bad: Vec<String>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (good, bad) = (good.clone(), bad.clone());
+            tokio::spawn(async move {
+                let host = Arc::new(Mutex::new(String::new()));
+                let seen = Arc::clone(&host);
+                // The error type is tungstenite's, not ours.
+                #[allow(clippy::result_large_err)]
+                let record = move |request: &Request, response: Response| {
+                    let header = request.headers().get("host").and_then(|h| h.to_str().ok());
+                    *seen.lock().unwrap() = header.unwrap_or_default().to_owned();
+                    Ok(response)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                    return;
+                };
+                let host = host.lock().unwrap().clone();
+                let frames = if host.starts_with("localhost") {
+                    bad
+                } else {
+                    good
+                };
+                for frame in frames {
+                    if ws.send(Message::text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    port
+}
+
+fn frames(seqs: impl IntoIterator<Item = u64>) -> Vec<String> {
+    seqs.into_iter()
+        .map(|seq| format!(r#"{{"seq":{seq},"kind":"commit","body":{{"n":{seq}}}}}"#))
+        .collect()
+}
+
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn the_historical_poison_frame_costs_only_its_host() {
+    let db = temp_db("poison");
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(["127.0.0.1", "localhost"])
+        .unwrap();
+    // Host B sends two good events, then the frame that once halted the relay for every
+    // host (its seq overflows SQLite's integers), then more.
+    let mut bad = frames(1..=2);
+    bad.push(r#"{"seq": 9223372036854775813, "kind": "commit", "body": {}}"#.to_owned());
+    bad.extend(frames(4..=5));
+    let port = two_host_upstream(frames(1..=20), bad).await;
+    let relay = start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        "upstream.backoff_base_ms=10".to_owned(),
+        "upstream.backoff_cap_ms=20".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    let host = |name: &str| {
+        observer
+            .hosts()
+            .into_iter()
+            .find(|host| host.hostname == name)
+            .unwrap()
+    };
+    wait_until(
+        "the bad host is quarantined and the good one fully read",
+        || {
+            host("localhost").phase == HostPhase::Quarantined
+                && !host("localhost").worker_running
+                && observer.events().head_seq == 22
+        },
+    )
+    .await;
+    assert_eq!(host("localhost").quarantined, Some("seq_out_of_range"));
+    assert_eq!(host("localhost").cursor, 2);
+    assert_eq!(host("127.0.0.1").cursor, 20);
+    let persisted = Store::open(&db).unwrap();
+    wait_until("every good event is persisted", || {
+        persisted.events_after(0, 100).unwrap().len() == 22
+    })
+    .await;
+    let events = persisted.events_after(0, 100).unwrap();
+    assert_eq!(
+        events.iter().map(|event| event.seq).collect::<Vec<_>>(),
+        (1..=22).collect::<Vec<_>>(),
+        "the log stays dense"
+    );
+    assert!(get(relay.addr, "/_readyz")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(get(relay.addr, "/hosts")
+        .await
+        .contains(r#""quarantined":"seq_out_of_range""#));
+    let metrics = observer.metrics_text();
+    assert!(
+        metrics.contains(r#"relay_upstream_quarantined_total{reason="seq_out_of_range"} 1"#),
+        "{metrics}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
+    let db = temp_db("refused");
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(["127.0.0.1", "localhost"])
+        .unwrap();
+    // A database whose event log already holds host B's event 1 while B's cursor says 0
+    // (restored from a backup, edited by hand): B's event 1 breaks UNIQUE(host, upstream
+    // seq) on every commit. Before the fix the sequencer retried that batch forever and no
+    // host's events were persisted again.
+    {
+        let connection = rusqlite::Connection::open(&db).unwrap();
+        connection
+            .execute(
+                "INSERT INTO events (seq, host_id, upstream_seq, kind, body)
+                 SELECT 1, id, 1, 'commit', '{}' FROM hosts WHERE hostname = 'localhost'",
+                [],
+            )
+            .unwrap();
+    }
+    let port = two_host_upstream(frames(1..=20), frames(1..=3)).await;
+    let relay = start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        "events.commit_retry_base_ms=10".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("the good host's 20 events are persisted", || {
+        observer
+            .hosts()
+            .iter()
+            .any(|host| host.hostname == "localhost" && host.phase == HostPhase::Quarantined)
+            && Store::open(&db).unwrap().hosts().unwrap()[0].cursor == 20
+    })
+    .await;
+    let localhost = observer
+        .hosts()
+        .into_iter()
+        .find(|host| host.hostname == "localhost")
+        .unwrap();
+    assert_eq!(localhost.quarantined, Some("event_unstorable"));
+    let events = Store::open(&db).unwrap().events_after(0, 100).unwrap();
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "dense");
+    let good: Vec<u64> = events
+        .iter()
+        .filter(|event| event.host_id == 1)
+        .map(|event| event.upstream_seq)
+        .collect();
+    assert_eq!(good, (1..=20).collect::<Vec<_>>(), "nothing lost, in order");
+    assert!(observer.events().store_healthy);
+    assert!(observer
+        .metrics_text()
+        .contains("relay_events_rejected_total 1"));
+    relay.stop().await;
+}

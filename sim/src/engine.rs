@@ -27,7 +27,13 @@ pub struct SeedRun {
     pub wall: Duration,
     /// Captured log text, when logs were asked for.
     pub logs: Option<String>,
+    /// The relay's reachability probes this run reached, by name, with how often (madsim
+    /// only; see `relay::rt::probe`). Not part of the trace, so not of its hash.
+    pub reached: Reached,
 }
+
+/// Reachability probe name → times reached (only probes reached at least once).
+pub type Reached = std::collections::BTreeMap<&'static str, u64>;
 
 /// Runs seeds. `Sync` so a sweep can run seeds on several threads.
 pub trait Engine: Sync {
@@ -72,6 +78,7 @@ impl Engine for Madsim {
             verdict: outcome.verdict,
             wall: outcome.wall,
             logs: capture.map(crate::logs::LogCapture::finish),
+            reached: outcome.reached,
         }
     }
 }

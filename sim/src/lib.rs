@@ -13,6 +13,7 @@
 //! - [`artifacts`], [`logs`], [`timeline`]: what a run leaves behind (folder layout,
 //!   captured logs, the timeline SVG).
 //! - [`sweep`], [`shrink`]: many seeds in shards with a summary; failure shrinking.
+//! - [`isolation`]: every seed hashes the same alone and after other seeds in one process.
 //! - [`actors`]: the world's cast (upstream hosts, consumers, probers, churners, callers,
 //!   abusers, the relay's host program, monitor and audit), shared by every engine.
 //! - `world` (only with `--cfg madsim`): builds the simulated world and runs one seed.
@@ -27,6 +28,7 @@ pub mod actors;
 pub mod artifacts;
 pub mod engine;
 pub mod harness;
+pub mod isolation;
 pub mod logs;
 pub mod oracle;
 #[cfg(not(madsim))]

@@ -112,6 +112,23 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Require every (scenario, seed) pair to hash the same alone (a fresh process each)
+    /// and back to back with all the others in one process, in order and in reverse.
+    Isolation {
+        /// Scenario files, or directories whose *.toml files are all checked.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// First seed.
+        #[arg(long, default_value = "1", value_parser = parse_seed)]
+        seed: u64,
+        /// Seeds per scenario, starting at --seed.
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Print only the hash of the one pair given, run in this process (the check's
+        /// child processes use it).
+        #[arg(long, hide = true)]
+        alone: bool,
+    },
     /// Parse and validate scenario files; report every error as file:line:col.
     Check {
         /// Scenario files.
@@ -207,6 +224,12 @@ fn main() -> ExitCode {
             )
         }),
         Command::Replay { dir } => replay(engine, &dir),
+        Command::Isolation {
+            paths,
+            seed,
+            seeds,
+            alone,
+        } => isolation(engine, &paths, seed, seeds, alone),
         Command::Sweep {
             paths,
             seed,
@@ -393,8 +416,9 @@ fn replay(engine: &dyn Engine, dir: &Path) -> Result<ExitCode, ExitCode> {
         eprintln!("{error}");
         ExitCode::from(2)
     })?;
-    print!("{}", replay.result.console_text());
+    // The replay's verdict first; then the report of the run it replayed.
     print!("{}", replay.summary(dir));
+    print!("{}", replay.result.console_text());
     Ok(if replay.identical() {
         ExitCode::SUCCESS
     } else {
@@ -411,41 +435,7 @@ fn sweep(
     jobs: usize,
     options: &Options,
 ) -> Result<ExitCode, ExitCode> {
-    let files = sweep::expand_paths(paths).map_err(|error| {
-        eprintln!("cannot list scenarios: {error}");
-        ExitCode::from(2)
-    })?;
-    let mut scenarios = Vec::new();
-    let mut load_failed = false;
-    let mut other_engine = Vec::new();
-    for file in &files {
-        match Loaded::load(file) {
-            Ok(loaded) if windtunnel::engine::for_scenario(&loaded.scenario).is_ok() => {
-                scenarios.push(loaded);
-            }
-            Ok(loaded) => other_engine.push(loaded),
-            Err(error) => {
-                eprintln!("{error}");
-                load_failed = true;
-            }
-        }
-    }
-    if let Some(first) = other_engine.first() {
-        eprintln!(
-            "skipping {} scenario(s) for another engine ({}, …): {}",
-            other_engine.len(),
-            first.path.display(),
-            windtunnel::engine::for_scenario(&first.scenario)
-                .err()
-                .unwrap_or_default()
-        );
-    }
-    if load_failed || scenarios.is_empty() {
-        if scenarios.is_empty() && !load_failed && other_engine.is_empty() {
-            eprintln!("no scenario files found in the given paths");
-        }
-        return Err(ExitCode::from(2));
-    }
+    let scenarios = load_for_engine(paths)?;
     let plan = sweep::plan(scenarios.len(), first_seed, seeds, shard);
     let progress = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(plan.len() as u64);
@@ -485,7 +475,18 @@ fn sweep(
         bar.finish_and_clear();
     }
     let rows = sweep::summarise(&scenarios, &outcomes);
-    let table = sweep::render_table(&rows, shard);
+    let mut table = sweep::render_table(&rows, shard);
+    let coverage = sweep::Coverage::of(&scenarios, &outcomes);
+    let probes: Vec<&'static str> = relay::rt::probe::Probe::ALL
+        .iter()
+        .map(|probe| probe.name())
+        .collect();
+    table.push_str(&coverage.render(&probes));
+    // A shard holds only some seeds of each scenario: reach is judged on whole sweeps.
+    let unreached = shard == sweep::Shard::ALL && !coverage.missing().is_empty();
+    if shard != sweep::Shard::ALL {
+        table.push_str("(reach is judged on unsharded sweeps only)\n");
+    }
     print!("{table}");
     if let Some(root) = &options.artifacts_root {
         let path = sweep::summary_path(root, shard);
@@ -494,7 +495,107 @@ fn sweep(
             Err(error) => eprintln!("cannot write {}: {error}", path.display()),
         }
     }
-    Ok(if outcomes.iter().all(|o| o.ok) {
+    Ok(if outcomes.iter().all(|o| o.ok) && !unreached {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The scenarios of `paths` this build's engine runs (others are skipped with a note);
+/// exit code 2 if one does not load or none is left.
+fn load_for_engine(paths: &[PathBuf]) -> Result<Vec<Loaded>, ExitCode> {
+    let files = sweep::expand_paths(paths).map_err(|error| {
+        eprintln!("cannot list scenarios: {error}");
+        ExitCode::from(2)
+    })?;
+    let mut scenarios = Vec::new();
+    let mut load_failed = false;
+    let mut other_engine = Vec::new();
+    for file in &files {
+        match Loaded::load(file) {
+            Ok(loaded) if windtunnel::engine::for_scenario(&loaded.scenario).is_ok() => {
+                scenarios.push(loaded);
+            }
+            Ok(loaded) => other_engine.push(loaded),
+            Err(error) => {
+                eprintln!("{error}");
+                load_failed = true;
+            }
+        }
+    }
+    if let Some(first) = other_engine.first() {
+        eprintln!(
+            "skipping {} scenario(s) for another engine ({}, …): {}",
+            other_engine.len(),
+            first.path.display(),
+            windtunnel::engine::for_scenario(&first.scenario)
+                .err()
+                .unwrap_or_default()
+        );
+    }
+    if load_failed || scenarios.is_empty() {
+        if scenarios.is_empty() && !load_failed && other_engine.is_empty() {
+            eprintln!("no scenario files found in the given paths");
+        }
+        return Err(ExitCode::from(2));
+    }
+    Ok(scenarios)
+}
+
+fn isolation(
+    engine: &dyn Engine,
+    paths: &[PathBuf],
+    first_seed: u64,
+    seeds: u64,
+    alone: bool,
+) -> Result<ExitCode, ExitCode> {
+    let scenarios = load_for_engine(paths)?;
+    let failed = |error: String| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    };
+    if alone {
+        let [loaded] = scenarios.as_slice() else {
+            eprintln!("--alone takes exactly one scenario");
+            return Err(ExitCode::from(2));
+        };
+        let hash = windtunnel::isolation::hash_here(engine, loaded, first_seed).map_err(failed)?;
+        println!("{}", format_seed(hash));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let executable = std::env::current_exe().map_err(|error| failed(error.to_string()))?;
+    let alone_in_child = |loaded: &Loaded, seed: u64| -> Result<u64, String> {
+        let output = std::process::Command::new(&executable)
+            .arg("isolation")
+            .arg(&loaded.path)
+            .args(["--seed", &seed.to_string(), "--alone"])
+            .output()
+            .map_err(|error| format!("cannot run {}: {error}", executable.display()))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.trim()
+            .strip_prefix("0x")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .filter(|_| output.status.success())
+            .ok_or_else(|| {
+                format!(
+                    "{} seed={} alone failed ({}): {}{}",
+                    loaded.display_path(),
+                    format_seed(seed),
+                    output.status,
+                    text,
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })
+    };
+    let seed_list: Vec<u64> = (first_seed..first_seed.saturating_add(seeds)).collect();
+    let result =
+        windtunnel::isolation::check(engine, &scenarios, &seed_list, &alone_in_child, &|pass| {
+            eprintln!("isolation: {pass}")
+        })
+        .map_err(failed)?;
+    print!("{}", result.render());
+    Ok(if result.moved.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -139,6 +139,7 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
         violations.extend(bad_input_rejected(records, &kinds));
     }
     violations.extend(no_panics(records));
+    violations.extend(faults_fired(records, &scenario.faults));
     violations
 }
 
@@ -888,6 +889,59 @@ pub fn conn_accounting(
             format_seconds(settle_deadline_us)
         ),
     ))
+}
+
+/// The first `[[faults]]` entry that never started, never ended before the run did, or
+/// ended without taking effect (its healing record's `effect` is 0: no host cut, no failure
+/// injected, no relay stopped). A fault that does nothing would let a scenario pass for
+/// the wrong reason.
+pub fn faults_fired(
+    records: &[Record],
+    faults: &[crate::scenario::FaultSpec],
+) -> Option<Violation> {
+    let fault_record = |index: usize, started: bool| {
+        records.iter().enumerate().find(|(_, record)| {
+            matches!(&record.event, Event::Fault { index: i, active, .. }
+                if *i as usize == index && *active == started)
+        })
+    };
+    let end_us = records.last().map_or(0, |record| record.t_us);
+    faults.iter().enumerate().find_map(|(index, fault)| {
+        let name = format!(
+            "fault #{} ({} at {} s)",
+            index + 1,
+            fault.kind(),
+            fault.at_s()
+        );
+        let violation = |record_index: Option<usize>, t_us: u64, message: String| Violation {
+            oracle: OracleName::FaultsFired,
+            record_index,
+            t_us,
+            message,
+        };
+        let Some(_) = fault_record(index, true) else {
+            return Some(violation(
+                None,
+                end_us,
+                format!("{name} never started before the run ended"),
+            ));
+        };
+        let Some((at, ended)) = fault_record(index, false) else {
+            return Some(violation(
+                None,
+                end_us,
+                format!("{name} never ended before the run did"),
+            ));
+        };
+        match &ended.event {
+            Event::Fault { effect: 0, .. } => Some(violation(
+                Some(at),
+                ended.t_us,
+                format!("{name} never took effect: {}", fault.no_effect()),
+            )),
+            _ => None,
+        }
+    })
 }
 
 /// Any panic anywhere.
@@ -1744,6 +1798,59 @@ mod tests {
         );
         let lost = UpstreamSample { hosts: 2, ..fine };
         assert!(no_host_forgotten(trace([world(3, 0), upstream(1, lost)]).records()).is_some());
+    }
+
+    #[test]
+    fn a_fault_must_start_end_and_take_effect() {
+        let faults = [
+            crate::scenario::FaultSpec::HandlerPanic {
+                at_s: 10,
+                duration_s: 5,
+            },
+            crate::scenario::FaultSpec::Partition {
+                at_s: 20,
+                duration_s: 5,
+                hosts_fraction: 0.5,
+            },
+        ];
+        let fault = |index: u32, active: bool, effect: u64| Event::Fault {
+            kind: faults[index as usize].kind().to_owned(),
+            index,
+            hosts: 0,
+            active,
+            effect,
+        };
+        let fired = [
+            (10_000_000, fault(0, true, 0)),
+            (15_000_000, fault(0, false, 3)),
+            (20_000_000, fault(1, true, 0)),
+            (25_000_000, fault(1, false, 4)),
+        ];
+        assert_eq!(faults_fired(trace(fired.clone()).records(), &faults), None);
+
+        let mut idle = fired.clone();
+        idle[1].1 = fault(0, false, 0);
+        let violation = faults_fired(trace(idle).records(), &faults).unwrap();
+        assert_eq!(violation.oracle, OracleName::FaultsFired);
+        assert_eq!(
+            (violation.record_index, violation.t_us),
+            (Some(1), 15_000_000)
+        );
+        assert_eq!(
+            violation.message,
+            "fault #1 (handler_panic at 10 s) never took effect: no work-route handler ran in its window"
+        );
+
+        let unfinished = trace(fired[..3].to_vec());
+        assert_eq!(
+            faults_fired(unfinished.records(), &faults).unwrap().message,
+            "fault #2 (partition at 20 s) never ended before the run did"
+        );
+        let unstarted = trace(fired[..2].to_vec());
+        assert_eq!(
+            faults_fired(unstarted.records(), &faults).unwrap().message,
+            "fault #2 (partition at 20 s) never started before the run ended"
+        );
     }
 
     #[test]

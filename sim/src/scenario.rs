@@ -33,6 +33,11 @@ pub struct Scenario {
     /// `"pass"`, or `{ fail = "<oracle>" }` for a scenario that proves an oracle bites.
     #[serde(default)]
     pub expect: Expect,
+    /// Reachability probes (`relay::rt::probe` names) that a sweep of this scenario must
+    /// reach at least once (madsim only). Before the tables, so it serialises as a top-level
+    /// key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reach: Vec<String>,
     /// Relay configuration (the relay's own schema and defaults). `server.listen` is
     /// replaced by the world's relay address.
     #[serde(default)]
@@ -123,6 +128,8 @@ pub enum OracleName {
     ConnAccounting,
     /// No task panicked anywhere in the simulation.
     NoPanics,
+    /// Every `[[faults]]` entry started, ended within the run and took effect.
+    FaultsFired,
     /// Enough live upstream hosts connected by a deadline.
     HostsConnectedMin,
     /// Upstream handshakes in flight never exceeded a bound.
@@ -168,7 +175,7 @@ pub enum OracleName {
 
 impl OracleName {
     /// Every oracle, in check and report order.
-    pub const ALL: [OracleName; 19] = [
+    pub const ALL: [OracleName; 20] = [
         Self::ProbeLiveness,
         Self::ProbeLatencyMax,
         Self::ConnAccounting,
@@ -188,6 +195,7 @@ impl OracleName {
         Self::HandlersInFlightMax,
         Self::BadInputRejected,
         Self::NoPanics,
+        Self::FaultsFired,
     ];
 
     /// The snake_case name used in files and reports.
@@ -197,6 +205,7 @@ impl OracleName {
             Self::ProbeLatencyMax => "probe_latency_max",
             Self::ConnAccounting => "conn_accounting",
             Self::NoPanics => "no_panics",
+            Self::FaultsFired => "faults_fired",
             Self::HostsConnectedMin => "hosts_connected_min",
             Self::HandshakesBounded => "handshakes_bounded",
             Self::WorkersBounded => "workers_bounded",
@@ -515,7 +524,8 @@ impl ChurnMix {
     }
 }
 
-/// Oracles to check. Absent means not checked; `no_panics` is always checked.
+/// Oracles to check. Absent means not checked; `no_panics` is always checked, and
+/// `faults_fired` whenever there are `[[faults]]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OracleSpecs {
@@ -527,6 +537,9 @@ pub struct OracleSpecs {
     pub conn_accounting: Option<ConnAccountingSpec>,
     /// See [`OracleName::NoPanics`]. Always checked; listing it is documentation.
     pub no_panics: Option<NoPanicsSpec>,
+    /// See [`OracleName::FaultsFired`]. Always checked when there are `[[faults]]`;
+    /// listing it is documentation.
+    pub faults_fired: Option<NoPanicsSpec>,
     /// See [`OracleName::HostsConnectedMin`]. Needs `[upstreams]`.
     pub hosts_connected_min: Option<HostsConnectedMinSpec>,
     /// See [`OracleName::HandshakesBounded`]. Needs `[upstreams]`.
@@ -885,6 +898,33 @@ impl FaultSpec {
             Self::KillRelay { at_s, down_s } | Self::RestartRelay { at_s, down_s } => at_s + down_s,
         }
     }
+
+    /// When the fault starts, seconds.
+    pub fn at_s(&self) -> u64 {
+        match self {
+            Self::Partition { at_s, .. }
+            | Self::StoreFault { at_s, .. }
+            | Self::Latency { at_s, .. }
+            | Self::Clog { at_s, .. }
+            | Self::HandlerPanic { at_s, .. }
+            | Self::HandlerStall { at_s, .. }
+            | Self::KillRelay { at_s, .. }
+            | Self::RestartRelay { at_s, .. } => *at_s,
+        }
+    }
+
+    /// What "no effect" means for this kind (the `faults_fired` oracle's explanation).
+    pub fn no_effect(&self) -> &'static str {
+        match self {
+            Self::Partition { .. } => "it cut off no upstream host",
+            Self::StoreFault { .. } => "no store call reached a failing fault point in its window",
+            Self::HandlerPanic { .. } | Self::HandlerStall { .. } => {
+                "no work-route handler ran in its window"
+            }
+            Self::KillRelay { .. } | Self::RestartRelay { .. } => "the relay was not up to stop",
+            Self::Clog { .. } | Self::Latency { .. } => "the network was not changed",
+        }
+    }
 }
 
 /// `probe_liveness` takes its threshold from the prober.
@@ -909,7 +949,7 @@ pub struct ConnAccountingSpec {
     pub settle_s: u64,
 }
 
-/// `no_panics` takes no parameters.
+/// `no_panics` and `faults_fired` take no parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoPanicsSpec {}
@@ -1073,6 +1113,28 @@ impl Scenario {
             return fail("relay", error.to_string());
         }
         self.validate_engine()?;
+        for name in &self.reach {
+            if relay::rt::probe::Probe::named(name).is_none() {
+                let known: Vec<&str> = relay::rt::probe::Probe::ALL
+                    .iter()
+                    .map(|probe| probe.name())
+                    .collect();
+                return fail(
+                    "reach",
+                    format!(
+                        "unknown probe {name:?}; expected one of {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        if !self.reach.is_empty() && self.engine != EngineName::Madsim {
+            return fail(
+                "reach",
+                "expected no reach on this engine: the relay's probes are counted only under madsim"
+                    .into(),
+            );
+        }
         if let Some(prober) = &self.prober {
             if prober.period_s == 0 || prober.timeout_s == 0 || prober.failure_threshold == 0 {
                 return fail(
@@ -1389,6 +1451,7 @@ impl Scenario {
             OracleName::ProbeLatencyMax => self.oracles.probe_latency_max.is_some(),
             OracleName::ConnAccounting => self.oracles.conn_accounting.is_some(),
             OracleName::NoPanics => true,
+            OracleName::FaultsFired => !self.faults.is_empty(),
             OracleName::HostsConnectedMin => self.oracles.hosts_connected_min.is_some(),
             OracleName::HandshakesBounded => self.oracles.handshakes_bounded.is_some(),
             OracleName::WorkersBounded => self.oracles.workers_bounded.is_some(),

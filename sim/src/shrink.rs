@@ -224,6 +224,7 @@ fn drop_oracle(scenario: &mut Scenario, oracle: OracleName) {
         OracleName::ProbeLatencyMax => o.probe_latency_max = None,
         OracleName::ConnAccounting => o.conn_accounting = None,
         OracleName::NoPanics => o.no_panics = None,
+        OracleName::FaultsFired => o.faults_fired = None,
         OracleName::HostsConnectedMin => o.hosts_connected_min = None,
         OracleName::HandshakesBounded => o.handshakes_bounded = None,
         OracleName::WorkersBounded => o.workers_bounded = None,
@@ -297,11 +298,13 @@ pub fn shrink(
 
 /// Top-level keys in the order a scenario file is written (the schema's field order);
 /// keys not listed follow in name order.
-const KEY_ORDER: [&str; 12] = [
+const KEY_ORDER: [&str; 14] = [
     "name",
     "description",
     "duration_s",
+    "engine",
     "expect",
+    "reach",
     "relay",
     "network",
     "prober",

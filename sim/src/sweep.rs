@@ -4,8 +4,10 @@
 //! The (scenario, seed) pairs are enumerated scenario-major (files in the order given,
 //! directories expanded to their `*.toml` files sorted by name; seeds ascending) and pair
 //! `i` belongs to shard `k/n` when `i mod n = k - 1`, so shards are disjoint, cover
-//! everything, and each gets a share of every scenario (a CI matrix of `n` jobs, or a
-//! nextest-style partition). A sweep fails when any seed misses its scenario's expectation.
+//! everything, and (given at least `n` seeds per scenario) each gets a share of every
+//! scenario (a CI matrix of `n` jobs, or a nextest-style partition). A sweep fails when any seed misses its scenario's expectation,
+//! or (unsharded) when a scenario never reached a reachability probe its `reach` declares;
+//! [`Coverage`] is the probe × scenario table it prints after the summary.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Reached};
 use crate::harness::{self, Loaded, Options};
 use crate::report::format_seed;
 
@@ -114,6 +116,8 @@ pub struct JobOutcome {
     pub artifacts: Option<PathBuf>,
     /// The full console text of a failed seed (empty for passes).
     pub failure_text: String,
+    /// The reachability probes the seed reached.
+    pub reached: Reached,
 }
 
 /// Run `jobs` on `threads` threads; `on_done(finished, total, outcome)` is called as each
@@ -148,6 +152,7 @@ pub fn run(
                 } else {
                     result.console_text()
                 },
+                reached: result.run.reached.clone(),
             },
             Err(error) => JobOutcome {
                 job: *job,
@@ -166,6 +171,7 @@ pub fn run(
                 ),
                 artifacts: None,
                 failure_text: format!("{error}\n"),
+                reached: Reached::default(),
             },
         };
         let done = finished.fetch_add(1, Ordering::SeqCst) + 1;
@@ -309,6 +315,104 @@ pub fn render_table(rows: &[Row], shard: Shard) -> String {
     text
 }
 
+/// Which seeds of which scenario reached which reachability probe.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Per scenario (sweep order): its name, seeds run, declared probes, and seeds that
+    /// reached each probe.
+    pub scenarios: Vec<ScenarioCoverage>,
+}
+
+/// One scenario's reachability over a sweep.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScenarioCoverage {
+    /// Scenario name.
+    pub name: String,
+    /// Seeds run.
+    pub seeds: usize,
+    /// The probes its `reach` declares.
+    pub declared: Vec<String>,
+    /// Probe name → seeds that reached it.
+    pub reached: std::collections::BTreeMap<&'static str, usize>,
+}
+
+impl Coverage {
+    /// Tally `outcomes` by scenario.
+    pub fn of(scenarios: &[Loaded], outcomes: &[JobOutcome]) -> Self {
+        let mut coverage: Vec<ScenarioCoverage> = scenarios
+            .iter()
+            .map(|loaded| ScenarioCoverage {
+                name: loaded.scenario.name.clone(),
+                declared: loaded.scenario.reach.clone(),
+                ..ScenarioCoverage::default()
+            })
+            .collect();
+        for outcome in outcomes {
+            let entry = &mut coverage[outcome.job.scenario];
+            entry.seeds += 1;
+            for &probe in outcome.reached.keys() {
+                *entry.reached.entry(probe).or_default() += 1;
+            }
+        }
+        coverage.retain(|entry| entry.seeds > 0);
+        Self {
+            scenarios: coverage,
+        }
+    }
+
+    /// (scenario, probe) pairs a scenario declares but none of its seeds reached.
+    pub fn missing(&self) -> Vec<(&str, &str)> {
+        self.scenarios
+            .iter()
+            .flat_map(|entry| {
+                entry
+                    .declared
+                    .iter()
+                    .filter(|probe| !entry.reached.contains_key(probe.as_str()))
+                    .map(|probe| (entry.name.as_str(), probe.as_str()))
+            })
+            .collect()
+    }
+
+    /// One line per probe of `all` (the relay's probes, in their order): how many seeds
+    /// reached it in all, then `scenario n/N` for every scenario that reached it (`*` where
+    /// the scenario declares it), then every declared probe that was never reached.
+    pub fn render(&self, all: &[&'static str]) -> String {
+        let mut text = String::from(
+            "reachability: probe, seeds that reached it, by scenario (* = declared in reach)\n",
+        );
+        let width = all.iter().map(|name| name.len()).max().unwrap_or(0);
+        for &probe in all {
+            let mut total = 0;
+            let mut cells = Vec::new();
+            for entry in &self.scenarios {
+                if let Some(&count) = entry.reached.get(probe) {
+                    total += count;
+                    let declared = if entry.declared.iter().any(|d| d == probe) {
+                        "*"
+                    } else {
+                        ""
+                    };
+                    cells.push(format!("{} {count}/{}{declared}", entry.name, entry.seeds));
+                }
+            }
+            let detail = if cells.is_empty() {
+                "never reached".to_owned()
+            } else {
+                cells.join(", ")
+            };
+            let _ = writeln!(text, "  {probe:<width$}  {total:>5}  {detail}");
+        }
+        for (scenario, probe) in self.missing() {
+            let _ = writeln!(
+                text,
+                "MISSING {scenario}: declares reach {probe:?}, reached by none of its seeds"
+            );
+        }
+        text
+    }
+}
+
 /// Where a sweep writes its summary: `<root>/sweep-summary[-k-of-n].txt`.
 pub fn summary_path(root: &Path, shard: Shard) -> PathBuf {
     if shard == Shard::ALL {
@@ -359,5 +463,66 @@ mod tests {
         for bad in ["0/3", "4/3", "1/0", "x/2", "3", "1/2/3"] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn coverage_counts_seeds_per_probe_and_names_what_was_declared_but_never_reached() {
+        let scenario = |name: &str, reach: &str| {
+            Loaded::from_source(
+                Path::new(&format!("{name}.toml")),
+                format!("name = \"{name}\"\nduration_s = 10\nreach = [{reach}]\n[oracles]\n"),
+            )
+            .expect("a minimal scenario parses")
+        };
+        let scenarios = [
+            scenario(
+                "dormancy",
+                r#""upstream.dormant", "upstream.dormant_retry""#,
+            ),
+            scenario("churn", ""),
+        ];
+        let outcome = |scenario: usize, seed: u64, probes: &[&'static str]| JobOutcome {
+            job: Job { scenario, seed },
+            ok: true,
+            wall: Duration::ZERO,
+            headline: String::new(),
+            replay: String::new(),
+            artifacts: None,
+            failure_text: String::new(),
+            reached: probes.iter().map(|&probe| (probe, 1)).collect(),
+        };
+        let outcomes = [
+            outcome(0, 1, &["upstream.dormant"]),
+            outcome(0, 2, &["upstream.dormant", "http.idle_reap"]),
+            outcome(1, 1, &["http.idle_reap"]),
+        ];
+        let coverage = Coverage::of(&scenarios, &outcomes);
+        assert_eq!(coverage.scenarios[0].seeds, 2);
+        assert_eq!(coverage.scenarios[0].reached["upstream.dormant"], 2);
+        assert_eq!(coverage.missing(), [("dormancy", "upstream.dormant_retry")]);
+        let text = coverage.render(&[
+            "upstream.dormant",
+            "upstream.dormant_retry",
+            "http.idle_reap",
+        ]);
+        let line = |probe: &str, total: usize, detail: &str| {
+            format!("  {probe:<22}  {total:>5}  {detail}\n")
+        };
+        assert!(
+            text.contains(&line("upstream.dormant", 2, "dormancy 2/2*")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&line("upstream.dormant_retry", 0, "never reached")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&line("http.idle_reap", 2, "dormancy 1/2, churn 1/1")),
+            "{text}"
+        );
+        assert!(
+            text.contains("MISSING dormancy: declares reach \"upstream.dormant_retry\", reached by none of its seeds"),
+            "{text}"
+        );
     }
 }

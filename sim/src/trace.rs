@@ -37,10 +37,20 @@ pub enum Event {
         /// What kind of fault (`partition`, `kill_relay`, `restart_relay`, `store_fault`,
         /// `handler_panic`, `handler_stall`).
         kind: String,
+        /// Which `[[faults]]` entry (0-based, in file order).
+        #[serde(default)]
+        index: u32,
         /// Upstream hosts affected.
         hosts: u32,
         /// Whether it is starting (`true`) or healing (`false`).
         active: bool,
+        /// On the healing record, what the fault did while it lasted: hosts cut off
+        /// (`partition`), failures the relay's fault points injected (`store_fault`,
+        /// `handler_panic`, `handler_stall`), 1 for a relay stopped while up (`kill_relay`,
+        /// `restart_relay`) or a network changed (`clog`, `latency`). 0 means it never took
+        /// effect (the `faults_fired` oracle fails the run).
+        #[serde(default)]
+        effect: u64,
     },
     /// One liveness probe finished.
     Probe {

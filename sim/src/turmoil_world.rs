@@ -78,6 +78,7 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
         verdict,
         wall: wall_start.elapsed(),
         logs: None,
+        reached: Default::default(),
     }
 }
 
@@ -245,10 +246,10 @@ impl Timeline {
         let this = Arc::new(self);
         let monitor_task = tokio::spawn(monitor(this.sink.clone(), Arc::clone(&this.control)));
         let mut fault_tasks = Vec::new();
-        for fault in this.scenario.faults.clone() {
+        for (index, fault) in this.scenario.faults.clone().into_iter().enumerate() {
             let this = Arc::clone(&this);
             fault_tasks.push(tokio::spawn(async move {
-                this.inject(fault, world_start).await;
+                this.inject(index, fault, world_start).await;
             }));
         }
         let scenario = &this.scenario;
@@ -274,19 +275,23 @@ impl Timeline {
             .push_back(command);
     }
 
-    fn record(&self, kind: &str, hosts: usize, active: bool) {
+    /// Record fault `index` of `kind` taking hold (`active`) or ending with `effect` (see
+    /// [`Event::Fault`]).
+    fn record(&self, index: usize, kind: &str, hosts: usize, active: bool, effect: u64) {
         self.sink.record(
             "world",
             Event::Fault {
                 kind: kind.to_owned(),
+                index: index as u32,
                 hosts: hosts as u32,
                 active,
+                effect,
             },
         );
     }
 
     /// Play one fault (the scenario's validation refused the kinds turmoil cannot play).
-    async fn inject(&self, fault: FaultSpec, world_start: relay::rt::time::Instant) {
+    async fn inject(&self, index: usize, fault: FaultSpec, world_start: relay::rt::time::Instant) {
         let at = |at_s: u64| world_start + Duration::from_secs(at_s);
         match fault {
             FaultSpec::Partition {
@@ -303,12 +308,12 @@ impl Timeline {
                 for host in &cut {
                     turmoil::partition(RELAY_HOST, host.as_str());
                 }
-                self.record("partition", count, true);
+                self.record(index, "partition", count, true, 0);
                 sleep(Duration::from_secs(duration_s)).await;
                 for host in &cut {
                     turmoil::repair(RELAY_HOST, host.as_str());
                 }
-                self.record("partition", count, false);
+                self.record(index, "partition", count, false, count as u64);
             }
             FaultSpec::Clog { at_s, duration_s } => {
                 sleep_until(at(at_s)).await;
@@ -316,12 +321,12 @@ impl Timeline {
                 for host in &others {
                     turmoil::hold(RELAY_HOST, host.as_str());
                 }
-                self.record("clog", 0, true);
+                self.record(index, "clog", 0, true, 0);
                 sleep(Duration::from_secs(duration_s)).await;
                 for host in &others {
                     turmoil::release(RELAY_HOST, host.as_str());
                 }
-                self.record("clog", 0, false);
+                self.record(index, "clog", 0, false, 1);
             }
             FaultSpec::Latency {
                 at_s,
@@ -330,24 +335,25 @@ impl Timeline {
             } => {
                 sleep_until(at(at_s)).await;
                 self.command(Command::SetLatency(latency_ms));
-                self.record("latency", 0, true);
+                self.record(index, "latency", 0, true, 0);
                 sleep(Duration::from_secs(duration_s)).await;
                 self.command(Command::SetLatency(self.scenario.network.latency_ms));
-                self.record("latency", 0, false);
+                self.record(index, "latency", 0, false, 1);
             }
             FaultSpec::KillRelay { at_s, down_s } => {
                 sleep_until(at(at_s)).await;
+                let was_up = self.control.observer().is_some();
                 self.control.set_observer(None);
                 self.command(Command::CrashRelay);
-                self.record("kill_relay", 0, true);
+                self.record(index, "kill_relay", 0, true, 0);
                 sleep(Duration::from_secs(down_s)).await;
                 self.command(Command::RestartRelay);
-                self.record("kill_relay", 0, false);
+                self.record(index, "kill_relay", 0, false, u64::from(was_up));
             }
             FaultSpec::RestartRelay { at_s, down_s } => {
                 sleep_until(at(at_s)).await;
                 let stopped_before = self.control.stopped.load(Ordering::SeqCst);
-                self.record("restart_relay", 0, true);
+                self.record(index, "restart_relay", 0, true, 0);
                 self.control.stop.notify_waiters();
                 while self.control.stopped.load(Ordering::SeqCst) == stopped_before {
                     sleep(Duration::from_millis(10)).await;
@@ -355,7 +361,7 @@ impl Timeline {
                 self.command(Command::CrashRelay);
                 sleep(Duration::from_secs(down_s)).await;
                 self.command(Command::RestartRelay);
-                self.record("restart_relay", 0, false);
+                self.record(index, "restart_relay", 0, false, 1);
             }
             FaultSpec::HandlerPanic { .. }
             | FaultSpec::HandlerStall { .. }

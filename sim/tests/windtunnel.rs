@@ -38,17 +38,20 @@ fn every_shipped_scenario_loads() {
         names,
         [
             "bad_input",
+            "churn_idle_reaper",
             "churn_idle_reaper_disabled",
             "churn_max_connections",
             "close_recv_race",
             "cold_start_2800",
             "cold_start_thundering_herd",
             "db_fault",
+            "db_fault_long",
             "db_fault_slow_retry",
             "gc_stall",
             "gc_stall_unbatched",
             "handler_timeout",
             "handler_timeout_too_long",
+            "host_dormancy",
             "host_flap",
             "keepalive_dispatch",
             "keepalive_dispatch_concurrent",
@@ -140,6 +143,20 @@ fn semantic_errors_name_the_key() {
     assert_eq!(
         parse_error(&format!("{MINIMAL}[relay.server]\nmax_connections = 0\n")),
         "bad.toml: relay: invalid configuration: server.max_connections must be at least 1"
+    );
+    let unknown_probe =
+        parse_error("name = \"x\"\nduration_s = 60\nreach = [\"upstream.dormnat\"]\n[oracles]\n");
+    assert!(
+        unknown_probe.starts_with(
+            "bad.toml: reach: unknown probe \"upstream.dormnat\"; expected one of admission.at_capacity, "
+        ),
+        "{unknown_probe}"
+    );
+    assert_eq!(
+        parse_error(
+            "name = \"x\"\nduration_s = 60\nengine = \"turmoil\"\nreach = [\"upstream.dormant\"]\n[oracles]\n"
+        ),
+        "bad.toml: reach: expected no reach on this engine: the relay's probes are counted only under madsim"
     );
 }
 
@@ -458,14 +475,7 @@ mod simulated {
 
     #[test]
     fn churn_max_connections_passes_for_50_seeds() {
-        let scenario = load("churn_max_connections.toml");
-        for (seed, outcome) in run_seeds(&scenario, 1..=50) {
-            assert_eq!(
-                outcome.verdict,
-                Verdict::Passed,
-                "seed {seed}: {:?}",
-                outcome.violations
-            );
+        for (seed, _, outcome) in passes("churn_max_connections.toml", 1..=50) {
             let samples = outcome
                 .trace
                 .records()
@@ -576,15 +586,7 @@ mod simulated {
 
     #[test]
     fn slow_consumer_kicks_the_slow_and_loses_nothing_for_the_rest_for_20_seeds() {
-        let scenario = load("slow_consumer.toml");
-        for (seed, outcome) in run_seeds(&scenario, 1..=20) {
-            assert_eq!(
-                outcome.verdict,
-                Verdict::Passed,
-                "seed {seed}: {:?}",
-                outcome.violations
-            );
-            let summary = windtunnel::report::Summary::of(&outcome.trace);
+        for (seed, summary, _) in passes("slow_consumer.toml", 1..=20) {
             let events = summary.events_last.unwrap();
             assert!(
                 events.head_seq > 10_000 && summary.consumer_frames > 5 * events.head_seq,
@@ -613,7 +615,7 @@ mod simulated {
         seeds: std::ops::RangeInclusive<u64>,
     ) -> Vec<(u64, windtunnel::report::Summary, RunOutcome)> {
         let scenario = load(name);
-        run_seeds(&scenario, seeds)
+        let results: Vec<_> = run_seeds(&scenario, seeds)
             .into_iter()
             .map(|(seed, outcome)| {
                 assert_eq!(
@@ -628,7 +630,17 @@ mod simulated {
                     outcome,
                 )
             })
-            .collect()
+            .collect();
+        // Every probe the scenario declares in `reach` is reached by at least one seed.
+        for probe in &scenario.reach {
+            assert!(
+                results
+                    .iter()
+                    .any(|(_, _, outcome)| outcome.reached.contains_key(probe.as_str())),
+                "{name}: no seed reached the probe {probe:?} its reach declares"
+            );
+        }
+        results
     }
 
     /// Every seed fails `oracle`, as the scenario expects.
@@ -673,6 +685,29 @@ mod simulated {
                 "seed {seed}: the fault must bite (readiness off)"
             );
         }
+    }
+
+    #[test]
+    fn db_fault_long_recovers_within_the_window_after_a_30_s_outage_for_20_seeds() {
+        passes("db_fault_long.toml", 1..=20);
+    }
+
+    #[test]
+    fn host_dormancy_retries_dormant_hosts_until_every_one_is_back_for_20_seeds() {
+        for (seed, _, outcome) in passes("host_dormancy.toml", 1..=20) {
+            let dormant_at_some_point = outcome.trace.records().iter().any(|record| {
+                matches!(record.event, windtunnel::trace::Event::RelaySample { upstreams, .. } if upstreams.hosts_dormant > 0)
+            });
+            assert!(
+                dormant_at_some_point,
+                "seed {seed}: some host must turn dormant, or the scenario tests nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn the_idle_reaper_alone_frees_silent_holders_for_20_seeds() {
+        passes("churn_idle_reaper.toml", 1..=20);
     }
 
     #[test]
@@ -853,3 +888,6 @@ mod cli;
 mod docs;
 #[path = "windtunnel/product.rs"]
 mod product;
+#[cfg(madsim)]
+#[path = "windtunnel/readme.rs"]
+mod readme;

@@ -27,6 +27,7 @@ use relay_lifecycle::{CloseReason, ConnId, Phase, Registry};
 
 use super::Frame;
 use crate::memory::MemoryGuard;
+use crate::rt::probe::{self, Probe};
 
 struct Consumer {
     mailbox: Arc<Mailbox<Frame>>,
@@ -225,6 +226,7 @@ impl Broadcaster {
             }
             kept = kept.saturating_sub(consumer.held.load(SeqCst));
             if self.kick(consumer) {
+                probe::reached(Probe::MemoryKick);
                 self.memory.kicked();
             }
         }
@@ -238,6 +240,7 @@ impl Broadcaster {
             .request_close(consumer.conn, CloseReason::Kicked);
         let first = request == relay_lifecycle::CloseRequest::Requested;
         if first {
+            probe::reached(Probe::ConsumerKick);
             self.kicked_total.fetch_add(1, SeqCst);
         }
         first

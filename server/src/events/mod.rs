@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, Mutex};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use self::broadcast::{Broadcaster, Subscription};
@@ -35,6 +35,7 @@ pub use self::sequencer::Ingested;
 use crate::config::CpuConfig;
 use crate::memory::MemoryGuard;
 use crate::metrics::Metrics;
+use crate::rt::stop::StopSignal;
 use crate::rt::{self, cpu::Cpu};
 use crate::store::{NewEvent, Store, StoreError};
 use crate::vital::Vitals;
@@ -169,7 +170,7 @@ pub struct Events {
     persist: Mutex<()>,
     broadcaster: Arc<Broadcaster>,
     /// Tells the sequencer and the retention loop to stop.
-    shutdown: watch::Sender<bool>,
+    shutdown: StopSignal,
     oldest_seq: AtomicU64,
     store_healthy: AtomicBool,
     commit_failures_total: AtomicU64,
@@ -196,7 +197,7 @@ impl Events {
             row_cost: cpu_costs.store_row(),
             persist: Mutex::new(()),
             broadcaster: Arc::new(Broadcaster::new(head, memory)),
-            shutdown: watch::channel(false).0,
+            shutdown: StopSignal::new(),
             oldest_seq: AtomicU64::new(oldest),
             store_healthy: AtomicBool::new(true),
             commit_failures_total: AtomicU64::new(0),
@@ -207,12 +208,14 @@ impl Events {
     }
 
     /// Start the sequencer and the retention loop, watched as vital tasks. `cursors` are the hosts' persisted
-    /// cursors (the sequencer drops anything at or below them). Returns the ingest sender
-    /// the upstream workers use.
+    /// cursors (the sequencer drops anything at or below them); `on_rejected` hears of each
+    /// host whose event the log refused for what it carries. Returns the ingest sender the
+    /// upstream workers use.
     pub fn start(
         self: &Arc<Self>,
         cursors: Vec<(i64, u64)>,
         vitals: &Arc<Vitals>,
+        on_rejected: Box<dyn Fn(i64) + Send + Sync>,
     ) -> mpsc::Sender<Ingested> {
         let (sender, receiver) = mpsc::channel(self.config.ingest_queue_max);
         rt::spawn(vitals.watch(
@@ -221,12 +224,13 @@ impl Events {
                 Arc::clone(self),
                 receiver,
                 cursors.into_iter().collect(),
-                self.shutdown.subscribe(),
+                self.shutdown.clone(),
+                on_rejected,
             ),
         ));
         rt::spawn(vitals.watch(
             "retention",
-            retention::run(Arc::clone(self), self.shutdown.subscribe()),
+            retention::run(Arc::clone(self), self.shutdown.clone()),
         ));
         sender
     }
@@ -234,7 +238,7 @@ impl Events {
     /// Stop the sequencer (an uncommitted batch is resent by its upstreams after a
     /// restart, because their persisted cursors did not move) and the retention loop.
     pub fn stop(&self) {
-        self.shutdown.send_replace(true);
+        self.shutdown.stop();
     }
 
     /// The fan-out side.

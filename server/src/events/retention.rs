@@ -9,12 +9,12 @@
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 use super::Events;
+use crate::rt::probe::{self, Probe};
+use crate::rt::stop::StopSignal;
 use crate::rt::time::{sleep, Duration};
 
-pub(super) async fn run(events: Arc<Events>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn run(events: Arc<Events>, shutdown: StopSignal) {
     let config = events.config.clone();
     let interval = Duration::from_millis(config.retention_interval_ms);
     let batch_rows = match config.retention_batch_rows {
@@ -24,7 +24,7 @@ pub(super) async fn run(events: Arc<Events>, mut shutdown: watch::Receiver<bool>
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = shutdown.stopped() => return,
             () = sleep(interval) => {}
         }
         let head = events.broadcaster.head();
@@ -45,6 +45,7 @@ pub(super) async fn run(events: Arc<Events>, mut shutdown: watch::Receiver<bool>
                         break;
                     }
                     // Let the sequencer (queued on the persist lock) in between batches.
+                    probe::reached(Probe::RetentionBatchBoundary);
                     tokio::task::yield_now().await;
                 }
                 Err(error) => {

@@ -8,16 +8,24 @@
 //! backoff, holding the batch, until it lands or the relay shuts down. An uncommitted batch
 //! lost to a shutdown or crash is not lost for good: its hosts' persisted cursors did not
 //! move, so the upstreams resend it.
+//!
+//! Only *transient* store errors are retried. A *permanent* one (the batch carries
+//! something the log can never hold: [`StoreError::is_permanent`]) would otherwise be
+//! retried forever and stop every host's events behind it, so the batch is then committed
+//! one event at a time, renumbered densely: each event that still fails permanently on its
+//! own is rejected and its host quarantined; every other event lands, in order.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::{Events, Frame};
+use crate::rt::probe::{self, Probe};
+use crate::rt::stop::StopSignal;
 use crate::rt::time::{sleep, Duration};
-use crate::store::NewEvent;
+use crate::store::{NewEvent, StoreError};
 
 /// One event as an upstream worker hands it over.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,14 +44,15 @@ pub(super) async fn run(
     events: Arc<Events>,
     mut ingest: mpsc::Receiver<Ingested>,
     mut committed: BTreeMap<i64, u64>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: StopSignal,
+    on_rejected: Box<dyn Fn(i64) + Send + Sync>,
 ) {
     let batch_max = events.config.commit_batch_max;
     let mut next_seq = events.broadcaster.head() + 1;
     loop {
         let first = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = shutdown.stopped() => return,
             received = ingest.recv() => match received {
                 Some(event) => event,
                 None => return,
@@ -80,11 +89,21 @@ pub(super) async fn run(
         if batch.is_empty() {
             continue;
         }
-        if !commit_with_retry(&events, &batch, &mut shutdown).await {
-            return;
+        let batch = match commit_with_retry(&events, &batch, &shutdown).await {
+            Landing::Committed => batch,
+            Landing::Stopped => return,
+            Landing::Refused(_) => {
+                match commit_one_by_one(&events, batch, &shutdown, &*on_rejected).await {
+                    Some(landed) => landed,
+                    None => return,
+                }
+            }
+        };
+        committed.extend(pending);
+        if batch.is_empty() {
+            continue;
         }
         next_seq += batch.len() as u64;
-        committed.extend(pending);
         let frames: Vec<Frame> = batch.iter().map(Frame::encode).collect();
         events.broadcaster.publish(&frames);
         if events.oldest_seq.load(SeqCst) == 0 {
@@ -93,12 +112,18 @@ pub(super) async fn run(
     }
 }
 
-/// Commit `batch`, retrying with capped exponential backoff. `false` if shutdown came first.
-async fn commit_with_retry(
-    events: &Events,
-    batch: &[NewEvent],
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
+/// What became of a commit.
+enum Landing {
+    /// Committed.
+    Committed,
+    /// Shutdown came first.
+    Stopped,
+    /// Failed for what it carries; retrying cannot help.
+    Refused(StoreError),
+}
+
+/// Commit `batch`, retrying transient errors with capped exponential backoff.
+async fn commit_with_retry(events: &Events, batch: &[NewEvent], shutdown: &StopSignal) -> Landing {
     let config = &events.config;
     let mut delay_ms = config.commit_retry_base_ms;
     loop {
@@ -107,9 +132,14 @@ async fn commit_with_retry(
                 if !events.store_healthy.swap(true, SeqCst) {
                     tracing::info!("event log writable again");
                 }
-                return true;
+                return Landing::Committed;
+            }
+            Err(error) if error.is_permanent() => {
+                events.metrics.store_error("commit");
+                return Landing::Refused(error);
             }
             Err(error) => {
+                probe::reached(Probe::CommitRetry);
                 events.commit_failures_total.fetch_add(1, SeqCst);
                 events.metrics.store_error("commit");
                 if events.store_healthy.swap(false, SeqCst) {
@@ -119,9 +149,44 @@ async fn commit_with_retry(
         }
         tokio::select! {
             biased;
-            _ = shutdown.wait_for(|stop| *stop) => return false,
+            () = shutdown.stopped() => return Landing::Stopped,
             () = sleep(Duration::from_millis(delay_ms)) => {}
         }
         delay_ms = (delay_ms * 2).min(config.commit_retry_cap_ms);
     }
+}
+
+/// Commit a batch that failed permanently one event at a time, renumbered densely from the
+/// batch's first relay seq; reject each event that fails permanently on its own (counted,
+/// logged, its host handed to `on_rejected`). The events that landed, in order; `None` if
+/// shutdown came first.
+async fn commit_one_by_one(
+    events: &Events,
+    batch: Vec<NewEvent>,
+    shutdown: &StopSignal,
+    on_rejected: &(dyn Fn(i64) + Send + Sync),
+) -> Option<Vec<NewEvent>> {
+    let Some(first_seq) = batch.first().map(|event| event.seq) else {
+        return Some(batch);
+    };
+    let mut landed = Vec::with_capacity(batch.len());
+    for mut event in batch {
+        event.seq = first_seq + landed.len() as u64;
+        match commit_with_retry(events, std::slice::from_ref(&event), shutdown).await {
+            Landing::Committed => landed.push(event),
+            Landing::Stopped => return None,
+            Landing::Refused(error) => {
+                probe::reached(Probe::EventRejected);
+                events.metrics.event_rejected();
+                tracing::warn!(
+                    host_id = event.host_id,
+                    upstream_seq = event.upstream_seq,
+                    %error,
+                    "event rejected: the log cannot hold it; quarantining its host"
+                );
+                on_rejected(event.host_id);
+            }
+        }
+    }
+    Some(landed)
 }

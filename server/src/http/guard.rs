@@ -25,6 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::routes::error;
 use super::AppState;
 use crate::metrics::Metrics;
+use crate::rt::probe::{self, Probe};
 use crate::rt::time::{timeout, Duration};
 
 /// What the boundary knows of the request it guards, for the log line and the metric.
@@ -71,6 +72,7 @@ async fn contain(
         Ok(Ok(response)) => response,
         Ok(Err(payload)) => {
             let panic = panic_message(payload.as_ref());
+            probe::reached(Probe::HandlerPanic);
             tracing::error!(request_id, %method, path, route, panic, "handler panicked; answered 500");
             metrics.handler_failed(route, "panic");
             error(
@@ -81,6 +83,7 @@ async fn contain(
         }
         Err(_) => {
             let timeout_ms = u64::try_from(handler_timeout.as_millis()).unwrap_or(u64::MAX);
+            probe::reached(Probe::HandlerTimeout);
             tracing::warn!(request_id, %method, path, route, timeout_ms, "handler timed out; answered 504");
             metrics.handler_failed(route, "timeout");
             error(

@@ -37,10 +37,11 @@ use crate::memory::MemoryGuard;
 use crate::metrics::Metrics;
 use crate::rt::cpu::Cpu;
 use crate::rt::net::{TcpListener, TcpStream};
+use crate::rt::probe::{self, Probe};
 use crate::rt::time::{now, sleep, sleep_until, timeout, Clock, Duration};
 use crate::rt::{self, HyperTimer};
 use crate::store::{Store, StoreError};
-use crate::upstream::Upstreams;
+use crate::upstream::{Upstreams, QUARANTINE_EVENT_UNSTORABLE};
 use crate::vital::Vitals;
 
 /// Everything a connection task needs, shared by `Arc`. No field is a lock: the request
@@ -177,7 +178,14 @@ pub async fn serve(
     let server = &state.config.server;
     tokio::pin!(shutdown);
     state.accepting.store(true, Ordering::SeqCst);
-    let ingest = state.events.start(state.upstreams.cursors(), &state.vitals);
+    let upstreams = Arc::clone(&state.upstreams);
+    let ingest = state.events.start(
+        state.upstreams.cursors(),
+        &state.vitals,
+        Box::new(move |host_id| {
+            upstreams.quarantine(host_id, QUARANTINE_EVENT_UNSTORABLE);
+        }),
+    );
     state.upstreams.start(ingest, &state.vitals);
     let mut next_reap = now() + server.idle_check_interval();
     loop {
@@ -188,6 +196,7 @@ pub async fn serve(
                 next_reap = now() + server.idle_check_interval();
                 let reaped = state.registry.reap_idle(state.clock.now_ms(), server.idle_timeout_ms);
                 if reaped > 0 {
+                    probe::reached(Probe::IdleReap);
                     tracing::debug!(reaped, "idle connections asked to close");
                 }
             }
@@ -232,7 +241,10 @@ fn admit(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
         }
         Err(refusal) => {
             let reason = match refusal {
-                AdmitError::AtCapacity => "at_capacity",
+                AdmitError::AtCapacity => {
+                    probe::reached(Probe::AdmissionAtCapacity);
+                    "at_capacity"
+                }
                 AdmitError::ShuttingDown => "shutting_down",
             };
             state.metrics.refused(reason);
@@ -247,6 +259,7 @@ fn admit(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
                     });
                 }
                 Err(_) => {
+                    probe::reached(Probe::RefusalLaneFull);
                     tracing::debug!(%peer, "refusal lane full: closing without a response");
                     state.metrics.refused("refusal_lane_full");
                 }

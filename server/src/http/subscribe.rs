@@ -41,6 +41,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::routes::shed;
 use super::AppState;
 use crate::events::Frame;
+use crate::rt::probe::{self, Probe};
 use crate::rt::time::{interval_at, now, timeout, Duration};
 use crate::upstream::{MIN_FRAME_LIMIT_BYTES, WS_READ_BUFFER_BYTES};
 
@@ -264,6 +265,9 @@ impl Session<'_> {
             self.owner.id(),
             config.consumer_queue_max,
         );
+        if self.sent < registered_head {
+            probe::reached(Probe::CutoverCatchUp);
+        }
         while self.sent < registered_head {
             if let Err(end) = self.send_page(socket, registered_head).await {
                 return end;
@@ -320,6 +324,7 @@ impl Session<'_> {
         if first.seq > self.sent + 1 {
             // Retention removed events this consumer had not seen: say so, then go on from
             // the oldest kept event (the consumer decides whether that is acceptable).
+            probe::reached(Probe::OutdatedCursor);
             let message = format!(
                 "events {}..={} were removed by retention",
                 self.sent + 1,

@@ -35,6 +35,7 @@ impl Fault {
 #[cfg(madsim)]
 thread_local! {
     static ACTIVE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static INJECTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Whether `point` is failing now. Always `false` outside simulation.
@@ -42,7 +43,11 @@ thread_local! {
 pub fn active(point: Fault) -> bool {
     #[cfg(madsim)]
     {
-        ACTIVE.with(|active| active.get() & point.bit() != 0)
+        let failing = ACTIVE.with(|active| active.get() & point.bit() != 0);
+        if failing {
+            INJECTED.with(|injected| injected.set(injected.get() + 1));
+        }
+        failing
     }
     #[cfg(not(madsim))]
     {
@@ -64,8 +69,16 @@ pub fn set(point: Fault, failing: bool) {
     });
 }
 
-/// Switch every point off (a run starts clean even if a previous run on this thread did not).
+/// How many failures the points have injected on this simulation thread so far: relay
+/// code that reached a point while it was switched on. The tunnel takes the difference over
+/// a fault's window to show the fault took effect.
 #[cfg(madsim)]
-pub fn clear() {
-    ACTIVE.with(|active| active.set(0));
+pub fn injected() -> u64 {
+    INJECTED.with(std::cell::Cell::get)
+}
+
+/// Whether any point is failing (a world must start with none).
+#[cfg(madsim)]
+pub fn any_active() -> bool {
+    ACTIVE.with(|active| active.get() != 0)
 }

@@ -66,6 +66,11 @@ fn window(direction: Direction, fresh: bool) -> SharedWindow {
     })
 }
 
+/// Directions with a window in this thread's table (a world must start with none).
+pub(super) fn windows_open() -> usize {
+    WINDOWS.with(|windows| windows.borrow().len())
+}
+
 fn close(direction: Direction, window: &SharedWindow) {
     let writer = {
         let mut state = lock(window);

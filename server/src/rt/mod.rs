@@ -12,6 +12,8 @@
 
 pub mod cpu;
 pub mod fault;
+pub mod probe;
+pub mod stop;
 mod timer;
 
 pub use self::timer::HyperTimer;
@@ -91,6 +93,28 @@ where
 /// cold-start tunnel's CPU).
 pub fn tasks_alive() -> usize {
     census::alive()
+}
+
+/// The per-world state the seam keeps on the simulation thread that is not at its starting
+/// value, one description each: relay tasks still counted, flow-control windows, fault
+/// points switched on, reachability probes counted. A world that starts with any of it would inherit the previous
+/// world's, so the tunnel refuses to start one.
+#[cfg(madsim)]
+pub fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    if census::alive() > 0 {
+        found.push(format!("{} relay tasks alive", census::alive()));
+    }
+    if flow::windows_open() > 0 {
+        found.push(format!("{} flow-control windows", flow::windows_open()));
+    }
+    if fault::any_active() {
+        found.push("fault points switched on".to_owned());
+    }
+    if probe::counts().iter().any(|&count| count > 0) {
+        found.push("reachability probes already counted".to_owned());
+    }
+    found
 }
 
 /// The counter behind [`tasks_alive`].

@@ -95,6 +95,32 @@ pub enum StoreError {
     /// The database holds something this build cannot read.
     #[error("database content is invalid: {0}")]
     Corrupt(String),
+    /// A value to be written does not fit the schema (a number past SQLite's integers).
+    #[error("value cannot be stored: {0}")]
+    Unstorable(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same write can never succeed because of what it carries (a
+    /// value out of range, a constraint, a row too big), as opposed to the database being
+    /// unavailable for now (I/O, busy, locked, full disk, an injected fault). A permanent
+    /// error must not be retried: it would block every write queued behind it.
+    pub fn is_permanent(&self) -> bool {
+        use rusqlite::ErrorCode;
+        match self {
+            Self::Injected | Self::Corrupt(_) => false,
+            Self::Unstorable(_) => true,
+            Self::Sqlite(error) => match error {
+                rusqlite::Error::ToSqlConversionFailure(_)
+                | rusqlite::Error::IntegralValueOutOfRange(..) => true,
+                rusqlite::Error::SqliteFailure(failure, _) => matches!(
+                    failure.code,
+                    ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch
+                ),
+                _ => false,
+            },
+        }
+    }
 }
 
 /// The relay's SQLite database.
@@ -287,7 +313,7 @@ impl Store {
 
 fn to_sql(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value)
-        .map_err(|_| StoreError::Corrupt(format!("{value} overflows a SQLite integer")))
+        .map_err(|_| StoreError::Unstorable(format!("{value} overflows a SQLite integer")))
 }
 
 fn from_sql(value: i64) -> Result<u64, StoreError> {

@@ -17,7 +17,10 @@ pub mod hostname;
 mod schedule;
 mod worker;
 
-pub use worker::{decode_frame, ws_config, BadFrame, EventFrame};
+pub use worker::{
+    decode_frame, ws_config, BadFrame, EventFrame, MAX_UPSTREAM_SEQ, QUARANTINE_EVENT_UNSTORABLE,
+    QUARANTINE_SEQ_OUT_OF_RANGE,
+};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{
@@ -27,11 +30,13 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::events::Ingested;
 use crate::metrics::Metrics;
 use crate::rt::cpu::{Cpu, CpuConfig};
+use crate::rt::probe::{self, Probe};
+use crate::rt::stop::StopSignal;
 use crate::rt::time::{sleep, Clock};
 use crate::rt::{self};
 use crate::store::{HostRow, HostStatus, Store, StoreError};
@@ -148,17 +153,21 @@ pub enum HostPhase {
     Backoff = 4,
     /// Failed too often; worker exited; retried slowly by reconciliation.
     Dormant = 5,
+    /// Sent something the relay cannot keep (see [`Host::quarantine_reason`]); worker
+    /// exited; never dialled again while this relay runs.
+    Quarantined = 6,
 }
 
 impl HostPhase {
     /// All phases, in order (metric label sets).
-    pub const ALL: [HostPhase; 6] = [
+    pub const ALL: [HostPhase; 7] = [
         Self::Idle,
         Self::Waiting,
         Self::Connecting,
         Self::Connected,
         Self::Backoff,
         Self::Dormant,
+        Self::Quarantined,
     ];
 
     /// Stable lowercase name.
@@ -170,6 +179,7 @@ impl HostPhase {
             Self::Connected => "connected",
             Self::Backoff => "backoff",
             Self::Dormant => "dormant",
+            Self::Quarantined => "quarantined",
         }
     }
 
@@ -195,6 +205,8 @@ pub struct Host {
     last_attempt_ms: AtomicU64,
     /// Exactly one worker per host: set by whoever spawns it, cleared when it exits.
     worker_running: AtomicBool,
+    /// Why the host was quarantined (the first reason wins); see [`Upstreams::quarantine`].
+    quarantine_reason: OnceLock<&'static str>,
 }
 
 impl Host {
@@ -212,6 +224,7 @@ impl Host {
             events_total: AtomicU64::new(0),
             last_attempt_ms: AtomicU64::new(0),
             worker_running: AtomicBool::new(false),
+            quarantine_reason: OnceLock::new(),
         }
     }
 
@@ -220,8 +233,16 @@ impl Host {
         HostPhase::from_u8(self.phase.load(SeqCst))
     }
 
+    /// Move to `phase`, unless the host is quarantined (that is final while the relay runs).
     fn set_phase(&self, phase: HostPhase) {
-        self.phase.swap(phase as u8, SeqCst);
+        let _ = self.phase.fetch_update(SeqCst, SeqCst, |current| {
+            (current != HostPhase::Quarantined as u8).then_some(phase as u8)
+        });
+    }
+
+    /// Why the host was quarantined, if it was.
+    pub fn quarantine_reason(&self) -> Option<&'static str> {
+        self.quarantine_reason.get().copied()
     }
 
     /// A JSON-ready snapshot for `/hosts`.
@@ -234,6 +255,7 @@ impl Host {
             consecutive_failures: self.consecutive_failures.load(SeqCst),
             events: self.events_total.load(SeqCst),
             worker_running: self.worker_running.load(SeqCst),
+            quarantined: self.quarantine_reason(),
         }
     }
 }
@@ -255,6 +277,9 @@ pub struct HostView {
     pub events: u64,
     /// Whether a worker task exists for it.
     pub worker_running: bool,
+    /// Why it is quarantined, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<&'static str>,
 }
 
 /// Aggregate counts for metrics and the wind tunnel's monitor.
@@ -263,7 +288,7 @@ pub struct UpstreamStats {
     /// Hosts in the table.
     pub hosts: usize,
     /// Hosts per phase, indexed by `HostPhase as usize`.
-    pub by_phase: [usize; 6],
+    pub by_phase: [usize; HostPhase::ALL.len()],
     /// Worker tasks alive now.
     pub workers_running: usize,
     /// Most worker tasks ever alive at once.
@@ -323,7 +348,7 @@ pub struct Upstreams {
     workers_running: AtomicUsize,
     workers_high_water: AtomicUsize,
     ramp_started: AtomicBool,
-    shutdown: watch::Sender<bool>,
+    shutdown: StopSignal,
     /// Where workers hand events to the sequencer; set once by [`Upstreams::start`].
     ingest: OnceLock<mpsc::Sender<Ingested>>,
 }
@@ -357,7 +382,7 @@ impl Upstreams {
             workers_running: AtomicUsize::new(0),
             workers_high_water: AtomicUsize::new(0),
             ramp_started: AtomicBool::new(false),
-            shutdown: watch::channel(false).0,
+            shutdown: StopSignal::new(),
             ingest: OnceLock::new(),
         })
     }
@@ -378,9 +403,25 @@ impl Upstreams {
         rt::spawn(vitals.watch("upstream_reconcile", Arc::clone(self).reconcile_loop()));
     }
 
+    /// Quarantine host `host_id` for `reason`: its worker ends at its next step and no one
+    /// dials it again while this relay runs, so whatever it sent costs only itself. Nothing
+    /// it sent before is touched. Returns whether the host was found.
+    pub fn quarantine(&self, host_id: i64, reason: &'static str) -> bool {
+        let Some(host) = self.snapshot().into_iter().find(|host| host.id == host_id) else {
+            return false;
+        };
+        if host.quarantine_reason.set(reason).is_ok() {
+            probe::reached(Probe::HostQuarantined);
+            host.phase.store(HostPhase::Quarantined as u8, SeqCst);
+            self.metrics.upstream_quarantined(reason);
+            tracing::warn!(host = %host.hostname, reason, "host quarantined");
+        }
+        true
+    }
+
     /// Stop every worker and loop.
     pub fn stop(&self) {
-        self.shutdown.send_replace(true);
+        self.shutdown.stop();
     }
 
     /// Every host's cursor as loaded from the store (call before [`Upstreams::start`]).
@@ -489,7 +530,7 @@ impl Upstreams {
         tracing::info!(hosts = hosts.len(), "upstream ramp starting");
         let pause = Duration::from_millis(self.config.spawn_batch_interval_ms);
         for batch in hosts.chunks(self.config.spawn_batch_size) {
-            if *self.shutdown.borrow() {
+            if self.shutdown.is_stopped() {
                 return;
             }
             for host in batch {
@@ -504,18 +545,19 @@ impl Upstreams {
 
     /// Respawn workers for active hosts that lack one, and retry dormant hosts slowly.
     async fn reconcile_loop(self: Arc<Self>) {
-        let mut shutdown = self.shutdown.subscribe();
         let interval = Duration::from_millis(self.config.reconcile_interval_ms);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = self.shutdown.stopped() => return,
                 () = sleep(interval) => {}
             }
             let now_ms = self.clock.now_ms();
             let mut respawned = 0;
             for host in self.snapshot() {
+                let dormant = host.phase() == HostPhase::Dormant;
                 let due = match host.phase() {
+                    HostPhase::Quarantined => false,
                     HostPhase::Dormant => {
                         now_ms.saturating_sub(host.last_attempt_ms.load(SeqCst))
                             >= self.config.dormant_retry_interval_ms
@@ -523,6 +565,11 @@ impl Upstreams {
                     _ => true,
                 };
                 if due && self.spawn_worker(&host, Duration::ZERO) {
+                    probe::reached(if dormant {
+                        Probe::DormantRetry
+                    } else {
+                        Probe::ReconcileRespawn
+                    });
                     respawned += 1;
                 }
             }

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{schedule, Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
 use crate::events::Ingested;
 use crate::rt::net::TcpStream;
+use crate::rt::probe::{self, Probe};
 use crate::rt::time::{sleep, timeout};
 use crate::store::HostStatus;
 
@@ -54,7 +55,21 @@ pub enum BadFrame {
     /// `kind` is the empty string.
     #[error("event frame with an empty kind")]
     EmptyKind,
+    /// `seq` is 0 or beyond what the event log can hold (a SQLite integer, `i64::MAX`).
+    /// Such a frame once reached the store and failed every commit for every host.
+    #[error("event frame with seq {0} outside 1..=9223372036854775807")]
+    SeqOutOfRange(u64),
 }
+
+/// The quarantine reason of a host that sent a sequence number the log cannot hold.
+pub const QUARANTINE_SEQ_OUT_OF_RANGE: &str = "seq_out_of_range";
+
+/// The quarantine reason of a host whose event passed the edge but the event log refused
+/// for what it carries (a permanent store error).
+pub const QUARANTINE_EVENT_UNSTORABLE: &str = "event_unstorable";
+
+/// The largest upstream sequence number the event log can hold (SQLite's INTEGER).
+pub const MAX_UPSTREAM_SEQ: u64 = i64::MAX as u64;
 
 /// Decode one text or binary message payload from an upstream: exactly what the worker
 /// does with every data message before its duplicate check (public for the fuzz targets).
@@ -62,6 +77,9 @@ pub fn decode_frame(payload: &[u8]) -> Result<EventFrame, BadFrame> {
     let frame: EventFrame = serde_json::from_slice(payload)?;
     if frame.kind.is_empty() {
         return Err(BadFrame::EmptyKind);
+    }
+    if !(1..=MAX_UPSTREAM_SEQ).contains(&frame.seq) {
+        return Err(BadFrame::SeqOutOfRange(frame.seq));
     }
     if let Some(raw) = &frame.body {
         // The raw text only passed a syntax check; a number out of f64's range (`1e400`)
@@ -126,10 +144,9 @@ impl Drop for HandshakeInFlight<'_> {
 /// The worker task body. Ends on shutdown or when the host turns dormant.
 pub(super) async fn run(upstreams: Arc<Upstreams>, host: Arc<Host>, initial_delay: Duration) {
     let slot = WorkerSlot { upstreams, host };
-    let mut shutdown = slot.upstreams.shutdown.subscribe();
     tokio::select! {
         biased;
-        _ = shutdown.wait_for(|stop| *stop) => {}
+        () = slot.upstreams.shutdown.stopped() => {}
         () = lifecycle(&slot.upstreams, &slot.host, initial_delay) => {}
     }
 }
@@ -140,7 +157,7 @@ async fn lifecycle(upstreams: &Arc<Upstreams>, host: &Arc<Host>, initial_delay: 
         host.set_phase(HostPhase::Waiting);
         sleep(initial_delay).await;
     }
-    loop {
+    while host.quarantine_reason().is_none() {
         host.set_phase(HostPhase::Connecting);
         host.last_attempt_ms
             .fetch_max(upstreams.clock.now_ms(), SeqCst);
@@ -154,6 +171,7 @@ async fn lifecycle(upstreams: &Arc<Upstreams>, host: &Arc<Host>, initial_delay: 
                 upstreams.metrics.upstream_attempt(reason);
                 let failures = host.consecutive_failures.fetch_add(1, SeqCst) + 1;
                 if failures >= config.dormant_after_failures {
+                    probe::reached(Probe::UpstreamDormant);
                     host.set_phase(HostPhase::Dormant);
                     tracing::warn!(host = %host.hostname, failures, last = reason, "host turned dormant");
                     if let Err(error) =
@@ -192,11 +210,13 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
                 .cpu
                 .spend(upstreams.cpu_costs.upstream_handshake())
                 .await;
+            let cursor = host.cursor.load(SeqCst);
+            if cursor > 0 {
+                probe::reached(Probe::ResumeFromCursor);
+            }
             let url = format!(
-                "ws://{}:{}/subscribe?cursor={}",
-                host.hostname,
-                config.port,
-                host.cursor.load(SeqCst)
+                "ws://{}:{}/subscribe?cursor={cursor}",
+                host.hostname, config.port,
             );
             tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config(config)))
                 .await
@@ -221,7 +241,7 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
     };
     let (_sink, mut frames) = stream.split();
     let idle = Duration::from_millis(config.read_idle_timeout_ms);
-    loop {
+    while host.quarantine_reason().is_none() {
         let message = match timeout(idle, frames.next()).await {
             Err(_) => return SessionEnd::Ended("read_idle_timeout"),
             Ok(None) => return SessionEnd::Ended("closed"),
@@ -257,12 +277,16 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
                 host.cursor.fetch_max(frame.seq, SeqCst);
                 host.events_total.fetch_add(1, SeqCst);
             }
-            Err(_) => {
+            Err(error) => {
                 upstreams.metrics.upstream_bad_frame();
+                if let BadFrame::SeqOutOfRange(_) = error {
+                    upstreams.quarantine(host.id, QUARANTINE_SEQ_OUT_OF_RANGE);
+                }
                 return SessionEnd::Ended("bad_frame");
             }
         }
     }
+    SessionEnd::Ended("quarantined")
 }
 
 #[cfg(test)]
@@ -305,5 +329,24 @@ mod tests {
         ] {
             assert!(matches!(decode_frame(payload), Err(BadFrame::Json(_))));
         }
+    }
+
+    #[test]
+    fn sequence_numbers_the_log_cannot_hold_are_refused_at_the_edge() {
+        // The historical poison frame: one past i64::MAX + 5 halted every host's events.
+        let poison = br#"{"seq": 9223372036854775813, "kind": "commit", "body": {}}"#;
+        assert!(matches!(
+            decode_frame(poison),
+            Err(BadFrame::SeqOutOfRange(9_223_372_036_854_775_813))
+        ));
+        assert!(matches!(
+            decode_frame(br#"{"seq": 0, "kind": "commit"}"#),
+            Err(BadFrame::SeqOutOfRange(0))
+        ));
+        let largest = format!(r#"{{"seq": {MAX_UPSTREAM_SEQ}, "kind": "commit"}}"#);
+        assert_eq!(
+            decode_frame(largest.as_bytes()).unwrap().seq,
+            MAX_UPSTREAM_SEQ
+        );
     }
 }

@@ -161,8 +161,9 @@ pub async fn run_relay(config: relay::config::Config, control: Arc<RelayControl>
     control.stopped.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Read the relay's event log from its database file: holes per host, and steady hosts
-/// whose log ends before what they had emitted by `emitted_by`.
+/// Read the relay's event log from its database file: holes per host (a missing first
+/// event included), and steady hosts whose log ends before what they had emitted by
+/// `emitted_by`.
 fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duration) -> Event {
     let empty = Event::StoreAudit {
         events: 0,
@@ -200,9 +201,14 @@ fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duratio
             per_host.extend(rows.flatten());
         }
     }
+    // A hole inside a host's range, or (while retention has pruned nothing: the log still
+    // starts at relay seq 1) at its start: every host's first event is its seq 1.
+    let nothing_pruned = oldest == 1;
     let hosts_with_gaps = per_host
         .values()
-        .filter(|(count, low, high)| *count > 0 && high - low + 1 != *count)
+        .filter(|(count, low, high)| {
+            *count > 0 && (high - low + 1 != *count || (nothing_pruned && *low != 1))
+        })
         .count() as u32;
     let behind: Vec<&str> = plans
         .iter()

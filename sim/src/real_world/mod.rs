@@ -119,6 +119,7 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64, program: &RelayProgram) ->
         verdict,
         wall: wall_start.elapsed(),
         logs: Some(format!("# relay process output\n{relay_output}")),
+        reached: Default::default(),
     }
 }
 
@@ -317,40 +318,47 @@ async fn world(
         }
     }
 
-    // (at, down for, graceful, the fault's kind)
-    let mut outages: Vec<(u64, u64, bool, &'static str)> = scenario
+    // (at, down for, graceful, the fault's kind, its [[faults]] index)
+    let mut outages: Vec<(u64, u64, bool, &'static str, usize)> = scenario
         .faults
         .iter()
-        .filter_map(|fault| match fault {
-            FaultSpec::RestartRelay { at_s, down_s } => Some((*at_s, *down_s, true, fault.kind())),
-            FaultSpec::KillRelay { at_s, down_s } => Some((*at_s, *down_s, false, fault.kind())),
+        .enumerate()
+        .filter_map(|(index, fault)| match fault {
+            FaultSpec::RestartRelay { at_s, down_s } => {
+                Some((*at_s, *down_s, true, fault.kind(), index))
+            }
+            FaultSpec::KillRelay { at_s, down_s } => {
+                Some((*at_s, *down_s, false, fault.kind(), index))
+            }
             _ => None,
         })
         .collect();
     outages.sort_unstable();
-    let record = |kind: &str, active: bool| {
+    let record = |kind: &str, index: usize, active: bool, effect: u64| {
         sink.record(
             "world",
             Event::Fault {
                 kind: kind.into(),
+                index: index as u32,
                 hosts: 0,
                 active,
+                effect,
             },
         );
     };
     let mut churn_stop_recorded = scenario.churners.is_empty();
-    for (at_s, down_s, graceful, kind) in outages {
+    for (at_s, down_s, graceful, kind, index) in outages {
         if !churn_stop_recorded && scenario.churn_end_s() <= at_s {
             sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
             sink.phase("churn_stopped");
             churn_stop_recorded = true;
         }
         sleep_until(world_start + Duration::from_secs(at_s)).await;
-        record(kind, true);
+        record(kind, index, true, 0);
         relay.stop(graceful).await?;
         sleep(Duration::from_secs(down_s)).await;
         relay.start().await?;
-        record(kind, false);
+        record(kind, index, false, 1);
     }
     if !churn_stop_recorded {
         sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;

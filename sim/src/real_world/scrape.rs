@@ -51,7 +51,7 @@ pub fn parse(text: &str) -> Result<RelayReading, String> {
     let exposition = Exposition::parse(text)?;
     let value = |name: &str| exposition.value(name);
     let count = |name: &str| value(name).map(|v| v as usize);
-    let mut by_phase = [0; 6];
+    let mut by_phase = [0; HostPhase::ALL.len()];
     for phase in HostPhase::ALL {
         by_phase[phase as usize] = count(&format!(
             "relay_upstream_hosts{{phase=\"{}\"}}",
@@ -140,8 +140,8 @@ mod tests {
         reading.connections.admitted_total = 1_005;
         reading.connections.released_total = 1_000;
         reading.connections.refused_at_capacity_total = 3;
-        reading.upstreams.by_phase = [1, 2, 3, 4, 5, 6];
-        reading.upstreams.hosts = 21;
+        reading.upstreams.by_phase = [1, 2, 3, 4, 5, 6, 7];
+        reading.upstreams.hosts = 28;
         reading.upstreams.workers_running = 20;
         reading.upstreams.workers_high_water = 21;
         reading.upstreams.handshakes_in_flight = 2;

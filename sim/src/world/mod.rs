@@ -51,6 +51,8 @@ pub struct RunOutcome {
     pub verdict: Verdict,
     /// Wall-clock time the run took.
     pub wall: Duration,
+    /// The relay's reachability probes reached (see [`crate::engine::SeedRun::reached`]).
+    pub reached: crate::engine::Reached,
 }
 
 /// Run one seed of `scenario` to completion and judge it.
@@ -79,7 +81,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
 fn run_on_this_thread(scenario: &Scenario, seed: u64) -> RunOutcome {
     #[allow(clippy::disallowed_methods)] // wall time of the harness itself, never of the world
     let wall_start = std::time::Instant::now();
-    relay::rt::fault::clear();
+    let leftovers = relay::rt::leftovers();
+    assert!(
+        leftovers.is_empty(),
+        "a new world found state left by a previous one on its thread: {}",
+        leftovers.join(", ")
+    );
     let mut config = madsim::Config::default();
     config.net.send_latency = send_latency(scenario.network.latency_ms);
     let mut runtime = Runtime::with_seed_and_config(seed, config);
@@ -98,6 +105,12 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> RunOutcome {
     }));
     drop(runtime);
     drop(database);
+    let reached = relay::rt::probe::Probe::ALL
+        .into_iter()
+        .zip(relay::rt::probe::counts())
+        .filter(|&(_, count)| count > 0)
+        .map(|(probe, count)| (probe.name(), count))
+        .collect();
     let sink = sink_slot.lock().expect("slot lock").take();
     let trace = sink.map_or_else(Trace::default, |sink| sink.take());
     let failure = result
@@ -109,6 +122,7 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> RunOutcome {
         violations,
         verdict,
         wall: wall_start.elapsed(),
+        reached,
     }
 }
 
@@ -146,8 +160,9 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
         sink.clone(),
         Arc::clone(&control),
     ))];
-    for fault in scenario.faults.clone() {
+    for (index, fault) in scenario.faults.clone().into_iter().enumerate() {
         world_tasks.push(madsim::task::spawn(inject(
+            index,
             fault,
             scenario.network.clone(),
             relay_node.id(),
@@ -239,8 +254,11 @@ fn send_latency(range_ms: Between<u64>) -> std::ops::Range<Duration> {
     range.min..range.max + Duration::from_nanos(1)
 }
 
-/// Play one fault of the timeline.
+/// Play one fault of the timeline (entry `index` of `[[faults]]`): record when it took
+/// hold and, when it ends, what it did (hosts cut, failures injected, a relay stopped).
+#[allow(clippy::too_many_arguments)] // one fault's whole context, passed once
 async fn inject(
+    index: usize,
     fault: FaultSpec,
     network: NetworkSpec,
     relay: madsim::task::NodeId,
@@ -249,13 +267,16 @@ async fn inject(
     sink: TraceSink,
     world_start: Instant,
 ) {
-    let record = |kind: &str, hosts: usize, active: bool| {
+    let kind = fault.kind();
+    let record = |hosts: usize, active: bool, effect: u64| {
         sink.record(
             "world",
             Event::Fault {
                 kind: kind.to_owned(),
+                index: index as u32,
                 hosts: hosts as u32,
                 active,
+                effect,
             },
         );
     };
@@ -276,22 +297,22 @@ async fn inject(
                 net.clog_link(relay, node.id());
                 net.clog_link(node.id(), relay);
             }
-            record("partition", count, true);
+            record(count, true, 0);
             sleep(Duration::from_secs(duration_s)).await;
             for node in &cut {
                 net.unclog_link(relay, node.id());
                 net.unclog_link(node.id(), relay);
             }
-            record("partition", count, false);
+            record(count, false, count as u64);
         }
         FaultSpec::Clog { at_s, duration_s } => {
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             let net = NetSim::current();
             net.clog_node(relay);
-            record("clog", 0, true);
+            record(0, true, 0);
             sleep(Duration::from_secs(duration_s)).await;
             net.unclog_node(relay);
-            record("clog", 0, false);
+            record(0, false, 1);
         }
         FaultSpec::Latency {
             at_s,
@@ -304,24 +325,25 @@ async fn inject(
             };
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             set_latency(latency_ms);
-            record("latency", 0, true);
+            record(0, true, 0);
             sleep(Duration::from_secs(duration_s)).await;
             set_latency(network.latency_ms);
-            record("latency", 0, false);
+            record(0, false, 1);
         }
         FaultSpec::KillRelay { at_s, down_s } => {
             sleep_until(world_start + Duration::from_secs(at_s)).await;
+            let was_up = control.observer().is_some();
             control.set_observer(None);
             handle.kill(relay);
-            record("kill_relay", 0, true);
+            record(0, true, 0);
             sleep(Duration::from_secs(down_s)).await;
             handle.restart(relay);
-            record("kill_relay", 0, false);
+            record(0, false, u64::from(was_up));
         }
         FaultSpec::RestartRelay { at_s, down_s } => {
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             let stopped_before = control.stopped.load(Ordering::SeqCst);
-            record("restart_relay", 0, true);
+            record(0, true, 0);
             control.stop.notify_waiters();
             while control.stopped.load(Ordering::SeqCst) == stopped_before {
                 sleep(Duration::from_millis(10)).await;
@@ -330,22 +352,22 @@ async fn inject(
             handle.kill(relay);
             sleep(Duration::from_secs(down_s)).await;
             handle.restart(relay);
-            record("restart_relay", 0, false);
+            record(0, false, 1);
         }
         FaultSpec::HandlerPanic { at_s, duration_s }
         | FaultSpec::HandlerStall { at_s, duration_s } => {
             use relay::rt::fault::{self, Fault};
-            let kind = fault.kind();
             let point = match fault {
                 FaultSpec::HandlerPanic { .. } => Fault::HandlerPanic,
                 _ => Fault::HandlerStall,
             };
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             fault::set(point, true);
-            record(kind, 0, true);
+            let injected_before = fault::injected();
+            record(0, true, 0);
             sleep(Duration::from_secs(duration_s)).await;
             fault::set(point, false);
-            record(kind, 0, false);
+            record(0, false, fault::injected() - injected_before);
         }
         FaultSpec::StoreFault {
             at_s,
@@ -356,11 +378,12 @@ async fn inject(
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             fault::set(Fault::StoreWrite, true);
             fault::set(Fault::StoreRead, reads);
-            record("store_fault", 0, true);
+            let injected_before = fault::injected();
+            record(0, true, 0);
             sleep(Duration::from_secs(duration_s)).await;
             fault::set(Fault::StoreWrite, false);
             fault::set(Fault::StoreRead, false);
-            record("store_fault", 0, false);
+            record(0, false, fault::injected() - injected_before);
         }
     }
 }

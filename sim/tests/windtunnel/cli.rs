@@ -137,7 +137,11 @@ mod simulated {
 
         let replay = windtunnel(&["replay", "artifacts/tiny_churn-seed0x1"], &dir);
         assert_eq!(replay.status.code(), Some(0), "{}", stdout(&replay));
-        assert!(stdout(&replay).contains("\nREPLAYED tiny_churn seed=0x1: trace identical"));
+        assert!(
+            stdout(&replay).starts_with("REPLAYED tiny_churn seed=0x1: trace identical"),
+            "the verdict comes first: {}",
+            stdout(&replay)
+        );
 
         // A recorded trace from "another build": replay must fail and name the record.
         let trace = std::fs::read_to_string(artifact.join("trace.jsonl")).unwrap();

@@ -75,6 +75,7 @@ impl Engine for Fake {
             verdict,
             wall: Duration::from_millis(10 + seed),
             logs: logs.map(|_| format!("fake relay log line for seed {seed:#x}\n")),
+            reached: Default::default(),
         }
     }
 }
@@ -444,7 +445,7 @@ fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
     assert_eq!(names.first().unwrap(), "bad_input.toml");
     assert_eq!(names.last().unwrap(), "host_flap.toml");
     assert!(names.iter().all(|n| n.ends_with(".toml")));
-    assert_eq!(names.len(), 25, "{names:?}");
+    assert_eq!(names.len(), 28, "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -724,8 +725,10 @@ fn upstream_trace() -> Trace {
         if t_s == 5 {
             let fault = |active| Event::Fault {
                 kind: "partition".to_owned(),
+                index: 0,
                 hosts: 5,
                 active,
+                effect: if active { 0 } else { 5 },
             };
             trace.push(6_000_000, "world", fault(true));
             trace.push(15_000_000, "world", fault(false));
