@@ -880,15 +880,20 @@ pub fn conn_accounting(
         return None;
     }
     let (index, record, open, relay_tasks, baseline) = last_before_deadline?;
-    Some(violation(
-        index,
-        record,
-        format!(
-            "did not return to baseline by t={}: open={open} (expected 0), relay tasks={relay_tasks} \
-             (baseline {baseline})",
-            format_seconds(settle_deadline_us)
-        ),
-    ))
+    // The violation is the deadline passing; the record is the last sample before it.
+    Some(Violation {
+        t_us: settle_deadline_us,
+        ..violation(
+            index,
+            record,
+            format!(
+                "did not return to baseline by t={}: open={open} (expected 0), relay tasks={relay_tasks} \
+                 (baseline {baseline}) at t={}",
+                format_seconds(settle_deadline_us),
+                format_seconds(record.t_us)
+            ),
+        )
+    })
 }
 
 /// The first `[[faults]]` entry that never started, never ended before the run did, or

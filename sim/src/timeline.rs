@@ -2,11 +2,13 @@
 //! simulated time, sharing one x axis.
 //!
 //! Panels appear when the trace has their data: connections open (against
-//! `max_connections`), upstream hosts (connected, dormant, workers), handshakes in flight,
-//! probe latency (failures as red crosses, the probe timeout dashed), and queue depths (any
-//! numeric field of a relay sample whose name contains `queue` or `depth`, so a new
+//! `max_connections` unless that is far above what was observed), upstream hosts
+//! (connected, dormant, workers), handshakes in flight, probe latency (failures as red
+//! crosses, the scenario's latency bound or else the probe timeout dashed), and queue depths
+//! (any numeric field of a relay sample whose name contains `queue` or `depth`, so a new
 //! sampled queue shows up without touching this file). Faults are shaded across all
-//! panels, phases are dotted lines, and the deciding violation is a red line.
+//! panels, phases are dotted lines, `conn_accounting`'s settle deadline is a purple dashed
+//! line, and the deciding violation is a red line.
 //!
 //! Pure function of scenario + trace + violations, like the report.
 
@@ -40,7 +42,9 @@ enum Mark {
     Probes {
         ok: Vec<(f64, f64)>,
         failed: Vec<f64>,
-        timeout_ms: Option<f64>,
+        /// The line drawn across: the scenario's `probe_latency_max` bound, or else the
+        /// probe timeout, with its label.
+        bound: Option<(f64, &'static str)>,
     },
 }
 
@@ -70,6 +74,8 @@ impl Scale {
 
     fn ticks(self) -> Vec<f64> {
         match self {
+            // Counts: the middle tick only where it is a whole number.
+            Self::Linear(max) if (max / 2.0).fract() != 0.0 && max >= 1.0 => vec![0.0, max],
             Self::Linear(max) => vec![0.0, max / 2.0, max],
             Self::Log(lo, hi) => (lo..=hi).map(|e| 10f64.powi(e)).collect(),
         }
@@ -78,8 +84,8 @@ impl Scale {
 
 impl Panel {
     fn scale(&self) -> Scale {
-        if let Mark::Probes { ok, timeout_ms, .. } = &self.mark {
-            let values = ok.iter().map(|p| p.1).chain(*timeout_ms);
+        if let Mark::Probes { ok, bound, .. } = &self.mark {
+            let values = ok.iter().map(|p| p.1).chain(bound.map(|(ms, _)| ms));
             let (lo, hi) = values.fold((1.0f64, 10.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
             return Scale::Log(
                 lo.max(1e-3).log10().floor() as i32,
@@ -95,10 +101,10 @@ impl Panel {
                 .iter()
                 .flat_map(|s| s.points.iter().map(|p| p.1))
                 .fold(0.0, f64::max),
-            Mark::Probes { ok, timeout_ms, .. } => ok
+            Mark::Probes { ok, bound, .. } => ok
                 .iter()
                 .map(|p| p.1)
-                .chain(*timeout_ms)
+                .chain(bound.map(|(ms, _)| ms))
                 .fold(0.0, f64::max),
         };
         nice_ceiling(max.max(1.0))
@@ -169,6 +175,17 @@ pub fn render(scenario: &Scenario, trace: &Trace, violations: &[Violation]) -> S
                 escape(name)
             );
         }
+    }
+
+    // conn_accounting's settle deadline: the last churner's stop plus settle_s.
+    if let Some(spec) = &scenario.oracles.conn_accounting {
+        let px = x((scenario.churn_end_s() + spec.settle_s) as f64);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{px:.1}" y1="{plots_top:.1}" x2="{px:.1}" y2="{plots_bottom:.1}" stroke="#9467bd" stroke-dasharray="4,3"/><text x="{:.1}" y="{:.1}" fill="#9467bd" font-size="10">settle deadline</text>"##,
+            px + 2.0,
+            plots_bottom + 22.0,
+        );
     }
 
     for (index, panel) in panels.iter().enumerate() {
@@ -272,20 +289,16 @@ fn draw_panel(svg: &mut String, panel: &Panel, top: f64, end_s: f64, x: &impl Fn
                 );
             }
         }
-        Mark::Probes {
-            ok,
-            failed,
-            timeout_ms,
-        } => {
-            if let Some(timeout) = timeout_ms {
+        Mark::Probes { ok, failed, bound } => {
+            if let Some((bound_ms, label)) = bound {
                 let _ = writeln!(
                     svg,
-                    r##"<line x1="{LEFT}" y1="{:.1}" x2="{right:.1}" y2="{:.1}" stroke="#d62728" stroke-dasharray="6,4"/><text x="{:.1}" y="{:.1}" fill="#d62728">timeout {}ms</text>"##,
-                    y(*timeout),
-                    y(*timeout),
+                    r##"<line x1="{LEFT}" y1="{:.1}" x2="{right:.1}" y2="{:.1}" stroke="#d62728" stroke-dasharray="6,4"/><text x="{:.1}" y="{:.1}" fill="#d62728">{label} {}ms</text>"##,
+                    y(*bound_ms),
+                    y(*bound_ms),
                     right + 6.0,
                     top + 40.0,
-                    trim(*timeout)
+                    trim(*bound_ms)
                 );
             }
             for (t, ms) in ok {
@@ -369,17 +382,28 @@ fn panels(scenario: &Scenario, trace: &Trace) -> Vec<Panel> {
     };
     let mut panels = Vec::new();
     if open.iter().any(|(_, o)| *o > 0.0) {
+        // Scaled to what was observed: a max_connections far above the peak (1024 against
+        // 11 open) would flatten the line onto zero, so it is then named, not drawn.
+        let peak = open.iter().map(|p| p.1).fold(0.0, f64::max);
+        let limit = max.iter().map(|p| p.1).fold(0.0, f64::max);
+        let mut lines = vec![series("open", 0, open)];
+        let title = if limit <= 4.0 * peak {
+            lines.push(Series {
+                name: "max_connections".to_owned(),
+                color: "#7f7f7f",
+                dashed: true,
+                points: max,
+            });
+            "connections open".to_owned()
+        } else {
+            format!(
+                "connections open (max_connections {} off scale)",
+                trim(limit)
+            )
+        };
         panels.push(Panel {
-            title: "connections open".to_owned(),
-            mark: Mark::Lines(vec![
-                series("open", 0, open),
-                Series {
-                    name: "max_connections".to_owned(),
-                    color: "#7f7f7f",
-                    dashed: true,
-                    points: max,
-                },
-            ]),
+            title,
+            mark: Mark::Lines(lines),
         });
     }
     if has_upstreams {
@@ -402,7 +426,11 @@ fn panels(scenario: &Scenario, trace: &Trace) -> Vec<Panel> {
             mark: Mark::Probes {
                 ok: probes_ok,
                 failed: probes_failed,
-                timeout_ms: scenario.prober.as_ref().map(|p| p.timeout_s as f64 * 1e3),
+                bound: match (&scenario.oracles.probe_latency_max, &scenario.prober) {
+                    (Some(bound), _) => Some((bound.latency_ms_max as f64, "bound")),
+                    (None, Some(prober)) => Some((prober.timeout_s as f64 * 1e3, "timeout")),
+                    (None, None) => None,
+                },
             },
         });
     }

@@ -45,6 +45,7 @@ fn every_shipped_scenario_loads() {
             "cold_start_2800",
             "cold_start_thundering_herd",
             "db_fault",
+            "db_fault_liveness_watchdog",
             "db_fault_long",
             "db_fault_slow_retry",
             "gc_stall",
@@ -708,6 +709,15 @@ mod simulated {
     #[test]
     fn the_idle_reaper_alone_frees_silent_holders_for_20_seeds() {
         passes("churn_idle_reaper.toml", 1..=20);
+    }
+
+    #[test]
+    fn a_stuck_event_log_fails_healthz_through_the_liveness_watchdog() {
+        fails_as_expected(
+            "db_fault_liveness_watchdog.toml",
+            1..=6,
+            OracleName::ProbeLiveness,
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::config::CpuConfig;
 use crate::memory::MemoryGuard;
 use crate::metrics::Metrics;
 use crate::rt::stop::StopSignal;
+use crate::rt::time::Clock;
 use crate::rt::{self, cpu::Cpu};
 use crate::store::{NewEvent, Store, StoreError};
 use crate::vital::Vitals;
@@ -60,6 +61,10 @@ pub struct EventsConfig {
     /// Rows deleted per retention batch (the persist lock is released between batches).
     /// `0` deletes everything due in one batch, holding the lock throughout.
     pub retention_batch_rows: usize,
+    /// Liveness watchdog: when a batch of events has waited this long for its commit,
+    /// `/_healthz` answers 503 (`event log stalled`) so the orchestrator restarts a relay
+    /// whose event log stopped moving. `0` turns it off.
+    pub stall_healthz_ms: u64,
 }
 
 impl Default for EventsConfig {
@@ -72,6 +77,7 @@ impl Default for EventsConfig {
             retention_events_max: 1_000_000,
             retention_interval_ms: 10 * 60_000,
             retention_batch_rows: 500,
+            stall_healthz_ms: 120_000,
         }
     }
 }
@@ -173,6 +179,10 @@ pub struct Events {
     shutdown: StopSignal,
     oldest_seq: AtomicU64,
     store_healthy: AtomicBool,
+    /// When the batch the sequencer is committing was formed (`clock` ms + 1); 0 when none
+    /// is waiting. Read by the liveness watchdog.
+    batch_waiting_since_ms: AtomicU64,
+    clock: Clock,
     commit_failures_total: AtomicU64,
     duplicates_total: AtomicU64,
     retention_deleted_total: AtomicU64,
@@ -188,6 +198,7 @@ impl Events {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         memory: Arc<MemoryGuard>,
+        clock: Clock,
     ) -> Result<Self, StoreError> {
         let (oldest, head) = store.event_bounds()?.unwrap_or((0, 0));
         Ok(Self {
@@ -200,6 +211,8 @@ impl Events {
             shutdown: StopSignal::new(),
             oldest_seq: AtomicU64::new(oldest),
             store_healthy: AtomicBool::new(true),
+            batch_waiting_since_ms: AtomicU64::new(0),
+            clock,
             commit_failures_total: AtomicU64::new(0),
             duplicates_total: AtomicU64::new(0),
             retention_deleted_total: AtomicU64::new(0),
@@ -249,6 +262,25 @@ impl Events {
     /// Whether the store accepted the last commit (readiness).
     pub fn store_healthy(&self) -> bool {
         self.store_healthy.load(SeqCst)
+    }
+
+    /// How long the batch being committed has waited, if longer than
+    /// `stall_healthz_ms` (the liveness watchdog; `None` when off or moving).
+    pub fn stalled_for_ms(&self) -> Option<u64> {
+        let since = self.batch_waiting_since_ms.load(SeqCst);
+        let limit = self.config.stall_healthz_ms;
+        if since == 0 || limit == 0 {
+            return None;
+        }
+        let waited = (self.clock.now_ms() + 1).saturating_sub(since);
+        (waited > limit).then_some(waited)
+    }
+
+    /// The sequencer formed a batch (`true`) or it landed, every event committed or
+    /// rejected (`false`).
+    fn batch_waiting(&self, waiting: bool) {
+        let since = if waiting { self.clock.now_ms() + 1 } else { 0 };
+        self.batch_waiting_since_ms.store(since, SeqCst);
     }
 
     /// Lowest sequence number still in the log.

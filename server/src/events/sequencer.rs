@@ -89,6 +89,7 @@ pub(super) async fn run(
         if batch.is_empty() {
             continue;
         }
+        events.batch_waiting(true);
         let batch = match commit_with_retry(&events, &batch, &shutdown).await {
             Landing::Committed => batch,
             Landing::Stopped => return,
@@ -99,6 +100,7 @@ pub(super) async fn run(
                 }
             }
         };
+        events.batch_waiting(false);
         committed.extend(pending);
         if batch.is_empty() {
             continue;

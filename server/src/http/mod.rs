@@ -90,6 +90,7 @@ impl AppState {
             Arc::clone(&store),
             Arc::clone(&metrics),
             Arc::clone(&memory),
+            clock.clone(),
         )?;
         let upstreams = Upstreams::load(
             config.upstream.clone(),

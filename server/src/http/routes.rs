@@ -131,12 +131,20 @@ async fn respond(
             ),
         ),
         Ok(()) => match route {
-            Route::Healthz => match state.vitals.lost() {
-                None => text(StatusCode::OK, "ok\n"),
+            Route::Healthz => match (state.vitals.lost(), state.events.stalled_for_ms()) {
+                (None, None) => text(StatusCode::OK, "ok\n"),
                 // Half broken (e.g. nothing is persisted any more): ask to be restarted.
-                Some(task) => text(
+                (Some(task), _) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("vital task lost: {task}\n"),
+                ),
+                // Alive but stuck: events wait and the log does not move.
+                (None, Some(waited_ms)) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "event log stalled: a batch has waited {} s for its commit\n",
+                        waited_ms / 1_000
+                    ),
                 ),
             },
             Route::Readyz if state.is_ready() => text(StatusCode::OK, "ready\n"),
