@@ -43,6 +43,14 @@ scratch_parent="${TMPDIR:-/tmp}/windtunnel-museum-$(id -u)"
 scratch="$scratch_parent/workspace"
 report="$out/report.txt"
 mkdir -p "$scratch_parent" "$out/logs" "$out/artifacts" "$out/loom"
+# A cold museum starts from the simulation build's compiled dependencies (the gate's madsim
+# suite and isolation step have just built them with the same flags and profile): copied,
+# not linked, so patched builds never touch target/sim. Only the workspace crates (other
+# paths, other hashes) are then built for the first exhibit: ~4 minutes less on 2 cores.
+if [ ! -d "$out/sim/release" ] && [ -d "$root/target/sim/release/deps" ]; then
+  mkdir -p "$out/sim"
+  cp -a "$root/target/sim/release" "$out/sim/"
+fi
 # The scratch path is shared by every run of this script by this user: one at a time.
 exec 9>"$scratch_parent/lock"
 flock 9
