@@ -43,6 +43,7 @@ fn every_shipped_scenario_loads() {
             "churn_max_connections",
             "close_recv_race",
             "cold_start_2800",
+            "cold_start_jitter_only",
             "cold_start_thundering_herd",
             "db_fault",
             "db_fault_liveness_watchdog",
@@ -52,6 +53,7 @@ fn every_shipped_scenario_loads() {
             "gc_stall_unbatched",
             "handler_timeout",
             "handler_timeout_too_long",
+            "host_blink",
             "host_dormancy",
             "host_flap",
             "keepalive_dispatch",
@@ -704,6 +706,21 @@ mod simulated {
                 "seed {seed}: some host must turn dormant, or the scenario tests nothing"
             );
         }
+    }
+
+    #[test]
+    fn short_outages_never_add_up_to_dormancy_for_20_seeds() {
+        for (seed, _, outcome) in passes("host_blink.toml", 1..=20) {
+            assert!(
+                !outcome.reached.contains_key("upstream.dormant"),
+                "seed {seed}: a host turned dormant"
+            );
+        }
+    }
+
+    #[test]
+    fn the_startup_jitter_alone_keeps_probes_alive_for_6_seeds() {
+        passes("cold_start_jitter_only.toml", 1..=6);
     }
 
     #[test]

@@ -65,18 +65,13 @@ mod tests {
     #[tokio::test]
     async fn every_waiter_wakes_and_late_waiters_return_at_once() {
         let signal = StopSignal::new();
-        let waiters: Vec<_> = (0..4)
-            .map(|_| {
-                let signal = signal.clone();
-                tokio::spawn(async move { signal.stopped().await })
-            })
-            .collect();
-        tokio::task::yield_now().await;
-        assert!(!signal.is_stopped());
-        signal.stop();
-        for waiter in waiters {
-            waiter.await.expect("waiter finished");
-        }
+        let waiters = futures_util::future::join_all((0..4).map(|_| signal.stopped()));
+        let stopper = async {
+            tokio::task::yield_now().await;
+            assert!(!signal.is_stopped());
+            signal.stop();
+        };
+        tokio::join!(waiters, stopper);
         signal.stopped().await;
         assert!(signal.is_stopped());
     }
