@@ -574,6 +574,34 @@ pub fn no_lost_events(records: &[Record], caught_up_by_us: u64) -> Option<Violat
             ),
         ));
     }
+    // What a consumer received must be what the log holds under the same relay seqs: a
+    // batch published before its commit and lost to a crash has its seqs handed to other
+    // events after the restart.
+    if let Some((index, record)) = records.iter().enumerate().find(|(_, record)| {
+        matches!(
+            record.event,
+            Event::ConsumerFinal {
+                log_agrees: Some(false),
+                ..
+            }
+        )
+    }) {
+        let Event::ConsumerFinal {
+            consumer, last_seq, ..
+        } = &record.event
+        else {
+            unreachable!("matched above");
+        };
+        return Some(violation_at(
+            OracleName::NoLostEvents,
+            index,
+            record,
+            format!(
+                "{consumer} received events (up to seq {last_seq}) that the event log holds differently \
+                 under the same relay seqs: seqs were delivered, then reassigned"
+            ),
+        ));
+    }
     let head_then = records
         .iter()
         .rev()
@@ -1446,8 +1474,33 @@ mod tests {
                 sessions: 1,
                 too_slow,
                 max_gap_ms: last_seq,
+                log_agrees: None,
             },
         )
+    }
+
+    #[test]
+    fn no_lost_events_flags_deliveries_the_log_holds_differently() {
+        let with_log = |agrees: Option<bool>| {
+            let (t_us, mut event) = consumer_final(30, "fast-0", false, 95, 0);
+            if let Event::ConsumerFinal { log_agrees, .. } = &mut event {
+                *log_agrees = agrees;
+            }
+            trace([head(10, 95, 3), (t_us, event)])
+        };
+        assert_eq!(
+            no_lost_events(with_log(Some(true)).records(), 20_000_000),
+            None
+        );
+        assert_eq!(no_lost_events(with_log(None).records(), 20_000_000), None);
+        let violation = no_lost_events(with_log(Some(false)).records(), 20_000_000).unwrap();
+        assert_eq!(violation.record_index, Some(1));
+        assert!(
+            violation.message.starts_with(
+                "fast-0 received events (up to seq 95) that the event log holds differently"
+            ),
+            "{violation}"
+        );
     }
 
     #[test]

@@ -169,6 +169,12 @@ pub enum Event {
         /// Longest wait between two consecutive frames within one session, milliseconds.
         #[serde(default)]
         max_gap_ms: u64,
+        /// Whether the events it received are the ones the relay's event log holds under
+        /// the same relay seqs (host and upstream seq compared, by digest); `None` when
+        /// not comparable (nothing received, a range with holes, or rows the log no longer
+        /// holds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log_agrees: Option<bool>,
     },
     /// What the relay's event log holds at the end of the run (read from its SQLite file).
     StoreAudit {

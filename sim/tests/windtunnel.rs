@@ -62,6 +62,7 @@ fn every_shipped_scenario_loads() {
             "memory_pressure_unguarded",
             "network_blip",
             "panic_isolation",
+            "restart_during_store_fault",
             "restart_resume",
             "slow_consumer",
             "slow_consumer_unbounded_queue",
@@ -704,6 +705,26 @@ mod simulated {
             assert!(
                 dormant_at_some_point,
                 "seed {seed}: some host must turn dormant, or the scenario tests nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn consumers_receive_only_what_the_log_keeps_across_a_kill_during_store_failures_for_20_seeds()
+    {
+        for (seed, _, outcome) in passes("restart_during_store_fault.toml", 1..=20) {
+            let compared = outcome.trace.records().iter().any(|record| {
+                matches!(
+                    record.event,
+                    windtunnel::trace::Event::ConsumerFinal {
+                        log_agrees: Some(true),
+                        ..
+                    }
+                )
+            });
+            assert!(
+                compared,
+                "seed {seed}: no consumer's deliveries were compared with the log"
             );
         }
     }

@@ -40,6 +40,23 @@ pub struct Tally {
     pub too_slow: u32,
     /// Longest wait between two consecutive frames of one session, microseconds.
     pub max_gap_us: u64,
+    /// The first relay sequence number received (0 before any).
+    pub first_seq: u64,
+    /// XOR of [`event_digest`] over every frame received: compared with the relay's event
+    /// log at the end, it shows whether each relay seq carried the event the log holds.
+    pub digest: u64,
+}
+
+/// One delivered event's digest: which relay seq carried which host's event. XOR-ed over a
+/// range of seqs, consumers and the log audit can compare ranges without keeping frames.
+pub fn event_digest(seq: u64, host_id: i64, upstream_seq: u64) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for word in [seq, host_id as u64, upstream_seq] {
+        for byte in word.to_le_bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 /// Shared handle on a consumer's tally.
@@ -199,10 +216,19 @@ async fn session(
                 u64::try_from(arrived.duration_since(last).as_micros()).unwrap_or(u64::MAX)
             });
             last_frame_at = Some(arrived);
+            let host_id = value.get("host_id").and_then(|h| h.as_i64()).unwrap_or(0);
+            let upstream_seq = value
+                .get("upstream_seq")
+                .and_then(|u| u.as_u64())
+                .unwrap_or(0);
             let mut tally = tally.lock().expect("tally lock");
             tally.max_gap_us = tally.max_gap_us.max(gap_us);
             tally.frames += 1;
             tally.last_seq = seq;
+            if tally.first_seq == 0 {
+                tally.first_seq = seq;
+            }
+            tally.digest ^= event_digest(seq, host_id, upstream_seq);
         }
     }
 }

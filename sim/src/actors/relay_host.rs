@@ -409,8 +409,10 @@ pub fn finish(
     if scenario.upstreams.is_some() {
         sink.record("world", audit(database, plans, emitted_by));
     }
+    let log = rusqlite::Connection::open(database).ok();
     for ConsumerTally { name, slow, tally } in tallies {
         let tally = tally.lock().expect("tally lock").clone();
+        let log_agrees = log.as_ref().and_then(|log| log_agrees(log, &tally));
         sink.record(
             &name,
             Event::ConsumerFinal {
@@ -421,9 +423,39 @@ pub fn finish(
                 sessions: tally.sessions,
                 too_slow: tally.too_slow,
                 max_gap_ms: tally.max_gap_us / 1_000,
+                log_agrees,
             },
         );
     }
+}
+
+/// Whether the events a consumer received (its digest over relay seqs `first_seq..=last_seq`,
+/// each received once) are the ones the event log holds under those seqs; `None` when the
+/// two cannot be compared: nothing received, a range the consumer did not receive whole, or
+/// rows the log no longer holds (retention).
+fn log_agrees(log: &rusqlite::Connection, tally: &consumer::Tally) -> Option<bool> {
+    let (first, last) = (tally.first_seq, tally.last_seq);
+    if first == 0 || tally.frames != last - first + 1 {
+        return None;
+    }
+    let mut query = log
+        .prepare("SELECT seq, host_id, upstream_seq FROM events WHERE seq BETWEEN ?1 AND ?2")
+        .ok()?;
+    let rows = query
+        .query_map([first as i64, last as i64], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })
+        .ok()?;
+    let (mut count, mut digest) = (0, 0);
+    for (seq, host_id, upstream_seq) in rows.flatten() {
+        count += 1;
+        digest ^= consumer::event_digest(seq as u64, host_id, upstream_seq as u64);
+    }
+    (count == tally.frames).then_some(digest == tally.digest)
 }
 
 #[cfg(test)]
