@@ -20,8 +20,8 @@
 # compile, or names something that does not exist fails the script at once (exit 2): it
 # would otherwise count as caught without testing anything.
 #
-# ci/museum/survivors/ holds bug ideas that no check catches yet (their headers say why, and
-# survivors/scenarios/ has scenarios that would); they are not run by default:
+# ci/museum/survivors/ holds bug ideas that no check catches yet (their headers say why and
+# what would); they are not run by default:
 # `ci/museum.sh ci/museum/survivors/<x>.patch` shows one SURVIVE. Move one into ci/museum/
 # once a check kills it.
 #
