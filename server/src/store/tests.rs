@@ -101,3 +101,19 @@ fn events_page_in_order_and_retention_deletes_the_oldest_in_batches() {
     assert_eq!(store.delete_events_below(8, 3).unwrap(), 0);
     assert_eq!(store.event_bounds().unwrap(), Some((8, 10)));
 }
+
+#[test]
+fn the_edges_largest_upstream_seq_is_storable_and_one_more_is_a_permanent_error() {
+    // In memory, as the upstream_frame fuzz target commits every frame the edge accepts.
+    let store = Store::open(Path::new(":memory:")).unwrap();
+    let (host, _) = store.add_host("a.example").unwrap();
+    let largest = crate::upstream::MAX_UPSTREAM_SEQ;
+    store.commit_events(&[event(1, host, largest)]).unwrap();
+    assert_eq!(store.events_after(0, 2).unwrap(), [event(1, host, largest)]);
+    let refused = store
+        .commit_events(&[event(2, host, largest + 1)])
+        .unwrap_err();
+    assert!(refused.is_permanent(), "{refused}");
+    assert!(!StoreError::Injected.is_permanent());
+    assert_eq!(store.delete_events_below(2, 1).unwrap(), 1);
+}
