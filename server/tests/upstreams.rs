@@ -104,16 +104,29 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-async fn post_crawl(addr: SocketAddr, body: &str) -> String {
+/// Send one HTTP/1.1 request on a fresh connection; the whole response as text.
+async fn exchange(addr: SocketAddr, request: String) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST /requestCrawl HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     String::from_utf8_lossy(&response).into_owned()
+}
+
+async fn post_crawl(addr: SocketAddr, body: &str) -> String {
+    let request = format!(
+        "POST /requestCrawl HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(addr, request).await
+}
+
+async fn get(addr: SocketAddr, path: &str) -> String {
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -298,15 +311,6 @@ fn frames(seqs: impl IntoIterator<Item = u64>) -> Vec<String> {
     seqs.into_iter()
         .map(|seq| format!(r#"{{"seq":{seq},"kind":"commit","body":{{"n":{seq}}}}}"#))
         .collect()
-}
-
-async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 #[tokio::test]
