@@ -106,15 +106,16 @@ impl LogCapture {
         &self.dispatch
     }
 
-    /// The captured text, with a note first if older lines were dropped.
+    /// The captured text, with a note first if older lines were dropped, and lines that
+    /// repeat with other numbers summarised (see [`summarise_repeats`]).
     pub fn finish(self) -> String {
         let buffer = self
             .buffer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let text = String::from_utf8_lossy(&buffer.text);
+        let text = summarise_repeats(&String::from_utf8_lossy(&buffer.text));
         if buffer.dropped_bytes == 0 {
-            text.into_owned()
+            text
         } else {
             format!(
                 "[… {} bytes of earlier log lines dropped (budget {} bytes)]\n{text}",
@@ -122,6 +123,56 @@ impl LogCapture {
             )
         }
     }
+}
+
+/// How many of a repeated line's first and last occurrences are kept.
+pub const REPEATS_KEPT: usize = 10;
+
+/// Lines that differ only in their numbers (time, peer address, ids: the refusal lane's
+/// "closing without a response" thousands of times, say) are kept at their first and last
+/// [`REPEATS_KEPT`] occurrences; a marker where the rest would be says how many were left
+/// out. Everything else is kept as it was, in order.
+pub fn summarise_repeats(text: &str) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    // The line without its leading time stamp, numbers masked.
+    let shape = |line: &str| -> String {
+        let trimmed = line.trim_start();
+        let rest = trimmed.split_once(' ').map_or(trimmed, |(_, rest)| rest);
+        let mut shape = String::with_capacity(rest.len());
+        for c in rest.chars() {
+            // A run of digits is one `#`: 9 and 10 have the same shape.
+            if !c.is_ascii_digit() {
+                shape.push(c);
+            } else if !shape.ends_with('#') {
+                shape.push('#');
+            }
+        }
+        shape
+    };
+    let mut totals: BTreeMap<String, usize> = BTreeMap::new();
+    for line in text.lines() {
+        *totals.entry(shape(line)).or_default() += 1;
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let key = shape(line);
+        let total = totals[&key];
+        let count = seen.entry(key).or_default();
+        *count += 1;
+        if total <= 2 * REPEATS_KEPT || *count <= REPEATS_KEPT || *count > total - REPEATS_KEPT {
+            out.push_str(line);
+            out.push('\n');
+        } else if *count == REPEATS_KEPT + 1 {
+            let _ = writeln!(
+                out,
+                "[… {} more lines like the one above, with other numbers; the last {REPEATS_KEPT} follow later]",
+                total - 2 * REPEATS_KEPT
+            );
+        }
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -188,6 +239,8 @@ impl FormatTime for SimulatedTime {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
 
     #[test]
@@ -228,6 +281,34 @@ mod tests {
         assert!(text.len() <= 2 * 1024 + 100, "{}", text.len());
         assert!(text.trim_end().ends_with("line=199"), "{text}");
         assert!(!text.contains("line=0\n"), "{text}");
+    }
+
+    #[test]
+    fn repeated_lines_keep_their_first_and_last_occurrences_and_a_count() {
+        let mut text = String::from("   0.1s INFO relay: relay serving\n");
+        for peer in 0..100 {
+            let _ = writeln!(
+                text,
+                "   {peer}.5s DEBUG relay::http: refusal lane full: closing without a response peer=10.0.0.{peer}:80"
+            );
+        }
+        text.push_str("  99.9s WARN relay: the end\n");
+        let summary = summarise_repeats(&text);
+        let lines: Vec<&str> = summary.lines().collect();
+        assert_eq!(lines.len(), 1 + 2 * REPEATS_KEPT + 1 + 1, "{summary}");
+        assert!(lines[1].ends_with("peer=10.0.0.0:80"));
+        assert_eq!(
+            lines[1 + REPEATS_KEPT],
+            "[… 80 more lines like the one above, with other numbers; the last 10 follow later]"
+        );
+        assert!(lines[lines.len() - 2].ends_with("peer=10.0.0.99:80"));
+        assert!(lines[lines.len() - 1].ends_with("the end"));
+        let few = "   1.0s INFO a: x=1\n   2.0s INFO a: x=2\n";
+        assert_eq!(
+            summarise_repeats(few),
+            few,
+            "rare lines are kept as they are"
+        );
     }
 
     #[test]
