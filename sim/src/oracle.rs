@@ -577,30 +577,28 @@ pub fn no_lost_events(records: &[Record], caught_up_by_us: u64) -> Option<Violat
     // What a consumer received must be what the log holds under the same relay seqs: a
     // batch published before its commit and lost to a crash has its seqs handed to other
     // events after the restart.
-    if let Some((index, record)) = records.iter().enumerate().find(|(_, record)| {
-        matches!(
-            record.event,
+    let reassigned = records
+        .iter()
+        .enumerate()
+        .find_map(|(index, record)| match &record.event {
             Event::ConsumerFinal {
+                consumer,
+                last_seq,
                 log_agrees: Some(false),
                 ..
-            }
-        )
-    }) {
-        let Event::ConsumerFinal {
-            consumer, last_seq, ..
-        } = &record.event
-        else {
-            unreachable!("matched above");
-        };
-        return Some(violation_at(
-            OracleName::NoLostEvents,
-            index,
-            record,
-            format!(
-                "{consumer} received events (up to seq {last_seq}) that the event log holds differently \
-                 under the same relay seqs: seqs were delivered, then reassigned"
-            ),
-        ));
+            } => Some(violation_at(
+                OracleName::NoLostEvents,
+                index,
+                record,
+                format!(
+                    "{consumer} received events (up to seq {last_seq}) that the event log holds differently \
+                     under the same relay seqs: seqs were delivered, then reassigned"
+                ),
+            )),
+            _ => None,
+        });
+    if reassigned.is_some() {
+        return reassigned;
     }
     let head_then = records
         .iter()

@@ -91,7 +91,7 @@ impl SwarmRange {
 
     /// The value `seed` draws for `key`.
     pub fn draw(&self, seed: u64, key: &str) -> toml::Value {
-        let x = splitmix64(seed ^ fnv1a(key.as_bytes()));
+        let x = splitmix64(seed ^ crate::trace::fnv1a(key.as_bytes()));
         match self {
             Self::Int { min, max } => {
                 let span = (i128::from(*max) - i128::from(*min) + 1) as u128;
@@ -326,12 +326,6 @@ fn splitmix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

@@ -293,6 +293,7 @@ impl Timeline {
     /// Play one fault (the scenario's validation refused the kinds turmoil cannot play).
     async fn inject(&self, index: usize, fault: FaultSpec, world_start: relay::rt::time::Instant) {
         let at = |at_s: u64| world_start + Duration::from_secs(at_s);
+        let kind = fault.kind();
         match fault {
             FaultSpec::Partition {
                 at_s,
@@ -308,12 +309,12 @@ impl Timeline {
                 for host in &cut {
                     turmoil::partition(RELAY_HOST, host.as_str());
                 }
-                self.record(index, "partition", count, true, 0);
+                self.record(index, kind, count, true, 0);
                 sleep(Duration::from_secs(duration_s)).await;
                 for host in &cut {
                     turmoil::repair(RELAY_HOST, host.as_str());
                 }
-                self.record(index, "partition", count, false, count as u64);
+                self.record(index, kind, count, false, count as u64);
             }
             FaultSpec::Clog { at_s, duration_s } => {
                 sleep_until(at(at_s)).await;
@@ -321,12 +322,12 @@ impl Timeline {
                 for host in &others {
                     turmoil::hold(RELAY_HOST, host.as_str());
                 }
-                self.record(index, "clog", 0, true, 0);
+                self.record(index, kind, 0, true, 0);
                 sleep(Duration::from_secs(duration_s)).await;
                 for host in &others {
                     turmoil::release(RELAY_HOST, host.as_str());
                 }
-                self.record(index, "clog", 0, false, 1);
+                self.record(index, kind, 0, false, 1);
             }
             FaultSpec::Latency {
                 at_s,
@@ -335,25 +336,25 @@ impl Timeline {
             } => {
                 sleep_until(at(at_s)).await;
                 self.command(Command::SetLatency(latency_ms));
-                self.record(index, "latency", 0, true, 0);
+                self.record(index, kind, 0, true, 0);
                 sleep(Duration::from_secs(duration_s)).await;
                 self.command(Command::SetLatency(self.scenario.network.latency_ms));
-                self.record(index, "latency", 0, false, 1);
+                self.record(index, kind, 0, false, 1);
             }
             FaultSpec::KillRelay { at_s, down_s } => {
                 sleep_until(at(at_s)).await;
                 let was_up = self.control.observer().is_some();
                 self.control.set_observer(None);
                 self.command(Command::CrashRelay);
-                self.record(index, "kill_relay", 0, true, 0);
+                self.record(index, kind, 0, true, 0);
                 sleep(Duration::from_secs(down_s)).await;
                 self.command(Command::RestartRelay);
-                self.record(index, "kill_relay", 0, false, u64::from(was_up));
+                self.record(index, kind, 0, false, u64::from(was_up));
             }
             FaultSpec::RestartRelay { at_s, down_s } => {
                 sleep_until(at(at_s)).await;
                 let stopped_before = self.control.stopped.load(Ordering::SeqCst);
-                self.record(index, "restart_relay", 0, true, 0);
+                self.record(index, kind, 0, true, 0);
                 self.control.stop.notify_waiters();
                 while self.control.stopped.load(Ordering::SeqCst) == stopped_before {
                     sleep(Duration::from_millis(10)).await;
@@ -361,7 +362,7 @@ impl Timeline {
                 self.command(Command::CrashRelay);
                 sleep(Duration::from_secs(down_s)).await;
                 self.command(Command::RestartRelay);
-                self.record(index, "restart_relay", 0, false, 1);
+                self.record(index, kind, 0, false, 1);
             }
             FaultSpec::HandlerPanic { .. }
             | FaultSpec::HandlerStall { .. }

@@ -97,8 +97,8 @@ pub fn tasks_alive() -> usize {
 
 /// The per-world state the seam keeps on the simulation thread that is not at its starting
 /// value, one description each: relay tasks still counted, flow-control windows, fault
-/// points switched on, reachability probes counted. A world that starts with any of it would inherit the previous
-/// world's, so the tunnel refuses to start one.
+/// points switched on, reachability probes counted. A world that starts with any of it
+/// would inherit the previous world's, so the tunnel refuses to start one.
 #[cfg(madsim)]
 pub fn leftovers() -> Vec<String> {
     let mut found = Vec::new();

@@ -555,8 +555,8 @@ impl Upstreams {
             let now_ms = self.clock.now_ms();
             let mut respawned = 0;
             for host in self.snapshot() {
-                let dormant = host.phase() == HostPhase::Dormant;
-                let due = match host.phase() {
+                let phase = host.phase();
+                let due = match phase {
                     HostPhase::Quarantined => false,
                     HostPhase::Dormant => {
                         now_ms.saturating_sub(host.last_attempt_ms.load(SeqCst))
@@ -565,7 +565,7 @@ impl Upstreams {
                     _ => true,
                 };
                 if due && self.spawn_worker(&host, Duration::ZERO) {
-                    probe::reached(if dormant {
+                    probe::reached(if phase == HostPhase::Dormant {
                         Probe::DormantRetry
                     } else {
                         Probe::ReconcileRespawn

@@ -57,7 +57,7 @@ pub enum BadFrame {
     EmptyKind,
     /// `seq` is 0 or beyond what the event log can hold (a SQLite integer, `i64::MAX`).
     /// Such a frame once reached the store and failed every commit for every host.
-    #[error("event frame with seq {0} outside 1..=9223372036854775807")]
+    #[error("event frame with seq {0} outside 1..={MAX_UPSTREAM_SEQ}")]
     SeqOutOfRange(u64),
 }
 
@@ -335,6 +335,10 @@ mod tests {
     fn sequence_numbers_the_log_cannot_hold_are_refused_at_the_edge() {
         // The historical poison frame: one past i64::MAX + 5 halted every host's events.
         let poison = br#"{"seq": 9223372036854775813, "kind": "commit", "body": {}}"#;
+        assert_eq!(
+            decode_frame(poison).unwrap_err().to_string(),
+            "event frame with seq 9223372036854775813 outside 1..=9223372036854775807"
+        );
         assert!(matches!(
             decode_frame(poison),
             Err(BadFrame::SeqOutOfRange(9_223_372_036_854_775_813))

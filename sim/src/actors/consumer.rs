@@ -50,13 +50,14 @@ pub struct Tally {
 /// One delivered event's digest: which relay seq carried which host's event. XOR-ed over a
 /// range of seqs, consumers and the log audit can compare ranges without keeping frames.
 pub fn event_digest(seq: u64, host_id: i64, upstream_seq: u64) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-    for word in [seq, host_id as u64, upstream_seq] {
-        for byte in word.to_le_bytes() {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
+    let mut bytes = [0; 24];
+    for (chunk, word) in bytes
+        .chunks_exact_mut(8)
+        .zip([seq, host_id as u64, upstream_seq])
+    {
+        chunk.copy_from_slice(&word.to_le_bytes());
     }
-    hash
+    crate::trace::fnv1a(&bytes)
 }
 
 /// Shared handle on a consumer's tally.
