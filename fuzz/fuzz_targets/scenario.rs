@@ -4,9 +4,9 @@
 //!
 //! Invariants:
 //! - parsing never panics, and parsing the same text twice agrees;
-//! - a syntax error points inside the input: a 1-based line that exists and a 1-based
-//!   column at most one past that line's last character; its message is not empty;
-//! - a semantic error names a key;
+//! - an error holds at least one problem, in file order, each pointing inside the input
+//!   (a 1-based line that exists and a 1-based column at most one past that line's last
+//!   character) with a message;
 //! - a scenario that parses is re-checked consistently: written out as a scenario file the
 //!   way `cargo sim shrink` writes `shrunk.toml` (`shrink::to_toml`), it parses again to
 //!   the same scenario; and resolving its swarm ranges for a seed never panics.
@@ -54,30 +54,30 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check_error(text: &str, error: &ScenarioError) {
-    match error {
-        ScenarioError::Syntax {
-            line,
-            column,
-            message,
-            ..
-        } => {
-            let lines: Vec<&str> = text.split('\n').collect();
-            assert!(
-                (1..=lines.len()).contains(line),
-                "line {line} of {}: {error}",
-                lines.len()
-            );
-            let width = lines[line - 1].chars().count();
-            assert!(
-                (1..=width + 1).contains(column),
-                "column {column} on a line of {width} characters: {error}"
-            );
-            assert!(!message.is_empty(), "empty message: {error}");
-        }
-        ScenarioError::Invalid { key, message, .. } => {
-            assert!(!key.is_empty(), "an invalid scenario names no key: {error}");
-            assert!(!message.is_empty(), "empty message: {error}");
-        }
-        ScenarioError::Read { .. } => panic!("parse never reads a file: {error}"),
+    let ScenarioError::Invalid { problems, .. } = error else {
+        panic!("parse never reads a file: {error}");
+    };
+    assert!(!problems.is_empty(), "an error with no problem in it: {error}");
+    let lines: Vec<&str> = text.split('\n').collect();
+    for problem in problems {
+        let line = problem.line;
+        assert!(
+            (1..=lines.len()).contains(&line),
+            "line {line} of {}: {error}",
+            lines.len()
+        );
+        let width = lines[line - 1].chars().count();
+        assert!(
+            (1..=width + 1).contains(&problem.column),
+            "column {} on a line of {width} characters: {error}",
+            problem.column
+        );
+        assert!(!problem.message.is_empty(), "empty message: {error}");
     }
+    assert!(
+        problems
+            .windows(2)
+            .all(|pair| (pair[0].line, pair[0].column) <= (pair[1].line, pair[1].column)),
+        "problems out of file order: {error}"
+    );
 }

@@ -33,7 +33,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use relay_lifecycle::RegistryStats;
+pub use http::peers::OpenConnection;
+pub use relay_lifecycle::{Phase, RegistryStats};
 
 use crate::config::Config;
 use crate::events::EventStats;
@@ -127,6 +128,13 @@ impl Observer {
     /// Lifecycle registry counters (open, high water, admitted, released, refused).
     pub fn connections(&self) -> RegistryStats {
         self.state.registry.stats()
+    }
+
+    /// Every connection held open now (peer, admission time, phase, last activity), and
+    /// the relay clock's reading they are relative to, ms.
+    pub fn open_connections(&self) -> (Vec<OpenConnection>, u64) {
+        let open = self.state.peers.open_connections(&self.state.registry);
+        (open, self.state.clock.now_ms())
     }
 
     /// Whether `/_readyz` would answer 200 now.

@@ -906,6 +906,16 @@ pub fn conn_accounting(
         return None;
     }
     let (index, record, open, relay_tasks, baseline) = last_before_deadline?;
+    let still_open = records
+        .iter()
+        .find_map(|record| match &record.event {
+            Event::StillOpen { connections } if !connections.is_empty() => Some(format!(
+                "; still open after the deadline: {}",
+                list_some(connections, STILL_OPEN_NAMED_MAX)
+            )),
+            _ => None,
+        })
+        .unwrap_or_default();
     // The violation is the deadline passing; the record is the last sample before it.
     Some(Violation {
         t_us: settle_deadline_us,
@@ -914,12 +924,24 @@ pub fn conn_accounting(
             record,
             format!(
                 "did not return to baseline by t={}: open={open} (expected 0), relay tasks={relay_tasks} \
-                 (baseline {baseline}) at t={}",
+                 (baseline {baseline}) at t={}{still_open}",
                 format_seconds(settle_deadline_us),
                 format_seconds(record.t_us)
             ),
         )
     })
+}
+
+/// How many still-open connections a `conn_accounting` violation names.
+const STILL_OPEN_NAMED_MAX: usize = 5;
+
+/// The first `max` items, comma-separated, and how many more there are.
+fn list_some<T: std::fmt::Display>(items: &[T], max: usize) -> String {
+    let named: Vec<String> = items.iter().take(max).map(ToString::to_string).collect();
+    match items.len().saturating_sub(max) {
+        0 => named.join(", "),
+        more => format!("{} and {more} more", named.join(", ")),
+    }
 }
 
 /// The first `[[faults]]` entry that never started, never ended before the run did, or

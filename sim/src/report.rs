@@ -195,7 +195,8 @@ impl Summary {
                 | Event::Panic { .. }
                 | Event::Subscribed { .. }
                 | Event::ConsumerConnected { .. }
-                | Event::ConsumerEnded { .. } => {}
+                | Event::ConsumerEnded { .. }
+                | Event::StillOpen { .. } => {}
             }
         }
         summary

@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::scenario::Scenario;
+use crate::scenario::{Problem, Scenario};
 
 /// One `[swarm]` range.
 #[derive(Clone, Debug, PartialEq)]
@@ -178,19 +178,17 @@ pub fn resolve(scenario: &Scenario, seed: u64) -> Result<(Scenario, Vec<Draw>), 
 }
 
 /// Load-time check: the all-low and the all-high draws both make valid scenarios.
-pub(crate) fn check(scenario: &Scenario) -> Result<(), (String, String)> {
+pub(crate) fn check(scenario: &Scenario) -> Option<Problem> {
     if scenario.swarm.is_empty() {
-        return Ok(());
+        return None;
     }
-    for pick in [SwarmRange::low, SwarmRange::high] {
-        if let Err(error) = resolve_with(scenario, |_, range| pick(range)) {
-            return Err((
-                format!("swarm.\"{}\"", error.key),
-                format!("{} (drawing {})", error.message, error.value),
-            ));
-        }
-    }
-    Ok(())
+    [SwarmRange::low, SwarmRange::high]
+        .into_iter()
+        .find_map(|pick| resolve_with(scenario, |_, range| pick(range)).err())
+        .map(|error| Problem {
+            key: format!("swarm.\"{}\"", error.key),
+            message: format!("{} (drawing {})", error.message, error.value),
+        })
 }
 
 fn resolve_with(
@@ -243,9 +241,9 @@ fn resolve_with(
     let resolved: Scenario = document
         .try_into()
         .map_err(|error: toml::de::Error| blame(error.message().trim().to_owned()))?;
-    resolved
-        .validate()
-        .map_err(|(key, message)| blame(format!("{key}: {message}")))?;
+    if let Some(problem) = resolved.problems().into_iter().next() {
+        return Err(blame(format!("{}: {}", problem.key, problem.message)));
+    }
     Ok((resolved, draws))
 }
 

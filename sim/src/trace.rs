@@ -202,11 +202,44 @@ pub enum Event {
         /// CPU time (user + system) of all incarnations, milliseconds.
         cpu_ms: u64,
     },
+    /// `conn_accounting` had not seen the relay settle by its deadline: the connections the
+    /// relay still held at the first sample after it (recorded only then, so a passing
+    /// run's trace has none).
+    StillOpen {
+        /// Each connection held open, oldest slot first.
+        connections: Vec<OpenConnectionRecord>,
+    },
     /// A task panicked; the simulation stopped here.
     Panic {
         /// The panic message.
         message: String,
     },
+}
+
+/// One connection the relay held open, named for a leak report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenConnectionRecord {
+    /// The peer (`10.0.3.1:40001`).
+    pub peer: String,
+    /// Lifecycle phase: `accepted`, `active`, or `draining (<reason>)`.
+    pub phase: String,
+    /// Time since admission, ms (0 when unrecorded).
+    pub age_ms: u64,
+    /// Time since its last activity, ms.
+    pub idle_ms: u64,
+}
+
+impl std::fmt::Display for OpenConnectionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, open {:.1}s, last activity {:.1}s ago)",
+            self.peer,
+            self.phase,
+            self.age_ms as f64 / 1e3,
+            self.idle_ms as f64 / 1e3
+        )
+    }
 }
 
 /// The relay's upstream accounting at one instant.

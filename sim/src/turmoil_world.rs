@@ -26,7 +26,9 @@ use std::time::{Duration, SystemTime};
 use madsim::rand::seq::SliceRandom;
 use relay::rt::time::{sleep, sleep_until};
 
-use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
+use crate::actors::relay_host::{
+    self, monitor, run_relay, sample, ConnWatch, RelayControl, RelayDatabase,
+};
 use crate::actors::rng::{self, thread_rng};
 use crate::actors::{cast, upstream, TraceSink, WorldClock};
 use crate::engine::SeedRun;
@@ -244,7 +246,11 @@ impl Timeline {
         self.sink.phase("relay_ready");
         sample(&self.sink, &self.control);
         let this = Arc::new(self);
-        let monitor_task = tokio::spawn(monitor(this.sink.clone(), Arc::clone(&this.control)));
+        let monitor_task = tokio::spawn(monitor(
+            this.sink.clone(),
+            Arc::clone(&this.control),
+            ConnWatch::of(&this.scenario),
+        ));
         let mut fault_tasks = Vec::new();
         for (index, fault) in this.scenario.faults.clone().into_iter().enumerate() {
             let this = Arc::clone(&this);

@@ -84,10 +84,65 @@ fn expectations_are_parsed() {
 #[test]
 fn unknown_top_level_key_reports_line_and_column() {
     let message = parse_error("name = \"x\"\nduraton_s = 60\n[oracles]\n");
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines[0], "bad.toml:1:1: missing field `duration_s`");
     assert!(
-        message.starts_with("bad.toml:2:1: unknown field `duraton_s`, expected one of"),
+        lines[1].starts_with("bad.toml:2:1: unknown field `duraton_s`, expected one of"),
         "{message}"
     );
+}
+
+#[test]
+fn every_problem_in_a_file_is_reported_at_its_key() {
+    let text = "name = \"x\"\n\
+                duration_s = 30\n\
+                [relay.server]\n\
+                max_conections = 3\n\
+                [upstreams]\n\
+                hosts = -10\n\
+                [[faults]]\n\
+                kind = \"meteor\"\n\
+                at_s = 10\n\
+                [[faults]]\n\
+                kind = \"clog\"\n\
+                at_s = \"ten\"\n\
+                duration_s = 5\n\
+                [oracles]\n\
+                probe_lively = {}\n";
+    let located: Vec<String> = parse_error(text).lines().map(str::to_owned).collect();
+    assert_eq!(
+        located,
+        [
+            "bad.toml:4:1: unknown field `max_conections`, expected one of `listen`, `max_connections`, `header_read_timeout_ms`, `idle_timeout_ms`, `idle_check_interval_ms`, `max_header_bytes`, `drain_timeout_ms`, `shutdown_grace_ms`, `refusal_lane_max`, `refusal_read_timeout_ms`, `retry_after_s`, `handler_timeout_ms`, `dispatch`, `date_header`",
+            "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
+            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`",
+            "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",
+            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`",
+        ]
+    );
+    let semantic = "name = \"x\"\n\
+                    duration_s = 30\n\
+                    [upstreams]\n\
+                    hosts = 10\n\
+                    [[faults]]\n\
+                    kind = \"partition\"\n\
+                    at_s = 10\n\
+                    duration_s = 40\n\
+                    hosts_fraction = 0.5\n\
+                    [[faults]]\n\
+                    kind = \"restart_relay\"\n\
+                    at_s = 10\n\
+                    down_s = 0\n\
+                    [oracles]\n\
+                    probe_liveness = {}\n";
+    assert_eq!(
+        parse_error(semantic),
+        "bad.toml:8:1: faults[0].duration_s: expected the fault to end by duration_s (30s), it ends at 50s\n\
+         bad.toml:13:1: faults[1].down_s: expected down_s >= 1\n\
+         bad.toml:15:1: oracles.probe_liveness: probe_liveness needs a [prober] table"
+    );
+    let duplicate = parse_error("name = \"x\"\nname = \"y\"\nduration_s = 30\n[oracles]\n");
+    assert_eq!(duplicate, "bad.toml:2:1: duplicate key `name`");
 }
 
 #[test]
@@ -132,27 +187,27 @@ fn semantic_errors_name_the_key() {
         format!("{MINIMAL}[[churners]]\nnodes = 1\nloops_per_node = 1\nstop_s = 61\n");
     assert_eq!(
         parse_error(&churner_past_end),
-        "bad.toml: churners[0].stop_s: expected start_s (0) < stop_s (61) <= duration_s (60)"
+        "bad.toml:7:1: churners[0].stop_s: expected start_s (0) < stop_s (61) <= duration_s (60)"
     );
     assert_eq!(
         parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nprobe_liveness = {}\n"),
-        "bad.toml: oracles: probe_liveness and probe_latency_max need a [prober] table"
+        "bad.toml:4:1: oracles.probe_liveness: probe_liveness needs a [prober] table"
     );
     assert_eq!(
         parse_error(
             "name = \"x\"\nduration_s = 60\nexpect = { fail = \"conn_accounting\" }\n[oracles]\n"
         ),
-        "bad.toml: expect: expects conn_accounting to fail, but [oracles] does not check it"
+        "bad.toml:3:1: expect: expects conn_accounting to fail, but [oracles] does not check it"
     );
     assert_eq!(
         parse_error(&format!("{MINIMAL}[relay.server]\nmax_connections = 0\n")),
-        "bad.toml: relay: invalid configuration: server.max_connections must be at least 1"
+        "bad.toml:5:1: relay.server.max_connections: invalid configuration: server.max_connections must be at least 1"
     );
     let unknown_probe =
         parse_error("name = \"x\"\nduration_s = 60\nreach = [\"upstream.dormnat\"]\n[oracles]\n");
     assert!(
         unknown_probe.starts_with(
-            "bad.toml: reach: unknown probe \"upstream.dormnat\"; expected one of admission.at_capacity, "
+            "bad.toml:3:1: reach: unknown probe \"upstream.dormnat\"; expected one of admission.at_capacity, "
         ),
         "{unknown_probe}"
     );
@@ -160,7 +215,7 @@ fn semantic_errors_name_the_key() {
         parse_error(
             "name = \"x\"\nduration_s = 60\nengine = \"turmoil\"\nreach = [\"upstream.dormant\"]\n[oracles]\n"
         ),
-        "bad.toml: reach: expected no reach on this engine: the relay's probes are counted only under madsim"
+        "bad.toml:4:1: reach: expected no reach on this engine: the relay's probes are counted only under madsim"
     );
 }
 
@@ -171,7 +226,7 @@ fn upstream_and_fault_tables_are_validated() {
     ));
     assert_eq!(
         message,
-        "bad.toml: upstreams: expected flaky_fraction and dead_fraction within 0..=1"
+        "bad.toml:6:1: upstreams.flaky_fraction: expected a fraction within 0..=1"
     );
     let message = parse_error(&format!("{MINIMAL}[upstreams]\nhost = 10\n"));
     assert!(
@@ -190,7 +245,7 @@ fn upstream_and_fault_tables_are_validated() {
     ));
     assert_eq!(
         message,
-        "bad.toml: faults[0]: a partition needs [upstreams]"
+        "bad.toml:5:1: faults[0].kind: a partition needs [upstreams]"
     );
     let message = parse_error(&format!(
         "{MINIMAL}[[faults]]\nkind = \"latency\"\nat_s = 1\nduration_s = 5\nlatency_ms = [90, 10]\n"
@@ -202,12 +257,15 @@ fn upstream_and_fault_tables_are_validated() {
     let message = parse_error(&format!(
         "{MINIMAL}[[faults]]\nkind = \"clog\"\nat_s = 1\nduration_s = 0\n"
     ));
-    assert_eq!(message, "bad.toml: faults[0]: expected duration_s >= 1");
+    assert_eq!(
+        message,
+        "bad.toml:7:1: faults[0].duration_s: expected duration_s >= 1"
+    );
     let message =
         parse_error("name = \"x\"\nduration_s = 60\n[[callers]]\npath = \"hosts\"\n[oracles]\n");
     assert_eq!(
         message,
-        "bad.toml: callers[0].path: expected a path starting with '/'"
+        "bad.toml:4:1: callers[0].path: expected a path starting with '/'"
     );
     let message =
         parse_error("name = \"x\"\nduration_s = 60\n[[abusers]]\nkind = \"smurf\"\n[oracles]\n");
@@ -220,18 +278,18 @@ fn upstream_and_fault_tables_are_validated() {
     );
     assert_eq!(
         message,
-        "bad.toml: abusers[0].start_s: expected start_s < duration_s"
+        "bad.toml:5:1: abusers[0].start_s: expected start_s < duration_s"
     );
     let message =
         parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nbad_input_rejected = {}\n");
     assert_eq!(
         message,
-        "bad.toml: oracles.bad_input_rejected: bad_input_rejected needs [[abusers]]"
+        "bad.toml:4:1: oracles.bad_input_rejected: bad_input_rejected needs [[abusers]]"
     );
     let message = parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nno_host_forgotten = {}\n");
     assert_eq!(
         message,
-        "bad.toml: oracles: upstream oracles need an [upstreams] table"
+        "bad.toml:4:1: oracles.no_host_forgotten: no_host_forgotten needs an [upstreams] table"
     );
 }
 

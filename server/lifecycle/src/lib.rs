@@ -162,6 +162,17 @@ pub struct RegistryStats {
     pub refused_shutting_down_total: u64,
 }
 
+/// One occupied slot, as [`Registry::occupied`] read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Occupant {
+    /// The occupancy.
+    pub id: ConnId,
+    /// Its phase (never `Free`).
+    pub phase: Phase,
+    /// Its last activity stamp (caller's clock, ms).
+    pub last_activity_ms: u64,
+}
+
 /// How many times [`Registry::stats`] reads the counters looking for a balanced reading.
 #[cfg(not(any(loom, feature = "shuttle")))]
 pub const STATS_READ_ATTEMPTS: usize = 1_000;
@@ -411,6 +422,28 @@ impl Registry {
         self.request_close_where(CloseReason::Idle, |slot| {
             now_ms.saturating_sub(slot.last_activity_ms.load(SeqCst)) >= idle_ms
         })
+    }
+
+    /// Every occupied slot now: its id, phase and last activity (read slot by slot, so a
+    /// connection admitted or released meanwhile may or may not appear). For diagnostics:
+    /// naming the connections a leak left open.
+    pub fn occupied(&self) -> Vec<Occupant> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                let word = slot.state.load(SeqCst);
+                let phase = phase_of(word);
+                (phase != Phase::Free).then(|| Occupant {
+                    id: ConnId {
+                        index: index as u32,
+                        generation: generation_of(word),
+                    },
+                    phase,
+                    last_activity_ms: slot.last_activity_ms.load(SeqCst),
+                })
+            })
+            .collect()
     }
 
     /// The current phase of `id`'s slot, or `None` if `id` is stale.

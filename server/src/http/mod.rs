@@ -9,6 +9,7 @@
 mod activity;
 pub mod dispatch;
 mod guard;
+pub mod peers;
 pub mod routes;
 pub mod subscribe;
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub config: Config,
     /// Admission and close requests for every connection.
     pub registry: Arc<Registry>,
+    /// Who holds each registry slot (peer, admission time), for naming leaks.
+    pub peers: peers::PeerTable,
     /// This instance's metrics.
     pub metrics: Arc<Metrics>,
     /// Declared CPU costs (simulation only charges them).
@@ -102,6 +105,7 @@ impl AppState {
         )?;
         Ok(Self {
             registry: Registry::new(config.server.max_connections),
+            peers: peers::PeerTable::new(config.server.max_connections),
             metrics,
             cpu,
             clock,
@@ -236,8 +240,10 @@ pub async fn serve(
 }
 
 fn admit(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
-    match state.registry.try_admit(state.clock.now_ms()) {
+    let now_ms = state.clock.now_ms();
+    match state.registry.try_admit(now_ms) {
         Ok(owner) => {
+            state.peers.admitted(owner.id(), peer, now_ms);
             rt::spawn(own_connection(Arc::clone(state), stream, owner));
         }
         Err(refusal) => {

@@ -91,6 +91,11 @@ impl TraceSink {
             .push(t_us, node, event);
     }
 
+    /// Look at the records so far.
+    pub fn with_records<R>(&self, read: impl FnOnce(&[crate::trace::Record]) -> R) -> R {
+        read(self.inner.lock().expect("trace lock poisoned").records())
+    }
+
     /// Record the start of a world phase.
     pub fn phase(&self, name: &str) {
         self.record(

@@ -13,12 +13,14 @@ use relay::http::dispatch::DispatchStats;
 use relay::memory::MemoryStats;
 use relay::rt::time::sleep;
 use relay::upstream::UpstreamStats;
-use relay::{Observer, RegistryStats, Relay};
+use relay::{Observer, Phase, RegistryStats, Relay};
 
 use super::{consumer, upstream, TraceSink};
 use crate::oracle::{self, Verdict, Violation};
 use crate::scenario::{ConsumerKind, ConsumerSpec, Scenario, UpstreamsSpec};
-use crate::trace::{Event, EventsSample, HttpSample, MemorySample, Trace, UpstreamSample};
+use crate::trace::{
+    Event, EventsSample, HttpSample, MemorySample, OpenConnectionRecord, Trace, UpstreamSample,
+};
 
 /// How often the monitor samples the relay's accounting (real mode scrapes as often).
 pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
@@ -232,10 +234,88 @@ fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duratio
 }
 
 /// Sample the relay every [`SAMPLE_PERIOD`] until the task is dropped.
-pub async fn monitor(sink: TraceSink, control: Arc<RelayControl>) {
+pub async fn monitor(sink: TraceSink, control: Arc<RelayControl>, watch: Option<ConnWatch>) {
+    let mut watch = watch;
     loop {
         sleep(SAMPLE_PERIOD).await;
         sample(&sink, &control);
+        if let Some(deadline) = watch {
+            if deadline.name_still_open(&sink, &control) {
+                watch = None;
+            }
+        }
+    }
+}
+
+/// The `conn_accounting` deadline the monitor watches: at the first sample past it, if the
+/// oracle has not seen the relay settle, the monitor names the connections still open (in
+/// the trace, [`Event::StillOpen`], and in the logs).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnWatch {
+    churn_end_us: u64,
+    deadline_us: u64,
+}
+
+/// How many still-open connections the logs name one by one (the trace keeps them all).
+const STILL_OPEN_LOGGED_MAX: usize = 20;
+
+impl ConnWatch {
+    /// The watch `scenario`'s `conn_accounting` asks for, if it has one.
+    pub fn of(scenario: &Scenario) -> Option<Self> {
+        let spec = scenario.oracles.conn_accounting.as_ref()?;
+        let churn_end_us = scenario.churn_end_s() * 1_000_000;
+        Some(Self {
+            churn_end_us,
+            deadline_us: churn_end_us + spec.settle_s * 1_000_000,
+        })
+    }
+
+    /// After a sample: once past the deadline, record what is still open if the relay has
+    /// not settled. Returns whether the watch is over.
+    fn name_still_open(&self, sink: &TraceSink, control: &RelayControl) -> bool {
+        let past_deadline = sink.with_records(|records| {
+            let last_us = records.last().map_or(0, |record| record.t_us);
+            (last_us > self.deadline_us).then(|| {
+                oracle::conn_accounting(records, self.churn_end_us, self.deadline_us).is_some()
+            })
+        });
+        let Some(unsettled) = past_deadline else {
+            return false;
+        };
+        let Some(observer) = control.observer().filter(|_| unsettled) else {
+            return true;
+        };
+        let (open, now_ms) = observer.open_connections();
+        let connections: Vec<OpenConnectionRecord> = open
+            .iter()
+            .map(|connection| OpenConnectionRecord {
+                peer: connection.peer.to_string(),
+                phase: match connection.phase {
+                    Phase::Free | Phase::Accepted => "accepted".to_owned(),
+                    Phase::Active => "active".to_owned(),
+                    Phase::Draining(reason) => format!("draining ({reason})"),
+                },
+                age_ms: connection
+                    .admitted_ms
+                    .map_or(0, |admitted| now_ms.saturating_sub(admitted)),
+                idle_ms: now_ms.saturating_sub(connection.last_activity_ms),
+            })
+            .collect();
+        tracing::warn!(
+            open = connections.len(),
+            "conn_accounting deadline passed with connections still open"
+        );
+        for connection in connections.iter().take(STILL_OPEN_LOGGED_MAX) {
+            tracing::warn!(%connection, "still open");
+        }
+        if connections.len() > STILL_OPEN_LOGGED_MAX {
+            tracing::warn!(
+                more = connections.len() - STILL_OPEN_LOGGED_MAX,
+                "still open (not listed)"
+            );
+        }
+        sink.record("monitor", Event::StillOpen { connections });
+        true
     }
 }
 

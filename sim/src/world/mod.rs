@@ -28,7 +28,7 @@ use madsim::runtime::{Handle, NodeHandle, Runtime};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
 
 use crate::actors::relay_host::{
-    self, monitor, quiet_injected_panics, run_relay, sample, RelayControl, RelayDatabase,
+    self, monitor, quiet_injected_panics, run_relay, sample, ConnWatch, RelayControl, RelayDatabase,
 };
 use crate::actors::{cast, upstream, TraceSink};
 use crate::oracle::{Verdict, Violation};
@@ -159,6 +159,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     let mut world_tasks = vec![madsim::task::spawn(monitor(
         sink.clone(),
         Arc::clone(&control),
+        ConnWatch::of(&scenario),
     ))];
     for (index, fault) in scenario.faults.clone().into_iter().enumerate() {
         world_tasks.push(madsim::task::spawn(inject(

@@ -624,22 +624,22 @@ fn swarm_keys_are_checked_when_the_scenario_loads() {
     };
     assert_eq!(
         error("\"churners[3].nodes\" = [1, 2]\n"),
-        "bad.toml: swarm.\"churners[3].nodes\": the scenario has no `churners[3]` (1 entries) (drawing 1)"
+        "bad.toml:15:1: swarm.\"churners[3].nodes\": the scenario has no `churners[3]` (1 entries) (drawing 1)"
     );
     assert!(
         error("\"prober.perod_s\" = [1, 2]\n").starts_with(
-            "bad.toml: swarm.\"prober.perod_s\": unknown field `perod_s`, expected one of"
+            "bad.toml:15:1: swarm.\"prober.perod_s\": unknown field `perod_s`, expected one of"
         ),
         "{}",
         error("\"prober.perod_s\" = [1, 2]\n")
     );
     assert_eq!(
         error("\"prober.timeout_s\" = [1, 20]\n"),
-        "bad.toml: swarm.\"prober.timeout_s\": prober.timeout_s: expected timeout_s <= period_s (drawing 20)"
+        "bad.toml:15:1: swarm.\"prober.timeout_s\": prober.timeout_s: expected timeout_s <= period_s (drawing 20)"
     );
     assert_eq!(
         error("\"upstreams.hosts\" = [1, 2]\n"),
-        "bad.toml: swarm.\"upstreams.hosts\": the scenario has no `upstreams` (drawing 1)"
+        "bad.toml:15:1: swarm.\"upstreams.hosts\": the scenario has no `upstreams` (drawing 1)"
     );
     assert!(
         error("\"prober.period_s\" = [5, 1]\n")

@@ -14,6 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::swarm::SwarmRange;
 
+mod problems;
+pub use problems::{Located, Problem};
+
 /// One scenario file, parsed and validated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -899,6 +902,15 @@ impl FaultSpec {
         }
     }
 
+    /// The key that sets the fault's length: `duration_s`, or `down_s` for the relay's
+    /// kill and restart.
+    pub fn length_key(&self) -> &'static str {
+        match self {
+            Self::KillRelay { .. } | Self::RestartRelay { .. } => "down_s",
+            _ => "duration_s",
+        }
+    }
+
     /// When the fault starts, seconds.
     pub fn at_s(&self) -> u64 {
         match self {
@@ -965,28 +977,31 @@ pub enum ScenarioError {
         /// What the OS said.
         error: std::io::Error,
     },
-    /// Not valid TOML, or not the scenario schema.
-    #[error("{path}:{line}:{column}: {message}")]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What was found and what was expected.
-        message: String,
-    },
-    /// Well-formed, but inconsistent (e.g. a churner outliving the scenario).
-    #[error("{path}: {key}: {message}")]
+    /// Not valid TOML, not the scenario schema, or inconsistent (e.g. a churner outliving
+    /// the scenario): every problem found, one `file:line:col: message` per line.
+    #[error("{}", render_problems(path, problems))]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// Dotted path of the offending key.
-        key: String,
-        /// What is wrong and what was expected.
-        message: String,
+        /// Every problem, in file order.
+        problems: Vec<Located>,
     },
+}
+
+fn render_problems(path: &Path, problems: &[Located]) -> String {
+    problems
+        .iter()
+        .map(|problem| {
+            format!(
+                "{}:{}:{}: {}",
+                path.display(),
+                problem.line,
+                problem.column,
+                problem.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Scenario {
@@ -999,25 +1014,13 @@ impl Scenario {
         Self::parse(path, &text)
     }
 
-    /// Parse and validate scenario text; `path` is only used in errors.
+    /// Parse and validate scenario text, reporting every problem; `path` is only used in
+    /// errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ScenarioError> {
-        let scenario: Scenario = toml::from_str(text).map_err(|error| {
-            let (line, column) = line_column(text, error.span().map_or(0, |span| span.start));
-            ScenarioError::Syntax {
-                path: path.to_owned(),
-                line,
-                column,
-                message: error.message().trim().to_owned(),
-            }
-        })?;
-        scenario
-            .validate()
-            .map_err(|(key, message)| ScenarioError::Invalid {
-                path: path.to_owned(),
-                key,
-                message,
-            })?;
-        Ok(scenario)
+        problems::parse(text).map_err(|problems| ScenarioError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
     }
 
     /// When the last churner stops starting connections, seconds (0 without churners).
@@ -1025,34 +1028,34 @@ impl Scenario {
         self.churners.iter().map(|c| c.stop_s).max().unwrap_or(0)
     }
 
-    /// What the chosen engine cannot play; `Err((dotted key, message))`.
-    fn validate_engine(&self) -> Result<(), (String, String)> {
-        let fail = |key: &str, message: String| Err((key.to_owned(), message));
+    /// What the chosen engine cannot play.
+    fn engine_problems(&self) -> Vec<Problem> {
+        let mut found = Vec::new();
         match self.engine {
             EngineName::Madsim => {
                 if self.network.tcp_capacity.is_some() {
-                    return fail(
+                    found.push(problem(
                         "network.tcp_capacity",
                         "expected no tcp_capacity with engine = \"madsim\" (madsim's TCP has \
                          no accept queue or window limit; use engine = \"turmoil\")"
                             .into(),
-                    );
+                    ));
                 }
                 if let Some(index) = self.churners.iter().position(|c| c.mix.half_close > 0) {
-                    return fail(
+                    found.push(problem(
                         &format!("churners[{index}].mix.half_close"),
                         "expected half_close = 0 with engine = \"madsim\" (madsim's TCP has no \
                          half-close; use engine = \"turmoil\")"
                             .into(),
-                    );
+                    ));
                 }
             }
             EngineName::Turmoil => {
                 if self.network.tcp_capacity == Some(0) {
-                    return fail(
+                    found.push(problem(
                         "network.tcp_capacity",
                         "expected a capacity of at least 1".into(),
-                    );
+                    ));
                 }
                 if let Some(fault) = self.faults.iter().find(|fault| {
                     matches!(
@@ -1062,28 +1065,28 @@ impl Scenario {
                             | FaultSpec::StoreFault { .. }
                     )
                 }) {
-                    return fail(
+                    found.push(problem(
                         "faults",
                         format!(
                             "expected no {} fault with engine = \"turmoil\" (the relay's fault \
                              points exist only in the madsim build)",
                             fault.kind()
                         ),
-                    );
+                    ));
                 }
                 let hosts = self.host_count();
                 if hosts > TURMOIL_MAX_HOSTS {
-                    return fail(
+                    found.push(problem(
                         "engine",
                         format!(
                             "expected at most {TURMOIL_MAX_HOSTS} hosts with engine = \"turmoil\" \
                              (its links are per host pair), found {hosts}; use engine = \"madsim\""
                         ),
-                    );
+                    ));
                 }
             }
         }
-        Ok(())
+        found
     }
 
     /// Hosts in the world: the relay, upstreams, prober, churner, caller and abuser nodes,
@@ -1100,241 +1103,274 @@ impl Scenario {
             + self.consumers.iter().map(|c| c.count as u64).sum::<u64>()
     }
 
-    /// Semantic checks beyond the schema; `Err((dotted key, message))`.
-    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
-        let fail = |key: &str, message: String| Err((key.to_owned(), message));
+    /// Semantic checks beyond the schema: every problem, each naming its dotted key (empty
+    /// when the scenario is consistent).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut found = Vec::new();
         if self.duration_s == 0 {
-            return fail(
+            found.push(problem(
                 "duration_s",
                 "expected a duration of at least 1 second".into(),
-            );
+            ));
         }
         if let Err(error) = self.relay.check() {
-            return fail("relay", error.to_string());
+            found.push(problem(&relay_key(&error), error.to_string()));
         }
-        self.validate_engine()?;
+        found.extend(self.engine_problems());
         for name in &self.reach {
             if relay::rt::probe::Probe::named(name).is_none() {
                 let known: Vec<&str> = relay::rt::probe::Probe::ALL
                     .iter()
                     .map(|probe| probe.name())
                     .collect();
-                return fail(
+                found.push(problem(
                     "reach",
                     format!(
                         "unknown probe {name:?}; expected one of {}",
                         known.join(", ")
                     ),
-                );
+                ));
             }
         }
         if !self.reach.is_empty() && self.engine != EngineName::Madsim {
-            return fail(
+            found.push(problem(
                 "reach",
                 "expected no reach on this engine: the relay's probes are counted only under madsim"
                     .into(),
-            );
+            ));
         }
         if let Some(prober) = &self.prober {
             if prober.period_s == 0 || prober.timeout_s == 0 || prober.failure_threshold == 0 {
-                return fail(
+                found.push(problem(
                     "prober",
                     "expected period_s, timeout_s and failure_threshold of at least 1".into(),
-                );
+                ));
             }
             if prober.timeout_s > prober.period_s {
-                return fail("prober.timeout_s", "expected timeout_s <= period_s".into());
+                found.push(problem(
+                    "prober.timeout_s",
+                    "expected timeout_s <= period_s".into(),
+                ));
             }
         }
         for (index, churner) in self.churners.iter().enumerate() {
             let key = |field: &str| format!("churners[{index}].{field}");
             if churner.nodes == 0 || churner.loops_per_node == 0 {
-                return fail(
+                found.push(problem(
                     &key("nodes"),
                     "expected nodes and loops_per_node of at least 1".into(),
-                );
+                ));
             }
             if churner.start_s >= churner.stop_s || churner.stop_s > self.duration_s {
-                return fail(
+                found.push(problem(
                     &key("stop_s"),
                     format!(
                         "expected start_s ({}) < stop_s ({}) <= duration_s ({})",
                         churner.start_s, churner.stop_s, self.duration_s
                     ),
-                );
+                ));
             }
             if churner.mix.total() == 0 {
-                return fail(&key("mix"), "expected at least one non-zero weight".into());
+                found.push(problem(
+                    &key("mix"),
+                    "expected at least one non-zero weight".into(),
+                ));
             }
             if churner.paths.is_empty() || churner.paths.iter().any(|p| !p.starts_with('/')) {
-                return fail(
+                found.push(problem(
                     &key("paths"),
                     "expected a non-empty list of paths starting with '/'".into(),
-                );
+                ));
             }
         }
         for (index, caller) in self.callers.iter().enumerate() {
             let key = |field: &str| format!("callers[{index}].{field}");
             if index >= 40 {
-                return fail("callers", "expected at most 40 caller groups".into());
+                found.push(problem(
+                    "callers",
+                    "expected at most 40 caller groups".into(),
+                ));
             }
             if caller.nodes == 0 || caller.nodes > 250 {
-                return fail(&key("nodes"), "expected 1 to 250 nodes".into());
+                found.push(problem(&key("nodes"), "expected 1 to 250 nodes".into()));
             }
             if caller.period_ms == 0 || caller.timeout_ms == 0 {
-                return fail(
+                found.push(problem(
                     &key("period_ms"),
                     "expected period_ms and timeout_ms of at least 1".into(),
-                );
+                ));
             }
             if !caller.path.starts_with('/') {
-                return fail(&key("path"), "expected a path starting with '/'".into());
+                found.push(problem(
+                    &key("path"),
+                    "expected a path starting with '/'".into(),
+                ));
             }
         }
         for (index, abuser) in self.abusers.iter().enumerate() {
             let key = |field: &str| format!("abusers[{index}].{field}");
             if index >= 20 {
-                return fail("abusers", "expected at most 20 abuser groups".into());
+                found.push(problem(
+                    "abusers",
+                    "expected at most 20 abuser groups".into(),
+                ));
             }
             if abuser.nodes == 0 || abuser.nodes > 250 {
-                return fail(&key("nodes"), "expected 1 to 250 nodes".into());
+                found.push(problem(&key("nodes"), "expected 1 to 250 nodes".into()));
             }
             if abuser.period_ms == 0 {
-                return fail(&key("period_ms"), "expected at least 1".into());
+                found.push(problem(&key("period_ms"), "expected at least 1".into()));
             }
             if abuser.start_s >= self.duration_s {
-                return fail(&key("start_s"), "expected start_s < duration_s".into());
+                found.push(problem(
+                    &key("start_s"),
+                    "expected start_s < duration_s".into(),
+                ));
             }
         }
         if let Some(upstreams) = &self.upstreams {
             let fraction_ok = |f: f64| (0.0..=1.0).contains(&f);
             if upstreams.hosts == 0 || upstreams.hosts > 60_000 {
-                return fail("upstreams.hosts", "expected 1 to 60000 hosts".into());
+                found.push(problem(
+                    "upstreams.hosts",
+                    "expected 1 to 60000 hosts".into(),
+                ));
             }
-            if !fraction_ok(upstreams.flaky_fraction) || !fraction_ok(upstreams.dead_fraction) {
-                return fail(
-                    "upstreams",
-                    "expected flaky_fraction and dead_fraction within 0..=1".into(),
-                );
+            for (name, fraction) in [
+                ("flaky_fraction", upstreams.flaky_fraction),
+                ("dead_fraction", upstreams.dead_fraction),
+            ] {
+                if !fraction_ok(fraction) {
+                    found.push(problem(
+                        &format!("upstreams.{name}"),
+                        "expected a fraction within 0..=1".into(),
+                    ));
+                }
             }
             if upstreams.event_interval_s.min == 0
                 || upstreams.flaky_down_s.min == 0
                 || upstreams.flaky_up_s.min == 0
             {
-                return fail(
+                found.push(problem(
                     "upstreams",
                     "expected event_interval_s, flaky_down_s and flaky_up_s of at least 1".into(),
-                );
+                ));
             }
         }
         for (index, fault) in self.faults.iter().enumerate() {
-            let key = format!("faults[{index}]");
-            match fault {
-                FaultSpec::Partition {
-                    duration_s,
-                    hosts_fraction,
-                    ..
-                } => {
-                    if self.upstreams.is_none() {
-                        return fail(&key, "a partition needs [upstreams]".into());
-                    }
-                    if *duration_s == 0 || !(0.0..=1.0).contains(hosts_fraction) {
-                        return fail(
-                            &key,
-                            "expected duration_s >= 1 and hosts_fraction within 0..=1".into(),
-                        );
-                    }
+            let key = |field: &str| format!("faults[{index}].{field}");
+            if let FaultSpec::Partition { hosts_fraction, .. } = fault {
+                if self.upstreams.is_none() {
+                    found.push(problem(
+                        &key("kind"),
+                        "a partition needs [upstreams]".into(),
+                    ));
                 }
-                FaultSpec::StoreFault { duration_s, .. }
-                | FaultSpec::Clog { duration_s, .. }
-                | FaultSpec::Latency { duration_s, .. }
-                | FaultSpec::HandlerPanic { duration_s, .. }
-                | FaultSpec::HandlerStall { duration_s, .. }
-                    if *duration_s == 0 =>
-                {
-                    return fail(&key, "expected duration_s >= 1".into());
+                if !(0.0..=1.0).contains(hosts_fraction) {
+                    found.push(problem(
+                        &key("hosts_fraction"),
+                        "expected hosts_fraction within 0..=1".into(),
+                    ));
                 }
-                FaultSpec::KillRelay { down_s, .. } | FaultSpec::RestartRelay { down_s, .. }
-                    if *down_s == 0 =>
-                {
-                    return fail(&key, "expected down_s >= 1".into());
-                }
-                _ => {}
+            }
+            let length = fault.length_key();
+            if fault.end_s() == fault.at_s() {
+                found.push(problem(&key(length), format!("expected {length} >= 1")));
             }
             if fault.end_s() > self.duration_s {
-                return fail(
-                    &key,
+                found.push(problem(
+                    &key(length),
                     format!(
                         "expected the fault to end by duration_s ({}s), it ends at {}s",
                         self.duration_s,
                         fault.end_s()
                     ),
-                );
+                ));
             }
         }
-        let needs_upstreams = self.oracles.hosts_connected_min.is_some()
-            || self.oracles.handshakes_bounded.is_some()
-            || self.oracles.workers_bounded.is_some()
-            || self.oracles.no_host_forgotten.is_some();
-        if needs_upstreams && self.upstreams.is_none() {
-            return fail(
-                "oracles",
-                "upstream oracles need an [upstreams] table".into(),
-            );
+        let upstream_oracles = [
+            (
+                "hosts_connected_min",
+                self.oracles.hosts_connected_min.is_some(),
+            ),
+            (
+                "handshakes_bounded",
+                self.oracles.handshakes_bounded.is_some(),
+            ),
+            ("workers_bounded", self.oracles.workers_bounded.is_some()),
+            (
+                "no_host_forgotten",
+                self.oracles.no_host_forgotten.is_some(),
+            ),
+        ];
+        for (name, checked) in upstream_oracles {
+            if checked && self.upstreams.is_none() {
+                found.push(problem(
+                    &format!("oracles.{name}"),
+                    format!("{name} needs an [upstreams] table"),
+                ));
+            }
         }
         if let Some(spec) = &self.oracles.hosts_connected_min {
             if !(0.0..=1.0).contains(&spec.fraction) || spec.by_s > self.duration_s {
-                return fail(
+                found.push(problem(
                     "oracles.hosts_connected_min",
                     "expected fraction within 0..=1 and by_s <= duration_s".into(),
-                );
+                ));
             }
         }
         if self.oracles.panics_contained.is_some() && self.callers.is_empty() {
-            return fail(
+            found.push(problem(
                 "oracles.panics_contained",
                 "panics_contained needs [[callers]]".into(),
-            );
+            ));
         }
         if self.oracles.bad_input_rejected.is_some() && self.abusers.is_empty() {
-            return fail(
+            found.push(problem(
                 "oracles.bad_input_rejected",
                 "bad_input_rejected needs [[abusers]]".into(),
-            );
+            ));
         }
         if let Some(spec) = &self.oracles.memory_bounded {
             if spec.mailbox_max.is_none() && spec.held_bytes_max.is_none() {
-                return fail(
+                found.push(problem(
                     "oracles.memory_bounded",
                     "expected mailbox_max, held_bytes_max or both".into(),
-                );
+                ));
             }
         }
         if let Some(spec) = &self.oracles.calls_answered {
             if self.callers.is_empty() {
-                return fail(
+                found.push(problem(
                     "oracles.calls_answered",
                     "calls_answered needs [[callers]]".into(),
-                );
+                ));
             }
             if !spec.statuses.contains(&200) {
-                return fail(
+                found.push(problem(
                     "oracles.calls_answered.statuses",
                     "expected a list of statuses that includes 200".into(),
-                );
+                ));
             }
         }
-        let needs_prober =
-            self.oracles.probe_liveness.is_some() || self.oracles.probe_latency_max.is_some();
-        if needs_prober && self.prober.is_none() {
-            return fail(
-                "oracles",
-                "probe_liveness and probe_latency_max need a [prober] table".into(),
-            );
+        let prober_oracles = [
+            ("probe_liveness", self.oracles.probe_liveness.is_some()),
+            (
+                "probe_latency_max",
+                self.oracles.probe_latency_max.is_some(),
+            ),
+        ];
+        for (name, checked) in prober_oracles {
+            if checked && self.prober.is_none() {
+                found.push(problem(
+                    &format!("oracles.{name}"),
+                    format!("{name} needs a [prober] table"),
+                ));
+            }
         }
         if let Some(accounting) = &self.oracles.conn_accounting {
             if self.churn_end_s() + accounting.settle_s > self.duration_s {
-                return fail(
+                found.push(problem(
                     "oracles.conn_accounting.settle_s",
                     format!(
                         "expected the last churner stop ({}s) + settle_s ({}s) <= duration_s ({}s)",
@@ -1342,7 +1378,7 @@ impl Scenario {
                         accounting.settle_s,
                         self.duration_s
                     ),
-                );
+                ));
             }
         }
         for (index, consumer) in self.consumers.iter().enumerate() {
@@ -1354,30 +1390,26 @@ impl Scenario {
                     .stop_s
                     .is_some_and(|stop| stop <= consumer.start_s || stop > self.duration_s)
             {
-                return fail(
+                found.push(problem(
                     &format!("consumers[{index}]"),
                     "expected count, stall_every_s and reconnect_every_s of at least 1 and start_s < stop_s <= duration_s".into(),
-                );
+                ));
             }
         }
         if let Some(spec) = &self.oracles.recovery_within {
             let last_end = self.faults.iter().map(FaultSpec::end_s).max();
             match last_end {
-                None => {
-                    return fail(
-                        "oracles.recovery_within",
-                        "needs at least one [[faults]] entry".into(),
-                    )
-                }
-                Some(end) if end + spec.s > self.duration_s => {
-                    return fail(
-                        "oracles.recovery_within.s",
-                        format!(
-                            "expected the last fault end ({end}s) + s ({}s) <= duration_s ({}s)",
-                            spec.s, self.duration_s
-                        ),
-                    )
-                }
+                None => found.push(problem(
+                    "oracles.recovery_within",
+                    "needs at least one [[faults]] entry".into(),
+                )),
+                Some(end) if end + spec.s > self.duration_s => found.push(problem(
+                    "oracles.recovery_within.s",
+                    format!(
+                        "expected the last fault end ({end}s) + s ({}s) <= duration_s ({}s)",
+                        spec.s, self.duration_s
+                    ),
+                )),
                 Some(_) => {}
             }
         }
@@ -1385,48 +1417,51 @@ impl Scenario {
             match self.consumers_end_s() {
                 Some(end) if end + spec.settle_s <= self.duration_s => {}
                 _ => {
-                    return fail(
+                    found.push(problem(
                         "oracles.consumer_accounting",
                         "needs consumers that all have stop_s, with the last stop_s + settle_s <= duration_s".into(),
-                    )
+                    ))
                 }
             }
         }
         if self.oracles.no_stale_delivery.is_some() && self.consumers.is_empty() {
-            return fail(
+            found.push(problem(
                 "oracles.no_stale_delivery",
                 "needs at least one [[consumers]] group".into(),
-            );
+            ));
         }
         if self.oracles.delivery_gap_max.is_some() && self.consumers.is_empty() {
-            return fail(
+            found.push(problem(
                 "oracles.delivery_gap_max",
                 "needs at least one [[consumers]] group".into(),
-            );
+            ));
         }
         if self.oracles.no_lost_events.is_some() && self.consumers.is_empty() {
-            return fail(
+            found.push(problem(
                 "oracles.no_lost_events",
                 "needs at least one [[consumers]] group".into(),
-            );
+            ));
         }
         if self.oracles.slow_consumers_kicked.is_some()
             && !self.consumers.iter().any(|c| c.kind == ConsumerKind::Slow)
         {
-            return fail(
+            found.push(problem(
                 "oracles.slow_consumers_kicked",
                 "needs a [[consumers]] group with kind = \"slow\"".into(),
-            );
+            ));
         }
         if let Expect::Fail(oracle) = self.expect {
             if !self.checks(oracle) {
-                return fail(
+                found.push(problem(
                     "expect",
                     format!("expects {oracle} to fail, but [oracles] does not check it"),
-                );
+                ));
             }
         }
-        crate::swarm::check(self)
+        if found.is_empty() {
+            found.extend(crate::swarm::check(self));
+        }
+        found
     }
 
     /// When the last consumer leaves, if every group has a `stop_s` (and there is one).
@@ -1471,13 +1506,28 @@ impl Scenario {
     }
 }
 
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
+/// A problem at `key`.
+fn problem(key: &str, message: String) -> Problem {
+    Problem {
+        key: key.to_owned(),
+        message,
+    }
+}
+
+/// The scenario key a relay configuration error is about: `relay.` and the dotted key its
+/// message starts with (`server.max_connections must be …`), else `relay`.
+fn relay_key(error: &relay::config::ConfigError) -> String {
+    let relay::config::ConfigError::Inconsistent(message) = error else {
+        return "relay".to_owned();
+    };
+    message
+        .split_whitespace()
         .next()
-        .map_or(0, |tail| tail.chars().count())
-        + 1;
-    (line, column)
+        .filter(|word| {
+            word.contains('.')
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+        })
+        .map_or_else(|| "relay".to_owned(), |word| format!("relay.{word}"))
 }
