@@ -8,7 +8,11 @@
 #   Caught-by: scenario <scenarios/x.toml> seed=<N> oracle=<oracle>
 #       the patched tree's simulator must FAIL that scenario at that seed with <oracle>
 #       among the violated oracles (the scenario must pass unpatched: ci/test's simulation
-#       tests run seeds 1..=20 of every scenario, so pick a seed in that range).
+#       tests run seeds 1..=20 of every scenario, so pick a seed in that range);
+#   Caught-by: test <package> <unit test path>
+#       that unit test of the package's library (cargo test -p <package> --lib, real threads:
+#       for bugs only true parallelism shows, which the single-threaded tunnel cannot) must
+#       fail.
 #
 # For each patch: copy the working tree (tracked and untracked, not ignored) to a scratch
 # directory outside the repository, apply the patch, require that it changed something,
@@ -35,7 +39,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 out="$root/target/museum"
 # One fixed scratch path (kept between runs) and persistent target dirs for every patch (loom: target/museum/loom;
-# simulator: target/museum/sim, reached through a `target` symlink in the scratch copy so the
+# simulator: target/museum/sim; unit tests: target/museum/plain; the simulator's, reached through a `target` symlink in the scratch copy so the
 # `cargo sim` alias builds there): cargo then rebuilds only the workspace crates, never the
 # dependencies. The scratch copy lives outside this repository: `git apply` run inside a
 # repository's subdirectory silently skips paths outside that subdirectory.
@@ -50,6 +54,11 @@ mkdir -p "$scratch_parent" "$out/logs" "$out/artifacts" "$out/loom"
 if [ ! -d "$out/sim/release" ] && [ -d "$root/target/sim/release/deps" ]; then
   mkdir -p "$out/sim"
   cp -a "$root/target/sim/release" "$out/sim/"
+fi
+# Likewise unit-test exhibits start from the plain test build's dependencies.
+if [ ! -d "$out/plain/debug" ] && [ -d "$root/target/debug/deps" ]; then
+  mkdir -p "$out/plain"
+  cp -a "$root/target/debug" "$out/plain/"
 fi
 # The scratch path is shared by every run of this script by this user: one at a time.
 exec 9>"$scratch_parent/lock"
@@ -70,6 +79,7 @@ sim_cargo=(cargo --locked
   --config profile.release.package.windtunnel.debug=0)
 loom_cargo=(env "RUSTFLAGS=--cfg loom" cargo test --locked -q -p loom-tests --release --target-dir "$out/loom")
 loom_model='^loom ([a-z_0-9]+)$'
+unit_test='^test ([a-z_-]+) ([a-z_0-9:]+)$'
 scenario_run='^scenario ([^ ]+\.toml) seed=([0-9]+|0x[0-9a-fA-F]+) oracle=([a-z_]+)$'
 
 patches=("$@")
@@ -130,8 +140,10 @@ for patch in "${patches[@]}"; do
     if grep -q '^expect *= *{ *fail' "$scenario"; then
       broken "names $scenario, an expect-fail scenario (name one that must pass unpatched)"
     fi
+  elif [[ $caught =~ $unit_test ]]; then
+    kind=test package=${BASH_REMATCH[1]} test_path=${BASH_REMATCH[2]}
   else
-    broken "cannot read 'Caught-by: $caught' (want 'loom <model>' or 'scenario <file> seed=<N> oracle=<name>')"
+    broken "cannot read 'Caught-by: $caught' (want 'loom <model>', 'scenario <file> seed=<N> oracle=<name>' or 'test <package> <path>')"
   fi
   touched=$(git apply --numstat "$patch" | awk '{print $3}')
   [ -n "$touched" ] || broken "is not a patch"
@@ -180,6 +192,27 @@ for patch in "${patches[@]}"; do
       line="MISNAMED $name: loom failed ($failed) but not $model, the model its header names $times"
     else
       line="KILLED   $name: loom $model; failed: $failed (model@execution) $times"
+    fi
+  elif [ "$kind" = test ]; then
+    unit_cargo=(cargo test --locked -q -p "$package" --lib --target-dir "$out/plain")
+    (cd "$scratch" && "${unit_cargo[@]}" --no-run) >>"$log" 2>&1 || { tail -20 "$log" >&2; broken "does not compile (see $log)"; }
+    (cd "$scratch" && "${unit_cargo[@]}" -- --list 2>/dev/null) | grep -qx "$test_path: test" ||
+      broken "names unit test $test_path of $package, which does not exist"
+    built=$(seconds "$started")
+    started=$(date +%s)
+    set +e
+    (cd "$scratch" && timeout 600 "${unit_cargo[@]}" -- --exact "$test_path") >>"$log" 2>&1
+    status=$?
+    set -e
+    ran=$(seconds "$started")
+    times="[build ${built}s, run ${ran}s]"
+    [ "$status" -ne 124 ] || broken "$test_path timed out (see $log)"
+    if [ "$status" -eq 0 ]; then
+      line="SURVIVED $name: $package's $test_path passed with this bug in place $times"
+    elif grep -qxF -- "---- $test_path stdout ----" "$log"; then
+      line="KILLED   $name: test $test_path; $(grep -m1 -A1 ' panicked at ' "$log" | tail -1 | cut -c1-100) $times"
+    else
+      line="MISNAMED $name: $package's tests failed without $test_path failing $times"
     fi
   else
     (cd "$scratch" && "${sim_cargo[@]}" sim check "$scenario") >>"$log" 2>&1 ||

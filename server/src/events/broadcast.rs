@@ -210,8 +210,8 @@ impl Broadcaster {
         // Each consumer's holding is read once, before sorting: consumer tasks release bytes
         // concurrently, and a key that changes mid-sort is not a total order (the standard
         // sort panics on that, and this runs on the sequencer: found by `fanout_bench` at
-        // 1,000 consumers on the multi-threaded runtime, which the tunnel cannot reproduce
-        // since its single thread never interleaves with a sort).
+        // 1,000 consumers on the multi-threaded runtime; the test
+        // `make_room_sorts_a_snapshot_while_consumers_drain_concurrently` reproduces it).
         let mut staying: Vec<(u64, &Consumer)> = consumers
             .by_id
             .values()
@@ -369,5 +369,67 @@ mod tests {
         assert_eq!(arriving.mailbox.len(), 11);
         drop((reading, arriving));
         assert_eq!(memory.stats().held_bytes, 0, "every byte accounted for");
+    }
+
+    /// Real parallelism, which the tunnel's single simulated thread never gives: consumer
+    /// tasks drain their mailboxes (changing what each holds) on another thread while the
+    /// sequencer's `make_room` sorts them by holding. A sort keyed on the live atomics is
+    /// not a total order and std's sort panics on it (found once by `fanout_bench` at 1,000
+    /// consumers); sorting a snapshot cannot. Kicked consumers come back (as a real one
+    /// reconnects), so every publish sorts hundreds of them.
+    #[test]
+    fn make_room_sorts_a_snapshot_while_consumers_drain_concurrently() {
+        const CONSUMERS: usize = 400;
+        const PUBLISHES: u64 = 3_000;
+        let cost = frame(1).cost();
+        let memory = Arc::new(MemoryGuard::new(&MemoryConfig {
+            budget_bytes: cost * CONSUMERS as u64,
+            shed_at_pct: 80,
+            resume_at_pct: 60,
+        }));
+        let broadcaster = Arc::new(Broadcaster::new(0, Arc::clone(&memory)));
+        let registry = Registry::new(CONSUMERS * 2);
+        let subscribe = || {
+            let owner = consumer(&registry);
+            let (subscription, _) = broadcaster.subscribe(&registry, owner.id(), 64);
+            Arc::new((owner, subscription))
+        };
+        let slots: Vec<Mutex<Arc<(ConnOwner, Subscription)>>> =
+            (0..CONSUMERS).map(|_| Mutex::new(subscribe())).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        /// Stops the draining thread however the publishing ends: a panicking sort must
+        /// fail the test, not leave the scope waiting for a drainer that never stops.
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, SeqCst);
+            }
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Drain unevenly: consumer i reads up to i % 7 frames per pass.
+                while !done.load(SeqCst) {
+                    for (index, slot) in slots.iter().enumerate() {
+                        let held = Arc::clone(&slot.lock().unwrap());
+                        for _ in 0..index % 7 {
+                            if held.1.recv().now_or_never().flatten().is_none() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+            let _stop_drainer = StopOnDrop(&done);
+            for seq in 1..=PUBLISHES {
+                broadcaster.publish(&[frame(seq)]);
+                for slot in &slots {
+                    let mut held = slot.lock().unwrap();
+                    if held.0.close_requested().is_some() {
+                        *held = subscribe();
+                    }
+                }
+            }
+        });
+        assert!(memory.stats().kicked_total > 0, "make_room never ran");
     }
 }
