@@ -87,6 +87,8 @@ pub struct Metrics {
     events_retention_deleted: Gauge,
     consumers_kicked: Gauge,
     consumer_mailbox_high_water: Gauge,
+    ingest_queued_bytes: Gauge,
+    ingest_queued_high_water_bytes: Gauge,
     handlers_in_flight: Gauge,
     handlers_in_flight_high_water: Gauge,
     memory_held_bytes: Gauge,
@@ -141,6 +143,8 @@ impl Metrics {
             events_retention_deleted: Gauge::default(),
             consumers_kicked: Gauge::default(),
             consumer_mailbox_high_water: Gauge::default(),
+            ingest_queued_bytes: Gauge::default(),
+            ingest_queued_high_water_bytes: Gauge::default(),
             handlers_in_flight: Gauge::default(),
             handlers_in_flight_high_water: Gauge::default(),
             memory_held_bytes: Gauge::default(),
@@ -313,6 +317,16 @@ impl Metrics {
             self.consumer_mailbox_high_water.clone(),
         );
         registry.register(
+            "ingest_queued_bytes",
+            "Content bytes of upstream events queued for the sequencer or in its batch",
+            self.ingest_queued_bytes.clone(),
+        );
+        registry.register(
+            "ingest_queued_high_water_bytes",
+            "Most content bytes of upstream events ever queued for the sequencer at once",
+            self.ingest_queued_high_water_bytes.clone(),
+        );
+        registry.register(
             "handlers_in_flight",
             "Dispatched request handlers running now (probes and /metrics excluded)",
             self.handlers_in_flight.clone(),
@@ -478,6 +492,9 @@ impl Metrics {
             .set(wide(events.consumers_kicked_total));
         self.consumer_mailbox_high_water
             .set(gauge(events.mailbox_high_water));
+        self.ingest_queued_bytes.set(wide(events.ingest_held_bytes));
+        self.ingest_queued_high_water_bytes
+            .set(wide(events.ingest_high_water_bytes));
         self.consumers_subscribed.set(gauge(events.consumers));
         self.tasks_alive.set(gauge(crate::rt::tasks_alive()));
         // One balanced registry reading: admitted = released + open in the same scrape.

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::scenario::{AbuseKind, Expect, OracleName, Scenario};
+use crate::scenario::{AbuseKind, Expect, MemoryBoundedSpec, OracleName, Scenario};
 use crate::trace::{Event, Record, Trace, UpstreamSample};
 
 /// One oracle's complaint, pointing at the record that broke it.
@@ -89,11 +89,7 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
         violations.extend(slow_consumers_kicked(records));
     }
     if let Some(spec) = &scenario.oracles.memory_bounded {
-        violations.extend(memory_bounded(
-            records,
-            spec.mailbox_max.unwrap_or(usize::MAX),
-            spec.held_bytes_max.unwrap_or(u64::MAX),
-        ));
+        violations.extend(memory_bounded(records, spec));
     }
     if let Some(spec) = &scenario.oracles.recovery_within {
         let last_end_us = scenario
@@ -653,13 +649,13 @@ pub fn slow_consumers_kicked(records: &[Record]) -> Option<Violation> {
         })
 }
 
-/// No consumer's relay-side queue ever held more than `mailbox_max` frames, and the relay's
-/// memory account never held more than `held_bytes_max` bytes.
-pub fn memory_bounded(
-    records: &[Record],
-    mailbox_max: usize,
-    held_bytes_max: u64,
-) -> Option<Violation> {
+/// No consumer's relay-side queue ever held more than `mailbox_max` frames, the relay's
+/// memory account never held more than `held_bytes_max` bytes and its ingest queue never
+/// more than `ingest_bytes_max` bytes (each bound only if given).
+pub fn memory_bounded(records: &[Record], spec: &MemoryBoundedSpec) -> Option<Violation> {
+    let mailbox_max = spec.mailbox_max.unwrap_or(usize::MAX);
+    let held_bytes_max = spec.held_bytes_max.unwrap_or(u64::MAX);
+    let ingest_bytes_max = spec.ingest_bytes_max.unwrap_or(u64::MAX);
     records
         .iter()
         .enumerate()
@@ -685,6 +681,19 @@ pub fn memory_bounded(
                     format!(
                         "the relay held {} bytes for consumers, bound {held_bytes_max}",
                         memory.memory_high_water_bytes
+                    ),
+                ))
+            }
+            Event::RelaySample { memory, .. }
+                if memory.ingest_high_water_bytes > ingest_bytes_max =>
+            {
+                Some(violation_at(
+                    OracleName::MemoryBounded,
+                    index,
+                    record,
+                    format!(
+                        "the ingest queue held {} bytes of upstream events, bound {ingest_bytes_max}",
+                        memory.ingest_high_water_bytes
                     ),
                 ))
             }
@@ -1748,28 +1757,46 @@ mod tests {
             slow_consumers_kicked(never.records()).unwrap().record_index,
             Some(1)
         );
+        let bounds = |mailbox_max, held_bytes_max, ingest_bytes_max| MemoryBoundedSpec {
+            mailbox_max: Some(mailbox_max),
+            held_bytes_max: Some(held_bytes_max),
+            ingest_bytes_max: Some(ingest_bytes_max),
+        };
         let queues = trace([head(1, 5, 10), head(2, 9, 300), head(3, 12, 400)]);
-        assert_eq!(memory_bounded(queues.records(), 400, u64::MAX), None);
-        let violation = memory_bounded(queues.records(), 256, u64::MAX).unwrap();
+        assert_eq!(
+            memory_bounded(queues.records(), &bounds(400, u64::MAX, u64::MAX)),
+            None
+        );
+        let violation = memory_bounded(queues.records(), &bounds(256, u64::MAX, u64::MAX)).unwrap();
         assert_eq!(violation.record_index, Some(1));
         assert_eq!(
             violation.message,
             "a consumer queue held 300 frames, bound 256"
         );
-        let held = |t_s: u64, bytes: u64| {
+        let held = |t_s: u64, bytes: u64, ingest: u64| {
             let (t_us, mut event) = head(t_s, 1, 1);
             if let Event::RelaySample { memory, .. } = &mut event {
                 memory.memory_high_water_bytes = bytes;
+                memory.ingest_high_water_bytes = ingest;
             }
             (t_us, event)
         };
-        let account = trace([held(1, 1_000), held(2, 5_000)]);
-        assert_eq!(memory_bounded(account.records(), usize::MAX, 5_000), None);
-        let violation = memory_bounded(account.records(), usize::MAX, 4_096).unwrap();
+        let account = trace([held(1, 1_000, 10), held(2, 5_000, 20), held(3, 5_000, 90)]);
+        assert_eq!(
+            memory_bounded(account.records(), &bounds(usize::MAX, 5_000, 90)),
+            None
+        );
+        let violation = memory_bounded(account.records(), &bounds(usize::MAX, 4_096, 90)).unwrap();
         assert_eq!(violation.record_index, Some(1));
         assert_eq!(
             violation.message,
             "the relay held 5000 bytes for consumers, bound 4096"
+        );
+        let violation = memory_bounded(account.records(), &bounds(usize::MAX, 5_000, 64)).unwrap();
+        assert_eq!(violation.record_index, Some(2));
+        assert_eq!(
+            violation.message,
+            "the ingest queue held 90 bytes of upstream events, bound 64"
         );
     }
 

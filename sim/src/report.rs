@@ -386,12 +386,16 @@ impl RunReport<'_> {
         }
         if let Some(memory) = summary
             .memory_last
-            .filter(|m| m.memory_high_water_bytes > 0)
+            .filter(|m| m.memory_high_water_bytes > 0 || m.ingest_high_water_bytes > 0)
         {
             let _ = writeln!(
                 text,
-                "  memory: held at most {} bytes for consumers; {} requests shed with 503, {} consumers kicked to stay in budget",
-                memory.memory_high_water_bytes, memory.memory_shed_total, memory.memory_kicked
+                "  memory: held at most {} bytes for consumers and {} bytes of upstream events in the ingest queue; \
+                 {} requests shed with 503, {} consumers kicked to stay in budget",
+                memory.memory_high_water_bytes,
+                memory.ingest_high_water_bytes,
+                memory.memory_shed_total,
+                memory.memory_kicked
             );
         }
         if let Some((events, head, gaps, behind)) = summary.store_audit {

@@ -311,6 +311,14 @@ pub struct MemorySample {
     /// Consumers kicked to get back under the budget so far.
     #[serde(default)]
     pub memory_kicked: u64,
+    /// Most content bytes of upstream events the ingest queue ever held at once. Left out
+    /// of the record while zero (worlds without upstreams), so their traces are unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ingest_high_water_bytes: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// What a churner loop does with one connection.

@@ -56,6 +56,7 @@ fn every_shipped_scenario_loads() {
             "host_blink",
             "host_dormancy",
             "host_flap",
+            "ingest_backpressure",
             "keepalive_dispatch",
             "keepalive_dispatch_concurrent",
             "memory_pressure",
@@ -752,6 +753,28 @@ mod simulated {
     #[test]
     fn db_fault_long_recovers_within_the_window_after_a_30_s_outage_for_20_seeds() {
         passes("db_fault_long.toml", 1..=20);
+    }
+
+    #[test]
+    fn ingest_backpressure_holds_the_byte_bound_and_loses_nothing_for_20_seeds() {
+        for (seed, _, outcome) in passes("ingest_backpressure.toml", 1..=20) {
+            let ingest_high_water = outcome
+                .trace
+                .records()
+                .iter()
+                .filter_map(|record| match record.event {
+                    windtunnel::trace::Event::RelaySample { memory, .. } => {
+                        Some(memory.ingest_high_water_bytes)
+                    }
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            assert!(
+                ingest_high_water > 1024 * 1024 * 3 / 4,
+                "seed {seed}: the outage must fill the byte bound (high water {ingest_high_water})"
+            );
+        }
     }
 
     #[test]

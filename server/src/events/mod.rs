@@ -1,7 +1,7 @@
 //! The event pipeline: sequencing, persistence, retention and fan-out.
 //!
 //! ```text
-//! upstream workers ──ingest (bounded)──► sequencer ──commit (persist lock)──► SQLite
+//! upstream workers ──ingest (bounded in events and bytes)──► sequencer ──commit (persist lock)──► SQLite
 //!                                            │ after commit
 //!                                            ▼
 //!                                       broadcaster ──offer──► one Mailbox per consumer
@@ -20,6 +20,7 @@
 //! - store failures are retried with backoff and reported through readiness, never a panic.
 
 mod broadcast;
+mod ingest;
 mod retention;
 mod sequencer;
 
@@ -31,6 +32,8 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use self::broadcast::{Broadcaster, Subscription};
+use self::ingest::IngestBytes;
+pub use self::ingest::{IngestClosed, IngestSender};
 pub use self::sequencer::Ingested;
 use crate::config::CpuConfig;
 use crate::memory::MemoryGuard;
@@ -48,6 +51,10 @@ pub struct EventsConfig {
     /// Events waiting between the upstream workers and the sequencer; when full, workers
     /// stop reading (backpressure to the upstreams) instead of buffering without bound.
     pub ingest_queue_max: usize,
+    /// Content bytes (kind and body) the ingest queue and the batch being committed may
+    /// hold in all; past it, workers wait before reading on (the same backpressure).
+    /// At most 4294967295.
+    pub ingest_queue_bytes: u64,
     /// Most events persisted in one transaction.
     pub commit_batch_max: usize,
     /// First retry delay after a failed commit, milliseconds; doubles per failure.
@@ -71,6 +78,7 @@ impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             ingest_queue_max: 4096,
+            ingest_queue_bytes: 64 * 1024 * 1024,
             commit_batch_max: 256,
             commit_retry_base_ms: 100,
             commit_retry_cap_ms: 5_000,
@@ -89,6 +97,12 @@ impl EventsConfig {
             return Err(
                 "events.ingest_queue_max and events.commit_batch_max must be at least 1".into(),
             );
+        }
+        if self.ingest_queue_bytes == 0 || self.ingest_queue_bytes > u64::from(u32::MAX) {
+            return Err(format!(
+                "events.ingest_queue_bytes must be between 1 and {}",
+                u32::MAX
+            ));
         }
         if self.commit_retry_base_ms == 0 || self.commit_retry_base_ms > self.commit_retry_cap_ms {
             return Err(
@@ -162,6 +176,10 @@ pub struct EventStats {
     pub consumers_kicked_total: u64,
     /// Most events ever waiting in one consumer's mailbox.
     pub mailbox_high_water: usize,
+    /// Content bytes in the ingest queue and the batch being committed now.
+    pub ingest_held_bytes: u64,
+    /// Most content bytes the ingest queue and the batch being committed ever held.
+    pub ingest_high_water_bytes: u64,
 }
 
 /// The event log and everything that writes or reads it.
@@ -175,6 +193,8 @@ pub struct Events {
     /// Serialises writers of the event log; held for one batch at a time.
     persist: Mutex<()>,
     broadcaster: Arc<Broadcaster>,
+    /// The ingest queue's byte account.
+    ingest: Arc<IngestBytes>,
     /// Tells the sequencer and the retention loop to stop.
     shutdown: StopSignal,
     oldest_seq: AtomicU64,
@@ -201,7 +221,9 @@ impl Events {
         clock: Clock,
     ) -> Result<Self, StoreError> {
         let (oldest, head) = store.event_bounds()?.unwrap_or((0, 0));
+        let ingest_limit = u32::try_from(config.ingest_queue_bytes).unwrap_or(u32::MAX);
         Ok(Self {
+            ingest: Arc::new(IngestBytes::new(ingest_limit)),
             config,
             store,
             cpu,
@@ -229,7 +251,7 @@ impl Events {
         cursors: Vec<(i64, u64)>,
         vitals: &Arc<Vitals>,
         on_rejected: Box<dyn Fn(i64) + Send + Sync>,
-    ) -> mpsc::Sender<Ingested> {
+    ) -> IngestSender {
         let (sender, receiver) = mpsc::channel(self.config.ingest_queue_max);
         rt::spawn(vitals.watch(
             "sequencer",
@@ -245,7 +267,7 @@ impl Events {
             "retention",
             retention::run(Arc::clone(self), self.shutdown.clone()),
         ));
-        sender
+        IngestSender::new(sender, Arc::clone(&self.ingest))
     }
 
     /// Stop the sequencer (an uncommitted batch is resent by its upstreams after a
@@ -301,6 +323,8 @@ impl Events {
             consumers: fanout.consumers,
             consumers_kicked_total: fanout.kicked_total,
             mailbox_high_water: fanout.mailbox_high_water,
+            ingest_held_bytes: self.ingest.held_bytes(),
+            ingest_high_water_bytes: self.ingest.high_water_bytes(),
         }
     }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::ingest::Queued;
 use super::{Events, Frame};
 use crate::rt::probe::{self, Probe};
 use crate::rt::stop::StopSignal;
@@ -42,11 +43,19 @@ pub struct Ingested {
 
 pub(super) async fn run(
     events: Arc<Events>,
-    mut ingest: mpsc::Receiver<Ingested>,
+    mut ingest: mpsc::Receiver<Queued>,
     mut committed: BTreeMap<i64, u64>,
     shutdown: StopSignal,
     on_rejected: Box<dyn Fn(i64) + Send + Sync>,
 ) {
+    /// However the sequencer ends, workers waiting for ingest room are told at once.
+    struct CloseIngestOnExit<'a>(&'a Events);
+    impl Drop for CloseIngestOnExit<'_> {
+        fn drop(&mut self) {
+            self.0.ingest.close();
+        }
+    }
+    let _close_ingest = CloseIngestOnExit(&events);
     let batch_max = events.config.commit_batch_max;
     let mut next_seq = events.broadcaster.head() + 1;
     loop {
@@ -60,7 +69,10 @@ pub(super) async fn run(
         };
         let mut batch = Vec::with_capacity(batch_max);
         let mut pending = BTreeMap::new();
-        let mut admit = |event: Ingested, batch: &mut Vec<NewEvent>| {
+        // The batch's bytes stay in the ingest account until it is committed or rejected.
+        let mut batch_bytes = Vec::with_capacity(batch_max);
+        let mut admit = |queued: Queued, batch: &mut Vec<NewEvent>| {
+            let (event, bytes) = queued.into_parts();
             let seen = pending
                 .get(&event.host_id)
                 .or_else(|| committed.get(&event.host_id))
@@ -71,6 +83,7 @@ pub(super) async fn run(
                 return;
             }
             pending.insert(event.host_id, event.upstream_seq);
+            batch_bytes.push(bytes);
             batch.push(NewEvent {
                 seq: next_seq + batch.len() as u64,
                 host_id: event.host_id,
@@ -101,6 +114,7 @@ pub(super) async fn run(
             }
         };
         events.batch_waiting(false);
+        drop(batch_bytes);
         committed.extend(pending);
         if batch.is_empty() {
             continue;

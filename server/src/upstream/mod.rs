@@ -30,9 +30,9 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::events::Ingested;
+use crate::events::IngestSender;
 use crate::metrics::Metrics;
 use crate::rt::cpu::{Cpu, CpuConfig};
 use crate::rt::probe::{self, Probe};
@@ -350,7 +350,7 @@ pub struct Upstreams {
     ramp_started: AtomicBool,
     shutdown: StopSignal,
     /// Where workers hand events to the sequencer; set once by [`Upstreams::start`].
-    ingest: OnceLock<mpsc::Sender<Ingested>>,
+    ingest: OnceLock<IngestSender>,
 }
 
 impl Upstreams {
@@ -394,7 +394,7 @@ impl Upstreams {
 
     /// Start the ramp and reconciliation (watched as vital tasks); workers hand events to
     /// `ingest`. Returns at once.
-    pub fn start(self: &Arc<Self>, ingest: mpsc::Sender<Ingested>, vitals: &Arc<Vitals>) {
+    pub fn start(self: &Arc<Self>, ingest: IngestSender, vitals: &Arc<Vitals>) {
         if self.ingest.set(ingest).is_err() {
             tracing::warn!("upstreams started twice; ignoring the second start");
             return;

@@ -402,6 +402,7 @@ impl RelayReading {
                 memory_shedding: memory.shedding,
                 memory_shed_total: memory.shed_total,
                 memory_kicked: memory.kicked_total,
+                ingest_high_water_bytes: pipeline.ingest_high_water_bytes,
             },
         }
     }

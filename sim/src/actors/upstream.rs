@@ -78,6 +78,8 @@ pub struct HostPlan {
     pub event_interval: Duration,
     /// Up/down rhythm, for flaky hosts.
     pub flap: Option<Flap>,
+    /// Filler in every event body (`"pad"`), bytes.
+    pub body_pad_bytes: u32,
 }
 
 /// A realistic-looking, seed-independent hostname for host `index`: mostly hosted
@@ -126,6 +128,7 @@ pub fn plan(spec: &UpstreamsSpec) -> Vec<HostPlan> {
                 handshake_latency,
                 event_interval,
                 flap,
+                body_pad_bytes: spec.body_pad_bytes,
             }
         })
         .collect()
@@ -146,8 +149,12 @@ impl HostPlan {
             return None;
         }
         sleep_until(world_start + due).await;
+        let pad = match self.body_pad_bytes {
+            0 => String::new(),
+            bytes => format!(r#","pad":"{}""#, "x".repeat(bytes as usize)),
+        };
         Some(format!(
-            r#"{{"seq":{seq},"kind":"commit","body":{{"host":"{}","n":{seq}}}}}"#,
+            r#"{{"seq":{seq},"kind":"commit","body":{{"host":"{}","n":{seq}{pad}}}}}"#,
             self.hostname
         ))
     }

@@ -80,6 +80,8 @@ pub fn parse(text: &str) -> Result<RelayReading, String> {
     reading.events.consumers = count("relay_consumers_subscribed")?;
     reading.events.consumers_kicked_total = value("relay_consumers_kicked")?;
     reading.events.mailbox_high_water = count("relay_consumer_mailbox_high_water")?;
+    reading.events.ingest_held_bytes = value("relay_ingest_queued_bytes")?;
+    reading.events.ingest_high_water_bytes = value("relay_ingest_queued_high_water_bytes")?;
     reading.dispatch.high_water = count("relay_handlers_in_flight_high_water")?;
     reading.memory.held_bytes = value("relay_memory_held_bytes")?;
     reading.memory.high_water_bytes = value("relay_memory_held_high_water_bytes")?;
@@ -152,6 +154,8 @@ mod tests {
         reading.events.consumers = 7;
         reading.events.consumers_kicked_total = 2;
         reading.events.mailbox_high_water = 256;
+        reading.events.ingest_held_bytes = 2_048;
+        reading.events.ingest_high_water_bytes = 1 << 20;
         reading.dispatch.high_water = 11;
         reading.memory.held_bytes = 4_096;
         reading.memory.high_water_bytes = 65_536;

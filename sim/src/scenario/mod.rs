@@ -665,6 +665,8 @@ pub struct MemoryBoundedSpec {
     pub mailbox_max: Option<usize>,
     /// Most bytes the relay's memory account may ever hold (frames queued for consumers).
     pub held_bytes_max: Option<u64>,
+    /// Most content bytes of upstream events the relay's ingest queue may ever hold.
+    pub ingest_bytes_max: Option<u64>,
 }
 
 /// How a consumer reads.
@@ -772,6 +774,9 @@ pub struct UpstreamsSpec {
     /// Fraction of hosts that never answer (no listener).
     #[serde(default)]
     pub dead_fraction: f64,
+    /// Filler bytes in every event body (a `"pad"` field), for large frames; 0 = none.
+    #[serde(default)]
+    pub body_pad_bytes: u32,
 }
 
 fn default_handshake_latency_ms() -> Between<u64> {
@@ -1332,10 +1337,13 @@ impl Scenario {
             ));
         }
         if let Some(spec) = &self.oracles.memory_bounded {
-            if spec.mailbox_max.is_none() && spec.held_bytes_max.is_none() {
+            if spec.mailbox_max.is_none()
+                && spec.held_bytes_max.is_none()
+                && spec.ingest_bytes_max.is_none()
+            {
                 found.push(problem(
                     "oracles.memory_bounded",
-                    "expected mailbox_max, held_bytes_max or both".into(),
+                    "expected at least one of mailbox_max, held_bytes_max, ingest_bytes_max".into(),
                 ));
             }
         }
