@@ -12,6 +12,7 @@
 #     healthz     /_healthz requests/s, relay vs a minimal hyper server, same load generator
 #     idle        resident memory per idle connection at 10,000 connections
 #     fanout      events/s to 1, 100 and 1,000 consumers vs broadcast-channel baselines
+#     store       commits/s with durable commits (synchronous = FULL) vs NORMAL, by batch size
 #     cold-start  scenarios/cold_start_2800.toml for real (run --real, 10 minutes): 2,800
 #                 local upstream sockets, probe latency, the relay process's RSS and CPU
 set -euo pipefail
@@ -62,6 +63,7 @@ real_example() {
 }
 
 healthz() { real_example http_bench healthz "$@"; }
+store() { real_example store_bench "$@"; }
 idle() { real_example http_bench idle "$@"; }
 fanout() {
   if [ "$#" -eq 0 ]; then
@@ -87,6 +89,7 @@ case "$name" in
   healthz) healthz "$@" ;;
   idle) idle "$@" ;;
   fanout) fanout "$@" ;;
+  store) store "$@" ;;
   cold-start) cold_start "$@" ;;
   all)
     tunnel
@@ -95,6 +98,7 @@ case "$name" in
     healthz
     idle
     fanout
+    store
     cold_start
     ;;
   *)

@@ -150,12 +150,18 @@ impl ServerConfig {
 pub struct StoreConfig {
     /// SQLite database file (created if missing); `:memory:` keeps nothing across restarts.
     pub path: std::path::PathBuf,
+    /// Sync the WAL at every commit (`synchronous = FULL`), so no committed (and hence
+    /// broadcast) event can roll back in a power loss or OS crash. `false` runs at
+    /// `NORMAL`: faster commits, but after a power loss the last commits may roll back and
+    /// their relay sequence numbers be handed to different events.
+    pub durable_commits: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: "relay.db".into(),
+            durable_commits: true,
         }
     }
 }

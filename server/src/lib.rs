@@ -81,7 +81,8 @@ impl Relay {
             path: config.store.path.display().to_string(),
             error,
         };
-        let store = Store::open(&config.store.path).map_err(store_error)?;
+        let store = Store::open_with(&config.store.path, config.store.durable_commits)
+            .map_err(store_error)?;
         let state = AppState::new(config.clone(), Arc::new(store)).map_err(store_error)?;
         let listener = http::bind(&config)
             .await

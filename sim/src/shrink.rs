@@ -188,9 +188,9 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
             | FaultSpec::Latency { duration_s, .. }
             | FaultSpec::HandlerPanic { duration_s, .. }
             | FaultSpec::HandlerStall { duration_s, .. } => ("duration_s", *duration_s),
-            FaultSpec::KillRelay { down_s, .. } | FaultSpec::RestartRelay { down_s, .. } => {
-                ("down_s", *down_s)
-            }
+            FaultSpec::KillRelay { down_s, .. }
+            | FaultSpec::PowerLoss { down_s, .. }
+            | FaultSpec::RestartRelay { down_s, .. } => ("down_s", *down_s),
         };
         if let Some(half) = halve(length) {
             push(
@@ -203,6 +203,7 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
                     | FaultSpec::HandlerPanic { duration_s, .. }
                     | FaultSpec::HandlerStall { duration_s, .. } => *duration_s = half,
                     FaultSpec::KillRelay { down_s, .. }
+                    | FaultSpec::PowerLoss { down_s, .. }
                     | FaultSpec::RestartRelay { down_s, .. } => *down_s = half,
                 },
             );

@@ -34,8 +34,8 @@ pub enum Event {
     },
     /// A fault started or ended.
     Fault {
-        /// What kind of fault (`partition`, `kill_relay`, `restart_relay`, `store_fault`,
-        /// `handler_panic`, `handler_stall`).
+        /// What kind of fault (`partition`, `kill_relay`, `power_loss`, `restart_relay`,
+        /// `store_fault`, `handler_panic`, `handler_stall`).
         kind: String,
         /// Which `[[faults]]` entry (0-based, in file order).
         #[serde(default)]
@@ -47,7 +47,7 @@ pub enum Event {
         /// On the healing record, what the fault did while it lasted: hosts cut off
         /// (`partition`), failures the relay's fault points injected (`store_fault`,
         /// `handler_panic`, `handler_stall`), 1 for a relay stopped while up (`kill_relay`,
-        /// `restart_relay`) or a network changed (`clog`, `latency`). 0 means it never took
+        /// `power_loss`, `restart_relay`) or a network changed (`clog`, `latency`). 0 means it never took
         /// effect (the `faults_fired` oracle fails the run).
         #[serde(default)]
         effect: u64,

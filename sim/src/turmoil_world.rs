@@ -372,8 +372,9 @@ impl Timeline {
             }
             FaultSpec::HandlerPanic { .. }
             | FaultSpec::HandlerStall { .. }
-            | FaultSpec::StoreFault { .. } => {
-                unreachable!("validation keeps the relay's fault points off turmoil")
+            | FaultSpec::StoreFault { .. }
+            | FaultSpec::PowerLoss { .. } => {
+                unreachable!("validation keeps the relay's fault points and power loss off turmoil")
             }
         }
     }

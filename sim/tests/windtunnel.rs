@@ -63,6 +63,7 @@ fn every_shipped_scenario_loads() {
             "memory_pressure_unguarded",
             "network_blip",
             "panic_isolation",
+            "power_loss",
             "restart_during_store_fault",
             "restart_resume",
             "slow_consumer",
@@ -116,7 +117,7 @@ fn every_problem_in_a_file_is_reported_at_its_key() {
         [
             "bad.toml:4:1: unknown field `max_conections`, expected one of `listen`, `max_connections`, `header_read_timeout_ms`, `idle_timeout_ms`, `idle_check_interval_ms`, `max_header_bytes`, `drain_timeout_ms`, `shutdown_grace_ms`, `refusal_lane_max`, `refusal_read_timeout_ms`, `retry_after_s`, `handler_timeout_ms`, `dispatch`, `date_header`",
             "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
-            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`",
+            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`",
             "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",
             "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`",
         ]
@@ -238,7 +239,7 @@ fn upstream_and_fault_tables_are_validated() {
         "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"meteor\"\nat_s = 1\n"
     ));
     assert!(
-        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`"),
+        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`"),
         "{message}"
     );
     let message = parse_error(&format!(
@@ -716,6 +717,19 @@ mod simulated {
                 }
                 other => panic!("{name} seed {seed}: expected {oracle} to fail, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn power_loss_never_reuses_a_relay_seq_for_20_seeds() {
+        for (seed, _, outcome) in passes("power_loss.toml", 1..=20) {
+            let cut_while_up = outcome.trace.records().iter().any(|record| {
+                matches!(&record.event, windtunnel::trace::Event::Fault { kind, active: false, effect: 1, .. } if kind == "power_loss")
+            });
+            assert!(
+                cut_while_up,
+                "seed {seed}: the power must go while the relay is up"
+            );
         }
     }
 

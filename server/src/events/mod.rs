@@ -164,6 +164,8 @@ pub struct EventStats {
     pub oldest_seq: u64,
     /// Whether the last commit succeeded.
     pub store_healthy: bool,
+    /// Whether a commit survives a power loss once it returns ([`Store::commits_durable`]).
+    pub commits_durable: bool,
     /// Failed commit attempts.
     pub commit_failures_total: u64,
     /// Events dropped because their host had already delivered that sequence number.
@@ -317,6 +319,7 @@ impl Events {
             head_seq: self.broadcaster.head(),
             oldest_seq: self.oldest_seq(),
             store_healthy: self.store_healthy(),
+            commits_durable: self.store.commits_durable(),
             commit_failures_total: self.commit_failures_total.load(SeqCst),
             duplicates_total: self.duplicates_total.load(SeqCst),
             retention_deleted_total: self.retention_deleted_total.load(SeqCst),

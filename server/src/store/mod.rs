@@ -6,6 +6,13 @@
 //! restart resumes each upstream exactly after the last event that was persisted: nothing
 //! committed is lost and nothing is persisted twice.
 //!
+//! Commits are durable before they return (unless `store.durable_commits` is off): WAL
+//! with `synchronous = FULL`, so the WAL is synced at every commit and a power loss or OS crash cannot take back a commit whose
+//! events were already broadcast (with `NORMAL`, the WAL is synced only at checkpoints, and
+//! the relay sequence numbers of the lost commits would be handed to different events on
+//! restart). The sequencer's group commit (up to `events.commit_batch_max` events per
+//! transaction) keeps the cost to one sync per batch (BENCHMARKS.md, "Durable commits").
+//!
 //! SQLite is embedded (rusqlite, bundled), so a fresh machine needs nothing installed.
 //! Calls are synchronous and short (single-row writes, one transaction per cursor flush);
 //! they run inline on the calling task because the determinism rules forbid OS threads
@@ -127,20 +134,36 @@ impl StoreError {
 #[derive(Debug)]
 pub struct Store {
     connection: Mutex<Connection>,
+    /// Whether SQLite confirmed a synchronous level that syncs the WAL at every commit.
+    commits_durable: bool,
 }
 
 impl Store {
-    /// Open (creating if needed) the database at `path` and bring its schema up to date.
-    /// `:memory:` gives a private in-memory database.
+    /// Open (creating if needed) the database at `path` with durable commits and bring its
+    /// schema up to date. `:memory:` gives a private in-memory database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    /// [`Store::open`], choosing whether commits are durable (`store.durable_commits`).
+    pub fn open_with(path: &Path, durable_commits: bool) -> Result<Self, StoreError> {
         let mut connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        let synchronous = if durable_commits { "FULL" } else { "NORMAL" };
+        connection.pragma_update(None, "synchronous", synchronous)?;
+        // Read back what SQLite runs with: 2 = FULL, 3 = EXTRA sync the WAL at every commit.
+        let synchronous: i64 = connection.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations::apply(&mut connection)?;
         Ok(Self {
             connection: Mutex::new(connection),
+            commits_durable: synchronous >= 2,
         })
+    }
+
+    /// Whether a returned commit survives a power loss (the WAL is synced at every commit).
+    pub fn commits_durable(&self) -> bool {
+        self.commits_durable
     }
 
     /// Insert `hostname` if absent. Returns its id and whether it was created.

@@ -117,3 +117,22 @@ fn the_edges_largest_upstream_seq_is_storable_and_one_more_is_a_permanent_error(
     assert!(!StoreError::Injected.is_permanent());
     assert_eq!(store.delete_events_below(2, 1).unwrap(), 1);
 }
+
+#[test]
+fn commits_are_durable_in_wal_with_a_sync_per_commit() {
+    let path = temp_db("durable");
+    let store = Store::open(&path).unwrap();
+    assert!(store.commits_durable(), "synchronous = FULL (or EXTRA)");
+    let connection = store.lock();
+    let journal: String = connection
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+}
+
+#[test]
+fn durable_commits_can_be_turned_off() {
+    let path = temp_db("normal");
+    let store = Store::open_with(&path, false).unwrap();
+    assert!(!store.commits_durable(), "synchronous = NORMAL");
+}

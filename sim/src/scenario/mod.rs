@@ -836,6 +836,16 @@ pub enum FaultSpec {
         /// How long it stays down, seconds.
         down_s: u64,
     },
+    /// Cut the relay's power at `at_s`: its node dies as in `kill_relay`, and its database
+    /// files lose what the relay's commits did not make durable (the WAL's unsynced tail:
+    /// everything not yet checkpointed, unless the store syncs the WAL at every commit);
+    /// it starts again `down_s` later on what survived.
+    PowerLoss {
+        /// When, seconds.
+        at_s: u64,
+        /// How long it stays down, seconds.
+        down_s: u64,
+    },
     /// Ask the relay to shut down gracefully at `at_s` (stop accepting, request every
     /// connection to close, drain), then start it again `down_s` after it stopped.
     RestartRelay {
@@ -881,6 +891,7 @@ impl FaultSpec {
             Self::Clog { .. } => "clog",
             Self::Latency { .. } => "latency",
             Self::KillRelay { .. } => "kill_relay",
+            Self::PowerLoss { .. } => "power_loss",
             Self::RestartRelay { .. } => "restart_relay",
             Self::StoreFault { .. } => "store_fault",
             Self::HandlerPanic { .. } => "handler_panic",
@@ -903,7 +914,9 @@ impl FaultSpec {
             | Self::Clog { at_s, duration_s }
             | Self::HandlerPanic { at_s, duration_s }
             | Self::HandlerStall { at_s, duration_s } => at_s + duration_s,
-            Self::KillRelay { at_s, down_s } | Self::RestartRelay { at_s, down_s } => at_s + down_s,
+            Self::KillRelay { at_s, down_s }
+            | Self::PowerLoss { at_s, down_s }
+            | Self::RestartRelay { at_s, down_s } => at_s + down_s,
         }
     }
 
@@ -911,7 +924,7 @@ impl FaultSpec {
     /// kill and restart.
     pub fn length_key(&self) -> &'static str {
         match self {
-            Self::KillRelay { .. } | Self::RestartRelay { .. } => "down_s",
+            Self::KillRelay { .. } | Self::PowerLoss { .. } | Self::RestartRelay { .. } => "down_s",
             _ => "duration_s",
         }
     }
@@ -926,6 +939,7 @@ impl FaultSpec {
             | Self::HandlerPanic { at_s, .. }
             | Self::HandlerStall { at_s, .. }
             | Self::KillRelay { at_s, .. }
+            | Self::PowerLoss { at_s, .. }
             | Self::RestartRelay { at_s, .. } => *at_s,
         }
     }
@@ -938,7 +952,9 @@ impl FaultSpec {
             Self::HandlerPanic { .. } | Self::HandlerStall { .. } => {
                 "no work-route handler ran in its window"
             }
-            Self::KillRelay { .. } | Self::RestartRelay { .. } => "the relay was not up to stop",
+            Self::KillRelay { .. } | Self::PowerLoss { .. } | Self::RestartRelay { .. } => {
+                "the relay was not up to stop"
+            }
             Self::Clog { .. } | Self::Latency { .. } => "the network was not changed",
         }
     }
@@ -1068,13 +1084,14 @@ impl Scenario {
                         FaultSpec::HandlerPanic { .. }
                             | FaultSpec::HandlerStall { .. }
                             | FaultSpec::StoreFault { .. }
+                            | FaultSpec::PowerLoss { .. }
                     )
                 }) {
                     found.push(problem(
                         "faults",
                         format!(
                             "expected no {} fault with engine = \"turmoil\" (the relay's fault \
-                             points exist only in the madsim build)",
+                             points and its database's power loss exist only in the madsim build)",
                             fault.kind()
                         ),
                     ));

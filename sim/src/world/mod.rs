@@ -14,6 +14,7 @@
 //! the benchmarks compare the tunnel against.
 
 pub mod bare;
+mod power_loss;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -171,6 +172,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
             Arc::clone(&control),
             sink.clone(),
             world_start,
+            database.clone(),
         )));
     }
 
@@ -267,6 +269,7 @@ async fn inject(
     control: Arc<RelayControl>,
     sink: TraceSink,
     world_start: Instant,
+    database: PathBuf,
 ) {
     let kind = fault.kind();
     let record = |hosts: usize, active: bool, effect: u64| {
@@ -338,6 +341,32 @@ async fn inject(
             handle.kill(relay);
             record(0, true, 0);
             sleep(Duration::from_secs(down_s)).await;
+            handle.restart(relay);
+            record(0, false, u64::from(was_up));
+        }
+        FaultSpec::PowerLoss { at_s, down_s } => {
+            sleep_until(world_start + Duration::from_secs(at_s)).await;
+            let observer = control.observer();
+            let was_up = observer.is_some();
+            // A relay that is down has no commit in flight: its files are what it left.
+            let durable = observer.is_none_or(|observer| observer.events().commits_durable);
+            let image = power_loss::DiskImage::capture(&database, durable)
+                .unwrap_or_else(|error| panic!("power_loss: cannot read the database: {error}"));
+            control.set_observer(None);
+            handle.kill(relay);
+            record(0, true, 0);
+            let back_at = now() + Duration::from_secs(down_s);
+            while image.still_open() && now() < back_at {
+                sleep(Duration::from_millis(10)).await;
+            }
+            assert!(
+                !image.still_open(),
+                "power_loss: the killed relay still held its database open after {down_s} s"
+            );
+            image
+                .restore()
+                .unwrap_or_else(|error| panic!("power_loss: cannot restore the database: {error}"));
+            sleep_until(back_at).await;
             handle.restart(relay);
             record(0, false, u64::from(was_up));
         }
