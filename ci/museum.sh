@@ -9,10 +9,10 @@
 #       the patched tree's simulator must FAIL that scenario at that seed with <oracle>
 #       among the violated oracles (the scenario must pass unpatched: ci/test's simulation
 #       tests run seeds 1..=20 of every scenario, so pick a seed in that range);
-#   Caught-by: test <package> <unit test path>
-#       that unit test of the package's library (cargo test -p <package> --lib, real threads:
-#       for bugs only true parallelism shows, which the single-threaded tunnel cannot) must
-#       fail.
+#   Caught-by: test <package> [--test <target>] <test path>
+#       that test of the package's library (cargo test -p <package> --lib), or of its
+#       integration test target, must fail: real threads, for bugs only true parallelism
+#       shows, which the single-threaded tunnel cannot.
 #
 # For each patch: copy the working tree (tracked and untracked, not ignored) to a scratch
 # directory outside the repository, apply the patch, require that it changed something,
@@ -79,7 +79,7 @@ sim_cargo=(cargo --locked
   --config profile.release.package.windtunnel.debug=0)
 loom_cargo=(env "RUSTFLAGS=--cfg loom" cargo test --locked -q -p loom-tests --release --target-dir "$out/loom")
 loom_model='^loom ([a-z_0-9]+)$'
-unit_test='^test ([a-z_-]+) ([a-z_0-9:]+)$'
+unit_test='^test ([a-z_-]+) (--test [a-z_0-9]+ )?([a-z_0-9:]+)$'
 scenario_run='^scenario ([^ ]+\.toml) seed=([0-9]+|0x[0-9a-fA-F]+) oracle=([a-z_]+)$'
 
 patches=("$@")
@@ -141,9 +141,9 @@ for patch in "${patches[@]}"; do
       broken "names $scenario, an expect-fail scenario (name one that must pass unpatched)"
     fi
   elif [[ $caught =~ $unit_test ]]; then
-    kind=test package=${BASH_REMATCH[1]} test_path=${BASH_REMATCH[2]}
+    kind=test package=${BASH_REMATCH[1]} test_target=${BASH_REMATCH[2]:---lib} test_path=${BASH_REMATCH[3]}
   else
-    broken "cannot read 'Caught-by: $caught' (want 'loom <model>', 'scenario <file> seed=<N> oracle=<name>' or 'test <package> <path>')"
+    broken "cannot read 'Caught-by: $caught' (want 'loom <model>', 'scenario <file> seed=<N> oracle=<name>' or 'test <package> [--test <target>] <path>')"
   fi
   touched=$(git apply --numstat "$patch" | awk '{print $3}')
   [ -n "$touched" ] || broken "is not a patch"
@@ -194,10 +194,11 @@ for patch in "${patches[@]}"; do
       line="KILLED   $name: loom $model; failed: $failed (model@execution) $times"
     fi
   elif [ "$kind" = test ]; then
-    unit_cargo=(cargo test --locked -q -p "$package" --lib --target-dir "$out/plain")
+    # shellcheck disable=SC2086 # $test_target is `--lib` or `--test <target>`
+    unit_cargo=(cargo test --locked -q -p "$package" $test_target --target-dir "$out/plain")
     (cd "$scratch" && "${unit_cargo[@]}" --no-run) >>"$log" 2>&1 || { tail -20 "$log" >&2; broken "does not compile (see $log)"; }
-    (cd "$scratch" && "${unit_cargo[@]}" -- --list 2>/dev/null) | grep -qx "$test_path: test" ||
-      broken "names unit test $test_path of $package, which does not exist"
+    listed=$(cd "$scratch" && "${unit_cargo[@]}" -- --list 2>/dev/null || true)
+    grep -qx "$test_path: test" <<<"$listed" || broken "names test $test_path of $package, which does not exist"
     built=$(seconds "$started")
     started=$(date +%s)
     set +e

@@ -293,7 +293,7 @@ impl Metrics {
         );
         registry.register(
             "events_store_healthy",
-            "1 if the last event commit succeeded, else 0",
+            "1 if the last event commit succeeded and none is hanging past events.stall_readyz_ms, else 0",
             self.events_store_healthy.clone(),
         );
         registry.register(

@@ -429,3 +429,47 @@ fn the_binary_rejects_unknown_config_keys_with_the_source() {
         "{toml}"
     );
 }
+
+/// A store call that hangs must not take the runtime's workers with it. Another process's
+/// write lock makes every store write wait in SQLite's busy handler (up to the store's 5 s
+/// busy timeout); with more `requestCrawl` calls stuck behind it than the runtime has
+/// workers, `/_healthz` is still answered while all of them are still waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_store_call_does_not_hold_up_the_probes() {
+    let path = std::env::temp_dir().join(format!("relay-hang-{}.sqlite", std::process::id()));
+    let remove = || {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    };
+    remove();
+    let relay = Running::start(&[&format!("store.path={}", path.display())]).await;
+    let foreign = rusqlite::Connection::open(&path).unwrap();
+    foreign.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let addr = relay.addr;
+    let crawls: Vec<_> = (0..4)
+        .map(|index| {
+            let body = format!(r#"{{"hostname": "pds{index}.example.com"}}"#);
+            let request = format!(
+                "POST /requestCrawl HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tokio::spawn(async move { exchange(addr, request.as_bytes()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = exchange(relay.addr, GET_HEALTHZ).await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert!(
+        crawls.iter().all(|crawl| !crawl.is_finished()),
+        "the probe was answered only after the store calls gave up"
+    );
+    drop(foreign);
+    for crawl in crawls {
+        let answer = crawl.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 20"), "{answer}");
+    }
+    relay.shutdown().await;
+    remove();
+}

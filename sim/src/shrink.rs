@@ -184,6 +184,7 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
         let (field, length) = match fault {
             FaultSpec::Partition { duration_s, .. }
             | FaultSpec::StoreFault { duration_s, .. }
+            | FaultSpec::StoreStall { duration_s, .. }
             | FaultSpec::Clog { duration_s, .. }
             | FaultSpec::Latency { duration_s, .. }
             | FaultSpec::HandlerPanic { duration_s, .. }
@@ -198,6 +199,7 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
                 &|s| match &mut s.faults[index] {
                     FaultSpec::Partition { duration_s, .. }
                     | FaultSpec::StoreFault { duration_s, .. }
+                    | FaultSpec::StoreStall { duration_s, .. }
                     | FaultSpec::Clog { duration_s, .. }
                     | FaultSpec::Latency { duration_s, .. }
                     | FaultSpec::HandlerPanic { duration_s, .. }

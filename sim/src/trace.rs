@@ -35,7 +35,7 @@ pub enum Event {
     /// A fault started or ended.
     Fault {
         /// What kind of fault (`partition`, `kill_relay`, `power_loss`, `restart_relay`,
-        /// `store_fault`, `handler_panic`, `handler_stall`).
+        /// `store_fault`, `store_stall`, `handler_panic`, `handler_stall`).
         kind: String,
         /// Which `[[faults]]` entry (0-based, in file order).
         #[serde(default)]
@@ -46,7 +46,7 @@ pub enum Event {
         active: bool,
         /// On the healing record, what the fault did while it lasted: hosts cut off
         /// (`partition`), failures the relay's fault points injected (`store_fault`,
-        /// `handler_panic`, `handler_stall`), 1 for a relay stopped while up (`kill_relay`,
+        /// `store_stall`, `handler_panic`, `handler_stall`), 1 for a relay stopped while up (`kill_relay`,
         /// `power_loss`, `restart_relay`) or a network changed (`clog`, `latency`). 0 means it never took
         /// effect (the `faults_fired` oracle fails the run).
         #[serde(default)]

@@ -373,6 +373,7 @@ impl Timeline {
             FaultSpec::HandlerPanic { .. }
             | FaultSpec::HandlerStall { .. }
             | FaultSpec::StoreFault { .. }
+            | FaultSpec::StoreStall { .. }
             | FaultSpec::PowerLoss { .. } => {
                 unreachable!("validation keeps the relay's fault points and power loss off turmoil")
             }

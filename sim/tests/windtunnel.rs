@@ -68,6 +68,7 @@ fn every_shipped_scenario_loads() {
             "restart_resume",
             "slow_consumer",
             "slow_consumer_unbounded_queue",
+            "store_stall",
             "turmoil_backlog_churn",
             "turmoil_close_recv_race"
         ]
@@ -117,7 +118,7 @@ fn every_problem_in_a_file_is_reported_at_its_key() {
         [
             "bad.toml:4:1: unknown field `max_conections`, expected one of `listen`, `max_connections`, `header_read_timeout_ms`, `idle_timeout_ms`, `idle_check_interval_ms`, `max_header_bytes`, `drain_timeout_ms`, `shutdown_grace_ms`, `refusal_lane_max`, `refusal_read_timeout_ms`, `retry_after_s`, `handler_timeout_ms`, `dispatch`, `date_header`",
             "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
-            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`",
+            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`",
             "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",
             "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`",
         ]
@@ -239,7 +240,7 @@ fn upstream_and_fault_tables_are_validated() {
         "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"meteor\"\nat_s = 1\n"
     ));
     assert!(
-        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `handler_panic`, `handler_stall`"),
+        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`"),
         "{message}"
     );
     let message = parse_error(&format!(
@@ -760,6 +761,20 @@ mod simulated {
             assert!(
                 unhealthy_during_fault,
                 "seed {seed}: the fault must bite (readiness off)"
+            );
+        }
+    }
+
+    #[test]
+    fn store_stall_keeps_liveness_and_reports_not_ready_for_20_seeds() {
+        for (seed, _, outcome) in passes("store_stall.toml", 1..=20) {
+            let not_ready_during_stall = outcome.trace.records().iter().any(|record| {
+                (46_000_000..100_000_000).contains(&record.t_us)
+                    && matches!(record.event, windtunnel::trace::Event::RelaySample { events, .. } if !events.store_healthy)
+            });
+            assert!(
+                not_ready_during_stall,
+                "seed {seed}: readiness must report the stalled store"
             );
         }
     }

@@ -72,6 +72,10 @@ pub struct EventsConfig {
     /// `/_healthz` answers 503 (`event log stalled`) so the orchestrator restarts a relay
     /// whose event log stopped moving. `0` turns it off.
     pub stall_healthz_ms: u64,
+    /// When a batch of events has waited this long for its commit (a store call hanging:
+    /// a full disk, a checkpoint's fsync, a foreign lock), `/_readyz` answers 503 until it
+    /// lands: don't send traffic to a relay whose log is not moving. `0` turns it off.
+    pub stall_readyz_ms: u64,
 }
 
 impl Default for EventsConfig {
@@ -86,6 +90,7 @@ impl Default for EventsConfig {
             retention_interval_ms: 10 * 60_000,
             retention_batch_rows: 500,
             stall_healthz_ms: 120_000,
+            stall_readyz_ms: 5_000,
         }
     }
 }
@@ -162,7 +167,8 @@ pub struct EventStats {
     pub head_seq: u64,
     /// Lowest sequence number still in the log (0 when empty).
     pub oldest_seq: u64,
-    /// Whether the last commit succeeded.
+    /// Whether the last commit succeeded and none has hung past `stall_readyz_ms`
+    /// ([`Events::store_ready`], readiness).
     pub store_healthy: bool,
     /// Whether a commit survives a power loss once it returns ([`Store::commits_durable`]).
     pub commits_durable: bool,
@@ -291,13 +297,27 @@ impl Events {
     /// How long the batch being committed has waited, if longer than
     /// `stall_healthz_ms` (the liveness watchdog; `None` when off or moving).
     pub fn stalled_for_ms(&self) -> Option<u64> {
+        self.waited_longer_than(self.config.stall_healthz_ms)
+    }
+
+    /// Readiness: the store accepted the last commit and no batch has waited longer than
+    /// `stall_readyz_ms` for its commit.
+    pub fn store_ready(&self) -> bool {
+        self.store_healthy()
+            && self
+                .waited_longer_than(self.config.stall_readyz_ms)
+                .is_none()
+    }
+
+    /// How long the batch being committed has waited, if longer than `limit_ms` (never
+    /// when `limit_ms` is 0 or no batch is waiting).
+    fn waited_longer_than(&self, limit_ms: u64) -> Option<u64> {
         let since = self.batch_waiting_since_ms.load(SeqCst);
-        let limit = self.config.stall_healthz_ms;
-        if since == 0 || limit == 0 {
+        if since == 0 || limit_ms == 0 {
             return None;
         }
         let waited = (self.clock.now_ms() + 1).saturating_sub(since);
-        (waited > limit).then_some(waited)
+        (waited > limit_ms).then_some(waited)
     }
 
     /// The sequencer formed a batch (`true`) or it landed, every event committed or
@@ -318,7 +338,7 @@ impl Events {
         EventStats {
             head_seq: self.broadcaster.head(),
             oldest_seq: self.oldest_seq(),
-            store_healthy: self.store_healthy(),
+            store_healthy: self.store_ready(),
             commits_durable: self.store.commits_durable(),
             commit_failures_total: self.commit_failures_total.load(SeqCst),
             duplicates_total: self.duplicates_total.load(SeqCst),
@@ -334,7 +354,10 @@ impl Events {
     /// Up to `limit` persisted events after `after` (catch-up). Reads do not take the
     /// persist lock (SQLite WAL readers do not block the writer).
     pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Frame>, StoreError> {
-        let events = self.store.events_after(after, limit)?;
+        let events = self
+            .store
+            .call(|store| store.events_after(after, limit))
+            .await?;
         self.spend_rows(events.len()).await;
         Ok(events.iter().map(Frame::encode).collect())
     }
@@ -342,7 +365,7 @@ impl Events {
     /// Persist one batch under the persist lock.
     async fn commit(&self, events: &[NewEvent]) -> Result<(), StoreError> {
         let _persist = self.persist.lock().await;
-        self.store.commit_events(events)?;
+        self.store.call(|store| store.commit_events(events)).await?;
         self.spend_rows(events.len()).await;
         Ok(())
     }
@@ -350,7 +373,10 @@ impl Events {
     /// Delete up to `limit` events below `below` under the persist lock.
     async fn delete_below(&self, below: u64, limit: usize) -> Result<usize, StoreError> {
         let _persist = self.persist.lock().await;
-        let deleted = self.store.delete_events_below(below, limit)?;
+        let deleted = self
+            .store
+            .call(|store| store.delete_events_below(below, limit))
+            .await?;
         self.spend_rows(deleted).await;
         Ok(deleted)
     }

@@ -129,7 +129,7 @@ impl AppState {
             && self.accepting.load(Ordering::SeqCst)
             && !self.registry.is_shutting_down()
             && self.upstreams.ramp_started()
-            && self.events.store_healthy()
+            && self.events.store_ready()
             && !self.memory.shedding()
     }
 

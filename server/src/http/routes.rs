@@ -226,7 +226,7 @@ async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response
             )
         }
     };
-    match state.upstreams.request_crawl(&crawl.hostname) {
+    match state.upstreams.request_crawl(&crawl.hostname).await {
         Ok(accepted) => json(StatusCode::OK, &accepted),
         Err(CrawlError::InvalidHostname(cause)) => error(
             StatusCode::BAD_REQUEST,

@@ -19,6 +19,9 @@ pub enum Fault {
     StoreWrite,
     /// Every store read (catch-up pages, log bounds) fails.
     StoreRead,
+    /// Every store call from async code hangs until the point is switched off (a full
+    /// disk, a checkpoint's fsync, a lock held by another process).
+    StoreStall,
     /// Work-route handlers (`/hosts`, `/requestCrawl`) panic.
     HandlerPanic,
     /// Work-route handlers (`/hosts`, `/requestCrawl`) never finish.
@@ -53,6 +56,24 @@ pub fn active(point: Fault) -> bool {
     {
         let _ = point;
         false
+    }
+}
+
+/// Wait while `point` is on (a hang, counted once per caller). Returns at once outside
+/// simulation.
+#[inline(always)]
+pub async fn hang_while(point: Fault) {
+    #[cfg(madsim)]
+    {
+        if active(point) {
+            while ACTIVE.with(|active| active.get() & point.bit() != 0) {
+                crate::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+    #[cfg(not(madsim))]
+    {
+        let _ = point;
     }
 }
 

@@ -35,6 +35,24 @@ pub mod net {
     pub use tokio::net::{TcpListener, TcpStream};
 }
 
+/// Run blocking work (a store call) without holding up the runtime's other tasks: on tokio's
+/// multi-threaded runtime the worker first hands its queued tasks to another thread
+/// (`block_in_place`), so probes are still answered while a disk or a lock keeps the call
+/// waiting; on a current-thread runtime (tests, turmoil's hosts) and in simulation, where
+/// a call takes no time, it runs inline.
+pub fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    #[cfg(not(madsim))]
+    {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let multi_threaded = Handle::try_current()
+            .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if multi_threaded {
+            return tokio::task::block_in_place(work);
+        }
+    }
+    work()
+}
+
 /// Time: sleeping, deadlines and a monotonic millisecond clock.
 pub mod time {
     use std::sync::Arc;

@@ -14,10 +14,12 @@
 //! transaction) keeps the cost to one sync per batch (BENCHMARKS.md, "Durable commits").
 //!
 //! SQLite is embedded (rusqlite, bundled), so a fresh machine needs nothing installed.
-//! Calls are synchronous and short (single-row writes, one transaction per cursor flush);
-//! they run inline on the calling task because the determinism rules forbid OS threads
-//! (`spawn_blocking`) on behaviour paths. The connection sits behind a mutex that no probe
-//! path touches: probes answer from atomics.
+//! Calls are synchronous and usually short (single-row writes, one transaction per commit
+//! batch). From async code they go through [`Store::call`], which runs them with
+//! [`rt::blocking`]: a call that hangs (a full disk, a checkpoint's fsync, a lock held by
+//! another process) blocks only its own task, never a runtime worker the probes need (the
+//! determinism rules forbid `spawn_blocking`'s thread pool on behaviour paths). The
+//! connection sits behind a mutex that no probe path touches: probes answer from atomics.
 
 mod migrations;
 
@@ -26,6 +28,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::rt;
 use crate::rt::fault::{self, Fault};
 
 /// A host's persisted status.
@@ -159,6 +162,14 @@ impl Store {
             connection: Mutex::new(connection),
             commits_durable: synchronous >= 2,
         })
+    }
+
+    /// Run `work` on the store from async code: through [`rt::blocking`], so a call a slow
+    /// disk or a foreign lock keeps waiting does not take a runtime worker with it, and
+    /// after the tunnel's `StoreStall` point (calls hang while it is on).
+    pub async fn call<R>(&self, work: impl FnOnce(&Self) -> R) -> R {
+        fault::hang_while(Fault::StoreStall).await;
+        rt::blocking(|| work(self))
     }
 
     /// Whether a returned commit survives a power loss (the WAL is synced at every commit).

@@ -455,12 +455,12 @@ impl Upstreams {
     }
 
     /// Add (or re-activate) a host on request and make sure it has a worker.
-    pub fn request_crawl(
+    pub async fn request_crawl(
         self: &Arc<Self>,
         raw_hostname: &str,
     ) -> Result<CrawlAccepted, CrawlError> {
         let hostname = hostname::validate(raw_hostname)?;
-        let (id, created) = self.store.add_host(&hostname)?;
+        let (id, created) = self.store.call(|store| store.add_host(&hostname)).await?;
         let host = {
             let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
             let row = HostRow {
@@ -477,7 +477,9 @@ impl Upstreams {
             )
         };
         if host.phase() == HostPhase::Dormant {
-            self.store.set_status(id, HostStatus::Active, 0)?;
+            self.store
+                .call(|store| store.set_status(id, HostStatus::Active, 0))
+                .await?;
             host.consecutive_failures.swap(0, SeqCst);
             host.set_phase(HostPhase::Idle);
         }

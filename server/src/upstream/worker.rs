@@ -174,11 +174,11 @@ async fn lifecycle(upstreams: &Arc<Upstreams>, host: &Arc<Host>, initial_delay: 
                     probe::reached(Probe::UpstreamDormant);
                     host.set_phase(HostPhase::Dormant);
                     tracing::warn!(host = %host.hostname, failures, last = reason, "host turned dormant");
-                    if let Err(error) =
-                        upstreams
-                            .store
-                            .set_status(host.id, HostStatus::Dormant, failures)
-                    {
+                    let persisted = upstreams
+                        .store
+                        .call(|store| store.set_status(host.id, HostStatus::Dormant, failures))
+                        .await;
+                    if let Err(error) = persisted {
                         tracing::warn!(%error, host = %host.hostname, "cannot persist dormancy");
                     }
                     return;
@@ -232,7 +232,11 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
     upstreams.metrics.upstream_attempt("connected");
     host.set_phase(HostPhase::Connected);
     if host.consecutive_failures.swap(0, SeqCst) > 0 {
-        if let Err(error) = upstreams.store.set_status(host.id, HostStatus::Active, 0) {
+        let persisted = upstreams
+            .store
+            .call(|store| store.set_status(host.id, HostStatus::Active, 0))
+            .await;
+        if let Err(error) = persisted {
             tracing::warn!(%error, host = %host.hostname, "cannot persist recovery");
         }
     }

@@ -865,6 +865,15 @@ pub enum FaultSpec {
         #[serde(default)]
         reads: bool,
     },
+    /// Make every store call the relay makes from async code hang from `at_s` for
+    /// `duration_s` (a full disk, a checkpoint's fsync, a lock held by another process),
+    /// through the relay's `StoreStall` fault point.
+    StoreStall {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+    },
     /// Make the relay's work-route handlers (`/hosts`, `/requestCrawl`) panic from `at_s`
     /// for `duration_s`, through the relay's `HandlerPanic` fault point.
     HandlerPanic {
@@ -894,6 +903,7 @@ impl FaultSpec {
             Self::PowerLoss { .. } => "power_loss",
             Self::RestartRelay { .. } => "restart_relay",
             Self::StoreFault { .. } => "store_fault",
+            Self::StoreStall { .. } => "store_stall",
             Self::HandlerPanic { .. } => "handler_panic",
             Self::HandlerStall { .. } => "handler_stall",
         }
@@ -912,6 +922,7 @@ impl FaultSpec {
                 at_s, duration_s, ..
             }
             | Self::Clog { at_s, duration_s }
+            | Self::StoreStall { at_s, duration_s }
             | Self::HandlerPanic { at_s, duration_s }
             | Self::HandlerStall { at_s, duration_s } => at_s + duration_s,
             Self::KillRelay { at_s, down_s }
@@ -936,6 +947,7 @@ impl FaultSpec {
             | Self::StoreFault { at_s, .. }
             | Self::Latency { at_s, .. }
             | Self::Clog { at_s, .. }
+            | Self::StoreStall { at_s, .. }
             | Self::HandlerPanic { at_s, .. }
             | Self::HandlerStall { at_s, .. }
             | Self::KillRelay { at_s, .. }
@@ -949,6 +961,7 @@ impl FaultSpec {
         match self {
             Self::Partition { .. } => "it cut off no upstream host",
             Self::StoreFault { .. } => "no store call reached a failing fault point in its window",
+            Self::StoreStall { .. } => "no store call was made in its window",
             Self::HandlerPanic { .. } | Self::HandlerStall { .. } => {
                 "no work-route handler ran in its window"
             }
@@ -1084,6 +1097,7 @@ impl Scenario {
                         FaultSpec::HandlerPanic { .. }
                             | FaultSpec::HandlerStall { .. }
                             | FaultSpec::StoreFault { .. }
+                            | FaultSpec::StoreStall { .. }
                             | FaultSpec::PowerLoss { .. }
                     )
                 }) {

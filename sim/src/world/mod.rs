@@ -385,10 +385,12 @@ async fn inject(
             record(0, false, 1);
         }
         FaultSpec::HandlerPanic { at_s, duration_s }
-        | FaultSpec::HandlerStall { at_s, duration_s } => {
+        | FaultSpec::HandlerStall { at_s, duration_s }
+        | FaultSpec::StoreStall { at_s, duration_s } => {
             use relay::rt::fault::{self, Fault};
             let point = match fault {
                 FaultSpec::HandlerPanic { .. } => Fault::HandlerPanic,
+                FaultSpec::StoreStall { .. } => Fault::StoreStall,
                 _ => Fault::HandlerStall,
             };
             sleep_until(world_start + Duration::from_secs(at_s)).await;
