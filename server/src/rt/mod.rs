@@ -4,7 +4,7 @@
 //! Every crate depends on `tokio = { package = "madsim-tokio" }`. Built normally that *is*
 //! tokio; built with `--cfg madsim` the same paths are madsim's simulated network, clock and
 //! scheduler. Business logic never asks which one it got: anything that must differ between
-//! production and the wind tunnel differs here (today only [`cpu`]), and nowhere else.
+//! production and the wind tunnel differs here ([`cpu`] and [`blocking`]), and nowhere else.
 //!
 //! The second engine, turmoil, runs on ordinary tokio (a paused clock per simulated host),
 //! so only the sockets differ: with the cargo feature `turmoil` they are [`switched`]
