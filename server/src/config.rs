@@ -420,14 +420,25 @@ fn span_location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
         return String::new();
     };
-    let before = &text[..span.start.min(text.len())];
+    let (line, column) = line_column(text, span.start);
+    format!(":{line}:{column}")
+}
+
+/// 1-based line and column (in characters) of a byte offset into a TOML text: where error
+/// messages point (the relay's config files here, the tunnel's scenario files too).
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let column = before
         .rsplit('\n')
         .next()
         .map_or(0, |tail| tail.chars().count())
         + 1;
-    format!(":{line}:{column}")
+    (line, column)
 }
 
 fn deep_merge(base: &mut toml::Table, overlay: toml::Table) {

@@ -15,6 +15,7 @@
 use std::collections::BTreeSet;
 use std::ops::Range;
 
+use relay::config::line_column;
 use serde::Deserialize;
 use toml::de::{DeArray, DeTable, DeValue, Deserializer};
 use toml::Spanned;
@@ -334,22 +335,6 @@ fn key_steps(key: &str) -> Vec<KeyStep> {
         steps.push(step);
     }
     steps
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let mut end = offset.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let before = &text[..end];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .map_or(0, |tail| tail.chars().count())
-        + 1;
-    (line, column)
 }
 
 #[cfg(test)]
