@@ -674,6 +674,15 @@ mod simulated {
         }
     }
 
+    /// Whether a relay sample in `t_us` found the event log not ready (a commit failing or
+    /// hanging).
+    fn readiness_off_between(outcome: &RunOutcome, t_us: std::ops::Range<u64>) -> bool {
+        outcome.trace.records().iter().any(|record| {
+            t_us.contains(&record.t_us)
+                && matches!(record.event, windtunnel::trace::Event::RelaySample { events, .. } if !events.store_healthy)
+        })
+    }
+
     /// Every seed passes; returns the summaries for scenario-specific checks.
     fn passes(
         name: &str,
@@ -754,12 +763,8 @@ mod simulated {
     #[test]
     fn db_fault_turns_readiness_off_then_recovers_without_loss_for_20_seeds() {
         for (seed, _, outcome) in passes("db_fault.toml", 1..=20) {
-            let unhealthy_during_fault = outcome.trace.records().iter().any(|record| {
-                (41_000_000..60_000_000).contains(&record.t_us)
-                    && matches!(record.event, windtunnel::trace::Event::RelaySample { events, .. } if !events.store_healthy)
-            });
             assert!(
-                unhealthy_during_fault,
+                readiness_off_between(&outcome, 41_000_000..60_000_000),
                 "seed {seed}: the fault must bite (readiness off)"
             );
         }
@@ -768,12 +773,8 @@ mod simulated {
     #[test]
     fn store_stall_keeps_liveness_and_reports_not_ready_for_20_seeds() {
         for (seed, _, outcome) in passes("store_stall.toml", 1..=20) {
-            let not_ready_during_stall = outcome.trace.records().iter().any(|record| {
-                (46_000_000..100_000_000).contains(&record.t_us)
-                    && matches!(record.event, windtunnel::trace::Event::RelaySample { events, .. } if !events.store_healthy)
-            });
             assert!(
-                not_ready_during_stall,
+                readiness_off_between(&outcome, 46_000_000..100_000_000),
                 "seed {seed}: readiness must report the stalled store"
             );
         }

@@ -289,11 +289,6 @@ impl Events {
         &self.broadcaster
     }
 
-    /// Whether the store accepted the last commit (readiness).
-    pub fn store_healthy(&self) -> bool {
-        self.store_healthy.load(SeqCst)
-    }
-
     /// How long the batch being committed has waited, if longer than
     /// `stall_healthz_ms` (the liveness watchdog; `None` when off or moving).
     pub fn stalled_for_ms(&self) -> Option<u64> {
@@ -303,7 +298,7 @@ impl Events {
     /// Readiness: the store accepted the last commit and no batch has waited longer than
     /// `stall_readyz_ms` for its commit.
     pub fn store_ready(&self) -> bool {
-        self.store_healthy()
+        self.store_healthy.load(SeqCst)
             && self
                 .waited_longer_than(self.config.stall_readyz_ms)
                 .is_none()
