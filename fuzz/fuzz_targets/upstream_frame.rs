@@ -24,7 +24,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use relay::store::{NewEvent, Store};
+use relay::store::{NewEvent, Page, Store};
 use relay::upstream::{decode_frame, BadFrame};
 use serde_json::Value;
 
@@ -86,7 +86,7 @@ fuzz_target!(|payload: &[u8]| {
     store
         .commit_events(std::slice::from_ref(&event))
         .unwrap_or_else(|error| panic!("accepted frame cannot be stored: {error}"));
-    let read_back = store.events_after(0, 2).expect("the log reads");
+    let read_back = store.events_after(0, Page::events(2)).expect("the log reads");
     assert_eq!(read_back, [event], "the log gives back another event");
     store.delete_events_below(2, 1).expect("the event is removed");
 

@@ -76,12 +76,14 @@ pub struct Metrics {
     upstream_events: Gauge,
     upstream_duplicate_frames: Counter,
     upstream_bad_frames: Counter,
+    upstream_rate_limited: Counter,
     upstream_quarantined: Family<ReasonLabels, Counter>,
     events_rejected: Counter,
     store_errors: Family<ReasonLabels, Counter>,
     consumer_sessions: Gauge,
     events_head_seq: Gauge,
     events_oldest_seq: Gauge,
+    events_log_bytes: Gauge,
     events_store_healthy: Gauge,
     events_duplicates: Gauge,
     events_retention_deleted: Gauge,
@@ -132,12 +134,14 @@ impl Metrics {
             upstream_events: Gauge::default(),
             upstream_duplicate_frames: Counter::default(),
             upstream_bad_frames: Counter::default(),
+            upstream_rate_limited: Counter::default(),
             upstream_quarantined: Family::default(),
             events_rejected: Counter::default(),
             store_errors: Family::default(),
             consumer_sessions: Gauge::default(),
             events_head_seq: Gauge::default(),
             events_oldest_seq: Gauge::default(),
+            events_log_bytes: Gauge::default(),
             events_store_healthy: Gauge::default(),
             events_duplicates: Gauge::default(),
             events_retention_deleted: Gauge::default(),
@@ -262,6 +266,11 @@ impl Metrics {
             self.upstream_bad_frames.clone(),
         );
         registry.register(
+            "upstream_rate_limited",
+            "Upstream events held back by their host's event-rate limit",
+            self.upstream_rate_limited.clone(),
+        );
+        registry.register(
             "upstream_quarantined",
             "Hosts quarantined for sending what the relay cannot keep, by reason",
             self.upstream_quarantined.clone(),
@@ -290,6 +299,11 @@ impl Metrics {
             "events_oldest_seq",
             "Lowest relay sequence number still in the log",
             self.events_oldest_seq.clone(),
+        );
+        registry.register(
+            "events_log_bytes",
+            "Content bytes (kinds and bodies) of the events in the log",
+            self.events_log_bytes.clone(),
         );
         registry.register(
             "events_store_healthy",
@@ -436,6 +450,11 @@ impl Metrics {
         self.upstream_bad_frames.inc();
     }
 
+    /// Count an upstream event held back by its host's rate limit.
+    pub fn upstream_rate_limited(&self) {
+        self.upstream_rate_limited.inc();
+    }
+
     /// Count a host quarantined for `reason`.
     pub fn upstream_quarantined(&self, reason: &'static str) {
         self.upstream_quarantined
@@ -483,6 +502,7 @@ impl Metrics {
             .set(gauge(dispatch.high_water));
         self.events_head_seq.set(wide(events.head_seq));
         self.events_oldest_seq.set(wide(events.oldest_seq));
+        self.events_log_bytes.set(wide(events.log_bytes));
         self.events_store_healthy
             .set(i64::from(events.store_healthy));
         self.events_duplicates.set(wide(events.duplicates_total));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use relay::config::ConfigBuilder;
-use relay::store::{HostStatus, Store};
+use relay::store::{HostStatus, Page, Store};
 use relay::upstream::HostPhase;
 use relay::{Observer, Relay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,7 +153,7 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
         persisted.hosts().unwrap()[0].cursor == 5
     })
     .await;
-    let events = persisted.events_after(0, 100).unwrap();
+    let events = persisted.events_after(0, Page::events(100)).unwrap();
     assert_eq!(
         events
             .iter()
@@ -356,10 +356,10 @@ async fn the_historical_poison_frame_costs_only_its_host() {
     assert_eq!(host("127.0.0.1").cursor, 20);
     let persisted = Store::open(&db).unwrap();
     wait_until("every good event is persisted", || {
-        persisted.events_after(0, 100).unwrap().len() == 22
+        persisted.events_after(0, Page::events(100)).unwrap().len() == 22
     })
     .await;
-    let events = persisted.events_after(0, 100).unwrap();
+    let events = persisted.events_after(0, Page::events(100)).unwrap();
     assert_eq!(
         events.iter().map(|event| event.seq).collect::<Vec<_>>(),
         (1..=22).collect::<Vec<_>>(),
@@ -423,7 +423,10 @@ async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
         .find(|host| host.hostname == "localhost")
         .unwrap();
     assert_eq!(localhost.quarantined, Some("event_unstorable"));
-    let events = Store::open(&db).unwrap().events_after(0, 100).unwrap();
+    let events = Store::open(&db)
+        .unwrap()
+        .events_after(0, Page::events(100))
+        .unwrap();
     let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "dense");
     let good: Vec<u64> = events
@@ -436,5 +439,147 @@ async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
     assert!(observer
         .metrics_text()
         .contains("relay_events_rejected_total 1"));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_whose_seqs_go_backwards_gets_bad_sessions_and_a_named_reason() {
+    let db = temp_db("backwards");
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(["127.0.0.1", "localhost"])
+        .unwrap();
+    // Host B replays its events in a loop on every connection: 1, 2, 3, 1, 2, 3, …
+    let bad: Vec<String> = frames(1..=3).into_iter().cycle().take(9).collect();
+    let port = two_host_upstream(frames(1..=20), bad).await;
+    let relay = start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        "upstream.backoff_base_ms=10".to_owned(),
+        "upstream.backoff_cap_ms=40".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    let host = |name: &str| {
+        observer
+            .hosts()
+            .into_iter()
+            .find(|host| host.hostname == name)
+            .unwrap()
+    };
+    wait_until("the looping host has three bad sessions in a row", || {
+        host("localhost").consecutive_bad_sessions >= 3 && observer.events().head_seq == 23
+    })
+    .await;
+    let looping = host("localhost");
+    assert_eq!(looping.last_error, Some("seq_not_increasing"));
+    assert_eq!(looping.cursor, 3, "its first three events were kept, once");
+    assert_eq!(
+        looping.quarantined, None,
+        "a replay loop is not a quarantine"
+    );
+    assert_eq!(host("127.0.0.1").consecutive_bad_sessions, 0);
+    let persisted = Store::open(&db)
+        .unwrap()
+        .events_after(0, Page::events(100))
+        .unwrap();
+    let from_b: Vec<u64> = persisted
+        .iter()
+        .filter(|event| event.host_id == 2)
+        .map(|event| event.upstream_seq)
+        .collect();
+    assert_eq!(from_b, [1, 2, 3], "no duplicate reached the log");
+    assert!(get(relay.addr, "/hosts")
+        .await
+        .contains(r#""last_error":"seq_not_increasing""#));
+    let metrics = observer.metrics_text();
+    assert!(
+        metrics.contains(r#"relay_upstream_disconnects_total{reason="seq_not_increasing"}"#),
+        "{metrics}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_over_its_event_rate_waits_and_loses_nothing() {
+    let db = temp_db("rate");
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    let port = two_host_upstream(frames(1..=60), Vec::new()).await;
+    let relay = start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        "upstream.host_events_per_second=100".to_owned(),
+        "upstream.host_events_burst=10".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("all 60 events are persisted", || {
+        observer.events().head_seq == 60
+    })
+    .await;
+    let host = observer.hosts().remove(0);
+    // Ten from the bucket, the rest paced at 10 ms each (a slow step may earn a token).
+    assert!(
+        (40..=50).contains(&host.rate_limited),
+        "{} events waited",
+        host.rate_limited
+    );
+    let metrics = observer.metrics_text();
+    let counted = format!("relay_upstream_rate_limited_total {}", host.rate_limited);
+    assert!(metrics.contains(&counted), "{metrics}");
+    let persisted = Store::open(&db)
+        .unwrap()
+        .events_after(0, Page::events(100))
+        .unwrap();
+    let upstream_seqs: Vec<u64> = persisted.iter().map(|event| event.upstream_seq).collect();
+    assert_eq!(
+        upstream_seqs,
+        (1..=60).collect::<Vec<_>>(),
+        "in order, none lost"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn retention_keeps_the_log_within_its_byte_bound() {
+    let db = temp_db("retention_bytes");
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    let pad = "x".repeat(1000);
+    let large: Vec<String> = (1..=60)
+        .map(|seq| format!(r#"{{"seq":{seq},"kind":"commit","body":{{"pad":"{pad}"}}}}"#))
+        .collect();
+    let port = two_host_upstream(large, Vec::new()).await;
+    let relay = start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        "events.retention_bytes_max=20000".to_owned(),
+        "events.retention_interval_ms=50".to_owned(),
+        "events.retention_batch_rows=4".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("all 60 events are in and retention is done", || {
+        let events = observer.events();
+        events.head_seq == 60 && events.log_bytes <= 20_000
+    })
+    .await;
+    let events = observer.events();
+    // Each event holds 1,016 content bytes: at most 19 fit, and retention deletes whole
+    // batches of 4 oldest first, so 16 to 19 remain, the newest ones.
+    let kept = Store::open(&db)
+        .unwrap()
+        .events_after(0, Page::events(100))
+        .unwrap();
+    let seqs: Vec<u64> = kept.iter().map(|event| event.seq).collect();
+    assert!((16..=19).contains(&seqs.len()), "{seqs:?}");
+    assert_eq!(seqs.last(), Some(&60));
+    assert_eq!(events.oldest_seq, seqs[0]);
+    assert_eq!(events.log_bytes, 1_016 * seqs.len() as u64);
+    let metrics = observer.metrics_text();
+    let gauge = format!("relay_events_log_bytes {}", events.log_bytes);
+    assert!(metrics.contains(&gauge), "{metrics}");
     relay.stop().await;
 }

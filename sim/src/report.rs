@@ -72,6 +72,9 @@ pub struct Summary {
     pub consumer_gap_ms_max: u64,
     /// The end-of-run audit of the event log: (events, head seq, hosts with gaps, hosts behind).
     pub store_audit: Option<(u64, u64, u32, u32)>,
+    /// Hostile hosts by how the relay left them: `quarantined (<reason>)`, the last error
+    /// of a host backing off, or `accepted`.
+    pub hostile_outcomes: BTreeMap<String, usize>,
     /// Real mode: the relay processes' (incarnations, peak RSS bytes, CPU ms).
     pub relay_process: Option<(u32, u64, u64)>,
     /// Relay incarnations killed or restarted, and store-fault windows.
@@ -145,9 +148,9 @@ impl Summary {
                         summary.upstream_last = Some(*upstreams);
                     }
                 }
-                Event::UpstreamWorld { hosts, dead, flaky } => {
-                    summary.upstream_world = Some((*hosts, *dead, *flaky))
-                }
+                Event::UpstreamWorld {
+                    hosts, dead, flaky, ..
+                } => summary.upstream_world = Some((*hosts, *dead, *flaky)),
                 Event::Fault { active, kind, .. } => {
                     if *active && kind != "partition" {
                         summary.relay_faults += 1;
@@ -191,6 +194,18 @@ impl Summary {
                     peak_rss_bytes,
                     cpu_ms,
                 } => summary.relay_process = Some((*incarnations, *peak_rss_bytes, *cpu_ms)),
+                Event::HostileOutcome {
+                    quarantined,
+                    last_error,
+                    ..
+                } => {
+                    let outcome = match (quarantined, last_error) {
+                        (Some(reason), _) => format!("quarantined ({reason})"),
+                        (None, Some(error)) => error.clone(),
+                        (None, None) => "accepted".to_owned(),
+                    };
+                    *summary.hostile_outcomes.entry(outcome).or_default() += 1;
+                }
                 Event::Phase { .. }
                 | Event::Panic { .. }
                 | Event::Subscribed { .. }
@@ -405,6 +420,14 @@ impl RunReport<'_> {
                  {} relay/store faults",
                 summary.relay_faults
             );
+        }
+        if !summary.hostile_outcomes.is_empty() {
+            let outcomes: Vec<String> = summary
+                .hostile_outcomes
+                .iter()
+                .map(|(outcome, hosts)| format!("{outcome} {hosts}"))
+                .collect();
+            let _ = writeln!(text, "  hostile hosts: {}", outcomes.join(", "));
         }
         if let Some((incarnations, peak_rss_bytes, cpu_ms)) = summary.relay_process {
             let _ = writeln!(

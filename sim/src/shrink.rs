@@ -96,6 +96,8 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
             s.oracles.handshakes_bounded = None;
             s.oracles.workers_bounded = None;
             s.oracles.no_host_forgotten = None;
+            s.oracles.bad_hosts_isolated = None;
+            s.oracles.fair_share = None;
         },
     );
     for oracle in OracleName::ALL {
@@ -164,6 +166,28 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
                     }
                 },
             );
+        }
+        if let Some(hostile) = &upstreams.hostile {
+            push(
+                "drop [upstreams.hostile] and its oracles".to_owned(),
+                &|s| {
+                    if let Some(u) = &mut s.upstreams {
+                        u.hostile = None;
+                    }
+                    s.oracles.bad_hosts_isolated = None;
+                    s.oracles.fair_share = None;
+                },
+            );
+            if let Some(hosts) = halve(hostile.hosts) {
+                push(
+                    format!("upstreams.hostile.hosts {} → {hosts}", hostile.hosts),
+                    &|s| {
+                        if let Some(h) = s.upstreams.as_mut().and_then(|u| u.hostile.as_mut()) {
+                            h.hosts = hosts;
+                        }
+                    },
+                );
+            }
         }
         if upstreams.flaky_fraction > 0.0 {
             push("upstreams.flaky_fraction → 0".to_owned(), &|s| {
@@ -243,6 +267,8 @@ fn drop_oracle(scenario: &mut Scenario, oracle: OracleName) {
         OracleName::CallsAnswered => o.calls_answered = None,
         OracleName::HandlersInFlightMax => o.handlers_in_flight_max = None,
         OracleName::BadInputRejected => o.bad_input_rejected = None,
+        OracleName::BadHostsIsolated => o.bad_hosts_isolated = None,
+        OracleName::FairShare => o.fair_share = None,
     }
 }
 

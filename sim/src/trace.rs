@@ -26,6 +26,10 @@ pub enum Event {
         dead: u32,
         /// Hosts that alternate between up and down.
         flaky: u32,
+        /// Hosts of the hostile cast (counted in `hosts`); left out of the record while
+        /// zero, so worlds without them keep their traces.
+        #[serde(default, skip_serializing_if = "is_zero_u32")]
+        hostile: u32,
     },
     /// An upstream host accepted a subscription.
     Subscribed {
@@ -175,6 +179,10 @@ pub enum Event {
         /// holds).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         log_agrees: Option<bool>,
+        /// The polite host's event that took longest from being sent to reaching this
+        /// consumer (only in worlds that check `fair_share`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        latest_event: Option<LateEvent>,
     },
     /// What the relay's event log holds at the end of the run (read from its SQLite file).
     StoreAudit {
@@ -208,6 +216,23 @@ pub enum Event {
     StillOpen {
         /// Each connection held open, oldest slot first.
         connections: Vec<OpenConnectionRecord>,
+    },
+    /// How a hostile host ended, as the relay's host table showed it at the end of the run.
+    HostileOutcome {
+        /// Its hostname.
+        host: String,
+        /// The misbehaviour it played (`seq_overflow`, `flood`, …).
+        kind: String,
+        /// The relay's phase for it (`quarantined`, `backoff`, `connected`, …).
+        phase: String,
+        /// Why it was quarantined, if it was.
+        quarantined: Option<String>,
+        /// Why its last attempt or session ended, if one had.
+        last_error: Option<String>,
+        /// Its events in the relay's event log.
+        persisted: u64,
+        /// Its events the relay's rate limit held back.
+        rate_limited: u64,
     },
     /// A task panicked; the simulation stopped here.
     Panic {
@@ -319,6 +344,22 @@ pub struct MemorySample {
 
 fn is_zero(value: &u64) -> bool {
     *value == 0
+}
+
+fn is_zero_u32(value: &u32) -> bool {
+    *value == 0
+}
+
+/// One delivered event and how long it took, from when its host sent it to when a consumer
+/// received it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateEvent {
+    /// The host's id in the relay's table.
+    pub host_id: i64,
+    /// The host's sequence number for it.
+    pub upstream_seq: u64,
+    /// Sent to received, milliseconds.
+    pub delay_ms: u64,
 }
 
 /// What a churner loop does with one connection.

@@ -108,7 +108,13 @@ fn simulate(
     let commands: Commands = Arc::default();
 
     let plans = match &scenario.upstreams {
-        Some(spec) => start_upstreams(&mut sim, spec, &database.path, sink),
+        Some(spec) => start_upstreams(
+            &mut sim,
+            spec,
+            scenario.relay.upstream.max_frame_bytes,
+            &database.path,
+            sink,
+        ),
         None => Vec::new(),
     };
     let mut relay_config = scenario.relay.clone();
@@ -166,11 +172,14 @@ fn simulate(
 fn start_upstreams(
     sim: &mut turmoil::Sim<'_>,
     spec: &crate::scenario::UpstreamsSpec,
+    frame_limit_bytes: usize,
     database: &std::path::Path,
     sink: &TraceSink,
 ) -> Vec<Arc<upstream::HostPlan>> {
-    let plans: Vec<Arc<upstream::HostPlan>> =
-        upstream::plan(spec).into_iter().map(Arc::new).collect();
+    let plans: Vec<Arc<upstream::HostPlan>> = upstream::plan(spec, frame_limit_bytes)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     relay_host::publish_host_table(database, spec, &plans, sink)
         .expect("the world writes the relay's host table");
     for plan in &plans {
@@ -206,7 +215,7 @@ fn start_actors(
     relay: SocketAddr,
     sink: &TraceSink,
 ) -> Vec<relay_host::ConsumerTally> {
-    let (clients, tallies) = cast::clients(scenario);
+    let (clients, tallies) = cast::clients(scenario, None);
     for client in clients {
         let (name, sink) = (client.name.clone(), sink.clone());
         sim.host(name.as_str(), move || {
@@ -266,7 +275,19 @@ impl Timeline {
         sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
         sample(&this.sink, &this.control);
         let tallies = std::mem::take(&mut *this.tallies.lock().expect("tallies lock"));
-        relay_host::finish(scenario, &this.sink, &this.database, &this.plans, tallies);
+        let hosts = this
+            .control
+            .observer()
+            .map(|observer| observer.hosts())
+            .unwrap_or_default();
+        relay_host::finish(
+            scenario,
+            &this.sink,
+            &this.database,
+            &this.plans,
+            &hosts,
+            tallies,
+        );
         this.sink.phase("end");
         monitor_task.abort();
         for task in fault_tasks {

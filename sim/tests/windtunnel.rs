@@ -56,6 +56,8 @@ fn every_shipped_scenario_loads() {
             "host_blink",
             "host_dormancy",
             "host_flap",
+            "hostile_upstreams",
+            "hostile_upstreams_unlimited",
             "ingest_backpressure",
             "keepalive_dispatch",
             "keepalive_dispatch_concurrent",
@@ -120,7 +122,7 @@ fn every_problem_in_a_file_is_reported_at_its_key() {
             "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
             "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`",
             "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",
-            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`",
+            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`, `bad_hosts_isolated`, `fair_share`",
         ]
     );
     let semantic = "name = \"x\"\n\
@@ -858,6 +860,46 @@ mod simulated {
     #[test]
     fn the_idle_reaper_alone_frees_silent_holders_for_20_seeds() {
         passes("churn_idle_reaper.toml", 1..=20);
+    }
+
+    #[test]
+    fn every_hostile_host_costs_only_itself_for_20_seeds() {
+        let every_kind = windtunnel::scenario::HostileKind::all();
+        for (seed, _, outcome) in passes("hostile_upstreams.toml", 1..=20) {
+            let outcomes: Vec<(String, u64)> = outcome
+                .trace
+                .records()
+                .iter()
+                .filter_map(|record| match &record.event {
+                    windtunnel::trace::Event::HostileOutcome {
+                        kind, rate_limited, ..
+                    } => Some((kind.clone(), *rate_limited)),
+                    _ => None,
+                })
+                .collect();
+            for kind in &every_kind {
+                assert!(
+                    outcomes.iter().any(|(played, _)| played == kind.as_str()),
+                    "seed {seed}: no host played {}",
+                    kind.as_str()
+                );
+            }
+            assert!(
+                outcomes
+                    .iter()
+                    .any(|(kind, rate_limited)| kind == "flood" && *rate_limited > 1_000),
+                "seed {seed}: the flooding host must be held to its rate: {outcomes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flood_without_a_per_host_rate_limit_fails_fair_share() {
+        fails_as_expected(
+            "hostile_upstreams_unlimited.toml",
+            1..=6,
+            OracleName::FairShare,
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::rt::stop::StopSignal;
 use crate::rt::time::Clock;
 use crate::rt::{self, cpu::Cpu};
-use crate::store::{NewEvent, Store, StoreError};
+use crate::store::{Deleted, NewEvent, Page, Store, StoreError};
 use crate::vital::Vitals;
 
 /// Event pipeline settings: `[events]` in the configuration.
@@ -63,6 +63,9 @@ pub struct EventsConfig {
     pub commit_retry_cap_ms: u64,
     /// Events kept in the log; older ones are deleted by the retention loop.
     pub retention_events_max: u64,
+    /// Content bytes (kinds and bodies) kept in the log; past it the retention loop deletes
+    /// the oldest events, a batch at a time, until the log is back within it.
+    pub retention_bytes_max: u64,
     /// How often the retention loop runs, milliseconds.
     pub retention_interval_ms: u64,
     /// Rows deleted per retention batch (the persist lock is released between batches).
@@ -87,6 +90,7 @@ impl Default for EventsConfig {
             commit_retry_base_ms: 100,
             commit_retry_cap_ms: 5_000,
             retention_events_max: 1_000_000,
+            retention_bytes_max: 16 << 30,
             retention_interval_ms: 10 * 60_000,
             retention_batch_rows: 500,
             stall_healthz_ms: 120_000,
@@ -115,9 +119,12 @@ impl EventsConfig {
                     .into(),
             );
         }
-        if self.retention_interval_ms == 0 || self.retention_events_max == 0 {
+        if self.retention_interval_ms == 0
+            || self.retention_events_max == 0
+            || self.retention_bytes_max == 0
+        {
             return Err(
-                "events.retention_interval_ms and events.retention_events_max must be at least 1"
+                "events.retention_interval_ms, retention_events_max and retention_bytes_max must be at least 1"
                     .into(),
             );
         }
@@ -167,6 +174,8 @@ pub struct EventStats {
     pub head_seq: u64,
     /// Lowest sequence number still in the log (0 when empty).
     pub oldest_seq: u64,
+    /// Content bytes (kinds and bodies) of the events in the log.
+    pub log_bytes: u64,
     /// Whether the last commit succeeded and none has hung past `stall_readyz_ms`
     /// ([`Events::store_ready`], readiness).
     pub store_healthy: bool,
@@ -206,6 +215,8 @@ pub struct Events {
     /// Tells the sequencer and the retention loop to stop.
     shutdown: StopSignal,
     oldest_seq: AtomicU64,
+    /// Content bytes of the events in the log (retention's byte bound).
+    log_bytes: AtomicU64,
     store_healthy: AtomicBool,
     /// When the batch the sequencer is committing was formed (`clock` ms + 1); 0 when none
     /// is waiting. Read by the liveness watchdog.
@@ -229,6 +240,7 @@ impl Events {
         clock: Clock,
     ) -> Result<Self, StoreError> {
         let (oldest, head) = store.event_bounds()?.unwrap_or((0, 0));
+        let log_bytes = store.event_bytes()?;
         let ingest_limit = u32::try_from(config.ingest_queue_bytes).unwrap_or(u32::MAX);
         Ok(Self {
             ingest: Arc::new(IngestBytes::new(ingest_limit)),
@@ -240,6 +252,7 @@ impl Events {
             broadcaster: Arc::new(Broadcaster::new(head, memory)),
             shutdown: StopSignal::new(),
             oldest_seq: AtomicU64::new(oldest),
+            log_bytes: AtomicU64::new(log_bytes),
             store_healthy: AtomicBool::new(true),
             batch_waiting_since_ms: AtomicU64::new(0),
             clock,
@@ -333,6 +346,7 @@ impl Events {
         EventStats {
             head_seq: self.broadcaster.head(),
             oldest_seq: self.oldest_seq(),
+            log_bytes: self.log_bytes(),
             store_healthy: self.store_ready(),
             commits_durable: self.store.commits_durable(),
             commit_failures_total: self.commit_failures_total.load(SeqCst),
@@ -346,12 +360,12 @@ impl Events {
         }
     }
 
-    /// Up to `limit` persisted events after `after` (catch-up). Reads do not take the
+    /// Persisted events after `after`, within `page` (catch-up). Reads do not take the
     /// persist lock (SQLite WAL readers do not block the writer).
-    pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Frame>, StoreError> {
+    pub async fn read_after(&self, after: u64, page: Page) -> Result<Vec<Frame>, StoreError> {
         let events = self
             .store
-            .call(|store| store.events_after(after, limit))
+            .call(|store| store.events_after(after, page))
             .await?;
         self.spend_rows(events.len()).await;
         Ok(events.iter().map(Frame::encode).collect())
@@ -361,19 +375,37 @@ impl Events {
     async fn commit(&self, events: &[NewEvent]) -> Result<(), StoreError> {
         let _persist = self.persist.lock().await;
         self.store.call(|store| store.commit_events(events)).await?;
+        let bytes: usize = events
+            .iter()
+            .map(|event| event.kind.len() + event.body.len())
+            .sum();
+        self.log_bytes.fetch_add(bytes as u64, SeqCst);
         self.spend_rows(events.len()).await;
         Ok(())
     }
 
     /// Delete up to `limit` events below `below` under the persist lock.
-    async fn delete_below(&self, below: u64, limit: usize) -> Result<usize, StoreError> {
+    async fn delete_below(&self, below: u64, limit: usize) -> Result<Deleted, StoreError> {
         let _persist = self.persist.lock().await;
         let deleted = self
             .store
             .call(|store| store.delete_events_below(below, limit))
             .await?;
-        self.spend_rows(deleted).await;
+        let _ = self.log_bytes.fetch_update(SeqCst, SeqCst, |bytes| {
+            Some(bytes.saturating_sub(deleted.bytes))
+        });
+        self.retention_deleted_total
+            .fetch_add(deleted.rows as u64, SeqCst);
+        if deleted.rows > 0 {
+            self.oldest_seq.fetch_max(deleted.last_seq + 1, SeqCst);
+        }
+        self.spend_rows(deleted.rows).await;
         Ok(deleted)
+    }
+
+    /// Content bytes of the events in the log now.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(SeqCst)
     }
 
     async fn spend_rows(&self, rows: usize) {

@@ -1,4 +1,5 @@
-//! Retention: keeps the event log at `retention_events_max` events by deleting the oldest.
+//! Retention: keeps the event log within `retention_events_max` events and
+//! `retention_bytes_max` content bytes by deleting the oldest.
 //!
 //! It works in batches of `retention_batch_rows` and takes the persist lock per batch,
 //! releasing it (and yielding) between batches, so the sequencer's commits interleave with
@@ -6,7 +7,6 @@
 //! stall where one garbage-collection pass held the persist lock for its whole run.
 //! Failures are logged, counted and retried on the next tick.
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use super::Events;
@@ -28,35 +28,49 @@ pub(super) async fn run(events: Arc<Events>, shutdown: StopSignal) {
             () = sleep(interval) => {}
         }
         let head = events.broadcaster.head();
-        if head <= config.retention_events_max {
-            continue;
-        }
-        let below = head - config.retention_events_max + 1;
         let mut deleted_this_pass = 0usize;
-        loop {
-            match events.delete_below(below, batch_rows).await {
-                Ok(deleted) => {
-                    deleted_this_pass += deleted;
-                    events
-                        .retention_deleted_total
-                        .fetch_add(deleted as u64, SeqCst);
-                    if deleted < batch_rows {
-                        events.oldest_seq.fetch_max(below, SeqCst);
-                        break;
-                    }
-                    // Let the sequencer (queued on the persist lock) in between batches.
-                    probe::reached(Probe::RetentionBatchBoundary);
-                    tokio::task::yield_now().await;
-                }
-                Err(error) => {
-                    events.metrics.store_error("retention");
-                    tracing::warn!(%error, "retention batch failed; retrying next interval");
-                    break;
-                }
-            }
+        // By count: everything below the newest `retention_events_max` events.
+        if head > config.retention_events_max {
+            let below = head - config.retention_events_max + 1;
+            deleted_this_pass += delete_while(&events, batch_rows, || Some(below)).await;
         }
+        // By bytes: the oldest events (up to the head), a batch at a time, until the log fits.
+        deleted_this_pass += delete_while(&events, batch_rows, || {
+            (events.log_bytes() > config.retention_bytes_max).then_some(head + 1)
+        })
+        .await;
         if deleted_this_pass > 0 {
-            tracing::debug!(deleted = deleted_this_pass, below, "retention pass done");
+            tracing::debug!(deleted = deleted_this_pass, "retention pass done");
         }
     }
+}
+
+/// Delete batches of the oldest events below `below()` while it says there is more to
+/// delete and the last batch was full; returns how many went. Between batches the persist
+/// lock is released and the task yields, so the sequencer's commits go first.
+async fn delete_while(
+    events: &Events,
+    batch_rows: usize,
+    below: impl Fn() -> Option<u64>,
+) -> usize {
+    let mut deleted_total = 0;
+    while let Some(below) = below() {
+        match events.delete_below(below, batch_rows).await {
+            Ok(deleted) => {
+                deleted_total += deleted.rows;
+                if deleted.rows < batch_rows {
+                    break;
+                }
+                // Let the sequencer (queued on the persist lock) in between batches.
+                probe::reached(Probe::RetentionBatchBoundary);
+                tokio::task::yield_now().await;
+            }
+            Err(error) => {
+                events.metrics.store_error("retention");
+                tracing::warn!(%error, "retention batch failed; retrying next interval");
+                break;
+            }
+        }
+    }
+    deleted_total
 }

@@ -43,6 +43,7 @@ use super::AppState;
 use crate::events::Frame;
 use crate::rt::probe::{self, Probe};
 use crate::rt::time::{interval_at, now, timeout, Duration};
+use crate::store::Page;
 use crate::upstream::{MIN_FRAME_LIMIT_BYTES, WS_READ_BUFFER_BYTES};
 
 /// Consumer fan-out settings: `[fanout]` in the configuration.
@@ -53,6 +54,9 @@ pub struct FanoutConfig {
     pub consumer_queue_max: usize,
     /// Events per catch-up page read from the store.
     pub catchup_page_events: usize,
+    /// Content bytes per catch-up page (past its first event), so a consumer catching up
+    /// on large events holds a bounded page.
+    pub catchup_page_bytes: usize,
     /// How often the relay pings an otherwise quiet consumer (its pong postpones the idle
     /// reaper), milliseconds.
     pub ping_interval_ms: u64,
@@ -68,6 +72,7 @@ impl Default for FanoutConfig {
         Self {
             consumer_queue_max: 1024,
             catchup_page_events: 500,
+            catchup_page_bytes: 4 << 20,
             ping_interval_ms: 2_000,
             kick_flush_timeout_ms: 10_000,
             max_inbound_frame_bytes: 64 * 1024,
@@ -80,9 +85,10 @@ impl FanoutConfig {
     pub fn check(&self) -> Result<(), String> {
         if self.consumer_queue_max == 0
             || self.catchup_page_events == 0
+            || self.catchup_page_bytes == 0
             || self.ping_interval_ms == 0
         {
-            return Err("fanout.consumer_queue_max, catchup_page_events and ping_interval_ms must be at least 1".into());
+            return Err("fanout.consumer_queue_max, catchup_page_events, catchup_page_bytes and ping_interval_ms must be at least 1".into());
         }
         if self.max_inbound_frame_bytes < MIN_FRAME_LIMIT_BYTES {
             return Err(format!(
@@ -304,8 +310,12 @@ impl Session<'_> {
 
     /// Send one page of persisted events above `sent` and at most `up_to`.
     async fn send_page(&mut self, socket: &mut Socket, up_to: u64) -> Result<(), End> {
-        let page_size = self.state.config.fanout.catchup_page_events;
-        let frames = match self.state.events.read_after(self.sent, page_size).await {
+        let fanout = &self.state.config.fanout;
+        let page = Page {
+            events: fanout.catchup_page_events,
+            bytes: fanout.catchup_page_bytes,
+        };
+        let frames = match self.state.events.read_after(self.sent, page).await {
             Ok(frames) => frames,
             Err(error) => {
                 tracing::warn!(%error, cursor = self.sent, "catch-up read failed");

@@ -85,6 +85,11 @@ pub mod time {
         pub fn now_ms(&self) -> u64 {
             u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
         }
+
+        /// Microseconds elapsed since [`Clock::start`].
+        pub fn now_us(&self) -> u64 {
+            u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+        }
     }
 }
 

@@ -93,6 +93,37 @@ pub struct NewEvent {
 /// An event read back from the log.
 pub type StoredEvent = NewEvent;
 
+/// What one deletion removed from the event log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// Events deleted.
+    pub rows: usize,
+    /// Their content bytes (kind + body).
+    pub bytes: u64,
+    /// The highest relay sequence number deleted (0 when none).
+    pub last_seq: u64,
+}
+
+/// How much one read of the event log may return: at most `events` events and, past the
+/// first, at most `bytes` of content (kind + body), so a page of large events stays small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Most events.
+    pub events: usize,
+    /// Most content bytes (the first event is returned whatever its size).
+    pub bytes: usize,
+}
+
+impl Page {
+    /// A page bounded by its event count only.
+    pub fn events(events: usize) -> Self {
+        Self {
+            events,
+            bytes: usize::MAX,
+        }
+    }
+}
+
 /// Why a store operation failed. Callers surface these (503, retry), never panic.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -276,13 +307,13 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` events with `seq > after`, in order.
-    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    /// Events with `seq > after`, in order, within `page` (at least one when there is one).
+    pub fn events_after(&self, after: u64, page: Page) -> Result<Vec<StoredEvent>, StoreError> {
         let connection = self.lock_for(Fault::StoreRead)?;
         let mut query = connection.prepare_cached(
             "SELECT seq, host_id, upstream_seq, kind, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = i64::try_from(page.events).unwrap_or(i64::MAX);
         let rows = query.query_map(params![to_sql(after)?, limit], |row| {
             Ok((
                 row.get::<_, i64>(0)?,
@@ -292,17 +323,23 @@ impl Store {
                 row.get::<_, String>(4)?,
             ))
         })?;
-        rows.map(|raw| {
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        for raw in rows {
             let (seq, host_id, upstream_seq, kind, body) = raw?;
-            Ok(StoredEvent {
+            bytes = bytes.saturating_add(kind.len() + body.len());
+            if !events.is_empty() && bytes > page.bytes {
+                break;
+            }
+            events.push(StoredEvent {
                 seq: from_sql(seq)?,
                 host_id,
                 upstream_seq: from_sql(upstream_seq)?,
                 kind,
                 body,
-            })
-        })
-        .collect()
+            });
+        }
+        Ok(events)
     }
 
     /// The lowest and highest relay sequence numbers in the log (`None` when it is empty).
@@ -318,15 +355,37 @@ impl Store {
         }
     }
 
-    /// Delete up to `limit` of the oldest events with `seq < below`. Returns how many went.
-    pub fn delete_events_below(&self, below: u64, limit: usize) -> Result<usize, StoreError> {
+    /// Delete up to `limit` of the oldest events with `seq < below`. Returns what went.
+    pub fn delete_events_below(&self, below: u64, limit: usize) -> Result<Deleted, StoreError> {
         let connection = self.lock_for(Fault::StoreWrite)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let deleted = connection.execute(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2)",
-            params![to_sql(below)?, limit],
+        let mut statement = connection.prepare_cached(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2) \
+             RETURNING seq, length(CAST(kind AS BLOB)) + length(CAST(body AS BLOB))",
         )?;
+        let rows = statement.query_map(params![to_sql(below)?, limit], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut deleted = Deleted::default();
+        for row in rows {
+            let (seq, bytes) = row?;
+            deleted.rows += 1;
+            deleted.bytes += u64::try_from(bytes).unwrap_or(0);
+            deleted.last_seq = deleted.last_seq.max(from_sql(seq)?);
+        }
         Ok(deleted)
+    }
+
+    /// The content bytes (kind + body) of every event in the log: what
+    /// `events.retention_bytes_max` bounds. Reads the whole log; called once at open.
+    pub fn event_bytes(&self) -> Result<u64, StoreError> {
+        let connection = self.lock_for(Fault::StoreRead)?;
+        let bytes: i64 = connection.query_row(
+            "SELECT COALESCE(SUM(length(CAST(kind AS BLOB)) + length(CAST(body AS BLOB))), 0) FROM events",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
     }
 
     fn lock_for(&self, point: Fault) -> Result<MutexGuard<'_, Connection>, StoreError> {

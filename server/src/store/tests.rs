@@ -89,17 +89,68 @@ fn events_page_in_order_and_retention_deletes_the_oldest_in_batches() {
         .map(|seq| event(seq, 1 + (seq % 2) as i64, seq))
         .collect();
     store.commit_events(&batch).unwrap();
-    let page = store.events_after(3, 4).unwrap();
+    let page = store.events_after(3, Page::events(4)).unwrap();
     assert_eq!(
         page.iter().map(|event| event.seq).collect::<Vec<_>>(),
         [4, 5, 6, 7]
     );
     assert_eq!(page[0], batch[3]);
-    assert_eq!(store.delete_events_below(8, 3).unwrap(), 3);
-    assert_eq!(store.delete_events_below(8, 3).unwrap(), 3);
-    assert_eq!(store.delete_events_below(8, 3).unwrap(), 1);
-    assert_eq!(store.delete_events_below(8, 3).unwrap(), 0);
+    let one = (batch[0].kind.len() + batch[0].body.len()) as u64;
+    assert_eq!(
+        store.event_bytes().unwrap(),
+        10 * one + 1,
+        "seq 10's body has two digits"
+    );
+    let deleted = |rows: usize, last_seq: u64| Deleted {
+        rows,
+        bytes: rows as u64 * one,
+        last_seq,
+    };
+    assert_eq!(store.delete_events_below(8, 3).unwrap(), deleted(3, 3));
+    assert_eq!(store.delete_events_below(8, 3).unwrap(), deleted(3, 6));
+    assert_eq!(store.delete_events_below(8, 3).unwrap(), deleted(1, 7));
+    assert_eq!(store.delete_events_below(8, 3).unwrap(), Deleted::default());
     assert_eq!(store.event_bounds().unwrap(), Some((8, 10)));
+    assert_eq!(store.event_bytes().unwrap(), 3 * one + 1);
+}
+
+#[test]
+fn a_page_stops_at_its_byte_bound_but_always_holds_one_event() {
+    let store = Store::open(Path::new(":memory:")).unwrap();
+    let (host, _) = store.add_host("a.example").unwrap();
+    let batch: Vec<NewEvent> = (1..=6).map(|seq| event(seq, host, seq)).collect();
+    store.commit_events(&batch).unwrap();
+    let one = batch[0].kind.len() + batch[0].body.len();
+    let seqs = |page: Page| -> Vec<u64> {
+        store
+            .events_after(0, page)
+            .unwrap()
+            .iter()
+            .map(|event| event.seq)
+            .collect()
+    };
+    assert_eq!(
+        seqs(Page {
+            events: 10,
+            bytes: 3 * one
+        }),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        seqs(Page {
+            events: 2,
+            bytes: 3 * one
+        }),
+        [1, 2]
+    );
+    assert_eq!(
+        seqs(Page {
+            events: 10,
+            bytes: 1
+        }),
+        [1],
+        "an event larger than the page still goes out, alone"
+    );
 }
 
 #[test]
@@ -109,13 +160,16 @@ fn the_edges_largest_upstream_seq_is_storable_and_one_more_is_a_permanent_error(
     let (host, _) = store.add_host("a.example").unwrap();
     let largest = crate::upstream::MAX_UPSTREAM_SEQ;
     store.commit_events(&[event(1, host, largest)]).unwrap();
-    assert_eq!(store.events_after(0, 2).unwrap(), [event(1, host, largest)]);
+    assert_eq!(
+        store.events_after(0, Page::events(2)).unwrap(),
+        [event(1, host, largest)]
+    );
     let refused = store
         .commit_events(&[event(2, host, largest + 1)])
         .unwrap_err();
     assert!(refused.is_permanent(), "{refused}");
     assert!(!StoreError::Injected.is_permanent());
-    assert_eq!(store.delete_events_below(2, 1).unwrap(), 1);
+    assert_eq!(store.delete_events_below(2, 1).unwrap().rows, 1);
 }
 
 #[test]

@@ -19,14 +19,15 @@ mod worker;
 
 pub use worker::{
     decode_frame, ws_config, BadFrame, EventFrame, MAX_UPSTREAM_SEQ, QUARANTINE_EVENT_UNSTORABLE,
-    QUARANTINE_SEQ_OUT_OF_RANGE,
+    QUARANTINE_SEQ_OUT_OF_RANGE, SESSION_FRAME_TOO_LARGE, SESSION_MALFORMED_FRAME,
+    SESSION_SEQ_NOT_INCREASING,
 };
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst,
 };
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,13 @@ pub struct UpstreamConfig {
     pub dormant_retry_interval_ms: u64,
     /// How often reconciliation looks for hosts without a worker.
     pub reconcile_interval_ms: u64,
+    /// Most events a second one host may hand to the sequencer, on average (0: no limit).
+    /// A host above it waits (its socket is not read), so a flood costs the flooder: the
+    /// reference relay keeps per-host event-rate limits the same way.
+    pub host_events_per_second: u32,
+    /// How many events a host may send at once above its rate (a catch-up after a
+    /// reconnect), the token bucket's depth.
+    pub host_events_burst: u32,
 }
 
 impl Default for UpstreamConfig {
@@ -93,6 +101,8 @@ impl Default for UpstreamConfig {
             dormant_after_failures: 15,
             dormant_retry_interval_ms: 60 * 60_000,
             reconcile_interval_ms: 5 * 60_000,
+            host_events_per_second: 50,
+            host_events_burst: 500,
         }
     }
 }
@@ -113,6 +123,9 @@ impl UpstreamConfig {
         }
         if self.reconcile_interval_ms == 0 {
             return Err("upstream.reconcile_interval_ms must be at least 1".into());
+        }
+        if self.host_events_per_second > 0 && self.host_events_burst == 0 {
+            return Err("upstream.host_events_burst must be at least 1 while host_events_per_second limits hosts".into());
         }
         if self.max_frame_bytes < MIN_FRAME_LIMIT_BYTES {
             return Err(format!(
@@ -201,6 +214,13 @@ pub struct Host {
     /// the sequencer advances in the same transaction as the events.
     cursor: AtomicU64,
     consecutive_failures: AtomicU32,
+    /// Sessions in a row that broke the protocol or closed before any event: the backoff
+    /// grows with them as with failed attempts (see [`worker`]).
+    consecutive_bad_sessions: AtomicU32,
+    /// Why the last attempt or session ended (`None` before the first end).
+    last_error: Mutex<Option<&'static str>>,
+    /// Events this host's rate limit held back.
+    rate_limited_total: AtomicU64,
     events_total: AtomicU64,
     last_attempt_ms: AtomicU64,
     /// Exactly one worker per host: set by whoever spawns it, cleared when it exits.
@@ -221,6 +241,9 @@ impl Host {
             phase: AtomicU8::new(phase as u8),
             cursor: AtomicU64::new(row.cursor),
             consecutive_failures: AtomicU32::new(row.consecutive_failures),
+            consecutive_bad_sessions: AtomicU32::new(0),
+            last_error: Mutex::new(None),
+            rate_limited_total: AtomicU64::new(0),
             events_total: AtomicU64::new(0),
             last_attempt_ms: AtomicU64::new(0),
             worker_running: AtomicBool::new(false),
@@ -245,6 +268,21 @@ impl Host {
         self.quarantine_reason.get().copied()
     }
 
+    /// Why the last attempt or session ended, if one has.
+    pub fn last_error(&self) -> Option<&'static str> {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_last_error(&self, reason: &'static str) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reason);
+    }
+
     /// A JSON-ready snapshot for `/hosts`.
     pub fn view(&self) -> HostView {
         HostView {
@@ -253,7 +291,10 @@ impl Host {
             phase: self.phase(),
             cursor: self.cursor.load(SeqCst),
             consecutive_failures: self.consecutive_failures.load(SeqCst),
+            consecutive_bad_sessions: self.consecutive_bad_sessions.load(SeqCst),
+            last_error: self.last_error(),
             events: self.events_total.load(SeqCst),
+            rate_limited: self.rate_limited_total.load(SeqCst),
             worker_running: self.worker_running.load(SeqCst),
             quarantined: self.quarantine_reason(),
         }
@@ -273,8 +314,15 @@ pub struct HostView {
     pub cursor: u64,
     /// Consecutive failed attempts.
     pub consecutive_failures: u32,
+    /// Consecutive sessions that broke the protocol or closed before any event.
+    pub consecutive_bad_sessions: u32,
+    /// Why the last attempt or session ended (`timeout`, `closed`, `seq_not_increasing`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<&'static str>,
     /// Frames received since the relay started.
     pub events: u64,
+    /// Events its rate limit held back since the relay started.
+    pub rate_limited: u64,
     /// Whether a worker task exists for it.
     pub worker_running: bool,
     /// Why it is quarantined, if it is.

@@ -1,6 +1,7 @@
-//! Timing decisions for upstream workers: startup jitter and retry backoff.
+//! Timing decisions for upstream workers: startup jitter, retry backoff, and each host's
+//! event-rate allowance.
 //!
-//! Both derive their spread from a hash of the hostname (FNV-1a), never from a random
+//! Jitter and backoff derive their spread from a hash of the hostname (FNV-1a), never from a random
 //! source: the same host always gets the same startup offset and the same backoff sequence,
 //! in production and in the tunnel, whatever the seed. That keeps a cold start's shape
 //! reproducible and spreads 2,800 hosts evenly without coordination.
@@ -49,9 +50,102 @@ pub fn backoff(config: &UpstreamConfig, hostname: &str, failures: u32) -> Durati
     )
 }
 
+/// One host's event-rate allowance, a token bucket: `host_events_per_second` tokens a
+/// second, at most `host_events_burst` saved up; every event takes one. Kept across a
+/// host's sessions, so reconnecting does not refill it. Integer arithmetic in microtokens.
+#[derive(Debug)]
+pub struct EventAllowance {
+    per_second: u64,
+    burst_microtokens: u64,
+    microtokens: u64,
+    refilled_at_us: u64,
+}
+
+const MICRO: u64 = 1_000_000;
+
+impl EventAllowance {
+    /// A full bucket for `config`'s limits.
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let burst_microtokens = u64::from(config.host_events_burst) * MICRO;
+        Self {
+            per_second: u64::from(config.host_events_per_second),
+            burst_microtokens,
+            microtokens: burst_microtokens,
+            refilled_at_us: 0,
+        }
+    }
+
+    /// Take one event's token at `now_us` (any monotonic microsecond clock). Returns how
+    /// long the host must wait first: zero when a token was there (or no limit is set);
+    /// otherwise the token is already spent, so the caller waits and then sends.
+    pub fn take(&mut self, now_us: u64) -> Duration {
+        if self.per_second == 0 {
+            return Duration::ZERO;
+        }
+        if now_us > self.refilled_at_us {
+            let earned = (now_us - self.refilled_at_us).saturating_mul(self.per_second);
+            self.microtokens = self
+                .microtokens
+                .saturating_add(earned)
+                .min(self.burst_microtokens);
+            self.refilled_at_us = now_us;
+        }
+        if self.microtokens >= MICRO {
+            self.microtokens -= MICRO;
+            return Duration::ZERO;
+        }
+        // Wait until the missing part has been earned: that refill pays for this event,
+        // so the bucket is empty from then on (and `refilled_at_us` may lie ahead of now).
+        let wait_us = (MICRO - self.microtokens).div_ceil(self.per_second);
+        self.microtokens = 0;
+        self.refilled_at_us += wait_us;
+        Duration::from_micros(self.refilled_at_us - now_us)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_allowance_lets_a_burst_through_then_paces_to_the_rate() {
+        let config = UpstreamConfig {
+            host_events_per_second: 10,
+            host_events_burst: 3,
+            ..UpstreamConfig::default()
+        };
+        let mut allowance = EventAllowance::new(&config);
+        let waits: Vec<Duration> = (0..6).map(|_| allowance.take(1_000_000)).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            waits,
+            [
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::ZERO,
+                ms(100),
+                ms(200),
+                ms(300)
+            ],
+            "three from the bucket, then one every 100 ms"
+        );
+        // After a quiet second the bucket is full again, never fuller than its depth.
+        let later = 1_300_000 + 1_000_000;
+        assert_eq!(allowance.take(later), Duration::ZERO);
+        assert_eq!(allowance.take(later), Duration::ZERO);
+        assert_eq!(allowance.take(later), Duration::ZERO);
+        assert_eq!(allowance.take(later), ms(100));
+    }
+
+    #[test]
+    fn no_rate_means_no_limit() {
+        let config = UpstreamConfig {
+            host_events_per_second: 0,
+            ..UpstreamConfig::default()
+        };
+        let mut allowance = EventAllowance::new(&config);
+        assert!((0..100_000).all(|_| allowance.take(0) == Duration::ZERO));
+    }
 
     #[test]
     fn startup_delay_is_stable_and_within_the_window() {

@@ -5,6 +5,14 @@
 //! handshake's CPU cost → WebSocket client handshake → release the permit → read JSON event
 //! frames `{seq, kind, body}` until the connection ends. Any failure before the handshake
 //! completes counts toward dormancy; a session that connected resets the count.
+//!
+//! What a host sends costs only that host. Within a session its sequence numbers must rise
+//! strictly (those at or below the cursor are skipped as a resume's overlap); a frame that
+//! breaks that, a malformed frame and one over the size limit end the session as a *bad
+//! session*, and so does a session the host closes before sending any event: bad sessions
+//! in a row grow the backoff like failed attempts. A sequence number the log cannot hold
+//! quarantines the host. Every host's events pass its [`EventAllowance`] (a per-host rate
+//! limit): a flooding host waits, unread, while the others' events go on.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -14,9 +22,10 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{schedule, Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
+use super::schedule::{self, EventAllowance};
+use super::{Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
 use crate::events::Ingested;
 use crate::rt::net::TcpStream;
 use crate::rt::probe::{self, Probe};
@@ -68,6 +77,16 @@ pub const QUARANTINE_SEQ_OUT_OF_RANGE: &str = "seq_out_of_range";
 /// for what it carries (a permanent store error).
 pub const QUARANTINE_EVENT_UNSTORABLE: &str = "event_unstorable";
 
+/// How a session ends when the host's sequence numbers stop rising within it (a replay
+/// loop, a reset): a bad session.
+pub const SESSION_SEQ_NOT_INCREASING: &str = "seq_not_increasing";
+
+/// How a session ends on a frame that is not a valid event frame: a bad session.
+pub const SESSION_MALFORMED_FRAME: &str = "malformed_frame";
+
+/// How a session ends on a frame or message over `max_frame_bytes`: a bad session.
+pub const SESSION_FRAME_TOO_LARGE: &str = "frame_too_large";
+
 /// The largest upstream sequence number the event log can hold (SQLite's INTEGER).
 pub const MAX_UPSTREAM_SEQ: u64 = i64::MAX as u64;
 
@@ -103,8 +122,10 @@ pub fn ws_config(config: &UpstreamConfig) -> WebSocketConfig {
 enum SessionEnd {
     /// Never got subscribed: counts toward dormancy.
     Failed(&'static str),
-    /// Was subscribed, then the stream ended.
-    Ended(&'static str),
+    /// Was subscribed, then the stream ended after `events` new events.
+    Ended { reason: &'static str, events: u64 },
+    /// Was subscribed, then the host broke the protocol: a bad session.
+    Violated(&'static str),
 }
 
 /// Decrements the running-worker count and frees the host's worker slot however the
@@ -157,18 +178,35 @@ async fn lifecycle(upstreams: &Arc<Upstreams>, host: &Arc<Host>, initial_delay: 
         host.set_phase(HostPhase::Waiting);
         sleep(initial_delay).await;
     }
+    let mut allowance = EventAllowance::new(config);
     while host.quarantine_reason().is_none() {
         host.set_phase(HostPhase::Connecting);
         host.last_attempt_ms
             .fetch_max(upstreams.clock.now_ms(), SeqCst);
-        let failures = match session(upstreams, host).await {
-            SessionEnd::Ended(reason) => {
+        let (retry, reason) = match session(upstreams, host, &mut allowance).await {
+            SessionEnd::Ended { reason, events } => {
                 upstreams.metrics.upstream_disconnect(reason);
-                // It was healthy: retry soon, as after a first failure.
-                1
+                // Closed before a single event: reconnecting at once would let the host
+                // make the relay handshake in a loop.
+                let retry = if events == 0 && reason == "closed" {
+                    host.consecutive_bad_sessions.fetch_add(1, SeqCst) + 1
+                } else {
+                    // It was healthy: retry soon, as after a first failure.
+                    host.consecutive_bad_sessions.swap(0, SeqCst);
+                    1
+                };
+                (retry, reason)
+            }
+            SessionEnd::Violated(reason) => {
+                upstreams.metrics.upstream_disconnect(reason);
+                (
+                    host.consecutive_bad_sessions.fetch_add(1, SeqCst) + 1,
+                    reason,
+                )
             }
             SessionEnd::Failed(reason) => {
                 upstreams.metrics.upstream_attempt(reason);
+                host.set_last_error(reason);
                 let failures = host.consecutive_failures.fetch_add(1, SeqCst) + 1;
                 if failures >= config.dormant_after_failures {
                     probe::reached(Probe::UpstreamDormant);
@@ -183,15 +221,16 @@ async fn lifecycle(upstreams: &Arc<Upstreams>, host: &Arc<Host>, initial_delay: 
                     }
                     return;
                 }
-                failures
+                (failures, reason)
             }
         };
+        host.set_last_error(reason);
         host.set_phase(HostPhase::Backoff);
-        sleep(schedule::backoff(config, &host.hostname, failures)).await;
+        sleep(schedule::backoff(config, &host.hostname, retry)).await;
     }
 }
 
-async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
+async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowance) -> SessionEnd {
     let config = &upstreams.config;
     let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
     let stream = {
@@ -241,56 +280,81 @@ async fn session(upstreams: &Upstreams, host: &Host) -> SessionEnd {
         }
     }
     let Some(ingest) = upstreams.ingest.get() else {
-        return SessionEnd::Ended("not_started");
+        return SessionEnd::Ended {
+            reason: "not_started",
+            events: 0,
+        };
     };
     let (_sink, mut frames) = stream.split();
     let idle = Duration::from_millis(config.read_idle_timeout_ms);
+    let mut events = 0;
+    let mut last_seq_this_session = 0;
     while host.quarantine_reason().is_none() {
+        let ended = |reason| SessionEnd::Ended { reason, events };
         let message = match timeout(idle, frames.next()).await {
-            Err(_) => return SessionEnd::Ended("read_idle_timeout"),
-            Ok(None) => return SessionEnd::Ended("closed"),
-            Ok(Some(Err(_))) => return SessionEnd::Ended("protocol_error"),
+            Err(_) => return ended("read_idle_timeout"),
+            Ok(None) => return ended("closed"),
+            Ok(Some(Err(tungstenite::Error::Capacity(_)))) => {
+                upstreams.metrics.upstream_bad_frame();
+                return SessionEnd::Violated(SESSION_FRAME_TOO_LARGE);
+            }
+            Ok(Some(Err(_))) => return ended("protocol_error"),
             Ok(Some(Ok(message))) => message,
         };
         let payload = match message {
             Message::Text(text) => text.as_bytes().to_vec(),
             Message::Binary(bytes) => bytes.to_vec(),
-            Message::Close(_) => return SessionEnd::Ended("closed"),
+            Message::Close(_) => return ended("closed"),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         upstreams
             .cpu
             .spend(upstreams.cpu_costs.frame_decode())
             .await;
-        match decode_frame(&payload) {
-            Ok(frame) => {
-                if frame.seq <= host.cursor.load(SeqCst) {
-                    upstreams.metrics.upstream_duplicate();
-                    continue;
-                }
-                let event = Ingested {
-                    host_id: host.id,
-                    upstream_seq: frame.seq,
-                    body: frame.stored_body(),
-                    kind: frame.kind,
-                };
-                // Waits while the sequencer is behind: backpressure to the upstream.
-                if ingest.send(event).await.is_err() {
-                    return SessionEnd::Ended("shutdown");
-                }
-                host.cursor.fetch_max(frame.seq, SeqCst);
-                host.events_total.fetch_add(1, SeqCst);
-            }
+        let frame = match decode_frame(&payload) {
+            Ok(frame) => frame,
             Err(error) => {
                 upstreams.metrics.upstream_bad_frame();
                 if let BadFrame::SeqOutOfRange(_) = error {
                     upstreams.quarantine(host.id, QUARANTINE_SEQ_OUT_OF_RANGE);
+                    return ended("quarantined");
                 }
-                return SessionEnd::Ended("bad_frame");
+                return SessionEnd::Violated(SESSION_MALFORMED_FRAME);
             }
+        };
+        if frame.seq <= last_seq_this_session {
+            upstreams.metrics.upstream_bad_frame();
+            return SessionEnd::Violated(SESSION_SEQ_NOT_INCREASING);
         }
+        last_seq_this_session = frame.seq;
+        if frame.seq <= host.cursor.load(SeqCst) {
+            upstreams.metrics.upstream_duplicate();
+            continue;
+        }
+        let wait = allowance.take(upstreams.clock.now_us());
+        if !wait.is_zero() {
+            upstreams.metrics.upstream_rate_limited();
+            host.rate_limited_total.fetch_add(1, SeqCst);
+            sleep(wait).await;
+        }
+        let event = Ingested {
+            host_id: host.id,
+            upstream_seq: frame.seq,
+            body: frame.stored_body(),
+            kind: frame.kind,
+        };
+        // Waits while the sequencer is behind: backpressure to the upstream.
+        if ingest.send(event).await.is_err() {
+            return ended("shutdown");
+        }
+        host.cursor.fetch_max(frame.seq, SeqCst);
+        host.events_total.fetch_add(1, SeqCst);
+        events += 1;
     }
-    SessionEnd::Ended("quarantined")
+    SessionEnd::Ended {
+        reason: "quarantined",
+        events,
+    }
 }
 
 #[cfg(test)]

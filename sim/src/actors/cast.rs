@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use relay::rt::time::Instant;
 
@@ -32,7 +33,11 @@ enum Program {
     Churner(ChurnerSpec),
     Caller(CallerSpec),
     Abuser(AbuserSpec),
-    Consumer(ConsumerSpec, consumer::SharedTally),
+    Consumer(
+        ConsumerSpec,
+        consumer::SharedTally,
+        Option<Arc<consumer::SendTimes>>,
+    ),
 }
 
 impl Client {
@@ -52,8 +57,8 @@ impl Client {
                 }
                 Program::Caller(spec) => http::caller(spec, relay, sink, name).await,
                 Program::Abuser(spec) => abuser::run(spec, relay, sink, name, world_start).await,
-                Program::Consumer(spec, tally) => {
-                    consumer::run(spec, name, relay, sink, tally, world_start).await;
+                Program::Consumer(spec, tally, send_times) => {
+                    consumer::run(spec, name, relay, sink, tally, send_times, world_start).await;
                 }
             }
         }
@@ -61,8 +66,12 @@ impl Client {
 }
 
 /// The clients of `scenario` in start order (prober, churners, callers, abusers,
-/// consumers), and the tallies the consumers keep for the end of the run.
-pub fn clients(scenario: &Scenario) -> (Vec<Client>, Vec<ConsumerTally>) {
+/// consumers), and the tallies the consumers keep for the end of the run; consumers time
+/// deliveries against `send_times` when given.
+pub fn clients(
+    scenario: &Scenario,
+    send_times: Option<Arc<consumer::SendTimes>>,
+) -> (Vec<Client>, Vec<ConsumerTally>) {
     let mut clients = Vec::new();
     let mut add = |name: String, ip: Ipv4Addr, loops: u32, program: Program| {
         clients.push(Client {
@@ -115,7 +124,8 @@ pub fn clients(scenario: &Scenario) -> (Vec<Client>, Vec<ConsumerTally>) {
             let name = format!("{}-{index}", spec.name);
             let tally = consumer::SharedTally::default();
             tallies.push(ConsumerTally::new(name.clone(), spec, tally.clone()));
-            add(name, ip, 1, Program::Consumer(spec.clone(), tally));
+            let program = Program::Consumer(spec.clone(), tally, send_times.clone());
+            add(name, ip, 1, program);
         }
     }
     (clients, tallies)

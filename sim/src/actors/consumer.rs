@@ -14,6 +14,7 @@
 //! frames are anomalies (events lost) except `ConsumerTooSlow` and `StoreUnavailable`,
 //! which end the session with nothing skipped.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::TraceSink;
 use crate::scenario::{ConsumerKind, ConsumerSpec};
-use crate::trace::Event;
+use crate::trace::{Event, LateEvent};
 
 /// What one consumer has seen so far; read by the world when the run ends.
 #[derive(Clone, Debug, Default)]
@@ -45,6 +46,34 @@ pub struct Tally {
     /// XOR of [`event_digest`] over every frame received: compared with the relay's event
     /// log at the end, it shows whether each relay seq carried the event the log holds.
     pub digest: u64,
+    /// The polite host's event that took longest to arrive (timed only with [`SendTimes`]).
+    pub latest_event: Option<LateEvent>,
+}
+
+/// When each steady polite host sent each event (event `n` at `n · interval` after the world
+/// started), by the host's id in the relay's table: what consumers time deliveries against.
+#[derive(Clone, Debug)]
+pub struct SendTimes {
+    /// Event interval of every steady polite host, by host id.
+    pub intervals: BTreeMap<i64, Duration>,
+    /// Events sent before this point of the run are not timed (the startup ramp).
+    pub from: Duration,
+}
+
+impl SendTimes {
+    /// How long event `upstream_seq` of host `host_id` took to arrive at `arrived`, if the
+    /// host is timed and the event was sent after [`SendTimes::from`].
+    pub fn delay(
+        &self,
+        host_id: i64,
+        upstream_seq: u64,
+        arrived: Instant,
+        world_start: Instant,
+    ) -> Option<Duration> {
+        let interval = self.intervals.get(&host_id)?;
+        let sent = *interval * u32::try_from(upstream_seq).ok()?;
+        (sent >= self.from).then(|| arrived.saturating_duration_since(world_start + sent))
+    }
 }
 
 /// One delivered event's digest: which relay seq carried which host's event. XOR-ed over a
@@ -70,6 +99,7 @@ pub async fn run(
     relay: SocketAddr,
     sink: TraceSink,
     tally: SharedTally,
+    send_times: Option<Arc<SendTimes>>,
     world_start: Instant,
 ) {
     sleep_until(world_start + Duration::from_secs(spec.start_s)).await;
@@ -79,7 +109,16 @@ pub async fn run(
     let mut next_stall = now() + Duration::from_secs(spec.stall_every_s.max(1));
     loop {
         let cursor = tally.lock().expect("tally lock").last_seq;
-        let session = session(&spec, &name, relay, cursor, &sink, &tally, &mut next_stall);
+        let session = session(
+            &spec,
+            &name,
+            relay,
+            cursor,
+            &sink,
+            &tally,
+            &mut next_stall,
+            (send_times.as_deref(), world_start),
+        );
         let ended = match stop_at {
             Some(stop_at) => tokio::select! {
                 biased;
@@ -97,6 +136,7 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one session's whole context, passed once
 async fn session(
     spec: &ConsumerSpec,
     name: &str,
@@ -105,6 +145,7 @@ async fn session(
     sink: &TraceSink,
     tally: &SharedTally,
     next_stall: &mut Instant,
+    (send_times, world_start): (Option<&SendTimes>, Instant),
 ) -> Event {
     let end = |reason: &str, frames: u64, too_slow: bool| Event::ConsumerEnded {
         consumer: name.to_owned(),
@@ -230,6 +271,22 @@ async fn session(
                 tally.first_seq = seq;
             }
             tally.digest ^= event_digest(seq, host_id, upstream_seq);
+            if let Some(delay) = send_times
+                .and_then(|times| times.delay(host_id, upstream_seq, arrived, world_start))
+            {
+                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                if tally
+                    .latest_event
+                    .as_ref()
+                    .is_none_or(|latest| delay_ms > latest.delay_ms)
+                {
+                    tally.latest_event = Some(LateEvent {
+                        host_id,
+                        upstream_seq,
+                        delay_ms,
+                    });
+                }
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod abuser;
 pub mod cast;
 pub mod client;
 pub mod consumer;
+pub mod hostile;
 pub mod http;
 pub mod relay_host;
 pub mod rng;

@@ -206,15 +206,23 @@ fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duratio
     // A hole inside a host's range, or (while retention has pruned nothing: the log still
     // starts at relay seq 1) at its start: every host's first event is its seq 1.
     let nothing_pruned = oldest == 1;
+    // Hostile hosts' sequence numbers jump, and their log ends where they misbehaved.
+    let hostile: std::collections::BTreeSet<&str> = plans
+        .iter()
+        .filter(|plan| plan.hostile.is_some())
+        .map(|plan| plan.hostname.as_str())
+        .collect();
     let hosts_with_gaps = per_host
-        .values()
+        .iter()
+        .filter(|(hostname, _)| !hostile.contains(hostname.as_str()))
+        .map(|(_, counts)| counts)
         .filter(|(count, low, high)| {
             *count > 0 && (high - low + 1 != *count || (nothing_pruned && *low != 1))
         })
         .count() as u32;
     let behind: Vec<&str> = plans
         .iter()
-        .filter(|plan| !plan.dead && plan.flap.is_none())
+        .filter(|plan| !plan.dead && plan.flap.is_none() && plan.hostile.is_none())
         .filter(|plan| {
             let emitted = (emitted_by.as_micros() / plan.event_interval.as_micros().max(1)) as i64;
             per_host
@@ -421,12 +429,39 @@ pub fn publish_host_table(
     sink.record(
         "world",
         Event::UpstreamWorld {
-            hosts: spec.hosts,
+            hosts: plans.len() as u32,
             dead: plans.iter().filter(|plan| plan.dead).count() as u32,
             flaky: plans.iter().filter(|plan| plan.flap.is_some()).count() as u32,
+            hostile: spec.hostile.as_ref().map_or(0, |hostile| hostile.hosts),
         },
     );
     Ok(())
+}
+
+/// What consumers time deliveries against when `scenario` checks `fair_share`: every
+/// steady polite host's event interval, by its id in the relay's table at `database`.
+pub fn send_times(
+    scenario: &Scenario,
+    database: &Path,
+    plans: &[Arc<upstream::HostPlan>],
+) -> Option<Arc<consumer::SendTimes>> {
+    let spec = scenario.oracles.fair_share.as_ref()?;
+    let connection = rusqlite::Connection::open(database).ok()?;
+    let mut query = connection.prepare("SELECT hostname, id FROM hosts").ok()?;
+    let ids: std::collections::BTreeMap<String, i64> = query
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .ok()?
+        .flatten()
+        .collect();
+    let intervals = plans
+        .iter()
+        .filter(|plan| !plan.dead && plan.flap.is_none() && plan.hostile.is_none())
+        .filter_map(|plan| Some((*ids.get(&plan.hostname)?, plan.event_interval)))
+        .collect();
+    Some(Arc::new(consumer::SendTimes {
+        intervals,
+        from: Duration::from_secs(spec.from_s),
+    }))
 }
 
 /// The text of a caught panic's payload.
@@ -473,24 +508,56 @@ impl ConsumerTally {
 }
 
 /// The end of a run, before teardown: audit the relay's event log (when the world has
-/// upstreams) and record every consumer's final tally.
+/// upstreams), record how every hostile host ended (from `hosts`, the relay's host table
+/// now) and every consumer's final tally.
 pub fn finish(
     scenario: &Scenario,
     sink: &TraceSink,
     database: &Path,
     plans: &[Arc<upstream::HostPlan>],
+    hosts: &[relay::upstream::HostView],
     tallies: Vec<ConsumerTally>,
 ) {
-    let lag_s = scenario
-        .oracles
-        .no_lost_events
-        .as_ref()
-        .map_or(0, |spec| spec.lag_s);
+    let lag_s = match (
+        &scenario.oracles.no_lost_events,
+        &scenario.oracles.bad_hosts_isolated,
+    ) {
+        (Some(spec), _) => spec.lag_s,
+        (None, Some(spec)) => spec.lag_s,
+        (None, None) => 0,
+    };
     let emitted_by = Duration::from_secs(scenario.duration_s.saturating_sub(lag_s));
     if scenario.upstreams.is_some() {
         sink.record("world", audit(database, plans, emitted_by));
     }
     let log = rusqlite::Connection::open(database).ok();
+    for plan in plans {
+        let Some(kind) = plan.hostile else { continue };
+        let view = hosts.iter().find(|view| view.hostname == plan.hostname);
+        let persisted = log
+            .as_ref()
+            .and_then(|log| {
+                log.query_row(
+                    "SELECT COUNT(*) FROM events e JOIN hosts h ON h.id = e.host_id WHERE h.hostname = ?1",
+                    [&plan.hostname],
+                    |row| row.get::<_, i64>(0),
+                )
+                .ok()
+            })
+            .unwrap_or(0);
+        sink.record(
+            &plan.hostname,
+            Event::HostileOutcome {
+                host: plan.hostname.clone(),
+                kind: kind.as_str().to_owned(),
+                phase: view.map_or("absent", |view| view.phase.as_str()).to_owned(),
+                quarantined: view.and_then(|view| view.quarantined).map(str::to_owned),
+                last_error: view.and_then(|view| view.last_error).map(str::to_owned),
+                persisted: persisted as u64,
+                rate_limited: view.map_or(0, |view| view.rate_limited),
+            },
+        );
+    }
     for ConsumerTally { name, slow, tally } in tallies {
         let tally = tally.lock().expect("tally lock").clone();
         let log_agrees = log.as_ref().and_then(|log| log_agrees(log, &tally));
@@ -505,6 +572,7 @@ pub fn finish(
                 too_slow: tally.too_slow,
                 max_gap_ms: tally.max_gap_us / 1_000,
                 log_agrees,
+                latest_event: tally.latest_event,
             },
         );
     }

@@ -5,7 +5,8 @@
 //! event `n` exists from `n · event_interval` after the world started, so a subscriber that
 //! resumes from cursor `c` is sent `c+1 ..` (the catch-up), then live events as they fall
 //! due. Flaky hosts alternate up and down windows (down: new connections are dropped, live
-//! ones cut); dead hosts never listen.
+//! ones cut); dead hosts never listen. Hostile hosts (numbered after the polite ones) play
+//! one misbehaviour each: [`super::hostile`].
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::rng::thread_rng;
 use super::TraceSink;
-use crate::scenario::{Between, UpstreamsSpec};
+use crate::scenario::{Between, HostileKind, UpstreamsSpec};
 use crate::trace::Event;
 
 /// Port every upstream host listens on.
@@ -80,6 +81,10 @@ pub struct HostPlan {
     pub flap: Option<Flap>,
     /// Filler in every event body (`"pad"`), bytes.
     pub body_pad_bytes: u32,
+    /// The misbehaviour a hostile host plays (`None`: a polite host).
+    pub hostile: Option<HostileKind>,
+    /// The relay's frame limit, bytes: an `oversize` host sends one byte more.
+    pub frame_limit_bytes: usize,
 }
 
 /// A realistic-looking, seed-independent hostname for host `index`: mostly hosted
@@ -97,10 +102,12 @@ pub fn hostname(index: u32) -> String {
     }
 }
 
-/// Draw the host table for `spec` from the seeded RNG.
-pub fn plan(spec: &UpstreamsSpec) -> Vec<HostPlan> {
+/// Draw the host table for `spec` from the seeded RNG: the polite hosts, then the hostile
+/// ones (so a hostile cast leaves the polite hosts' draws as they were). `frame_limit_bytes`
+/// is the relay's `upstream.max_frame_bytes`.
+pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
     let mut rng = thread_rng();
-    (0..spec.hosts)
+    let mut hosts: Vec<HostPlan> = (0..spec.hosts)
         .map(|index| {
             let dead = rng.gen_bool(spec.dead_fraction);
             let flaky = !dead && rng.gen_bool(spec.flaky_fraction);
@@ -123,15 +130,51 @@ pub fn plan(spec: &UpstreamsSpec) -> Vec<HostPlan> {
             });
             HostPlan {
                 hostname: hostname(index),
-                ip: Ipv4Addr::new(172, 16, (index / 250) as u8, (index % 250) as u8 + 1),
+                ip: host_ip(index),
                 dead,
                 handshake_latency,
                 event_interval,
                 flap,
                 body_pad_bytes: spec.body_pad_bytes,
+                hostile: None,
+                frame_limit_bytes,
             }
         })
-        .collect()
+        .collect();
+    if let Some(hostile) = &spec.hostile {
+        let quickest = Duration::from_secs(spec.event_interval_s.min);
+        for offset in 0..hostile.hosts {
+            let index = spec.hosts + offset;
+            let kind = if hostile.draw {
+                hostile.kinds[rng.gen_range(0..hostile.kinds.len())]
+            } else {
+                hostile.kinds[offset as usize % hostile.kinds.len()]
+            };
+            let handshake_latency = Duration::from_millis(
+                rng.gen_range(spec.handshake_latency_ms.min..=spec.handshake_latency_ms.max),
+            );
+            let event_interval = match kind {
+                HostileKind::Flood => quickest / hostile.flood_factor,
+                _ => quickest,
+            };
+            hosts.push(HostPlan {
+                hostname: hostname(index),
+                ip: host_ip(index),
+                dead: false,
+                handshake_latency,
+                event_interval,
+                flap: None,
+                body_pad_bytes: spec.body_pad_bytes,
+                hostile: Some(kind),
+                frame_limit_bytes,
+            });
+        }
+    }
+    hosts
+}
+
+fn host_ip(index: u32) -> Ipv4Addr {
+    Ipv4Addr::new(172, 16, (index / 250) as u8, (index % 250) as u8 + 1)
 }
 
 impl HostPlan {
@@ -149,14 +192,25 @@ impl HostPlan {
             return None;
         }
         sleep_until(world_start + due).await;
-        let pad = match self.body_pad_bytes {
+        Some(self.frame(seq, seq, self.body_pad_bytes as usize))
+    }
+
+    /// The frame of event `n` sent under sequence number `seq`, its body padded by
+    /// `pad_bytes`.
+    pub fn frame(&self, seq: u64, n: u64, pad_bytes: usize) -> String {
+        let pad = match pad_bytes {
             0 => String::new(),
-            bytes => format!(r#","pad":"{}""#, "x".repeat(bytes as usize)),
+            bytes => format!(r#","pad":"{}""#, "x".repeat(bytes)),
         };
-        Some(format!(
-            r#"{{"seq":{seq},"kind":"commit","body":{{"host":"{}","n":{seq}{pad}}}}}"#,
+        format!(
+            r#"{{"seq":{seq},"kind":"commit","body":{{"host":"{}","n":{n}{pad}}}}}"#,
             self.hostname
-        ))
+        )
+    }
+
+    /// When event `n` falls due.
+    pub fn due(&self, n: u64, world_start: Instant) -> Instant {
+        world_start + self.event_interval * u32::try_from(n).unwrap_or(u32::MAX)
     }
 }
 
@@ -174,29 +228,26 @@ pub async fn serve(plan: Arc<HostPlan>, listen: SocketAddr, sink: TraceSink, wor
         )
     });
     while let Ok((stream, _)) = listener.accept().await {
-        tokio::spawn(subscription(
-            Arc::clone(&plan),
-            stream,
-            sink.clone(),
-            world_start,
-        ));
+        let plan = Arc::clone(&plan);
+        match plan.hostile {
+            Some(kind) => tokio::spawn(super::hostile::session(
+                kind,
+                plan,
+                stream,
+                sink.clone(),
+                world_start,
+            )),
+            None => tokio::spawn(subscription(plan, stream, sink.clone(), world_start)),
+        };
     }
 }
 
-async fn subscription(
-    plan: Arc<HostPlan>,
+/// A WebSocket subscriber on `stream`: the server handshake, after the host's handshake
+/// latency, and the cursor the subscriber asked to resume from.
+pub async fn accept(
+    plan: &HostPlan,
     stream: TcpStream,
-    sink: TraceSink,
-    world_start: Instant,
-) {
-    let since_start = || now().saturating_duration_since(world_start);
-    if plan
-        .flap
-        .as_ref()
-        .is_some_and(|flap| flap.is_down(since_start()))
-    {
-        return; // down: the connection is dropped before the handshake
-    }
+) -> Option<(tokio_tungstenite::WebSocketStream<TcpStream>, u64)> {
     sleep(plan.handshake_latency).await;
     let mut cursor = 0;
     #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
@@ -213,13 +264,31 @@ async fn subscription(
             .unwrap_or(0);
         Ok(response)
     };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         read_cursor,
         Some(super::actor_ws_config()),
     )
     .await
-    else {
+    .ok()?;
+    Some((ws, cursor))
+}
+
+async fn subscription(
+    plan: Arc<HostPlan>,
+    stream: TcpStream,
+    sink: TraceSink,
+    world_start: Instant,
+) {
+    let since_start = || now().saturating_duration_since(world_start);
+    if plan
+        .flap
+        .as_ref()
+        .is_some_and(|flap| flap.is_down(since_start()))
+    {
+        return; // down: the connection is dropped before the handshake
+    }
+    let Some((mut ws, cursor)) = accept(&plan, stream).await else {
         return;
     };
     sink.record(&plan.hostname, Event::Subscribed { cursor });

@@ -66,6 +66,17 @@ impl Engine for Real {
 
 /// Why `scenario` cannot run for real, if it cannot.
 pub fn unsupported(scenario: &Scenario) -> Option<String> {
+    if scenario
+        .upstreams
+        .as_ref()
+        .is_some_and(|upstreams| upstreams.hostile.is_some())
+    {
+        return Some(
+            "upstreams.hostile: the hostile hosts' outcomes are read from the relay's host table \
+             in the simulated worlds only"
+                .into(),
+        );
+    }
     if scenario.network.tcp_capacity.is_some() {
         return Some(
             "network.tcp_capacity is turmoil's accept queue; a real listener's backlog is the \
@@ -253,7 +264,7 @@ async fn world(
     // Every upstream host listens on this port, each on its own address.
     let upstream_port = free_port(Ipv4Addr::new(127, 16, 0, 1))?;
     let plans: Vec<Arc<upstream::HostPlan>> = match &scenario.upstreams {
-        Some(spec) => upstream::plan(spec)
+        Some(spec) => upstream::plan(spec, scenario.relay.upstream.max_frame_bytes)
             .into_iter()
             .map(|plan| {
                 let [_, _, a, b] = plan.ip.octets();
@@ -310,7 +321,7 @@ async fn world(
     let monitor_task = tokio::spawn(monitor(sink.clone(), relay_addr, Arc::clone(&stop_monitor)));
 
     // The relay's clients; stopped before the end-of-run reading.
-    let (cast, tallies) = cast::clients(&scenario);
+    let (cast, tallies) = cast::clients(&scenario, None);
     let mut clients = JoinSet::new();
     for client in &cast {
         for _ in 0..client.loops {
@@ -376,7 +387,7 @@ async fn world(
     clients.shutdown().await;
     sleep(CLIENTS_GONE_PAUSE).await;
     record_scrape(&sink, relay_addr).await?;
-    relay_host::finish(&scenario, &sink, database, &plans, tallies);
+    relay_host::finish(&scenario, &sink, database, &plans, &[], tallies);
     sink.phase("end");
     relay.stop(true).await?;
     sink.record(

@@ -174,11 +174,18 @@ pub enum OracleName {
     /// Every abuser attempt got the answer its kind calls for (431 for a huge head, a 1002
     /// close for a garbage frame, …), and every abuser group got at least one answer.
     BadInputRejected,
+    /// Every hostile upstream host ends the way its misbehaviour calls for (quarantined,
+    /// or backing off with the named reason, or accepted), while the polite hosts' events
+    /// are all persisted once, in order, and readiness is never lost for long.
+    BadHostsIsolated,
+    /// While a host floods, the polite hosts' events still reach consumers within a bound
+    /// of when they were sent: no host takes the sequencer's capacity from the others.
+    FairShare,
 }
 
 impl OracleName {
     /// Every oracle, in check and report order.
-    pub const ALL: [OracleName; 20] = [
+    pub const ALL: [OracleName; 22] = [
         Self::ProbeLiveness,
         Self::ProbeLatencyMax,
         Self::ConnAccounting,
@@ -197,6 +204,8 @@ impl OracleName {
         Self::CallsAnswered,
         Self::HandlersInFlightMax,
         Self::BadInputRejected,
+        Self::BadHostsIsolated,
+        Self::FairShare,
         Self::NoPanics,
         Self::FaultsFired,
     ];
@@ -224,6 +233,8 @@ impl OracleName {
             Self::CallsAnswered => "calls_answered",
             Self::HandlersInFlightMax => "handlers_in_flight_max",
             Self::BadInputRejected => "bad_input_rejected",
+            Self::BadHostsIsolated => "bad_hosts_isolated",
+            Self::FairShare => "fair_share",
         }
     }
 }
@@ -573,6 +584,33 @@ pub struct OracleSpecs {
     pub handlers_in_flight_max: Option<HandlersInFlightMaxSpec>,
     /// See [`OracleName::BadInputRejected`]. Needs `[[abusers]]`.
     pub bad_input_rejected: Option<BadInputRejectedSpec>,
+    /// See [`OracleName::BadHostsIsolated`]. Needs `[upstreams.hostile]`.
+    pub bad_hosts_isolated: Option<BadHostsIsolatedSpec>,
+    /// See [`OracleName::FairShare`]. Needs `[upstreams.hostile]` and `[[consumers]]`.
+    pub fair_share: Option<FairShareSpec>,
+}
+
+/// `bad_hosts_isolated` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadHostsIsolatedSpec {
+    /// Longest the event log may stay unhealthy (`/_readyz` failing for it), seconds.
+    pub ready_within_s: u64,
+    /// Every steady polite host's events sent up to this long before the end must be in
+    /// the log, in order and once (the end-of-run audit; `no_lost_events`'s `lag_s` wins
+    /// when both are set).
+    pub lag_s: u64,
+}
+
+/// `fair_share` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FairShareSpec {
+    /// Longest a polite host's event may take from when it was sent to when a fast consumer
+    /// receives it, milliseconds.
+    pub delay_ms_max: u64,
+    /// Only events sent from this second on count (the startup ramp comes first).
+    pub from_s: u64,
 }
 
 /// `bad_input_rejected` takes no parameters.
@@ -777,6 +815,100 @@ pub struct UpstreamsSpec {
     /// Filler bytes in every event body (a `"pad"` field), for large frames; 0 = none.
     #[serde(default)]
     pub body_pad_bytes: u32,
+    /// Hosts that misbehave, on top of the `hosts` polite ones.
+    pub hostile: Option<HostileSpec>,
+}
+
+/// The hostile cast: upstream hosts that each misbehave in one way, numbered after the
+/// polite hosts (so adding them leaves the polite hosts' draws unchanged).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostileSpec {
+    /// How many hostile hosts.
+    pub hosts: u32,
+    /// The misbehaviours they play; all of them when absent.
+    #[serde(default = "HostileKind::all")]
+    pub kinds: Vec<HostileKind>,
+    /// Each host's kind drawn from `kinds` by the seed; otherwise host `i` plays
+    /// `kinds[i % len]`, so every kind is played once `hosts >= kinds.len()`.
+    #[serde(default)]
+    pub draw: bool,
+    /// A flooding host sends this many times as often as the quickest polite host.
+    #[serde(default = "default_flood_factor")]
+    pub flood_factor: u32,
+}
+
+fn default_flood_factor() -> u32 {
+    100
+}
+
+/// One way an upstream host misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostileKind {
+    /// Three good events, then a sequence number past what the log can hold (the
+    /// historical poison frame).
+    SeqOverflow,
+    /// Each connection: three good events, then a sequence number below the last.
+    SeqBackwards,
+    /// Valid events whose sequence numbers jump by 2^40 each time.
+    SeqJump,
+    /// Its first three events, replayed in a loop on every connection.
+    DuplicateLoop,
+    /// Two good events, then a frame over the relay's frame limit.
+    Oversize,
+    /// Two good events, then a frame that is not JSON.
+    Malformed,
+    /// A valid frame sent one byte a second.
+    Dribble,
+    /// Accepts the TCP connection, never answers the WebSocket handshake.
+    HandshakeStall,
+    /// Completes the handshake, then never sends a byte.
+    Silent,
+    /// Valid events `flood_factor` times as often as the quickest polite host.
+    Flood,
+    /// Completes the handshake and closes at once, every time.
+    ReconnectStorm,
+    /// Answers the upgrade with a plain HTTP page.
+    NotWebsocket,
+}
+
+impl HostileKind {
+    /// Every kind, in file order.
+    pub fn all() -> Vec<HostileKind> {
+        vec![
+            Self::SeqOverflow,
+            Self::SeqBackwards,
+            Self::SeqJump,
+            Self::DuplicateLoop,
+            Self::Oversize,
+            Self::Malformed,
+            Self::Dribble,
+            Self::HandshakeStall,
+            Self::Silent,
+            Self::Flood,
+            Self::ReconnectStorm,
+            Self::NotWebsocket,
+        ]
+    }
+
+    /// The snake_case name used in files and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SeqOverflow => "seq_overflow",
+            Self::SeqBackwards => "seq_backwards",
+            Self::SeqJump => "seq_jump",
+            Self::DuplicateLoop => "duplicate_loop",
+            Self::Oversize => "oversize",
+            Self::Malformed => "malformed",
+            Self::Dribble => "dribble",
+            Self::HandshakeStall => "handshake_stall",
+            Self::Silent => "silent",
+            Self::Flood => "flood",
+            Self::ReconnectStorm => "reconnect_storm",
+            Self::NotWebsocket => "not_websocket",
+        }
+    }
 }
 
 fn default_handshake_latency_ms() -> Between<u64> {
@@ -1110,6 +1242,18 @@ impl Scenario {
                         ),
                     ));
                 }
+                if self
+                    .upstreams
+                    .as_ref()
+                    .is_some_and(|upstreams| upstreams.hostile.is_some())
+                {
+                    found.push(problem(
+                        "upstreams.hostile",
+                        "expected no hostile cast with engine = \"turmoil\" (its outcomes are read \
+                         from the madsim world's relay; use engine = \"madsim\")"
+                            .into(),
+                    ));
+                }
                 let hosts = self.host_count();
                 if hosts > TURMOIL_MAX_HOSTS {
                     found.push(problem(
@@ -1128,11 +1272,9 @@ impl Scenario {
     /// Hosts in the world: the relay, upstreams, prober, churner, caller and abuser nodes,
     /// and consumers.
     pub fn host_count(&self) -> u64 {
-        1 + self
-            .upstreams
-            .as_ref()
-            .map_or(0, |spec| u64::from(spec.hosts))
-            + u64::from(self.prober.is_some())
+        1 + self.upstreams.as_ref().map_or(0, |spec| {
+            u64::from(spec.hosts) + spec.hostile.as_ref().map_or(0, |h| u64::from(h.hosts))
+        }) + u64::from(self.prober.is_some())
             + self.churners.iter().map(|c| c.nodes as u64).sum::<u64>()
             + self.callers.iter().map(|c| c.nodes as u64).sum::<u64>()
             + self.abusers.iter().map(|a| a.nodes as u64).sum::<u64>()
@@ -1290,6 +1432,52 @@ impl Scenario {
                 found.push(problem(
                     "upstreams",
                     "expected event_interval_s, flaky_down_s and flaky_up_s of at least 1".into(),
+                ));
+            }
+            if let Some(hostile) = &upstreams.hostile {
+                if hostile.hosts == 0 || hostile.hosts > 1_000 {
+                    found.push(problem(
+                        "upstreams.hostile.hosts",
+                        "expected 1 to 1000 hostile hosts".into(),
+                    ));
+                }
+                if hostile.kinds.is_empty() {
+                    found.push(problem(
+                        "upstreams.hostile.kinds",
+                        "expected at least one kind".into(),
+                    ));
+                }
+                if hostile.flood_factor == 0 || hostile.flood_factor > 10_000 {
+                    found.push(problem(
+                        "upstreams.hostile.flood_factor",
+                        "expected 1 to 10000".into(),
+                    ));
+                }
+            }
+        }
+        let hostile = self
+            .upstreams
+            .as_ref()
+            .is_some_and(|upstreams| upstreams.hostile.is_some());
+        for (name, checked) in [
+            (
+                "bad_hosts_isolated",
+                self.oracles.bad_hosts_isolated.is_some(),
+            ),
+            ("fair_share", self.oracles.fair_share.is_some()),
+        ] {
+            if checked && !hostile {
+                found.push(problem(
+                    &format!("oracles.{name}"),
+                    format!("{name} needs an [upstreams.hostile] table"),
+                ));
+            }
+        }
+        if let Some(spec) = &self.oracles.fair_share {
+            if self.consumers.is_empty() || spec.from_s >= self.duration_s {
+                found.push(problem(
+                    "oracles.fair_share",
+                    "expected [[consumers]] to measure delivery and from_s < duration_s".into(),
                 ));
             }
         }
@@ -1541,6 +1729,8 @@ impl Scenario {
             OracleName::CallsAnswered => self.oracles.calls_answered.is_some(),
             OracleName::HandlersInFlightMax => self.oracles.handlers_in_flight_max.is_some(),
             OracleName::BadInputRejected => self.oracles.bad_input_rejected.is_some(),
+            OracleName::BadHostsIsolated => self.oracles.bad_hosts_isolated.is_some(),
+            OracleName::FairShare => self.oracles.fair_share.is_some(),
         }
     }
 }

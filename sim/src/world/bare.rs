@@ -11,7 +11,8 @@
 //!
 //! Left out on purpose, because they are what the ratio measures: WebSocket framing (frames
 //! are newline-delimited), the relay's admission, sequencing, SQLite, fan-out, metrics and
-//! the CPU model, the tunnel's trace, samples and oracles, and rt's flow control.
+//! the CPU model, the tunnel's trace, samples and oracles, and rt's flow control. Hostile
+//! hosts are served like polite ones (their misbehaviour is the relay's work too).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,7 +88,12 @@ async fn world(scenario: Scenario, counters: Arc<Counters>) {
     let plans: Vec<Arc<HostPlan>> = scenario
         .upstreams
         .as_ref()
-        .map(|spec| plan(spec).into_iter().map(Arc::new).collect())
+        .map(|spec| {
+            plan(spec, scenario.relay.upstream.max_frame_bytes)
+                .into_iter()
+                .map(Arc::new)
+                .collect()
+        })
         .unwrap_or_default();
     for plan in &plans {
         let node = host_node(&handle, &net, plan);

@@ -135,7 +135,14 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     let control = Arc::new(RelayControl::default());
 
     let (upstream_nodes, plans) = match &scenario.upstreams {
-        Some(spec) => start_upstreams(&handle, spec, &database, &sink, world_start),
+        Some(spec) => start_upstreams(
+            &handle,
+            spec,
+            scenario.relay.upstream.max_frame_bytes,
+            &database,
+            &sink,
+            world_start,
+        ),
         None => (Vec::new(), Vec::new()),
     };
     let mut relay_config = scenario.relay.clone();
@@ -176,7 +183,8 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
         )));
     }
 
-    let (clients, tallies) = cast::clients(&scenario);
+    let send_times = relay_host::send_times(&scenario, &database, &plans);
+    let (clients, tallies) = cast::clients(&scenario, send_times);
     for client in &clients {
         let node = handle
             .create_node()
@@ -194,7 +202,11 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     }
     sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
     sample(&sink, &control);
-    relay_host::finish(&scenario, &sink, &database, &plans, tallies);
+    let hosts = control
+        .observer()
+        .map(|observer| observer.hosts())
+        .unwrap_or_default();
+    relay_host::finish(&scenario, &sink, &database, &plans, &hosts, tallies);
     sink.phase("end");
     // Tear the world down inside the simulation: killed nodes drop their tasks (and with
     // them sockets, SQLite connections, buffers). Tasks that wait on each other form
@@ -213,12 +225,15 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
 fn start_upstreams(
     handle: &Handle,
     spec: &crate::scenario::UpstreamsSpec,
+    frame_limit_bytes: usize,
     database: &Path,
     sink: &TraceSink,
     world_start: Instant,
 ) -> (Vec<NodeHandle>, Vec<Arc<upstream::HostPlan>>) {
-    let plans: Vec<Arc<upstream::HostPlan>> =
-        upstream::plan(spec).into_iter().map(Arc::new).collect();
+    let plans: Vec<Arc<upstream::HostPlan>> = upstream::plan(spec, frame_limit_bytes)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     relay_host::publish_host_table(database, spec, &plans, sink)
         .expect("the world writes the relay's host table");
     let net = NetSim::current();

@@ -445,7 +445,7 @@ fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
     assert_eq!(names.first().unwrap(), "bad_input.toml");
     assert_eq!(names.last().unwrap(), "host_flap.toml");
     assert!(names.iter().all(|n| n.ends_with(".toml")));
-    assert_eq!(names.len(), 35, "{names:?}");
+    assert_eq!(names.len(), 37, "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -695,6 +695,7 @@ fn upstream_trace() -> Trace {
             hosts: 10,
             dead: 1,
             flaky: 2,
+            hostile: 0,
         },
     );
     for (t_s, connected) in [(1, 3), (5, 9), (10, 4), (20, 9)] {
