@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use relay::config::ConfigBuilder;
 use relay::store::{HostStatus, Page, Store};
-use relay::upstream::HostPhase;
+use relay::upstream::{HostPhase, HostView};
 use relay::{Observer, Relay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -92,6 +92,15 @@ impl Running {
         self.stop.send(()).unwrap();
         assert_eq!(self.task.await.unwrap().connections_left, 0);
     }
+}
+
+/// What `/hosts` shows for `hostname`.
+fn host_view(observer: &Observer, hostname: &str) -> HostView {
+    observer
+        .hosts()
+        .into_iter()
+        .find(|host| host.hostname == hostname)
+        .unwrap_or_else(|| panic!("{hostname} is in the host table"))
 }
 
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -335,13 +344,7 @@ async fn the_historical_poison_frame_costs_only_its_host() {
     ])
     .await;
     let observer = relay.observer.clone();
-    let host = |name: &str| {
-        observer
-            .hosts()
-            .into_iter()
-            .find(|host| host.hostname == name)
-            .unwrap()
-    };
+    let host = |name: &str| host_view(&observer, name);
     wait_until(
         "the bad host is quarantined and the good one fully read",
         || {
@@ -410,18 +413,11 @@ async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
     .await;
     let observer = relay.observer.clone();
     wait_until("the good host's 20 events are persisted", || {
-        observer
-            .hosts()
-            .iter()
-            .any(|host| host.hostname == "localhost" && host.phase == HostPhase::Quarantined)
+        host_view(&observer, "localhost").phase == HostPhase::Quarantined
             && Store::open(&db).unwrap().hosts().unwrap()[0].cursor == 20
     })
     .await;
-    let localhost = observer
-        .hosts()
-        .into_iter()
-        .find(|host| host.hostname == "localhost")
-        .unwrap();
+    let localhost = host_view(&observer, "localhost");
     assert_eq!(localhost.quarantined, Some("event_unstorable"));
     let events = Store::open(&db)
         .unwrap()
@@ -461,13 +457,7 @@ async fn a_host_whose_seqs_go_backwards_gets_bad_sessions_and_a_named_reason() {
     ])
     .await;
     let observer = relay.observer.clone();
-    let host = |name: &str| {
-        observer
-            .hosts()
-            .into_iter()
-            .find(|host| host.hostname == name)
-            .unwrap()
-    };
+    let host = |name: &str| host_view(&observer, name);
     wait_until("the looping host has three bad sessions in a row", || {
         host("localhost").consecutive_bad_sessions >= 3 && observer.events().head_seq == 23
     })

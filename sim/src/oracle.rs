@@ -244,28 +244,41 @@ pub fn bad_hosts_isolated(records: &[Record], ready_within_us: u64) -> Option<Vi
             ));
         }
     }
+    log_audit(OracleName::BadHostsIsolated, records)
+}
+
+/// The end-of-run audit of the event log, judged for `oracle`: relay seqs dense, no host
+/// with a hole, no steady polite host missing events it had sent.
+fn log_audit(oracle: OracleName, records: &[Record]) -> Option<Violation> {
     records
         .iter()
         .enumerate()
         .find_map(|(index, record)| match &record.event {
             Event::StoreAudit {
+                events,
+                oldest_seq,
+                head_seq,
                 hosts_with_gaps,
                 hosts_behind,
                 first_behind,
-                ..
-            } if *hosts_with_gaps > 0 || *hosts_behind > 0 => Some(violation_at(
-                OracleName::BadHostsIsolated,
-                index,
-                record,
-                format!(
-                    "polite hosts lost events: {hosts_with_gaps} with holes in the log, {hosts_behind} missing \
-                     events they had sent{}",
-                    first_behind
-                        .as_ref()
-                        .map(|host| format!(" (first: {host})"))
-                        .unwrap_or_default()
-                ),
-            )),
+            } => {
+                let dense = *events == 0 || head_seq - oldest_seq + 1 == *events;
+                (!dense || *hosts_with_gaps > 0 || *hosts_behind > 0).then(|| {
+                    violation_at(
+                        oracle,
+                        index,
+                        record,
+                        format!(
+                            "event log: {events} events for seqs {oldest_seq}..={head_seq}, {hosts_with_gaps} hosts \
+                             with holes, {hosts_behind} hosts missing events they had emitted{}",
+                            first_behind
+                                .as_ref()
+                                .map(|host| format!(" (first: {host})"))
+                                .unwrap_or_default()
+                        ),
+                    )
+                })
+            }
             _ => None,
         })
 }
@@ -692,49 +705,8 @@ pub fn no_lost_events(records: &[Record], caught_up_by_us: u64) -> Option<Violat
             format!("{consumer} expected seq {expected} next but got {got} ({detail})"),
         ));
     }
-    if let Some((index, record)) =
-        records
-            .iter()
-            .enumerate()
-            .find(|(_, record)| match &record.event {
-                Event::StoreAudit {
-                    events,
-                    oldest_seq,
-                    head_seq,
-                    hosts_with_gaps,
-                    hosts_behind,
-                    ..
-                } => {
-                    let dense = *events == 0 || head_seq - oldest_seq + 1 == *events;
-                    !dense || *hosts_with_gaps > 0 || *hosts_behind > 0
-                }
-                _ => false,
-            })
-    {
-        let Event::StoreAudit {
-            events,
-            oldest_seq,
-            head_seq,
-            hosts_with_gaps,
-            hosts_behind,
-            first_behind,
-        } = &record.event
-        else {
-            unreachable!("matched above");
-        };
-        return Some(violation_at(
-            OracleName::NoLostEvents,
-            index,
-            record,
-            format!(
-                "event log: {events} events for seqs {oldest_seq}..={head_seq}, {hosts_with_gaps} hosts with holes, \
-                 {hosts_behind} hosts missing events they had emitted{}",
-                first_behind
-                    .as_ref()
-                    .map(|host| format!(" (first: {host})"))
-                    .unwrap_or_default()
-            ),
-        ));
+    if let Some(violation) = log_audit(OracleName::NoLostEvents, records) {
+        return Some(violation);
     }
     // What a consumer received must be what the log holds under the same relay seqs: a
     // batch published before its commit and lost to a crash has its seqs handed to other
