@@ -1,5 +1,7 @@
-//! SCENARIOS.md against the schema: every key the scenario schema accepts is documented,
-//! and every key documented exists.
+//! The docs against the code. SCENARIOS.md against the schema: every key the scenario
+//! schema accepts is documented, and every key documented exists. ARCHITECTURE.md against
+//! the tree: every path it names exists, and it names every module directly under
+//! `server/src` and `sim/src`.
 //!
 //! The keys are discovered from the schema itself, not from a list kept by hand: every
 //! table is `deny_unknown_fields`, so a probe document with an unknown key `zzz` in a table
@@ -263,4 +265,64 @@ fn scenarios_md_names_every_shipped_scenario_and_its_engine() {
             }
         }
     }
+}
+
+const ARCHITECTURE_MD: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../ARCHITECTURE.md"));
+
+/// The repository paths ARCHITECTURE.md names: backticked text that starts with one of the
+/// repository's top-level folders.
+fn architecture_paths() -> BTreeSet<String> {
+    const ROOTS: [&str; 6] = [
+        "server/",
+        "sim/",
+        "ci/",
+        "fuzz/",
+        "loom-tests/",
+        "scenarios/",
+    ];
+    ARCHITECTURE_MD
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| ROOTS.iter().any(|root| quoted.starts_with(root)))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn architecture_names_every_module_and_only_real_paths() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let named = architecture_paths();
+    assert!(named.len() > 30, "{named:#?}");
+    let missing: Vec<&String> = named
+        .iter()
+        .filter(|path| !root.join(path.as_str()).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md names paths that do not exist: {missing:?}"
+    );
+    let mut unnamed = Vec::new();
+    for dir in ["server/src", "sim/src"] {
+        for entry in std::fs::read_dir(root.join(dir)).expect("the source folder lists") {
+            let entry = entry.expect("a directory entry");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let module = if entry.path().is_dir() {
+                format!("{dir}/{name}/")
+            } else if name.ends_with(".rs") {
+                format!("{dir}/{name}")
+            } else {
+                continue;
+            };
+            if !named.iter().any(|path| path.starts_with(&module)) {
+                unnamed.push(module);
+            }
+        }
+    }
+    unnamed.sort();
+    assert!(
+        unnamed.is_empty(),
+        "ARCHITECTURE.md's code map does not name: {unnamed:?}"
+    );
 }
