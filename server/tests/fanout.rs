@@ -20,9 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use relay::config::ConfigBuilder;
 use relay::store::Store;
-use relay::{Observer, Relay};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,16 +31,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// Upper bound on any single wait; only a broken relay ever reaches it.
-const PATIENCE: Duration = Duration::from_secs(30);
+mod support;
+use support::{wait_until, RunningRelay, PATIENCE};
 
 fn temp_db(name: &str) -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("relay-fanout-{}-{name}.sqlite", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    path
+    support::temp_db("fanout", name)
 }
 
 /// The event body the upstream sends for `seq`: `{"n":seq}`, padded with `pad` bytes.
@@ -154,45 +147,18 @@ async fn serve_upstream(
     }
 }
 
-/// A relay on loopback, stopped through a oneshot.
-struct Running {
-    addr: SocketAddr,
-    observer: Observer,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<relay::http::ShutdownReport>,
-}
-
-async fn start(db: &std::path::Path, port: u16, overrides: &[&str]) -> Running {
-    let mut builder = ConfigBuilder::new();
-    for assignment in [
-        "server.listen=127.0.0.1:0".to_owned(),
+/// A relay on loopback over `db`, subscribed to the upstream on `port` at once, with
+/// `overrides` applied last.
+async fn start(db: &std::path::Path, port: u16, overrides: &[&str]) -> RunningRelay {
+    let settings: Vec<String> = [
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),
     ]
-    .iter()
-    .map(String::as_str)
-    .chain(overrides.iter().copied())
-    {
-        builder = builder.with_set(assignment).unwrap();
-    }
-    let relay = Relay::bind(builder.build().unwrap()).await.unwrap();
-    let (stop, stopped) = oneshot::channel();
-    Running {
-        addr: relay.local_addr().unwrap(),
-        observer: relay.observer(),
-        stop,
-        task: tokio::spawn(relay.run(async {
-            let _ = stopped.await;
-        })),
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        assert_eq!(self.task.await.unwrap().connections_left, 0);
-    }
+    .into_iter()
+    .chain(overrides.iter().map(|setting| (*setting).to_owned()))
+    .collect();
+    RunningRelay::start(&settings).await
 }
 
 /// A database holding one upstream host, `127.0.0.1` (store id 1).
@@ -200,16 +166,6 @@ fn db_with_upstream(name: &str) -> PathBuf {
     let db = temp_db(name);
     Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
     db
-}
-
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let waited = tokio::time::timeout(PATIENCE, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting until {what}");
 }
 
 type Consumer = WebSocketStream<TcpStream>;

@@ -4,50 +4,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use relay::config::{Config, ConfigBuilder};
-use relay::{Observer, Relay};
+mod support;
+use support::{wait_until, RunningRelay};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-struct Running {
-    addr: SocketAddr,
-    observer: Observer,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<relay::http::ShutdownReport>,
-}
-
-impl Running {
-    async fn start(overrides: &[&str]) -> Self {
-        let mut builder = ConfigBuilder::new()
-            .with_set("server.listen=127.0.0.1:0")
-            .unwrap()
-            .with_set("store.path=:memory:")
-            .unwrap();
-        for assignment in overrides {
-            builder = builder.with_set(assignment).unwrap();
-        }
-        let config: Config = builder.build().unwrap();
-        let relay = Relay::bind(config).await.unwrap();
-        let addr = relay.local_addr().unwrap();
-        let observer = relay.observer();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(relay.run(async {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            observer,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn shutdown(mut self) -> relay::http::ShutdownReport {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.await.unwrap()
-    }
+/// A relay on loopback with an in-memory store and `settings` applied after that.
+async fn start(settings: &[&str]) -> RunningRelay {
+    RunningRelay::start(&[&["store.path=:memory:"], settings].concat()).await
 }
 
 /// Send raw bytes and read until the server closes (or 5 s pass).
@@ -63,21 +28,11 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 const GET_HEALTHZ: &[u8] = b"GET /_healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
 #[tokio::test]
 async fn probes_and_metrics_answer() {
-    let relay = Running::start(&[]).await;
+    let relay = start(&[]).await;
     let health = exchange(relay.addr, GET_HEALTHZ).await;
     assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
     assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
@@ -128,7 +83,7 @@ async fn probes_and_metrics_answer() {
 
 #[tokio::test]
 async fn at_capacity_others_get_503_with_retry_after_and_probes_still_pass() {
-    let relay = Running::start(&["server.max_connections=2", "server.retry_after_s=7"]).await;
+    let relay = start(&["server.max_connections=2", "server.retry_after_s=7"]).await;
     let _held_a = TcpStream::connect(relay.addr).await.unwrap();
     let _held_b = TcpStream::connect(relay.addr).await.unwrap();
     let observer = relay.observer.clone();
@@ -169,7 +124,7 @@ async fn at_capacity_others_get_503_with_retry_after_and_probes_still_pass() {
 
 #[tokio::test]
 async fn idle_connections_are_reaped_and_their_slots_returned() {
-    let relay = Running::start(&[
+    let relay = start(&[
         "server.idle_timeout_ms=100",
         "server.idle_check_interval_ms=20",
     ])
@@ -194,7 +149,7 @@ async fn idle_connections_are_reaped_and_their_slots_returned() {
 
 #[tokio::test]
 async fn slowloris_hits_the_header_read_timeout() {
-    let relay = Running::start(&["server.header_read_timeout_ms=200"]).await;
+    let relay = start(&["server.header_read_timeout_ms=200"]).await;
     let mut slow = TcpStream::connect(relay.addr).await.unwrap();
     slow.write_all(b"GET /_healthz HTTP/1.1\r\n").await.unwrap();
     // Trickle header bytes: activity keeps the idle reaper away, but the head never completes.
@@ -219,7 +174,7 @@ async fn slowloris_hits_the_header_read_timeout() {
 
 #[tokio::test]
 async fn oversized_and_malformed_heads_get_clear_errors() {
-    let relay = Running::start(&["server.max_header_bytes=2048"]).await;
+    let relay = start(&["server.max_header_bytes=2048"]).await;
     let huge = format!(
         "GET /_healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(4096)
@@ -243,7 +198,7 @@ async fn oversized_and_malformed_heads_get_clear_errors() {
 
 #[tokio::test]
 async fn a_head_split_mid_crlf_is_reassembled() {
-    let relay = Running::start(&[]).await;
+    let relay = start(&[]).await;
     let mut stream = TcpStream::connect(relay.addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     // Each piece ends between a CR and its LF, as a TCP segment boundary may fall.
@@ -263,7 +218,7 @@ async fn a_head_split_mid_crlf_is_reassembled() {
 
 #[tokio::test]
 async fn a_post_body_that_never_ends_gets_408_and_the_slot_back() {
-    let relay = Running::start(&["server.header_read_timeout_ms=300"]).await;
+    let relay = start(&["server.header_read_timeout_ms=300"]).await;
     let mut endless = TcpStream::connect(relay.addr).await.unwrap();
     endless
         .write_all(b"POST /requestCrawl HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -297,7 +252,7 @@ async fn a_post_body_that_never_ends_gets_408_and_the_slot_back() {
 
 #[tokio::test]
 async fn keep_alive_reuses_one_admitted_connection() {
-    let relay = Running::start(&[]).await;
+    let relay = start(&[]).await;
     let mut stream = TcpStream::connect(relay.addr).await.unwrap();
     stream
         .write_all(b"GET /_healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /_readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -310,7 +265,7 @@ async fn keep_alive_reuses_one_admitted_connection() {
 
 #[tokio::test]
 async fn serialized_dispatch_answers_one_request_per_connection() {
-    let relay = Running::start(&["server.dispatch=serialized"]).await;
+    let relay = start(&["server.dispatch=serialized"]).await;
     // Two keep-alive requests pipelined on one connection: the first answer closes it.
     let mut stream = TcpStream::connect(relay.addr).await.unwrap();
     stream
@@ -333,7 +288,7 @@ async fn serialized_dispatch_answers_one_request_per_connection() {
 
 #[tokio::test]
 async fn shutdown_drains_open_connections_and_refuses_new_ones() {
-    let relay = Running::start(&["server.shutdown_grace_ms=2000"]).await;
+    let relay = start(&["server.shutdown_grace_ms=2000"]).await;
     let mut open = TcpStream::connect(relay.addr).await.unwrap();
     let observer = relay.observer.clone();
     wait_until("the connection is admitted", || {
@@ -443,7 +398,7 @@ async fn a_hanging_store_call_does_not_hold_up_the_probes() {
         }
     };
     remove();
-    let relay = Running::start(&[&format!("store.path={}", path.display())]).await;
+    let relay = start(&[&format!("store.path={}", path.display())]).await;
     let foreign = rusqlite::Connection::open(&path).unwrap();
     foreign.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let addr = relay.addr;

@@ -7,25 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use relay::config::ConfigBuilder;
 use relay::store::{HostStatus, Page, Store};
 use relay::upstream::{HostPhase, HostView};
-use relay::{Observer, Relay};
+use relay::Observer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
+mod support;
+use support::{wait_until, RunningRelay};
+
 fn temp_db(name: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "relay-upstreams-{}-{name}.sqlite",
-        std::process::id()
-    ));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    path
+    support::temp_db("upstreams", name)
 }
 
 /// A WebSocket upstream that records each subscription's request URI and sends frames
@@ -61,39 +55,6 @@ async fn upstream(from: u64, to: u64) -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, uris)
 }
 
-struct Running {
-    addr: SocketAddr,
-    observer: Observer,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<relay::http::ShutdownReport>,
-}
-
-async fn start(overrides: &[String]) -> Running {
-    let mut builder = ConfigBuilder::new()
-        .with_set("server.listen=127.0.0.1:0")
-        .unwrap();
-    for assignment in overrides {
-        builder = builder.with_set(assignment).unwrap();
-    }
-    let relay = Relay::bind(builder.build().unwrap()).await.unwrap();
-    let (stop, stopped) = oneshot::channel();
-    Running {
-        addr: relay.local_addr().unwrap(),
-        observer: relay.observer(),
-        stop,
-        task: tokio::spawn(relay.run(async {
-            let _ = stopped.await;
-        })),
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        assert_eq!(self.task.await.unwrap().connections_left, 0);
-    }
-}
-
 /// What `/hosts` shows for `hostname`.
 fn host_view(observer: &Observer, hostname: &str) -> HostView {
     observer
@@ -101,16 +62,6 @@ fn host_view(observer: &Observer, hostname: &str) -> HostView {
         .into_iter()
         .find(|host| host.hostname == hostname)
         .unwrap_or_else(|| panic!("{hostname} is in the host table"))
-}
-
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..1_000 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 /// Send one HTTP/1.1 request on a fresh connection; the whole response as text.
@@ -148,7 +99,7 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),
     ];
-    let relay = start(&overrides).await;
+    let relay = RunningRelay::start(&overrides).await;
     let observer = relay.observer.clone();
     wait_until("the host's cursor reaches 5", || {
         observer
@@ -183,7 +134,7 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
 
     // Restart on the same database: the subscription resumes from the persisted cursor, and
     // the replayed frames at or below it are skipped, not double-counted.
-    let relay = start(&overrides).await;
+    let relay = RunningRelay::start(&overrides).await;
     let observer = relay.observer.clone();
     wait_until("the restarted relay resubscribes", || {
         uris.lock().unwrap().len() == 2
@@ -204,7 +155,7 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
 #[tokio::test]
 async fn request_crawl_validates_input_and_failing_hosts_turn_dormant() {
     let db = temp_db("crawl");
-    let relay = start(&[
+    let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         "upstream.port=9".to_owned(),
         "upstream.dormant_after_failures=2".to_owned(),
@@ -335,7 +286,7 @@ async fn the_historical_poison_frame_costs_only_its_host() {
     bad.push(r#"{"seq": 9223372036854775813, "kind": "commit", "body": {}}"#.to_owned());
     bad.extend(frames(4..=5));
     let port = two_host_upstream(frames(1..=20), bad).await;
-    let relay = start(&[
+    let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),
@@ -404,7 +355,7 @@ async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
             .unwrap();
     }
     let port = two_host_upstream(frames(1..=20), frames(1..=3)).await;
-    let relay = start(&[
+    let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),
@@ -448,7 +399,7 @@ async fn a_host_whose_seqs_go_backwards_gets_bad_sessions_and_a_named_reason() {
     // Host B replays its events in a loop on every connection: 1, 2, 3, 1, 2, 3, …
     let bad: Vec<String> = frames(1..=3).into_iter().cycle().take(9).collect();
     let port = two_host_upstream(frames(1..=20), bad).await;
-    let relay = start(&[
+    let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),
@@ -496,7 +447,7 @@ async fn a_host_over_its_event_rate_waits_and_loses_nothing() {
     let db = temp_db("rate");
     Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
     let port = two_host_upstream(frames(1..=60), Vec::new()).await;
-    let relay = start(&[
+    let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),
@@ -541,7 +492,7 @@ async fn retention_keeps_the_log_within_its_byte_bound() {
         .map(|seq| format!(r#"{{"seq":{seq},"kind":"commit","body":{{"pad":"{pad}"}}}}"#))
         .collect();
     let port = two_host_upstream(large, Vec::new()).await;
-    let relay = start(&[
+    let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),

@@ -1,0 +1,85 @@
+//! What the relay's integration tests share: a relay on loopback ([`RunningRelay`]), a fresh
+//! database file ([`temp_db`]), and waiting for a condition ([`wait_until`]). Each test
+//! binary uses a subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use relay::config::ConfigBuilder;
+use relay::http::ShutdownReport;
+use relay::{Observer, Relay};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Upper bound on any single wait; only a broken relay ever reaches it.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A relay serving on loopback until it is stopped.
+pub struct RunningRelay {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its read-only view.
+    pub observer: Observer,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<ShutdownReport>,
+}
+
+impl RunningRelay {
+    /// A relay listening on `127.0.0.1` (an ephemeral port) with `settings`
+    /// (`key=value`, applied in order after the listen address).
+    pub async fn start<S: AsRef<str>>(settings: &[S]) -> Self {
+        let mut builder = ConfigBuilder::new()
+            .with_set("server.listen=127.0.0.1:0")
+            .unwrap();
+        for setting in settings {
+            builder = builder.with_set(setting.as_ref()).unwrap();
+        }
+        let relay = Relay::bind(builder.build().unwrap()).await.unwrap();
+        let (stop, stopped) = oneshot::channel();
+        Self {
+            addr: relay.local_addr().unwrap(),
+            observer: relay.observer(),
+            stop,
+            task: tokio::spawn(relay.run(async {
+                let _ = stopped.await;
+            })),
+        }
+    }
+
+    /// Shut it down gracefully; what the shutdown reported.
+    pub async fn shutdown(self) -> ShutdownReport {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap()
+    }
+
+    /// Shut it down and require that it left no connection open.
+    pub async fn stop(self) {
+        assert_eq!(self.shutdown().await.connections_left, 0);
+    }
+}
+
+/// A database path for test `name` of `suite` in the temporary directory, with any file a
+/// previous run left there removed.
+pub fn temp_db(suite: &str, name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "relay-{suite}-{}-{name}.sqlite",
+        std::process::id()
+    ));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+/// Poll `condition` until it holds; fail naming `what` after [`PATIENCE`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
+}
