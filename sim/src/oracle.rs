@@ -8,7 +8,14 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::scenario::{AbuseKind, Expect, HostileKind, MemoryBoundedSpec, OracleName, Scenario};
+use crate::scenario::{
+    AbuseKind, BadHostsIsolatedSpec, BadInputRejectedSpec, CallsAnsweredSpec, ConnAccountingSpec,
+    ConsumerAccountingSpec, DeliveryGapMaxSpec, Expect, FairShareSpec, HandlersInFlightMaxSpec,
+    HandshakesBoundedSpec, HostileKind, HostsConnectedMinSpec, MemoryBoundedSpec,
+    NoHostForgottenSpec, NoLostEventsSpec, NoPanicsSpec, NoStaleDeliverySpec, OracleName,
+    PanicsContainedSpec, ProbeLatencyMaxSpec, ProbeLivenessSpec, RecoveryWithinSpec, Scenario,
+    SlowConsumersKickedSpec, WorkersBoundedSpec,
+};
 use crate::trace::{Event, Record, Trace, UpstreamSample};
 
 /// One oracle's complaint, pointing at the record that broke it.
@@ -45,53 +52,106 @@ pub fn format_seconds(t_us: u64) -> String {
     format!("{:.1}s", t_us as f64 / 1e6)
 }
 
-/// Run every oracle the scenario checks. Violations come in oracle order, at most one each.
+/// Run every oracle the scenario checks, in [`OracleName::ALL`] order. Violations come in
+/// that order, at most one each.
 pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
     let records = trace.records();
-    let mut violations = Vec::new();
-    if let (Some(_), Some(prober)) = (&scenario.oracles.probe_liveness, &scenario.prober) {
-        violations.extend(probe_liveness(records, prober.failure_threshold));
+    OracleName::ALL
+        .into_iter()
+        .filter(|oracle| scenario.checks(*oracle))
+        .filter_map(|oracle| match oracle {
+            OracleName::NoPanics => no_panics(records),
+            OracleName::FaultsFired => faults_fired(records, &scenario.faults),
+            listed => scenario.oracles.judge(listed, scenario, records),
+        })
+        .collect()
+}
+
+/// One oracle's judgement, implemented by its spec (the parameters a scenario gives it):
+/// the violation `records` show, if any. The list in `crate::scenario` dispatches to it.
+pub trait Judge {
+    /// Judge the run of `scenario` that recorded `records`.
+    fn judge(&self, scenario: &Scenario, records: &[Record]) -> Option<Violation>;
+}
+
+impl Judge for ProbeLivenessSpec {
+    fn judge(&self, scenario: &Scenario, records: &[Record]) -> Option<Violation> {
+        probe_liveness(records, scenario.prober.as_ref()?.failure_threshold)
     }
-    if let Some(spec) = &scenario.oracles.probe_latency_max {
-        violations.extend(probe_latency_max(records, spec.latency_ms_max));
+}
+
+impl Judge for ProbeLatencyMaxSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        probe_latency_max(records, self.latency_ms_max)
     }
-    if let Some(spec) = &scenario.oracles.conn_accounting {
-        let settle_deadline_us = (scenario.churn_end_s() + spec.settle_s) * 1_000_000;
-        violations.extend(conn_accounting(
+}
+
+impl Judge for ConnAccountingSpec {
+    fn judge(&self, scenario: &Scenario, records: &[Record]) -> Option<Violation> {
+        let settle_deadline_us = (scenario.churn_end_s() + self.settle_s) * 1_000_000;
+        conn_accounting(
             records,
             scenario.churn_end_s() * 1_000_000,
             settle_deadline_us,
-        ));
+        )
     }
-    if let Some(spec) = &scenario.oracles.hosts_connected_min {
-        violations.extend(hosts_connected_min(
+}
+
+/// `no_panics` and `faults_fired` are always judged by [`check`]; listing them is
+/// documentation, so their spec judges nothing itself.
+impl Judge for NoPanicsSpec {
+    fn judge(&self, _: &Scenario, _: &[Record]) -> Option<Violation> {
+        None
+    }
+}
+
+impl Judge for HostsConnectedMinSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        hosts_connected_min(records, self.fraction, self.by_s * 1_000_000)
+    }
+}
+
+impl Judge for HandshakesBoundedSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        handshakes_bounded(records, self.max)
+    }
+}
+
+impl Judge for WorkersBoundedSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        workers_bounded(records)
+    }
+}
+
+impl Judge for NoHostForgottenSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        no_host_forgotten(records)
+    }
+}
+
+impl Judge for NoLostEventsSpec {
+    fn judge(&self, scenario: &Scenario, records: &[Record]) -> Option<Violation> {
+        no_lost_events(
             records,
-            spec.fraction,
-            spec.by_s * 1_000_000,
-        ));
+            scenario.duration_s.saturating_sub(self.lag_s) * 1_000_000,
+        )
     }
-    if let Some(spec) = &scenario.oracles.handshakes_bounded {
-        violations.extend(handshakes_bounded(records, spec.max));
+}
+
+impl Judge for SlowConsumersKickedSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        slow_consumers_kicked(records)
     }
-    if scenario.oracles.workers_bounded.is_some() {
-        violations.extend(workers_bounded(records));
+}
+
+impl Judge for MemoryBoundedSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        memory_bounded(records, self)
     }
-    if scenario.oracles.no_host_forgotten.is_some() {
-        violations.extend(no_host_forgotten(records));
-    }
-    if let Some(spec) = &scenario.oracles.no_lost_events {
-        violations.extend(no_lost_events(
-            records,
-            scenario.duration_s.saturating_sub(spec.lag_s) * 1_000_000,
-        ));
-    }
-    if scenario.oracles.slow_consumers_kicked.is_some() {
-        violations.extend(slow_consumers_kicked(records));
-    }
-    if let Some(spec) = &scenario.oracles.memory_bounded {
-        violations.extend(memory_bounded(records, spec));
-    }
-    if let Some(spec) = &scenario.oracles.recovery_within {
+}
+
+impl Judge for RecoveryWithinSpec {
+    fn judge(&self, scenario: &Scenario, records: &[Record]) -> Option<Violation> {
         let last_end_us = scenario
             .faults
             .iter()
@@ -99,50 +159,69 @@ pub fn check(scenario: &Scenario, trace: &Trace) -> Vec<Violation> {
             .max()
             .unwrap_or(0)
             * 1_000_000;
-        violations.extend(recovery_within(records, last_end_us, spec.s * 1_000_000));
+        recovery_within(records, last_end_us, self.s * 1_000_000)
     }
-    if scenario.oracles.no_stale_delivery.is_some() {
+}
+
+impl Judge for NoStaleDeliverySpec {
+    fn judge(&self, scenario: &Scenario, records: &[Record]) -> Option<Violation> {
         let fast = scenario.consumer_names(crate::scenario::ConsumerKind::Fast);
-        violations.extend(no_stale_delivery(records, &fast));
+        no_stale_delivery(records, &fast)
     }
-    if let (Some(spec), Some(end_s)) = (
-        &scenario.oracles.consumer_accounting,
-        scenario.consumers_end_s(),
-    ) {
-        violations.extend(consumer_accounting(
-            records,
-            (end_s + spec.settle_s) * 1_000_000,
-        ));
+}
+
+impl Judge for ConsumerAccountingSpec {
+    fn judge(&self, scenario: &Scenario, records: &[Record]) -> Option<Violation> {
+        let end_s = scenario.consumers_end_s()?;
+        consumer_accounting(records, (end_s + self.settle_s) * 1_000_000)
     }
-    if let Some(spec) = &scenario.oracles.delivery_gap_max {
-        violations.extend(delivery_gap_max(records, spec.gap_ms_max));
+}
+
+impl Judge for DeliveryGapMaxSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        delivery_gap_max(records, self.gap_ms_max)
     }
-    if let Some(spec) = &scenario.oracles.panics_contained {
-        violations.extend(panics_contained(
+}
+
+impl Judge for PanicsContainedSpec {
+    fn judge(&self, scenario: &Scenario, records: &[Record]) -> Option<Violation> {
+        panics_contained(
             records,
             &handler_fault_windows(scenario),
-            spec.settle_s * 1_000_000,
-        ));
+            self.settle_s * 1_000_000,
+        )
     }
-    if let Some(spec) = &scenario.oracles.calls_answered {
-        violations.extend(calls_answered(records, &spec.statuses));
+}
+
+impl Judge for CallsAnsweredSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        calls_answered(records, &self.statuses)
     }
-    if let Some(spec) = &scenario.oracles.handlers_in_flight_max {
-        violations.extend(handlers_in_flight_max(records, spec.max));
+}
+
+impl Judge for HandlersInFlightMaxSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        handlers_in_flight_max(records, self.max)
     }
-    if scenario.oracles.bad_input_rejected.is_some() {
+}
+
+impl Judge for BadInputRejectedSpec {
+    fn judge(&self, scenario: &Scenario, records: &[Record]) -> Option<Violation> {
         let kinds: BTreeSet<AbuseKind> = scenario.abusers.iter().map(|a| a.kind).collect();
-        violations.extend(bad_input_rejected(records, &kinds));
+        bad_input_rejected(records, &kinds)
     }
-    if let Some(spec) = &scenario.oracles.bad_hosts_isolated {
-        violations.extend(bad_hosts_isolated(records, spec.ready_within_s * 1_000_000));
+}
+
+impl Judge for BadHostsIsolatedSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        bad_hosts_isolated(records, self.ready_within_s * 1_000_000)
     }
-    if let Some(spec) = &scenario.oracles.fair_share {
-        violations.extend(fair_share(records, spec.delay_ms_max));
+}
+
+impl Judge for FairShareSpec {
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        fair_share(records, self.delay_ms_max)
     }
-    violations.extend(no_panics(records));
-    violations.extend(faults_fired(records, &scenario.faults));
-    violations
 }
 
 /// How the relay should leave a hostile host of `kind`: quarantined for a reason (or not),

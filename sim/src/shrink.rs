@@ -103,7 +103,7 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
     for oracle in OracleName::ALL {
         if oracle != target {
             push(format!("drop oracles.{oracle}"), &|s| {
-                drop_oracle(s, oracle)
+                s.oracles.drop(oracle)
             });
         }
     }
@@ -242,34 +242,6 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
         );
     }
     out
-}
-
-fn drop_oracle(scenario: &mut Scenario, oracle: OracleName) {
-    let o = &mut scenario.oracles;
-    match oracle {
-        OracleName::ProbeLiveness => o.probe_liveness = None,
-        OracleName::ProbeLatencyMax => o.probe_latency_max = None,
-        OracleName::ConnAccounting => o.conn_accounting = None,
-        OracleName::NoPanics => o.no_panics = None,
-        OracleName::FaultsFired => o.faults_fired = None,
-        OracleName::HostsConnectedMin => o.hosts_connected_min = None,
-        OracleName::HandshakesBounded => o.handshakes_bounded = None,
-        OracleName::WorkersBounded => o.workers_bounded = None,
-        OracleName::NoHostForgotten => o.no_host_forgotten = None,
-        OracleName::NoLostEvents => o.no_lost_events = None,
-        OracleName::SlowConsumersKicked => o.slow_consumers_kicked = None,
-        OracleName::NoStaleDelivery => o.no_stale_delivery = None,
-        OracleName::ConsumerAccounting => o.consumer_accounting = None,
-        OracleName::MemoryBounded => o.memory_bounded = None,
-        OracleName::RecoveryWithin => o.recovery_within = None,
-        OracleName::DeliveryGapMax => o.delivery_gap_max = None,
-        OracleName::PanicsContained => o.panics_contained = None,
-        OracleName::CallsAnswered => o.calls_answered = None,
-        OracleName::HandlersInFlightMax => o.handlers_in_flight_max = None,
-        OracleName::BadInputRejected => o.bad_input_rejected = None,
-        OracleName::BadHostsIsolated => o.bad_hosts_isolated = None,
-        OracleName::FairShare => o.fair_share = None,
-    }
 }
 
 /// The end of a shrink.

@@ -118,125 +118,201 @@ pub enum Expect {
     Fail(OracleName),
 }
 
-/// The oracles this build knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OracleName {
+/// The oracles this build knows, each with the field of `[oracles]` that lists it and the
+/// spec that field holds (which implements [`crate::oracle::Judge`]). The one list the name
+/// enum, [`OracleName::ALL`], the names, [`OracleSpecs`], dispatch and shrinking's "drop this
+/// oracle" come from: adding an oracle is one line here plus its spec and its judgement.
+macro_rules! oracles {
+    ($( $(#[doc = $doc:literal])* $variant:ident => $field:ident: $spec:ty, )*) => {
+        /// The oracles this build knows.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum OracleName {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        /// Every oracle in `[oracles]` file order.
+        const ORACLES_IN_FILE_ORDER: &[OracleName] = &[$(OracleName::$variant),*];
+
+        impl OracleName {
+            /// The snake_case name used in files and reports.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => stringify!($field),)*
+                }
+            }
+        }
+
+        /// Oracles to check. Absent means not checked; `no_panics` is always checked, and
+        /// `faults_fired` whenever there are `[[faults]]`.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct OracleSpecs {
+            $(
+                #[doc = concat!("See [`OracleName::", stringify!($variant), "`].")]
+                pub $field: Option<$spec>,
+            )*
+        }
+
+        impl OracleSpecs {
+            /// Whether the file lists `oracle`.
+            pub fn lists(&self, oracle: OracleName) -> bool {
+                match oracle {
+                    $(OracleName::$variant => self.$field.is_some(),)*
+                }
+            }
+
+            /// Stop checking `oracle` (shrinking).
+            pub fn drop(&mut self, oracle: OracleName) {
+                match oracle {
+                    $(OracleName::$variant => self.$field = None,)*
+                }
+            }
+
+            /// `oracle`'s judgement of a run, if the file lists it.
+            pub fn judge(
+                &self,
+                oracle: OracleName,
+                scenario: &Scenario,
+                records: &[crate::trace::Record],
+            ) -> Option<crate::oracle::Violation> {
+                use crate::oracle::Judge;
+                match oracle {
+                    $(OracleName::$variant => self.$field.as_ref()?.judge(scenario, records),)*
+                }
+            }
+        }
+    };
+}
+
+oracles! {
     /// No `failure_threshold` consecutive probe failures (the orchestrator would kill the pod).
-    ProbeLiveness,
+    ///
+    /// Needs a `[prober]`.
+    ProbeLiveness => probe_liveness: ProbeLivenessSpec,
     /// Every successful probe answered within a bound.
-    ProbeLatencyMax,
+    ///
+    /// Needs a `[prober]`.
+    ProbeLatencyMax => probe_latency_max: ProbeLatencyMaxSpec,
     /// Open connections never exceed `max_connections`, every admission is released once,
     /// and the relay returns to its baseline after the churn stops.
-    ConnAccounting,
+    ConnAccounting => conn_accounting: ConnAccountingSpec,
     /// No task panicked anywhere in the simulation.
-    NoPanics,
+    ///
+    /// Always checked; listing it is documentation.
+    NoPanics => no_panics: NoPanicsSpec,
     /// Every `[[faults]]` entry started, ended within the run and took effect.
-    FaultsFired,
+    ///
+    /// Always checked when there are `[[faults]]`; listing it is documentation.
+    FaultsFired => faults_fired: NoPanicsSpec,
     /// Enough live upstream hosts connected by a deadline.
-    HostsConnectedMin,
+    ///
+    /// Needs `[upstreams]`.
+    HostsConnectedMin => hosts_connected_min: HostsConnectedMinSpec,
     /// Upstream handshakes in flight never exceeded a bound.
-    HandshakesBounded,
+    ///
+    /// Needs `[upstreams]`.
+    HandshakesBounded => handshakes_bounded: HandshakesBoundedSpec,
     /// At most one worker per host, ever; none left behind by dormant hosts.
-    WorkersBounded,
+    ///
+    /// Needs `[upstreams]`.
+    WorkersBounded => workers_bounded: WorkersBoundedSpec,
     /// At the end every host has a worker or is dormant: none silently dropped.
-    NoHostForgotten,
+    ///
+    /// Needs `[upstreams]`.
+    NoHostForgotten => no_host_forgotten: NoHostForgottenSpec,
     /// Every consumer received relay sequence numbers in order with no gap and no
     /// duplicate, and every consumer that is not slow caught up with the head.
-    NoLostEvents,
+    ///
+    /// Needs `[[consumers]]`.
+    NoLostEvents => no_lost_events: NoLostEventsSpec,
     /// Every slow consumer was kicked and told so with a `ConsumerTooSlow` frame.
-    SlowConsumersKicked,
+    ///
+    /// Needs a slow consumer.
+    SlowConsumersKicked => slow_consumers_kicked: SlowConsumersKickedSpec,
+    /// Per-consumer queues never held more than a bound (memory stays bounded).
+    MemoryBounded => memory_bounded: MemoryBoundedSpec,
+    /// Within a bound after the last fault heals, the relay's event log accepts commits
+    /// again (readiness back) and its head moves past where it stood when the fault ended.
+    ///
+    /// Needs `[[faults]]`.
+    RecoveryWithin => recovery_within: RecoveryWithinSpec,
+    /// No consumer that is not slow waited longer than a bound between two frames of one
+    /// session (the relay's delivery never stalls, e.g. behind retention).
+    ///
+    /// Needs `[[consumers]]`.
+    DeliveryGapMax => delivery_gap_max: DeliveryGapMaxSpec,
     /// Close requests reach only the connection they were meant for: a fast consumer (one
     /// that reads everything and answers pings) is never closed as idle, kicked or evicted,
     /// and never told `ConsumerTooSlow`.
-    NoStaleDelivery,
+    ///
+    /// Needs `[[consumers]]`.
+    NoStaleDelivery => no_stale_delivery: NoStaleDeliverySpec,
     /// After every consumer has left, the relay holds no subscription and no connection,
     /// and every admission was released exactly once.
-    ConsumerAccounting,
-    /// Per-consumer queues never held more than a bound (memory stays bounded).
-    MemoryBounded,
-    /// Within a bound after the last fault heals, the relay's event log accepts commits
-    /// again (readiness back) and its head moves past where it stood when the fault ended.
-    RecoveryWithin,
-    /// No consumer that is not slow waited longer than a bound between two frames of one
-    /// session (the relay's delivery never stalls, e.g. behind retention).
-    DeliveryGapMax,
+    ///
+    /// Needs every consumer group to have `stop_s`.
+    ConsumerAccounting => consumer_accounting: ConsumerAccountingSpec,
     /// Every API call got a response; outside handler-fault windows (plus `settle_s`) it was
     /// a 200, inside them a 200 or the fault's contained answer (500 for a panic, 504 for a
     /// stall); and calls succeed again after the last handler fault.
-    PanicsContained,
+    ///
+    /// Needs `[[callers]]`.
+    PanicsContained => panics_contained: PanicsContainedSpec,
     /// Every API call got a response, with one of the listed statuses, and after any 503
     /// (load shed) a later call succeeded with 200.
-    CallsAnswered,
+    ///
+    /// Needs `[[callers]]`.
+    CallsAnswered => calls_answered: CallsAnsweredSpec,
     /// The relay never ran more dispatched handlers at once than a bound (`1` checks that
     /// serialized dispatch is serialized).
-    HandlersInFlightMax,
+    HandlersInFlightMax => handlers_in_flight_max: HandlersInFlightMaxSpec,
     /// Every abuser attempt got the answer its kind calls for (431 for a huge head, a 1002
     /// close for a garbage frame, …), and every abuser group got at least one answer.
-    BadInputRejected,
+    ///
+    /// Needs `[[abusers]]`.
+    BadInputRejected => bad_input_rejected: BadInputRejectedSpec,
     /// Every hostile upstream host ends the way its misbehaviour calls for (quarantined,
     /// or backing off with the named reason, or accepted), while the polite hosts' events
     /// are all persisted once, in order, and readiness is never lost for long.
-    BadHostsIsolated,
+    ///
+    /// Needs `[upstreams.hostile]`.
+    BadHostsIsolated => bad_hosts_isolated: BadHostsIsolatedSpec,
     /// While a host floods, the polite hosts' events still reach consumers within a bound
     /// of when they were sent: no host takes the sequencer's capacity from the others.
-    FairShare,
+    ///
+    /// Needs `[upstreams.hostile]` and `[[consumers]]`.
+    FairShare => fair_share: FairShareSpec,
 }
 
 impl OracleName {
-    /// Every oracle, in check and report order.
-    pub const ALL: [OracleName; 22] = [
-        Self::ProbeLiveness,
-        Self::ProbeLatencyMax,
-        Self::ConnAccounting,
-        Self::HostsConnectedMin,
-        Self::HandshakesBounded,
-        Self::WorkersBounded,
-        Self::NoHostForgotten,
-        Self::NoLostEvents,
-        Self::SlowConsumersKicked,
-        Self::NoStaleDelivery,
-        Self::ConsumerAccounting,
-        Self::MemoryBounded,
-        Self::RecoveryWithin,
-        Self::DeliveryGapMax,
-        Self::PanicsContained,
-        Self::CallsAnswered,
-        Self::HandlersInFlightMax,
-        Self::BadInputRejected,
-        Self::BadHostsIsolated,
-        Self::FairShare,
-        Self::NoPanics,
-        Self::FaultsFired,
-    ];
+    /// Every oracle, in check and report order: file order, with the two always checked
+    /// (`no_panics`, `faults_fired`) last.
+    pub const ALL: [OracleName; ORACLES_IN_FILE_ORDER.len()] = always_checked_last();
 
-    /// The snake_case name used in files and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ProbeLiveness => "probe_liveness",
-            Self::ProbeLatencyMax => "probe_latency_max",
-            Self::ConnAccounting => "conn_accounting",
-            Self::NoPanics => "no_panics",
-            Self::FaultsFired => "faults_fired",
-            Self::HostsConnectedMin => "hosts_connected_min",
-            Self::HandshakesBounded => "handshakes_bounded",
-            Self::WorkersBounded => "workers_bounded",
-            Self::NoHostForgotten => "no_host_forgotten",
-            Self::NoLostEvents => "no_lost_events",
-            Self::SlowConsumersKicked => "slow_consumers_kicked",
-            Self::NoStaleDelivery => "no_stale_delivery",
-            Self::ConsumerAccounting => "consumer_accounting",
-            Self::MemoryBounded => "memory_bounded",
-            Self::RecoveryWithin => "recovery_within",
-            Self::DeliveryGapMax => "delivery_gap_max",
-            Self::PanicsContained => "panics_contained",
-            Self::CallsAnswered => "calls_answered",
-            Self::HandlersInFlightMax => "handlers_in_flight_max",
-            Self::BadInputRejected => "bad_input_rejected",
-            Self::BadHostsIsolated => "bad_hosts_isolated",
-            Self::FairShare => "fair_share",
-        }
+    /// Checked whether or not the file lists it.
+    const fn always_checked(self) -> bool {
+        matches!(self, Self::NoPanics | Self::FaultsFired)
     }
+}
+
+const fn always_checked_last() -> [OracleName; ORACLES_IN_FILE_ORDER.len()] {
+    let mut ordered = [OracleName::NoPanics; ORACLES_IN_FILE_ORDER.len()];
+    let mut next = 0;
+    let mut pass = 0;
+    while pass < 2 {
+        let mut index = 0;
+        while index < ORACLES_IN_FILE_ORDER.len() {
+            let oracle = ORACLES_IN_FILE_ORDER[index];
+            if oracle.always_checked() == (pass == 1) {
+                ordered[next] = oracle;
+                next += 1;
+            }
+            index += 1;
+        }
+        pass += 1;
+    }
+    ordered
 }
 
 impl fmt::Display for OracleName {
@@ -536,58 +612,6 @@ impl ChurnMix {
             + self.idle_hold
             + self.half_close
     }
-}
-
-/// Oracles to check. Absent means not checked; `no_panics` is always checked, and
-/// `faults_fired` whenever there are `[[faults]]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OracleSpecs {
-    /// See [`OracleName::ProbeLiveness`]. Needs a `[prober]`.
-    pub probe_liveness: Option<ProbeLivenessSpec>,
-    /// See [`OracleName::ProbeLatencyMax`]. Needs a `[prober]`.
-    pub probe_latency_max: Option<ProbeLatencyMaxSpec>,
-    /// See [`OracleName::ConnAccounting`].
-    pub conn_accounting: Option<ConnAccountingSpec>,
-    /// See [`OracleName::NoPanics`]. Always checked; listing it is documentation.
-    pub no_panics: Option<NoPanicsSpec>,
-    /// See [`OracleName::FaultsFired`]. Always checked when there are `[[faults]]`;
-    /// listing it is documentation.
-    pub faults_fired: Option<NoPanicsSpec>,
-    /// See [`OracleName::HostsConnectedMin`]. Needs `[upstreams]`.
-    pub hosts_connected_min: Option<HostsConnectedMinSpec>,
-    /// See [`OracleName::HandshakesBounded`]. Needs `[upstreams]`.
-    pub handshakes_bounded: Option<HandshakesBoundedSpec>,
-    /// See [`OracleName::WorkersBounded`]. Needs `[upstreams]`.
-    pub workers_bounded: Option<WorkersBoundedSpec>,
-    /// See [`OracleName::NoHostForgotten`]. Needs `[upstreams]`.
-    pub no_host_forgotten: Option<NoHostForgottenSpec>,
-    /// See [`OracleName::NoLostEvents`]. Needs `[[consumers]]`.
-    pub no_lost_events: Option<NoLostEventsSpec>,
-    /// See [`OracleName::SlowConsumersKicked`]. Needs a slow consumer.
-    pub slow_consumers_kicked: Option<SlowConsumersKickedSpec>,
-    /// See [`OracleName::MemoryBounded`].
-    pub memory_bounded: Option<MemoryBoundedSpec>,
-    /// See [`OracleName::RecoveryWithin`]. Needs `[[faults]]`.
-    pub recovery_within: Option<RecoveryWithinSpec>,
-    /// See [`OracleName::DeliveryGapMax`]. Needs `[[consumers]]`.
-    pub delivery_gap_max: Option<DeliveryGapMaxSpec>,
-    /// See [`OracleName::NoStaleDelivery`]. Needs `[[consumers]]`.
-    pub no_stale_delivery: Option<NoStaleDeliverySpec>,
-    /// See [`OracleName::ConsumerAccounting`]. Needs every consumer group to have `stop_s`.
-    pub consumer_accounting: Option<ConsumerAccountingSpec>,
-    /// See [`OracleName::PanicsContained`]. Needs `[[callers]]`.
-    pub panics_contained: Option<PanicsContainedSpec>,
-    /// See [`OracleName::CallsAnswered`]. Needs `[[callers]]`.
-    pub calls_answered: Option<CallsAnsweredSpec>,
-    /// See [`OracleName::HandlersInFlightMax`].
-    pub handlers_in_flight_max: Option<HandlersInFlightMaxSpec>,
-    /// See [`OracleName::BadInputRejected`]. Needs `[[abusers]]`.
-    pub bad_input_rejected: Option<BadInputRejectedSpec>,
-    /// See [`OracleName::BadHostsIsolated`]. Needs `[upstreams.hostile]`.
-    pub bad_hosts_isolated: Option<BadHostsIsolatedSpec>,
-    /// See [`OracleName::FairShare`]. Needs `[upstreams.hostile]` and `[[consumers]]`.
-    pub fair_share: Option<FairShareSpec>,
 }
 
 /// `bad_hosts_isolated` bound.
@@ -1709,28 +1733,9 @@ impl Scenario {
     /// Whether `oracle` is checked in this scenario.
     pub fn checks(&self, oracle: OracleName) -> bool {
         match oracle {
-            OracleName::ProbeLiveness => self.oracles.probe_liveness.is_some(),
-            OracleName::ProbeLatencyMax => self.oracles.probe_latency_max.is_some(),
-            OracleName::ConnAccounting => self.oracles.conn_accounting.is_some(),
             OracleName::NoPanics => true,
             OracleName::FaultsFired => !self.faults.is_empty(),
-            OracleName::HostsConnectedMin => self.oracles.hosts_connected_min.is_some(),
-            OracleName::HandshakesBounded => self.oracles.handshakes_bounded.is_some(),
-            OracleName::WorkersBounded => self.oracles.workers_bounded.is_some(),
-            OracleName::NoHostForgotten => self.oracles.no_host_forgotten.is_some(),
-            OracleName::NoLostEvents => self.oracles.no_lost_events.is_some(),
-            OracleName::SlowConsumersKicked => self.oracles.slow_consumers_kicked.is_some(),
-            OracleName::MemoryBounded => self.oracles.memory_bounded.is_some(),
-            OracleName::RecoveryWithin => self.oracles.recovery_within.is_some(),
-            OracleName::DeliveryGapMax => self.oracles.delivery_gap_max.is_some(),
-            OracleName::NoStaleDelivery => self.oracles.no_stale_delivery.is_some(),
-            OracleName::ConsumerAccounting => self.oracles.consumer_accounting.is_some(),
-            OracleName::PanicsContained => self.oracles.panics_contained.is_some(),
-            OracleName::CallsAnswered => self.oracles.calls_answered.is_some(),
-            OracleName::HandlersInFlightMax => self.oracles.handlers_in_flight_max.is_some(),
-            OracleName::BadInputRejected => self.oracles.bad_input_rejected.is_some(),
-            OracleName::BadHostsIsolated => self.oracles.bad_hosts_isolated.is_some(),
-            OracleName::FairShare => self.oracles.fair_share.is_some(),
+            listed => self.oracles.lists(listed),
         }
     }
 }
