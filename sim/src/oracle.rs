@@ -410,18 +410,18 @@ pub struct HandlerFaultWindow {
 
 /// The scenario's `handler_panic` / `handler_stall` faults as windows.
 pub fn handler_fault_windows(scenario: &Scenario) -> Vec<HandlerFaultWindow> {
-    use crate::scenario::FaultSpec;
+    use crate::scenario::FaultKind;
     scenario
         .faults
         .iter()
         .filter_map(|fault| {
-            let (at_s, status) = match *fault {
-                FaultSpec::HandlerPanic { at_s, .. } => (at_s, 500),
-                FaultSpec::HandlerStall { at_s, .. } => (at_s, 504),
+            let status = match fault.kind {
+                FaultKind::HandlerPanic => 500,
+                FaultKind::HandlerStall => 504,
                 _ => return None,
             };
             Some(HandlerFaultWindow {
-                start_us: at_s * 1_000_000,
+                start_us: fault.at_s * 1_000_000,
                 end_us: fault.end_s() * 1_000_000,
                 status,
             })
@@ -1194,8 +1194,8 @@ pub fn faults_fired(
         let name = format!(
             "fault #{} ({} at {} s)",
             index + 1,
-            fault.kind(),
-            fault.at_s()
+            fault.kind.name(),
+            fault.at_s
         );
         let violation = |record_index: Option<usize>, t_us: u64, message: String| Violation {
             oracle: OracleName::FaultsFired,
@@ -1221,7 +1221,7 @@ pub fn faults_fired(
             Event::Fault { effect: 0, .. } => Some(violation(
                 Some(at),
                 ended.t_us,
-                format!("{name} never took effect: {}", fault.no_effect()),
+                format!("{name} never took effect: {}", fault.kind.no_effect()),
             )),
             _ => None,
         }
@@ -2245,18 +2245,21 @@ mod tests {
     #[test]
     fn a_fault_must_start_end_and_take_effect() {
         let faults = [
-            crate::scenario::FaultSpec::HandlerPanic {
+            crate::scenario::FaultSpec {
                 at_s: 10,
                 duration_s: 5,
+                kind: crate::scenario::FaultKind::HandlerPanic,
             },
-            crate::scenario::FaultSpec::Partition {
+            crate::scenario::FaultSpec {
                 at_s: 20,
                 duration_s: 5,
-                hosts_fraction: 0.5,
+                kind: crate::scenario::FaultKind::Partition {
+                    hosts_fraction: 0.5,
+                },
             },
         ];
         let fault = |index: u32, active: bool, effect: u64| Event::Fault {
-            kind: faults[index as usize].kind().to_owned(),
+            kind: faults[index as usize].kind.name().to_owned(),
             index,
             hosts: 0,
             active,

@@ -9,7 +9,7 @@
 //! shrinker only keeps what still fails, so the minimal scenario always reproduces with the
 //! printed seed. Plain Rust over a `still_fails` closure: tested without a simulator.
 
-use crate::scenario::{FaultSpec, OracleName, Scenario};
+use crate::scenario::{OracleName, Scenario};
 
 /// A smaller scenario and what was removed to get it.
 #[derive(Clone, Debug)]
@@ -40,7 +40,7 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
         }
     };
     for (index, fault) in scenario.faults.iter().enumerate() {
-        let kind = fault.kind();
+        let kind = fault.kind.name();
         push(format!("drop faults[{index}] ({kind})"), &|s| {
             s.faults.remove(index);
         });
@@ -205,33 +205,11 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
         }
     }
     for (index, fault) in scenario.faults.iter().enumerate() {
-        let (field, length) = match fault {
-            FaultSpec::Partition { duration_s, .. }
-            | FaultSpec::StoreFault { duration_s, .. }
-            | FaultSpec::StoreStall { duration_s, .. }
-            | FaultSpec::Clog { duration_s, .. }
-            | FaultSpec::Latency { duration_s, .. }
-            | FaultSpec::HandlerPanic { duration_s, .. }
-            | FaultSpec::HandlerStall { duration_s, .. } => ("duration_s", *duration_s),
-            FaultSpec::KillRelay { down_s, .. }
-            | FaultSpec::PowerLoss { down_s, .. }
-            | FaultSpec::RestartRelay { down_s, .. } => ("down_s", *down_s),
-        };
+        let (field, length) = (fault.kind.length_key(), fault.duration_s);
         if let Some(half) = halve(length) {
             push(
                 format!("faults[{index}].{field} {length} → {half}"),
-                &|s| match &mut s.faults[index] {
-                    FaultSpec::Partition { duration_s, .. }
-                    | FaultSpec::StoreFault { duration_s, .. }
-                    | FaultSpec::StoreStall { duration_s, .. }
-                    | FaultSpec::Clog { duration_s, .. }
-                    | FaultSpec::Latency { duration_s, .. }
-                    | FaultSpec::HandlerPanic { duration_s, .. }
-                    | FaultSpec::HandlerStall { duration_s, .. } => *duration_s = half,
-                    FaultSpec::KillRelay { down_s, .. }
-                    | FaultSpec::PowerLoss { down_s, .. }
-                    | FaultSpec::RestartRelay { down_s, .. } => *down_s = half,
-                },
+                &|s| s.faults[index].duration_s = half,
             );
         }
     }

@@ -33,7 +33,7 @@ use crate::actors::rng::{self, thread_rng};
 use crate::actors::{cast, upstream, TraceSink, WorldClock};
 use crate::engine::SeedRun;
 use crate::logs::LogSettings;
-use crate::scenario::{Between, FaultSpec, Scenario};
+use crate::scenario::{Between, FaultKind, FaultSpec, Scenario};
 use crate::trace::Event;
 
 /// The relay's host name and port.
@@ -320,13 +320,14 @@ impl Timeline {
     /// Play one fault (the scenario's validation refused the kinds turmoil cannot play).
     async fn inject(&self, index: usize, fault: FaultSpec, world_start: relay::rt::time::Instant) {
         let at = |at_s: u64| world_start + Duration::from_secs(at_s);
-        let kind = fault.kind();
-        match fault {
-            FaultSpec::Partition {
-                at_s,
-                duration_s,
-                hosts_fraction,
-            } => {
+        let FaultSpec {
+            at_s,
+            duration_s,
+            kind: what,
+        } = fault;
+        let kind = what.name();
+        match what {
+            FaultKind::Partition { hosts_fraction } => {
                 sleep_until(at(at_s)).await;
                 let count = (hosts_fraction * self.upstreams.len() as f64).round() as usize;
                 let cut: Vec<&String> = self
@@ -343,7 +344,7 @@ impl Timeline {
                 }
                 self.record(index, kind, count, false, count as u64);
             }
-            FaultSpec::Clog { at_s, duration_s } => {
+            FaultKind::Clog => {
                 sleep_until(at(at_s)).await;
                 let others = self.others();
                 for host in &others {
@@ -356,11 +357,7 @@ impl Timeline {
                 }
                 self.record(index, kind, 0, false, 1);
             }
-            FaultSpec::Latency {
-                at_s,
-                duration_s,
-                latency_ms,
-            } => {
+            FaultKind::Latency { latency_ms } => {
                 sleep_until(at(at_s)).await;
                 self.command(Command::SetLatency(latency_ms));
                 self.record(index, kind, 0, true, 0);
@@ -368,17 +365,17 @@ impl Timeline {
                 self.command(Command::SetLatency(self.scenario.network.latency_ms));
                 self.record(index, kind, 0, false, 1);
             }
-            FaultSpec::KillRelay { at_s, down_s } => {
+            FaultKind::KillRelay => {
                 sleep_until(at(at_s)).await;
                 let was_up = self.control.observer().is_some();
                 self.control.set_observer(None);
                 self.command(Command::CrashRelay);
                 self.record(index, kind, 0, true, 0);
-                sleep(Duration::from_secs(down_s)).await;
+                sleep(Duration::from_secs(duration_s)).await;
                 self.command(Command::RestartRelay);
                 self.record(index, kind, 0, false, u64::from(was_up));
             }
-            FaultSpec::RestartRelay { at_s, down_s } => {
+            FaultKind::RestartRelay => {
                 sleep_until(at(at_s)).await;
                 let stopped_before = self.control.stopped.load(Ordering::SeqCst);
                 self.record(index, kind, 0, true, 0);
@@ -387,15 +384,15 @@ impl Timeline {
                     sleep(Duration::from_millis(10)).await;
                 }
                 self.command(Command::CrashRelay);
-                sleep(Duration::from_secs(down_s)).await;
+                sleep(Duration::from_secs(duration_s)).await;
                 self.command(Command::RestartRelay);
                 self.record(index, kind, 0, false, 1);
             }
-            FaultSpec::HandlerPanic { .. }
-            | FaultSpec::HandlerStall { .. }
-            | FaultSpec::StoreFault { .. }
-            | FaultSpec::StoreStall { .. }
-            | FaultSpec::PowerLoss { .. } => {
+            FaultKind::HandlerPanic
+            | FaultKind::HandlerStall
+            | FaultKind::StoreFault { .. }
+            | FaultKind::StoreStall
+            | FaultKind::PowerLoss => {
                 unreachable!("validation keeps the relay's fault points and power loss off turmoil")
             }
         }

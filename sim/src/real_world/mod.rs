@@ -34,7 +34,7 @@ use crate::actors::relay_host::{self, RelayDatabase, SAMPLE_PERIOD};
 use crate::actors::{cast, rng, upstream, TraceSink, WorldClock};
 use crate::engine::{Engine, SeedRun};
 use crate::logs::LogSettings;
-use crate::scenario::{FaultSpec, Scenario};
+use crate::scenario::{FaultKind, Scenario};
 use crate::trace::Event;
 use process::{ProcessUsage, RelayProcess, RelayProgram};
 
@@ -84,12 +84,12 @@ pub fn unsupported(scenario: &Scenario) -> Option<String> {
                 .into(),
         );
     }
-    scenario.faults.iter().find_map(|fault| match fault {
-        FaultSpec::RestartRelay { .. } | FaultSpec::KillRelay { .. } => None,
-        other => Some(format!(
+    scenario.faults.iter().find_map(|fault| match fault.kind {
+        FaultKind::RestartRelay | FaultKind::KillRelay => None,
+        ref other => Some(format!(
             "a {} fault cannot be played on a real loopback network (no partitions, clogs or \
              latency control, and the relay's fault points exist only in simulation builds)",
-            other.kind()
+            other.name()
         )),
     })
 }
@@ -334,14 +334,19 @@ async fn world(
         .faults
         .iter()
         .enumerate()
-        .filter_map(|(index, fault)| match fault {
-            FaultSpec::RestartRelay { at_s, down_s } => {
-                Some((*at_s, *down_s, true, fault.kind(), index))
-            }
-            FaultSpec::KillRelay { at_s, down_s } => {
-                Some((*at_s, *down_s, false, fault.kind(), index))
-            }
-            _ => None,
+        .filter_map(|(index, fault)| {
+            let graceful = match fault.kind {
+                FaultKind::RestartRelay => true,
+                FaultKind::KillRelay => false,
+                _ => return None,
+            };
+            Some((
+                fault.at_s,
+                fault.duration_s,
+                graceful,
+                fault.kind.name(),
+                index,
+            ))
         })
         .collect();
     outages.sort_unstable();

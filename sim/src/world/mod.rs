@@ -33,7 +33,7 @@ use crate::actors::relay_host::{
 };
 use crate::actors::{cast, upstream, TraceSink};
 use crate::oracle::{Verdict, Violation};
-use crate::scenario::{Between, FaultSpec, NetworkSpec, Scenario};
+use crate::scenario::{Between, FaultKind, FaultSpec, NetworkSpec, Scenario};
 use crate::trace::{Event, Trace};
 
 /// The relay's port inside the world.
@@ -286,7 +286,12 @@ async fn inject(
     world_start: Instant,
     database: PathBuf,
 ) {
-    let kind = fault.kind();
+    let FaultSpec {
+        at_s,
+        duration_s,
+        kind: what,
+    } = fault;
+    let kind = what.name();
     let record = |hosts: usize, active: bool, effect: u64| {
         sink.record(
             "world",
@@ -300,12 +305,8 @@ async fn inject(
         );
     };
     let handle = Handle::current();
-    match fault {
-        FaultSpec::Partition {
-            at_s,
-            duration_s,
-            hosts_fraction,
-        } => {
+    match what {
+        FaultKind::Partition { hosts_fraction } => {
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             let count = (hosts_fraction * upstreams.len() as f64).round() as usize;
             let cut: Vec<&NodeHandle> = upstreams
@@ -324,7 +325,7 @@ async fn inject(
             }
             record(count, false, count as u64);
         }
-        FaultSpec::Clog { at_s, duration_s } => {
+        FaultKind::Clog => {
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             let net = NetSim::current();
             net.clog_node(relay);
@@ -333,11 +334,7 @@ async fn inject(
             net.unclog_node(relay);
             record(0, false, 1);
         }
-        FaultSpec::Latency {
-            at_s,
-            duration_s,
-            latency_ms,
-        } => {
+        FaultKind::Latency { latency_ms } => {
             let set_latency = |range_ms: Between<u64>| {
                 NetSim::current()
                     .update_config(|config| config.send_latency = send_latency(range_ms));
@@ -349,17 +346,17 @@ async fn inject(
             set_latency(network.latency_ms);
             record(0, false, 1);
         }
-        FaultSpec::KillRelay { at_s, down_s } => {
+        FaultKind::KillRelay => {
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             let was_up = control.observer().is_some();
             control.set_observer(None);
             handle.kill(relay);
             record(0, true, 0);
-            sleep(Duration::from_secs(down_s)).await;
+            sleep(Duration::from_secs(duration_s)).await;
             handle.restart(relay);
             record(0, false, u64::from(was_up));
         }
-        FaultSpec::PowerLoss { at_s, down_s } => {
+        FaultKind::PowerLoss => {
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             let observer = control.observer();
             let was_up = observer.is_some();
@@ -370,13 +367,13 @@ async fn inject(
             control.set_observer(None);
             handle.kill(relay);
             record(0, true, 0);
-            let back_at = now() + Duration::from_secs(down_s);
+            let back_at = now() + Duration::from_secs(duration_s);
             while image.still_open() && now() < back_at {
                 sleep(Duration::from_millis(10)).await;
             }
             assert!(
                 !image.still_open(),
-                "power_loss: the killed relay still held its database open after {down_s} s"
+                "power_loss: the killed relay still held its database open after {duration_s} s"
             );
             image
                 .restore()
@@ -385,7 +382,7 @@ async fn inject(
             handle.restart(relay);
             record(0, false, u64::from(was_up));
         }
-        FaultSpec::RestartRelay { at_s, down_s } => {
+        FaultKind::RestartRelay => {
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             let stopped_before = control.stopped.load(Ordering::SeqCst);
             record(0, true, 0);
@@ -395,17 +392,15 @@ async fn inject(
             }
             // Stopped cleanly; madsim needs the node killed before it can be restarted.
             handle.kill(relay);
-            sleep(Duration::from_secs(down_s)).await;
+            sleep(Duration::from_secs(duration_s)).await;
             handle.restart(relay);
             record(0, false, 1);
         }
-        FaultSpec::HandlerPanic { at_s, duration_s }
-        | FaultSpec::HandlerStall { at_s, duration_s }
-        | FaultSpec::StoreStall { at_s, duration_s } => {
+        FaultKind::HandlerPanic | FaultKind::HandlerStall | FaultKind::StoreStall => {
             use relay::rt::fault::{self, Fault};
-            let point = match fault {
-                FaultSpec::HandlerPanic { .. } => Fault::HandlerPanic,
-                FaultSpec::StoreStall { .. } => Fault::StoreStall,
+            let point = match what {
+                FaultKind::HandlerPanic => Fault::HandlerPanic,
+                FaultKind::StoreStall => Fault::StoreStall,
                 _ => Fault::HandlerStall,
             };
             sleep_until(world_start + Duration::from_secs(at_s)).await;
@@ -416,11 +411,7 @@ async fn inject(
             fault::set(point, false);
             record(0, false, fault::injected() - injected_before);
         }
-        FaultSpec::StoreFault {
-            at_s,
-            duration_s,
-            reads,
-        } => {
+        FaultKind::StoreFault { reads } => {
             use relay::rt::fault::{self, Fault};
             sleep_until(world_start + Duration::from_secs(at_s)).await;
             fault::set(Fault::StoreWrite, true);

@@ -1,0 +1,203 @@
+//! `[upstreams]`: the upstream hosts the relay subscribes to (polite, flaky, dead) and the
+//! hostile cast of `[upstreams.hostile]`, with what the section must hold.
+
+use serde::{Deserialize, Serialize};
+
+use super::{problem, Between, Problem, Scenario};
+
+/// The upstream hosts of the world. Each is its own simulated node with its own IP and DNS
+/// name, serving `ws://<name>:<port>/subscribe?cursor=N`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsSpec {
+    /// How many hosts.
+    pub hosts: u32,
+    /// Server-side delay before a host completes the WebSocket handshake, per host, ms.
+    #[serde(default = "default_handshake_latency_ms")]
+    pub handshake_latency_ms: Between<u64>,
+    /// Each host emits one event per this many seconds (drawn per host).
+    #[serde(default = "default_event_interval_s")]
+    pub event_interval_s: Between<u64>,
+    /// Fraction of hosts that alternate between up and down windows.
+    #[serde(default)]
+    pub flaky_fraction: f64,
+    /// Length of a flaky host's down windows, seconds.
+    #[serde(default = "default_flaky_down_s")]
+    pub flaky_down_s: Between<u64>,
+    /// Length of a flaky host's up windows, seconds.
+    #[serde(default = "default_flaky_up_s")]
+    pub flaky_up_s: Between<u64>,
+    /// Flaky hosts stop flapping (stay up) from this second on; absent: they flap throughout.
+    pub flaky_until_s: Option<u64>,
+    /// Fraction of hosts that never answer (no listener).
+    #[serde(default)]
+    pub dead_fraction: f64,
+    /// Filler bytes in every event body (a `"pad"` field), for large frames; 0 = none.
+    #[serde(default)]
+    pub body_pad_bytes: u32,
+    /// Hosts that misbehave, on top of the `hosts` polite ones.
+    pub hostile: Option<HostileSpec>,
+}
+
+/// The hostile cast: upstream hosts that each misbehave in one way, numbered after the
+/// polite hosts (so adding them leaves the polite hosts' draws unchanged).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostileSpec {
+    /// How many hostile hosts.
+    pub hosts: u32,
+    /// The misbehaviours they play; all of them when absent.
+    #[serde(default = "HostileKind::all")]
+    pub kinds: Vec<HostileKind>,
+    /// Each host's kind drawn from `kinds` by the seed; otherwise host `i` plays
+    /// `kinds[i % len]`, so every kind is played once `hosts >= kinds.len()`.
+    #[serde(default)]
+    pub draw: bool,
+    /// A flooding host sends this many times as often as the quickest polite host.
+    #[serde(default = "default_flood_factor")]
+    pub flood_factor: u32,
+}
+
+fn default_flood_factor() -> u32 {
+    100
+}
+
+/// One way an upstream host misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostileKind {
+    /// Three good events, then a sequence number past what the log can hold (the
+    /// historical poison frame).
+    SeqOverflow,
+    /// Each connection: three good events, then a sequence number below the last.
+    SeqBackwards,
+    /// Valid events whose sequence numbers jump by 2^40 each time.
+    SeqJump,
+    /// Its first three events, replayed in a loop on every connection.
+    DuplicateLoop,
+    /// Two good events, then a frame over the relay's frame limit.
+    Oversize,
+    /// Two good events, then a frame that is not JSON.
+    Malformed,
+    /// A valid frame sent one byte a second.
+    Dribble,
+    /// Accepts the TCP connection, never answers the WebSocket handshake.
+    HandshakeStall,
+    /// Completes the handshake, then never sends a byte.
+    Silent,
+    /// Valid events `flood_factor` times as often as the quickest polite host.
+    Flood,
+    /// Completes the handshake and closes at once, every time.
+    ReconnectStorm,
+    /// Answers the upgrade with a plain HTTP page.
+    NotWebsocket,
+}
+
+impl HostileKind {
+    /// Every kind, in file order.
+    pub fn all() -> Vec<HostileKind> {
+        vec![
+            Self::SeqOverflow,
+            Self::SeqBackwards,
+            Self::SeqJump,
+            Self::DuplicateLoop,
+            Self::Oversize,
+            Self::Malformed,
+            Self::Dribble,
+            Self::HandshakeStall,
+            Self::Silent,
+            Self::Flood,
+            Self::ReconnectStorm,
+            Self::NotWebsocket,
+        ]
+    }
+
+    /// The snake_case name used in files and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SeqOverflow => "seq_overflow",
+            Self::SeqBackwards => "seq_backwards",
+            Self::SeqJump => "seq_jump",
+            Self::DuplicateLoop => "duplicate_loop",
+            Self::Oversize => "oversize",
+            Self::Malformed => "malformed",
+            Self::Dribble => "dribble",
+            Self::HandshakeStall => "handshake_stall",
+            Self::Silent => "silent",
+            Self::Flood => "flood",
+            Self::ReconnectStorm => "reconnect_storm",
+            Self::NotWebsocket => "not_websocket",
+        }
+    }
+}
+
+fn default_handshake_latency_ms() -> Between<u64> {
+    Between { min: 20, max: 200 }
+}
+
+fn default_event_interval_s() -> Between<u64> {
+    Between { min: 5, max: 60 }
+}
+
+fn default_flaky_down_s() -> Between<u64> {
+    Between { min: 20, max: 120 }
+}
+
+fn default_flaky_up_s() -> Between<u64> {
+    Between { min: 60, max: 300 }
+}
+
+/// `[upstreams]`'s problems (its hostile cast's included).
+pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
+    let mut found = Vec::new();
+    if let Some(upstreams) = &scenario.upstreams {
+        let fraction_ok = |f: f64| (0.0..=1.0).contains(&f);
+        if upstreams.hosts == 0 || upstreams.hosts > 60_000 {
+            found.push(problem(
+                "upstreams.hosts",
+                "expected 1 to 60000 hosts".into(),
+            ));
+        }
+        for (name, fraction) in [
+            ("flaky_fraction", upstreams.flaky_fraction),
+            ("dead_fraction", upstreams.dead_fraction),
+        ] {
+            if !fraction_ok(fraction) {
+                found.push(problem(
+                    &format!("upstreams.{name}"),
+                    "expected a fraction within 0..=1".into(),
+                ));
+            }
+        }
+        if upstreams.event_interval_s.min == 0
+            || upstreams.flaky_down_s.min == 0
+            || upstreams.flaky_up_s.min == 0
+        {
+            found.push(problem(
+                "upstreams",
+                "expected event_interval_s, flaky_down_s and flaky_up_s of at least 1".into(),
+            ));
+        }
+        if let Some(hostile) = &upstreams.hostile {
+            if hostile.hosts == 0 || hostile.hosts > 1_000 {
+                found.push(problem(
+                    "upstreams.hostile.hosts",
+                    "expected 1 to 1000 hostile hosts".into(),
+                ));
+            }
+            if hostile.kinds.is_empty() {
+                found.push(problem(
+                    "upstreams.hostile.kinds",
+                    "expected at least one kind".into(),
+                ));
+            }
+            if hostile.flood_factor == 0 || hostile.flood_factor > 10_000 {
+                found.push(problem(
+                    "upstreams.hostile.flood_factor",
+                    "expected 1 to 10000".into(),
+                ));
+            }
+        }
+    }
+    found
+}
