@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::oracle::OracleName;
 use crate::oracle::{format_seconds, Verdict, Violation};
-use crate::scenario::{OracleName, Scenario};
+use crate::scenario::Scenario;
 use crate::swarm::Draw;
 use crate::trace::{ChurnAction, Event, EventsSample, MemorySample, Trace, UpstreamSample};
 

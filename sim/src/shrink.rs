@@ -9,7 +9,8 @@
 //! shrinker only keeps what still fails, so the minimal scenario always reproduces with the
 //! printed seed. Plain Rust over a `still_fails` closure: tested without a simulator.
 
-use crate::scenario::{OracleName, Scenario};
+use crate::oracle::OracleName;
+use crate::scenario::Scenario;
 
 /// A smaller scenario and what was removed to get it.
 #[derive(Clone, Debug)]

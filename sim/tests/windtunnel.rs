@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use windtunnel::scenario::{Expect, OracleName, Scenario, ScenarioError};
+use windtunnel::oracle::OracleName;
+use windtunnel::scenario::{Expect, Scenario, ScenarioError};
 
 fn scenarios_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{problem, Between, Problem, Scenario};
+use super::{Between, Problem, Scenario};
 
 /// A Kubernetes-style HTTP prober: a new connection per probe, `Connection: close`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -295,13 +295,13 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
     let mut found = Vec::new();
     if let Some(prober) = &scenario.prober {
         if prober.period_s == 0 || prober.timeout_s == 0 || prober.failure_threshold == 0 {
-            found.push(problem(
+            found.push(Problem::new(
                 "prober",
                 "expected period_s, timeout_s and failure_threshold of at least 1".into(),
             ));
         }
         if prober.timeout_s > prober.period_s {
-            found.push(problem(
+            found.push(Problem::new(
                 "prober.timeout_s",
                 "expected timeout_s <= period_s".into(),
             ));
@@ -310,13 +310,13 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
     for (index, churner) in scenario.churners.iter().enumerate() {
         let key = |field: &str| format!("churners[{index}].{field}");
         if churner.nodes == 0 || churner.loops_per_node == 0 {
-            found.push(problem(
+            found.push(Problem::new(
                 &key("nodes"),
                 "expected nodes and loops_per_node of at least 1".into(),
             ));
         }
         if churner.start_s >= churner.stop_s || churner.stop_s > scenario.duration_s {
-            found.push(problem(
+            found.push(Problem::new(
                 &key("stop_s"),
                 format!(
                     "expected start_s ({}) < stop_s ({}) <= duration_s ({})",
@@ -325,13 +325,13 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
             ));
         }
         if churner.mix.total() == 0 {
-            found.push(problem(
+            found.push(Problem::new(
                 &key("mix"),
                 "expected at least one non-zero weight".into(),
             ));
         }
         if churner.paths.is_empty() || churner.paths.iter().any(|p| !p.starts_with('/')) {
-            found.push(problem(
+            found.push(Problem::new(
                 &key("paths"),
                 "expected a non-empty list of paths starting with '/'".into(),
             ));
@@ -340,22 +340,25 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
     for (index, caller) in scenario.callers.iter().enumerate() {
         let key = |field: &str| format!("callers[{index}].{field}");
         if index >= 40 {
-            found.push(problem(
+            found.push(Problem::new(
                 "callers",
                 "expected at most 40 caller groups".into(),
             ));
         }
         if caller.nodes == 0 || caller.nodes > 250 {
-            found.push(problem(&key("nodes"), "expected 1 to 250 nodes".into()));
+            found.push(Problem::new(
+                &key("nodes"),
+                "expected 1 to 250 nodes".into(),
+            ));
         }
         if caller.period_ms == 0 || caller.timeout_ms == 0 {
-            found.push(problem(
+            found.push(Problem::new(
                 &key("period_ms"),
                 "expected period_ms and timeout_ms of at least 1".into(),
             ));
         }
         if !caller.path.starts_with('/') {
-            found.push(problem(
+            found.push(Problem::new(
                 &key("path"),
                 "expected a path starting with '/'".into(),
             ));
@@ -364,19 +367,25 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
     for (index, abuser) in scenario.abusers.iter().enumerate() {
         let key = |field: &str| format!("abusers[{index}].{field}");
         if index >= 20 {
-            found.push(problem(
+            found.push(Problem::new(
                 "abusers",
                 "expected at most 20 abuser groups".into(),
             ));
         }
         if abuser.nodes == 0 || abuser.nodes > 250 {
-            found.push(problem(&key("nodes"), "expected 1 to 250 nodes".into()));
+            found.push(Problem::new(
+                &key("nodes"),
+                "expected 1 to 250 nodes".into(),
+            ));
         }
         if abuser.period_ms == 0 {
-            found.push(problem(&key("period_ms"), "expected at least 1".into()));
+            found.push(Problem::new(
+                &key("period_ms"),
+                "expected at least 1".into(),
+            ));
         }
         if abuser.start_s >= scenario.duration_s {
-            found.push(problem(
+            found.push(Problem::new(
                 &key("start_s"),
                 "expected start_s < duration_s".into(),
             ));
@@ -391,7 +400,7 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
                 .stop_s
                 .is_some_and(|stop| stop <= consumer.start_s || stop > scenario.duration_s)
         {
-            found.push(problem(
+            found.push(Problem::new(
                 &format!("consumers[{index}]"),
                 "expected count, stall_every_s and reconnect_every_s of at least 1 and start_s < stop_s <= duration_s".into(),
             ));

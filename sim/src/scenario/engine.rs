@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{problem, FaultKind, Problem, Scenario};
+use super::{FaultKind, Problem, Scenario};
 
 /// The engines a scenario can name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +43,7 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
     match scenario.engine {
         EngineName::Madsim => {
             if scenario.network.tcp_capacity.is_some() {
-                found.push(problem(
+                found.push(Problem::new(
                     "network.tcp_capacity",
                     "expected no tcp_capacity with engine = \"madsim\" (madsim's TCP has \
                      no accept queue or window limit; use engine = \"turmoil\")"
@@ -51,7 +51,7 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
                 ));
             }
             if let Some(index) = scenario.churners.iter().position(|c| c.mix.half_close > 0) {
-                found.push(problem(
+                found.push(Problem::new(
                     &format!("churners[{index}].mix.half_close"),
                     "expected half_close = 0 with engine = \"madsim\" (madsim's TCP has no \
                      half-close; use engine = \"turmoil\")"
@@ -61,7 +61,7 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
         }
         EngineName::Turmoil => {
             if scenario.network.tcp_capacity == Some(0) {
-                found.push(problem(
+                found.push(Problem::new(
                     "network.tcp_capacity",
                     "expected a capacity of at least 1".into(),
                 ));
@@ -76,7 +76,7 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
                         | FaultKind::PowerLoss
                 )
             }) {
-                found.push(problem(
+                found.push(Problem::new(
                     "faults",
                     format!(
                         "expected no {} fault with engine = \"turmoil\" (the relay's fault \
@@ -90,7 +90,7 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
                 .as_ref()
                 .is_some_and(|upstreams| upstreams.hostile.is_some())
             {
-                found.push(problem(
+                found.push(Problem::new(
                     "upstreams.hostile",
                     "expected no hostile cast with engine = \"turmoil\" (its outcomes are read \
                      from the madsim world's relay; use engine = \"madsim\")"
@@ -99,7 +99,7 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
             }
             let hosts = scenario.host_count();
             if hosts > TURMOIL_MAX_HOSTS {
-                found.push(problem(
+                found.push(Problem::new(
                     "engine",
                     format!(
                         "expected at most {TURMOIL_MAX_HOSTS} hosts with engine = \"turmoil\" \

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{problem, Between, Problem, Scenario};
+use super::{Between, Problem, Scenario};
 
 /// One fault on the timeline: when it starts, how long it lasts, and what it does. Written
 /// flat in files (`kind`, `at_s`, `duration_s` or `down_s`, and the kind's own keys).
@@ -282,13 +282,13 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
         let key = |field: &str| format!("faults[{index}].{field}");
         if let FaultKind::Partition { hosts_fraction } = fault.kind {
             if scenario.upstreams.is_none() {
-                found.push(problem(
+                found.push(Problem::new(
                     &key("kind"),
                     "a partition needs [upstreams]".into(),
                 ));
             }
             if !(0.0..=1.0).contains(&hosts_fraction) {
-                found.push(problem(
+                found.push(Problem::new(
                     &key("hosts_fraction"),
                     "expected hosts_fraction within 0..=1".into(),
                 ));
@@ -296,10 +296,13 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
         }
         let length = fault.kind.length_key();
         if fault.duration_s == 0 {
-            found.push(problem(&key(length), format!("expected {length} >= 1")));
+            found.push(Problem::new(
+                &key(length),
+                format!("expected {length} >= 1"),
+            ));
         }
         if fault.end_s() > scenario.duration_s {
-            found.push(problem(
+            found.push(Problem::new(
                 &key(length),
                 format!(
                     "expected the fault to end by duration_s ({}s), it ends at {}s",

@@ -31,6 +31,16 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A problem at `key`.
+    pub fn new(key: &str, message: String) -> Self {
+        Self {
+            key: key.to_owned(),
+            message,
+        }
+    }
+}
+
 /// A problem placed in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Located {

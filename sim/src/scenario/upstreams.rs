@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{problem, Between, Problem, Scenario};
+use super::{Between, Problem, Scenario};
 
 /// The upstream hosts of the world. Each is its own simulated node with its own IP and DNS
 /// name, serving `ws://<name>:<port>/subscribe?cursor=N`.
@@ -153,7 +153,7 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
     if let Some(upstreams) = &scenario.upstreams {
         let fraction_ok = |f: f64| (0.0..=1.0).contains(&f);
         if upstreams.hosts == 0 || upstreams.hosts > 60_000 {
-            found.push(problem(
+            found.push(Problem::new(
                 "upstreams.hosts",
                 "expected 1 to 60000 hosts".into(),
             ));
@@ -163,7 +163,7 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
             ("dead_fraction", upstreams.dead_fraction),
         ] {
             if !fraction_ok(fraction) {
-                found.push(problem(
+                found.push(Problem::new(
                     &format!("upstreams.{name}"),
                     "expected a fraction within 0..=1".into(),
                 ));
@@ -173,26 +173,26 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
             || upstreams.flaky_down_s.min == 0
             || upstreams.flaky_up_s.min == 0
         {
-            found.push(problem(
+            found.push(Problem::new(
                 "upstreams",
                 "expected event_interval_s, flaky_down_s and flaky_up_s of at least 1".into(),
             ));
         }
         if let Some(hostile) = &upstreams.hostile {
             if hostile.hosts == 0 || hostile.hosts > 1_000 {
-                found.push(problem(
+                found.push(Problem::new(
                     "upstreams.hostile.hosts",
                     "expected 1 to 1000 hostile hosts".into(),
                 ));
             }
             if hostile.kinds.is_empty() {
-                found.push(problem(
+                found.push(Problem::new(
                     "upstreams.hostile.kinds",
                     "expected at least one kind".into(),
                 ));
             }
             if hostile.flood_factor == 0 || hostile.flood_factor > 10_000 {
-                found.push(problem(
+                found.push(Problem::new(
                     "upstreams.hostile.flood_factor",
                     "expected 1 to 10000".into(),
                 ));
