@@ -7,6 +7,10 @@
 //! table, the fan-out) are synchronised at scrape time instead of being updated on every
 //! change; the registry's admitted, released and open come from one balanced reading, so a
 //! scrape shows `admitted = released + open` (the wind tunnel's real mode checks it).
+//!
+//! The events and upstream modules count into this one, so what it mirrors of them arrives
+//! as plain snapshots defined here ([`EventStats`], [`UpstreamGauges`]), and it imports
+//! neither.
 
 use std::sync::atomic::Ordering;
 
@@ -15,10 +19,8 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge}
 use prometheus_client::registry::Registry;
 use relay_lifecycle::RegistryStats;
 
-use crate::events::EventStats;
 use crate::http::dispatch::DispatchStats;
 use crate::memory::MemoryStats;
-use crate::upstream::{HostPhase, UpstreamStats};
 
 /// Labels naming why something was refused, closed or ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,8 +50,63 @@ pub struct HandlerFailureLabels {
 /// Labels of the per-phase host gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
-    /// A [`HostPhase`] name.
+    /// A host phase's name (`idle`, `waiting`, `connecting`, …).
     pub phase: &'static str,
+}
+
+/// What `/metrics` shows of the upstream host table and its workers: plain values the
+/// upstream module reads at scrape time (`UpstreamStats::gauges`), so this module needs
+/// nothing of the upstream module, which counts into it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamGauges {
+    /// Hosts per worker phase: each phase's name and how many hosts are in it.
+    pub hosts_by_phase: Vec<(&'static str, usize)>,
+    /// Worker tasks alive now.
+    pub workers_running: usize,
+    /// Most worker tasks ever alive at once.
+    pub workers_high_water: usize,
+    /// Handshakes in flight now.
+    pub handshakes_in_flight: usize,
+    /// Most handshakes ever in flight at once.
+    pub handshakes_high_water: usize,
+    /// Frames received from all upstreams.
+    pub events_total: u64,
+}
+
+/// Counters and levels of the event pipeline and the fan-out, for `/metrics` and the wind
+/// tunnel's monitor. The events module fills it (`Events::stats`, at scrape time) and
+/// re-exports it; it is defined here so that this module reads it without importing the
+/// events module, which counts into this one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// Highest persisted relay sequence number.
+    pub head_seq: u64,
+    /// Lowest sequence number still in the log (0 when empty).
+    pub oldest_seq: u64,
+    /// Content bytes (kinds and bodies) of the events in the log.
+    pub log_bytes: u64,
+    /// Whether the last commit succeeded and none has hung past `stall_readyz_ms`
+    /// (`Events::store_ready`, readiness).
+    pub store_healthy: bool,
+    /// Whether a commit survives a power loss once it returns (`Store::commits_durable`;
+    /// not exported, the wind tunnel's power-loss world reads it).
+    pub commits_durable: bool,
+    /// Failed commit attempts.
+    pub commit_failures_total: u64,
+    /// Events dropped because their host had already delivered that sequence number.
+    pub duplicates_total: u64,
+    /// Events deleted by retention.
+    pub retention_deleted_total: u64,
+    /// Consumers subscribed now.
+    pub consumers: usize,
+    /// Consumers kicked for being too slow.
+    pub consumers_kicked_total: u64,
+    /// Most events ever waiting in one consumer's mailbox.
+    pub mailbox_high_water: usize,
+    /// Content bytes in the ingest queue and the batch being committed now.
+    pub ingest_held_bytes: u64,
+    /// Most content bytes the ingest queue and the batch being committed ever held.
+    pub ingest_high_water_bytes: u64,
 }
 
 /// All relay metrics.
@@ -483,7 +540,7 @@ impl Metrics {
     pub fn encode(
         &self,
         connections: RegistryStats,
-        upstreams: UpstreamStats,
+        upstreams: UpstreamGauges,
         events: EventStats,
         dispatch: DispatchStats,
         memory: MemoryStats,
@@ -528,12 +585,10 @@ impl Metrics {
         self.connections_max.set(gauge(connections.max));
         self.connections_high_water
             .set(gauge(connections.high_water));
-        for phase in HostPhase::ALL {
+        for (phase, hosts) in upstreams.hosts_by_phase {
             self.upstream_hosts
-                .get_or_create(&PhaseLabels {
-                    phase: phase.as_str(),
-                })
-                .set(gauge(upstreams.in_phase(phase)));
+                .get_or_create(&PhaseLabels { phase })
+                .set(gauge(hosts));
         }
         self.upstream_workers_running
             .set(gauge(upstreams.workers_running));

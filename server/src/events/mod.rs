@@ -37,6 +37,7 @@ pub use self::ingest::{IngestClosed, IngestSender};
 pub use self::sequencer::Ingested;
 use crate::config::CpuConfig;
 use crate::memory::MemoryGuard;
+pub use crate::metrics::EventStats;
 use crate::metrics::Metrics;
 use crate::rt::stop::StopSignal;
 use crate::rt::time::Clock;
@@ -165,38 +166,6 @@ impl Frame {
     pub fn cost(&self) -> u64 {
         self.text.len() as u64 + FRAME_ENTRY_BYTES
     }
-}
-
-/// Counters and levels for metrics and the wind tunnel's monitor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EventStats {
-    /// Highest persisted relay sequence number.
-    pub head_seq: u64,
-    /// Lowest sequence number still in the log (0 when empty).
-    pub oldest_seq: u64,
-    /// Content bytes (kinds and bodies) of the events in the log.
-    pub log_bytes: u64,
-    /// Whether the last commit succeeded and none has hung past `stall_readyz_ms`
-    /// ([`Events::store_ready`], readiness).
-    pub store_healthy: bool,
-    /// Whether a commit survives a power loss once it returns ([`Store::commits_durable`]).
-    pub commits_durable: bool,
-    /// Failed commit attempts.
-    pub commit_failures_total: u64,
-    /// Events dropped because their host had already delivered that sequence number.
-    pub duplicates_total: u64,
-    /// Events deleted by retention.
-    pub retention_deleted_total: u64,
-    /// Consumers subscribed now.
-    pub consumers: usize,
-    /// Consumers kicked for being too slow.
-    pub consumers_kicked_total: u64,
-    /// Most events ever waiting in one consumer's mailbox.
-    pub mailbox_high_water: usize,
-    /// Content bytes in the ingest queue and the batch being committed now.
-    pub ingest_held_bytes: u64,
-    /// Most content bytes the ingest queue and the batch being committed ever held.
-    pub ingest_high_water_bytes: u64,
 }
 
 /// The event log and everything that writes or reads it.

@@ -22,7 +22,7 @@ use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::routes::error;
+use super::response::error;
 use super::AppState;
 use crate::metrics::Metrics;
 use crate::rt::probe::{self, Probe};

@@ -10,6 +10,7 @@ mod activity;
 pub mod dispatch;
 mod guard;
 pub mod peers;
+mod response;
 pub mod routes;
 pub mod subscribe;
 
@@ -20,10 +21,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::StatusCode;
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use relay_lifecycle::{AdmitError, ConnOwner, Registry};
 use tokio::sync::Semaphore;
@@ -31,7 +35,7 @@ use tokio::sync::Semaphore;
 use self::activity::ActivityIo;
 use self::dispatch::{ConnectionTurn, Dispatcher};
 use self::guard::RequestContext;
-use self::routes::Lane;
+use self::routes::{Lane, Route};
 use crate::config::Config;
 use crate::events::Events;
 use crate::memory::MemoryGuard;
@@ -142,7 +146,7 @@ impl AppState {
     pub fn metrics_text(&self) -> String {
         self.metrics.encode(
             self.registry.stats(),
-            self.upstreams.stats(),
+            self.upstreams.stats().gauges(),
             self.events.stats(),
             self.dispatcher.stats(),
             self.memory.stats(),
@@ -324,7 +328,7 @@ async fn drive_connection(
                 })
                 .await
             } else {
-                routes::serve(&state, request, Lane::Admitted(&turn)).await
+                serve_route(&state, request, Lane::Admitted(&turn)).await
             };
             if state.dispatcher.closes_connections()
                 && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -374,7 +378,7 @@ async fn refuse(state: &Arc<AppState>, stream: TcpStream) {
     let service_state = Arc::clone(state);
     let service = service_fn(move |request| {
         let state = Arc::clone(&service_state);
-        async move { Ok::<_, Infallible>(routes::serve(&state, request, Lane::Refusal).await) }
+        async move { Ok::<_, Infallible>(serve_route(&state, request, Lane::Refusal).await) }
     });
     let connection = state
         .http1(Lane::Refusal)
@@ -383,6 +387,26 @@ async fn refuse(state: &Arc<AppState>, stream: TcpStream) {
     if let Ok(Err(error)) = timeout(budget, connection).await {
         tracing::debug!(%error, "refusal lane connection ended with an error");
     }
+}
+
+/// Answer one request that is not a subscription: its route's handler runs inside the
+/// request boundary (`guard`), after the dispatch turn (unless the route is served at
+/// capacity) and the declared CPU cost every request pays.
+async fn serve_route(
+    state: &AppState,
+    request: Request<Incoming>,
+    lane: Lane<'_>,
+) -> Response<Full<Bytes>> {
+    let route = Route::of(request.uri().path());
+    let context = RequestContext::new(route.label(), &request, state.next_request_id());
+    let _in_flight = match lane {
+        Lane::Admitted(turn) if !route.served_at_capacity() => {
+            Some(state.dispatcher.enter(turn).await)
+        }
+        _ => None,
+    };
+    state.cpu.spend(state.config.cpu.http_request()).await;
+    guard::guarded(state, context, routes::respond(state, request, route, lane)).await
 }
 
 fn finished_reason(result: Result<(), hyper::Error>) -> &'static str {

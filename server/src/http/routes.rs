@@ -1,4 +1,6 @@
 //! Request routing: what each path answers, on the normal lane and on the refusal lane.
+//! The connection service (`http::serve_route`) runs `respond` inside the request boundary
+//! (`guard`); this module knows only its routes and the shared response builders.
 //!
 //! Probe paths answer from atomics only (no locks, no I/O), so a probe is never queued
 //! behind other work except the declared CPU cost every request pays. Request bodies are
@@ -7,12 +9,12 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::dispatch::ConnectionTurn;
-use super::guard::{self, RequestContext};
+use super::response::{error, json, retry_later, shed, text};
 use super::AppState;
 use crate::rt::fault::{self, Fault};
 use crate::rt::time::timeout;
@@ -40,7 +42,7 @@ pub enum Lane<'a> {
 
 /// The fixed set of routes; the metric label comes from here, never from the raw path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route {
+pub(super) enum Route {
     Healthz,
     Readyz,
     Metrics,
@@ -50,7 +52,8 @@ enum Route {
 }
 
 impl Route {
-    fn of(path: &str) -> Self {
+    /// The route that answers `path`.
+    pub(super) fn of(path: &str) -> Self {
         match path {
             "/_healthz" => Self::Healthz,
             "/_readyz" => Self::Readyz,
@@ -61,7 +64,8 @@ impl Route {
         }
     }
 
-    fn label(self) -> &'static str {
+    /// The route's metric label (and the request boundary's).
+    pub(super) fn label(self) -> &'static str {
         match self {
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
@@ -85,35 +89,17 @@ impl Route {
 
     /// Answered even when the relay is at its connection limit, and never queued for the
     /// dispatch turn: these answer from atomics.
-    fn served_at_capacity(self) -> bool {
+    pub(super) fn served_at_capacity(self) -> bool {
         matches!(self, Self::Healthz | Self::Readyz | Self::Metrics)
     }
 }
 
-/// Answer one request, its handler inside the request boundary (`guard`).
-pub async fn serve(
-    state: &AppState,
-    request: Request<Incoming>,
-    lane: Lane<'_>,
-) -> Response<Full<Bytes>> {
-    let route = Route::of(request.uri().path());
-    let context = RequestContext::new(route.label(), &request, state.next_request_id());
-    let _in_flight = match lane {
-        Lane::Admitted(turn) if !route.served_at_capacity() => {
-            Some(state.dispatcher.enter(turn).await)
-        }
-        _ => None,
-    };
-    state.cpu.spend(state.config.cpu.http_request()).await;
-    let refused = matches!(lane, Lane::Refusal);
-    guard::guarded(state, context, respond(state, request, route, refused)).await
-}
-
-async fn respond(
+/// What `route` answers `request` on `lane`: the handler the request boundary runs.
+pub(super) async fn respond(
     state: &AppState,
     request: Request<Incoming>,
     route: Route,
-    refusal_lane: bool,
+    lane: Lane<'_>,
 ) -> Response<Full<Bytes>> {
     match route.allows(request.method()) {
         Err(allowed) => {
@@ -123,7 +109,7 @@ async fn respond(
                 .insert(ALLOW, HeaderValue::from_static(allowed));
             response
         }
-        Ok(()) if refusal_lane && !route.served_at_capacity() => retry_later(
+        Ok(()) if matches!(lane, Lane::Refusal) && !route.served_at_capacity() => retry_later(
             state,
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -245,54 +231,4 @@ async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response
             )
         }
     }
-}
-
-fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(value).expect("response types always serialise");
-    let mut response = text(status, body);
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// The memory breaker is open: `503 memory_pressure`, come back after `Retry-After`.
-pub(super) fn shed(state: &AppState) -> Response<Full<Bytes>> {
-    retry_later(
-        state,
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "memory_pressure",
-            "the relay is shedding load to stay within its memory budget; retry later",
-        ),
-    )
-}
-
-/// `response` with the configured `Retry-After` (every 503 that asks the client back).
-fn retry_later(state: &AppState, mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
-    response.headers_mut().insert(
-        RETRY_AFTER,
-        HeaderValue::from(state.config.server.retry_after_s),
-    );
-    response
-}
-
-/// A JSON error response `{"error": code, "message": message}`.
-pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json(
-        status,
-        &serde_json::json!({ "error": code, "message": message }),
-    )
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    if !response.headers().contains_key(CONTENT_TYPE) {
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-    }
-    response
 }

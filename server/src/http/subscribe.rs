@@ -38,7 +38,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::routes::shed;
+use super::response::{error, error_body, shed};
 use super::AppState;
 use crate::events::Frame;
 use crate::rt::probe::{self, Probe};
@@ -192,17 +192,6 @@ fn parse_cursor(query: Option<&str>) -> Result<u64, String> {
         }
     }
     Ok(cursor)
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -473,6 +462,7 @@ impl Session<'_> {
     }
 }
 
+/// An error frame's text: the JSON error body responses carry too.
 fn error_frame(code: &str, message: &str) -> Utf8Bytes {
-    Utf8Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string())
+    Utf8Bytes::from(error_body(code, message).to_string())
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::events::IngestSender;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamGauges};
 use crate::rt::cpu::{Cpu, CpuConfig};
 use crate::rt::probe::{self, Probe};
 use crate::rt::stop::StopSignal;
@@ -353,6 +353,21 @@ impl UpstreamStats {
     /// Hosts currently in `phase`.
     pub fn in_phase(&self, phase: HostPhase) -> usize {
         self.by_phase[phase as usize]
+    }
+
+    /// The values `/metrics` shows of this snapshot.
+    pub fn gauges(&self) -> UpstreamGauges {
+        UpstreamGauges {
+            hosts_by_phase: HostPhase::ALL
+                .iter()
+                .map(|&phase| (phase.as_str(), self.in_phase(phase)))
+                .collect(),
+            workers_running: self.workers_running,
+            workers_high_water: self.workers_high_water,
+            handshakes_in_flight: self.handshakes_in_flight,
+            handshakes_high_water: self.handshakes_high_water,
+            events_total: self.events_total,
+        }
     }
 }
 

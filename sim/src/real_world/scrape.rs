@@ -168,7 +168,7 @@ mod tests {
         }
         let text = metrics.encode(
             reading.connections,
-            reading.upstreams,
+            reading.upstreams.gauges(),
             reading.events,
             reading.dispatch,
             reading.memory,
