@@ -250,6 +250,18 @@ pub enum HarnessError {
     /// An artifact folder could not be read or written.
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
+    /// The folder holds a real run: real time and the machine's scheduler decided it.
+    #[error(
+        "{}: a real run cannot be replayed (real time and the machine's scheduler decide it); \
+         run it again with: {rerun}",
+        dir.display()
+    )]
+    RealRun {
+        /// The artifact folder.
+        dir: PathBuf,
+        /// The command that runs it again.
+        rerun: String,
+    },
 }
 
 /// Run one seed of `loaded` and report it.
@@ -507,6 +519,12 @@ impl Replay {
 /// Re-run the scenario copy and seed recorded in `dir` and compare with its trace.
 pub fn replay(engine: &dyn Engine, dir: &Path, options: &Options) -> Result<Replay, HarnessError> {
     let recorded = artifacts::read_meta(dir)?;
+    if recorded.engine == "real" {
+        return Err(HarnessError::RealRun {
+            dir: dir.to_owned(),
+            rerun: recorded.replay,
+        });
+    }
     let seed = parse_seed(&recorded.seed).map_err(|message| ArtifactError::Format {
         path: dir.join("meta.json"),
         message: format!("seed: {message}"),

@@ -9,6 +9,8 @@
 //! pair whose hash moves. This is how `tokio::sync::watch`'s process-seeded waiter order
 //! was found (see `relay::rt::stop`).
 
+use std::path::Path;
+
 use crate::engine::Engine;
 use crate::harness::Loaded;
 use crate::report::format_seed;
@@ -74,6 +76,32 @@ pub fn hash_here(engine: &dyn Engine, loaded: &Loaded, seed: u64) -> Result<u64,
     let (scenario, _) = swarm::resolve(&loaded.scenario, seed)
         .map_err(|error| format!("{}: {error}", loaded.display_path()))?;
     Ok(engine.run(&scenario, seed, None).trace.hash())
+}
+
+/// The hash of `loaded` at `seed` computed alone in a fresh process: `executable isolation
+/// <scenario> --seed N --alone`, which prints the hash (`hash_here`) and nothing else.
+pub fn hash_in_child(executable: &Path, loaded: &Loaded, seed: u64) -> Result<u64, String> {
+    let output = std::process::Command::new(executable)
+        .arg("isolation")
+        .arg(&loaded.path)
+        .args(["--seed", &seed.to_string(), "--alone"])
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", executable.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim()
+        .strip_prefix("0x")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .filter(|_| output.status.success())
+        .ok_or_else(|| {
+            format!(
+                "{} seed={} alone failed ({}): {}{}",
+                loaded.display_path(),
+                format_seed(seed),
+                output.status,
+                text,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
 }
 
 /// Check every pair of `scenarios` × `seeds`: `alone` gives a pair's hash alone; the two

@@ -24,7 +24,7 @@ use windtunnel::harness::{self, Loaded, Options};
 use windtunnel::logs::{LogSettings, DEFAULT_FILTER};
 use windtunnel::oracle::Verdict;
 use windtunnel::report::{format_seed, parse_seed};
-use windtunnel::{artifacts, shrink, sweep};
+use windtunnel::{shrink, sweep};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -388,18 +388,6 @@ fn relay_command(_args: &[OsString]) -> ExitCode {
 }
 
 fn replay(engine: &dyn Engine, dir: &Path) -> Result<ExitCode, ExitCode> {
-    // A real run is not deterministic: there is nothing to replay.
-    if let Ok(meta) = artifacts::read_meta(dir) {
-        if meta.engine == "real" {
-            eprintln!(
-                "{}: a real run cannot be replayed (real time and the machine's scheduler \
-                 decide it); run it again with: {}",
-                dir.display(),
-                meta.replay
-            );
-            return Err(ExitCode::from(2));
-        }
-    }
     // The recorded scenario must be one this build's engine runs (the harness reports a
     // missing or broken folder itself).
     if let Ok(recorded) = Loaded::load(&dir.join("scenario.toml")) {
@@ -474,28 +462,19 @@ fn sweep(
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    let rows = sweep::summarise(&scenarios, &outcomes);
-    let mut table = sweep::render_table(&rows, shard);
-    let coverage = sweep::Coverage::of(&scenarios, &outcomes);
-    let probes: Vec<&'static str> = relay::rt::probe::Probe::ALL
-        .iter()
-        .map(|probe| probe.name())
-        .collect();
-    table.push_str(&coverage.render(&probes));
-    // A shard holds only some seeds of each scenario: reach is judged on whole sweeps.
-    let unreached = shard == sweep::Shard::ALL && !coverage.missing().is_empty();
-    if shard != sweep::Shard::ALL {
-        table.push_str("(reach is judged on unsharded sweeps only)\n");
+    let report = sweep::SweepReport::of(
+        &scenarios,
+        &outcomes,
+        shard,
+        options.artifacts_root.as_deref(),
+    );
+    print!("{}", report.text);
+    match &report.written {
+        Some((path, Ok(()))) => println!("summary: {}", path.display()),
+        Some((path, Err(error))) => eprintln!("cannot write {}: {error}", path.display()),
+        None => {}
     }
-    print!("{table}");
-    if let Some(root) = &options.artifacts_root {
-        let path = sweep::summary_path(root, shard);
-        match std::fs::create_dir_all(root).and_then(|()| std::fs::write(&path, &table)) {
-            Ok(()) => println!("summary: {}", path.display()),
-            Err(error) => eprintln!("cannot write {}: {error}", path.display()),
-        }
-    }
-    Ok(if outcomes.iter().all(|o| o.ok) && !unreached {
+    Ok(if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -505,42 +484,31 @@ fn sweep(
 /// The scenarios of `paths` this build's engine runs (others are skipped with a note);
 /// exit code 2 if one does not load or none is left.
 fn load_for_engine(paths: &[PathBuf]) -> Result<Vec<Loaded>, ExitCode> {
-    let files = sweep::expand_paths(paths).map_err(|error| {
+    let selection = sweep::Selection::load(paths).map_err(|error| {
         eprintln!("cannot list scenarios: {error}");
         ExitCode::from(2)
     })?;
-    let mut scenarios = Vec::new();
-    let mut load_failed = false;
-    let mut other_engine = Vec::new();
-    for file in &files {
-        match Loaded::load(file) {
-            Ok(loaded) if windtunnel::engine::for_scenario(&loaded.scenario).is_ok() => {
-                scenarios.push(loaded);
-            }
-            Ok(loaded) => other_engine.push(loaded),
-            Err(error) => {
-                eprintln!("{error}");
-                load_failed = true;
-            }
-        }
+    for error in &selection.errors {
+        eprintln!("{error}");
     }
-    if let Some(first) = other_engine.first() {
+    if let Some(first) = selection.other_engine.first() {
         eprintln!(
             "skipping {} scenario(s) for another engine ({}, …): {}",
-            other_engine.len(),
+            selection.other_engine.len(),
             first.path.display(),
             windtunnel::engine::for_scenario(&first.scenario)
                 .err()
                 .unwrap_or_default()
         );
     }
-    if load_failed || scenarios.is_empty() {
-        if scenarios.is_empty() && !load_failed && other_engine.is_empty() {
+    let load_failed = !selection.errors.is_empty();
+    if load_failed || selection.runnable.is_empty() {
+        if selection.runnable.is_empty() && !load_failed && selection.other_engine.is_empty() {
             eprintln!("no scenario files found in the given paths");
         }
         return Err(ExitCode::from(2));
     }
-    Ok(scenarios)
+    Ok(selection.runnable)
 }
 
 fn isolation(
@@ -565,28 +533,8 @@ fn isolation(
         return Ok(ExitCode::SUCCESS);
     }
     let executable = std::env::current_exe().map_err(|error| failed(error.to_string()))?;
-    let alone_in_child = |loaded: &Loaded, seed: u64| -> Result<u64, String> {
-        let output = std::process::Command::new(&executable)
-            .arg("isolation")
-            .arg(&loaded.path)
-            .args(["--seed", &seed.to_string(), "--alone"])
-            .output()
-            .map_err(|error| format!("cannot run {}: {error}", executable.display()))?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        text.trim()
-            .strip_prefix("0x")
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-            .filter(|_| output.status.success())
-            .ok_or_else(|| {
-                format!(
-                    "{} seed={} alone failed ({}): {}{}",
-                    loaded.display_path(),
-                    format_seed(seed),
-                    output.status,
-                    text,
-                    String::from_utf8_lossy(&output.stderr)
-                )
-            })
+    let alone_in_child = |loaded: &Loaded, seed: u64| {
+        windtunnel::isolation::hash_in_child(&executable, loaded, seed)
     };
     let seed_list: Vec<u64> = (first_seed..first_seed.saturating_add(seeds)).collect();
     let result =
@@ -609,94 +557,52 @@ fn shrink_failure(
     max_runs: usize,
     options: &Options,
 ) -> Result<ExitCode, ExitCode> {
-    let target = match &failing.run.verdict {
-        Verdict::Failed(violation) | Verdict::FailedAsExpected(violation) => violation.oracle,
-        Verdict::Passed | Verdict::UnexpectedPass(_) => {
-            eprintln!(
-                "nothing to shrink: {} seed={} violates no oracle",
-                failing.scenario.name,
-                format_seed(failing.seed)
-            );
-            return Err(ExitCode::from(2));
-        }
+    let fail = |error: shrink::ShrinkError| {
+        eprintln!("{error}");
+        ExitCode::from(2)
     };
-    let seed = failing.seed;
+    let target = shrink::target(failing).map_err(fail)?;
+    let seed = format_seed(failing.seed);
+    let name = &failing.scenario.name;
     println!(
-        "shrinking {} seed={} while it still fails {target} (at most {max_runs} runs)",
-        failing.scenario.name,
-        format_seed(seed)
+        "shrinking {name} seed={seed} while it still fails {target} (at most {max_runs} runs)"
     );
-    let mut still_fails = |candidate: &windtunnel::scenario::Scenario| {
-        engine
-            .run(candidate, seed, None)
-            .violations
-            .iter()
-            .any(|v| v.oracle == target)
-    };
+    let artifacts_root = options
+        .artifacts_root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("artifacts"));
     let mut on_try = |change: &str, kept: bool| {
         println!("  {} {change}", if kept { "kept:   " } else { "dropped:" });
     };
-    let shrunk = shrink::shrink(
-        &failing.scenario,
+    let done = shrink::shrink_failure(
+        engine,
+        loaded,
+        failing,
         target,
         max_runs,
-        &mut still_fails,
+        &artifacts_root,
         &mut on_try,
-    );
-    let mut minimal = shrunk.scenario.clone();
-    minimal.name = format!("{}_shrunk", failing.scenario.name);
-    minimal.description = format!(
-        "{} (shrunk from {} seed {})",
-        failing.scenario.description,
-        loaded.display_path(),
-        format_seed(seed)
-    );
-    let header = format!(
-        "Shrunk by `cargo sim shrink {} --seed {}`: still fails {target} with seed {}.\n\
-         {} runs; changes: {}",
-        loaded.display_path(),
-        format_seed(seed),
-        format_seed(seed),
-        shrunk.runs,
-        if shrunk.steps.is_empty() {
-            "none kept".to_owned()
-        } else {
-            shrunk.steps.join("; ")
-        }
-    );
-    let text = shrink::to_toml(&minimal, &header);
-    let dir = options
-        .artifacts_root
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("artifacts"))
-        .join(artifacts::dir_name(&failing.scenario.name, seed));
-    let path = dir.join("shrunk.toml");
-    if let Err(error) = windtunnel::scenario::Scenario::parse(&path, &text) {
-        eprintln!("the shrunk scenario does not load back (a shrinker bug): {error}\n{text}");
-        return Err(ExitCode::from(2));
-    }
+    )
+    .map_err(fail)?;
     println!(
-        "SHRUNK {} seed={} still fails {target}: {} of {} runs kept a change{}",
-        failing.scenario.name,
-        format_seed(seed),
-        shrunk.steps.len(),
-        shrunk.runs,
-        if shrunk.budget_exhausted {
+        "SHRUNK {name} seed={seed} still fails {target}: {} of {} runs kept a change{}",
+        done.shrunk.steps.len(),
+        done.shrunk.runs,
+        if done.shrunk.budget_exhausted {
             " (budget exhausted; raise --max-runs to go further)"
         } else {
             ""
         }
     );
-    println!("{text}");
-    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &text)) {
+    println!("{}", done.text);
+    match done.written {
         Ok(()) => println!(
-            "  written to {}; reproduce: {} run {} --seed {}",
-            path.display(),
+            "  written to {}; reproduce: {} run {} --seed {seed}",
+            done.path.display(),
             failing.scenario.engine.cargo_command(),
-            path.display(),
-            format_seed(seed)
+            done.path.display(),
         ),
-        Err(error) => eprintln!("cannot write {}: {error}", path.display()),
+        Err(error) => eprintln!("cannot write {}: {error}", done.path.display()),
     }
     Ok(ExitCode::FAILURE)
 }

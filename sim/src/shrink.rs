@@ -7,9 +7,18 @@
 //!
 //! A smaller world draws randomness differently, so "the same seed" is a different run; the
 //! shrinker only keeps what still fails, so the minimal scenario always reproduces with the
-//! printed seed. Plain Rust over a `still_fails` closure: tested without a simulator.
+//! printed seed. [`shrink`] is plain Rust over a `still_fails` closure, tested without a
+//! simulator; [`shrink_failure`] is the workflow around it for a failing run: run the
+//! candidates on an engine, name the minimal scenario, check that it loads back and write
+//! it as `shrunk.toml` in the run's artifact folder.
 
-use crate::oracle::OracleName;
+use std::path::{Path, PathBuf};
+
+use crate::artifacts;
+use crate::engine::Engine;
+use crate::harness::{Loaded, SeedResult};
+use crate::oracle::{OracleName, Verdict};
+use crate::report::format_seed;
 use crate::scenario::Scenario;
 
 /// A smaller scenario and what was removed to get it.
@@ -234,6 +243,120 @@ pub struct Shrunk {
     pub runs: usize,
     /// Whether the budget ran out before no candidate was left.
     pub budget_exhausted: bool,
+}
+
+/// A failing run shrunk to a minimal scenario.
+#[derive(Debug)]
+pub struct ShrunkFailure {
+    /// The oracle the minimal scenario still fails.
+    pub target: OracleName,
+    /// The shrink itself.
+    pub shrunk: Shrunk,
+    /// The minimal scenario as TOML, with a header saying how it was made.
+    pub text: String,
+    /// Where it was written (`<artifacts>/<scenario>-seed0x…/shrunk.toml`).
+    pub path: PathBuf,
+    /// Whether writing it succeeded.
+    pub written: std::io::Result<()>,
+}
+
+/// Why a failing run could not be shrunk.
+#[derive(Debug, thiserror::Error)]
+pub enum ShrinkError {
+    /// The run violated no oracle.
+    #[error("nothing to shrink: {scenario} seed={seed} violates no oracle")]
+    NothingToShrink {
+        /// The scenario's name.
+        scenario: String,
+        /// The seed, formatted.
+        seed: String,
+    },
+    /// The minimal scenario does not parse as a scenario (a shrinker bug).
+    #[error("the shrunk scenario does not load back (a shrinker bug): {error}\n{text}")]
+    DoesNotLoadBack {
+        /// The parse error.
+        error: String,
+        /// The TOML that failed.
+        text: String,
+    },
+}
+
+/// The oracle a failing run violated, which shrinking keeps failing.
+pub fn target(failing: &SeedResult) -> Result<OracleName, ShrinkError> {
+    match &failing.run.verdict {
+        Verdict::Failed(violation) | Verdict::FailedAsExpected(violation) => Ok(violation.oracle),
+        Verdict::Passed | Verdict::UnexpectedPass(_) => Err(ShrinkError::NothingToShrink {
+            scenario: failing.scenario.name.clone(),
+            seed: format_seed(failing.seed),
+        }),
+    }
+}
+
+/// Shrink the scenario of `failing` (loaded from `loaded`) on `engine` with the same seed
+/// while it still fails `target`, making at most `max_runs` runs (`on_try(change, kept)`
+/// hears of each), and write the minimal scenario under `artifacts_root`.
+pub fn shrink_failure(
+    engine: &dyn Engine,
+    loaded: &Loaded,
+    failing: &SeedResult,
+    target: OracleName,
+    max_runs: usize,
+    artifacts_root: &Path,
+    on_try: &mut dyn FnMut(&str, bool),
+) -> Result<ShrunkFailure, ShrinkError> {
+    let seed = failing.seed;
+    let mut still_fails = |candidate: &Scenario| {
+        engine
+            .run(candidate, seed, None)
+            .violations
+            .iter()
+            .any(|v| v.oracle == target)
+    };
+    let shrunk = shrink(
+        &failing.scenario,
+        target,
+        max_runs,
+        &mut still_fails,
+        on_try,
+    );
+    let mut minimal = shrunk.scenario.clone();
+    minimal.name = format!("{}_shrunk", failing.scenario.name);
+    minimal.description = format!(
+        "{} (shrunk from {} seed {})",
+        failing.scenario.description,
+        loaded.display_path(),
+        format_seed(seed)
+    );
+    let header = format!(
+        "Shrunk by `cargo sim shrink {} --seed {}`: still fails {target} with seed {}.\n\
+         {} runs; changes: {}",
+        loaded.display_path(),
+        format_seed(seed),
+        format_seed(seed),
+        shrunk.runs,
+        if shrunk.steps.is_empty() {
+            "none kept".to_owned()
+        } else {
+            shrunk.steps.join("; ")
+        }
+    );
+    let text = to_toml(&minimal, &header);
+    let dir = artifacts_root.join(artifacts::dir_name(&failing.scenario.name, seed));
+    let path = dir.join("shrunk.toml");
+    if let Err(error) = Scenario::parse(&path, &text) {
+        return Err(ShrinkError::DoesNotLoadBack {
+            error: error.to_string(),
+            text,
+        });
+    }
+    let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &text));
+    Ok(ShrunkFailure {
+        target,
+        shrunk,
+        text,
+        path,
+        written,
+    })
 }
 
 /// Shrink `start` while `still_fails` holds, making at most `max_runs` runs.

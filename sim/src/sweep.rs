@@ -425,6 +425,82 @@ pub fn summary_path(root: &Path, shard: Shard) -> PathBuf {
     }
 }
 
+/// The scenario files under some paths, sorted by whether this build's engine runs them.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// Scenarios this build runs, in path order.
+    pub runnable: Vec<Loaded>,
+    /// Scenarios for the other build's engine (skipped).
+    pub other_engine: Vec<Loaded>,
+    /// Files that did not load.
+    pub errors: Vec<crate::scenario::ScenarioError>,
+}
+
+impl Selection {
+    /// Load every scenario file of `paths` (files, or folders of `.toml` files).
+    pub fn load(paths: &[PathBuf]) -> std::io::Result<Self> {
+        let mut selection = Self::default();
+        for file in expand_paths(paths)? {
+            match Loaded::load(&file) {
+                Ok(loaded) if crate::engine::for_scenario(&loaded.scenario).is_ok() => {
+                    selection.runnable.push(loaded);
+                }
+                Ok(loaded) => selection.other_engine.push(loaded),
+                Err(error) => selection.errors.push(error),
+            }
+        }
+        Ok(selection)
+    }
+}
+
+/// What a finished sweep reports: the summary table with the reachability coverage, and
+/// whether the sweep passed (every seed ok, and on an unsharded sweep every declared
+/// `reach` reached).
+#[derive(Debug)]
+pub struct SweepReport {
+    /// The summary table and coverage, as printed.
+    pub text: String,
+    /// Whether the sweep passed.
+    pub ok: bool,
+    /// Where the summary was written under the artifacts root, and whether that worked.
+    pub written: Option<(PathBuf, std::io::Result<()>)>,
+}
+
+impl SweepReport {
+    /// Summarise `outcomes` of `scenarios` in `shard`, and write the summary under
+    /// `artifacts_root` if there is one.
+    pub fn of(
+        scenarios: &[Loaded],
+        outcomes: &[JobOutcome],
+        shard: Shard,
+        artifacts_root: Option<&Path>,
+    ) -> Self {
+        let rows = summarise(scenarios, outcomes);
+        let mut text = render_table(&rows, shard);
+        let coverage = Coverage::of(scenarios, outcomes);
+        let probes: Vec<&'static str> = relay::rt::probe::Probe::ALL
+            .iter()
+            .map(|probe| probe.name())
+            .collect();
+        text.push_str(&coverage.render(&probes));
+        // A shard holds only some seeds of each scenario: reach is judged on whole sweeps.
+        let unreached = shard == Shard::ALL && !coverage.missing().is_empty();
+        if shard != Shard::ALL {
+            text.push_str("(reach is judged on unsharded sweeps only)\n");
+        }
+        let written = artifacts_root.map(|root| {
+            let path = summary_path(root, shard);
+            let result = std::fs::create_dir_all(root).and_then(|()| std::fs::write(&path, &text));
+            (path, result)
+        });
+        Self {
+            ok: outcomes.iter().all(|o| o.ok) && !unreached,
+            text,
+            written,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
