@@ -368,12 +368,21 @@ impl ConfigBuilder {
     }
 }
 
+/// The largest `server.max_connections` a config may set: the registry reserves a slot for
+/// every connection at startup, and each needs a file descriptor.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
+
 impl Config {
     /// Cross-field checks that the schema alone cannot express.
     pub fn check(&self) -> Result<(), ConfigError> {
         let server = &self.server;
         let problem = if server.max_connections == 0 {
             Some("server.max_connections must be at least 1".to_owned())
+        } else if server.max_connections > MAX_CONNECTIONS_LIMIT {
+            Some(format!(
+                "server.max_connections must be at most {MAX_CONNECTIONS_LIMIT} \
+                 (a slot and a file descriptor are reserved for each connection)"
+            ))
         } else if server.max_header_bytes < 1024 {
             Some("server.max_header_bytes must be at least 1024".to_owned())
         } else if server.idle_check_interval_ms == 0 {
@@ -601,5 +610,23 @@ mod tests {
             message,
             "invalid configuration: server.max_connections must be at least 1"
         );
+    }
+
+    /// A limit beyond `u32::MAX` used to panic in the registry; anything past
+    /// `MAX_CONNECTIONS_LIMIT` is refused with a message instead.
+    #[test]
+    fn absurd_connection_limits_are_refused_not_panicked_on() {
+        for value in [MAX_CONNECTIONS_LIMIT + 1, 1 << 40] {
+            let message = ConfigBuilder::new()
+                .with_set(&format!("server.max_connections={value}"))
+                .unwrap()
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("server.max_connections must be at most 1048576"),
+                "{message}"
+            );
+        }
     }
 }

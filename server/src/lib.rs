@@ -66,6 +66,28 @@ pub enum StartError {
     },
 }
 
+/// Descriptors the relay needs beyond one per connection and one per upstream host: the
+/// listener, the database and its WAL, logs, DNS.
+const FD_RESERVE: u64 = 64;
+
+/// Raise the open-file limit toward what `config` and a table of `hosts` upstream hosts
+/// need, and say loudly when the hard limit does not allow it: past the limit, connections
+/// are refused and upstream dials wait (counted as `local_resources_exhausted`).
+fn raise_open_file_limit(config: &Config, hosts: usize) {
+    let needed = config.server.max_connections as u64 + hosts as u64 + FD_RESERVE;
+    match rt::fd_limit::raise_toward(needed) {
+        Ok(limit) if limit.soft < needed => tracing::warn!(
+            needed,
+            soft = limit.soft,
+            hard = limit.hard,
+            "the open-file limit is below what server.max_connections and the host table need; \
+             raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower server.max_connections"
+        ),
+        Ok(limit) => tracing::debug!(needed, soft = limit.soft, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
+    }
+}
+
 /// A bound, not yet running relay.
 #[derive(Debug)]
 pub struct Relay {
@@ -84,6 +106,7 @@ impl Relay {
         let store = Store::open_with(&config.store.path, config.store.durable_commits)
             .map_err(store_error)?;
         let state = AppState::new(config.clone(), Arc::new(store)).map_err(store_error)?;
+        raise_open_file_limit(&config, state.upstreams.stats().hosts);
         let listener = http::bind(&config)
             .await
             .map_err(|error| StartError::Bind {

@@ -12,6 +12,7 @@
 
 pub mod cpu;
 pub mod fault;
+pub mod fd_limit;
 pub mod probe;
 pub mod stop;
 mod timer;

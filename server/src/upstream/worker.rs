@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::schedule::{self, EventAllowance};
 use super::{Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
 use crate::events::Ingested;
+use crate::rt::fd_limit;
 use crate::rt::net::TcpStream;
 use crate::rt::probe::{self, Probe};
 use crate::rt::time::{sleep, timeout};
@@ -126,6 +127,9 @@ enum SessionEnd {
     Ended { reason: &'static str, events: u64 },
     /// Was subscribed, then the host broke the protocol: a bad session.
     Violated(&'static str),
+    /// Could not dial because this process ran out of descriptors, socket buffers or
+    /// memory: the relay's shortage, not charged to the host.
+    LocalShortage(&'static str),
 }
 
 /// Decrements the running-worker count and frees the host's worker slot however the
@@ -204,6 +208,15 @@ async fn lifecycle(upstreams: &Arc<Upstreams>, host: &Arc<Host>, initial_delay: 
                     reason,
                 )
             }
+            SessionEnd::LocalShortage(reason) => {
+                upstreams.metrics.upstream_attempt(reason);
+                tracing::warn!(
+                    host = %host.hostname,
+                    "cannot dial: this relay is out of file descriptors or socket buffers \
+                     (see the open-file limit at startup); the host is not charged"
+                );
+                (1, reason)
+            }
             SessionEnd::Failed(reason) => {
                 upstreams.metrics.upstream_attempt(reason);
                 host.set_last_error(reason);
@@ -243,7 +256,13 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
         let handshake = async {
             let tcp = TcpStream::connect((host.hostname.as_str(), config.port))
                 .await
-                .map_err(|_| "connect_error")?;
+                .map_err(|error| {
+                    if fd_limit::is_local_exhaustion(&error) {
+                        SessionEnd::LocalShortage("local_resources_exhausted")
+                    } else {
+                        SessionEnd::Failed("connect_error")
+                    }
+                })?;
             // DNS + TLS + WebSocket upgrade: the CPU a cold start spends per host.
             upstreams
                 .cpu
@@ -260,11 +279,11 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
             tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config(config)))
                 .await
                 .map(|(stream, _response)| stream)
-                .map_err(|_| "handshake_error")
+                .map_err(|_| SessionEnd::Failed("handshake_error"))
         };
         match timeout(connect_timeout, handshake).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(reason)) => return SessionEnd::Failed(reason),
+            Ok(Err(end)) => return end,
             Err(_) => return SessionEnd::Failed("timeout"),
         }
     };
