@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::engine::{Engine, Reached};
 use crate::harness::{self, Loaded, Options};
 use crate::report::format_seed;
+use crate::worlds::{Engine, Reached};
 
 /// `k/n`: the k-th (1-based) of n shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

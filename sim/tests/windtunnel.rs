@@ -316,9 +316,10 @@ fn missing_file_is_a_clear_error() {
 #[cfg(not(madsim))]
 mod turmoil_engine {
     use super::*;
-    use windtunnel::engine::{Engine, Turmoil};
     use windtunnel::oracle::Verdict;
     use windtunnel::trace::Event;
+    use windtunnel::worlds::turmoil::Turmoil;
+    use windtunnel::worlds::Engine;
 
     fn passes_twice_alike(file: &str, seed: u64) -> windtunnel::trace::Trace {
         let scenario = load(file);
@@ -377,8 +378,8 @@ mod turmoil_engine {
 #[test]
 fn real_mode_runs_the_actors_against_the_relay_and_judges_them() {
     use windtunnel::oracle::Verdict;
-    use windtunnel::real_world::process::RelayProgram;
     use windtunnel::trace::Event;
+    use windtunnel::worlds::real::process::RelayProgram;
     let scenario = Scenario::parse(
         Path::new("real.toml"),
         r#"name = "real"
@@ -423,9 +424,9 @@ no_panics = {}
 "#,
     )
     .unwrap();
-    assert_eq!(windtunnel::real_world::unsupported(&scenario), None);
+    assert_eq!(windtunnel::worlds::real::unsupported(&scenario), None);
     let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
-    let run = windtunnel::real_world::run(&scenario, 1, None, &relay);
+    let run = windtunnel::worlds::real::run(&scenario, 1, None, &relay);
     assert_eq!(
         run.verdict,
         Verdict::Passed,
@@ -472,7 +473,7 @@ no_panics = {}
 #[cfg(not(madsim))]
 #[test]
 fn real_mode_refuses_what_a_loopback_cannot_play() {
-    use windtunnel::real_world::process::RelayProgram;
+    use windtunnel::worlds::real::process::RelayProgram;
     let with_fault = |fault: &str| {
         Scenario::parse(
             Path::new("real.toml"),
@@ -482,19 +483,19 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
     };
     let partition =
         with_fault("kind = \"partition\"\nat_s = 1\nduration_s = 1\nhosts_fraction = 0.5");
-    let reason = windtunnel::real_world::unsupported(&partition).unwrap();
+    let reason = windtunnel::worlds::real::unsupported(&partition).unwrap();
     assert!(
         reason.contains("partition fault cannot be played"),
         "{reason}"
     );
     let stall = with_fault("kind = \"handler_stall\"\nat_s = 1\nduration_s = 1");
-    let reason = windtunnel::real_world::unsupported(&stall).unwrap();
+    let reason = windtunnel::worlds::real::unsupported(&stall).unwrap();
     assert!(reason.contains("fault points"), "{reason}");
     let kill = with_fault("kind = \"kill_relay\"\nat_s = 1\ndown_s = 1");
-    assert_eq!(windtunnel::real_world::unsupported(&kill), None);
+    assert_eq!(windtunnel::worlds::real::unsupported(&kill), None);
     // A relay that cannot start is a clear failure of the run, not a hang.
     let missing = RelayProgram::binary("/nonexistent/relay");
-    let run = windtunnel::real_world::run(&kill, 1, None, &missing);
+    let run = windtunnel::worlds::real::run(&kill, 1, None, &missing);
     let panic = run
         .trace
         .records()
@@ -514,7 +515,7 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
 mod simulated {
     use super::*;
     use windtunnel::oracle::Verdict;
-    use windtunnel::world::{self, RunOutcome};
+    use windtunnel::worlds::madsim::{self, RunOutcome};
 
     /// Run `seeds` on two worker threads (one madsim runtime per run), in seed order.
     fn run_seeds(
@@ -528,7 +529,7 @@ mod simulated {
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|&seed| (seed, world::run(scenario, seed)))
+                        .map(|&seed| (seed, madsim::run(scenario, seed)))
                         .collect::<Vec<_>>()
                 })
             });
@@ -561,7 +562,7 @@ mod simulated {
     fn churn_reaches_the_connection_limit_and_gets_refusals() {
         // The scenario is only meaningful if the churn really exceeds max_connections.
         let scenario = load("churn_max_connections.toml");
-        let outcome = world::run(&scenario, 3);
+        let outcome = madsim::run(&scenario, 3);
         let summary = windtunnel::report::Summary::of(&outcome.trace);
         let (high_water, max, _, refused) = summary.relay_last.unwrap();
         assert_eq!(high_water, max);
@@ -1059,27 +1060,27 @@ mod simulated {
     #[test]
     fn slow_consumer_is_deterministic() {
         let scenario = load("slow_consumer.toml");
-        let first = world::run(&scenario, 9);
-        let second = world::run(&scenario, 9);
+        let first = madsim::run(&scenario, 9);
+        let second = madsim::run(&scenario, 9);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
     }
 
     #[test]
     fn cold_start_is_deterministic() {
         let scenario = load("cold_start_2800.toml");
-        let first = world::run(&scenario, 5);
-        let second = world::run(&scenario, 5);
+        let first = madsim::run(&scenario, 5);
+        let second = madsim::run(&scenario, 5);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
     }
 
     #[test]
     fn same_seed_same_hash_and_a_different_seed_changes_it() {
         let scenario = load("churn_max_connections.toml");
-        let first = world::run(&scenario, 42);
-        let second = world::run(&scenario, 42);
+        let first = madsim::run(&scenario, 42);
+        let second = madsim::run(&scenario, 42);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
         assert_eq!(first.trace.hash(), second.trace.hash());
-        let other = world::run(&scenario, 43);
+        let other = madsim::run(&scenario, 43);
         assert_ne!(first.trace.hash(), other.trace.hash());
     }
 }

@@ -3,10 +3,9 @@
 //! the monitor that samples it, the store audit, and the trace they all write to.
 //!
 //! Nothing here names an engine. Sockets, timers and spawning come through the relay's own
-//! seam (`relay::rt`), so the same actor code runs on madsim's nodes (`crate::world`), on
-//! turmoil's hosts (`crate::turmoil_world`) and on real tokio (`crate::real_world`); the few
-//! things an engine must provide are the world's clock ([`WorldClock`]) and the seeded RNG
-//! ([`rng`]). [`cast`] lists the relay's clients once, for every world to start.
+//! seam (`relay::rt`), so the same actor code runs on madsim's nodes, on turmoil's hosts
+//! and on real tokio (`crate::worlds`); the few things an engine must provide are the
+//! world's clock ([`WorldClock`]) and the seeded RNG ([`rng`]). [`cast`] lists the relay's clients once, for every world to start.
 
 pub mod abuser;
 pub mod cast;
@@ -137,8 +136,8 @@ pub fn on_fresh_thread(
     scenario: &crate::scenario::Scenario,
     seed: u64,
     logs: Option<&crate::logs::LogSettings>,
-    run: impl FnOnce(&crate::scenario::Scenario, u64) -> crate::engine::SeedRun + Send + 'static,
-) -> crate::engine::SeedRun {
+    run: impl FnOnce(&crate::scenario::Scenario, u64) -> crate::worlds::SeedRun + Send + 'static,
+) -> crate::worlds::SeedRun {
     relay_host::quiet_injected_panics();
     let capture = logs.map(crate::logs::LogCapture::new);
     let dispatch = match &capture {

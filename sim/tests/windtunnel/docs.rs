@@ -254,7 +254,7 @@ fn scenarios_md_names_every_shipped_scenario_and_its_engine() {
             // The `--real` column: whether real mode can play it.
             #[cfg(not(madsim))]
             {
-                let real = match windtunnel::real_world::unsupported(&scenario) {
+                let real = match windtunnel::worlds::real::unsupported(&scenario) {
                     None => "yes",
                     Some(_) => "no",
                 };

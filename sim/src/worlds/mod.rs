@@ -1,11 +1,20 @@
-//! Engines: what actually runs one seed of a scenario. Everything above this seam (the
-//! harness, replay, sweep, shrink) is plain Rust over [`SeedRun`]s, so it is tested with a
-//! fake engine under ordinary `cargo test`; only [`Madsim`] needs the simulation build.
+//! The worlds a seed runs in, and the seam the harness runs them through. Everything above
+//! the [`Engine`] seam (the harness, replay, sweep, shrink) is plain Rust over [`SeedRun`]s,
+//! so it is tested with a fake engine under ordinary `cargo test`.
 //!
-//! Two engines: [`Madsim`] (the simulation build, `--cfg madsim`) for the scenarios that
-//! name `engine = "madsim"` (the default), and [`Turmoil`] (ordinary builds) for those
-//! that name `engine = "turmoil"`. [`for_scenario`] picks the one a scenario asks for, or
-//! says which build has it.
+//! Three worlds, each with its engine beside it: `madsim` (the simulation build,
+//! `--cfg madsim`) for the scenarios that name `engine = "madsim"` (the default),
+//! `turmoil` (ordinary builds) for those that name `engine = "turmoil"`, and `real`
+//! (ordinary builds, `run --real`) for any scenario a real loopback can play.
+//! [`for_scenario`] picks the simulated engine a scenario asks for, or says which build
+//! has it.
+
+#[cfg(madsim)]
+pub mod madsim;
+#[cfg(not(madsim))]
+pub mod real;
+#[cfg(not(madsim))]
+pub mod turmoil;
 
 use std::time::Duration;
 
@@ -52,60 +61,13 @@ pub trait Engine: Sync {
     fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun;
 }
 
-/// The madsim world (`crate::world`): the unmodified relay on simulated nodes.
-#[cfg(madsim)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Madsim;
-
-#[cfg(madsim)]
-impl Engine for Madsim {
-    fn name(&self) -> &'static str {
-        "madsim"
-    }
-
-    fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
-        let capture = logs.map(crate::logs::LogCapture::new);
-        let outcome = match &capture {
-            // `world::run` carries the caller's dispatcher onto its simulation thread.
-            Some(capture) => tracing::dispatcher::with_default(capture.dispatch(), || {
-                crate::world::run(scenario, seed)
-            }),
-            None => crate::world::run(scenario, seed),
-        };
-        SeedRun {
-            trace: outcome.trace,
-            violations: outcome.violations,
-            verdict: outcome.verdict,
-            wall: outcome.wall,
-            logs: capture.map(crate::logs::LogCapture::finish),
-            reached: outcome.reached,
-        }
-    }
-}
-
-/// The turmoil world (`crate::turmoil_world`): the unmodified relay on turmoil's hosts.
-#[cfg(not(madsim))]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Turmoil;
-
-#[cfg(not(madsim))]
-impl Engine for Turmoil {
-    fn name(&self) -> &'static str {
-        "turmoil"
-    }
-
-    fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
-        crate::turmoil_world::run(scenario, seed, logs)
-    }
-}
-
 /// The engine this build runs `scenario` on, or why it cannot (with the command that can).
 pub fn for_scenario(scenario: &Scenario) -> Result<&'static dyn Engine, String> {
     match scenario.engine {
         #[cfg(madsim)]
-        EngineName::Madsim => Ok(&Madsim),
+        EngineName::Madsim => Ok(&madsim::Madsim),
         #[cfg(not(madsim))]
-        EngineName::Turmoil => Ok(&Turmoil),
+        EngineName::Turmoil => Ok(&turmoil::Turmoil),
         #[cfg(not(madsim))]
         EngineName::Madsim => Err(format!(
             "scenario {:?} runs on madsim, which this build does not have; use `cargo sim <command> …` \

@@ -32,10 +32,10 @@ use tokio::task::JoinSet;
 
 use crate::actors::relay_host::{self, RelayDatabase, SAMPLE_PERIOD};
 use crate::actors::{cast, rng, upstream, TraceSink, WorldClock};
-use crate::engine::{Engine, SeedRun};
 use crate::logs::LogSettings;
 use crate::scenario::{FaultKind, Scenario};
 use crate::trace::Event;
+use crate::worlds::{Engine, SeedRun};
 use process::{ProcessUsage, RelayProcess, RelayProgram};
 
 /// How long the relay gets to release the connections of the clients stopped at the end.

@@ -31,10 +31,10 @@ use crate::actors::relay_host::{
 };
 use crate::actors::rng::{self, thread_rng};
 use crate::actors::{cast, upstream, TraceSink, WorldClock};
-use crate::engine::SeedRun;
 use crate::logs::LogSettings;
 use crate::scenario::{Between, FaultKind, FaultSpec, Scenario};
 use crate::trace::Event;
+use crate::worlds::{Engine, SeedRun};
 
 /// The relay's host name and port.
 const RELAY_HOST: &str = "relay";
@@ -43,6 +43,20 @@ const RELAY_PORT: u16 = 8080;
 const TICK: Duration = Duration::from_millis(1);
 /// The simulated wall clock's epoch (2026-01-01T00:00:00Z), so no run reads today's date.
 const EPOCH_S: u64 = 1_767_225_600;
+
+/// The turmoil world as an engine: the unmodified relay on turmoil's hosts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Turmoil;
+
+impl Engine for Turmoil {
+    fn name(&self) -> &'static str {
+        "turmoil"
+    }
+
+    fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
+        run(scenario, seed, logs)
+    }
+}
 
 /// Run one seed of `scenario` on turmoil and judge it, on a fresh thread (the actors' RNG
 /// and the relay's task census are per thread), capturing logs with `logs` if given.

@@ -32,9 +32,11 @@ use crate::actors::relay_host::{
     self, monitor, quiet_injected_panics, run_relay, sample, ConnWatch, RelayControl, RelayDatabase,
 };
 use crate::actors::{cast, upstream, TraceSink};
+use crate::logs::LogSettings;
 use crate::oracle::{Verdict, Violation};
 use crate::scenario::{Between, FaultKind, FaultSpec, NetworkSpec, Scenario};
 use crate::trace::{Event, Trace};
+use crate::worlds::{Engine, SeedRun};
 
 /// The relay's port inside the world.
 pub const RELAY_PORT: u16 = 8080;
@@ -52,8 +54,37 @@ pub struct RunOutcome {
     pub verdict: Verdict,
     /// Wall-clock time the run took.
     pub wall: Duration,
-    /// The relay's reachability probes reached (see [`crate::engine::SeedRun::reached`]).
-    pub reached: crate::engine::Reached,
+    /// The relay's reachability probes reached (see [`SeedRun::reached`]).
+    pub reached: crate::worlds::Reached,
+}
+
+/// The madsim world as an engine: the unmodified relay on simulated nodes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Madsim;
+
+impl Engine for Madsim {
+    fn name(&self) -> &'static str {
+        "madsim"
+    }
+
+    fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
+        let capture = logs.map(crate::logs::LogCapture::new);
+        let outcome = match &capture {
+            // `run` carries the caller's dispatcher onto its simulation thread.
+            Some(capture) => {
+                tracing::dispatcher::with_default(capture.dispatch(), || run(scenario, seed))
+            }
+            None => run(scenario, seed),
+        };
+        SeedRun {
+            trace: outcome.trace,
+            violations: outcome.violations,
+            verdict: outcome.verdict,
+            wall: outcome.wall,
+            logs: capture.map(crate::logs::LogCapture::finish),
+            reached: outcome.reached,
+        }
+    }
 }
 
 /// Run one seed of `scenario` to completion and judge it.
