@@ -515,21 +515,18 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
 mod simulated {
     use super::*;
     use windtunnel::oracle::Verdict;
-    use windtunnel::worlds::madsim::{self, RunOutcome};
+    use windtunnel::worlds::{madsim, SeedRun};
 
     /// Run `seeds` on two worker threads (one madsim runtime per run), in seed order.
-    fn run_seeds(
-        scenario: &Scenario,
-        seeds: std::ops::RangeInclusive<u64>,
-    ) -> Vec<(u64, RunOutcome)> {
+    fn run_seeds(scenario: &Scenario, seeds: std::ops::RangeInclusive<u64>) -> Vec<(u64, SeedRun)> {
         let seeds: Vec<u64> = seeds.collect();
         let halves = seeds.split_at(seeds.len() / 2);
-        let mut outcomes: Vec<(u64, RunOutcome)> = std::thread::scope(|scope| {
+        let mut outcomes: Vec<(u64, SeedRun)> = std::thread::scope(|scope| {
             let workers = [halves.0, halves.1].map(|chunk| {
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|&seed| (seed, madsim::run(scenario, seed)))
+                        .map(|&seed| (seed, madsim::run(scenario, seed, None)))
                         .collect::<Vec<_>>()
                 })
             });
@@ -562,7 +559,7 @@ mod simulated {
     fn churn_reaches_the_connection_limit_and_gets_refusals() {
         // The scenario is only meaningful if the churn really exceeds max_connections.
         let scenario = load("churn_max_connections.toml");
-        let outcome = madsim::run(&scenario, 3);
+        let outcome = madsim::run(&scenario, 3, None);
         let summary = windtunnel::report::Summary::of(&outcome.trace);
         let (high_water, max, _, refused) = summary.relay_last.unwrap();
         assert_eq!(high_water, max);
@@ -680,7 +677,7 @@ mod simulated {
 
     /// Whether a relay sample in `t_us` found the event log not ready (a commit failing or
     /// hanging).
-    fn readiness_off_between(outcome: &RunOutcome, t_us: std::ops::Range<u64>) -> bool {
+    fn readiness_off_between(outcome: &SeedRun, t_us: std::ops::Range<u64>) -> bool {
         outcome.trace.records().iter().any(|record| {
             t_us.contains(&record.t_us)
                 && matches!(record.event, windtunnel::trace::Event::RelaySample { events, .. } if !events.store_healthy)
@@ -691,7 +688,7 @@ mod simulated {
     fn passes(
         name: &str,
         seeds: std::ops::RangeInclusive<u64>,
-    ) -> Vec<(u64, windtunnel::report::Summary, RunOutcome)> {
+    ) -> Vec<(u64, windtunnel::report::Summary, SeedRun)> {
         let scenario = load(name);
         let results: Vec<_> = run_seeds(&scenario, seeds)
             .into_iter()
@@ -1060,27 +1057,27 @@ mod simulated {
     #[test]
     fn slow_consumer_is_deterministic() {
         let scenario = load("slow_consumer.toml");
-        let first = madsim::run(&scenario, 9);
-        let second = madsim::run(&scenario, 9);
+        let first = madsim::run(&scenario, 9, None);
+        let second = madsim::run(&scenario, 9, None);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
     }
 
     #[test]
     fn cold_start_is_deterministic() {
         let scenario = load("cold_start_2800.toml");
-        let first = madsim::run(&scenario, 5);
-        let second = madsim::run(&scenario, 5);
+        let first = madsim::run(&scenario, 5, None);
+        let second = madsim::run(&scenario, 5, None);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
     }
 
     #[test]
     fn same_seed_same_hash_and_a_different_seed_changes_it() {
         let scenario = load("churn_max_connections.toml");
-        let first = madsim::run(&scenario, 42);
-        let second = madsim::run(&scenario, 42);
+        let first = madsim::run(&scenario, 42, None);
+        let second = madsim::run(&scenario, 42, None);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
         assert_eq!(first.trace.hash(), second.trace.hash());
-        let other = madsim::run(&scenario, 43);
+        let other = madsim::run(&scenario, 43, None);
         assert_ne!(first.trace.hash(), other.trace.hash());
     }
 }

@@ -26,15 +26,13 @@ use std::time::{Duration, SystemTime};
 use madsim::rand::seq::SliceRandom;
 use relay::rt::time::{sleep, sleep_until};
 
-use crate::actors::relay_host::{
-    self, monitor, run_relay, sample, ConnWatch, RelayControl, RelayDatabase,
-};
+use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::rng::{self, thread_rng};
 use crate::actors::{cast, upstream, TraceSink, WorldClock};
 use crate::logs::LogSettings;
 use crate::scenario::{Between, FaultKind, FaultSpec, Scenario};
 use crate::trace::Event;
-use crate::worlds::{Engine, SeedRun};
+use crate::worlds::{conn_watch, judge, on_fresh_thread, panic_message, Engine, SeedRun};
 
 /// The relay's host name and port.
 const RELAY_HOST: &str = "relay";
@@ -61,7 +59,7 @@ impl Engine for Turmoil {
 /// Run one seed of `scenario` on turmoil and judge it, on a fresh thread (the actors' RNG
 /// and the relay's task census are per thread), capturing logs with `logs` if given.
 pub fn run(scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
-    crate::actors::on_fresh_thread("turmoil", scenario, seed, logs, run_on_this_thread)
+    on_fresh_thread("turmoil", scenario, seed, logs, run_on_this_thread)
 }
 
 /// What the timeline asks of the simulation between steps.
@@ -85,9 +83,9 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
     drop(database);
     let failure = match result {
         Ok(outcome) => outcome.err(),
-        Err(payload) => Some(relay_host::panic_message(&*payload)),
+        Err(payload) => Some(panic_message(&*payload)),
     };
-    let (trace, violations, verdict) = relay_host::judge(scenario, sink.take(), failure);
+    let (trace, violations, verdict) = judge(scenario, sink.take(), failure);
     SeedRun {
         trace,
         violations,
@@ -272,7 +270,7 @@ impl Timeline {
         let monitor_task = tokio::spawn(monitor(
             this.sink.clone(),
             Arc::clone(&this.control),
-            ConnWatch::of(&this.scenario),
+            conn_watch(&this.scenario),
         ));
         let mut fault_tasks = Vec::new();
         for (index, fault) in this.scenario.faults.clone().into_iter().enumerate() {

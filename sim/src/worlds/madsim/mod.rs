@@ -28,35 +28,17 @@ use madsim::rand::{seq::SliceRandom, thread_rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
 
-use crate::actors::relay_host::{
-    self, monitor, quiet_injected_panics, run_relay, sample, ConnWatch, RelayControl, RelayDatabase,
-};
+use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::{cast, upstream, TraceSink};
 use crate::logs::LogSettings;
-use crate::oracle::{Verdict, Violation};
 use crate::scenario::{Between, FaultKind, FaultSpec, NetworkSpec, Scenario};
 use crate::trace::{Event, Trace};
-use crate::worlds::{Engine, SeedRun};
+use crate::worlds::{conn_watch, judge, on_fresh_thread, panic_message, Engine, SeedRun};
 
 /// The relay's port inside the world.
 pub const RELAY_PORT: u16 = 8080;
 /// Node name of the relay (also the key of its task count in madsim's metrics).
 const RELAY_NODE: &str = "relay";
-
-/// Everything one seed of one scenario produced.
-#[derive(Debug)]
-pub struct RunOutcome {
-    /// The trace, in order.
-    pub trace: Trace,
-    /// Oracle violations, in oracle order.
-    pub violations: Vec<Violation>,
-    /// The verdict against the scenario's expectation.
-    pub verdict: Verdict,
-    /// Wall-clock time the run took.
-    pub wall: Duration,
-    /// The relay's reachability probes reached (see [`SeedRun::reached`]).
-    pub reached: crate::worlds::Reached,
-}
 
 /// The madsim world as an engine: the unmodified relay on simulated nodes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -68,49 +50,17 @@ impl Engine for Madsim {
     }
 
     fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
-        let capture = logs.map(crate::logs::LogCapture::new);
-        let outcome = match &capture {
-            // `run` carries the caller's dispatcher onto its simulation thread.
-            Some(capture) => {
-                tracing::dispatcher::with_default(capture.dispatch(), || run(scenario, seed))
-            }
-            None => run(scenario, seed),
-        };
-        SeedRun {
-            trace: outcome.trace,
-            violations: outcome.violations,
-            verdict: outcome.verdict,
-            wall: outcome.wall,
-            logs: capture.map(crate::logs::LogCapture::finish),
-            reached: outcome.reached,
-        }
+        run(scenario, seed, logs)
     }
 }
 
-/// Run one seed of `scenario` to completion and judge it.
-///
-/// Each run gets a fresh OS thread. Thread-locals seeded once per thread from `getrandom`
-/// (rand's `ThreadRng`, std's `RandomState` keys) draw from madsim's seeded RNG the first
-/// time they are used; on a reused thread a later run would skip those draws and diverge
-/// from the same seed's first run. A fresh thread makes every run a first run.
-pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
-    quiet_injected_panics();
-    let scenario = scenario.clone();
-    // The caller's log subscriber (e.g. the harness's per-run capture) follows the run.
-    let dispatch = tracing::dispatcher::get_default(Clone::clone);
-    #[allow(clippy::disallowed_methods)] // the harness's own thread, outside any simulation
-    let runner = std::thread::Builder::new()
-        .name(format!("windtunnel-seed-{seed}"))
-        .spawn(move || {
-            tracing::dispatcher::with_default(&dispatch, || run_on_this_thread(&scenario, seed))
-        })
-        .expect("cannot start a simulation thread");
-    runner
-        .join()
-        .expect("the simulation thread catches its own panics")
+/// Run one seed of `scenario` to completion on a fresh thread and judge it, capturing logs
+/// with `logs` if given.
+pub fn run(scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
+    on_fresh_thread("madsim", scenario, seed, logs, run_on_this_thread)
 }
 
-fn run_on_this_thread(scenario: &Scenario, seed: u64) -> RunOutcome {
+fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
     #[allow(clippy::disallowed_methods)] // wall time of the harness itself, never of the world
     let wall_start = std::time::Instant::now();
     let leftovers = relay::rt::leftovers();
@@ -145,15 +95,14 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> RunOutcome {
         .collect();
     let sink = sink_slot.lock().expect("slot lock").take();
     let trace = sink.map_or_else(Trace::default, |sink| sink.take());
-    let failure = result
-        .err()
-        .map(|payload| relay_host::panic_message(&*payload));
-    let (trace, violations, verdict) = relay_host::judge(scenario, trace, failure);
-    RunOutcome {
+    let failure = result.err().map(|payload| panic_message(&*payload));
+    let (trace, violations, verdict) = judge(scenario, trace, failure);
+    SeedRun {
         trace,
         violations,
         verdict,
         wall: wall_start.elapsed(),
+        logs: None,
         reached,
     }
 }
@@ -198,7 +147,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     let mut world_tasks = vec![madsim::task::spawn(monitor(
         sink.clone(),
         Arc::clone(&control),
-        ConnWatch::of(&scenario),
+        conn_watch(&scenario),
     ))];
     for (index, fault) in scenario.faults.clone().into_iter().enumerate() {
         world_tasks.push(madsim::task::spawn(inject(

@@ -35,7 +35,7 @@ use crate::actors::{cast, rng, upstream, TraceSink, WorldClock};
 use crate::logs::LogSettings;
 use crate::scenario::{FaultKind, Scenario};
 use crate::trace::Event;
-use crate::worlds::{Engine, SeedRun};
+use crate::worlds::{judge, on_fresh_thread, Engine, SeedRun};
 use process::{ProcessUsage, RelayProcess, RelayProgram};
 
 /// How long the relay gets to release the connections of the clients stopped at the end.
@@ -104,7 +104,7 @@ pub fn run(
 ) -> SeedRun {
     let relay = relay.clone();
     raise_open_file_limit();
-    crate::actors::on_fresh_thread("real", scenario, seed, logs, move |scenario, seed| {
+    on_fresh_thread("real", scenario, seed, logs, move |scenario, seed| {
         run_on_this_thread(scenario, seed, &relay)
     })
 }
@@ -123,7 +123,7 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64, program: &RelayProgram) ->
     // The actors' tasks end (their sockets close) before the files go.
     drop(actors_runtime);
     let relay_output = std::fs::read_to_string(&files.relay_output).unwrap_or_default();
-    let (trace, violations, verdict) = relay_host::judge(scenario, sink.take(), outcome.err());
+    let (trace, violations, verdict) = judge(scenario, sink.take(), outcome.err());
     SeedRun {
         trace,
         violations,
