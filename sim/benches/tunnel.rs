@@ -30,7 +30,8 @@ mod bench {
 
     use windtunnel::report::Summary;
     use windtunnel::scenario::Scenario;
-    use windtunnel::worlds::madsim::{self, bare};
+    use windtunnel::worlds::madsim::{bare, Madsim};
+    use windtunnel::worlds::Engine;
 
     pub fn main() {
         let mut pairs = 3u64;
@@ -76,7 +77,7 @@ mod bench {
         let mut ratios = Vec::new();
         let mut tunnel_walls = Vec::new();
         for seed in 1..=pairs {
-            let tunnel = madsim::run(&scenario, seed, None);
+            let tunnel = Madsim.run(&scenario, seed, None);
             let bare = bare::run(&scenario, seed);
             let summary = Summary::of(&tunnel.trace);
             let events = summary
@@ -117,7 +118,7 @@ mod bench {
         #[allow(clippy::disallowed_methods)] // the benchmark's wall clock
         let start = std::time::Instant::now();
         for seed in 1..=batch {
-            let outcome = madsim::run(&scenario, seed, None);
+            let outcome = Madsim.run(&scenario, seed, None);
             walls.push(secs(outcome.wall));
             if !outcome.verdict.is_success() {
                 failed += 1;

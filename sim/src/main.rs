@@ -292,8 +292,11 @@ fn load_for_real(
         eprintln!("{error}");
         ExitCode::from(2)
     })?;
-    if let Some(reason) = windtunnel::worlds::real::unsupported(&loaded.scenario) {
-        eprintln!("{}: cannot run for real: {reason}", path.display());
+    let refused = windtunnel::scenario::REAL.problems(&loaded.scenario);
+    if !refused.is_empty() {
+        for problem in refused {
+            eprintln!("{}: cannot run for real: {problem}", path.display());
+        }
         return Err(ExitCode::from(2));
     }
     let relay = match relay_bin {

@@ -424,7 +424,7 @@ no_panics = {}
 "#,
     )
     .unwrap();
-    assert_eq!(windtunnel::worlds::real::unsupported(&scenario), None);
+    assert!(windtunnel::scenario::REAL.problems(&scenario).is_empty());
     let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
     let run = windtunnel::worlds::real::run(&scenario, 1, None, &relay);
     assert_eq!(
@@ -473,6 +473,7 @@ no_panics = {}
 #[cfg(not(madsim))]
 #[test]
 fn real_mode_refuses_what_a_loopback_cannot_play() {
+    use windtunnel::scenario::REAL;
     use windtunnel::worlds::real::process::RelayProgram;
     let with_fault = |fault: &str| {
         Scenario::parse(
@@ -483,16 +484,26 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
     };
     let partition =
         with_fault("kind = \"partition\"\nat_s = 1\nduration_s = 1\nhosts_fraction = 0.5");
-    let reason = windtunnel::worlds::real::unsupported(&partition).unwrap();
-    assert!(
-        reason.contains("partition fault cannot be played"),
-        "{reason}"
+    let refused = |scenario: &Scenario| -> Vec<String> {
+        REAL.problems(scenario)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        refused(&partition),
+        [
+            "faults[0].kind: expected no partition fault with --real (a real loopback network has \
+          no partitions, clogs or latency control)"
+        ]
     );
     let stall = with_fault("kind = \"handler_stall\"\nat_s = 1\nduration_s = 1");
-    let reason = windtunnel::worlds::real::unsupported(&stall).unwrap();
+    let [reason] = &refused(&stall)[..] else {
+        panic!("{:?}", refused(&stall));
+    };
     assert!(reason.contains("fault points"), "{reason}");
     let kill = with_fault("kind = \"kill_relay\"\nat_s = 1\ndown_s = 1");
-    assert_eq!(windtunnel::worlds::real::unsupported(&kill), None);
+    assert_eq!(refused(&kill), Vec::<String>::new());
     // A relay that cannot start is a clear failure of the run, not a hang.
     let missing = RelayProgram::binary("/nonexistent/relay");
     let run = windtunnel::worlds::real::run(&kill, 1, None, &missing);
@@ -515,7 +526,8 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
 mod simulated {
     use super::*;
     use windtunnel::oracle::Verdict;
-    use windtunnel::worlds::{madsim, SeedRun};
+    use windtunnel::worlds::madsim::Madsim;
+    use windtunnel::worlds::{Engine, SeedRun};
 
     /// Run `seeds` on two worker threads (one madsim runtime per run), in seed order.
     fn run_seeds(scenario: &Scenario, seeds: std::ops::RangeInclusive<u64>) -> Vec<(u64, SeedRun)> {
@@ -526,7 +538,7 @@ mod simulated {
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|&seed| (seed, madsim::run(scenario, seed, None)))
+                        .map(|&seed| (seed, Madsim.run(scenario, seed, None)))
                         .collect::<Vec<_>>()
                 })
             });
@@ -559,7 +571,7 @@ mod simulated {
     fn churn_reaches_the_connection_limit_and_gets_refusals() {
         // The scenario is only meaningful if the churn really exceeds max_connections.
         let scenario = load("churn_max_connections.toml");
-        let outcome = madsim::run(&scenario, 3, None);
+        let outcome = Madsim.run(&scenario, 3, None);
         let summary = windtunnel::report::Summary::of(&outcome.trace);
         let (high_water, max, _, refused) = summary.relay_last.unwrap();
         assert_eq!(high_water, max);
@@ -1057,27 +1069,27 @@ mod simulated {
     #[test]
     fn slow_consumer_is_deterministic() {
         let scenario = load("slow_consumer.toml");
-        let first = madsim::run(&scenario, 9, None);
-        let second = madsim::run(&scenario, 9, None);
+        let first = Madsim.run(&scenario, 9, None);
+        let second = Madsim.run(&scenario, 9, None);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
     }
 
     #[test]
     fn cold_start_is_deterministic() {
         let scenario = load("cold_start_2800.toml");
-        let first = madsim::run(&scenario, 5, None);
-        let second = madsim::run(&scenario, 5, None);
+        let first = Madsim.run(&scenario, 5, None);
+        let second = Madsim.run(&scenario, 5, None);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
     }
 
     #[test]
     fn same_seed_same_hash_and_a_different_seed_changes_it() {
         let scenario = load("churn_max_connections.toml");
-        let first = madsim::run(&scenario, 42, None);
-        let second = madsim::run(&scenario, 42, None);
+        let first = Madsim.run(&scenario, 42, None);
+        let second = Madsim.run(&scenario, 42, None);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
         assert_eq!(first.trace.hash(), second.trace.hash());
-        let other = madsim::run(&scenario, 43, None);
+        let other = Madsim.run(&scenario, 43, None);
         assert_ne!(first.trace.hash(), other.trace.hash());
     }
 }

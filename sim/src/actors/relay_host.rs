@@ -132,6 +132,15 @@ pub struct RelayControl {
 }
 
 impl RelayControl {
+    /// Ask the running incarnation to shut down gracefully, and wait until it has.
+    pub async fn stop_gracefully(&self) {
+        let stopped_before = self.stopped.load(Ordering::SeqCst);
+        self.stop.notify_waiters();
+        while self.stopped.load(Ordering::SeqCst) == stopped_before {
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The running incarnation's observer, if it is up.
     pub fn observer(&self) -> Option<Observer> {
         self.observer.lock().expect("observer lock").clone()

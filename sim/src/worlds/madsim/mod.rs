@@ -10,30 +10,37 @@
 //! `/dev/shm` when it has room (else the system temp dir), pre-filled with the generated
 //! host table, removed after the run.
 //!
+//! The faults are the one fault player's ([`crate::worlds::faults`]); what they do to this
+//! world is [`MadsimWorld`]'s: madsim's `kill` and `restart` of the relay's node, clogged
+//! links and nodes, the network's latency, and the relay's fault points.
+//!
 //! [`bare`] builds the same shape of world without the relay and the harness: the baseline
 //! the benchmarks compare the tunnel against.
 
 pub mod bare;
-mod power_loss;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::net::NetSim;
-use madsim::rand::{seq::SliceRandom, thread_rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::task::NodeId;
+use relay::rt::fault::{self, Fault};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
 
 use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::{cast, upstream, TraceSink};
 use crate::logs::LogSettings;
-use crate::scenario::{Between, FaultKind, FaultSpec, NetworkSpec, Scenario};
-use crate::trace::{Event, Trace};
-use crate::worlds::{conn_watch, judge, on_fresh_thread, panic_message, Engine, SeedRun};
+use crate::scenario::{Between, Scenario, Supports, MADSIM};
+use crate::trace::Trace;
+use crate::worlds::faults::FaultPlayer;
+use crate::worlds::power_loss::DiskImage;
+use crate::worlds::{
+    conn_watch, on_fresh_thread, panic_message, Engine, RelayPlacement, SeedRun, Unjudged, World,
+};
 
 /// The relay's port inside the world.
 pub const RELAY_PORT: u16 = 8080;
@@ -50,19 +57,11 @@ impl Engine for Madsim {
     }
 
     fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
-        run(scenario, seed, logs)
+        on_fresh_thread(self.name(), scenario, seed, logs, run_on_this_thread)
     }
 }
 
-/// Run one seed of `scenario` to completion on a fresh thread and judge it, capturing logs
-/// with `logs` if given.
-pub fn run(scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
-    on_fresh_thread("madsim", scenario, seed, logs, run_on_this_thread)
-}
-
-fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
-    #[allow(clippy::disallowed_methods)] // wall time of the harness itself, never of the world
-    let wall_start = std::time::Instant::now();
+fn run_on_this_thread(scenario: &Scenario, seed: u64) -> Unjudged {
     let leftovers = relay::rt::leftovers();
     assert!(
         leftovers.is_empty(),
@@ -94,14 +93,9 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
         .map(|(probe, count)| (probe.name(), count))
         .collect();
     let sink = sink_slot.lock().expect("slot lock").take();
-    let trace = sink.map_or_else(Trace::default, |sink| sink.take());
-    let failure = result.err().map(|payload| panic_message(&*payload));
-    let (trace, violations, verdict) = judge(scenario, trace, failure);
-    SeedRun {
-        trace,
-        violations,
-        verdict,
-        wall: wall_start.elapsed(),
+    Unjudged {
+        trace: sink.map_or_else(Trace::default, |sink| sink.take()),
+        failure: result.err().map(|payload| panic_message(&*payload)),
         logs: None,
         reached,
     }
@@ -125,10 +119,13 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
         ),
         None => (Vec::new(), Vec::new()),
     };
-    let mut relay_config = scenario.relay.clone();
-    relay_config.server.listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT);
-    relay_config.store.path = database.clone();
-    relay_config.upstream.port = upstream::UPSTREAM_PORT;
+    let relay_config = RelayPlacement {
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT),
+        database: &database,
+        upstream_port: upstream::UPSTREAM_PORT,
+        without_date_header: false,
+    }
+    .config(&scenario);
     let relay_control = Arc::clone(&control);
     let relay_node = handle
         .create_node()
@@ -144,24 +141,27 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     // Everything this world starts, so it can all be torn down when the run ends.
     let mut nodes = vec![relay_node.id()];
     nodes.extend(upstream_nodes.iter().map(NodeHandle::id));
-    let mut world_tasks = vec![madsim::task::spawn(monitor(
+    let monitor_task = madsim::task::spawn(monitor(
         sink.clone(),
         Arc::clone(&control),
         conn_watch(&scenario),
-    ))];
-    for (index, fault) in scenario.faults.clone().into_iter().enumerate() {
-        world_tasks.push(madsim::task::spawn(inject(
-            index,
-            fault,
-            scenario.network.clone(),
-            relay_node.id(),
-            upstream_nodes.clone(),
-            Arc::clone(&control),
-            sink.clone(),
-            world_start,
-            database.clone(),
-        )));
-    }
+    ));
+    let faults = FaultPlayer::new(
+        Arc::new(MadsimWorld {
+            relay: relay_node.id(),
+            upstreams: upstream_nodes.iter().map(NodeHandle::id).collect(),
+            control: Arc::clone(&control),
+            database: database.clone(),
+        }),
+        &scenario,
+        sink.clone(),
+        world_start,
+    );
+    let fault_tasks: Vec<_> = faults
+        .plays(&scenario.faults)
+        .into_iter()
+        .map(madsim::task::spawn)
+        .collect();
 
     let send_times = relay_host::send_times(&scenario, &database, &plans);
     let (clients, tallies) = cast::clients(&scenario, send_times);
@@ -192,7 +192,8 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     // them sockets, SQLite connections, buffers). Tasks that wait on each other form
     // reference cycles that dropping the runtime alone does not break, so without this
     // every run would leak its whole world into the next one.
-    for task in world_tasks {
+    monitor_task.abort();
+    for task in fault_tasks {
         task.abort();
     }
     for node in nodes {
@@ -252,156 +253,98 @@ fn send_latency(range_ms: Between<u64>) -> std::ops::Range<Duration> {
     range.min..range.max + Duration::from_nanos(1)
 }
 
-/// Play one fault of the timeline (entry `index` of `[[faults]]`): record when it took
-/// hold and, when it ends, what it did (hosts cut, failures injected, a relay stopped).
-#[allow(clippy::too_many_arguments)] // one fault's whole context, passed once
-async fn inject(
-    index: usize,
-    fault: FaultSpec,
-    network: NetworkSpec,
-    relay: madsim::task::NodeId,
-    upstreams: Vec<NodeHandle>,
+/// What the madsim world's faults change: the relay's node (and its control and database)
+/// and the upstream hosts' nodes.
+struct MadsimWorld {
+    relay: NodeId,
+    /// The upstream hosts' nodes, in plan order.
+    upstreams: Vec<NodeId>,
     control: Arc<RelayControl>,
-    sink: TraceSink,
-    world_start: Instant,
     database: PathBuf,
-) {
-    let FaultSpec {
-        at_s,
-        duration_s,
-        kind: what,
-    } = fault;
-    let kind = what.name();
-    let record = |hosts: usize, active: bool, effect: u64| {
-        sink.record(
-            "world",
-            Event::Fault {
-                kind: kind.to_owned(),
-                index: index as u32,
-                hosts: hosts as u32,
-                active,
-                effect,
-            },
-        );
-    };
-    let handle = Handle::current();
-    match what {
-        FaultKind::Partition { hosts_fraction } => {
-            sleep_until(world_start + Duration::from_secs(at_s)).await;
-            let count = (hosts_fraction * upstreams.len() as f64).round() as usize;
-            let cut: Vec<&NodeHandle> = upstreams
-                .choose_multiple(&mut thread_rng(), count)
-                .collect();
-            let net = NetSim::current();
-            for node in &cut {
-                net.clog_link(relay, node.id());
-                net.clog_link(node.id(), relay);
+}
+
+impl MadsimWorld {
+    /// Withdraw the relay's observer and kill its node.
+    fn kill(&self) {
+        self.control.set_observer(None);
+        Handle::current().kill(self.relay);
+    }
+}
+
+impl World for MadsimWorld {
+    const SUPPORTS: &'static Supports = &MADSIM;
+
+    async fn relay_up(&self) -> bool {
+        self.control.observer().is_some()
+    }
+
+    async fn kill_relay(&self) -> Result<(), String> {
+        self.kill();
+        Ok(())
+    }
+
+    async fn stop_relay(&self) -> Result<(), String> {
+        self.control.stop_gracefully().await;
+        // Stopped cleanly; madsim needs the node killed before it can be restarted.
+        Handle::current().kill(self.relay);
+        Ok(())
+    }
+
+    async fn start_relay(&self) -> Result<(), String> {
+        Handle::current().restart(self.relay);
+        Ok(())
+    }
+
+    fn cut_power(&self) -> DiskImage {
+        // A relay that is down has no commit in flight: its files are what it left.
+        let durable = self
+            .control
+            .observer()
+            .is_none_or(|observer| observer.events().commits_durable);
+        let image = DiskImage::capture(&self.database, durable)
+            .unwrap_or_else(|error| panic!("power_loss: cannot read the database: {error}"));
+        self.kill();
+        image
+    }
+
+    fn upstream_count(&self) -> usize {
+        self.upstreams.len()
+    }
+
+    fn partition(&self, hosts: &[usize], cut: bool) {
+        let net = NetSim::current();
+        for &host in hosts {
+            let node = self.upstreams[host];
+            if cut {
+                net.clog_link(self.relay, node);
+                net.clog_link(node, self.relay);
+            } else {
+                net.unclog_link(self.relay, node);
+                net.unclog_link(node, self.relay);
             }
-            record(count, true, 0);
-            sleep(Duration::from_secs(duration_s)).await;
-            for node in &cut {
-                net.unclog_link(relay, node.id());
-                net.unclog_link(node.id(), relay);
-            }
-            record(count, false, count as u64);
         }
-        FaultKind::Clog => {
-            sleep_until(world_start + Duration::from_secs(at_s)).await;
-            let net = NetSim::current();
-            net.clog_node(relay);
-            record(0, true, 0);
-            sleep(Duration::from_secs(duration_s)).await;
-            net.unclog_node(relay);
-            record(0, false, 1);
+    }
+
+    fn clog_relay(&self, clogged: bool) {
+        let net = NetSim::current();
+        if clogged {
+            net.clog_node(self.relay);
+        } else {
+            net.unclog_node(self.relay);
         }
-        FaultKind::Latency { latency_ms } => {
-            let set_latency = |range_ms: Between<u64>| {
-                NetSim::current()
-                    .update_config(|config| config.send_latency = send_latency(range_ms));
-            };
-            sleep_until(world_start + Duration::from_secs(at_s)).await;
-            set_latency(latency_ms);
-            record(0, true, 0);
-            sleep(Duration::from_secs(duration_s)).await;
-            set_latency(network.latency_ms);
-            record(0, false, 1);
+    }
+
+    fn set_latency(&self, latency_ms: Between<u64>) {
+        NetSim::current().update_config(|config| config.send_latency = send_latency(latency_ms));
+    }
+
+    fn switch_fault_points(&self, switches: &[(Fault, bool)]) {
+        for &(point, failing) in switches {
+            fault::set(point, failing);
         }
-        FaultKind::KillRelay => {
-            sleep_until(world_start + Duration::from_secs(at_s)).await;
-            let was_up = control.observer().is_some();
-            control.set_observer(None);
-            handle.kill(relay);
-            record(0, true, 0);
-            sleep(Duration::from_secs(duration_s)).await;
-            handle.restart(relay);
-            record(0, false, u64::from(was_up));
-        }
-        FaultKind::PowerLoss => {
-            sleep_until(world_start + Duration::from_secs(at_s)).await;
-            let observer = control.observer();
-            let was_up = observer.is_some();
-            // A relay that is down has no commit in flight: its files are what it left.
-            let durable = observer.is_none_or(|observer| observer.events().commits_durable);
-            let image = power_loss::DiskImage::capture(&database, durable)
-                .unwrap_or_else(|error| panic!("power_loss: cannot read the database: {error}"));
-            control.set_observer(None);
-            handle.kill(relay);
-            record(0, true, 0);
-            let back_at = now() + Duration::from_secs(duration_s);
-            while image.still_open() && now() < back_at {
-                sleep(Duration::from_millis(10)).await;
-            }
-            assert!(
-                !image.still_open(),
-                "power_loss: the killed relay still held its database open after {duration_s} s"
-            );
-            image
-                .restore()
-                .unwrap_or_else(|error| panic!("power_loss: cannot restore the database: {error}"));
-            sleep_until(back_at).await;
-            handle.restart(relay);
-            record(0, false, u64::from(was_up));
-        }
-        FaultKind::RestartRelay => {
-            sleep_until(world_start + Duration::from_secs(at_s)).await;
-            let stopped_before = control.stopped.load(Ordering::SeqCst);
-            record(0, true, 0);
-            control.stop.notify_waiters();
-            while control.stopped.load(Ordering::SeqCst) == stopped_before {
-                sleep(Duration::from_millis(10)).await;
-            }
-            // Stopped cleanly; madsim needs the node killed before it can be restarted.
-            handle.kill(relay);
-            sleep(Duration::from_secs(duration_s)).await;
-            handle.restart(relay);
-            record(0, false, 1);
-        }
-        FaultKind::HandlerPanic | FaultKind::HandlerStall | FaultKind::StoreStall => {
-            use relay::rt::fault::{self, Fault};
-            let point = match what {
-                FaultKind::HandlerPanic => Fault::HandlerPanic,
-                FaultKind::StoreStall => Fault::StoreStall,
-                _ => Fault::HandlerStall,
-            };
-            sleep_until(world_start + Duration::from_secs(at_s)).await;
-            fault::set(point, true);
-            let injected_before = fault::injected();
-            record(0, true, 0);
-            sleep(Duration::from_secs(duration_s)).await;
-            fault::set(point, false);
-            record(0, false, fault::injected() - injected_before);
-        }
-        FaultKind::StoreFault { reads } => {
-            use relay::rt::fault::{self, Fault};
-            sleep_until(world_start + Duration::from_secs(at_s)).await;
-            fault::set(Fault::StoreWrite, true);
-            fault::set(Fault::StoreRead, reads);
-            let injected_before = fault::injected();
-            record(0, true, 0);
-            sleep(Duration::from_secs(duration_s)).await;
-            fault::set(Fault::StoreWrite, false);
-            fault::set(Fault::StoreRead, false);
-            record(0, false, fault::injected() - injected_before);
-        }
+    }
+
+    fn faults_injected(&self) -> u64 {
+        fault::injected()
     }
 }
