@@ -72,7 +72,7 @@ fanout() {
   real_example fanout_bench "$@"
 }
 # The cold-start scenario itself, for real: the tunnel's own upstream actors on loopback
-# sockets and the release relay binary as a child process (sim/src/real_world).
+# sockets and the release relay binary as a child process (sim/src/worlds/real).
 cold_start() {
   cargo build --release -p windtunnel -p relay
   run target/release/windtunnel run --real scenarios/cold_start_2800.toml --seed 1 \

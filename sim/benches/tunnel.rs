@@ -1,7 +1,7 @@
 //! Wind-tunnel benchmarks (issue 8), run by `cargo sim-bench` (`ci/bench.sh tunnel`):
 //!
 //! 1. The cold start (`scenarios/cold_start_2800.toml`) against the bare madsim program of
-//!    the same shape (`windtunnel::world::bare`), seed by seed, tunnel then bare, so each
+//!    the same shape (`windtunnel::worlds::madsim::bare`), seed by seed, tunnel then bare, so each
 //!    pair shares the machine's state: wall times, their ratio, simulated seconds per wall
 //!    second, and the volume both moved (event frames, connections, probes).
 //! 2. Seeds per second, one seed after another on one thread, for
@@ -30,7 +30,8 @@ mod bench {
 
     use windtunnel::report::Summary;
     use windtunnel::scenario::Scenario;
-    use windtunnel::world::{self, bare};
+    use windtunnel::worlds::madsim::{bare, Madsim};
+    use windtunnel::worlds::Engine;
 
     pub fn main() {
         let mut pairs = 3u64;
@@ -76,7 +77,7 @@ mod bench {
         let mut ratios = Vec::new();
         let mut tunnel_walls = Vec::new();
         for seed in 1..=pairs {
-            let tunnel = world::run(&scenario, seed);
+            let tunnel = Madsim.run(&scenario, seed, None);
             let bare = bare::run(&scenario, seed);
             let summary = Summary::of(&tunnel.trace);
             let events = summary
@@ -117,7 +118,7 @@ mod bench {
         #[allow(clippy::disallowed_methods)] // the benchmark's wall clock
         let start = std::time::Instant::now();
         for seed in 1..=batch {
-            let outcome = world::run(&scenario, seed);
+            let outcome = Madsim.run(&scenario, seed, None);
             walls.push(secs(outcome.wall));
             if !outcome.verdict.is_success() {
                 failed += 1;

@@ -14,13 +14,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::artifacts::{self, Artifact, ArtifactError, Meta};
-use crate::engine::{Engine, SeedRun};
 use crate::logs::LogSettings;
 use crate::report::{format_seed, parse_seed, RunReport};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::swarm::{self, Draw, SwarmError};
 use crate::timeline;
 use crate::trace::{Record, Trace};
+use crate::worlds::{Engine, SeedRun};
 
 /// A scenario file as loaded: its text is kept for the artifact's copy.
 #[derive(Clone, Debug)]

@@ -11,10 +11,10 @@
 
 use std::path::Path;
 
-use crate::engine::Engine;
 use crate::harness::Loaded;
 use crate::report::format_seed;
 use crate::swarm;
+use crate::worlds::Engine;
 
 /// One pair whose hash in a shared process differed from its hash alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,10 +153,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::engine::SeedRun;
     use crate::oracle::Verdict;
     use crate::scenario::Scenario;
     use crate::trace::{Event, Trace};
+    use crate::worlds::SeedRun;
 
     /// An engine whose hash depends on the seed and, if `leaky`, on how many worlds this
     /// engine ran before (a process-wide counter).

@@ -6,33 +6,29 @@
 //! - [`oracle`]: pure checks from scenario + trace to violations and a verdict (plain Rust).
 //! - [`report`]: what a run prints (plain Rust).
 //! - [`swarm`]: scenario parameters drawn from the seed (plain Rust).
-//! - [`engine`]: the seam between the harness and what runs a seed (`Madsim` under
-//!   `--cfg madsim`).
 //! - [`harness`]: one seed end to end (swarm draw, run, report, determinism check,
-//!   artifacts) and replaying an artifact folder (plain Rust over an [`engine::Engine`]).
+//!   artifacts) and replaying an artifact folder (plain Rust over a [`worlds::Engine`]).
 //! - [`artifacts`], [`logs`], [`timeline`]: what a run leaves behind (folder layout,
 //!   captured logs, the timeline SVG).
 //! - [`sweep`], [`shrink`]: many seeds in shards with a summary; failure shrinking.
 //! - [`isolation`]: every seed hashes the same alone and after other seeds in one process.
 //! - [`actors`]: the world's cast (upstream hosts, consumers, probers, churners, callers,
 //!   abusers, the relay's host program, monitor and audit), shared by every engine.
-//! - `world` (only with `--cfg madsim`): builds the simulated world and runs one seed.
-//! - `turmoil_world` (ordinary builds): the same cast on turmoil's TCP-faithful hosts.
-//! - `real_world` (ordinary builds, `run --real`): the same cast on real tokio and real
-//!   loopback TCP against the relay.
+//! - [`worlds`]: the seam between the harness and what runs a seed ([`worlds::Engine`]),
+//!   and the worlds themselves, each with its engine: `madsim` (only with `--cfg madsim`)
+//!   builds the simulated world and runs one seed; `turmoil` (ordinary builds) puts the
+//!   same cast on turmoil's TCP-faithful hosts; `real` (ordinary builds, `run --real`) on
+//!   real tokio and real loopback TCP against the relay.
 //!
 //! Everything judged is judged from the trace, so the plain parts are tested by ordinary
 //! `cargo test` and only running a world needs the simulation build (`cargo sim-test`).
 
 pub mod actors;
 pub mod artifacts;
-pub mod engine;
 pub mod harness;
 pub mod isolation;
 pub mod logs;
 pub mod oracle;
-#[cfg(not(madsim))]
-pub mod real_world;
 pub mod report;
 pub mod scenario;
 pub mod shrink;
@@ -40,7 +36,4 @@ pub mod swarm;
 pub mod sweep;
 pub mod timeline;
 pub mod trace;
-#[cfg(not(madsim))]
-pub mod turmoil_world;
-#[cfg(madsim)]
-pub mod world;
+pub mod worlds;

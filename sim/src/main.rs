@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use windtunnel::engine::Engine;
 use windtunnel::harness::{self, Loaded, Options};
 use windtunnel::logs::{LogSettings, DEFAULT_FILTER};
 use windtunnel::oracle::Verdict;
 use windtunnel::report::{format_seed, parse_seed};
+use windtunnel::worlds::Engine;
 use windtunnel::{shrink, sweep};
 
 #[derive(Debug, Parser)]
@@ -177,13 +177,13 @@ impl OutputArgs {
 /// This build's engine: madsim in the simulation build, turmoil in an ordinary one.
 #[cfg(madsim)]
 fn engine() -> &'static dyn Engine {
-    &windtunnel::engine::Madsim
+    &windtunnel::worlds::madsim::Madsim
 }
 
 /// This build's engine: madsim in the simulation build, turmoil in an ordinary one.
 #[cfg(not(madsim))]
 fn engine() -> &'static dyn Engine {
-    &windtunnel::engine::Turmoil
+    &windtunnel::worlds::turmoil::Turmoil
 }
 
 fn main() -> ExitCode {
@@ -287,13 +287,16 @@ fn load_for_real(
     path: &Path,
     relay_bin: Option<PathBuf>,
 ) -> Result<(Box<dyn Engine>, Loaded), ExitCode> {
-    use windtunnel::real_world::process::RelayProgram;
+    use windtunnel::worlds::real::process::RelayProgram;
     let loaded = Loaded::load(path).map_err(|error| {
         eprintln!("{error}");
         ExitCode::from(2)
     })?;
-    if let Some(reason) = windtunnel::real_world::unsupported(&loaded.scenario) {
-        eprintln!("{}: cannot run for real: {reason}", path.display());
+    let refused = windtunnel::scenario::REAL.problems(&loaded.scenario);
+    if !refused.is_empty() {
+        for problem in refused {
+            eprintln!("{}: cannot run for real: {problem}", path.display());
+        }
         return Err(ExitCode::from(2));
     }
     let relay = match relay_bin {
@@ -303,7 +306,7 @@ fn load_for_real(
             ExitCode::from(2)
         })?,
     };
-    Ok((Box::new(windtunnel::real_world::Real { relay }), loaded))
+    Ok((Box::new(windtunnel::worlds::real::Real { relay }), loaded))
 }
 
 /// `run --real` needs an ordinary build.
@@ -326,7 +329,7 @@ fn load(path: &Path) -> Result<Loaded, ExitCode> {
         eprintln!("{error}");
         ExitCode::from(2)
     })?;
-    if let Err(error) = windtunnel::engine::for_scenario(&loaded.scenario) {
+    if let Err(error) = windtunnel::worlds::for_scenario(&loaded.scenario) {
         eprintln!("{}: {error}", path.display());
         return Err(ExitCode::from(2));
     }
@@ -391,7 +394,7 @@ fn replay(engine: &dyn Engine, dir: &Path) -> Result<ExitCode, ExitCode> {
     // The recorded scenario must be one this build's engine runs (the harness reports a
     // missing or broken folder itself).
     if let Ok(recorded) = Loaded::load(&dir.join("scenario.toml")) {
-        if let Err(error) = windtunnel::engine::for_scenario(&recorded.scenario) {
+        if let Err(error) = windtunnel::worlds::for_scenario(&recorded.scenario) {
             eprintln!("{}: {error}", dir.display());
             return Err(ExitCode::from(2));
         }
@@ -496,7 +499,7 @@ fn load_for_engine(paths: &[PathBuf]) -> Result<Vec<Loaded>, ExitCode> {
             "skipping {} scenario(s) for another engine ({}, …): {}",
             selection.other_engine.len(),
             first.path.display(),
-            windtunnel::engine::for_scenario(&first.scenario)
+            windtunnel::worlds::for_scenario(&first.scenario)
                 .err()
                 .unwrap_or_default()
         );

@@ -15,11 +15,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::artifacts;
-use crate::engine::Engine;
 use crate::harness::{Loaded, SeedResult};
 use crate::oracle::{OracleName, Verdict};
 use crate::report::format_seed;
 use crate::scenario::Scenario;
+use crate::worlds::Engine;
 
 /// A smaller scenario and what was removed to get it.
 #[derive(Clone, Debug)]

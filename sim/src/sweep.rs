@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::engine::{Engine, Reached};
 use crate::harness::{self, Loaded, Options};
 use crate::report::format_seed;
+use crate::worlds::{Engine, Reached};
 
 /// `k/n`: the k-th (1-based) of n shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -442,7 +442,7 @@ impl Selection {
         let mut selection = Self::default();
         for file in expand_paths(paths)? {
             match Loaded::load(&file) {
-                Ok(loaded) if crate::engine::for_scenario(&loaded.scenario).is_ok() => {
+                Ok(loaded) if crate::worlds::for_scenario(&loaded.scenario).is_ok() => {
                     selection.runnable.push(loaded);
                 }
                 Ok(loaded) => selection.other_engine.push(loaded),

@@ -316,9 +316,10 @@ fn missing_file_is_a_clear_error() {
 #[cfg(not(madsim))]
 mod turmoil_engine {
     use super::*;
-    use windtunnel::engine::{Engine, Turmoil};
     use windtunnel::oracle::Verdict;
     use windtunnel::trace::Event;
+    use windtunnel::worlds::turmoil::Turmoil;
+    use windtunnel::worlds::Engine;
 
     fn passes_twice_alike(file: &str, seed: u64) -> windtunnel::trace::Trace {
         let scenario = load(file);
@@ -377,8 +378,8 @@ mod turmoil_engine {
 #[test]
 fn real_mode_runs_the_actors_against_the_relay_and_judges_them() {
     use windtunnel::oracle::Verdict;
-    use windtunnel::real_world::process::RelayProgram;
     use windtunnel::trace::Event;
+    use windtunnel::worlds::real::process::RelayProgram;
     let scenario = Scenario::parse(
         Path::new("real.toml"),
         r#"name = "real"
@@ -423,9 +424,9 @@ no_panics = {}
 "#,
     )
     .unwrap();
-    assert_eq!(windtunnel::real_world::unsupported(&scenario), None);
+    assert!(windtunnel::scenario::REAL.problems(&scenario).is_empty());
     let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
-    let run = windtunnel::real_world::run(&scenario, 1, None, &relay);
+    let run = windtunnel::worlds::real::run(&scenario, 1, None, &relay);
     assert_eq!(
         run.verdict,
         Verdict::Passed,
@@ -472,7 +473,8 @@ no_panics = {}
 #[cfg(not(madsim))]
 #[test]
 fn real_mode_refuses_what_a_loopback_cannot_play() {
-    use windtunnel::real_world::process::RelayProgram;
+    use windtunnel::scenario::REAL;
+    use windtunnel::worlds::real::process::RelayProgram;
     let with_fault = |fault: &str| {
         Scenario::parse(
             Path::new("real.toml"),
@@ -482,19 +484,29 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
     };
     let partition =
         with_fault("kind = \"partition\"\nat_s = 1\nduration_s = 1\nhosts_fraction = 0.5");
-    let reason = windtunnel::real_world::unsupported(&partition).unwrap();
-    assert!(
-        reason.contains("partition fault cannot be played"),
-        "{reason}"
+    let refused = |scenario: &Scenario| -> Vec<String> {
+        REAL.problems(scenario)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        refused(&partition),
+        [
+            "faults[0].kind: expected no partition fault with --real (a real loopback network has \
+          no partitions, clogs or latency control)"
+        ]
     );
     let stall = with_fault("kind = \"handler_stall\"\nat_s = 1\nduration_s = 1");
-    let reason = windtunnel::real_world::unsupported(&stall).unwrap();
+    let [reason] = &refused(&stall)[..] else {
+        panic!("{:?}", refused(&stall));
+    };
     assert!(reason.contains("fault points"), "{reason}");
     let kill = with_fault("kind = \"kill_relay\"\nat_s = 1\ndown_s = 1");
-    assert_eq!(windtunnel::real_world::unsupported(&kill), None);
+    assert_eq!(refused(&kill), Vec::<String>::new());
     // A relay that cannot start is a clear failure of the run, not a hang.
     let missing = RelayProgram::binary("/nonexistent/relay");
-    let run = windtunnel::real_world::run(&kill, 1, None, &missing);
+    let run = windtunnel::worlds::real::run(&kill, 1, None, &missing);
     let panic = run
         .trace
         .records()
@@ -514,21 +526,19 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
 mod simulated {
     use super::*;
     use windtunnel::oracle::Verdict;
-    use windtunnel::world::{self, RunOutcome};
+    use windtunnel::worlds::madsim::Madsim;
+    use windtunnel::worlds::{Engine, SeedRun};
 
     /// Run `seeds` on two worker threads (one madsim runtime per run), in seed order.
-    fn run_seeds(
-        scenario: &Scenario,
-        seeds: std::ops::RangeInclusive<u64>,
-    ) -> Vec<(u64, RunOutcome)> {
+    fn run_seeds(scenario: &Scenario, seeds: std::ops::RangeInclusive<u64>) -> Vec<(u64, SeedRun)> {
         let seeds: Vec<u64> = seeds.collect();
         let halves = seeds.split_at(seeds.len() / 2);
-        let mut outcomes: Vec<(u64, RunOutcome)> = std::thread::scope(|scope| {
+        let mut outcomes: Vec<(u64, SeedRun)> = std::thread::scope(|scope| {
             let workers = [halves.0, halves.1].map(|chunk| {
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|&seed| (seed, world::run(scenario, seed)))
+                        .map(|&seed| (seed, Madsim.run(scenario, seed, None)))
                         .collect::<Vec<_>>()
                 })
             });
@@ -561,7 +571,7 @@ mod simulated {
     fn churn_reaches_the_connection_limit_and_gets_refusals() {
         // The scenario is only meaningful if the churn really exceeds max_connections.
         let scenario = load("churn_max_connections.toml");
-        let outcome = world::run(&scenario, 3);
+        let outcome = Madsim.run(&scenario, 3, None);
         let summary = windtunnel::report::Summary::of(&outcome.trace);
         let (high_water, max, _, refused) = summary.relay_last.unwrap();
         assert_eq!(high_water, max);
@@ -679,7 +689,7 @@ mod simulated {
 
     /// Whether a relay sample in `t_us` found the event log not ready (a commit failing or
     /// hanging).
-    fn readiness_off_between(outcome: &RunOutcome, t_us: std::ops::Range<u64>) -> bool {
+    fn readiness_off_between(outcome: &SeedRun, t_us: std::ops::Range<u64>) -> bool {
         outcome.trace.records().iter().any(|record| {
             t_us.contains(&record.t_us)
                 && matches!(record.event, windtunnel::trace::Event::RelaySample { events, .. } if !events.store_healthy)
@@ -690,7 +700,7 @@ mod simulated {
     fn passes(
         name: &str,
         seeds: std::ops::RangeInclusive<u64>,
-    ) -> Vec<(u64, windtunnel::report::Summary, RunOutcome)> {
+    ) -> Vec<(u64, windtunnel::report::Summary, SeedRun)> {
         let scenario = load(name);
         let results: Vec<_> = run_seeds(&scenario, seeds)
             .into_iter()
@@ -1059,27 +1069,27 @@ mod simulated {
     #[test]
     fn slow_consumer_is_deterministic() {
         let scenario = load("slow_consumer.toml");
-        let first = world::run(&scenario, 9);
-        let second = world::run(&scenario, 9);
+        let first = Madsim.run(&scenario, 9, None);
+        let second = Madsim.run(&scenario, 9, None);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
     }
 
     #[test]
     fn cold_start_is_deterministic() {
         let scenario = load("cold_start_2800.toml");
-        let first = world::run(&scenario, 5);
-        let second = world::run(&scenario, 5);
+        let first = Madsim.run(&scenario, 5, None);
+        let second = Madsim.run(&scenario, 5, None);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
     }
 
     #[test]
     fn same_seed_same_hash_and_a_different_seed_changes_it() {
         let scenario = load("churn_max_connections.toml");
-        let first = world::run(&scenario, 42);
-        let second = world::run(&scenario, 42);
+        let first = Madsim.run(&scenario, 42, None);
+        let second = Madsim.run(&scenario, 42, None);
         assert_eq!(first.trace.first_divergence(&second.trace), None);
         assert_eq!(first.trace.hash(), second.trace.hash());
-        let other = world::run(&scenario, 43);
+        let other = Madsim.run(&scenario, 43, None);
         assert_ne!(first.trace.hash(), other.trace.hash());
     }
 }

@@ -3,10 +3,12 @@
 //! the monitor that samples it, the store audit, and the trace they all write to.
 //!
 //! Nothing here names an engine. Sockets, timers and spawning come through the relay's own
-//! seam (`relay::rt`), so the same actor code runs on madsim's nodes (`crate::world`), on
-//! turmoil's hosts (`crate::turmoil_world`) and on real tokio (`crate::real_world`); the few
-//! things an engine must provide are the world's clock ([`WorldClock`]) and the seeded RNG
-//! ([`rng`]). [`cast`] lists the relay's clients once, for every world to start.
+//! seam (`relay::rt`), so the same actor code runs on madsim's nodes, on turmoil's hosts
+//! and on real tokio; the few things an engine must provide are the world's clock
+//! ([`WorldClock`]) and the seeded RNG ([`rng`]). [`cast`] lists the relay's clients once,
+//! for every world to start. Nothing here imports the worlds or the oracles: the cast does
+//! not depend on the judge, and a world hands the monitor the one judgement it needs
+//! ([`relay_host::ConnWatch`]).
 
 pub mod abuser;
 pub mod cast;
@@ -124,42 +126,4 @@ impl TraceSink {
 pub fn actor_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(relay::upstream::WS_READ_BUFFER_BYTES)
-}
-
-/// Run one seed of a world on a fresh OS thread named `windtunnel-<world>-seed-<seed>` (the
-/// actors' RNG and the relay's task census are per thread, so each run starts clean),
-/// with the caller's log subscriber, or a capture of the run's logs when `logs` is given.
-/// Log text the world returns itself (real mode: the relay process's output) follows the
-/// captured lines.
-#[cfg(not(madsim))]
-pub fn on_fresh_thread(
-    world: &str,
-    scenario: &crate::scenario::Scenario,
-    seed: u64,
-    logs: Option<&crate::logs::LogSettings>,
-    run: impl FnOnce(&crate::scenario::Scenario, u64) -> crate::engine::SeedRun + Send + 'static,
-) -> crate::engine::SeedRun {
-    relay_host::quiet_injected_panics();
-    let capture = logs.map(crate::logs::LogCapture::new);
-    let dispatch = match &capture {
-        Some(capture) => capture.dispatch().clone(),
-        None => tracing::dispatcher::get_default(Clone::clone),
-    };
-    let scenario = scenario.clone();
-    #[allow(clippy::disallowed_methods)] // the harness's own thread, outside any simulation
-    let runner = std::thread::Builder::new()
-        .name(format!("windtunnel-{world}-seed-{seed}"))
-        .spawn(move || tracing::dispatcher::with_default(&dispatch, || run(&scenario, seed)))
-        .expect("cannot start a world's thread");
-    let mut outcome = runner
-        .join()
-        .expect("a world's thread reports its own failures");
-    if let Some(capture) = capture {
-        let captured = capture.finish();
-        outcome.logs = Some(match outcome.logs.take() {
-            Some(own) => format!("{captured}{own}"),
-            None => captured,
-        });
-    }
-    outcome
 }

@@ -16,10 +16,9 @@ use relay::upstream::UpstreamStats;
 use relay::{Observer, Phase, RegistryStats, Relay};
 
 use super::{consumer, upstream, TraceSink};
-use crate::oracle::{self, Verdict, Violation};
 use crate::scenario::{ConsumerKind, ConsumerSpec, Scenario, UpstreamsSpec};
 use crate::trace::{
-    Event, EventsSample, HttpSample, MemorySample, OpenConnectionRecord, Trace, UpstreamSample,
+    Event, EventsSample, HttpSample, MemorySample, OpenConnectionRecord, Record, UpstreamSample,
 };
 
 /// How often the monitor samples the relay's accounting (real mode scrapes as often).
@@ -133,6 +132,15 @@ pub struct RelayControl {
 }
 
 impl RelayControl {
+    /// Ask the running incarnation to shut down gracefully, and wait until it has.
+    pub async fn stop_gracefully(&self) {
+        let stopped_before = self.stopped.load(Ordering::SeqCst);
+        self.stop.notify_waiters();
+        while self.stopped.load(Ordering::SeqCst) == stopped_before {
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The running incarnation's observer, if it is up.
     pub fn observer(&self) -> Option<Observer> {
         self.observer.lock().expect("observer lock").clone()
@@ -262,19 +270,27 @@ pub async fn monitor(sink: TraceSink, control: Arc<RelayControl>, watch: Option<
 pub struct ConnWatch {
     churn_end_us: u64,
     deadline_us: u64,
+    unsettled: Unsettled,
 }
+
+/// Whether the relay has not settled in the records so far, given when the churn ended and
+/// the deadline (µs): the `conn_accounting` oracle's judgement, handed in by the world so
+/// that the cast does not depend on the judge.
+pub type Unsettled = fn(records: &[Record], churn_end_us: u64, deadline_us: u64) -> bool;
 
 /// How many still-open connections the logs name one by one (the trace keeps them all).
 const STILL_OPEN_LOGGED_MAX: usize = 20;
 
 impl ConnWatch {
-    /// The watch `scenario`'s `conn_accounting` asks for, if it has one.
-    pub fn of(scenario: &Scenario) -> Option<Self> {
+    /// The watch `scenario`'s `conn_accounting` asks for, if it has one, judged by
+    /// `unsettled`.
+    pub fn of(scenario: &Scenario, unsettled: Unsettled) -> Option<Self> {
         let spec = scenario.oracles.conn_accounting.as_ref()?;
         let churn_end_us = scenario.churn_end_s() * 1_000_000;
         Some(Self {
             churn_end_us,
             deadline_us: churn_end_us + spec.settle_s * 1_000_000,
+            unsettled,
         })
     }
 
@@ -283,9 +299,8 @@ impl ConnWatch {
     fn name_still_open(&self, sink: &TraceSink, control: &RelayControl) -> bool {
         let past_deadline = sink.with_records(|records| {
             let last_us = records.last().map_or(0, |record| record.t_us);
-            (last_us > self.deadline_us).then(|| {
-                oracle::conn_accounting(records, self.churn_end_us, self.deadline_us).is_some()
-            })
+            (last_us > self.deadline_us)
+                .then(|| (self.unsettled)(records, self.churn_end_us, self.deadline_us))
         });
         let Some(unsettled) = past_deadline else {
             return false;
@@ -462,31 +477,6 @@ pub fn send_times(
         intervals,
         from: Duration::from_secs(spec.from_s),
     }))
-}
-
-/// The text of a caught panic's payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "non-string panic payload".to_owned())
-}
-
-/// Judge a finished run's `trace`: a world that failed (`failure`: a panic or an engine
-/// error) gets it recorded as a panic at the last record's time, then every oracle runs.
-pub fn judge(
-    scenario: &Scenario,
-    mut trace: Trace,
-    failure: Option<String>,
-) -> (Trace, Vec<Violation>, Verdict) {
-    if let Some(message) = failure {
-        let t_us = trace.records().last().map_or(0, |r| r.t_us);
-        trace.push(t_us, "world", Event::Panic { message });
-    }
-    let violations = oracle::check(scenario, &trace);
-    let verdict = oracle::verdict(scenario.expect, &violations);
-    (trace, violations, verdict)
 }
 
 /// One consumer's running tally, kept by the world until the end of the run.

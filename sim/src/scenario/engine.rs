@@ -1,8 +1,12 @@
-//! `engine`: which simulator runs a scenario, and what each engine cannot play.
+//! `engine`: which world runs a scenario, and what each world can play. The worlds differ
+//! in a few [`Feature`]s; each world's [`Supports`] table says which it refuses and why,
+//! and is the one place that says so: validation asks it of the world a scenario names
+//! (or of real mode, for `run --real`), and the world itself
+//! (`crate::worlds::World::SUPPORTS`) implements what its table does not refuse.
 
 use serde::{Deserialize, Serialize};
 
-use super::{FaultKind, Problem, Scenario};
+use super::{Problem, Scenario};
 
 /// The engines a scenario can name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,83 +35,234 @@ impl EngineName {
             Self::Turmoil => "cargo run --release -p windtunnel --",
         }
     }
+
+    /// What this engine's world can play.
+    pub fn supports(self) -> &'static Supports {
+        match self {
+            Self::Madsim => &MADSIM,
+            Self::Turmoil => &TURMOIL,
+        }
+    }
+}
+
+/// What a scenario can ask of the world that plays it, where the worlds differ: what a
+/// fault does ([`super::FaultKind::needs`]) and a few settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// Cut the links between the relay and some upstream hosts (`partition`).
+    Partition,
+    /// Cut the relay off the network (`clog`).
+    Clog,
+    /// Change the latency of every packet (`latency`).
+    Latency,
+    /// Stop the relay and start it again (`kill_relay`, `restart_relay`).
+    RelayRestart,
+    /// Leave the relay's database only what a power cut leaves (`power_loss`).
+    PowerLoss,
+    /// Switch the relay's fault points (`store_fault`, `store_stall`, `handler_panic`,
+    /// `handler_stall`).
+    FaultPoints,
+    /// A bounded accept queue (`network.tcp_capacity`).
+    AcceptQueue,
+    /// Half-closed requests (`churners[].mix.half_close`).
+    HalfClose,
+    /// Hostile upstream hosts, whose outcomes are read from the relay's host table
+    /// (`upstreams.hostile`).
+    HostileUpstreams,
+}
+
+/// What a world can play: the features it refuses, each with why, and how many hosts it
+/// holds.
+#[derive(Debug)]
+pub struct Supports {
+    /// How messages name the world: `with <world>`.
+    pub world: &'static str,
+    /// The features it cannot play, with why.
+    refuses: &'static [(Feature, &'static str)],
+    /// The most hosts (relay, upstreams and actors) it holds, with why, if it has a limit.
+    max_hosts: Option<(u64, &'static str)>,
 }
 
 /// The most hosts (relay, upstreams and actors) a turmoil world may have: its links are
 /// per host pair, and it steps every host every millisecond.
 pub const TURMOIL_MAX_HOSTS: u64 = 300;
 
-/// What the chosen engine cannot play.
-pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
+/// Why no loopback plays a network fault.
+const LOOPBACK_HAS_NO_NETWORK_CONTROL: &str =
+    "a real loopback network has no partitions, clogs or latency control";
+
+/// Why only madsim plays a power loss.
+const POWER_LOSS_IS_MADSIM_ONLY: &str =
+    "the relay database's power loss exists only in the madsim build";
+
+/// The madsim world: every fault; thousands of hosts; madsim's TCP, without accept queues
+/// or half-close.
+pub const MADSIM: Supports = Supports {
+    world: "engine = \"madsim\"",
+    refuses: &[
+        (
+            Feature::AcceptQueue,
+            "madsim's TCP has no accept queue or window limit; use engine = \"turmoil\"",
+        ),
+        (
+            Feature::HalfClose,
+            "madsim's TCP has no half-close; use engine = \"turmoil\"",
+        ),
+    ],
+    max_hosts: None,
+};
+
+/// The turmoil world: TCP-faithful hosts, few of them, and no relay fault points.
+pub const TURMOIL: Supports = Supports {
+    world: "engine = \"turmoil\"",
+    refuses: &[
+        (
+            Feature::FaultPoints,
+            "the relay's fault points exist only in the madsim build",
+        ),
+        (Feature::PowerLoss, POWER_LOSS_IS_MADSIM_ONLY),
+        (
+            Feature::HostileUpstreams,
+            "its outcomes are read from the madsim world's relay; use engine = \"madsim\"",
+        ),
+    ],
+    max_hosts: Some((
+        TURMOIL_MAX_HOSTS,
+        "its links are per host pair; use engine = \"madsim\"",
+    )),
+};
+
+/// Real mode (`run --real`): a real loopback and the relay as a process, which can only be
+/// stopped and started.
+pub const REAL: Supports = Supports {
+    world: "--real",
+    refuses: &[
+        (Feature::Partition, LOOPBACK_HAS_NO_NETWORK_CONTROL),
+        (Feature::Clog, LOOPBACK_HAS_NO_NETWORK_CONTROL),
+        (Feature::Latency, LOOPBACK_HAS_NO_NETWORK_CONTROL),
+        (Feature::PowerLoss, POWER_LOSS_IS_MADSIM_ONLY),
+        (
+            Feature::FaultPoints,
+            "the relay's fault points exist only in simulation builds",
+        ),
+        (
+            Feature::AcceptQueue,
+            "network.tcp_capacity is turmoil's accept queue; a real listener's backlog is the \
+             kernel's",
+        ),
+        (
+            Feature::HostileUpstreams,
+            "the hostile hosts' outcomes are read from the relay's host table in the simulated \
+             worlds only",
+        ),
+    ],
+    max_hosts: None,
+};
+
+impl Supports {
+    /// Why this world cannot play `feature`, if it cannot.
+    pub fn refusal(&self, feature: Feature) -> Option<&'static str> {
+        self.refuses
+            .iter()
+            .find(|(refused, _)| *refused == feature)
+            .map(|(_, why)| *why)
+    }
+
+    /// Whether this world can play `feature`.
+    pub fn supports(&self, feature: Feature) -> bool {
+        self.refusal(feature).is_none()
+    }
+
+    /// What this world cannot play of `scenario`: every feature it uses that the world
+    /// refuses, at the key that asks for it, and a topology too large for it.
+    pub fn problems(&self, scenario: &Scenario) -> Vec<Problem> {
+        let mut found: Vec<Problem> = uses(scenario)
+            .into_iter()
+            .filter_map(
+                |Use {
+                     feature,
+                     key,
+                     expected,
+                 }| {
+                    let why = self.refusal(feature)?;
+                    Some(Problem::new(
+                        &key,
+                        format!("expected {expected} with {} ({why})", self.world),
+                    ))
+                },
+            )
+            .collect();
+        let hosts = scenario.host_count();
+        if let Some((max, why)) = self.max_hosts.filter(|&(max, _)| hosts > max) {
+            found.push(Problem::new(
+                "engine",
+                format!(
+                    "expected at most {max} hosts with {} ({why}), found {hosts}",
+                    self.world
+                ),
+            ));
+        }
+        found
+    }
+}
+
+/// One feature a scenario uses: which, the key that asks for it, and what a world that
+/// refuses it expects there instead.
+struct Use {
+    feature: Feature,
+    key: String,
+    expected: String,
+}
+
+/// Every feature `scenario` uses that some world refuses.
+fn uses(scenario: &Scenario) -> Vec<Use> {
     let mut found = Vec::new();
-    match scenario.engine {
-        EngineName::Madsim => {
-            if scenario.network.tcp_capacity.is_some() {
-                found.push(Problem::new(
-                    "network.tcp_capacity",
-                    "expected no tcp_capacity with engine = \"madsim\" (madsim's TCP has \
-                     no accept queue or window limit; use engine = \"turmoil\")"
-                        .into(),
-                ));
-            }
-            if let Some(index) = scenario.churners.iter().position(|c| c.mix.half_close > 0) {
-                found.push(Problem::new(
-                    &format!("churners[{index}].mix.half_close"),
-                    "expected half_close = 0 with engine = \"madsim\" (madsim's TCP has no \
-                     half-close; use engine = \"turmoil\")"
-                        .into(),
-                ));
-            }
+    if scenario.network.tcp_capacity.is_some() {
+        found.push(Use {
+            feature: Feature::AcceptQueue,
+            key: "network.tcp_capacity".into(),
+            expected: "no tcp_capacity".into(),
+        });
+    }
+    for (index, churner) in scenario.churners.iter().enumerate() {
+        if churner.mix.half_close > 0 {
+            found.push(Use {
+                feature: Feature::HalfClose,
+                key: format!("churners[{index}].mix.half_close"),
+                expected: "half_close = 0".into(),
+            });
         }
-        EngineName::Turmoil => {
-            if scenario.network.tcp_capacity == Some(0) {
-                found.push(Problem::new(
-                    "network.tcp_capacity",
-                    "expected a capacity of at least 1".into(),
-                ));
-            }
-            if let Some(fault) = scenario.faults.iter().find(|fault| {
-                matches!(
-                    fault.kind,
-                    FaultKind::HandlerPanic
-                        | FaultKind::HandlerStall
-                        | FaultKind::StoreFault { .. }
-                        | FaultKind::StoreStall
-                        | FaultKind::PowerLoss
-                )
-            }) {
-                found.push(Problem::new(
-                    "faults",
-                    format!(
-                        "expected no {} fault with engine = \"turmoil\" (the relay's fault \
-                         points and its database's power loss exist only in the madsim build)",
-                        fault.kind.name()
-                    ),
-                ));
-            }
-            if scenario
-                .upstreams
-                .as_ref()
-                .is_some_and(|upstreams| upstreams.hostile.is_some())
-            {
-                found.push(Problem::new(
-                    "upstreams.hostile",
-                    "expected no hostile cast with engine = \"turmoil\" (its outcomes are read \
-                     from the madsim world's relay; use engine = \"madsim\")"
-                        .into(),
-                ));
-            }
-            let hosts = scenario.host_count();
-            if hosts > TURMOIL_MAX_HOSTS {
-                found.push(Problem::new(
-                    "engine",
-                    format!(
-                        "expected at most {TURMOIL_MAX_HOSTS} hosts with engine = \"turmoil\" \
-                         (its links are per host pair), found {hosts}; use engine = \"madsim\""
-                    ),
-                ));
-            }
-        }
+    }
+    if scenario
+        .upstreams
+        .as_ref()
+        .is_some_and(|upstreams| upstreams.hostile.is_some())
+    {
+        found.push(Use {
+            feature: Feature::HostileUpstreams,
+            key: "upstreams.hostile".into(),
+            expected: "no hostile cast".into(),
+        });
+    }
+    for (index, fault) in scenario.faults.iter().enumerate() {
+        found.push(Use {
+            feature: fault.kind.needs(),
+            key: format!("faults[{index}].kind"),
+            expected: format!("no {} fault", fault.kind.name()),
+        });
+    }
+    found
+}
+
+/// What the engine a scenario names cannot play, and a turmoil accept queue of no size.
+pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
+    let supports = scenario.engine.supports();
+    let mut found = supports.problems(scenario);
+    if supports.supports(Feature::AcceptQueue) && scenario.network.tcp_capacity == Some(0) {
+        found.push(Problem::new(
+            "network.tcp_capacity",
+            "expected a capacity of at least 1".into(),
+        ));
     }
     found
 }

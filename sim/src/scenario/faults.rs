@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Between, Problem, Scenario};
+use super::{Between, Feature, Problem, Scenario};
 
 /// One fault on the timeline: when it starts, how long it lasts, and what it does. Written
 /// flat in files (`kind`, `at_s`, `duration_s` or `down_s`, and the kind's own keys).
@@ -73,6 +73,21 @@ impl FaultKind {
             Self::StoreStall => "store_stall",
             Self::HandlerPanic => "handler_panic",
             Self::HandlerStall => "handler_stall",
+        }
+    }
+
+    /// What the world that plays it must be able to do.
+    pub fn needs(&self) -> Feature {
+        match self {
+            Self::Partition { .. } => Feature::Partition,
+            Self::Clog => Feature::Clog,
+            Self::Latency { .. } => Feature::Latency,
+            Self::KillRelay | Self::RestartRelay => Feature::RelayRestart,
+            Self::PowerLoss => Feature::PowerLoss,
+            Self::StoreFault { .. }
+            | Self::StoreStall
+            | Self::HandlerPanic
+            | Self::HandlerStall => Feature::FaultPoints,
         }
     }
 

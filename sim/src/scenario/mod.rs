@@ -28,7 +28,7 @@ pub use clients::{
     AbuseKind, AbuserSpec, CallerSpec, ChurnMix, ChurnerSpec, ConsumerKind, ConsumerSpec,
     ProberSpec,
 };
-pub use engine::{EngineName, TURMOIL_MAX_HOSTS};
+pub use engine::{EngineName, Feature, Supports, MADSIM, REAL, TURMOIL, TURMOIL_MAX_HOSTS};
 pub use faults::{FaultKind, FaultSpec};
 pub use network::NetworkSpec;
 pub use problems::{Located, Problem};

@@ -41,6 +41,12 @@ impl Problem {
     }
 }
 
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
 /// A problem placed in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Located {
@@ -80,7 +86,7 @@ pub(super) fn parse(text: &str) -> Result<Scenario, Vec<Located>> {
             Located {
                 line,
                 column,
-                message: format!("{}: {}", problem.key, problem.message),
+                message: problem.to_string(),
             }
         })
         .collect();

@@ -254,9 +254,10 @@ fn scenarios_md_names_every_shipped_scenario_and_its_engine() {
             // The `--real` column: whether real mode can play it.
             #[cfg(not(madsim))]
             {
-                let real = match windtunnel::real_world::unsupported(&scenario) {
-                    None => "yes",
-                    Some(_) => "no",
+                let real = if windtunnel::scenario::REAL.problems(&scenario).is_empty() {
+                    "yes"
+                } else {
+                    "no"
                 };
                 assert!(
                     row.starts_with(&format!("| {file} | {engine} | {real} |")),

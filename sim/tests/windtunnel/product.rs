@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use windtunnel::artifacts;
-use windtunnel::engine::{Engine, SeedRun};
 use windtunnel::harness::{self, Loaded, Options};
 use windtunnel::logs::LogSettings;
 use windtunnel::oracle::OracleName;
@@ -21,6 +20,7 @@ use windtunnel::swarm;
 use windtunnel::sweep::{self, Shard};
 use windtunnel::timeline;
 use windtunnel::trace::{ChurnAction, Event, Trace, UpstreamSample};
+use windtunnel::worlds::{Engine, SeedRun};
 
 /// A prober scenario: seeds divisible by 3 fail `probe_liveness` under [`Fake`].
 const FAKE: &str =
@@ -896,7 +896,7 @@ fn writing_artifacts_and_replaying_are_logged() {
 #[cfg(madsim)]
 mod simulated {
     use super::*;
-    use windtunnel::engine::Madsim;
+    use windtunnel::worlds::madsim::Madsim;
 
     fn shipped(name: &str) -> Loaded {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

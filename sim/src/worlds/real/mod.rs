@@ -14,28 +14,31 @@
 //! ([`scrape`]), the same numbers an observer gives in the simulated worlds. A graceful
 //! restart is SIGTERM (the relay drains) and a new process; `kill_relay` is SIGKILL.
 //!
-//! What a real loopback cannot do is refused by [`unsupported`]: network faults
-//! (partition, clog, latency), the relay's fault points (simulation builds only) and
-//! turmoil's accept-queue size.
+//! What a real loopback cannot do, its table ([`crate::scenario::REAL`]) refuses: network
+//! faults (partition, clog, latency), the relay's fault points and power loss (simulation
+//! builds only), turmoil's accept-queue size and the hostile cast. The faults it plays,
+//! stopping and starting the relay process, are the one fault player's
+//! ([`crate::worlds::faults`]), through [`RealWorld`].
 
 pub mod process;
 pub mod scrape;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use relay::rt::time::{now, sleep, sleep_until};
-use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::sync::{Mutex, Notify};
+use tokio::task::{JoinError, JoinSet};
 
 use crate::actors::relay_host::{self, RelayDatabase, SAMPLE_PERIOD};
 use crate::actors::{cast, rng, upstream, TraceSink, WorldClock};
-use crate::engine::{Engine, SeedRun};
 use crate::logs::LogSettings;
-use crate::scenario::{FaultKind, Scenario};
+use crate::scenario::{Scenario, Supports, REAL};
 use crate::trace::Event;
+use crate::worlds::faults::FaultPlayer;
+use crate::worlds::{on_fresh_thread, Engine, Reached, RelayPlacement, SeedRun, Unjudged, World};
 use process::{ProcessUsage, RelayProcess, RelayProgram};
 
 /// How long the relay gets to release the connections of the clients stopped at the end.
@@ -64,36 +67,6 @@ impl Engine for Real {
     }
 }
 
-/// Why `scenario` cannot run for real, if it cannot.
-pub fn unsupported(scenario: &Scenario) -> Option<String> {
-    if scenario
-        .upstreams
-        .as_ref()
-        .is_some_and(|upstreams| upstreams.hostile.is_some())
-    {
-        return Some(
-            "upstreams.hostile: the hostile hosts' outcomes are read from the relay's host table \
-             in the simulated worlds only"
-                .into(),
-        );
-    }
-    if scenario.network.tcp_capacity.is_some() {
-        return Some(
-            "network.tcp_capacity is turmoil's accept queue; a real listener's backlog is the \
-             kernel's"
-                .into(),
-        );
-    }
-    scenario.faults.iter().find_map(|fault| match fault.kind {
-        FaultKind::RestartRelay | FaultKind::KillRelay => None,
-        ref other => Some(format!(
-            "a {} fault cannot be played on a real loopback network (no partitions, clogs or \
-             latency control, and the relay's fault points exist only in simulation builds)",
-            other.name()
-        )),
-    })
-}
-
 /// Run `scenario` for real once, with `seed` for the actors' choices and the relay run by
 /// `relay`, and judge it. The relay process's output is appended to the run's logs.
 pub fn run(
@@ -104,14 +77,12 @@ pub fn run(
 ) -> SeedRun {
     let relay = relay.clone();
     raise_open_file_limit();
-    crate::actors::on_fresh_thread("real", scenario, seed, logs, move |scenario, seed| {
+    on_fresh_thread("real", scenario, seed, logs, move |scenario, seed| {
         run_on_this_thread(scenario, seed, &relay)
     })
 }
 
-fn run_on_this_thread(scenario: &Scenario, seed: u64, program: &RelayProgram) -> SeedRun {
-    #[allow(clippy::disallowed_methods)] // wall time of the harness itself
-    let wall_start = std::time::Instant::now();
+fn run_on_this_thread(scenario: &Scenario, seed: u64, program: &RelayProgram) -> Unjudged {
     rng::seed(seed);
     let files = RunFiles::create();
     let actors_runtime = tokio::runtime::Builder::new_current_thread()
@@ -123,14 +94,11 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64, program: &RelayProgram) ->
     // The actors' tasks end (their sockets close) before the files go.
     drop(actors_runtime);
     let relay_output = std::fs::read_to_string(&files.relay_output).unwrap_or_default();
-    let (trace, violations, verdict) = relay_host::judge(scenario, sink.take(), outcome.err());
-    SeedRun {
-        trace,
-        violations,
-        verdict,
-        wall: wall_start.elapsed(),
+    Unjudged {
+        trace: sink.take(),
+        failure: outcome.err(),
         logs: Some(format!("# relay process output\n{relay_output}")),
-        reached: Default::default(),
+        reached: Reached::default(),
     }
 }
 
@@ -195,10 +163,10 @@ fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
 }
 
 /// The relay's incarnations, one process at a time.
-struct RelayNode<'a> {
-    program: &'a RelayProgram,
-    config: &'a Path,
-    output: &'a Path,
+struct RelayNode {
+    program: RelayProgram,
+    config: PathBuf,
+    output: PathBuf,
     addr: SocketAddr,
     stop_grace: Duration,
     running: Option<RelayProcess>,
@@ -209,10 +177,10 @@ struct RelayNode<'a> {
     usage: ProcessUsage,
 }
 
-impl RelayNode<'_> {
+impl RelayNode {
     /// Start an incarnation and wait until it serves.
     async fn start(&mut self) -> Result<(), String> {
-        let mut process = RelayProcess::start(self.program, self.config, self.output)?;
+        let mut process = RelayProcess::start(&self.program, &self.config, &self.output)?;
         self.incarnations += 1;
         process.wait_until_serving(self.addr).await?;
         self.running = Some(process);
@@ -293,10 +261,13 @@ async fn world(
         ));
     }
 
-    let mut relay_config = scenario.relay.clone();
-    relay_config.server.listen = relay_addr;
-    relay_config.store.path = database.clone();
-    relay_config.upstream.port = upstream_port;
+    let relay_config = RelayPlacement {
+        listen: relay_addr,
+        database,
+        upstream_port,
+        without_date_header: false,
+    }
+    .config(&scenario);
     std::fs::write(&files.relay_config, relay_config.to_toml()).map_err(|error| {
         format!(
             "cannot write the relay's configuration to {}: {error}",
@@ -305,9 +276,9 @@ async fn world(
     })?;
     let server = &relay_config.server;
     let mut relay = RelayNode {
-        program,
-        config: &files.relay_config,
-        output: &files.relay_output,
+        program: program.clone(),
+        config: files.relay_config.clone(),
+        output: files.relay_output.clone(),
         addr: relay_addr,
         stop_grace: Duration::from_millis(server.shutdown_grace_ms + server.drain_timeout_ms)
             + STOP_MARGIN,
@@ -329,58 +300,30 @@ async fn world(
         }
     }
 
-    // (at, down for, graceful, the fault's kind, its [[faults]] index)
-    let mut outages: Vec<(u64, u64, bool, &'static str, usize)> = scenario
-        .faults
-        .iter()
-        .enumerate()
-        .filter_map(|(index, fault)| {
-            let graceful = match fault.kind {
-                FaultKind::RestartRelay => true,
-                FaultKind::KillRelay => false,
-                _ => return None,
-            };
-            Some((
-                fault.at_s,
-                fault.duration_s,
-                graceful,
-                fault.kind.name(),
-                index,
-            ))
-        })
-        .collect();
-    outages.sort_unstable();
-    let record = |kind: &str, index: usize, active: bool, effect: u64| {
-        sink.record(
-            "world",
-            Event::Fault {
-                kind: kind.into(),
-                index: index as u32,
-                hosts: 0,
-                active,
-                effect,
-            },
-        );
-    };
-    let mut churn_stop_recorded = scenario.churners.is_empty();
-    for (at_s, down_s, graceful, kind, index) in outages {
-        if !churn_stop_recorded && scenario.churn_end_s() <= at_s {
+    let world = Arc::new(RealWorld {
+        relay: Mutex::new(relay),
+    });
+    let mut faults = JoinSet::new();
+    let player = FaultPlayer::new(Arc::clone(&world), &scenario, sink.clone(), world_start);
+    for play in player.plays(&scenario.faults) {
+        faults.spawn(play);
+    }
+    let timeline = async {
+        if !scenario.churners.is_empty() {
             sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
             sink.phase("churn_stopped");
-            churn_stop_recorded = true;
         }
-        sleep_until(world_start + Duration::from_secs(at_s)).await;
-        record(kind, index, true, 0);
-        relay.stop(graceful).await?;
-        sleep(Duration::from_secs(down_s)).await;
-        relay.start().await?;
-        record(kind, index, false, 1);
+        sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
+    };
+    tokio::select! {
+        biased;
+        failure = first_failure(&mut faults) => return Err(failure),
+        () = timeline => {}
     }
-    if !churn_stop_recorded {
-        sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
-        sink.phase("churn_stopped");
+    // A fault still bringing the relay back ends first.
+    while let Some(played) = faults.join_next().await {
+        fault_outcome(played)?;
     }
-    sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
     stop_monitor.notify_one();
     monitor_task
         .await
@@ -394,6 +337,7 @@ async fn world(
     record_scrape(&sink, relay_addr).await?;
     relay_host::finish(&scenario, &sink, database, &plans, &[], tallies);
     sink.phase("end");
+    let mut relay = world.relay.lock().await;
     relay.stop(true).await?;
     sink.record(
         "world",
@@ -404,6 +348,48 @@ async fn world(
         },
     );
     Ok(())
+}
+
+/// What real mode's faults change: the relay process, stopped (SIGTERM or SIGKILL) and
+/// started again.
+struct RealWorld {
+    relay: Mutex<RelayNode>,
+}
+
+impl World for RealWorld {
+    const SUPPORTS: &'static Supports = &REAL;
+
+    async fn relay_up(&self) -> bool {
+        self.relay.lock().await.running.is_some()
+    }
+
+    async fn kill_relay(&self) -> Result<(), String> {
+        self.relay.lock().await.stop(false).await
+    }
+
+    async fn stop_relay(&self) -> Result<(), String> {
+        self.relay.lock().await.stop(true).await
+    }
+
+    async fn start_relay(&self) -> Result<(), String> {
+        self.relay.lock().await.start().await
+    }
+}
+
+/// What a fault's task came to: its own failure, or its panic.
+fn fault_outcome(played: Result<Result<(), String>, JoinError>) -> Result<(), String> {
+    played.map_err(|error| format!("a fault failed: {error}"))?
+}
+
+/// The first failure among the faults' tasks; pending until there is one (forever when
+/// none fails).
+async fn first_failure(faults: &mut JoinSet<Result<(), String>>) -> String {
+    while let Some(played) = faults.join_next().await {
+        if let Err(failure) = fault_outcome(played) {
+            return failure;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Scrape the relay every [`SAMPLE_PERIOD`] into the trace until `stop` is notified.

@@ -10,31 +10,31 @@
 //! Every host (relay, each upstream, each actor) runs on its own paused current-thread
 //! tokio runtime, all on this thread, stepped one tick (1 ms) at a time; the world's own
 //! timeline (monitor, faults, end-of-run bookkeeping) is turmoil's one client, and the run
-//! ends when it does. Faults that turmoil can only apply from outside the simulation
-//! (crashing and restarting the relay, changing latency) are queued by the timeline and
-//! applied between steps. Determinism: turmoil's RNG and the actors' RNG are seeded from
+//! ends when it does. The faults are the one fault player's ([`crate::worlds::faults`]);
+//! what they do to this world is [`TurmoilWorld`]'s, and what turmoil can only apply from
+//! outside the simulation (crashing and restarting the relay, changing latency) it queues
+//! for the simulation to apply between steps. Determinism: turmoil's RNG and the actors' RNG are seeded from
 //! the seed, every `select!` in the relay and the actors is `biased`, the relay's `Date`
 //! header is off, and nothing iterates a hash map.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use madsim::rand::seq::SliceRandom;
 use relay::rt::time::{sleep, sleep_until};
 
-use crate::actors::relay_host::{
-    self, monitor, run_relay, sample, ConnWatch, RelayControl, RelayDatabase,
-};
-use crate::actors::rng::{self, thread_rng};
+use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
+use crate::actors::rng;
 use crate::actors::{cast, upstream, TraceSink, WorldClock};
-use crate::engine::SeedRun;
 use crate::logs::LogSettings;
-use crate::scenario::{Between, FaultKind, FaultSpec, Scenario};
-use crate::trace::Event;
+use crate::scenario::{Between, Scenario, Supports, TURMOIL};
+use crate::worlds::faults::FaultPlayer;
+use crate::worlds::{
+    conn_watch, on_fresh_thread, panic_message, Engine, Reached, RelayPlacement, SeedRun, Unjudged,
+    World,
+};
 
 /// The relay's host name and port.
 const RELAY_HOST: &str = "relay";
@@ -44,10 +44,18 @@ const TICK: Duration = Duration::from_millis(1);
 /// The simulated wall clock's epoch (2026-01-01T00:00:00Z), so no run reads today's date.
 const EPOCH_S: u64 = 1_767_225_600;
 
-/// Run one seed of `scenario` on turmoil and judge it, on a fresh thread (the actors' RNG
-/// and the relay's task census are per thread), capturing logs with `logs` if given.
-pub fn run(scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
-    crate::actors::on_fresh_thread("turmoil", scenario, seed, logs, run_on_this_thread)
+/// The turmoil world as an engine: the unmodified relay on turmoil's hosts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Turmoil;
+
+impl Engine for Turmoil {
+    fn name(&self) -> &'static str {
+        "turmoil"
+    }
+
+    fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
+        on_fresh_thread(self.name(), scenario, seed, logs, run_on_this_thread)
+    }
 }
 
 /// What the timeline asks of the simulation between steps.
@@ -59,9 +67,7 @@ enum Command {
 
 type Commands = Arc<Mutex<VecDeque<Command>>>;
 
-fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
-    #[allow(clippy::disallowed_methods)] // wall time of the harness itself, never of the world
-    let wall_start = std::time::Instant::now();
+fn run_on_this_thread(scenario: &Scenario, seed: u64) -> Unjudged {
     rng::seed(seed);
     let database = RelayDatabase::create();
     let sink = TraceSink::new(WorldClock::TurmoilSimulation);
@@ -71,16 +77,13 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64) -> SeedRun {
     drop(database);
     let failure = match result {
         Ok(outcome) => outcome.err(),
-        Err(payload) => Some(relay_host::panic_message(&*payload)),
+        Err(payload) => Some(panic_message(&*payload)),
     };
-    let (trace, violations, verdict) = relay_host::judge(scenario, sink.take(), failure);
-    SeedRun {
-        trace,
-        violations,
-        verdict,
-        wall: wall_start.elapsed(),
+    Unjudged {
+        trace: sink.take(),
+        failure,
         logs: None,
-        reached: Default::default(),
+        reached: Reached::default(),
     }
 }
 
@@ -117,11 +120,13 @@ fn simulate(
         ),
         None => Vec::new(),
     };
-    let mut relay_config = scenario.relay.clone();
-    relay_config.server.listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT);
-    relay_config.server.date_header = false;
-    relay_config.store.path = database.path.clone();
-    relay_config.upstream.port = upstream::UPSTREAM_PORT;
+    let relay_config = RelayPlacement {
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT),
+        database: &database.path,
+        upstream_port: upstream::UPSTREAM_PORT,
+        without_date_header: true,
+    }
+    .config(scenario);
     let relay_control = Arc::clone(&control);
     sim.host(RELAY_HOST, move || {
         let config = relay_config.clone();
@@ -132,18 +137,22 @@ fn simulate(
         }
     });
     let relay_addr = SocketAddr::new(sim.lookup(RELAY_HOST), RELAY_PORT);
-    let upstream_names: Vec<String> = plans.iter().map(|plan| plan.hostname.clone()).collect();
+    let upstreams: Vec<String> = plans.iter().map(|plan| plan.hostname.clone()).collect();
     let tallies = start_actors(&mut sim, scenario, relay_addr, sink);
 
     let timeline = Timeline {
         scenario: scenario.clone(),
         sink: sink.clone(),
+        world: Arc::new(TurmoilWorld {
+            control: Arc::clone(&control),
+            commands: Arc::clone(&commands),
+            others: others(scenario, &upstreams),
+            upstreams,
+        }),
         control,
-        commands: Arc::clone(&commands),
-        upstreams: upstream_names,
         database: database.path.clone(),
         plans,
-        tallies: Mutex::new(tallies),
+        tallies,
     };
     sim.client("world", async move {
         timeline.play().await;
@@ -233,17 +242,16 @@ fn start_actors(
     tallies
 }
 
-/// The world's own timeline: wait for the relay, sample it, play the faults, and do the
-/// end-of-run bookkeeping.
+/// The world's own timeline: wait for the relay, sample it, start the monitor and the
+/// faults, and do the end-of-run bookkeeping.
 struct Timeline {
     scenario: Scenario,
     sink: TraceSink,
+    world: Arc<TurmoilWorld>,
     control: Arc<RelayControl>,
-    commands: Commands,
-    upstreams: Vec<String>,
     database: std::path::PathBuf,
     plans: Vec<Arc<upstream::HostPlan>>,
-    tallies: Mutex<Vec<relay_host::ConsumerTally>>,
+    tallies: Vec<relay_host::ConsumerTally>,
 }
 
 impl Timeline {
@@ -254,169 +262,142 @@ impl Timeline {
         }
         self.sink.phase("relay_ready");
         sample(&self.sink, &self.control);
-        let this = Arc::new(self);
         let monitor_task = tokio::spawn(monitor(
-            this.sink.clone(),
-            Arc::clone(&this.control),
-            ConnWatch::of(&this.scenario),
+            self.sink.clone(),
+            Arc::clone(&self.control),
+            conn_watch(&self.scenario),
         ));
-        let mut fault_tasks = Vec::new();
-        for (index, fault) in this.scenario.faults.clone().into_iter().enumerate() {
-            let this = Arc::clone(&this);
-            fault_tasks.push(tokio::spawn(async move {
-                this.inject(index, fault, world_start).await;
-            }));
-        }
-        let scenario = &this.scenario;
+        let faults = FaultPlayer::new(
+            Arc::clone(&self.world),
+            &self.scenario,
+            self.sink.clone(),
+            world_start,
+        );
+        let fault_tasks: Vec<_> = faults
+            .plays(&self.scenario.faults)
+            .into_iter()
+            .map(tokio::spawn)
+            .collect();
+        let scenario = &self.scenario;
         if !scenario.churners.is_empty() {
             sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
-            this.sink.phase("churn_stopped");
+            self.sink.phase("churn_stopped");
         }
         sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
-        sample(&this.sink, &this.control);
-        let tallies = std::mem::take(&mut *this.tallies.lock().expect("tallies lock"));
-        let hosts = this
+        sample(&self.sink, &self.control);
+        let hosts = self
             .control
             .observer()
             .map(|observer| observer.hosts())
             .unwrap_or_default();
         relay_host::finish(
             scenario,
-            &this.sink,
-            &this.database,
-            &this.plans,
+            &self.sink,
+            &self.database,
+            &self.plans,
             &hosts,
-            tallies,
+            self.tallies,
         );
-        this.sink.phase("end");
+        self.sink.phase("end");
         monitor_task.abort();
         for task in fault_tasks {
             task.abort();
         }
     }
+}
 
+/// Every host but the relay and the world: what a clogged relay stops hearing.
+fn others(scenario: &Scenario, upstreams: &[String]) -> Vec<String> {
+    let mut names = upstreams.to_vec();
+    if scenario.prober.is_some() {
+        names.push("prober".to_owned());
+    }
+    for (group, spec) in scenario.churners.iter().enumerate() {
+        names.extend((0..spec.nodes).map(|index| format!("churner-{group}-{index}")));
+    }
+    for (group, spec) in scenario.callers.iter().enumerate() {
+        names.extend((0..spec.nodes).map(|index| format!("caller-{group}-{index}")));
+    }
+    for (group, spec) in scenario.abusers.iter().enumerate() {
+        names.extend((0..spec.nodes).map(|index| format!("abuser-{group}-{index}")));
+    }
+    for spec in &scenario.consumers {
+        names.extend((0..spec.count).map(|index| format!("{}-{index}", spec.name)));
+    }
+    names
+}
+
+/// What the turmoil world's faults change: the links between the relay's host and the
+/// others, and, queued for the simulation to apply between steps, the relay host's crashes
+/// and restarts and the network's latency.
+struct TurmoilWorld {
+    control: Arc<RelayControl>,
+    commands: Commands,
+    /// The upstream hosts' names, in plan order.
+    upstreams: Vec<String>,
+    /// Every host but the relay and the world ([`others`]).
+    others: Vec<String>,
+}
+
+impl TurmoilWorld {
     fn command(&self, command: Command) {
         self.commands
             .lock()
             .expect("commands lock")
             .push_back(command);
     }
+}
 
-    /// Record fault `index` of `kind` taking hold (`active`) or ending with `effect` (see
-    /// [`Event::Fault`]).
-    fn record(&self, index: usize, kind: &str, hosts: usize, active: bool, effect: u64) {
-        self.sink.record(
-            "world",
-            Event::Fault {
-                kind: kind.to_owned(),
-                index: index as u32,
-                hosts: hosts as u32,
-                active,
-                effect,
-            },
-        );
+impl World for TurmoilWorld {
+    const SUPPORTS: &'static Supports = &TURMOIL;
+
+    async fn relay_up(&self) -> bool {
+        self.control.observer().is_some()
     }
 
-    /// Play one fault (the scenario's validation refused the kinds turmoil cannot play).
-    async fn inject(&self, index: usize, fault: FaultSpec, world_start: relay::rt::time::Instant) {
-        let at = |at_s: u64| world_start + Duration::from_secs(at_s);
-        let FaultSpec {
-            at_s,
-            duration_s,
-            kind: what,
-        } = fault;
-        let kind = what.name();
-        match what {
-            FaultKind::Partition { hosts_fraction } => {
-                sleep_until(at(at_s)).await;
-                let count = (hosts_fraction * self.upstreams.len() as f64).round() as usize;
-                let cut: Vec<&String> = self
-                    .upstreams
-                    .choose_multiple(&mut thread_rng(), count)
-                    .collect();
-                for host in &cut {
-                    turmoil::partition(RELAY_HOST, host.as_str());
-                }
-                self.record(index, kind, count, true, 0);
-                sleep(Duration::from_secs(duration_s)).await;
-                for host in &cut {
-                    turmoil::repair(RELAY_HOST, host.as_str());
-                }
-                self.record(index, kind, count, false, count as u64);
-            }
-            FaultKind::Clog => {
-                sleep_until(at(at_s)).await;
-                let others = self.others();
-                for host in &others {
-                    turmoil::hold(RELAY_HOST, host.as_str());
-                }
-                self.record(index, kind, 0, true, 0);
-                sleep(Duration::from_secs(duration_s)).await;
-                for host in &others {
-                    turmoil::release(RELAY_HOST, host.as_str());
-                }
-                self.record(index, kind, 0, false, 1);
-            }
-            FaultKind::Latency { latency_ms } => {
-                sleep_until(at(at_s)).await;
-                self.command(Command::SetLatency(latency_ms));
-                self.record(index, kind, 0, true, 0);
-                sleep(Duration::from_secs(duration_s)).await;
-                self.command(Command::SetLatency(self.scenario.network.latency_ms));
-                self.record(index, kind, 0, false, 1);
-            }
-            FaultKind::KillRelay => {
-                sleep_until(at(at_s)).await;
-                let was_up = self.control.observer().is_some();
-                self.control.set_observer(None);
-                self.command(Command::CrashRelay);
-                self.record(index, kind, 0, true, 0);
-                sleep(Duration::from_secs(duration_s)).await;
-                self.command(Command::RestartRelay);
-                self.record(index, kind, 0, false, u64::from(was_up));
-            }
-            FaultKind::RestartRelay => {
-                sleep_until(at(at_s)).await;
-                let stopped_before = self.control.stopped.load(Ordering::SeqCst);
-                self.record(index, kind, 0, true, 0);
-                self.control.stop.notify_waiters();
-                while self.control.stopped.load(Ordering::SeqCst) == stopped_before {
-                    sleep(Duration::from_millis(10)).await;
-                }
-                self.command(Command::CrashRelay);
-                sleep(Duration::from_secs(duration_s)).await;
-                self.command(Command::RestartRelay);
-                self.record(index, kind, 0, false, 1);
-            }
-            FaultKind::HandlerPanic
-            | FaultKind::HandlerStall
-            | FaultKind::StoreFault { .. }
-            | FaultKind::StoreStall
-            | FaultKind::PowerLoss => {
-                unreachable!("validation keeps the relay's fault points and power loss off turmoil")
+    async fn kill_relay(&self) -> Result<(), String> {
+        self.control.set_observer(None);
+        self.command(Command::CrashRelay);
+        Ok(())
+    }
+
+    async fn stop_relay(&self) -> Result<(), String> {
+        self.control.stop_gracefully().await;
+        self.command(Command::CrashRelay);
+        Ok(())
+    }
+
+    async fn start_relay(&self) -> Result<(), String> {
+        self.command(Command::RestartRelay);
+        Ok(())
+    }
+
+    fn upstream_count(&self) -> usize {
+        self.upstreams.len()
+    }
+
+    fn partition(&self, hosts: &[usize], cut: bool) {
+        for &host in hosts {
+            let host = self.upstreams[host].as_str();
+            if cut {
+                turmoil::partition(RELAY_HOST, host);
+            } else {
+                turmoil::repair(RELAY_HOST, host);
             }
         }
     }
 
-    /// Every host but the relay and the world: what a clogged relay stops hearing.
-    fn others(&self) -> Vec<String> {
-        let scenario = &self.scenario;
-        let mut names = self.upstreams.clone();
-        if scenario.prober.is_some() {
-            names.push("prober".to_owned());
+    fn clog_relay(&self, clogged: bool) {
+        for host in &self.others {
+            if clogged {
+                turmoil::hold(RELAY_HOST, host.as_str());
+            } else {
+                turmoil::release(RELAY_HOST, host.as_str());
+            }
         }
-        for (group, spec) in scenario.churners.iter().enumerate() {
-            names.extend((0..spec.nodes).map(|index| format!("churner-{group}-{index}")));
-        }
-        for (group, spec) in scenario.callers.iter().enumerate() {
-            names.extend((0..spec.nodes).map(|index| format!("caller-{group}-{index}")));
-        }
-        for (group, spec) in scenario.abusers.iter().enumerate() {
-            names.extend((0..spec.nodes).map(|index| format!("abuser-{group}-{index}")));
-        }
-        for spec in &scenario.consumers {
-            names.extend((0..spec.count).map(|index| format!("{}-{index}", spec.name)));
-        }
-        names
+    }
+
+    fn set_latency(&self, latency_ms: Between<u64>) {
+        self.command(Command::SetLatency(latency_ms));
     }
 }

@@ -51,7 +51,7 @@ struct Counters {
 
 /// Run the bare program with `scenario`'s shape (its `[upstreams]`, `[network]`,
 /// `[prober]`, duration and the relay's jitter and backoff settings) for `seed`, on a
-/// fresh thread as [`super::run`] does (so both pay for the same thread start).
+/// fresh thread as [`super::Madsim`] does (so both pay for the same thread start).
 pub fn run(scenario: &Scenario, seed: u64) -> BareOutcome {
     let scenario = scenario.clone();
     #[allow(clippy::disallowed_methods)] // the benchmark's own thread, outside any simulation

@@ -9,9 +9,11 @@
 //! its commits durable (none of it otherwise). The wal-index (`-shm`) lives in shared
 //! memory and never survives.
 //!
-//! The image is captured before the relay's node is killed and laid down once the dead
-//! incarnation has closed its connection (closing checkpoints and removes the WAL, which
-//! would otherwise overwrite the model with a clean shutdown).
+//! The image is captured before the relay is killed (by the world's
+//! [`super::World::cut_power`]; madsim's is the world that plays power losses) and laid down
+//! by the fault player ([`super::faults`]) once the dead incarnation has closed its
+//! connection (closing checkpoints and removes the WAL, which would otherwise overwrite the
+//! model with a clean shutdown).
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,198 @@
+//! The one fault player: every world's `[[faults]]` timeline, played through the
+//! [`World`] trait. Each fault waits until it starts, switches on, records that it took
+//! hold, waits out its length, switches off and records what it did ([`Event::Fault`]:
+//! hosts cut, failures injected, a relay stopped). Its world starts each fault as a task
+//! of its own, so faults overlap as their windows do.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::rand::seq::SliceRandom;
+use relay::rt::fault::Fault;
+use relay::rt::time::{now, sleep, sleep_until, Instant};
+
+use super::World;
+use crate::actors::rng::thread_rng;
+use crate::actors::TraceSink;
+use crate::scenario::{Between, FaultKind, FaultSpec, Scenario};
+use crate::trace::Event;
+
+/// How often a power cut looks whether the dead relay has let go of its database.
+const DISK_POLL_PERIOD: Duration = Duration::from_millis(10);
+
+/// Plays a scenario's faults on one world.
+pub struct FaultPlayer<W> {
+    world: Arc<W>,
+    sink: TraceSink,
+    /// The world's start, as the timeline's clock reads it.
+    start: Instant,
+    /// `[network].latency_ms`, restored when a latency fault ends.
+    network_latency_ms: Between<u64>,
+}
+
+impl<W> Clone for FaultPlayer<W> {
+    fn clone(&self) -> Self {
+        Self {
+            world: Arc::clone(&self.world),
+            sink: self.sink.clone(),
+            start: self.start,
+            network_latency_ms: self.network_latency_ms,
+        }
+    }
+}
+
+impl<W: World> FaultPlayer<W> {
+    /// A player of `scenario`'s faults on `world`, which started at `start`, recording into
+    /// `sink`.
+    pub fn new(world: Arc<W>, scenario: &Scenario, sink: TraceSink, start: Instant) -> Self {
+        Self {
+            world,
+            sink,
+            start,
+            network_latency_ms: scenario.network.latency_ms,
+        }
+    }
+
+    /// One task per entry of `faults` (the scenario's `[[faults]]`), in order, for the
+    /// world to start. A task fails only when the world fails to stop or start the relay
+    /// (real mode); a simulated world's never do.
+    pub fn plays(
+        &self,
+        faults: &[FaultSpec],
+    ) -> Vec<impl Future<Output = Result<(), String>> + Send + 'static> {
+        faults
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(index, fault)| {
+                let player = self.clone();
+                async move { player.play(index, fault).await }
+            })
+            .collect()
+    }
+
+    /// Play fault `index` of the timeline.
+    async fn play(&self, index: usize, fault: FaultSpec) -> Result<(), String> {
+        let FaultSpec {
+            at_s,
+            duration_s,
+            kind,
+        } = fault;
+        let world = &*self.world;
+        let length = Duration::from_secs(duration_s);
+        let record = |hosts: usize, active: bool, effect: u64| {
+            self.sink.record(
+                "world",
+                Event::Fault {
+                    kind: kind.name().to_owned(),
+                    index: index as u32,
+                    hosts: hosts as u32,
+                    active,
+                    effect,
+                },
+            );
+        };
+        sleep_until(self.start + Duration::from_secs(at_s)).await;
+        match kind {
+            FaultKind::Partition { hosts_fraction } => {
+                let upstreams: Vec<usize> = (0..world.upstream_count()).collect();
+                let count = (hosts_fraction * upstreams.len() as f64).round() as usize;
+                let cut: Vec<usize> = upstreams
+                    .choose_multiple(&mut thread_rng(), count)
+                    .copied()
+                    .collect();
+                world.partition(&cut, true);
+                record(count, true, 0);
+                sleep(length).await;
+                world.partition(&cut, false);
+                record(count, false, count as u64);
+            }
+            FaultKind::Clog => {
+                world.clog_relay(true);
+                record(0, true, 0);
+                sleep(length).await;
+                world.clog_relay(false);
+                record(0, false, 1);
+            }
+            FaultKind::Latency { latency_ms } => {
+                world.set_latency(latency_ms);
+                record(0, true, 0);
+                sleep(length).await;
+                world.set_latency(self.network_latency_ms);
+                record(0, false, 1);
+            }
+            FaultKind::KillRelay => {
+                let was_up = world.relay_up().await;
+                world.kill_relay().await?;
+                record(0, true, 0);
+                sleep(length).await;
+                world.start_relay().await?;
+                record(0, false, u64::from(was_up));
+            }
+            FaultKind::PowerLoss => {
+                let was_up = world.relay_up().await;
+                let image = world.cut_power();
+                record(0, true, 0);
+                // The dead incarnation lets go of its files (closing checkpoints and
+                // removes the WAL) before the image is laid down over them.
+                let back_at = now() + length;
+                while image.still_open() && now() < back_at {
+                    sleep(DISK_POLL_PERIOD).await;
+                }
+                assert!(
+                    !image.still_open(),
+                    "power_loss: the killed relay still held its database open after {duration_s} s"
+                );
+                image.restore().unwrap_or_else(|error| {
+                    panic!("power_loss: cannot restore the database: {error}")
+                });
+                sleep_until(back_at).await;
+                world.start_relay().await?;
+                record(0, false, u64::from(was_up));
+            }
+            FaultKind::RestartRelay => {
+                record(0, true, 0);
+                world.stop_relay().await?;
+                sleep(length).await;
+                world.start_relay().await?;
+                record(0, false, 1);
+            }
+            FaultKind::StoreFault { reads } => {
+                let switches = [(Fault::StoreWrite, true), (Fault::StoreRead, reads)];
+                self.fail_points(&switches, length, record).await;
+            }
+            FaultKind::StoreStall => {
+                self.fail_points(&[(Fault::StoreStall, true)], length, record)
+                    .await;
+            }
+            FaultKind::HandlerPanic => {
+                self.fail_points(&[(Fault::HandlerPanic, true)], length, record)
+                    .await;
+            }
+            FaultKind::HandlerStall => {
+                self.fail_points(&[(Fault::HandlerStall, true)], length, record)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Switch the relay's fault points as `switches` says for `length`, then every one of
+    /// them off; the fault's effect is the failures they injected meanwhile.
+    async fn fail_points(
+        &self,
+        switches: &[(Fault, bool)],
+        length: Duration,
+        record: impl Fn(usize, bool, u64),
+    ) {
+        let world = &*self.world;
+        world.switch_fault_points(switches);
+        let injected_before = world.faults_injected();
+        record(0, true, 0);
+        sleep(length).await;
+        let off: Vec<(Fault, bool)> = switches.iter().map(|&(point, _)| (point, false)).collect();
+        world.switch_fault_points(&off);
+        record(0, false, world.faults_injected() - injected_before);
+    }
+}
