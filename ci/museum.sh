@@ -9,10 +9,10 @@
 #       the patched tree's simulator must FAIL that scenario at that seed with <oracle>
 #       among the violated oracles (the scenario must pass unpatched: ci/test's simulation
 #       tests run seeds 1..=20 of every scenario, so pick a seed in that range);
-#   Caught-by: test <package> [--test <target>] <test path>
+#   Caught-by: test <package> [--test <suite>] <test path>
 #       that test of the package's library (cargo test -p <package> --lib), or of its
-#       integration test target, must fail: real threads, for bugs only true parallelism
-#       shows, which the single-threaded tunnel cannot.
+#       test suite <package dir>/tests/<suite>/main.rs, must fail: real threads, for bugs
+#       only true parallelism shows, which the single-threaded tunnel cannot.
 #
 # For each patch: copy the working tree (tracked and untracked, not ignored) to a scratch
 # directory outside the repository, apply the patch, require that it changed something,
@@ -143,7 +143,7 @@ for patch in "${patches[@]}"; do
   elif [[ $caught =~ $unit_test ]]; then
     kind=test package=${BASH_REMATCH[1]} test_target=${BASH_REMATCH[2]:---lib} test_path=${BASH_REMATCH[3]}
   else
-    broken "cannot read 'Caught-by: $caught' (want 'loom <model>', 'scenario <file> seed=<N> oracle=<name>' or 'test <package> [--test <target>] <path>')"
+    broken "cannot read 'Caught-by: $caught' (want 'loom <model>', 'scenario <file> seed=<N> oracle=<name>' or 'test <package> [--test <suite>] <path>')"
   fi
   touched=$(git apply --numstat "$patch" | awk '{print $3}')
   [ -n "$touched" ] || broken "is not a patch"

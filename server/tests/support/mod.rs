@@ -1,6 +1,7 @@
 //! What the relay's integration tests share: a relay on loopback ([`RunningRelay`]), a fresh
-//! database file ([`temp_db`]), and waiting for a condition ([`wait_until`]). Each test
-//! binary uses a subset, hence the `dead_code` allowance.
+//! database file ([`temp_db`]), and waiting for a condition ([`wait_until`]). Each suite
+//! (`tests/<suite>/main.rs`) includes it as `#[path = "../support/mod.rs"] mod support;` and
+//! uses a subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;

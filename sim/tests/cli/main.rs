@@ -1,10 +1,14 @@
 //! The `windtunnel` binary end to end: arguments, exit codes, what is printed and written.
-//! `check` and the no-simulator message run in the plain build; the commands that run
-//! worlds run in the simulation build (`cargo sim-test`), where the binary under test is
-//! built with `--cfg madsim` too.
+//! `check` runs in both builds and the no-simulator message in the plain build (`cargo
+//! test`); the commands that run worlds (the `simulated` module) need the simulation build
+//! (`cargo sim-test`), where the binary under test is built with `--cfg madsim` too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+
+#[path = "../support/mod.rs"]
+mod support;
+use support::scratch_dir;
 
 fn windtunnel(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_windtunnel"))
@@ -20,13 +24,6 @@ fn stdout(output: &Output) -> String {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 const TINY: &str = r#"name = "tiny_churn"
@@ -48,7 +45,7 @@ conn_accounting = { settle_s = 30 }
 
 #[test]
 fn check_exits_0_for_valid_files_and_2_with_the_position_of_an_error() {
-    let dir = workdir("check");
+    let dir = scratch_dir("cli-check");
     std::fs::write(dir.join("ok.toml"), TINY).unwrap();
     std::fs::write(
         dir.join("bad.toml"),
@@ -70,7 +67,7 @@ fn check_exits_0_for_valid_files_and_2_with_the_position_of_an_error() {
 #[cfg(not(madsim))]
 #[test]
 fn without_the_simulator_a_madsim_scenario_says_how_to_run_it() {
-    let dir = workdir("nosim");
+    let dir = scratch_dir("cli-nosim");
     std::fs::write(dir.join("ok.toml"), TINY).unwrap();
     std::fs::create_dir_all(dir.join("recorded")).unwrap();
     std::fs::write(dir.join("recorded/scenario.toml"), TINY).unwrap();
@@ -106,7 +103,7 @@ mod simulated {
 
     #[test]
     fn run_replay_and_shrink_a_failure_through_the_binary() {
-        let dir = workdir("failure");
+        let dir = scratch_dir("cli-failure");
         std::fs::write(dir.join("tiny.toml"), TINY).unwrap();
         let pass = windtunnel(&["run", "tiny.toml", "--seed", "1"], &dir);
         assert_eq!(pass.status.code(), Some(0), "{}", stdout(&pass));
@@ -182,7 +179,7 @@ mod simulated {
 
     #[test]
     fn sweep_prints_plain_progress_a_summary_and_fails_if_any_seed_failed() {
-        let dir = workdir("sweep");
+        let dir = scratch_dir("cli-sweep");
         std::fs::create_dir_all(dir.join("scenarios")).unwrap();
         std::fs::write(dir.join("scenarios/a_tiny.toml"), TINY).unwrap();
         std::fs::write(

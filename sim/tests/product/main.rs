@@ -1,7 +1,9 @@
 //! The wind tunnel as a product: what a user sees and gets — reports, replay commands,
 //! artifact folders, replay, sweeps, shrinking, swarm draws, the timeline — tested without
-//! a simulator by driving the harness with a fake engine and hand-built traces. Report
-//! texts are insta snapshots (`sim/tests/windtunnel/snapshots/`).
+//! a simulator by driving the harness with a fake engine and hand-built traces, in both
+//! builds (`cargo test`, `cargo sim-test`); the `simulated` module repeats the main features
+//! on the madsim engine and needs the simulation build. Report texts are insta snapshots
+//! (`sim/tests/product/snapshots/`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use windtunnel::artifacts;
 use windtunnel::harness::{self, Loaded, Options};
-use windtunnel::logs::LogSettings;
+use windtunnel::logs::{LogCapture, LogSettings};
 use windtunnel::oracle::OracleName;
 use windtunnel::oracle::{self, Verdict};
 use windtunnel::report::RunReport;
@@ -21,6 +23,10 @@ use windtunnel::sweep::{self, Shard};
 use windtunnel::timeline;
 use windtunnel::trace::{ChurnAction, Event, Trace, UpstreamSample};
 use windtunnel::worlds::{Engine, SeedRun};
+
+#[path = "../support/mod.rs"]
+mod support;
+use support::{scenarios_dir, scratch_dir};
 
 /// A prober scenario: seeds divisible by 3 fail `probe_liveness` under [`Fake`].
 const FAKE: &str =
@@ -112,10 +118,9 @@ fn relay_sample(open: usize) -> Event {
     }
 }
 
+/// Where test `name` has the harness write artifacts: a folder that does not exist yet.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("product-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    scratch_dir(&format!("product-{name}")).join("artifacts")
 }
 
 fn loaded(text: &str) -> Loaded {
@@ -437,7 +442,7 @@ fn a_sweep_summarises_every_scenario_and_names_the_first_failing_seed() {
 
 #[test]
 fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let dir = scenarios_dir();
     let files = sweep::expand_paths(&[dir.clone(), dir.join("host_flap.toml")]).unwrap();
     let names: Vec<String> = files
         .iter()
@@ -840,54 +845,67 @@ fn the_timeline_draws_samples_probes_faults_phases_and_the_violation() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Logged lines (tracing-test): what machines reading CI logs rely on.
+// Logged lines: what machines reading CI logs rely on.
 
-#[tracing_test::traced_test]
+/// What `action` logs through `tracing` from the windtunnel library (targets
+/// `windtunnel::…`, every level), captured on this thread with the harness's own
+/// [`LogCapture`].
+fn logged<T>(action: impl FnOnce() -> T) -> (T, String) {
+    let settings = LogSettings::with_filter("windtunnel=trace").expect("the filter parses");
+    let capture = LogCapture::new(&settings);
+    let result = tracing::dispatcher::with_default(capture.dispatch(), action);
+    (result, capture.finish())
+}
+
 #[test]
 fn a_failing_run_logs_its_headline_and_the_replay_command() {
     let opts = Options {
         artifacts_root: None,
         ..Options::default()
     };
-    let result = harness::run_seed(&Fake::default(), &loaded(FAKE), 3, &opts).unwrap();
-    assert!(matches!(result.run.verdict, Verdict::Failed(_)));
-    assert!(logs_contain("ERROR"));
-    assert!(logs_contain(
-        "FAILED fake seed=0x3 oracle=probe_liveness at t=30.0s"
-    ));
-    assert!(logs_contain(
-        "replay=cargo sim run scenarios/fake.toml --seed 0x3"
-    ));
-    assert!(logs_contain("oracle=probe_liveness"));
+    let (result, logs) = logged(|| harness::run_seed(&Fake::default(), &loaded(FAKE), 3, &opts));
+    assert!(matches!(result.unwrap().run.verdict, Verdict::Failed(_)));
+    assert!(logs.contains("ERROR"), "{logs}");
+    assert!(
+        logs.contains("FAILED fake seed=0x3 oracle=probe_liveness at t=30.0s"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("replay=cargo sim run scenarios/fake.toml --seed 0x3"),
+        "{logs}"
+    );
+    assert!(logs.contains("oracle=probe_liveness"), "{logs}");
 }
 
-#[tracing_test::traced_test]
 #[test]
 fn a_passing_run_logs_its_headline_without_a_replay_command() {
     let opts = Options {
         artifacts_root: None,
         ..Options::default()
     };
-    harness::run_seed(&Fake::default(), &loaded(FAKE), 1, &opts).unwrap();
-    assert!(logs_contain("PASSED fake seed=0x1 hash=0x"));
-    assert!(!logs_contain("replay="));
+    let (result, logs) = logged(|| harness::run_seed(&Fake::default(), &loaded(FAKE), 1, &opts));
+    assert!(result.unwrap().ok());
+    assert!(logs.contains("PASSED fake seed=0x1 hash=0x"), "{logs}");
+    assert!(!logs.contains("replay="), "{logs}");
 }
 
-#[tracing_test::traced_test]
 #[test]
 fn writing_artifacts_and_replaying_are_logged() {
     let root = fresh_dir("logged");
     let engine = Fake::default();
-    let dir = harness::run_seed(&engine, &loaded(FAKE), 3, &options(&root))
-        .unwrap()
-        .artifacts
-        .unwrap();
-    assert!(logs_contain(&format!(
-        "artifacts written dir={}",
-        dir.display()
-    )));
-    harness::replay(&engine, &dir, &Options::default()).unwrap();
-    assert!(logs_contain("replay identical"));
+    let (dir, logs) = logged(|| {
+        let dir = harness::run_seed(&engine, &loaded(FAKE), 3, &options(&root))
+            .unwrap()
+            .artifacts
+            .unwrap();
+        harness::replay(&engine, &dir, &Options::default()).unwrap();
+        dir
+    });
+    assert!(
+        logs.contains(&format!("artifacts written dir={}", dir.display())),
+        "{logs}"
+    );
+    assert!(logs.contains("replay identical"), "{logs}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -899,10 +917,7 @@ mod simulated {
     use windtunnel::worlds::madsim::Madsim;
 
     fn shipped(name: &str) -> Loaded {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../scenarios")
-            .join(name);
-        Loaded::load(&path).unwrap_or_else(|error| panic!("{error}"))
+        Loaded::load(&scenarios_dir().join(name)).unwrap_or_else(|error| panic!("{error}"))
     }
 
     /// `churn_max_connections` with a probe latency bound it cannot meet.

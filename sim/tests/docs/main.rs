@@ -1,7 +1,9 @@
 //! The docs against the code. SCENARIOS.md against the schema: every key the scenario
 //! schema accepts is documented, and every key documented exists. ARCHITECTURE.md against
 //! the tree: every path it names exists, and it names every module directly under
-//! `server/src` and `sim/src`.
+//! `server/src` and `sim/src`. These run in both builds (`cargo test`, `cargo sim-test`);
+//! the README's commands and quoted output (`readme`) run worlds and need the simulation
+//! build.
 //!
 //! The keys are discovered from the schema itself, not from a list kept by hand: every
 //! table is `deny_unknown_fields`, so a probe document with an unknown key `zzz` in a table
@@ -16,6 +18,13 @@ use std::path::Path;
 
 use windtunnel::scenario::Scenario;
 
+#[path = "../support/mod.rs"]
+mod support;
+use support::{repository, scenarios_dir, MINIMAL};
+
+#[cfg(madsim)]
+mod readme;
+
 const SCENARIOS_MD: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../SCENARIOS.md"));
 
 /// A path into the probe document: table keys, `[]` marking an array of tables.
@@ -28,8 +37,6 @@ struct Probe {
     /// Key/value lines the table needs before the probe key (e.g. a fault's `kind`).
     preamble: Vec<String>,
 }
-
-const MINIMAL: &str = "name = \"x\"\nduration_s = 60\n[oracles]\n";
 
 fn parse_error(document: &str) -> Option<String> {
     Scenario::parse(Path::new("probe.toml"), document)
@@ -236,7 +243,7 @@ fn scenarios_md_documents_every_schema_key() {
 
 #[test]
 fn scenarios_md_names_every_shipped_scenario_and_its_engine() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let dir = scenarios_dir();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
@@ -293,7 +300,7 @@ fn architecture_paths() -> BTreeSet<String> {
 
 #[test]
 fn architecture_names_every_module_and_only_real_paths() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repository();
     let named = architecture_paths();
     assert!(named.len() > 30, "{named:#?}");
     let missing: Vec<&String> = named

@@ -12,7 +12,9 @@
 use std::path::Path;
 use std::process::Command;
 
-const README: &str = include_str!("../../../README.md");
+use crate::support::{repository, scratch_dir};
+
+const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
 
 /// The fenced blocks of `text` in order: (language, body).
 fn blocks(text: &str) -> Vec<(&str, String)> {
@@ -96,7 +98,7 @@ fn run_shell(block: &str, dir: &Path) -> String {
 
 #[test]
 fn the_first_commands_quoted_report_is_what_it_prints() {
-    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repository = repository();
     let start = README
         .find("A run prints one verdict line")
         .expect("the README quotes a run");
@@ -104,7 +106,7 @@ fn the_first_commands_quoted_report_is_what_it_prints() {
         .into_iter()
         .find(|(language, _)| *language == "text")
         .expect("a text block follows");
-    let artifacts = tempfile_dir("first-command");
+    let artifacts = scratch_dir("readme-first-command");
     let printed = run_shell(
         &format!(
             "cargo sim run scenarios/churn_max_connections.toml --seed 1 --artifacts {}",
@@ -124,7 +126,7 @@ fn the_walkthrough_prints_what_the_readme_quotes() {
         + README[start..]
             .find("\n## ")
             .expect("a section follows the walkthrough");
-    let scratch = tempfile_dir("walkthrough");
+    let scratch = scratch_dir("readme-walkthrough");
     let mut last_output = String::new();
     let mut step = 0;
     for (language, body) in blocks(&README[start..end]) {
@@ -142,14 +144,6 @@ fn the_walkthrough_prints_what_the_readme_quotes() {
         "the walkthrough has its steps ({step} shell blocks)"
     );
     let _ = std::fs::remove_dir_all(&scratch);
-}
-
-/// A fresh, empty directory for one test.
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("windtunnel-readme-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    dir
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+#[path = "../support/mod.rs"]
 mod support;
 use support::{wait_until, RunningRelay};
 

@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+#[path = "../support/mod.rs"]
 mod support;
 use support::{wait_until, RunningRelay, PATIENCE};
 

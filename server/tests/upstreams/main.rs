@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "../support/mod.rs"]
 mod support;
 use support::{wait_until, RunningRelay};
 

@@ -1,0 +1,307 @@
+//! Scenario files: parsing and validation through `Scenario::parse`/`Scenario::load` — every
+//! shipped scenario loads, and every kind of mistake is reported at its `file:line:col`
+//! with what was expected. Plain library calls, no world is run: the suite runs in both
+//! builds (`cargo test`, `cargo sim-test`).
+
+use std::path::Path;
+
+use windtunnel::oracle::OracleName;
+use windtunnel::scenario::{Expect, Scenario, ScenarioError};
+
+#[path = "../support/mod.rs"]
+mod support;
+use support::{load, scenarios_dir, MINIMAL};
+
+fn parse_error(text: &str) -> String {
+    match Scenario::parse(Path::new("bad.toml"), text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn every_shipped_scenario_loads() {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(scenarios_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let scenario = Scenario::load(&path).unwrap_or_else(|error| panic!("{error}"));
+            names.push(scenario.name);
+        }
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bad_input",
+            "churn_idle_reaper",
+            "churn_idle_reaper_disabled",
+            "churn_max_connections",
+            "close_recv_race",
+            "cold_start_2800",
+            "cold_start_jitter_only",
+            "cold_start_thundering_herd",
+            "db_fault",
+            "db_fault_liveness_watchdog",
+            "db_fault_long",
+            "db_fault_slow_retry",
+            "gc_stall",
+            "gc_stall_unbatched",
+            "handler_timeout",
+            "handler_timeout_too_long",
+            "host_blink",
+            "host_dormancy",
+            "host_flap",
+            "hostile_upstreams",
+            "hostile_upstreams_unlimited",
+            "ingest_backpressure",
+            "keepalive_dispatch",
+            "keepalive_dispatch_concurrent",
+            "memory_pressure",
+            "memory_pressure_unguarded",
+            "network_blip",
+            "panic_isolation",
+            "power_loss",
+            "restart_during_store_fault",
+            "restart_resume",
+            "slow_consumer",
+            "slow_consumer_unbounded_queue",
+            "store_stall",
+            "turmoil_backlog_churn",
+            "turmoil_close_recv_race"
+        ]
+    );
+}
+
+#[test]
+fn expectations_are_parsed() {
+    assert_eq!(load("churn_max_connections.toml").expect, Expect::Pass);
+    assert_eq!(
+        load("churn_idle_reaper_disabled.toml").expect,
+        Expect::Fail(OracleName::ConnAccounting)
+    );
+}
+
+#[test]
+fn unknown_top_level_key_reports_line_and_column() {
+    let message = parse_error("name = \"x\"\nduraton_s = 60\n[oracles]\n");
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines[0], "bad.toml:1:1: missing field `duration_s`");
+    assert!(
+        lines[1].starts_with("bad.toml:2:1: unknown field `duraton_s`, expected one of"),
+        "{message}"
+    );
+}
+
+#[test]
+fn every_problem_in_a_file_is_reported_at_its_key() {
+    let text = "name = \"x\"\n\
+                duration_s = 30\n\
+                [relay.server]\n\
+                max_conections = 3\n\
+                [upstreams]\n\
+                hosts = -10\n\
+                [[faults]]\n\
+                kind = \"meteor\"\n\
+                at_s = 10\n\
+                [[faults]]\n\
+                kind = \"clog\"\n\
+                at_s = \"ten\"\n\
+                duration_s = 5\n\
+                [oracles]\n\
+                probe_lively = {}\n";
+    let located: Vec<String> = parse_error(text).lines().map(str::to_owned).collect();
+    assert_eq!(
+        located,
+        [
+            "bad.toml:4:1: unknown field `max_conections`, expected one of `listen`, `max_connections`, `header_read_timeout_ms`, `idle_timeout_ms`, `idle_check_interval_ms`, `max_header_bytes`, `drain_timeout_ms`, `shutdown_grace_ms`, `refusal_lane_max`, `refusal_read_timeout_ms`, `retry_after_s`, `handler_timeout_ms`, `dispatch`, `date_header`",
+            "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
+            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`",
+            "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",
+            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`, `bad_hosts_isolated`, `fair_share`",
+        ]
+    );
+    let semantic = "name = \"x\"\n\
+                    duration_s = 30\n\
+                    [upstreams]\n\
+                    hosts = 10\n\
+                    [[faults]]\n\
+                    kind = \"partition\"\n\
+                    at_s = 10\n\
+                    duration_s = 40\n\
+                    hosts_fraction = 0.5\n\
+                    [[faults]]\n\
+                    kind = \"restart_relay\"\n\
+                    at_s = 10\n\
+                    down_s = 0\n\
+                    [oracles]\n\
+                    probe_liveness = {}\n";
+    assert_eq!(
+        parse_error(semantic),
+        "bad.toml:8:1: faults[0].duration_s: expected the fault to end by duration_s (30s), it ends at 50s\n\
+         bad.toml:13:1: faults[1].down_s: expected down_s >= 1\n\
+         bad.toml:15:1: oracles.probe_liveness: probe_liveness needs a [prober] table"
+    );
+    let duplicate = parse_error("name = \"x\"\nname = \"y\"\nduration_s = 30\n[oracles]\n");
+    assert_eq!(duplicate, "bad.toml:2:1: duplicate key `name`");
+}
+
+#[test]
+fn unknown_relay_key_is_caught_by_the_relay_schema_with_its_position() {
+    let message = parse_error(&format!("{MINIMAL}[relay.server]\nmax_conections = 3\n"));
+    assert!(
+        message.starts_with("bad.toml:5:1: unknown field `max_conections`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn inverted_range_reports_what_was_expected() {
+    let text = format!(
+        "{MINIMAL}[[churners]]\nnodes = 1\nloops_per_node = 1\nstop_s = 10\nthink_ms = [50, 10]\n"
+    );
+    let message = parse_error(&text);
+    assert!(
+        message.starts_with("bad.toml:8:12: expected [min, max] with min <= max, got [50, 10]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unknown_oracle_and_bad_expectation_are_rejected() {
+    let message = parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nprobe_lively = {}\n");
+    assert!(
+        message.starts_with("bad.toml:4:1: unknown field `probe_lively`"),
+        "{message}"
+    );
+    let message =
+        parse_error("name = \"x\"\nduration_s = 60\nexpect = { fail = \"nope\" }\n[oracles]\n");
+    assert!(
+        message.starts_with("bad.toml:3:19: unknown variant `nope`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let churner_past_end =
+        format!("{MINIMAL}[[churners]]\nnodes = 1\nloops_per_node = 1\nstop_s = 61\n");
+    assert_eq!(
+        parse_error(&churner_past_end),
+        "bad.toml:7:1: churners[0].stop_s: expected start_s (0) < stop_s (61) <= duration_s (60)"
+    );
+    assert_eq!(
+        parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nprobe_liveness = {}\n"),
+        "bad.toml:4:1: oracles.probe_liveness: probe_liveness needs a [prober] table"
+    );
+    assert_eq!(
+        parse_error(
+            "name = \"x\"\nduration_s = 60\nexpect = { fail = \"conn_accounting\" }\n[oracles]\n"
+        ),
+        "bad.toml:3:1: expect: expects conn_accounting to fail, but [oracles] does not check it"
+    );
+    assert_eq!(
+        parse_error(&format!("{MINIMAL}[relay.server]\nmax_connections = 0\n")),
+        "bad.toml:5:1: relay.server.max_connections: invalid configuration: server.max_connections must be at least 1"
+    );
+    let unknown_probe =
+        parse_error("name = \"x\"\nduration_s = 60\nreach = [\"upstream.dormnat\"]\n[oracles]\n");
+    assert!(
+        unknown_probe.starts_with(
+            "bad.toml:3:1: reach: unknown probe \"upstream.dormnat\"; expected one of admission.at_capacity, "
+        ),
+        "{unknown_probe}"
+    );
+    assert_eq!(
+        parse_error(
+            "name = \"x\"\nduration_s = 60\nengine = \"turmoil\"\nreach = [\"upstream.dormant\"]\n[oracles]\n"
+        ),
+        "bad.toml:4:1: reach: expected no reach on this engine: the relay's probes are counted only under madsim"
+    );
+}
+
+#[test]
+fn upstream_and_fault_tables_are_validated() {
+    let message = parse_error(&format!(
+        "{MINIMAL}[upstreams]\nhosts = 10\nflaky_fraction = 1.5\n"
+    ));
+    assert_eq!(
+        message,
+        "bad.toml:6:1: upstreams.flaky_fraction: expected a fraction within 0..=1"
+    );
+    let message = parse_error(&format!("{MINIMAL}[upstreams]\nhost = 10\n"));
+    assert!(
+        message.starts_with("bad.toml:5:1: unknown field `host`"),
+        "{message}"
+    );
+    let message = parse_error(&format!(
+        "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"meteor\"\nat_s = 1\n"
+    ));
+    assert!(
+        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`"),
+        "{message}"
+    );
+    let message = parse_error(&format!(
+        "{MINIMAL}[[faults]]\nkind = \"partition\"\nat_s = 1\nduration_s = 5\nhosts_fraction = 0.5\n"
+    ));
+    assert_eq!(
+        message,
+        "bad.toml:5:1: faults[0].kind: a partition needs [upstreams]"
+    );
+    let message = parse_error(&format!(
+        "{MINIMAL}[[faults]]\nkind = \"latency\"\nat_s = 1\nduration_s = 5\nlatency_ms = [90, 10]\n"
+    ));
+    assert_eq!(
+        message,
+        "bad.toml:4:1: expected [min, max] with min <= max, got [90, 10]"
+    );
+    let message = parse_error(&format!(
+        "{MINIMAL}[[faults]]\nkind = \"clog\"\nat_s = 1\nduration_s = 0\n"
+    ));
+    assert_eq!(
+        message,
+        "bad.toml:7:1: faults[0].duration_s: expected duration_s >= 1"
+    );
+    let message =
+        parse_error("name = \"x\"\nduration_s = 60\n[[callers]]\npath = \"hosts\"\n[oracles]\n");
+    assert_eq!(
+        message,
+        "bad.toml:4:1: callers[0].path: expected a path starting with '/'"
+    );
+    let message =
+        parse_error("name = \"x\"\nduration_s = 60\n[[abusers]]\nkind = \"smurf\"\n[oracles]\n");
+    assert!(
+        message.starts_with("bad.toml:4:8: unknown variant `smurf`, expected one of `slowloris`"),
+        "{message}"
+    );
+    let message = parse_error(
+        "name = \"x\"\nduration_s = 60\n[[abusers]]\nkind = \"garbage\"\nstart_s = 60\n[oracles]\n",
+    );
+    assert_eq!(
+        message,
+        "bad.toml:5:1: abusers[0].start_s: expected start_s < duration_s"
+    );
+    let message =
+        parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nbad_input_rejected = {}\n");
+    assert_eq!(
+        message,
+        "bad.toml:4:1: oracles.bad_input_rejected: bad_input_rejected needs [[abusers]]"
+    );
+    let message = parse_error("name = \"x\"\nduration_s = 60\n[oracles]\nno_host_forgotten = {}\n");
+    assert_eq!(
+        message,
+        "bad.toml:4:1: oracles.no_host_forgotten: no_host_forgotten needs an [upstreams] table"
+    );
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let error = Scenario::load(Path::new("no/such/scenario.toml")).unwrap_err();
+    assert!(matches!(error, ScenarioError::Read { .. }));
+    assert!(
+        error
+            .to_string()
+            .starts_with("no/such/scenario.toml: cannot read:"),
+        "{error}"
+    );
+}

@@ -1,0 +1,216 @@
+//! Worlds in the plain build (`cargo test`; empty in the simulation build): the turmoil
+//! engine's scenarios, each passing and running to the same trace twice, and real mode, the
+//! same actors on real tokio and loopback TCP against the relay as a child process.
+#![cfg(not(madsim))]
+
+use std::path::Path;
+
+use windtunnel::oracle::Verdict;
+use windtunnel::scenario::Scenario;
+use windtunnel::trace::Event;
+use windtunnel::worlds::real::process::RelayProgram;
+
+#[path = "../support/mod.rs"]
+mod support;
+use support::{load, MINIMAL};
+
+/// The turmoil engine's scenarios: each passes, and runs to the same trace twice.
+mod turmoil_engine {
+    use super::*;
+    use windtunnel::worlds::turmoil::Turmoil;
+    use windtunnel::worlds::Engine;
+
+    fn passes_twice_alike(file: &str, seed: u64) -> windtunnel::trace::Trace {
+        let scenario = load(file);
+        let [first, second] = [seed, seed].map(|seed| Turmoil.run(&scenario, seed, None));
+        assert_eq!(
+            first.verdict,
+            Verdict::Passed,
+            "{file} seed {seed}: {:?}",
+            first.violations
+        );
+        assert_eq!(
+            first.trace.hash(),
+            second.trace.hash(),
+            "{file} seed {seed}: two runs differ"
+        );
+        first.trace
+    }
+
+    #[test]
+    fn backlog_churn_passes_and_is_deterministic() {
+        let trace = passes_twice_alike("turmoil_backlog_churn.toml", 1);
+        let half_closed_ok = trace
+            .records()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.event,
+                    Event::Churn {
+                        action: windtunnel::trace::ChurnAction::HalfClose,
+                        requests_ok: 1,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert!(
+            half_closed_ok > 100,
+            "only {half_closed_ok} half-closed requests were answered"
+        );
+    }
+
+    #[test]
+    fn close_recv_race_passes_and_is_deterministic() {
+        let trace = passes_twice_alike("turmoil_close_recv_race.toml", 1);
+        let restarted = trace.records().iter().any(|r| {
+            matches!(&r.event, Event::Fault { kind, active: false, .. } if kind == "restart_relay")
+        });
+        assert!(restarted, "the relay never came back from its restart");
+    }
+}
+
+/// Real mode: the same actors on real tokio and loopback TCP against the relay as a child
+/// process (this package's windtunnel binary running the relay's command line), judged by
+/// the same oracles (a small world, 18 real seconds, a graceful restart and a SIGKILL).
+#[test]
+fn real_mode_runs_the_actors_against_the_relay_and_judges_them() {
+    let scenario = Scenario::parse(
+        Path::new("real.toml"),
+        r#"name = "real"
+duration_s = 18
+[relay.server]
+shutdown_grace_ms = 2000
+drain_timeout_ms = 500
+[relay.upstream]
+startup_jitter_ms = 500
+backoff_base_ms = 200
+backoff_cap_ms = 1000
+[upstreams]
+hosts = 10
+handshake_latency_ms = [5, 20]
+event_interval_s = [1, 1]
+[prober]
+path = "/_readyz"
+initial_delay_s = 1
+period_s = 1
+timeout_s = 1
+failure_threshold = 4
+[[consumers]]
+name = "fast"
+count = 2
+kind = "fast"
+start_s = 2
+stop_s = 16
+[[faults]]
+kind = "restart_relay"
+at_s = 6
+down_s = 1
+[[faults]]
+kind = "kill_relay"
+at_s = 10
+down_s = 1
+[oracles]
+probe_liveness = {}
+no_stale_delivery = {}
+no_lost_events = { lag_s = 4 }
+consumer_accounting = { settle_s = 2 }
+no_panics = {}
+"#,
+    )
+    .unwrap();
+    assert!(windtunnel::scenario::REAL.problems(&scenario).is_empty());
+    let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
+    let run = windtunnel::worlds::real::run(&scenario, 1, None, &relay);
+    assert_eq!(
+        run.verdict,
+        Verdict::Passed,
+        "{:?}\n{}",
+        run.violations,
+        run.logs.unwrap_or_default()
+    );
+    // Three incarnations (start, restart, after the kill), each scraped.
+    let samples = run
+        .trace
+        .records()
+        .iter()
+        .filter(|r| matches!(r.event, Event::RelaySample { .. }))
+        .count();
+    assert!(
+        samples >= 12,
+        "only {samples} scrapes of /metrics were recorded"
+    );
+    let incarnations = run.trace.records().iter().find_map(|r| match r.event {
+        Event::RelayProcess {
+            incarnations,
+            peak_rss_bytes,
+            ..
+        } if peak_rss_bytes > 0 => Some(incarnations),
+        _ => None,
+    });
+    assert_eq!(
+        incarnations,
+        Some(3),
+        "start, restart, start after the kill"
+    );
+    let frames: u64 = run
+        .trace
+        .records()
+        .iter()
+        .filter_map(|r| match r.event {
+            Event::ConsumerFinal { frames, .. } => Some(frames),
+            _ => None,
+        })
+        .sum();
+    assert!(frames > 100, "the consumers saw only {frames} frames");
+}
+
+#[test]
+fn real_mode_refuses_what_a_loopback_cannot_play() {
+    use windtunnel::scenario::REAL;
+    let with_fault = |fault: &str| {
+        Scenario::parse(
+            Path::new("real.toml"),
+            &format!("{MINIMAL}\n[upstreams]\nhosts = 4\n\n[[faults]]\n{fault}\n"),
+        )
+        .unwrap()
+    };
+    let partition =
+        with_fault("kind = \"partition\"\nat_s = 1\nduration_s = 1\nhosts_fraction = 0.5");
+    let refused = |scenario: &Scenario| -> Vec<String> {
+        REAL.problems(scenario)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        refused(&partition),
+        [
+            "faults[0].kind: expected no partition fault with --real (a real loopback network has \
+          no partitions, clogs or latency control)"
+        ]
+    );
+    let stall = with_fault("kind = \"handler_stall\"\nat_s = 1\nduration_s = 1");
+    let [reason] = &refused(&stall)[..] else {
+        panic!("{:?}", refused(&stall));
+    };
+    assert!(reason.contains("fault points"), "{reason}");
+    let kill = with_fault("kind = \"kill_relay\"\nat_s = 1\ndown_s = 1");
+    assert_eq!(refused(&kill), Vec::<String>::new());
+    // A relay that cannot start is a clear failure of the run, not a hang.
+    let missing = RelayProgram::binary("/nonexistent/relay");
+    let run = windtunnel::worlds::real::run(&kill, 1, None, &missing);
+    let panic = run
+        .trace
+        .records()
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::Panic { message } => Some(message.clone()),
+            _ => None,
+        })
+        .expect("the failure is recorded");
+    assert!(
+        panic.contains("cannot start the relay (/nonexistent/relay)"),
+        "{panic}"
+    );
+}
