@@ -7,15 +7,19 @@
 //! received every event (each consumer also checks it got them in order, with no gap and
 //! no duplicate). Three modes per N, same upstream, same consumer code:
 //! - `relay`: the real [`relay::Relay`]: SQLite persistence before broadcast, the lifecycle
-//!   registry, per-consumer mailboxes, one owner task per consumer;
+//!   registry, per-consumer mailboxes, one owner task per consumer writing what its mailbox
+//!   holds (up to 64 KiB) and flushing once per batch;
 //! - `broadcast`: the least a fan-out can do: one task reads the upstream, parses each
 //!   event and encodes the same consumer frame once, and hands it to a
 //!   `tokio::sync::broadcast` channel; one task per consumer forwards it with tungstenite,
-//!   one send (write + flush) per frame like the relay. No persistence, no lifecycle;
+//!   one send (write + flush) per frame (the relay's writes before issue 24). No
+//!   persistence, no lifecycle;
 //! - `broadcast_batched`: the same, but a consumer task feeds everything waiting in the
-//!   channel and flushes once — a ceiling for what batching writes would buy.
+//!   channel and flushes once — the relay's write discipline without its persistence,
+//!   lifecycle, mailboxes and memory account: its ceiling.
 //!
-//! The relay's consumer queue and memory budget are sized to the whole run so nobody can
+//! The relay's per-host event-rate limit is off (one local host stands for the whole
+//! firehose). Its consumer queue and memory budget are sized to the whole run so nobody can
 //! be kicked (the relay has no backpressure from consumers to ingest by design: it kicks
 //! instead); the kick counter is printed and must read 0. The consumers share the machine's cores with
 //! the server in every mode, so the ratios compare like with like. Nothing here asserts a
@@ -175,10 +179,10 @@ async fn main() -> anyhow::Result<()> {
 /// What serves the consumers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
-    /// `tokio::sync::broadcast` + tungstenite, one send (write + flush) per frame: the
-    /// relay's write discipline without its persistence, lifecycle and mailboxes.
+    /// `tokio::sync::broadcast` + tungstenite, one send (write + flush) per frame.
     Broadcast,
-    /// The same, but each consumer task drains what is waiting and flushes once.
+    /// The same, but each consumer task drains what is waiting and flushes once: the
+    /// relay's write discipline without its persistence, lifecycle and mailboxes.
     BroadcastBatched,
     /// The relay.
     Relay,
@@ -360,6 +364,9 @@ async fn relay_run(args: &Args, count: usize) -> anyhow::Result<Run> {
         "upstream.startup_jitter_ms=0".to_owned(),
         format!("server.max_connections={}", count + 64),
         "server.idle_timeout_ms=3600000".to_owned(),
+        // One upstream host plays the whole firehose: the per-host event-rate limit
+        // (50 events/s by default, for fairness between hosts) would measure itself.
+        "upstream.host_events_per_second=0".to_owned(),
         // Room for the whole run: measure throughput, not the kick policy. The memory
         // account counts a frame once per mailbox holding it, so the whole run's frames in
         // every mailbox must fit the budget too (frames are shared: real memory is far less).

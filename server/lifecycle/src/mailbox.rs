@@ -121,6 +121,17 @@ impl<T> Mailbox<T> {
         self.lock().queue.pop_front()
     }
 
+    /// Take waiting items, oldest first, onto the end of `into` while `take` accepts them,
+    /// without waiting: the first item `take` refuses stays (and so does everything behind
+    /// it). One lock hold for the whole run, so an owner drains a batch for the price of
+    /// one pop.
+    pub fn try_recv_while(&self, into: &mut Vec<T>, mut take: impl FnMut(&T) -> bool) {
+        let mut inner = self.lock();
+        while inner.queue.front().is_some_and(&mut take) {
+            into.extend(inner.queue.pop_front());
+        }
+    }
+
     /// Owner side: the next item; resolves to `None` once the mailbox is closed and empty.
     pub fn recv(&self) -> Recv<'_, T> {
         Recv { mailbox: self }
@@ -205,6 +216,27 @@ mod tests {
         assert_eq!(mailbox.close(), vec!["b"]);
         assert_eq!(mailbox.offer("c"), Offer::Closed("c"));
         assert!(mailbox.close().is_empty());
+    }
+
+    #[test]
+    fn try_recv_while_takes_in_order_up_to_the_first_refusal() {
+        let mailbox = Mailbox::new(8);
+        for item in [1, 2, 3, 10, 4] {
+            assert_eq!(mailbox.offer(item), Offer::Accepted);
+        }
+        let mut taken = vec![0];
+        mailbox.try_recv_while(&mut taken, |&item| item < 5);
+        assert_eq!(taken, [0, 1, 2, 3], "appended, oldest first");
+        assert_eq!(
+            mailbox.len(),
+            2,
+            "the refused item and what is behind it stay"
+        );
+        mailbox.try_recv_while(&mut taken, |_| true);
+        assert_eq!(taken, [0, 1, 2, 3, 10, 4]);
+        assert!(mailbox.is_empty());
+        mailbox.try_recv_while(&mut taken, |_| panic!("nothing is waiting"));
+        assert_eq!(taken.len(), 6);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! its [`Subscription`] drops), so teardown happens exactly once, on one task.
 //!
 //! Every queued frame is charged to the memory account ([`crate::memory`]) and to its
-//! consumer, and discharged when the consumer receives it or its subscription drops. When
+//! consumer, and discharged when it leaves the mailbox: when the consumer's task takes it
+//! (a batch at a time, [`Subscription::recv_batch`]) or its subscription drops. When
 //! a frame would take what the consumers hold past the budget, the consumers holding the
 //! most are kicked first, largest first; consumers already asked to close are offered
 //! nothing more (their session will not read it; they resume by cursor from the store).
@@ -273,12 +274,29 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next frame from the mailbox (its bytes leave the memory account); `None` once
-    /// the mailbox is closed. Receive and close are the owner's alone.
-    pub async fn recv(&self) -> Option<Frame> {
-        let frame = self.mailbox.recv().await?;
-        self.forget(frame.cost());
-        Some(frame)
+    /// Wait for the next frame, then take the frames already waiting behind it, oldest
+    /// first, while their texts total at most `max_bytes` (the first frame comes whatever
+    /// its size), appending them to `batch`. The taken frames' bytes leave the memory
+    /// account together, in the same poll that takes them, so the account holds exactly
+    /// what is still in the mailbox. `false` (nothing appended) once the mailbox is closed.
+    /// Receive and close are the owner's alone.
+    pub async fn recv_batch(&self, batch: &mut Vec<Frame>, max_bytes: usize) -> bool {
+        let Some(first) = self.mailbox.recv().await else {
+            return false;
+        };
+        let mut bytes = first.text.len();
+        let mut cost = first.cost();
+        batch.push(first);
+        self.mailbox.try_recv_while(batch, |frame| {
+            bytes += frame.text.len();
+            let fits = bytes <= max_bytes;
+            if fits {
+                cost += frame.cost();
+            }
+            fits
+        });
+        self.forget(cost);
+        true
     }
 
     fn forget(&self, bytes: u64) {
@@ -320,6 +338,64 @@ mod tests {
         owner
     }
 
+    /// One batch of what `subscription` holds now, up to `max_bytes` of text (at least one
+    /// frame when any is waiting), without waiting.
+    fn take(subscription: &Subscription, max_bytes: usize) -> Vec<Frame> {
+        let mut batch = Vec::new();
+        let _ = subscription
+            .recv_batch(&mut batch, max_bytes)
+            .now_or_never();
+        batch
+    }
+
+    #[test]
+    fn a_batch_comes_in_order_within_its_bytes_and_leaves_the_account_exact() {
+        let (cost, text) = (frame(1).cost(), frame(1).text.len());
+        let memory = Arc::new(MemoryGuard::new(&MemoryConfig::default()));
+        let broadcaster = Arc::new(Broadcaster::new(0, Arc::clone(&memory)));
+        let registry = Registry::new(4);
+        let owner = consumer(&registry);
+        let (subscription, _) = broadcaster.subscribe(&registry, owner.id(), 100);
+        broadcaster.publish(&(1..=50).map(frame).collect::<Vec<_>>());
+        assert_eq!(memory.stats().held_bytes, 50 * cost);
+
+        // Ten frames' text and a little more: ten frames, the eleventh stays.
+        let batch = take(&subscription, 10 * text + text / 2);
+        assert_eq!(batch, (1..=10).map(frame).collect::<Vec<_>>());
+        assert_eq!(
+            memory.stats().held_bytes,
+            40 * cost,
+            "released on the way out"
+        );
+        assert_eq!(subscription.held.load(SeqCst), 40 * cost);
+        // A bound below one frame still takes one: a large frame is never stuck.
+        assert_eq!(take(&subscription, 1), [frame(11)]);
+        // Frames published behind a partly drained mailbox queue up behind the rest.
+        broadcaster.publish(&(51..=60).map(frame).collect::<Vec<_>>());
+        let mut seqs: Vec<u64> = (1..=11).collect();
+        loop {
+            let batch = take(&subscription, 7 * text);
+            if batch.is_empty() {
+                break;
+            }
+            assert!(
+                batch.len() <= 7,
+                "{} frames past the byte bound",
+                batch.len()
+            );
+            seqs.extend(batch.iter().map(|frame| frame.seq));
+        }
+        assert_eq!(seqs, (1..=60).collect::<Vec<_>>(), "in order, none twice");
+        let stats = memory.stats();
+        assert_eq!(
+            stats.held_bytes, 0,
+            "a batched drain leaves nothing accounted"
+        );
+        assert_eq!(subscription.held.load(SeqCst), 0);
+        drop(subscription);
+        assert_eq!(memory.stats().held_bytes, 0);
+    }
+
     #[test]
     fn past_the_budget_the_largest_holder_is_kicked_and_its_bytes_come_back() {
         let cost = frame(1).cost();
@@ -339,7 +415,7 @@ mod tests {
         let (hogging, _) = broadcaster.subscribe(&registry, hog.id(), 1000);
         // Ten frames reach everyone; the reader reads its share.
         broadcaster.publish(&(1..=10).map(frame).collect::<Vec<_>>());
-        while reading.recv().now_or_never().flatten().is_some() {}
+        assert_eq!(take(&reading, usize::MAX).len(), 10);
         assert_eq!(
             memory.stats().held_bytes,
             10 * cost,
@@ -407,14 +483,13 @@ mod tests {
         }
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                // Drain unevenly: consumer i reads up to i % 7 frames per pass.
+                // Drain unevenly: consumer i reads a batch of up to i % 7 frames per pass.
+                let text = frame(1).text.len();
                 while !done.load(SeqCst) {
                     for (index, slot) in slots.iter().enumerate() {
                         let held = Arc::clone(&slot.lock().unwrap());
-                        for _ in 0..index % 7 {
-                            if held.1.recv().now_or_never().flatten().is_none() {
-                                break;
-                            }
+                        if index % 7 > 0 {
+                            take(&held.1, index % 7 * text);
                         }
                     }
                 }

@@ -11,6 +11,11 @@
 //! 3. **live**: frames above `h` from its mailbox. Frames at or below the last one sent are
 //!    skipped, so the cutover has no gap and no duplicate.
 //!
+//! Writes are batched: the session takes everything waiting in its mailbox (up to
+//! [`WRITE_BATCH_BYTES`] of frames) in one go, hands each frame to the socket's write buffer
+//! in order and flushes once per batch; catch-up pages are flushed every
+//! `WRITE_BATCH_BYTES` likewise. A frame counts as sent once the socket has taken it.
+//!
 //! When the broadcaster finds the mailbox full it requests a close with reason `Kicked`; the
 //! session then sends a `ConsumerTooSlow` error frame and a close frame, and waits for the
 //! consumer's close reply (all bounded by `kick_flush_timeout_ms`) before it ends, so the
@@ -98,6 +103,13 @@ impl FanoutConfig {
         Ok(())
     }
 }
+
+/// Frame text a session writes between two flushes: a live batch taken from the mailbox,
+/// or a stretch of a catch-up page (a single larger frame goes alone). Bounds what a
+/// consumer's batch holds outside the memory account (its frames left the mailbox) and what
+/// one flush pushes. Half of tungstenite's write buffer (128 KiB), which writes to the socket
+/// by itself only past that, so a batch normally leaves in its flush's one write.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// A subscription whose handshake was answered; the owner task runs it after the upgrade.
 pub struct Pending {
@@ -270,13 +282,16 @@ impl Session<'_> {
         }
         let ping_every = Duration::from_millis(config.ping_interval_ms);
         let mut pings = interval_at(now() + ping_every, ping_every);
+        // Reused for every batch; emptied by each send.
+        let mut batch = Vec::new();
         loop {
             let step = tokio::select! {
                 biased;
                 reason = self.owner.close_request() => Err(End::Requested(reason)),
-                frame = subscription.recv() => match frame {
-                    Some(frame) => self.send_frame(socket, frame).await,
-                    None => Err(End::Ended("mailbox_closed")),
+                open = subscription.recv_batch(&mut batch, WRITE_BATCH_BYTES) => if open {
+                    self.send_frames(socket, batch.drain(..)).await
+                } else {
+                    Err(End::Ended("mailbox_closed"))
                 },
                 inbound = socket.next() => match inbound {
                     None => Err(End::Ended("consumer_closed")),
@@ -335,23 +350,42 @@ impl Session<'_> {
             )
             .await?;
         }
-        for frame in frames.into_iter().filter(|frame| frame.seq <= up_to) {
-            self.send_frame(socket, frame).await?;
-        }
-        Ok(())
+        self.send_frames(
+            socket,
+            frames.into_iter().filter(|frame| frame.seq <= up_to),
+        )
+        .await
     }
 
-    async fn send_frame(&mut self, socket: &mut Socket, frame: Frame) -> Result<(), End> {
-        if frame.seq <= self.sent {
-            return Ok(());
+    /// Send `frames` (ascending; those at or below the last one sent are skipped) in order,
+    /// flushing whenever [`WRITE_BATCH_BYTES`] are waiting in the socket's buffer and once
+    /// at the end: a batch taken from the mailbox is flushed once.
+    async fn send_frames(
+        &mut self,
+        socket: &mut Socket,
+        frames: impl IntoIterator<Item = Frame>,
+    ) -> Result<(), End> {
+        let mut unflushed = 0;
+        for frame in frames {
+            if frame.seq <= self.sent {
+                continue;
+            }
+            unflushed += frame.text.len();
+            self.queue(socket, Message::Text(frame.text)).await?;
+            // The socket has taken the frame: it reaches the consumer before anything
+            // written later (the farewell included) even if a close request interrupts the
+            // flush, so it counts as sent — the `ConsumerTooSlow` cursor must not make the
+            // consumer fetch it twice.
+            self.sent = frame.seq;
+            if unflushed >= WRITE_BATCH_BYTES {
+                self.flush(socket).await?;
+                unflushed = 0;
+            }
         }
-        self.queue(socket, Message::Text(frame.text)).await?;
-        // The socket has taken the frame: it reaches the consumer before anything written
-        // later (the farewell included) even if a close request interrupts the flush, so it
-        // counts as sent — the `ConsumerTooSlow` cursor must not make the consumer fetch it
-        // twice.
-        self.sent = frame.seq;
-        self.flush(socket).await
+        if unflushed > 0 {
+            self.flush(socket).await?;
+        }
+        Ok(())
     }
 
     /// Write one message; a close request interrupts a write the socket is not taking.

@@ -486,13 +486,28 @@ async fn invalid_consumer_frames_get_a_close_frame_naming_why() {
 
 #[tokio::test]
 async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
-    /// Big enough that a few hundred events fill the loopback socket buffers.
-    const PAD: usize = 32 * 1024;
+    // Big enough that a few hundred events fill the loopback socket buffers; each write
+    // batch holds one frame.
+    kicked_once_and_told_why(32 * 1024).await;
+}
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_while_written_in_batches_is_kicked_once_and_told_why() {
+    // Small enough that a write batch (64 KiB) holds over a dozen frames: the kick
+    // interrupts a batch, and the cursor in `ConsumerTooSlow` must still be the last frame
+    // the consumer gets.
+    kicked_once_and_told_why(4 * 1024).await;
+}
+
+/// A slow consumer next to a fast one, with events padded by `pad` bytes: the slow one is
+/// kicked once, gets a contiguous prefix, `ConsumerTooSlow` naming its last event and a
+/// close frame; the fast one misses nothing.
+async fn kicked_once_and_told_why(pad: usize) {
     /// Events released at a time; the fast consumer reads each burst before the next.
     const BURST: u64 = 16;
     const QUEUE: u64 = 32;
-    let db = db_with_upstream("slow");
-    let upstream = Upstream::start(PAD).await;
+    let db = db_with_upstream(&format!("slow-{pad}"));
+    let upstream = Upstream::start(pad).await;
     let relay = start(
         &db,
         upstream.port,
@@ -531,7 +546,7 @@ async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
             tokio::select! {
                 biased;
                 _ = &mut fast_stopped => return (seqs, fast),
-                seen = next_seen(&mut fast, PAD) => match seen {
+                seen = next_seen(&mut fast, pad) => match seen {
                     Seen::Event(seq) => {
                         seqs.push(seq);
                         progress.send_replace(seq);
@@ -544,12 +559,12 @@ async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
 
     // The slow consumer reads the first burst, then stops reading.
     upstream.emit_to(BURST);
-    assert_eq!(read_events_to(&mut slow, BURST, PAD).await, range(1, BURST));
+    assert_eq!(read_events_to(&mut slow, BURST, pad).await, range(1, BURST));
     let mut released = BURST;
     while observer.events().consumers_kicked_total == 0 {
         assert!(
             released < 4_000,
-            "{released} events of {PAD} bytes never filled the slow consumer's buffers"
+            "{released} events of {pad} bytes never filled the slow consumer's buffers"
         );
         released += BURST;
         upstream.emit_to(released);
@@ -573,7 +588,7 @@ async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
     slow.send(Message::Ping("still here".into())).await.unwrap();
     let mut seqs = range(1, BURST);
     let farewell = loop {
-        match next_seen(&mut slow, PAD).await {
+        match next_seen(&mut slow, pad).await {
             Seen::Event(seq) => seqs.push(seq),
             other => break other,
         }
@@ -597,10 +612,10 @@ async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
         }
     );
     assert_eq!(
-        next_seen(&mut slow, PAD).await,
+        next_seen(&mut slow, pad).await,
         Seen::Close(Some((CloseCode::Policy, "kicked".to_owned())))
     );
-    assert_eq!(next_seen(&mut slow, PAD).await, Seen::End);
+    assert_eq!(next_seen(&mut slow, pad).await, Seen::End);
 
     // Exactly-once teardown: one kick, one closed connection, one unsubscription.
     wait_until(
@@ -623,7 +638,7 @@ async fn a_consumer_that_stops_reading_is_kicked_once_and_told_why() {
     // Following the advice resumes exactly where the slow consumer left off.
     let mut resumed = subscribe(relay.addr, last).await;
     assert_eq!(
-        read_events_to(&mut resumed, released, PAD).await,
+        read_events_to(&mut resumed, released, pad).await,
         range(last + 1, released)
     );
     resumed.close(None).await.unwrap();
