@@ -13,9 +13,11 @@
 
 use std::io;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use tracing::Dispatch;
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
+use tracing::{Dispatch, Metadata};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
@@ -83,6 +85,7 @@ pub struct LogCapture {
 impl LogCapture {
     /// A fresh capture.
     pub fn new(settings: &LogSettings) -> Self {
+        keep_interest_per_dispatcher();
         let buffer = Arc::new(Mutex::new(Buffer {
             text: Vec::new(),
             budget: settings.budget_bytes.max(1024),
@@ -123,6 +126,52 @@ impl LogCapture {
             )
         }
     }
+}
+
+/// Makes sure `tracing` asks every live dispatcher, not the calling thread's default, when
+/// it decides whether a callsite is wanted.
+///
+/// `tracing-core` caches each callsite's interest globally. While at most one dispatcher is
+/// registered it takes a shortcut and asks only the *current thread's* default: a callsite
+/// first reached on a thread without a capture (another seed of a parallel sweep, another
+/// test) is then cached as "never" — and the maximum level set to off — while a capture
+/// on another thread is live, and that capture silently loses those lines. A second
+/// dispatcher that stays registered for the life of the process turns the shortcut off
+/// for good; it wants nothing, so it costs nothing.
+fn keep_interest_per_dispatcher() {
+    static WANTS_NOTHING: OnceLock<Dispatch> = OnceLock::new();
+    WANTS_NOTHING.get_or_init(|| Dispatch::new(WantsNothing));
+}
+
+/// A subscriber that registers interest in nothing and hints the level off.
+struct WantsNothing;
+
+impl tracing::Subscriber for WantsNothing {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        Interest::never()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::OFF)
+    }
+
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        false
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, _: &tracing::Event<'_>) {}
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// How many of a repeated line's first and last occurrences are kept.
@@ -262,6 +311,21 @@ mod tests {
         );
         assert!(lines[1].ends_with("WARN noisy: kept"), "{text}");
         assert!(lines[0].trim_start().starts_with("- "), "{text}");
+    }
+
+    /// The race `keep_interest_per_dispatcher` closes: a capture live on this thread, the
+    /// callsite reached first on a thread that has none.
+    #[test]
+    fn a_callsite_first_reached_on_another_thread_still_reaches_the_capture() {
+        fn shared_callsite() {
+            tracing::info!(target: "relay::shared", "reached");
+        }
+        let capture = LogCapture::new(&LogSettings::default());
+        #[allow(clippy::disallowed_methods)] // a harness thread, outside any simulation
+        std::thread::spawn(shared_callsite).join().unwrap();
+        tracing::dispatcher::with_default(capture.dispatch(), shared_callsite);
+        let text = capture.finish();
+        assert!(text.contains("INFO relay::shared: reached"), "{text:?}");
     }
 
     #[test]
