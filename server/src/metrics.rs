@@ -91,8 +91,6 @@ pub struct EventStats {
     /// Whether a commit survives a power loss once it returns (`Store::commits_durable`;
     /// not exported, the wind tunnel's power-loss world reads it).
     pub commits_durable: bool,
-    /// Failed commit attempts.
-    pub commit_failures_total: u64,
     /// Events dropped because their host had already delivered that sequence number.
     pub duplicates_total: u64,
     /// Events deleted by retention.

@@ -191,7 +191,6 @@ pub struct Events {
     /// is waiting. Read by the liveness watchdog.
     batch_waiting_since_ms: AtomicU64,
     clock: Clock,
-    commit_failures_total: AtomicU64,
     duplicates_total: AtomicU64,
     retention_deleted_total: AtomicU64,
     metrics: Arc<Metrics>,
@@ -225,7 +224,6 @@ impl Events {
             store_healthy: AtomicBool::new(true),
             batch_waiting_since_ms: AtomicU64::new(0),
             clock,
-            commit_failures_total: AtomicU64::new(0),
             duplicates_total: AtomicU64::new(0),
             retention_deleted_total: AtomicU64::new(0),
             metrics,
@@ -318,7 +316,6 @@ impl Events {
             log_bytes: self.log_bytes(),
             store_healthy: self.store_ready(),
             commits_durable: self.store.commits_durable(),
-            commit_failures_total: self.commit_failures_total.load(SeqCst),
             duplicates_total: self.duplicates_total.load(SeqCst),
             retention_deleted_total: self.retention_deleted_total.load(SeqCst),
             consumers: fanout.consumers,

@@ -156,7 +156,6 @@ async fn commit_with_retry(events: &Events, batch: &[NewEvent], shutdown: &StopS
             }
             Err(error) => {
                 probe::reached(Probe::CommitRetry);
-                events.commit_failures_total.fetch_add(1, SeqCst);
                 events.metrics.store_error("commit");
                 if events.store_healthy.swap(false, SeqCst) {
                     tracing::warn!(%error, events = batch.len(), "event commit failed; retrying with backoff");

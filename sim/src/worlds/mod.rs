@@ -235,8 +235,9 @@ pub struct Unjudged {
 }
 
 /// Judge a finished run: a world that failed gets its failure recorded as a panic at the
-/// last record's time, then every oracle runs.
-fn judge(scenario: &Scenario, run: Unjudged, wall: Duration) -> SeedRun {
+/// last record's time, then every oracle runs. Every engine's run ends here (the product
+/// tests' fake engine too).
+pub fn judge(scenario: &Scenario, run: Unjudged, wall: Duration) -> SeedRun {
     let Unjudged {
         mut trace,
         failure,

@@ -22,7 +22,7 @@ use windtunnel::swarm;
 use windtunnel::sweep::{self, Shard};
 use windtunnel::timeline;
 use windtunnel::trace::{ChurnAction, Event, Trace, UpstreamSample};
-use windtunnel::worlds::{Engine, SeedRun};
+use windtunnel::worlds::{self, Engine, SeedRun, Unjudged};
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -73,17 +73,13 @@ impl Engine for Fake {
 
     fn run(&self, scenario: &Scenario, seed: u64, logs: Option<&LogSettings>) -> SeedRun {
         let run = self.runs.fetch_add(1, Ordering::SeqCst) as u64;
-        let trace = fake_trace(scenario, seed, if self.nondeterministic { run } else { 0 });
-        let violations = oracle::check(scenario, &trace);
-        let verdict = oracle::verdict(scenario.expect, &violations);
-        SeedRun {
-            trace,
-            violations,
-            verdict,
-            wall: Duration::from_millis(10 + seed),
+        let unjudged = Unjudged {
+            trace: fake_trace(scenario, seed, if self.nondeterministic { run } else { 0 }),
+            failure: None,
             logs: logs.map(|_| format!("fake relay log line for seed {seed:#x}\n")),
             reached: Default::default(),
-        }
+        };
+        worlds::judge(scenario, unjudged, Duration::from_millis(10 + seed))
     }
 }
 
