@@ -11,6 +11,7 @@
 //! - [`artifacts`], [`logs`], [`timeline`]: what a run leaves behind (folder layout,
 //!   captured logs, the timeline SVG).
 //! - [`sweep`], [`shrink`]: many seeds in shards with a summary; failure shrinking.
+//! - [`junit`]: a sweep as JUnit XML, so CI services list seeds as tests.
 //! - [`isolation`]: every seed hashes the same alone and after other seeds in one process.
 //! - [`actors`]: the world's cast (upstream hosts, consumers, probers, churners, callers,
 //!   abusers, the relay's host program, monitor and audit), shared by every engine.
@@ -27,6 +28,7 @@ pub mod actors;
 pub mod artifacts;
 pub mod harness;
 pub mod isolation;
+pub mod junit;
 pub mod logs;
 pub mod oracle;
 pub mod report;

@@ -96,6 +96,9 @@ enum Command {
         /// Run each seed twice and compare the traces.
         #[arg(long)]
         check_determinism: bool,
+        /// Also write the outcomes as JUnit XML to this file (one test case per seed).
+        #[arg(long)]
+        junit: Option<PathBuf>,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -237,10 +240,20 @@ fn main() -> ExitCode {
             shard,
             jobs,
             check_determinism,
+            junit,
             output,
         } => output
             .options(check_determinism, false)
-            .and_then(|options| sweep(engine, &paths, seed, seeds, shard, jobs, &options)),
+            .and_then(|options| {
+                let plan = SweepPlan {
+                    first_seed: seed,
+                    seeds,
+                    shard,
+                    jobs,
+                    junit,
+                };
+                sweep(engine, &paths, &plan, &options)
+            }),
         Command::Shrink {
             scenario,
             seed,
@@ -417,15 +430,28 @@ fn replay(engine: &dyn Engine, dir: &Path) -> Result<ExitCode, ExitCode> {
     })
 }
 
-fn sweep(
-    engine: &dyn Engine,
-    paths: &[PathBuf],
+/// What `sweep` was asked to run, and where its JUnit file goes.
+struct SweepPlan {
     first_seed: u64,
     seeds: u64,
     shard: sweep::Shard,
     jobs: usize,
+    junit: Option<PathBuf>,
+}
+
+fn sweep(
+    engine: &dyn Engine,
+    paths: &[PathBuf],
+    asked: &SweepPlan,
     options: &Options,
 ) -> Result<ExitCode, ExitCode> {
+    let &SweepPlan {
+        first_seed,
+        seeds,
+        shard,
+        jobs,
+        ..
+    } = asked;
     let scenarios = load_for_engine(paths)?;
     let plan = sweep::plan(scenarios.len(), first_seed, seeds, shard);
     let progress = std::io::stderr().is_terminal().then(|| {
@@ -477,7 +503,17 @@ fn sweep(
         Some((path, Err(error))) => eprintln!("cannot write {}: {error}", path.display()),
         None => {}
     }
-    Ok(if report.ok {
+    let mut junit_ok = true;
+    if let Some(path) = &asked.junit {
+        match windtunnel::junit::write(path, &scenarios, &outcomes) {
+            Ok(()) => println!("junit: {}", path.display()),
+            Err(error) => {
+                eprintln!("cannot write {}: {error}", path.display());
+                junit_ok = false;
+            }
+        }
+    }
+    Ok(if report.ok && junit_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

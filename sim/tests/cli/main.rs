@@ -197,11 +197,14 @@ mod simulated {
                 "2/2",
                 "--jobs",
                 "2",
+                "--junit",
+                "reports/sweep.xml",
             ],
             &dir,
         );
         let text = stdout(&output);
         assert_eq!(output.status.code(), Some(1), "{text}");
+        assert!(text.contains("junit: reports/sweep.xml"), "{text}");
         // stderr is not a terminal here: one plain line per seed, no progress bar.
         let progress: Vec<String> = stderr(&output)
             .lines()
@@ -224,6 +227,24 @@ mod simulated {
         assert!(
             broken_row.ends_with(": cargo sim run scenarios/b_broken.toml --seed 0x1"),
             "{broken_row}"
+        );
+        // The same outcomes as JUnit: one test case per seed, the broken scenario's failing.
+        let junit = std::fs::read_to_string(dir.join("reports/sweep.xml")).unwrap();
+        let document = roxmltree::Document::parse(&junit).expect("well-formed JUnit XML");
+        let cases: Vec<_> = document
+            .descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .collect();
+        assert_eq!(cases.len(), 3, "{junit}");
+        let failed: Vec<_> = cases
+            .iter()
+            .filter(|case| case.children().any(|n| n.has_tag_name("failure")))
+            .map(|case| case.attribute("classname").unwrap())
+            .collect();
+        assert!(!failed.is_empty(), "{junit}");
+        assert!(
+            failed.iter().all(|&name| name == "windtunnel.tiny_broken"),
+            "{junit}"
         );
 
         let passing = windtunnel(&["sweep", "scenarios/a_tiny.toml", "--seeds", "2"], &dir);
