@@ -80,6 +80,9 @@ pub struct Summary {
     pub relay_process: Option<(u32, u64, u64)>,
     /// Relay incarnations killed or restarted, and store-fault windows.
     pub relay_faults: usize,
+    /// Liveness restarts by the orchestrator, and how many of them had to kill the relay
+    /// after the grace period.
+    pub liveness_restarts: (u32, u32),
 }
 
 impl Summary {
@@ -207,6 +210,10 @@ impl Summary {
                     };
                     *summary.hostile_outcomes.entry(outcome).or_default() += 1;
                 }
+                Event::LivenessRestart { graceful, .. } => {
+                    summary.liveness_restarts.0 += 1;
+                    summary.liveness_restarts.1 += u32::from(!graceful);
+                }
                 Event::Phase { .. }
                 | Event::Panic { .. }
                 | Event::Subscribed { .. }
@@ -315,10 +322,16 @@ impl RunReport<'_> {
         if summary.probes > 0 {
             let _ = writeln!(
                 text,
-                "  probes: {} sent, {} failed, slowest success {:.1}ms",
+                "  probes: {} sent, {} failed, slowest success {:.1}ms{}",
                 summary.probes,
                 summary.probes_failed,
-                summary.probe_latency_us_max as f64 / 1e3
+                summary.probe_latency_us_max as f64 / 1e3,
+                match summary.liveness_restarts {
+                    (0, _) => String::new(),
+                    (restarts, killed) => format!(
+                        "; the orchestrator restarted the relay {restarts} time(s), killing it after the grace period {killed} time(s)"
+                    ),
+                }
             );
         }
         if !summary.churn_by_action.is_empty() {

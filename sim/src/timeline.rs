@@ -177,6 +177,27 @@ pub fn render(scenario: &Scenario, trace: &Trace, violations: &[Violation]) -> S
         }
     }
 
+    // Liveness restarts by the orchestrator: solid orange lines, so a restart loop shows as
+    // a comb across every panel.
+    for record in records {
+        if let Event::LivenessRestart {
+            restart,
+            graceful,
+            back_off_s,
+        } = &record.event
+        {
+            let px = x(secs(record.t_us));
+            let how = if *graceful { "stopped" } else { "killed" };
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{px:.1}" y1="{plots_top:.1}" x2="{px:.1}" y2="{plots_bottom:.1}" stroke="#ff7f0e" stroke-width="1.5"><title>liveness restart {restart} at {:.1}s: {how}, back-off {back_off_s}s</title></line><text x="{:.1}" y="{:.1}" fill="#ff7f0e" font-size="10">restart {restart}</text>"##,
+                secs(record.t_us),
+                px + 2.0,
+                plots_top + 36.0,
+            );
+        }
+    }
+
     // conn_accounting's settle deadline: the last churner's stop plus settle_s.
     if let Some(spec) = &scenario.oracles.conn_accounting {
         let px = x((scenario.churn_end_s() + spec.settle_s) as f64);

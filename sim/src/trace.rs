@@ -67,6 +67,16 @@ pub enum Event {
         /// Why it failed, if it did.
         error: Option<String>,
     },
+    /// The orchestrator restarted the relay after `[prober].failure_threshold` failed
+    /// liveness probes (`[prober] restart = true`); recorded once the relay is down.
+    LivenessRestart {
+        /// Restarts so far in the run, this one included.
+        restart: u32,
+        /// Whether the relay stopped within the termination grace period (else killed).
+        graceful: bool,
+        /// Crash-loop back-off before the relay is started again, seconds.
+        back_off_s: u64,
+    },
     /// One API call finished (answered, failed or given up).
     Call {
         /// HTTP status, if a complete response arrived.

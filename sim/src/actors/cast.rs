@@ -29,7 +29,7 @@ pub struct Client {
 
 #[derive(Clone)]
 enum Program {
-    Prober(ProberSpec),
+    Prober(ProberSpec, Option<http::RestartLink>),
     Churner(ChurnerSpec),
     Caller(CallerSpec),
     Abuser(AbuserSpec),
@@ -51,7 +51,9 @@ impl Client {
         let (program, name) = (self.program.clone(), self.name.clone());
         async move {
             match program {
-                Program::Prober(spec) => http::prober(spec, relay, sink, world_start).await,
+                Program::Prober(spec, restart) => {
+                    http::prober(spec, relay, sink, world_start, restart).await;
+                }
                 Program::Churner(spec) => {
                     http::churn_loop(spec, relay, sink, name, world_start).await;
                 }
@@ -67,10 +69,12 @@ impl Client {
 
 /// The clients of `scenario` in start order (prober, churners, callers, abusers,
 /// consumers), and the tallies the consumers keep for the end of the run; consumers time
-/// deliveries against `send_times` when given.
+/// deliveries against `send_times` when given, and the prober asks `restart` for liveness
+/// restarts when given.
 pub fn clients(
     scenario: &Scenario,
     send_times: Option<Arc<consumer::SendTimes>>,
+    restart: Option<http::RestartLink>,
 ) -> (Vec<Client>, Vec<ConsumerTally>) {
     let mut clients = Vec::new();
     let mut add = |name: String, ip: Ipv4Addr, loops: u32, program: Program| {
@@ -83,7 +87,12 @@ pub fn clients(
     };
     if let Some(prober) = &scenario.prober {
         let ip = Ipv4Addr::new(10, 0, 1, 1);
-        add("prober".into(), ip, 1, Program::Prober(prober.clone()));
+        add(
+            "prober".into(),
+            ip,
+            1,
+            Program::Prober(prober.clone(), restart),
+        );
     }
     for (group, spec) in scenario.churners.iter().enumerate() {
         for index in 0..spec.nodes {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use madsim::rand::Rng;
 use relay::rt::net::TcpStream;
 use relay::rt::time::{now, sleep, sleep_until, timeout, Instant};
+use tokio::sync::{mpsc, oneshot};
 
 use super::client::{self, get};
 use super::rng::thread_rng;
@@ -18,12 +19,66 @@ use crate::trace::{ChurnAction, Event};
 /// Upper bound on any single churner request: a stuck relay shows up as an error, not a hang.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The prober's line to whoever restarts the relay (the world's orchestrator, when
+/// `[prober] restart` is on): a restart request, answered once the relay is started again.
+#[derive(Clone, Debug)]
+pub struct RestartLink(mpsc::UnboundedSender<oneshot::Sender<()>>);
+
+/// The orchestrator's end of a [`RestartLink`].
+#[derive(Debug)]
+pub struct RestartRequests(mpsc::UnboundedReceiver<oneshot::Sender<()>>);
+
+/// A restart request; [`RestartRequest::done`] tells the prober the relay is starting again.
+#[derive(Debug)]
+pub struct RestartRequest(oneshot::Sender<()>);
+
+impl RestartLink {
+    /// A link and its orchestrator's end.
+    pub fn new() -> (Self, RestartRequests) {
+        let (requests, received) = mpsc::unbounded_channel();
+        (Self(requests), RestartRequests(received))
+    }
+
+    /// Ask for a restart; returns once the relay has been started again (or the
+    /// orchestrator has gone, at the end of the run).
+    async fn restart(&self) {
+        let (done, started) = oneshot::channel();
+        if self.0.send(done).is_ok() {
+            let _ = started.await;
+        }
+    }
+}
+
+impl RestartRequests {
+    /// The next request, or `None` once every prober has gone.
+    pub async fn next(&mut self) -> Option<RestartRequest> {
+        self.0.recv().await.map(RestartRequest)
+    }
+}
+
+impl RestartRequest {
+    /// The relay is starting again.
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
+}
+
 /// Probe like the kubelet: a fresh connection per probe, `Connection: close`, a deadline,
-/// one probe per period, sequentially.
-pub async fn prober(spec: ProberSpec, relay: SocketAddr, sink: TraceSink, world_start: Instant) {
+/// one probe per period, sequentially. With a `restart` link, `failure_threshold`
+/// consecutive failures ask for a restart, and probing resumes `initial_delay_s` after the
+/// relay is started again (a new container's probes start over).
+pub async fn prober(
+    spec: ProberSpec,
+    relay: SocketAddr,
+    sink: TraceSink,
+    world_start: Instant,
+    restart: Option<RestartLink>,
+) {
     let period = Duration::from_secs(spec.period_s);
     let deadline = Duration::from_secs(spec.timeout_s);
-    let mut next = world_start + Duration::from_secs(spec.initial_delay_s);
+    let initial_delay = Duration::from_secs(spec.initial_delay_s);
+    let mut next = world_start + initial_delay;
+    let mut failures = 0;
     loop {
         sleep_until(next).await;
         next += period;
@@ -55,7 +110,19 @@ pub async fn prober(spec: ProberSpec, relay: SocketAddr, sink: TraceSink, world_
                 error: Some(format!("timeout after {}ms", deadline.as_millis())),
             },
         };
+        failures = match event {
+            Event::Probe { ok: true, .. } => 0,
+            _ => failures + 1,
+        };
         sink.record("prober", event);
+        if let Some(link) = restart
+            .as_ref()
+            .filter(|_| failures >= spec.failure_threshold)
+        {
+            failures = 0;
+            link.restart().await;
+            next = now() + initial_delay;
+        }
     }
 }
 

@@ -41,7 +41,7 @@ pub use handlers::{
     HandlersInFlightMaxSpec, PanicsContainedSpec,
 };
 pub use hostile::{BadHostsIsolatedSpec, FairShareSpec};
-pub use probes::{ProbeLatencyMaxSpec, ProbeLivenessSpec};
+pub use probes::{ProbeLatencyMaxSpec, ProbeLivenessSpec, RelayRestartsMaxSpec};
 pub use recovery::{FaultsFiredSpec, NoPanicsSpec, RecoveryWithinSpec};
 pub use upstreams::{
     HandshakesBoundedSpec, HostsConnectedMinSpec, NoHostForgottenSpec, WorkersBoundedSpec,
@@ -134,6 +134,10 @@ oracles! {
     ///
     /// Needs a `[prober]`.
     ProbeLatencyMax => probe_latency_max: ProbeLatencyMaxSpec,
+    /// The orchestrator restarted the relay at most `max` times for failed liveness probes.
+    ///
+    /// Needs a `[prober]` with `restart = true`.
+    RelayRestartsMax => relay_restarts_max: RelayRestartsMaxSpec,
     /// Open connections never exceed `max_connections`, every admission is released once,
     /// and the relay returns to its baseline after the churn stops.
     ConnAccounting => conn_accounting: ConnAccountingSpec,

@@ -1,9 +1,9 @@
 //! Probe oracles: what a Kubernetes-style prober saw of `/_healthz` (`probe_liveness`,
-//! `probe_latency_max`).
+//! `probe_latency_max`), and what the orchestrator did about it (`relay_restarts_max`).
 
 use serde::{Deserialize, Serialize};
 
-use super::{needs, Judge, OracleName, Violation};
+use super::{needs, violation_at, Judge, OracleName, Violation};
 use crate::scenario::{Problem, Scenario};
 use crate::trace::{Event, Record};
 
@@ -46,6 +46,57 @@ impl Judge for ProbeLatencyMaxSpec {
     fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
         probe_latency_max(records, self.latency_ms_max)
     }
+}
+
+/// `relay_restarts_max` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRestartsMaxSpec {
+    /// Most liveness restarts the run may see.
+    pub max: u32,
+}
+
+impl Judge for RelayRestartsMaxSpec {
+    fn problems(&self, scenario: &Scenario) -> Vec<Problem> {
+        needs(
+            OracleName::RelayRestartsMax,
+            !scenario
+                .prober
+                .as_ref()
+                .is_some_and(|prober| prober.restart),
+            "a [prober] with restart = true",
+        )
+    }
+
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        relay_restarts_max(records, self.max)
+    }
+}
+
+/// More than `max` liveness restarts: the violation is the first one past the bound.
+pub fn relay_restarts_max(records: &[Record], max: u32) -> Option<Violation> {
+    let mut restarts = records
+        .iter()
+        .enumerate()
+        .filter(|(_, record)| matches!(record.event, Event::LivenessRestart { .. }));
+    let (index, record) = restarts.nth(max as usize)?;
+    let Event::LivenessRestart {
+        restart,
+        graceful,
+        back_off_s,
+    } = &record.event
+    else {
+        unreachable!("filtered to liveness restarts");
+    };
+    Some(violation_at(
+        OracleName::RelayRestartsMax,
+        index,
+        record,
+        format!(
+            "liveness restart {restart} of the relay, past the bound of {max}: {}, back-off {back_off_s} s",
+            if *graceful { "stopped gracefully" } else { "killed after the grace period" }
+        ),
+    ))
 }
 
 /// `failure_threshold` consecutive failed probes: the orchestrator would kill the pod.
@@ -126,6 +177,39 @@ mod tests {
         assert!(violation
             .to_string()
             .starts_with("probe_liveness at t=40.0s: 3 consecutive"));
+    }
+
+    #[test]
+    fn restarts_past_the_bound_name_the_first_one_over() {
+        let restart = |t_s: u64, restart: u32, graceful: bool| {
+            (
+                t_s * 1_000_000,
+                Event::LivenessRestart {
+                    restart,
+                    graceful,
+                    back_off_s: 10,
+                },
+            )
+        };
+        let t = trace([
+            probe(10, false),
+            restart(30, 1, true),
+            probe(60, true),
+            restart(90, 2, false),
+        ]);
+        assert_eq!(relay_restarts_max(t.records(), 2), None);
+        let violation = relay_restarts_max(t.records(), 1).unwrap();
+        assert_eq!(violation.record_index, Some(3));
+        assert!(
+            violation.to_string().starts_with(
+                "relay_restarts_max at t=90.0s: liveness restart 2 of the relay, past the bound of 1: killed after the grace period"
+            ),
+            "{violation}"
+        );
+        assert_eq!(
+            relay_restarts_max(t.records(), 0).unwrap().record_index,
+            Some(1)
+        );
     }
 
     #[test]

@@ -19,6 +19,25 @@ pub struct ProberSpec {
     pub timeout_s: u64,
     /// Consecutive failures after which the orchestrator would restart the pod.
     pub failure_threshold: u32,
+    /// Whether the orchestrator acts on it, as the kubelet does on a liveness probe: after
+    /// `failure_threshold` consecutive failures the relay is stopped (SIGTERM, then killed
+    /// after `termination_grace_s`) and started again on the same database after the
+    /// crash-loop back-off, and probing resumes after `initial_delay_s`. The run goes on,
+    /// so a restart loop shows as restarts (`relay_restarts_max`) instead of ending at the
+    /// first violation. Off: failures are only recorded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub restart: bool,
+    /// Seconds a liveness restart waits for the relay to stop gracefully before killing it
+    /// (Kubernetes' `terminationGracePeriodSeconds`, default 30).
+    #[serde(skip_serializing_if = "is_default_grace")]
+    pub termination_grace_s: u64,
+}
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_TERMINATION_GRACE_S: u64 = 30;
+
+fn is_default_grace(grace_s: &u64) -> bool {
+    *grace_s == DEFAULT_TERMINATION_GRACE_S
 }
 
 impl Default for ProberSpec {
@@ -29,6 +48,8 @@ impl Default for ProberSpec {
             period_s: 10,
             timeout_s: 1,
             failure_threshold: 3,
+            restart: false,
+            termination_grace_s: DEFAULT_TERMINATION_GRACE_S,
         }
     }
 }

@@ -55,7 +55,8 @@ pub enum Feature {
     Clog,
     /// Change the latency of every packet (`latency`).
     Latency,
-    /// Stop the relay and start it again (`kill_relay`, `restart_relay`).
+    /// Stop the relay and start it again (`kill_relay`, `restart_relay`, the prober's
+    /// liveness restarts).
     RelayRestart,
     /// Leave the relay's database only what a power cut leaves (`power_loss`).
     PowerLoss,
@@ -242,6 +243,17 @@ fn uses(scenario: &Scenario) -> Vec<Use> {
             feature: Feature::HostileUpstreams,
             key: "upstreams.hostile".into(),
             expected: "no hostile cast".into(),
+        });
+    }
+    if scenario
+        .prober
+        .as_ref()
+        .is_some_and(|prober| prober.restart)
+    {
+        found.push(Use {
+            feature: Feature::RelayRestart,
+            key: "prober.restart".into(),
+            expected: "restart = false".into(),
         });
     }
     for (index, fault) in scenario.faults.iter().enumerate() {

@@ -18,6 +18,7 @@
 pub mod faults;
 #[cfg(madsim)]
 pub mod madsim;
+pub mod orchestrator;
 pub mod power_loss;
 #[cfg(not(madsim))]
 pub mod real;

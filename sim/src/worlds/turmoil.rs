@@ -25,12 +25,14 @@ use std::time::{Duration, SystemTime};
 
 use relay::rt::time::{sleep, sleep_until};
 
+use crate::actors::http::RestartLink;
 use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::rng;
 use crate::actors::{cast, upstream, TraceSink, WorldClock};
 use crate::logs::LogSettings;
 use crate::scenario::{Between, Scenario, Supports, TURMOIL};
 use crate::worlds::faults::FaultPlayer;
+use crate::worlds::orchestrator::{orchestrator, OrchestratorTask};
 use crate::worlds::{
     conn_watch, on_fresh_thread, panic_message, Engine, Reached, RelayPlacement, SeedRun, Unjudged,
     World,
@@ -138,17 +140,20 @@ fn simulate(
     });
     let relay_addr = SocketAddr::new(sim.lookup(RELAY_HOST), RELAY_PORT);
     let upstreams: Vec<String> = plans.iter().map(|plan| plan.hostname.clone()).collect();
-    let tallies = start_actors(&mut sim, scenario, relay_addr, sink);
+    let world = Arc::new(TurmoilWorld {
+        control: Arc::clone(&control),
+        commands: Arc::clone(&commands),
+        others: others(scenario, &upstreams),
+        upstreams,
+    });
+    let (restart, orchestrator) = orchestrator(&world, scenario, sink);
+    let tallies = start_actors(&mut sim, scenario, relay_addr, sink, restart);
 
     let timeline = Timeline {
         scenario: scenario.clone(),
         sink: sink.clone(),
-        world: Arc::new(TurmoilWorld {
-            control: Arc::clone(&control),
-            commands: Arc::clone(&commands),
-            others: others(scenario, &upstreams),
-            upstreams,
-        }),
+        world,
+        orchestrator,
         control,
         database: database.path.clone(),
         plans,
@@ -216,15 +221,17 @@ fn start_upstreams(
     plans
 }
 
-/// Start the relay's clients (`actors::cast`), one host each; a host's program is created
-/// afresh whenever turmoil starts it.
+/// Start the relay's clients (`actors::cast`), one host each, the prober linked to the
+/// orchestrator when it restarts the relay; a host's program is created afresh whenever
+/// turmoil starts it.
 fn start_actors(
     sim: &mut turmoil::Sim<'_>,
     scenario: &Scenario,
     relay: SocketAddr,
     sink: &TraceSink,
+    restart: Option<RestartLink>,
 ) -> Vec<relay_host::ConsumerTally> {
-    let (clients, tallies) = cast::clients(scenario, None);
+    let (clients, tallies) = cast::clients(scenario, None, restart);
     for client in clients {
         let (name, sink) = (client.name.clone(), sink.clone());
         sim.host(name.as_str(), move || {
@@ -248,6 +255,8 @@ struct Timeline {
     scenario: Scenario,
     sink: TraceSink,
     world: Arc<TurmoilWorld>,
+    /// Liveness restarts (`[prober] restart`), started with the faults.
+    orchestrator: Option<OrchestratorTask>,
     control: Arc<RelayControl>,
     database: std::path::PathBuf,
     plans: Vec<Arc<upstream::HostPlan>>,
@@ -273,11 +282,12 @@ impl Timeline {
             self.sink.clone(),
             world_start,
         );
-        let fault_tasks: Vec<_> = faults
+        let mut world_tasks: Vec<_> = faults
             .plays(&self.scenario.faults)
             .into_iter()
             .map(tokio::spawn)
             .collect();
+        world_tasks.extend(self.orchestrator.map(tokio::spawn));
         let scenario = &self.scenario;
         if !scenario.churners.is_empty() {
             sleep_until(world_start + Duration::from_secs(scenario.churn_end_s())).await;
@@ -300,7 +310,7 @@ impl Timeline {
         );
         self.sink.phase("end");
         monitor_task.abort();
-        for task in fault_tasks {
+        for task in world_tasks {
             task.abort();
         }
     }

@@ -126,6 +126,32 @@ fn cold_start_thundering_herd_fails_probe_liveness_for_20_seeds() {
 }
 
 #[test]
+fn cold_start_restart_loop_restarts_the_relay_over_and_over_for_10_seeds() {
+    let scenario = load("cold_start_restart_loop.toml");
+    for (seed, outcome) in run_seeds(&scenario, 1..=10) {
+        match &outcome.verdict {
+            Verdict::FailedAsExpected(violation) => {
+                assert_eq!(
+                    violation.oracle,
+                    OracleName::RelayRestartsMax,
+                    "seed {seed}"
+                );
+            }
+            other => panic!("seed {seed}: expected relay_restarts_max to fail, got {other:?}"),
+        }
+        let (restarts, killed) = windtunnel::report::Summary::of(&outcome.trace).liveness_restarts;
+        assert!(
+            restarts >= 3,
+            "seed {seed}: a loop, not one restart ({restarts})"
+        );
+        assert_eq!(
+            killed, 0,
+            "seed {seed}: the relay stops within its grace period"
+        );
+    }
+}
+
+#[test]
 fn host_flap_recovers_every_host_after_the_faults_for_20_seeds() {
     let scenario = load("host_flap.toml");
     for (seed, outcome) in run_seeds(&scenario, 1..=20) {

@@ -447,7 +447,7 @@ fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
     assert_eq!(names.first().unwrap(), "bad_input.toml");
     assert_eq!(names.last().unwrap(), "host_flap.toml");
     assert!(names.iter().all(|n| n.ends_with(".toml")));
-    assert_eq!(names.len(), 37, "{names:?}");
+    assert_eq!(names.len(), 38, "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -838,6 +838,39 @@ fn the_timeline_draws_samples_probes_faults_phases_and_the_violation() {
     assert!(svg.contains("<title>fault partition 6.0s–15.0s</title>"));
     assert!(svg.contains(">handshakes_bounded at 1.0s</text>"));
     insta::assert_snapshot!("timeline_svg", svg);
+}
+
+#[test]
+fn the_timeline_marks_every_liveness_restart_and_the_summary_counts_them() {
+    let scenario = Scenario::parse(
+        Path::new("x.toml"),
+        "name = \"loop\"\nduration_s = 120\n[prober]\nrestart = true\n[oracles]\nrelay_restarts_max = { max = 1 }\n",
+    )
+    .unwrap();
+    let mut trace = Trace::default();
+    for (t_s, restart, graceful, back_off_s) in [(30, 1, true, 0), (70, 2, false, 10)] {
+        trace.push(t_s * 1_000_000, "prober", probe(false, 1_000_000));
+        trace.push(
+            t_s * 1_000_000,
+            "orchestrator",
+            Event::LivenessRestart {
+                restart,
+                graceful,
+                back_off_s,
+            },
+        );
+    }
+    let violations = oracle::check(&scenario, &trace);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    let svg = timeline::render(&scenario, &trace, &violations);
+    assert!(svg.contains("<title>liveness restart 1 at 30.0s: stopped, back-off 0s</title>"));
+    assert!(svg.contains("<title>liveness restart 2 at 70.0s: killed, back-off 10s</title>"));
+    assert_eq!(svg.matches(">restart ").count(), 2, "{svg}");
+    assert!(svg.contains(">relay_restarts_max at 70.0s</text>"));
+    assert_eq!(
+        windtunnel::report::Summary::of(&trace).liveness_restarts,
+        (2, 1)
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ fn every_shipped_scenario_loads() {
             "close_recv_race",
             "cold_start_2800",
             "cold_start_jitter_only",
+            "cold_start_restart_loop",
             "cold_start_thundering_herd",
             "db_fault",
             "db_fault_liveness_watchdog",
@@ -118,7 +119,7 @@ fn every_problem_in_a_file_is_reported_at_its_key() {
             "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
             "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`",
             "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",
-            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`, `bad_hosts_isolated`, `fair_share`",
+            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `relay_restarts_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`, `bad_hosts_isolated`, `fair_share`",
         ]
     );
     let semantic = "name = \"x\"\n\

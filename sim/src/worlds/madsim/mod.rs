@@ -37,6 +37,7 @@ use crate::logs::LogSettings;
 use crate::scenario::{Between, Scenario, Supports, MADSIM};
 use crate::trace::Trace;
 use crate::worlds::faults::FaultPlayer;
+use crate::worlds::orchestrator::orchestrator;
 use crate::worlds::power_loss::DiskImage;
 use crate::worlds::{
     conn_watch, on_fresh_thread, panic_message, Engine, RelayPlacement, SeedRun, Unjudged, World,
@@ -146,25 +147,28 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
         Arc::clone(&control),
         conn_watch(&scenario),
     ));
+    let madsim_world = Arc::new(MadsimWorld {
+        relay: relay_node.id(),
+        upstreams: upstream_nodes.iter().map(NodeHandle::id).collect(),
+        control: Arc::clone(&control),
+        database: database.clone(),
+    });
     let faults = FaultPlayer::new(
-        Arc::new(MadsimWorld {
-            relay: relay_node.id(),
-            upstreams: upstream_nodes.iter().map(NodeHandle::id).collect(),
-            control: Arc::clone(&control),
-            database: database.clone(),
-        }),
+        Arc::clone(&madsim_world),
         &scenario,
         sink.clone(),
         world_start,
     );
-    let fault_tasks: Vec<_> = faults
+    let mut world_tasks: Vec<_> = faults
         .plays(&scenario.faults)
         .into_iter()
         .map(madsim::task::spawn)
         .collect();
+    let (restart, orchestrator) = orchestrator(&madsim_world, &scenario, &sink);
+    world_tasks.extend(orchestrator.map(madsim::task::spawn));
 
     let send_times = relay_host::send_times(&scenario, &database, &plans);
-    let (clients, tallies) = cast::clients(&scenario, send_times);
+    let (clients, tallies) = cast::clients(&scenario, send_times, restart);
     for client in &clients {
         let node = handle
             .create_node()
@@ -193,7 +197,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     // reference cycles that dropping the runtime alone does not break, so without this
     // every run would leak its whole world into the next one.
     monitor_task.abort();
-    for task in fault_tasks {
+    for task in world_tasks {
         task.abort();
     }
     for node in nodes {

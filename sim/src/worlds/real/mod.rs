@@ -38,6 +38,7 @@ use crate::logs::LogSettings;
 use crate::scenario::{Scenario, Supports, REAL};
 use crate::trace::Event;
 use crate::worlds::faults::FaultPlayer;
+use crate::worlds::orchestrator::orchestrator;
 use crate::worlds::{on_fresh_thread, Engine, Reached, RelayPlacement, SeedRun, Unjudged, World};
 use process::{ProcessUsage, RelayProcess, RelayProgram};
 
@@ -291,8 +292,17 @@ async fn world(
     let stop_monitor = Arc::new(Notify::new());
     let monitor_task = tokio::spawn(monitor(sink.clone(), relay_addr, Arc::clone(&stop_monitor)));
 
+    let world = Arc::new(RealWorld {
+        relay: Mutex::new(relay),
+    });
+    // Liveness restarts, when the prober asks for them: ended with the timeline (a restart
+    // cut short there leaves the relay as it was, and the end-of-run reading says so).
+    let (restart, orchestrator) = orchestrator(&world, &scenario, &sink);
+    let mut orchestrating = JoinSet::new();
+    orchestrating.extend(orchestrator);
+
     // The relay's clients; stopped before the end-of-run reading.
-    let (cast, tallies) = cast::clients(&scenario, None);
+    let (cast, tallies) = cast::clients(&scenario, None, restart);
     let mut clients = JoinSet::new();
     for client in &cast {
         for _ in 0..client.loops {
@@ -300,9 +310,6 @@ async fn world(
         }
     }
 
-    let world = Arc::new(RealWorld {
-        relay: Mutex::new(relay),
-    });
     let mut faults = JoinSet::new();
     let player = FaultPlayer::new(Arc::clone(&world), &scenario, sink.clone(), world_start);
     for play in player.plays(&scenario.faults) {
@@ -318,8 +325,10 @@ async fn world(
     tokio::select! {
         biased;
         failure = first_failure(&mut faults) => return Err(failure),
+        failure = first_failure(&mut orchestrating) => return Err(failure),
         () = timeline => {}
     }
+    orchestrating.shutdown().await;
     // A fault still bringing the relay back ends first.
     while let Some(played) = faults.join_next().await {
         fault_outcome(played)?;
