@@ -3,7 +3,9 @@
 //! simulator, as in the plain `cargo test`).
 //!
 //! Invariants:
-//! - parsing never panics, and parsing the same text twice agrees;
+//! - parsing never panics, and parsing the same text twice agrees (a host table the text
+//!   names, `upstreams.table`, is read as a file like any other; a file that is missing or
+//!   not a table is one more problem in the text);
 //! - an error holds at least one problem, in file order, each pointing inside the input
 //!   (a 1-based line that exists and a 1-based column at most one past that line's last
 //!   character) with a message;

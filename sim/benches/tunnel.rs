@@ -68,7 +68,10 @@ mod bench {
         let simulated = scenario.duration_s as f64;
         println!(
             "== cold_start_2800 ({} hosts, {simulated} simulated s) vs the bare madsim program",
-            scenario.upstreams.as_ref().map_or(0, |spec| spec.hosts)
+            scenario
+                .upstreams
+                .as_ref()
+                .map_or(0, |spec| spec.polite_hosts())
         );
         println!(
             "seed  tunnel_s  bare_s  ratio  tunnel_x_real  bare_x_real  tunnel_events  bare_frames  \

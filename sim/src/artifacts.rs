@@ -9,6 +9,7 @@
 //! | `report.txt` | what the run printed |
 //! | `logs.txt` | the relay's `tracing` output at debug, stamped with simulated time |
 //! | `timeline.svg` | connections, hosts, probe latency and queues over simulated time |
+//! | the host table, e.g. `hosts/atproto-hosts-2026-05.jsonl` | a copy of `upstreams.table`'s file at its path relative to the scenario (when the file lies below the scenario's directory), so replay reads the copy |
 //!
 //! Written for every failing run, and for every run with `--artifacts-always`.
 
@@ -93,6 +94,10 @@ pub struct Artifact<'a> {
     pub logs: Option<&'a str>,
     /// The timeline.
     pub timeline_svg: &'a str,
+    /// The scenario's host table file (`upstreams.table`) and where its copy goes in the
+    /// folder: the same path relative to `scenario.toml` as the original's to the scenario,
+    /// so that replaying the copy reads the copied table.
+    pub host_table: Option<(&'a Path, PathBuf)>,
 }
 
 /// Reading or writing an artifact folder failed.
@@ -147,6 +152,13 @@ impl Artifact<'_> {
         for (name, text) in files {
             let path = dir.join(name);
             std::fs::write(&path, text).map_err(io(&path))?;
+        }
+        if let Some((table, relative)) = &self.host_table {
+            let copy = dir.join(relative);
+            if let Some(parent) = copy.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            std::fs::copy(table, &copy).map_err(io(&copy))?;
         }
         Ok(())
     }

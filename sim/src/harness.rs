@@ -447,8 +447,24 @@ fn write_artifact(
         report: &result.report,
         logs: logs.as_deref(),
         timeline_svg: &svg,
+        host_table: host_table_copy(loaded),
     }
     .write(dir)
+}
+
+/// The scenario's host table and its path relative to the scenario file's directory, when
+/// it lies below that directory (a table elsewhere is named by a path the copy of the
+/// scenario cannot follow, and is not copied).
+fn host_table_copy(loaded: &Loaded) -> Option<(&Path, PathBuf)> {
+    let table = loaded.scenario.upstreams.as_ref()?.table.as_ref()?;
+    let directory = loaded
+        .path
+        .parent()
+        .filter(|directory| !directory.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let directory = std::path::absolute(directory).ok()?;
+    let relative = table.path.strip_prefix(&directory).ok()?;
+    Some((table.path.as_path(), relative.to_owned()))
 }
 
 /// What replaying an artifact folder showed.

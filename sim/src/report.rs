@@ -76,6 +76,9 @@ pub struct Summary {
     /// Hostile hosts by how the relay left them: `quarantined (<reason>)`, the last error
     /// of a host backing off, or `accepted`.
     pub hostile_outcomes: BTreeMap<String, usize>,
+    /// A loaded table's dead hosts by how they never answered and how the relay's last
+    /// attempt ended: `refused (connect_error)`, `black_hole (timeout)`, …
+    pub dead_host_outcomes: BTreeMap<String, usize>,
     /// Real mode: the relay processes' (incarnations, peak RSS bytes, CPU ms).
     pub relay_process: Option<(u32, u64, u64)>,
     /// Relay incarnations killed or restarted, and store-fault windows.
@@ -213,6 +216,18 @@ impl Summary {
                 Event::LivenessRestart { graceful, .. } => {
                     summary.liveness_restarts.0 += 1;
                     summary.liveness_restarts.1 += u32::from(!graceful);
+                }
+                Event::DeadHostOutcome {
+                    dead,
+                    phase,
+                    last_error,
+                    ..
+                } => {
+                    let ended = last_error.as_deref().unwrap_or(phase);
+                    *summary
+                        .dead_host_outcomes
+                        .entry(format!("{dead} ({ended})"))
+                        .or_default() += 1;
                 }
                 Event::Phase { .. }
                 | Event::Panic { .. }
@@ -442,6 +457,14 @@ impl RunReport<'_> {
                 .map(|(outcome, hosts)| format!("{outcome} {hosts}"))
                 .collect();
             let _ = writeln!(text, "  hostile hosts: {}", outcomes.join(", "));
+        }
+        if !summary.dead_host_outcomes.is_empty() {
+            let outcomes: Vec<String> = summary
+                .dead_host_outcomes
+                .iter()
+                .map(|(outcome, hosts)| format!("{outcome} {hosts}"))
+                .collect();
+            let _ = writeln!(text, "  dead hosts: {}", outcomes.join(", "));
         }
         if let Some((incarnations, peak_rss_bytes, cpu_ms)) = summary.relay_process {
             let _ = writeln!(

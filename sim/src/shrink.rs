@@ -167,15 +167,15 @@ pub fn candidates(scenario: &Scenario, target: OracleName) -> Vec<Candidate> {
         }
     }
     if let Some(upstreams) = &scenario.upstreams {
-        if let Some(hosts) = halve(upstreams.hosts) {
-            push(
-                format!("upstreams.hosts {} → {hosts}", upstreams.hosts),
-                &|s| {
-                    if let Some(u) = &mut s.upstreams {
-                        u.hosts = hosts;
-                    }
-                },
-            );
+        if let Some((before, hosts)) = upstreams
+            .hosts
+            .and_then(|before| Some((before, halve(before)?)))
+        {
+            push(format!("upstreams.hosts {before} → {hosts}"), &|s| {
+                if let Some(u) = &mut s.upstreams {
+                    u.hosts = Some(hosts);
+                }
+            });
         }
         if let Some(hostile) = &upstreams.hostile {
             push(

@@ -244,6 +244,20 @@ pub enum Event {
         /// Its events the relay's rate limit held back.
         rate_limited: u64,
     },
+    /// How a dead host of a loaded host table ended, as the relay's host table showed it at
+    /// the end of the run (one record per such host; generated tables record none).
+    DeadHostOutcome {
+        /// Its hostname.
+        host: String,
+        /// How it never answered (`refused`, `unresolved`, `black_hole`).
+        dead: String,
+        /// The relay's phase for it (`backoff`, `dormant`, …; `absent` if not in the table).
+        phase: String,
+        /// Why the relay's last attempt ended (`connect_error`, `timeout`, …), if one had.
+        last_error: Option<String>,
+        /// Frames the relay received from it.
+        events: u64,
+    },
     /// A task panicked; the simulation stopped here.
     Panic {
         /// The panic message.

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::upstream::{accept, HostPlan};
+use super::upstream::{accept, hold_unanswered, HostPlan};
 use super::TraceSink;
 use crate::scenario::HostileKind;
 use crate::trace::Event;
@@ -43,12 +43,7 @@ pub async fn session(
     world_start: Instant,
 ) {
     match kind {
-        HostileKind::HandshakeStall => {
-            // Read the upgrade request and never answer; hold the connection open.
-            let mut request = [0; 1024];
-            while matches!(stream.read(&mut request).await, Ok(read) if read > 0) {}
-            return;
-        }
+        HostileKind::HandshakeStall => return hold_unanswered(stream).await,
         HostileKind::NotWebsocket => {
             let mut request = [0; 1024];
             let _ = stream.read(&mut request).await;

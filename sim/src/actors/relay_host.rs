@@ -230,7 +230,7 @@ fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duratio
         .count() as u32;
     let behind: Vec<&str> = plans
         .iter()
-        .filter(|plan| !plan.dead && plan.flap.is_none() && plan.hostile.is_none())
+        .filter(|plan| plan.dead.is_none() && plan.flap.is_none() && plan.hostile.is_none())
         .filter(|plan| {
             let emitted = (emitted_by.as_micros() / plan.event_interval.as_micros().max(1)) as i64;
             per_host
@@ -445,7 +445,7 @@ pub fn publish_host_table(
         "world",
         Event::UpstreamWorld {
             hosts: plans.len() as u32,
-            dead: plans.iter().filter(|plan| plan.dead).count() as u32,
+            dead: plans.iter().filter(|plan| plan.dead.is_some()).count() as u32,
             flaky: plans.iter().filter(|plan| plan.flap.is_some()).count() as u32,
             hostile: spec.hostile.as_ref().map_or(0, |hostile| hostile.hosts),
         },
@@ -470,7 +470,7 @@ pub fn send_times(
         .collect();
     let intervals = plans
         .iter()
-        .filter(|plan| !plan.dead && plan.flap.is_none() && plan.hostile.is_none())
+        .filter(|plan| plan.dead.is_none() && plan.flap.is_none() && plan.hostile.is_none())
         .filter_map(|plan| Some((*ids.get(&plan.hostname)?, plan.event_interval)))
         .collect();
     Some(Arc::new(consumer::SendTimes {
@@ -498,8 +498,8 @@ impl ConsumerTally {
 }
 
 /// The end of a run, before teardown: audit the relay's event log (when the world has
-/// upstreams), record how every hostile host ended (from `hosts`, the relay's host table
-/// now) and every consumer's final tally.
+/// upstreams), record how every hostile host and every dead host of a loaded table ended
+/// (from `hosts`, the relay's host table now) and every consumer's final tally.
 pub fn finish(
     scenario: &Scenario,
     sink: &TraceSink,
@@ -547,6 +547,26 @@ pub fn finish(
                 rate_limited: view.map_or(0, |view| view.rate_limited),
             },
         );
+    }
+    if scenario
+        .upstreams
+        .as_ref()
+        .is_some_and(|spec| spec.table.is_some())
+    {
+        for plan in plans {
+            let Some(dead) = plan.dead else { continue };
+            let view = hosts.iter().find(|view| view.hostname == plan.hostname);
+            sink.record(
+                &plan.hostname,
+                Event::DeadHostOutcome {
+                    host: plan.hostname.clone(),
+                    dead: dead.as_str().to_owned(),
+                    phase: view.map_or("absent", |view| view.phase.as_str()).to_owned(),
+                    last_error: view.and_then(|view| view.last_error).map(str::to_owned),
+                    events: view.map_or(0, |view| view.events),
+                },
+            );
+        }
     }
     for ConsumerTally { name, slow, tally } in tallies {
         let tally = tally.lock().expect("tally lock").clone();

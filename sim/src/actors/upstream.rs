@@ -1,12 +1,19 @@
-//! Upstream host actors and the generated host table.
+//! Upstream host actors and the host table: generated, or loaded from a file.
 //!
 //! Every host is its own simulated node with its own IP and DNS name, serving
 //! `ws://<name>:80/subscribe?cursor=N`. A host's event log is a pure function of time:
 //! event `n` exists from `n · event_interval` after the world started, so a subscriber that
 //! resumes from cursor `c` is sent `c+1 ..` (the catch-up), then live events as they fall
 //! due. Flaky hosts alternate up and down windows (down: new connections are dropped, live
-//! ones cut); dead hosts never listen. Hostile hosts (numbered after the polite ones) play
-//! one misbehaviour each: [`super::hostile`].
+//! ones cut); dead hosts never answer, each in one of the ways of [`DeadHost`]. Hostile
+//! hosts (numbered after the polite ones) play one misbehaviour each: [`super::hostile`].
+//!
+//! A loaded table ([`crate::scenario::HostTable`]) gives the names and who is dead: an
+//! `online` host is a polite host drawn as the generator draws one (flaky by
+//! `flaky_fraction`), an `offline` one is [`DeadHost::Refused`], and the `unreachable` ones
+//! alternate in file order between [`DeadHost::Unresolved`] (the first, third, …) and
+//! [`DeadHost::BlackHole`] (the second, fourth, …), so both costs of a host that never
+//! answered are played whatever the seed.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -16,12 +23,13 @@ use futures_util::SinkExt;
 use madsim::rand::Rng;
 use relay::rt::net::{TcpListener, TcpStream};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::rng::thread_rng;
 use super::TraceSink;
-use crate::scenario::{Between, HostileKind, UpstreamsSpec};
+use crate::scenario::{Between, HostStatus, HostileKind, UpstreamsSpec};
 use crate::trace::Event;
 
 /// Port every upstream host listens on.
@@ -64,15 +72,40 @@ impl Flap {
     }
 }
 
-/// One generated host.
+/// How a host that never answers fails the relay's attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadHost {
+    /// Its node is up and nothing listens: connections are refused (`dead_fraction`, a
+    /// table's `offline` hosts).
+    Refused,
+    /// Its name has no DNS record: the relay cannot resolve it (a table's `unreachable`
+    /// hosts).
+    Unresolved,
+    /// Accepts connections and never answers the handshake: the relay's attempt runs into
+    /// its connect timeout (a table's `unreachable` hosts).
+    BlackHole,
+}
+
+impl DeadHost {
+    /// The snake_case name used in the trace.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Unresolved => "unresolved",
+            Self::BlackHole => "black_hole",
+        }
+    }
+}
+
+/// One host of the world.
 #[derive(Clone, Debug)]
 pub struct HostPlan {
     /// DNS name (also the node name).
     pub hostname: String,
     /// Its address.
     pub ip: Ipv4Addr,
-    /// Never listens.
-    pub dead: bool,
+    /// How it never answers, if it is dead.
+    pub dead: Option<DeadHost>,
     /// Delay before completing a WebSocket handshake.
     pub handshake_latency: Duration,
     /// Time between events.
@@ -102,15 +135,42 @@ pub fn hostname(index: u32) -> String {
     }
 }
 
-/// Draw the host table for `spec` from the seeded RNG: the polite hosts, then the hostile
-/// ones (so a hostile cast leaves the polite hosts' draws as they were). `frame_limit_bytes`
-/// is the relay's `upstream.max_frame_bytes`.
+/// Draw the host table for `spec` from the seeded RNG: the polite hosts (generated, or the
+/// loaded table's), then the hostile ones (so a hostile cast leaves the polite hosts' draws
+/// as they were). `frame_limit_bytes` is the relay's `upstream.max_frame_bytes`.
 pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
     let mut rng = thread_rng();
-    let mut hosts: Vec<HostPlan> = (0..spec.hosts)
+    let polite = spec.polite_hosts();
+    // The table's `unreachable` hosts so far, to alternate their kinds of silence.
+    let mut unreachable = 0_u32;
+    let mut hosts: Vec<HostPlan> = (0..polite)
         .map(|index| {
-            let dead = rng.gen_bool(spec.dead_fraction);
-            let flaky = !dead && rng.gen_bool(spec.flaky_fraction);
+            // The name and whether it is dead: drawn for a generated host, read from the
+            // table's status otherwise.
+            let (name, dead) = match &spec.table {
+                None => (
+                    hostname(index),
+                    rng.gen_bool(spec.dead_fraction)
+                        .then_some(DeadHost::Refused),
+                ),
+                Some(table) => {
+                    let row = &table.hosts[index as usize];
+                    let dead = match row.status {
+                        HostStatus::Online => None,
+                        HostStatus::Offline => Some(DeadHost::Refused),
+                        HostStatus::Unreachable => {
+                            unreachable += 1;
+                            Some(if unreachable % 2 == 1 {
+                                DeadHost::Unresolved
+                            } else {
+                                DeadHost::BlackHole
+                            })
+                        }
+                    };
+                    (row.host.clone(), dead)
+                }
+            };
+            let flaky = dead.is_none() && rng.gen_bool(spec.flaky_fraction);
             let mut draw = |range: Between<u64>| rng.gen_range(range.min..=range.max);
             let handshake_latency = Duration::from_millis(draw(spec.handshake_latency_ms));
             let event_interval = Duration::from_secs(draw(spec.event_interval_s));
@@ -129,7 +189,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
                 }
             });
             HostPlan {
-                hostname: hostname(index),
+                hostname: name,
                 ip: host_ip(index),
                 dead,
                 handshake_latency,
@@ -144,7 +204,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
     if let Some(hostile) = &spec.hostile {
         let quickest = Duration::from_secs(spec.event_interval_s.min);
         for offset in 0..hostile.hosts {
-            let index = spec.hosts + offset;
+            let index = polite + offset;
             let kind = if hostile.draw {
                 hostile.kinds[rng.gen_range(0..hostile.kinds.len())]
             } else {
@@ -160,7 +220,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
             hosts.push(HostPlan {
                 hostname: hostname(index),
                 ip: host_ip(index),
-                dead: false,
+                dead: None,
                 handshake_latency,
                 event_interval,
                 flap: None,
@@ -240,6 +300,22 @@ pub async fn serve(plan: Arc<HostPlan>, listen: SocketAddr, sink: TraceSink, wor
             None => tokio::spawn(subscription(plan, stream, sink.clone(), world_start)),
         };
     }
+}
+
+/// A black hole's server on `listen`: accept every connection and never answer.
+pub async fn black_hole(hostname: String, listen: SocketAddr) {
+    let listener = TcpListener::bind(listen)
+        .await
+        .unwrap_or_else(|error| panic!("upstream host {hostname} cannot bind {listen}: {error}"));
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(hold_unanswered(stream));
+    }
+}
+
+/// Read the upgrade request and never answer: hold the connection until the peer gives up.
+pub async fn hold_unanswered(mut stream: TcpStream) {
+    let mut request = [0; 1024];
+    while matches!(stream.read(&mut request).await, Ok(read) if read > 0) {}
 }
 
 /// A WebSocket subscriber on `stream`: the server handshake, after the host's handshake

@@ -70,6 +70,9 @@ pub enum Feature {
     /// Hostile upstream hosts, whose outcomes are read from the relay's host table
     /// (`upstreams.hostile`).
     HostileUpstreams,
+    /// A host table loaded from a file (`upstreams.table`): its names as DNS names, and
+    /// hosts whose names do not resolve.
+    HostTable,
 }
 
 /// What a world can play: the features it refuses, each with why, and how many hosts it
@@ -126,6 +129,10 @@ pub const TURMOIL: Supports = Supports {
             Feature::HostileUpstreams,
             "its outcomes are read from the madsim world's relay; use engine = \"madsim\"",
         ),
+        (
+            Feature::HostTable,
+            "its unresolvable and black-hole hosts are played by the madsim world; use engine = \"madsim\"",
+        ),
     ],
     max_hosts: Some((
         TURMOIL_MAX_HOSTS,
@@ -155,6 +162,10 @@ pub const REAL: Supports = Supports {
             Feature::HostileUpstreams,
             "the hostile hosts' outcomes are read from the relay's host table in the simulated \
              worlds only",
+        ),
+        (
+            Feature::HostTable,
+            "real mode's hosts are loopback addresses, not the table's names",
         ),
     ],
     max_hosts: None,
@@ -254,6 +265,17 @@ fn uses(scenario: &Scenario) -> Vec<Use> {
             feature: Feature::RelayRestart,
             key: "prober.restart".into(),
             expected: "restart = false".into(),
+        });
+    }
+    if scenario
+        .upstreams
+        .as_ref()
+        .is_some_and(|upstreams| upstreams.table.is_some())
+    {
+        found.push(Use {
+            feature: Feature::HostTable,
+            key: "upstreams.table".into(),
+            expected: "upstreams.hosts instead of a table".into(),
         });
     }
     for (index, fault) in scenario.faults.iter().enumerate() {

@@ -20,6 +20,7 @@ use crate::swarm::SwarmRange;
 mod clients;
 mod engine;
 mod faults;
+mod host_table;
 mod network;
 mod problems;
 mod upstreams;
@@ -30,6 +31,7 @@ pub use clients::{
 };
 pub use engine::{EngineName, Feature, Supports, MADSIM, REAL, TURMOIL, TURMOIL_MAX_HOSTS};
 pub use faults::{FaultKind, FaultSpec};
+pub use host_table::{HostStatus, HostTable, TableHost};
 pub use network::NetworkSpec;
 pub use problems::{Located, Problem};
 pub use upstreams::{HostileKind, HostileSpec, UpstreamsSpec};
@@ -70,7 +72,8 @@ pub struct Scenario {
     /// Groups of client nodes opening and closing connections.
     #[serde(default)]
     pub churners: Vec<ChurnerSpec>,
-    /// Upstream hosts the relay subscribes to (its host table is generated from this).
+    /// Upstream hosts the relay subscribes to (its host table is generated from this, or
+    /// loaded from the file it names).
     pub upstreams: Option<UpstreamsSpec>,
     /// Groups of downstream consumers on `/subscribe`.
     #[serde(default)]
@@ -187,10 +190,11 @@ impl Scenario {
         Self::parse(path, &text)
     }
 
-    /// Parse and validate scenario text, reporting every problem; `path` is only used in
-    /// errors.
+    /// Parse and validate scenario text, reporting every problem; `path` is used in errors
+    /// and to resolve the paths the scenario names (relative to its directory).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ScenarioError> {
-        problems::parse(text).map_err(|problems| ScenarioError::Invalid {
+        let directory = path.parent().unwrap_or(Path::new(""));
+        problems::parse(text, directory).map_err(|problems| ScenarioError::Invalid {
             path: path.to_owned(),
             problems,
         })
@@ -204,7 +208,7 @@ impl Scenario {
     /// and consumers.
     pub fn host_count(&self) -> u64 {
         1 + self.upstreams.as_ref().map_or(0, |spec| {
-            u64::from(spec.hosts) + spec.hostile.as_ref().map_or(0, |h| u64::from(h.hosts))
+            u64::from(spec.polite_hosts()) + spec.hostile.as_ref().map_or(0, |h| u64::from(h.hosts))
         }) + u64::from(self.prober.is_some())
             + self.churners.iter().map(|c| c.nodes as u64).sum::<u64>()
             + self.callers.iter().map(|c| c.nodes as u64).sum::<u64>()

@@ -12,8 +12,10 @@
 //!    (`faults[1].duration_s`), placed at that key in the file, or at the nearest table
 //!    that holds it when the key is not written (a default).
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::ops::Range;
+use std::path::Path;
 
 use relay::config::line_column;
 use serde::Deserialize;
@@ -62,9 +64,10 @@ pub struct Located {
 /// many errors; it is far above what anyone fixes in one go.
 const SCHEMA_PASSES_MAX: usize = 100;
 
-/// Parse and validate scenario text, or every problem found, in file order.
-pub(super) fn parse(text: &str) -> Result<Scenario, Vec<Located>> {
-    let (root, syntax_errors) = DeTable::parse_recoverable(text);
+/// Parse and validate scenario text, or every problem found, in file order; the paths it
+/// names are relative to `directory`.
+pub(super) fn parse(text: &str, directory: &Path) -> Result<Scenario, Vec<Located>> {
+    let (mut root, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
         let mut located: Vec<Located> = syntax_errors
             .iter()
@@ -73,6 +76,7 @@ pub(super) fn parse(text: &str) -> Result<Scenario, Vec<Located>> {
         located.sort_by_key(|problem| (problem.line, problem.column));
         return Err(located);
     }
+    resolve_paths(&mut root, directory);
     let scenario = deserialise_all(text, &root)?;
     let problems = scenario.problems();
     if problems.is_empty() {
@@ -92,6 +96,22 @@ pub(super) fn parse(text: &str) -> Result<Scenario, Vec<Located>> {
         .collect();
     located.sort_by_key(|problem| (problem.line, problem.column));
     Err(located)
+}
+
+/// Make the paths a scenario names (`upstreams.table`) absolute, relative to the scenario
+/// file's `directory`, before they are read: the scenario then reads the same files however
+/// it is serialised and loaded again (swarm draws, a shrunk scenario in another folder).
+fn resolve_paths(root: &mut Spanned<DeTable<'_>>, directory: &Path) {
+    let Some(DeValue::Table(upstreams)) = root.get_mut().get_mut("upstreams").map(Spanned::get_mut)
+    else {
+        return;
+    };
+    let Some(DeValue::String(table)) = upstreams.get_mut("table").map(Spanned::get_mut) else {
+        return;
+    };
+    let joined = directory.join(table.as_ref());
+    let absolute = std::path::absolute(&joined).unwrap_or(joined);
+    *table = Cow::Owned(absolute.to_string_lossy().into_owned());
 }
 
 /// Deserialise `root`; on schema errors, remove each offending entry and try again, to

@@ -1,8 +1,10 @@
-//! `[upstreams]`: the upstream hosts the relay subscribes to (polite, flaky, dead) and the
-//! hostile cast of `[upstreams.hostile]`, with what the section must hold.
+//! `[upstreams]`: the upstream hosts the relay subscribes to (polite, flaky, dead) — a
+//! generated table of `hosts` hosts or one loaded from a file (`table`) — and the hostile
+//! cast of `[upstreams.hostile]`, with what the section must hold.
 
 use serde::{Deserialize, Serialize};
 
+use super::host_table::{HostTable, TABLE_HOSTS_MAX};
 use super::{Between, Problem, Scenario};
 
 /// The upstream hosts of the world. Each is its own simulated node with its own IP and DNS
@@ -10,8 +12,15 @@ use super::{Between, Problem, Scenario};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamsSpec {
-    /// How many hosts.
-    pub hosts: u32,
+    /// How many hosts to generate (names and dead hosts drawn by the generator); the
+    /// alternative to `table`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<u32>,
+    /// A host table file (relative to the scenario file's directory): its names and
+    /// statuses instead of generated ones ([`super::host_table`]); the alternative to
+    /// `hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<HostTable>,
     /// Server-side delay before a host completes the WebSocket handshake, per host, ms.
     #[serde(default = "default_handshake_latency_ms")]
     pub handshake_latency_ms: Between<u64>,
@@ -29,7 +38,8 @@ pub struct UpstreamsSpec {
     pub flaky_up_s: Between<u64>,
     /// Flaky hosts stop flapping (stay up) from this second on; absent: they flap throughout.
     pub flaky_until_s: Option<u64>,
-    /// Fraction of hosts that never answer (no listener).
+    /// Fraction of generated hosts that never answer (no listener); a table's statuses say
+    /// which of its hosts are dead.
     #[serde(default)]
     pub dead_fraction: f64,
     /// Filler bytes in every event body (a `"pad"` field), for large frames; 0 = none.
@@ -131,6 +141,16 @@ impl HostileKind {
     }
 }
 
+impl UpstreamsSpec {
+    /// The polite hosts: the table's, or the generated ones (0 when neither is given).
+    pub fn polite_hosts(&self) -> u32 {
+        match &self.table {
+            Some(table) => table.hosts.len() as u32,
+            None => self.hosts.unwrap_or(0),
+        }
+    }
+}
+
 fn default_handshake_latency_ms() -> Between<u64> {
     Between { min: 20, max: 200 }
 }
@@ -152,10 +172,28 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
     let mut found = Vec::new();
     if let Some(upstreams) = &scenario.upstreams {
         let fraction_ok = |f: f64| (0.0..=1.0).contains(&f);
-        if upstreams.hosts == 0 || upstreams.hosts > 60_000 {
+        match (upstreams.hosts, &upstreams.table) {
+            (Some(hosts), None) if hosts == 0 || hosts as usize > TABLE_HOSTS_MAX => {
+                found.push(Problem::new(
+                    "upstreams.hosts",
+                    format!("expected 1 to {TABLE_HOSTS_MAX} hosts"),
+                ));
+            }
+            (Some(_), Some(_)) => found.push(Problem::new(
+                "upstreams.table",
+                "expected either hosts (a generated table) or table (a file), not both".into(),
+            )),
+            (None, None) => found.push(Problem::new(
+                "upstreams",
+                "expected hosts (a generated table) or table (a file)".into(),
+            )),
+            _ => {}
+        }
+        if upstreams.table.is_some() && upstreams.dead_fraction != 0.0 {
             found.push(Problem::new(
-                "upstreams.hosts",
-                "expected 1 to 60000 hosts".into(),
+                "upstreams.dead_fraction",
+                "expected no dead_fraction with a table: its statuses say which hosts are dead"
+                    .into(),
             ));
         }
         for (name, fraction) in [
@@ -176,6 +214,14 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
             found.push(Problem::new(
                 "upstreams",
                 "expected event_interval_s, flaky_down_s and flaky_up_s of at least 1".into(),
+            ));
+        }
+        if upstreams.table.is_some() && upstreams.hostile.is_some() {
+            found.push(Problem::new(
+                "upstreams.hostile",
+                "expected no hostile cast with a table: the hostile hosts' generated names could \
+                 be the table's"
+                    .into(),
             ));
         }
         if let Some(hostile) = &upstreams.hostile {

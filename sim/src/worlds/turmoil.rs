@@ -204,7 +204,7 @@ fn start_upstreams(
             let plan = Arc::clone(&plan);
             let sink = sink.clone();
             async move {
-                if !plan.dead {
+                if plan.dead.is_none() {
                     upstream::serve(
                         plan,
                         upstream::simulated_listen(),

@@ -600,3 +600,88 @@ fn same_seed_same_hash_and_a_different_seed_changes_it() {
     let other = Madsim.run(&scenario, 43, None);
     assert_ne!(first.trace.hash(), other.trace.hash());
 }
+
+#[test]
+fn network_snapshot_connects_the_live_hosts_and_never_the_dead_ones_for_6_seeds() {
+    for (seed, summary, _) in passes("network_snapshot.toml", 1..=6) {
+        let (hosts, dead, _) = summary.upstream_world.unwrap();
+        assert_eq!((hosts, dead), (3_208, 342), "seed {seed}");
+        let outcomes: usize = summary.dead_host_outcomes.values().sum();
+        assert_eq!(
+            outcomes, 342,
+            "seed {seed}: {:?}",
+            summary.dead_host_outcomes
+        );
+        assert_eq!(
+            summary.upstream_last.unwrap().handshakes_high_water,
+            32,
+            "seed {seed}: the cap was reached, not just respected"
+        );
+    }
+}
+
+#[test]
+fn a_tables_statuses_become_refused_unresolved_and_black_hole_hosts() {
+    use windtunnel::trace::Event;
+    let dir = support::scratch_dir("madsim_table_statuses");
+    std::fs::write(
+        dir.join("hosts.jsonl"),
+        "{\"host\": \"up.example\", \"status\": \"online\"}\n\
+         {\"host\": \"refusing.example\", \"status\": \"offline\"}\n\
+         {\"host\": \"nameless.example\", \"status\": \"unreachable\"}\n\
+         {\"host\": \"void.example\", \"status\": \"unreachable\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("statuses.toml"),
+        "name = \"statuses\"\nduration_s = 60\n\
+         [relay.upstream]\nstartup_jitter_ms = 1000\nconnect_timeout_ms = 2000\nbackoff_base_ms = 500\nbackoff_cap_ms = 4000\n\
+         [upstreams]\ntable = \"hosts.jsonl\"\nevent_interval_s = [1, 2]\n\
+         [oracles]\nno_panics = {}\n",
+    )
+    .unwrap();
+    let scenario = Scenario::load(&dir.join("statuses.toml")).unwrap();
+    for seed in 1..=3 {
+        let outcome = Madsim.run(&scenario, seed, None);
+        assert_eq!(outcome.verdict, Verdict::Passed, "seed {seed}");
+        let records = outcome.trace.records();
+        let subscribed: std::collections::BTreeSet<&str> = records
+            .iter()
+            .filter(|record| matches!(record.event, Event::Subscribed { .. }))
+            .map(|record| record.node.as_str())
+            .collect();
+        assert_eq!(
+            subscribed.into_iter().collect::<Vec<_>>(),
+            ["up.example"],
+            "seed {seed}: only the online host is ever subscribed to"
+        );
+        let summary = windtunnel::report::Summary::of(&outcome.trace);
+        let (events, _, gaps, _) = summary.store_audit.unwrap();
+        assert!(
+            events >= 25 && gaps == 0,
+            "seed {seed}: the online host delivers its events: {summary:?}"
+        );
+        let dead: Vec<(&str, &str, Option<&str>, u64)> = records
+            .iter()
+            .filter_map(|record| match &record.event {
+                Event::DeadHostOutcome {
+                    host,
+                    dead,
+                    last_error,
+                    events,
+                    ..
+                } => Some((host.as_str(), dead.as_str(), last_error.as_deref(), *events)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            dead,
+            [
+                ("refusing.example", "refused", Some("connect_error"), 0),
+                ("nameless.example", "unresolved", Some("connect_error"), 0),
+                ("void.example", "black_hole", Some("timeout"), 0),
+            ],
+            "seed {seed}"
+        );
+    }
+}

@@ -292,6 +292,43 @@ fn replay_reproduces_the_recorded_hash_and_names_the_first_divergent_record_othe
 }
 
 #[test]
+fn an_artifact_folder_carries_the_host_table_its_scenario_names() {
+    let scratch = scratch_dir("product-host-table");
+    std::fs::create_dir_all(scratch.join("hosts")).unwrap();
+    std::fs::write(scratch.join("hosts/mine.txt"), "pds.one.example\n").unwrap();
+    let source = format!("{FAKE}[upstreams]\ntable = \"hosts/mine.txt\"\n");
+    std::fs::write(scratch.join("tabled.toml"), &source).unwrap();
+    let loaded = Loaded::load(&scratch.join("tabled.toml")).unwrap();
+    let engine = Fake::default();
+    let dir = harness::run_seed(&engine, &loaded, 3, &options(&scratch.join("artifacts")))
+        .unwrap()
+        .artifacts
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hosts/mine.txt")).unwrap(),
+        "pds.one.example\n",
+        "the table is copied where the copy of the scenario looks for it"
+    );
+    // Gone from where it was: replay reads the copy.
+    std::fs::remove_dir_all(scratch.join("hosts")).unwrap();
+    let replay = harness::replay(&engine, &dir, &Options::default()).unwrap();
+    assert!(replay.identical(), "{}", replay.summary(&dir));
+    let table = replay
+        .result
+        .scenario
+        .upstreams
+        .as_ref()
+        .unwrap()
+        .table
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        table.path,
+        std::path::absolute(dir.join("hosts/mine.txt")).unwrap()
+    );
+}
+
+#[test]
 fn replay_of_a_missing_folder_is_a_clear_error() {
     let error = harness::replay(
         &Fake::default(),
@@ -447,7 +484,7 @@ fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
     assert_eq!(names.first().unwrap(), "bad_input.toml");
     assert_eq!(names.last().unwrap(), "host_flap.toml");
     assert!(names.iter().all(|n| n.ends_with(".toml")));
-    assert_eq!(names.len(), 38, "{names:?}");
+    assert_eq!(names.len(), 39, "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use windtunnel::oracle::OracleName;
-use windtunnel::scenario::{Expect, Scenario, ScenarioError};
+use windtunnel::scenario::{Expect, HostStatus, Scenario, ScenarioError};
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -61,6 +61,7 @@ fn every_shipped_scenario_loads() {
             "memory_pressure",
             "memory_pressure_unguarded",
             "network_blip",
+            "network_snapshot",
             "panic_isolation",
             "power_loss",
             "restart_during_store_fault",
@@ -304,5 +305,240 @@ fn missing_file_is_a_clear_error() {
             .to_string()
             .starts_with("no/such/scenario.toml: cannot read:"),
         "{error}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Host tables from files (`upstreams.table`).
+
+/// Load `scenario` (text) from a scratch directory `name` holding the table file
+/// `hosts/table` with `table` in it; an error's text with the directory written `<dir>`.
+fn load_with_table(name: &str, scenario: &str, table: &str) -> Result<Scenario, String> {
+    let dir = support::scratch_dir(name);
+    std::fs::create_dir_all(dir.join("hosts")).unwrap();
+    std::fs::write(dir.join("hosts/table"), table).unwrap();
+    std::fs::write(dir.join("scenario.toml"), scenario).unwrap();
+    Scenario::load(&dir.join("scenario.toml")).map_err(|error| {
+        error
+            .to_string()
+            .replace(&dir.display().to_string(), "<dir>")
+    })
+}
+
+fn table_scenario() -> String {
+    format!("{MINIMAL}[upstreams]\ntable = \"hosts/table\"\n")
+}
+
+/// The loaded table's hosts as (host, status) pairs.
+fn table_hosts(scenario: &Scenario) -> Vec<(String, HostStatus)> {
+    let table = scenario.upstreams.as_ref().unwrap().table.as_ref().unwrap();
+    table
+        .hosts
+        .iter()
+        .map(|row| (row.host.clone(), row.status))
+        .collect()
+}
+
+/// The message of a table that does not load, with its scenario's location.
+fn table_error(name: &str, table: &str) -> String {
+    load_with_table(name, &table_scenario(), table).unwrap_err()
+}
+
+#[test]
+fn a_snapshot_table_loads_with_what_it_says_of_each_host() {
+    let scenario = load_with_table(
+        "table_snapshot",
+        &table_scenario(),
+        "{\"host\": \"shard-01.us-east.big.example\", \"status\": \"online\", \"operator\": \"op-0000\", \"kind\": \"bsky\", \"software\": \"reference-pds\", \"region\": \"us-east\"}\n\
+         \n\
+         {\"host\": \"PDS-0001.op-0001.example\", \"status\": \"unreachable\", \"operator\": \"op-0001\", \"kind\": \"third_party\", \"software\": \"unknown\", \"region\": null}\n\
+         {\"host\": \"pds-0002.op-0002.example\", \"status\": \"offline\"}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        table_hosts(&scenario),
+        [
+            (
+                "shard-01.us-east.big.example".to_owned(),
+                HostStatus::Online
+            ),
+            (
+                "pds-0001.op-0001.example".to_owned(),
+                HostStatus::Unreachable
+            ),
+            ("pds-0002.op-0002.example".to_owned(), HostStatus::Offline),
+        ]
+    );
+    let upstreams = scenario.upstreams.as_ref().unwrap();
+    let first = &upstreams.table.as_ref().unwrap().hosts[0];
+    assert_eq!(first.operator.as_deref(), Some("op-0000"));
+    assert_eq!(first.kind.as_deref(), Some("bsky"));
+    assert_eq!(first.software.as_deref(), Some("reference-pds"));
+    assert_eq!(first.region.as_deref(), Some("us-east"));
+    assert_eq!(upstreams.hosts, None);
+    assert_eq!(scenario.host_count(), 1 + 3);
+}
+
+#[test]
+fn list_hosts_pages_load_with_their_statuses_mapped() {
+    let scenario = load_with_table(
+        "table_list_hosts",
+        &table_scenario(),
+        "{\"cursor\": \"2\", \"hosts\": [{\"hostname\": \"a.example\", \"seq\": 1, \"accountCount\": 10, \"status\": \"active\"}, {\"hostname\": \"b.example\", \"seq\": 2, \"accountCount\": 0, \"status\": \"idle\"}]}\n\
+         {\"hosts\": [{\"hostname\": \"c.example\", \"status\": \"offline\"}, {\"hostname\": \"d.example\", \"status\": \"banned\"}, {\"hostname\": \"e.example\", \"status\": \"throttled\"}, {\"hostname\": \"f.example\"}]}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        table_hosts(&scenario),
+        [
+            ("a.example".to_owned(), HostStatus::Online),
+            ("b.example".to_owned(), HostStatus::Online),
+            ("c.example".to_owned(), HostStatus::Offline),
+            ("e.example".to_owned(), HostStatus::Online),
+            ("f.example".to_owned(), HostStatus::Online),
+        ],
+        "banned hosts are left out"
+    );
+}
+
+#[test]
+fn a_list_of_hostnames_loads_every_host_online() {
+    let scenario = load_with_table(
+        "table_hostnames",
+        &table_scenario(),
+        "# my relay's hosts\n\nPDS.One.Example\npds.two.example  # the second\n",
+    )
+    .unwrap();
+    assert_eq!(
+        table_hosts(&scenario),
+        [
+            ("pds.one.example".to_owned(), HostStatus::Online),
+            ("pds.two.example".to_owned(), HostStatus::Online),
+        ]
+    );
+}
+
+#[test]
+fn the_shipped_snapshot_has_the_cards_counts() {
+    let scenario = load("network_snapshot.toml");
+    let hosts = table_hosts(&scenario);
+    let count = |status| hosts.iter().filter(|(_, s)| *s == status).count();
+    assert_eq!(hosts.len(), 3_208);
+    assert_eq!(count(HostStatus::Online), 2_866);
+    assert_eq!(count(HostStatus::Offline), 146);
+    assert_eq!(count(HostStatus::Unreachable), 196);
+}
+
+#[test]
+fn bad_tables_are_reported_at_their_file_and_line() {
+    let at = "<dir>/scenario.toml:5:9: <dir>/hosts/table";
+    assert_eq!(
+        table_error(
+            "table_bad_json",
+            "{\"host\": \"a.example\", \"status\": \"online\"}\n{\"host\": \"b.example\", \"status\": online}\n"
+        ),
+        format!("{at}:2: not JSON: expected value (column 33)")
+    );
+    assert_eq!(
+        table_error(
+            "table_unknown_status",
+            "{\"host\": \"a.example\", \"status\": \"onlin\"}\n"
+        ),
+        format!(
+            "{at}:1: unknown variant `onlin`, expected one of `online`, `offline`, `unreachable` (column 39)"
+        )
+    );
+    assert_eq!(
+        table_error(
+            "table_unknown_listed_status",
+            "{\"hosts\": [{\"hostname\": \"a.example\", \"status\": \"gone\"}]}\n"
+        ),
+        format!(
+            "{at}:1: hosts[0]: unknown status \"gone\"; expected active, idle, offline, throttled or banned"
+        )
+    );
+    assert_eq!(
+        table_error(
+            "table_duplicate",
+            "a.example\nb.example\n# again\nA.example.\n"
+        ),
+        format!("{at}:4: duplicate host \"a.example\" (first on line 1)")
+    );
+    assert_eq!(
+        table_error("table_empty", "# nothing yet\n\n"),
+        format!("{at}:1: expected at least one host, found none")
+    );
+    assert_eq!(
+        table_error("table_bad_name", "a.example\nlocalhost:2583\n10.0.0.1\n"),
+        format!(
+            "{at}:2: invalid hostname \"localhost:2583\": expected a hostname without a port\n\
+             <dir>/hosts/table:3: invalid hostname \"10.0.0.1\": IP addresses are not accepted; expected a DNS name"
+        )
+    );
+    assert_eq!(
+        table_error(
+            "table_mixed_forms",
+            "a.example\n{\"host\": \"b.example\", \"status\": \"online\"}\n"
+        ),
+        format!(
+            "{at}:2: expected a hostname like the file's first entry, found a snapshot row (a JSON object with host and status)"
+        )
+    );
+}
+
+#[test]
+fn a_table_is_an_alternative_to_hosts_and_to_dead_hosts_drawn() {
+    let message = load_with_table(
+        "table_and_hosts",
+        &format!("{MINIMAL}[upstreams]\nhosts = 10\ntable = \"hosts/table\"\n"),
+        "a.example\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        message,
+        "<dir>/scenario.toml:6:1: upstreams.table: expected either hosts (a generated table) or table (a file), not both"
+    );
+    let message = parse_error(&format!("{MINIMAL}[upstreams]\nflaky_fraction = 0.1\n"));
+    assert_eq!(
+        message,
+        "bad.toml:4:2: upstreams: expected hosts (a generated table) or table (a file)"
+    );
+    let message = load_with_table(
+        "table_and_dead_fraction",
+        &format!("{MINIMAL}[upstreams]\ntable = \"hosts/table\"\ndead_fraction = 0.1\n"),
+        "a.example\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        message,
+        "<dir>/scenario.toml:6:1: upstreams.dead_fraction: expected no dead_fraction with a table: its statuses say which hosts are dead"
+    );
+    let message = load_with_table(
+        "table_missing",
+        &format!("{MINIMAL}[upstreams]\ntable = \"hosts/absent\"\n"),
+        "a.example\n",
+    )
+    .unwrap_err();
+    assert!(
+        message.starts_with(
+            "<dir>/scenario.toml:5:9: <dir>/hosts/absent: cannot read the host table:"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn only_madsim_plays_a_table() {
+    let message = load_with_table(
+        "table_turmoil",
+        &format!("engine = \"turmoil\"\n{MINIMAL}[upstreams]\ntable = \"hosts/table\"\n"),
+        "a.example\n",
+    )
+    .unwrap_err();
+    assert!(
+        message.starts_with(
+            "<dir>/scenario.toml:6:1: upstreams.table: expected upstreams.hosts instead of a table with engine = \"turmoil\""
+        ),
+        "{message}"
     );
 }

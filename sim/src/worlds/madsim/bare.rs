@@ -2,7 +2,7 @@
 //! none of the relay or the harness, so the tunnel's cost can be read as a ratio.
 //!
 //! Same as the tunnel's world: the madsim config (per-packet latency), the host table
-//! (`upstream::plan`, drawn from the same seed: names, IPs, dead and flaky hosts, handshake
+//! (`upstream::plan`, drawn from the same seed: names, IPs, dead hosts of every kind and flaky hosts, handshake
 //! latencies, event intervals), one node per host serving the same event frames at the same
 //! times (catch-up from a cursor, flaky hosts cutting connections in their down windows),
 //! one client node dialling every host by name after a startup jitter and re-dialling with
@@ -26,7 +26,7 @@ use relay::rt::time::{now, sleep, sleep_until, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{host_node, send_latency, RELAY_PORT};
-use crate::actors::upstream::{plan, HostPlan, UPSTREAM_PORT};
+use crate::actors::upstream::{plan, DeadHost, HostPlan, UPSTREAM_PORT};
 use crate::scenario::Scenario;
 
 /// What one bare run did, for comparing its volume with the tunnel's.
@@ -97,8 +97,14 @@ async fn world(scenario: Scenario, counters: Arc<Counters>) {
         .unwrap_or_default();
     for plan in &plans {
         let node = host_node(&handle, &net, plan);
-        if !plan.dead {
-            node.spawn(serve(Arc::clone(plan), world_start));
+        match plan.dead {
+            None => {
+                node.spawn(serve(Arc::clone(plan), world_start));
+            }
+            Some(DeadHost::BlackHole) => {
+                node.spawn(black_hole());
+            }
+            Some(DeadHost::Refused | DeadHost::Unresolved) => {}
         }
     }
     let client_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
@@ -150,6 +156,20 @@ async fn serve(plan: Arc<HostPlan>, world_start: Instant) {
         .expect("a bare host binds its port");
     while let Ok((stream, _)) = listener.accept().await {
         madsim::task::spawn(session(Arc::clone(&plan), stream, world_start));
+    }
+}
+
+/// A black hole (a table's unreachable host): accept, read until the client gives up,
+/// never answer.
+async fn black_hole() {
+    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], UPSTREAM_PORT)))
+        .await
+        .expect("a bare host binds its port");
+    while let Ok((mut stream, _)) = listener.accept().await {
+        madsim::task::spawn(async move {
+            let mut request = [0; 1024];
+            while matches!(stream.read(&mut request).await, Ok(read) if read > 0) {}
+        });
     }
 }
 

@@ -7,8 +7,9 @@
 //! `10.200.(i / 250).(i % 250 + 1)`; upstream host `i` at `172.16.(i / 250).(i % 250 + 1)`
 //! with a DNS name (one host per node, as in production). All randomness comes from
 //! madsim's seeded RNG; all time is simulated. The relay's SQLite database is a real file in
-//! `/dev/shm` when it has room (else the system temp dir), pre-filled with the generated
-//! host table, removed after the run.
+//! `/dev/shm` when it has room (else the system temp dir), pre-filled with the host table
+//! (generated or loaded), removed after the run. A dead host's node has no listener, or no
+//! DNS record, or accepts and never answers ([`upstream::DeadHost`]).
 //!
 //! The faults are the one fault player's ([`crate::worlds::faults`]); what they do to this
 //! world is [`MadsimWorld`]'s: madsim's `kill` and `restart` of the relay's node, clogged
@@ -32,6 +33,7 @@ use relay::rt::fault::{self, Fault};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
 
 use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
+use crate::actors::upstream::DeadHost;
 use crate::actors::{cast, upstream, TraceSink};
 use crate::logs::LogSettings;
 use crate::scenario::{Between, Scenario, Supports, MADSIM};
@@ -206,7 +208,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     sleep(Duration::from_millis(10)).await;
 }
 
-/// Generate the host table, write it to the relay's database, and start one node per host.
+/// Plan the host table, write it to the relay's database, and start one node per host.
 fn start_upstreams(
     handle: &Handle,
     spec: &crate::scenario::UpstreamsSpec,
@@ -226,13 +228,23 @@ fn start_upstreams(
         .iter()
         .map(|plan| {
             let node = host_node(handle, &net, plan);
-            if !plan.dead {
-                node.spawn(upstream::serve(
-                    Arc::clone(plan),
-                    upstream::simulated_listen(),
-                    sink.clone(),
-                    world_start,
-                ));
+            match plan.dead {
+                None => {
+                    node.spawn(upstream::serve(
+                        Arc::clone(plan),
+                        upstream::simulated_listen(),
+                        sink.clone(),
+                        world_start,
+                    ));
+                }
+                Some(DeadHost::BlackHole) => {
+                    node.spawn(upstream::black_hole(
+                        plan.hostname.clone(),
+                        upstream::simulated_listen(),
+                    ));
+                }
+                // Nothing listens (or nobody finds the node).
+                Some(DeadHost::Refused | DeadHost::Unresolved) => {}
             }
             node
         })
@@ -240,10 +252,12 @@ fn start_upstreams(
     (nodes, plans)
 }
 
-/// One upstream host's node: its DNS record, name and IP (the tunnel's world and the bare
-/// program lay hosts out alike).
+/// One upstream host's node: its DNS record (none for a host whose name does not resolve),
+/// name and IP (the tunnel's world and the bare program lay hosts out alike).
 fn host_node(handle: &Handle, net: &NetSim, plan: &upstream::HostPlan) -> NodeHandle {
-    net.add_dns_record(&plan.hostname, IpAddr::V4(plan.ip));
+    if plan.dead != Some(DeadHost::Unresolved) {
+        net.add_dns_record(&plan.hostname, IpAddr::V4(plan.ip));
+    }
     handle
         .create_node()
         .name(&plan.hostname)

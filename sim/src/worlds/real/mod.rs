@@ -252,7 +252,7 @@ async fn world(
         relay_host::publish_host_table(database, spec, &plans, &sink)
             .map_err(|error| format!("cannot write the relay's host table: {error}"))?;
     }
-    for plan in plans.iter().filter(|plan| !plan.dead) {
+    for plan in plans.iter().filter(|plan| plan.dead.is_none()) {
         let listen = SocketAddr::from((plan.ip, upstream_port));
         tokio::spawn(upstream::serve(
             Arc::clone(plan),
