@@ -51,8 +51,14 @@ impl RunningRelay {
 
     /// Shut it down gracefully; what the shutdown reported.
     pub async fn shutdown(self) -> ShutdownReport {
+        self.begin_shutdown().await.unwrap()
+    }
+
+    /// Send the shutdown signal without waiting: the relay's task, which ends when the
+    /// shutdown drain and the connection drain are over.
+    pub fn begin_shutdown(self) -> JoinHandle<ShutdownReport> {
         self.stop.send(()).unwrap();
-        self.task.await.unwrap()
+        self.task
     }
 
     /// Shut it down and require that it left no connection open.
