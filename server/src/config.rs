@@ -667,6 +667,10 @@ mod tests {
                 "fanout.pong_deadline_ms (3999) must be at least two ping intervals (fanout.ping_interval_ms = 2000), or a pong in flight counts as silence",
             ),
             (
+                "fanout.ping_interval_ms=40000",
+                "fanout.pong_deadline_ms (60000) must be at least two ping intervals (fanout.ping_interval_ms = 40000), or a pong in flight counts as silence",
+            ),
+            (
                 "server.shutdown_drain_ms=300001",
                 "server.shutdown_drain_ms must be at most 300000 (an orchestrator kills a relay that takes longer to stop)",
             ),

@@ -69,10 +69,13 @@ pub struct FanoutConfig {
     pub ping_interval_ms: u64,
     /// A consumer from which nothing (no pong, no frame) has arrived for this long is
     /// closed with reason `pong_timeout`, checked at each ping; milliseconds, at least two
-    /// ping intervals so a pong in flight is never mistaken for silence. The default, two
-    /// intervals, is below `server.idle_timeout_ms`'s default, so a silent subscriber is
-    /// closed by this rule (the idle reaper, which also sees only bytes from the peer, is
-    /// its backstop).
+    /// ping intervals so a pong in flight is never mistaken for silence. The idle reaper
+    /// sees the same silence (only bytes from the consumer are activity), so with the
+    /// default `server.idle_timeout_ms` (5 s) it closes a silent subscriber first; this
+    /// deadline is the subscriber's own bound where `idle_timeout_ms` is raised for
+    /// long-lived clients. The default (one minute) outlasts a consumer's pause of tens of
+    /// seconds (a GC, a stuck disk), which must end in a `ConsumerTooSlow` kick carrying
+    /// its resume cursor once its queue fills, not in a close that tells it nothing.
     pub pong_deadline_ms: u64,
     /// How long a kicked consumer gets to receive its `ConsumerTooSlow` frame and the close
     /// frame before the socket is dropped, milliseconds.
@@ -88,7 +91,7 @@ impl Default for FanoutConfig {
             catchup_page_events: 500,
             catchup_page_bytes: 4 << 20,
             ping_interval_ms: 2_000,
-            pong_deadline_ms: 4_000,
+            pong_deadline_ms: 60_000,
             kick_flush_timeout_ms: 10_000,
             max_inbound_frame_bytes: 64 * 1024,
         }

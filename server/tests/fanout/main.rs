@@ -667,7 +667,13 @@ async fn a_consumer_resumes_by_cursor_across_a_relay_restart() {
     const LAST: u64 = 600;
     let db = db_with_upstream("restart");
     let upstream = Upstream::start(0).await;
-    let relay = start(&db, upstream.port, &["events.commit_batch_max=4"]).await;
+    // No shutdown drain: the relay must stop mid-stream, not ingest on while it drains.
+    let relay = start(
+        &db,
+        upstream.port,
+        &["events.commit_batch_max=4", "server.shutdown_drain_ms=0"],
+    )
+    .await;
     let observer = relay.observer.clone();
     // The upstream keeps emitting, across the restart, until LAST.
     let pacer = upstream.pace_to(LAST, Duration::from_millis(2));
