@@ -432,6 +432,8 @@ async fn a_hanging_store_call_does_not_hold_up_the_probes() {
 
 /// A connection to `relay` from the loopback address `source` (any of 127.0.0.0/8 reaches
 /// a listener on 127.0.0.1 on Linux): a second client address for per-address limits.
+/// Ordinary build only: the simulation's sockets cannot choose their source address.
+#[cfg(not(madsim))]
 async fn connect_from(source: [u8; 4], relay: SocketAddr) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((source, 0))).unwrap();
@@ -439,6 +441,7 @@ async fn connect_from(source: [u8; 4], relay: SocketAddr) -> TcpStream {
 }
 
 /// Send `request` on `stream` and read until the server closes (or 5 s pass).
+#[cfg(not(madsim))]
 async fn exchange_on(mut stream: TcpStream, request: &[u8]) -> String {
     stream.write_all(request).await.unwrap();
     read_to_close(&mut stream).await
@@ -446,6 +449,7 @@ async fn exchange_on(mut stream: TcpStream, request: &[u8]) -> String {
 
 const GET_OTHER: &[u8] = b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
+#[cfg(not(madsim))]
 #[tokio::test]
 async fn one_address_over_its_connection_limit_gets_429_while_another_is_admitted() {
     let relay = start(&["server.max_connections_per_ip=2", "server.retry_after_s=3"]).await;
@@ -494,6 +498,7 @@ async fn one_address_over_its_connection_limit_gets_429_while_another_is_admitte
     assert_eq!(observer.connections().refused_at_capacity_total, 0);
 }
 
+#[cfg(not(madsim))]
 #[tokio::test]
 async fn one_address_cannot_take_more_than_its_share_of_the_refusal_lane() {
     let relay = start(&[
