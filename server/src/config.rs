@@ -53,6 +53,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Maximum simultaneously admitted connections (the lifecycle registry's capacity).
     pub max_connections: usize,
+    /// Most admitted connections one client address may hold (an IPv6 address counts by
+    /// its /64); past it, the connection goes to the refusal lane and gets `429
+    /// per_ip_limit`. 0 turns the limit off. The default, a quarter of the default
+    /// `max_connections`, lets no single address take every slot yet never binds a client
+    /// that opens a handful of connections (the wind tunnel's nodes open at most four); behind
+    /// a proxy or NAT that funnels many clients through one address, raise it or set 0.
+    pub max_connections_per_ip: usize,
     /// Time allowed from starting to wait for a request head (on a new connection, or on a
     /// keep-alive connection after its previous response) until the head is complete.
     /// Bounds slowloris clients that trickle bytes.
@@ -67,12 +74,26 @@ pub struct ServerConfig {
     /// After a close request, how long an in-flight request may take to finish before the
     /// connection is dropped anyway.
     pub drain_timeout_ms: u64,
-    /// On shutdown, how long to wait for all connections to drain.
+    /// On the shutdown signal, how long `/_readyz` answers `503 shutting_down` while the
+    /// listener still accepts and serves, so load balancers stop sending traffic before
+    /// connections are refused; then the listener closes and connections drain
+    /// (`shutdown_grace_ms`). 0 closes the listener at once.
+    pub shutdown_drain_ms: u64,
+    /// On shutdown, after the listener closes, how long to wait for all connections to drain.
     pub shutdown_grace_ms: u64,
     /// Connections accepted while at capacity are served by a small refusal lane: probe
     /// paths are answered, everything else gets 503 + `Retry-After`. This caps that lane;
     /// beyond it, excess connections are closed without a response (and counted).
     pub refusal_lane_max: usize,
+    /// Most refusal-lane places one client address may hold (0: no per-address share).
+    /// Beyond it, that address's refused connections are closed without a response, while
+    /// other addresses are still answered. The default is a quarter of the default lane.
+    pub refusal_lane_per_ip_max: usize,
+    /// Connections accepted when the refusal lane (or the caller's share of it) is full get
+    /// this many more places, reserved for probes: only `/_healthz` and `/_readyz` are
+    /// answered there, within `refusal_read_timeout_ms`, so slow callers filling the lane
+    /// cannot get a healthy relay restarted by its orchestrator. 0: no reserve.
+    pub probe_reserve_max: usize,
     /// Header-read timeout on the refusal lane (short: it exists to say no quickly).
     pub refusal_read_timeout_ms: u64,
     /// `Retry-After` seconds sent with a capacity refusal.
@@ -96,13 +117,17 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_connections: 1024,
+            max_connections_per_ip: 256,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 5_000,
             idle_check_interval_ms: 1_000,
             max_header_bytes: 16 * 1024,
             drain_timeout_ms: 5_000,
+            shutdown_drain_ms: 2_000,
             shutdown_grace_ms: 10_000,
             refusal_lane_max: 64,
+            refusal_lane_per_ip_max: 16,
+            probe_reserve_max: 8,
             refusal_read_timeout_ms: 1_000,
             retry_after_s: 1,
             handler_timeout_ms: 30_000,
@@ -121,6 +146,11 @@ impl ServerConfig {
     /// `drain_timeout_ms` as a duration.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// `shutdown_drain_ms` as a duration.
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_millis(self.shutdown_drain_ms)
     }
 
     /// `shutdown_grace_ms` as a duration.
@@ -372,6 +402,13 @@ impl ConfigBuilder {
 /// every connection at startup, and each needs a file descriptor.
 pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 
+/// The longest `server.shutdown_drain_ms`: orchestrators kill a process that has not
+/// stopped within their own grace period (30 s by default in Kubernetes), long before this.
+pub const SHUTDOWN_DRAIN_LIMIT_MS: u64 = 300_000;
+
+/// The largest `server.probe_reserve_max`: a few probers need a few places.
+pub const PROBE_RESERVE_LIMIT: usize = 1024;
+
 impl Config {
     /// Cross-field checks that the schema alone cannot express.
     pub fn check(&self) -> Result<(), ConfigError> {
@@ -382,6 +419,16 @@ impl Config {
             Some(format!(
                 "server.max_connections must be at most {MAX_CONNECTIONS_LIMIT} \
                  (a slot and a file descriptor are reserved for each connection)"
+            ))
+        } else if server.shutdown_drain_ms > SHUTDOWN_DRAIN_LIMIT_MS {
+            Some(format!(
+                "server.shutdown_drain_ms must be at most {SHUTDOWN_DRAIN_LIMIT_MS} \
+                 (an orchestrator kills a relay that takes longer to stop)"
+            ))
+        } else if server.probe_reserve_max > PROBE_RESERVE_LIMIT {
+            Some(format!(
+                "server.probe_reserve_max must be at most {PROBE_RESERVE_LIMIT} \
+                 (it is a reserve for a few probers, not a second refusal lane)"
             ))
         } else if server.max_header_bytes < 1024 {
             Some("server.max_header_bytes must be at least 1024".to_owned())
@@ -610,6 +657,48 @@ mod tests {
             message,
             "invalid configuration: server.max_connections must be at least 1"
         );
+    }
+
+    #[test]
+    fn absurd_fairness_settings_are_refused_with_the_rule() {
+        for (setting, message) in [
+            (
+                "fanout.pong_deadline_ms=3999",
+                "fanout.pong_deadline_ms (3999) must be at least two ping intervals (fanout.ping_interval_ms = 2000), or a pong in flight counts as silence",
+            ),
+            (
+                "fanout.ping_interval_ms=40000",
+                "fanout.pong_deadline_ms (60000) must be at least two ping intervals (fanout.ping_interval_ms = 40000), or a pong in flight counts as silence",
+            ),
+            (
+                "server.shutdown_drain_ms=300001",
+                "server.shutdown_drain_ms must be at most 300000 (an orchestrator kills a relay that takes longer to stop)",
+            ),
+            (
+                "server.probe_reserve_max=1025",
+                "server.probe_reserve_max must be at most 1024 (it is a reserve for a few probers, not a second refusal lane)",
+            ),
+        ] {
+            let error = ConfigBuilder::new()
+                .with_set(setting)
+                .unwrap()
+                .build()
+                .unwrap_err();
+            assert_eq!(error.to_string(), format!("invalid configuration: {message}"));
+        }
+        for allowed in [
+            "server.shutdown_drain_ms=0",
+            "server.max_connections_per_ip=0",
+            "server.refusal_lane_per_ip_max=0",
+            "server.probe_reserve_max=0",
+            "fanout.pong_deadline_ms=4000",
+        ] {
+            ConfigBuilder::new()
+                .with_set(allowed)
+                .unwrap()
+                .build()
+                .unwrap();
+        }
     }
 
     /// A limit beyond `u32::MAX` used to panic in the registry; anything past

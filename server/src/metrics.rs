@@ -232,7 +232,7 @@ impl Metrics {
         );
         registry.register(
             "connections_refused",
-            "Connections refused (at_capacity, shutting_down) or dropped (refusal_lane_full)",
+            "Connections refused (at_capacity, shutting_down, per_ip_limit), not given a refusal-lane place (refusal_lane_full, refusal_lane_per_ip) or dropped (probe_reserve_full)",
             self.connections_refused.clone(),
         );
         registry.register(

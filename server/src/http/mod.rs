@@ -1,5 +1,7 @@
-//! The HTTP server: our own accept loop, admission through the lifecycle registry, one
-//! owner task per admitted connection, the refusal lane, the idle reaper, graceful shutdown.
+//! The HTTP server: our own accept loop, admission through the lifecycle registry and the
+//! per-address shares, one owner task per admitted connection, the refusal lane and the
+//! probe reserve behind it, the idle reaper, graceful shutdown (readiness fails first, the
+//! listener keeps accepting for `shutdown_drain_ms`, then closes and connections drain).
 //!
 //! Why our own loop instead of a framework's: admission must happen *before* any request
 //! is read, through `relay-lifecycle`, so that `max_connections` is a hard bound on owner
@@ -12,6 +14,7 @@ mod guard;
 pub mod peers;
 mod response;
 pub mod routes;
+mod shares;
 pub mod subscribe;
 
 use std::convert::Infallible;
@@ -35,7 +38,8 @@ use tokio::sync::Semaphore;
 use self::activity::ActivityIo;
 use self::dispatch::{ConnectionTurn, Dispatcher};
 use self::guard::RequestContext;
-use self::routes::{Lane, Route};
+use self::routes::{Lane, Refused, Route};
+use self::shares::{AddressShares, Share};
 use crate::config::Config;
 use crate::events::Events;
 use crate::memory::MemoryGuard;
@@ -43,7 +47,7 @@ use crate::metrics::Metrics;
 use crate::rt::cpu::Cpu;
 use crate::rt::net::{TcpListener, TcpStream};
 use crate::rt::probe::{self, Probe};
-use crate::rt::time::{now, sleep, sleep_until, timeout, Clock, Duration};
+use crate::rt::time::{now, sleep, sleep_until, timeout, Clock, Duration, Instant};
 use crate::rt::{self, HyperTimer};
 use crate::store::{Store, StoreError};
 use crate::upstream::{Upstreams, QUARANTINE_EVENT_UNSTORABLE};
@@ -77,8 +81,16 @@ pub struct AppState {
     pub vitals: Arc<Vitals>,
     /// Caps concurrent refusal-lane connections.
     refusal_lane: Arc<Semaphore>,
+    /// Caps concurrent connections on the probe reserve.
+    probe_reserve: Arc<Semaphore>,
+    /// Admitted connections per client address (`max_connections_per_ip`).
+    connection_shares: Arc<AddressShares>,
+    /// Refusal-lane places per client address (`refusal_lane_per_ip_max`).
+    refusal_lane_shares: Arc<AddressShares>,
     /// Set while the accept loop runs and shutdown has not begun.
     accepting: AtomicBool,
+    /// Set on the shutdown signal, while the listener still accepts (`shutdown_drain_ms`).
+    shutdown_requested: AtomicBool,
     /// Numbers requests for logs (per instance, so seed-stable in the wind tunnel).
     request_ids: AtomicU64,
 }
@@ -119,10 +131,25 @@ impl AppState {
             dispatcher: Dispatcher::new(config.server.dispatch),
             vitals: Arc::default(),
             refusal_lane: Arc::new(Semaphore::new(config.server.refusal_lane_max)),
+            probe_reserve: Arc::new(Semaphore::new(config.server.probe_reserve_max)),
+            connection_shares: AddressShares::new(
+                config.server.max_connections,
+                config.server.max_connections_per_ip,
+            ),
+            refusal_lane_shares: AddressShares::new(
+                config.server.refusal_lane_max,
+                config.server.refusal_lane_per_ip_max,
+            ),
             accepting: AtomicBool::new(false),
+            shutdown_requested: AtomicBool::new(false),
             request_ids: AtomicU64::new(0),
             config,
         })
+    }
+
+    /// Whether the shutdown signal has come (readiness fails from then on).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown_requested.load(Ordering::SeqCst) || self.registry.is_shutting_down()
     }
 
     /// Readiness: no vital task lost, accepting, not shutting down, the upstream ramp has
@@ -131,7 +158,7 @@ impl AppState {
     pub fn is_ready(&self) -> bool {
         self.vitals.lost().is_none()
             && self.accepting.load(Ordering::SeqCst)
-            && !self.registry.is_shutting_down()
+            && !self.is_shutting_down()
             && self.upstreams.ramp_started()
             && self.events.store_ready()
             && !self.memory.shedding()
@@ -163,7 +190,7 @@ impl AppState {
             .max_buf_size(server.max_header_bytes.max(8192));
         match lane {
             Lane::Admitted(_) => builder.header_read_timeout(server.header_read_timeout()),
-            Lane::Refusal => builder
+            Lane::Refusal(_) | Lane::ProbeReserve => builder
                 .header_read_timeout(server.refusal_read_timeout())
                 .keep_alive(false),
         };
@@ -178,7 +205,8 @@ pub struct ShutdownReport {
     pub connections_left: usize,
 }
 
-/// Accept connections until `shutdown` resolves, then drain.
+/// Accept connections until `shutdown` resolves and `shutdown_drain_ms` more (readiness
+/// failing meanwhile), then close the listener and drain.
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
@@ -197,10 +225,20 @@ pub async fn serve(
     );
     state.upstreams.start(ingest, &state.vitals);
     let mut next_reap = now() + server.idle_check_interval();
+    // Set when the shutdown signal comes: the listener closes at this instant.
+    let mut listener_closes_at = None;
     loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = &mut shutdown, if listener_closes_at.is_none() => {
+                state.shutdown_requested.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    drain_ms = server.shutdown_drain_ms,
+                    "shutdown requested: readiness fails, still accepting until the drain ends"
+                );
+                listener_closes_at = Some(now() + server.shutdown_drain());
+            }
+            () = sleep_until_some(listener_closes_at) => break,
             () = sleep_until(next_reap) => {
                 next_reap = now() + server.idle_check_interval();
                 let reaped = state.registry.reap_idle(state.clock.now_ms(), server.idle_timeout_ms);
@@ -243,45 +281,70 @@ pub async fn serve(
     ShutdownReport { connections_left }
 }
 
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn admit(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
     let now_ms = state.clock.now_ms();
-    match state.registry.try_admit(now_ms) {
-        Ok(owner) => {
-            state.peers.admitted(owner.id(), peer, now_ms);
-            rt::spawn(own_connection(Arc::clone(state), stream, owner));
+    let (refused, reason) = match state.connection_shares.try_take(peer.ip()) {
+        None => {
+            probe::reached(Probe::PerIpLimit);
+            (Refused::PerAddress, "per_ip_limit")
         }
-        Err(refusal) => {
-            let reason = match refusal {
-                AdmitError::AtCapacity => {
-                    probe::reached(Probe::AdmissionAtCapacity);
-                    "at_capacity"
-                }
-                AdmitError::ShuttingDown => "shutting_down",
-            };
-            state.metrics.refused(reason);
-            match Arc::clone(&state.refusal_lane).try_acquire_owned() {
-                Ok(lane_permit) => {
-                    let state = Arc::clone(state);
-                    rt::spawn(async move {
-                        state.metrics.refusal_lane_delta(1);
-                        refuse(&state, stream).await;
-                        state.metrics.refusal_lane_delta(-1);
-                        drop(lane_permit);
-                    });
-                }
-                Err(_) => {
-                    probe::reached(Probe::RefusalLaneFull);
-                    tracing::debug!(%peer, "refusal lane full: closing without a response");
-                    state.metrics.refused("refusal_lane_full");
-                }
+        Some(share) => match state.registry.try_admit(now_ms) {
+            Ok(owner) => {
+                state.peers.admitted(owner.id(), peer, now_ms);
+                rt::spawn(own_connection(Arc::clone(state), stream, owner, share));
+                return;
             }
+            Err(AdmitError::AtCapacity) => {
+                probe::reached(Probe::AdmissionAtCapacity);
+                (Refused::Capacity, "at_capacity")
+            }
+            Err(AdmitError::ShuttingDown) => (Refused::Capacity, "shutting_down"),
+        },
+    };
+    state.metrics.refused(reason);
+    let lane_share = state.refusal_lane_shares.try_take(peer.ip());
+    let lane_permit = Arc::clone(&state.refusal_lane).try_acquire_owned();
+    let (lane, permit, share) = match (lane_share, lane_permit) {
+        (Some(share), Ok(permit)) => (Lane::Refusal(refused), permit, Some(share)),
+        (share, permit) => {
+            probe::reached(Probe::RefusalLaneFull);
+            state.metrics.refused(if share.is_none() {
+                "refusal_lane_per_ip"
+            } else {
+                "refusal_lane_full"
+            });
+            drop(permit);
+            let Ok(reserve) = Arc::clone(&state.probe_reserve).try_acquire_owned() else {
+                tracing::debug!(%peer, "refusal lane and probe reserve full: closing without a response");
+                state.metrics.refused("probe_reserve_full");
+                return;
+            };
+            probe::reached(Probe::ProbeReserve);
+            (Lane::ProbeReserve, reserve, None)
         }
-    }
+    };
+    let state = Arc::clone(state);
+    let on_lane = i64::from(matches!(lane, Lane::Refusal(_)));
+    rt::spawn(async move {
+        state.metrics.refusal_lane_delta(on_lane);
+        refuse(&state, stream, lane).await;
+        state.metrics.refusal_lane_delta(-on_lane);
+        drop((permit, share));
+    });
 }
 
 /// The owner task of one admitted connection: serves it, honours close requests, and
 /// releases the registry slot (by dropping the owner) exactly once, when it ends.
-async fn own_connection(state: Arc<AppState>, stream: TcpStream, owner: ConnOwner) {
+/// `share` is the connection's place in its address's `max_connections_per_ip`.
+async fn own_connection(state: Arc<AppState>, stream: TcpStream, owner: ConnOwner, share: Share) {
     let owner = Arc::new(owner);
     let reason = if owner.activate() {
         drive_connection(&state, stream, &owner).await
@@ -292,6 +355,7 @@ async fn own_connection(state: Arc<AppState>, stream: TcpStream, owner: ConnOwne
             .map_or("requested", |reason| reason.as_str())
     };
     state.metrics.closed(reason);
+    drop(share);
 }
 
 async fn drive_connection(
@@ -373,15 +437,16 @@ async fn drive_connection(
     }
 }
 
-/// Serve exactly one request on a connection the registry refused, then close.
-async fn refuse(state: &Arc<AppState>, stream: TcpStream) {
+/// Serve exactly one request on a refused connection (`lane`: the refusal lane or the
+/// probe reserve), then close.
+async fn refuse(state: &Arc<AppState>, stream: TcpStream, lane: Lane<'static>) {
     let service_state = Arc::clone(state);
     let service = service_fn(move |request| {
         let state = Arc::clone(&service_state);
-        async move { Ok::<_, Infallible>(serve_route(&state, request, Lane::Refusal).await) }
+        async move { Ok::<_, Infallible>(serve_route(&state, request, lane).await) }
     });
     let connection = state
-        .http1(Lane::Refusal)
+        .http1(lane)
         .serve_connection(TokioIo::new(stream), service);
     let budget = state.config.server.refusal_read_timeout() + state.config.server.drain_timeout();
     if let Ok(Err(error)) = timeout(budget, connection).await {

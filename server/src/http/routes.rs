@@ -35,9 +35,21 @@ struct CrawlRequest {
 pub enum Lane<'a> {
     /// An admitted connection, with its dispatch turn.
     Admitted(&'a ConnectionTurn),
-    /// A connection accepted while the registry refused it: probes and metrics are
+    /// A connection the relay refused (for `Refused`'s reason): probes and metrics are
     /// answered, everything else is told to come back later.
-    Refusal,
+    Refusal(Refused),
+    /// A connection accepted when the refusal lane had no room for it, on the small budget
+    /// reserved for probes: `/_healthz` and `/_readyz` are answered, nothing else.
+    ProbeReserve,
+}
+
+/// Why a connection was sent to the refusal lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The registry is full (or shutting down): `503` with `Retry-After`.
+    Capacity,
+    /// Its address already holds `server.max_connections_per_ip`: `429` with `Retry-After`.
+    PerAddress,
 }
 
 /// The fixed set of routes; the metric label comes from here, never from the raw path.
@@ -90,7 +102,12 @@ impl Route {
     /// Answered even when the relay is at its connection limit, and never queued for the
     /// dispatch turn: these answer from atomics.
     pub(super) fn served_at_capacity(self) -> bool {
-        matches!(self, Self::Healthz | Self::Readyz | Self::Metrics)
+        self.is_probe() || self == Self::Metrics
+    }
+
+    /// A liveness or readiness probe: answered even on the reserved probe budget.
+    pub(super) fn is_probe(self) -> bool {
+        matches!(self, Self::Healthz | Self::Readyz)
     }
 }
 
@@ -109,13 +126,31 @@ pub(super) async fn respond(
                 .insert(ALLOW, HeaderValue::from_static(allowed));
             response
         }
-        Ok(()) if matches!(lane, Lane::Refusal) && !route.served_at_capacity() => retry_later(
-            state,
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "connection limit reached, retry later\n",
-            ),
-        ),
+        Ok(())
+            if matches!(lane, Lane::Refusal(Refused::PerAddress))
+                && !route.served_at_capacity() =>
+        {
+            retry_later(
+                state,
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "per_ip_limit",
+                    "too many connections from your address; retry later",
+                ),
+            )
+        }
+        Ok(())
+            if matches!(lane, Lane::Refusal(_)) && !route.served_at_capacity()
+                || matches!(lane, Lane::ProbeReserve) && !route.is_probe() =>
+        {
+            retry_later(
+                state,
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "connection limit reached, retry later\n",
+                ),
+            )
+        }
         Ok(()) => match route {
             Route::Healthz => match (state.vitals.lost(), state.events.stalled_for_ms()) {
                 (None, None) => text(StatusCode::OK, "ok\n"),
@@ -134,6 +169,10 @@ pub(super) async fn respond(
                 ),
             },
             Route::Readyz if state.is_ready() => text(StatusCode::OK, "ready\n"),
+            Route::Readyz if state.is_shutting_down() => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: shutting_down\n",
+            ),
             Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             Route::Metrics => {
                 let mut response = text(StatusCode::OK, state.metrics_text());

@@ -21,7 +21,9 @@
 //! consumer's close reply (all bounded by `kick_flush_timeout_ms`) before it ends, so the
 //! socket is never dropped with unread input (which would reset the connection and destroy
 //! the farewell still in flight). Any other close request (idle reaper, shutdown) ends
-//! it with a close frame. Store errors end it with an error frame; the consumer resumes by
+//! it with a close frame. A consumer from which nothing has arrived for `pong_deadline_ms`
+//! (the relay pings it every `ping_interval_ms`; a live client answers with a pong) is
+//! closed with reason `pong_timeout`: only bytes from the consumer count as activity. Store errors end it with an error frame; the consumer resumes by
 //! cursor. A consumer that sends something that is not a valid WebSocket frame, or a frame
 //! larger than `max_inbound_frame_bytes`, gets a close frame saying so (1002, 1007 or 1009).
 
@@ -62,9 +64,19 @@ pub struct FanoutConfig {
     /// Content bytes per catch-up page (past its first event), so a consumer catching up
     /// on large events holds a bounded page.
     pub catchup_page_bytes: usize,
-    /// How often the relay pings an otherwise quiet consumer (its pong postpones the idle
-    /// reaper), milliseconds.
+    /// How often the relay pings a consumer (its pong postpones the idle reaper),
+    /// milliseconds.
     pub ping_interval_ms: u64,
+    /// A consumer from which nothing (no pong, no frame) has arrived for this long is
+    /// closed with reason `pong_timeout`, checked at each ping; milliseconds, at least two
+    /// ping intervals so a pong in flight is never mistaken for silence. The idle reaper
+    /// sees the same silence (only bytes from the consumer are activity), so with the
+    /// default `server.idle_timeout_ms` (5 s) it closes a silent subscriber first; this
+    /// deadline is the subscriber's own bound where `idle_timeout_ms` is raised for
+    /// long-lived clients. The default (one minute) outlasts a consumer's pause of tens of
+    /// seconds (a GC, a stuck disk), which must end in a `ConsumerTooSlow` kick carrying
+    /// its resume cursor once its queue fills, not in a close that tells it nothing.
+    pub pong_deadline_ms: u64,
     /// How long a kicked consumer gets to receive its `ConsumerTooSlow` frame and the close
     /// frame before the socket is dropped, milliseconds.
     pub kick_flush_timeout_ms: u64,
@@ -79,6 +91,7 @@ impl Default for FanoutConfig {
             catchup_page_events: 500,
             catchup_page_bytes: 4 << 20,
             ping_interval_ms: 2_000,
+            pong_deadline_ms: 60_000,
             kick_flush_timeout_ms: 10_000,
             max_inbound_frame_bytes: 64 * 1024,
         }
@@ -94,6 +107,12 @@ impl FanoutConfig {
             || self.ping_interval_ms == 0
         {
             return Err("fanout.consumer_queue_max, catchup_page_events, catchup_page_bytes and ping_interval_ms must be at least 1".into());
+        }
+        if self.pong_deadline_ms < self.ping_interval_ms.saturating_mul(2) {
+            return Err(format!(
+                "fanout.pong_deadline_ms ({}) must be at least two ping intervals (fanout.ping_interval_ms = {}), or a pong in flight counts as silence",
+                self.pong_deadline_ms, self.ping_interval_ms
+            ));
         }
         if self.max_inbound_frame_bytes < MIN_FRAME_LIMIT_BYTES {
             return Err(format!(
@@ -282,17 +301,18 @@ impl Session<'_> {
         }
         let ping_every = Duration::from_millis(config.ping_interval_ms);
         let mut pings = interval_at(now() + ping_every, ping_every);
+        // When the consumer was last heard from: any frame (a pong, a close) counts, and the
+        // live phase starts the count (nothing is asked of a consumer during catch-up).
+        let mut heard_ms = self.state.clock.now_ms();
         // Reused for every batch; emptied by each send.
         let mut batch = Vec::new();
         loop {
+            // Inbound is polled before the ping timer, so a pong that arrived while a write
+            // was blocked is read before the timer judges silence; the timer comes before
+            // the mailbox, so a consumer whose mailbox is never empty is still pinged.
             let step = tokio::select! {
                 biased;
                 reason = self.owner.close_request() => Err(End::Requested(reason)),
-                open = subscription.recv_batch(&mut batch, WRITE_BATCH_BYTES) => if open {
-                    self.send_frames(socket, batch.drain(..)).await
-                } else {
-                    Err(End::Ended("mailbox_closed"))
-                },
                 inbound = socket.next() => match inbound {
                     None => Err(End::Ended("consumer_closed")),
                     Some(Ok(Message::Close(_))) => {
@@ -302,9 +322,23 @@ impl Session<'_> {
                         Err(End::Ended("consumer_closed"))
                     }
                     Some(Err(error)) => Err(End::Ended(self.reject(socket, &error).await)),
-                    Some(Ok(_)) => Ok(()),
+                    Some(Ok(_)) => {
+                        heard_ms = self.state.clock.now_ms();
+                        Ok(())
+                    }
                 },
-                _ = pings.tick() => self.write(socket, Message::Ping(Bytes::new())).await,
+                _ = pings.tick() => {
+                    if self.state.clock.now_ms().saturating_sub(heard_ms) >= config.pong_deadline_ms {
+                        Err(End::Ended(self.pong_timeout(socket).await))
+                    } else {
+                        self.write(socket, Message::Ping(Bytes::new())).await
+                    }
+                }
+                open = subscription.recv_batch(&mut batch, WRITE_BATCH_BYTES) => if open {
+                    self.send_frames(socket, batch.drain(..)).await
+                } else {
+                    Err(End::Ended("mailbox_closed"))
+                },
             };
             if let Err(end) = step {
                 return end;
@@ -412,7 +446,8 @@ impl Session<'_> {
             flushed = socket.flush() => flushed.map_err(|_| End::Ended("consumer_write_error"))?,
             reason = self.owner.close_request() => return Err(End::Requested(reason)),
         }
-        self.owner.touch(self.state.clock.now_ms());
+        // No activity stamp here: activity means bytes *from* the consumer (stamped as they
+        // are read), or the relay's own pings would keep a silent consumer open forever.
         Ok(())
     }
 
@@ -454,6 +489,23 @@ impl Session<'_> {
 }
 
 impl Session<'_> {
+    /// Nothing came from the consumer for `pong_deadline_ms`: send a close frame saying so
+    /// (without waiting for a reply that a silent peer will not send), then end the session.
+    async fn pong_timeout(&self, socket: &mut Socket) -> &'static str {
+        probe::reached(Probe::PongTimeout);
+        tracing::debug!(conn = ?self.owner.id(), "consumer silent past the pong deadline");
+        let close = CloseFrame {
+            code: CloseCode::Policy,
+            reason: Utf8Bytes::from_static("pong timeout"),
+        };
+        let _ = timeout(
+            self.state.config.server.drain_timeout(),
+            socket.send(Message::Close(Some(close))),
+        )
+        .await;
+        "pong_timeout"
+    }
+
     /// The consumer sent something that is not a valid WebSocket frame (or one larger than
     /// `max_inbound_frame_bytes`): tell it why with a close frame (RFC 6455 §7.4.1: 1002
     /// protocol error, 1007 invalid UTF-8, 1009 too big), then end the session. Returns

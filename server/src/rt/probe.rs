@@ -13,8 +13,13 @@
 pub enum Probe {
     /// A connection was refused because `max_connections` were open.
     AdmissionAtCapacity,
-    /// The refusal lane was full too: a connection was closed unanswered.
+    /// The refusal lane was full too: a connection was closed unanswered (or left to the
+    /// probe reserve).
     RefusalLaneFull,
+    /// A connection was refused because its address held `max_connections_per_ip`.
+    PerIpLimit,
+    /// A connection was taken on the reserved probe budget (the refusal lane had no room).
+    ProbeReserve,
     /// The idle reaper asked at least one silent connection to close.
     IdleReap,
     /// A handler outlived `handler_timeout_ms` and was answered 504.
@@ -29,6 +34,8 @@ pub enum Probe {
     MemoryKick,
     /// A consumer was kicked (queue full or memory budget).
     ConsumerKick,
+    /// A consumer sent nothing for `pong_deadline_ms` and was closed.
+    PongTimeout,
     /// A consumer registered for live events while still behind the head: the cutover
     /// pages were read with live events queueing behind them.
     CutoverCatchUp,
@@ -54,9 +61,11 @@ pub enum Probe {
 
 impl Probe {
     /// Every probe, in declaration order.
-    pub const ALL: [Probe; 19] = [
+    pub const ALL: [Probe; 22] = [
         Self::AdmissionAtCapacity,
         Self::RefusalLaneFull,
+        Self::PerIpLimit,
+        Self::ProbeReserve,
         Self::IdleReap,
         Self::HandlerTimeout,
         Self::HandlerPanic,
@@ -64,6 +73,7 @@ impl Probe {
         Self::BreakerClose,
         Self::MemoryKick,
         Self::ConsumerKick,
+        Self::PongTimeout,
         Self::CutoverCatchUp,
         Self::OutdatedCursor,
         Self::UpstreamDormant,
@@ -81,6 +91,8 @@ impl Probe {
         match self {
             Self::AdmissionAtCapacity => "admission.at_capacity",
             Self::RefusalLaneFull => "admission.refusal_lane_full",
+            Self::PerIpLimit => "admission.per_ip_limit",
+            Self::ProbeReserve => "admission.probe_reserve",
             Self::IdleReap => "http.idle_reap",
             Self::HandlerTimeout => "http.handler_timeout",
             Self::HandlerPanic => "http.handler_panic",
@@ -88,6 +100,7 @@ impl Probe {
             Self::BreakerClose => "memory.breaker_close",
             Self::MemoryKick => "memory.kick",
             Self::ConsumerKick => "fanout.kick",
+            Self::PongTimeout => "fanout.pong_timeout",
             Self::CutoverCatchUp => "fanout.cutover_catch_up",
             Self::OutdatedCursor => "fanout.outdated_cursor",
             Self::UpstreamDormant => "upstream.dormant",

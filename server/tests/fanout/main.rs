@@ -515,9 +515,11 @@ async fn kicked_once_and_told_why(pad: usize) {
             &format!("fanout.consumer_queue_max={QUEUE}"),
             // A publish offers a whole commit batch at once; keep batches below the queue.
             "events.commit_batch_max=8",
-            // The stalled consumer must be kicked, not reaped as idle, and must get time
-            // to read its farewell after the test lets it resume.
+            // The stalled consumer must be kicked, not reaped as idle nor closed at the pong
+            // deadline (it answers no ping while stalled), and must get time to read its
+            // farewell after the test lets it resume.
             "server.idle_timeout_ms=120000",
+            "fanout.pong_deadline_ms=120000",
             "fanout.kick_flush_timeout_ms=60000",
             // Pings pile up behind the stall; the resumed consumer answers each with a pong
             // the relay must not leave unread when it closes (unread input turns the close
@@ -665,7 +667,13 @@ async fn a_consumer_resumes_by_cursor_across_a_relay_restart() {
     const LAST: u64 = 600;
     let db = db_with_upstream("restart");
     let upstream = Upstream::start(0).await;
-    let relay = start(&db, upstream.port, &["events.commit_batch_max=4"]).await;
+    // No shutdown drain: the relay must stop mid-stream, not ingest on while it drains.
+    let relay = start(
+        &db,
+        upstream.port,
+        &["events.commit_batch_max=4", "server.shutdown_drain_ms=0"],
+    )
+    .await;
     let observer = relay.observer.clone();
     // The upstream keeps emitting, across the restart, until LAST.
     let pacer = upstream.pace_to(LAST, Duration::from_millis(2));
@@ -730,5 +738,108 @@ async fn a_consumer_resumes_by_cursor_across_a_relay_restart() {
         observer.connections().open == 0 && observer.events().consumers == 0
     })
     .await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_subscriber_is_closed_at_the_pong_deadline_while_one_that_answers_stays() {
+    let db = temp_db("pong-deadline");
+    let relay = start(
+        &db,
+        1,
+        &[
+            "fanout.ping_interval_ms=100",
+            "fanout.pong_deadline_ms=300",
+            // The idle reaper must not be what closes the silent one.
+            "server.idle_timeout_ms=60000",
+        ],
+    )
+    .await;
+    // tungstenite answers every ping with a pong while the consumer reads.
+    let mut answering = subscribe(relay.addr, 0).await;
+    let (stop_reading, mut stopped) = oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return Some(answering),
+                message = answering.next() => if !matches!(message, Some(Ok(_))) {
+                    return None;
+                },
+            }
+        }
+    });
+    // The silent one completes the handshake by hand and never sends another byte.
+    let mut silent = TcpStream::connect(relay.addr).await.unwrap();
+    silent
+        .write_all(handshake("/subscribe?cursor=0").as_bytes())
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(PATIENCE, silent.read_to_end(&mut received))
+        .await
+        .expect("the silent subscriber is closed")
+        .unwrap();
+    let received = String::from_utf8_lossy(&received);
+    assert!(received.starts_with("HTTP/1.1 101 "), "{received}");
+    assert!(received.contains("pong timeout"), "{received}");
+    let observer = relay.observer.clone();
+    wait_until("the silent subscriber's slot is back", || {
+        observer.connections().open == 1
+    })
+    .await;
+
+    // Many deadlines later, the consumer that answers pings is still subscribed.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop_reading.send(()).unwrap();
+    let answering = reader
+        .await
+        .unwrap()
+        .expect("the consumer that answers pings is still subscribed");
+    let metrics = relay.observer.metrics_text();
+    assert!(
+        metrics.contains(r#"relay_connections_closed_total{reason="pong_timeout"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(observer.connections().open, 1);
+    drop(answering);
+    relay.stop().await;
+}
+
+/// The relay's own pings are not activity: a subscriber that sends nothing is reaped as
+/// idle even when the pong deadline is far away (the ping flush used to stamp the slot).
+#[tokio::test]
+async fn a_silent_subscriber_is_reaped_as_idle_despite_the_relays_pings() {
+    let db = temp_db("silent-idle");
+    let relay = start(
+        &db,
+        1,
+        &[
+            "fanout.ping_interval_ms=50",
+            "fanout.pong_deadline_ms=60000",
+            "server.idle_timeout_ms=300",
+            "server.idle_check_interval_ms=20",
+        ],
+    )
+    .await;
+    let mut silent = TcpStream::connect(relay.addr).await.unwrap();
+    silent
+        .write_all(handshake("/subscribe?cursor=0").as_bytes())
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(PATIENCE, silent.read_to_end(&mut received))
+        .await
+        .expect("the silent subscriber is closed")
+        .unwrap();
+    let observer = relay.observer.clone();
+    wait_until("the silent subscriber's slot is back", || {
+        observer.connections().open == 0
+    })
+    .await;
+    let metrics = relay.observer.metrics_text();
+    assert!(
+        metrics.contains(r#"relay_connections_closed_total{reason="idle"} 1"#),
+        "{metrics}"
+    );
     relay.stop().await;
 }

@@ -429,3 +429,200 @@ async fn a_hanging_store_call_does_not_hold_up_the_probes() {
     relay.shutdown().await;
     remove();
 }
+
+/// A connection to `relay` from the loopback address `source` (any of 127.0.0.0/8 reaches
+/// a listener on 127.0.0.1 on Linux): a second client address for per-address limits.
+/// Ordinary build only: the simulation's sockets cannot choose their source address.
+#[cfg(not(madsim))]
+async fn connect_from(source: [u8; 4], relay: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(relay).await.unwrap()
+}
+
+/// Send `request` on `stream` and read until the server closes (or 5 s pass).
+#[cfg(not(madsim))]
+async fn exchange_on(mut stream: TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).await.unwrap();
+    read_to_close(&mut stream).await
+}
+
+const GET_OTHER: &[u8] = b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+#[cfg(not(madsim))]
+#[tokio::test]
+async fn one_address_over_its_connection_limit_gets_429_while_another_is_admitted() {
+    let relay = start(&["server.max_connections_per_ip=2", "server.retry_after_s=3"]).await;
+    let held_a = TcpStream::connect(relay.addr).await.unwrap();
+    let _held_b = TcpStream::connect(relay.addr).await.unwrap();
+    let observer = relay.observer.clone();
+    wait_until("both connections are admitted", || {
+        observer.connections().open == 2
+    })
+    .await;
+
+    let refused = exchange(relay.addr, GET_OTHER).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{refused}"
+    );
+    assert!(refused.contains("retry-after: 3\r\n"), "{refused}");
+    assert!(refused.contains(r#""error":"per_ip_limit""#), "{refused}");
+    let probe = exchange(relay.addr, GET_HEALTHZ).await;
+    assert!(
+        probe.starts_with("HTTP/1.1 200 OK\r\n"),
+        "a probe over the per-address limit is still answered: {probe}"
+    );
+
+    let other = exchange_on(connect_from([127, 0, 0, 2], relay.addr).await, GET_OTHER).await;
+    assert!(
+        other.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "another address is admitted: {other}"
+    );
+
+    drop(held_a);
+    wait_until("the first connection is released", || {
+        observer.connections().open == 1
+    })
+    .await;
+    let again = exchange(relay.addr, GET_OTHER).await;
+    assert!(
+        again.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "a released place is the address's again: {again}"
+    );
+    let metrics = relay.observer.metrics_text();
+    assert!(
+        metrics.contains("relay_connections_refused_total{reason=\"per_ip_limit\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(observer.connections().refused_at_capacity_total, 0);
+}
+
+#[cfg(not(madsim))]
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_share_of_the_refusal_lane() {
+    let relay = start(&[
+        "server.max_connections=1",
+        "server.refusal_lane_max=4",
+        "server.refusal_lane_per_ip_max=1",
+        "server.probe_reserve_max=0",
+        "server.refusal_read_timeout_ms=30000",
+    ])
+    .await;
+    let _held = TcpStream::connect(relay.addr).await.unwrap();
+    let observer = relay.observer.clone();
+    wait_until("the one slot is taken", || observer.connections().open == 1).await;
+    // A slow caller from 127.0.0.1 holds that address's one place in the lane.
+    let _slow = TcpStream::connect(relay.addr).await.unwrap();
+    wait_until("the slow caller is on the refusal lane", || {
+        observer
+            .metrics_text()
+            .contains("relay_refusal_lane_open 1\n")
+    })
+    .await;
+
+    let same_address = exchange(relay.addr, GET_OTHER).await;
+    assert_eq!(
+        same_address, "",
+        "past its share, the address is closed without a response"
+    );
+    let other = exchange_on(connect_from([127, 0, 0, 3], relay.addr).await, GET_OTHER).await;
+    assert!(
+        other.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "another address still gets the lane's answer: {other}"
+    );
+    let metrics = relay.observer.metrics_text();
+    assert!(
+        metrics.contains("relay_connections_refused_total{reason=\"refusal_lane_per_ip\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("relay_connections_refused_total{reason=\"probe_reserve_full\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn with_the_refusal_lane_full_of_slow_callers_probes_are_still_answered() {
+    let relay = start(&[
+        "server.max_connections=1",
+        "server.refusal_lane_max=2",
+        "server.refusal_lane_per_ip_max=0",
+        "server.probe_reserve_max=2",
+        "server.refusal_read_timeout_ms=30000",
+    ])
+    .await;
+    let _held = TcpStream::connect(relay.addr).await.unwrap();
+    let observer = relay.observer.clone();
+    wait_until("the one slot is taken", || observer.connections().open == 1).await;
+    let _slow: Vec<TcpStream> = vec![
+        TcpStream::connect(relay.addr).await.unwrap(),
+        TcpStream::connect(relay.addr).await.unwrap(),
+    ];
+    wait_until("the slow callers fill the refusal lane", || {
+        observer
+            .metrics_text()
+            .contains("relay_refusal_lane_open 2\n")
+    })
+    .await;
+
+    let health = exchange(relay.addr, GET_HEALTHZ).await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    let ready = exchange(
+        relay.addr,
+        b"GET /_readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ready.starts_with("HTTP/1.1 200 OK\r\n"), "{ready}");
+    let other = exchange(relay.addr, GET_OTHER).await;
+    assert!(
+        other.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "the probe reserve answers nothing but probes: {other}"
+    );
+    let metrics = relay.observer.metrics_text();
+    assert!(
+        metrics.contains("relay_connections_refused_total{reason=\"refusal_lane_full\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn during_the_shutdown_drain_readiness_fails_and_connections_are_still_accepted() {
+    let relay = start(&["server.shutdown_drain_ms=5000"]).await;
+    let addr = relay.addr;
+    let observer = relay.observer.clone();
+    let ready = exchange(
+        addr,
+        b"GET /_readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ready.starts_with("HTTP/1.1 200 OK\r\n"), "{ready}");
+
+    let stopped = relay.begin_shutdown();
+    wait_until("readiness fails", || !observer.is_ready()).await;
+    let draining = exchange(
+        addr,
+        b"GET /_readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        draining.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{draining}"
+    );
+    assert!(
+        draining.ends_with("\r\n\r\nnot ready: shutting_down\n"),
+        "{draining}"
+    );
+    let served = exchange(addr, GET_OTHER).await;
+    assert!(
+        served.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "a new connection is still admitted and served during the drain: {served}"
+    );
+
+    assert_eq!(stopped.await.unwrap().connections_left, 0);
+    let refused = TcpStream::connect(addr).await;
+    assert!(
+        refused.is_err(),
+        "after the drain the listener is closed: {refused:?}"
+    );
+}

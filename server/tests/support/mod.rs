@@ -29,10 +29,14 @@ pub struct RunningRelay {
 
 impl RunningRelay {
     /// A relay listening on `127.0.0.1` (an ephemeral port) with `settings`
-    /// (`key=value`, applied in order after the listen address).
+    /// (`key=value`, applied in order after the listen address). Its shutdown does not
+    /// wait out a drain period (`server.shutdown_drain_ms=0`) unless `settings` ask for one:
+    /// tests that are not about the drain should not pay for it.
     pub async fn start<S: AsRef<str>>(settings: &[S]) -> Self {
         let mut builder = ConfigBuilder::new()
             .with_set("server.listen=127.0.0.1:0")
+            .unwrap()
+            .with_set("server.shutdown_drain_ms=0")
             .unwrap();
         for setting in settings {
             builder = builder.with_set(setting.as_ref()).unwrap();
@@ -51,8 +55,14 @@ impl RunningRelay {
 
     /// Shut it down gracefully; what the shutdown reported.
     pub async fn shutdown(self) -> ShutdownReport {
+        self.begin_shutdown().await.unwrap()
+    }
+
+    /// Send the shutdown signal without waiting: the relay's task, which ends when the
+    /// shutdown drain and the connection drain are over.
+    pub fn begin_shutdown(self) -> JoinHandle<ShutdownReport> {
         self.stop.send(()).unwrap();
-        self.task.await.unwrap()
+        self.task
     }
 
     /// Shut it down and require that it left no connection open.

@@ -116,7 +116,7 @@ fn every_problem_in_a_file_is_reported_at_its_key() {
     assert_eq!(
         located,
         [
-            "bad.toml:4:1: unknown field `max_conections`, expected one of `listen`, `max_connections`, `header_read_timeout_ms`, `idle_timeout_ms`, `idle_check_interval_ms`, `max_header_bytes`, `drain_timeout_ms`, `shutdown_grace_ms`, `refusal_lane_max`, `refusal_read_timeout_ms`, `retry_after_s`, `handler_timeout_ms`, `dispatch`, `date_header`",
+            "bad.toml:4:1: unknown field `max_conections`, expected one of `listen`, `max_connections`, `max_connections_per_ip`, `header_read_timeout_ms`, `idle_timeout_ms`, `idle_check_interval_ms`, `max_header_bytes`, `drain_timeout_ms`, `shutdown_drain_ms`, `shutdown_grace_ms`, `refusal_lane_max`, `refusal_lane_per_ip_max`, `probe_reserve_max`, `refusal_read_timeout_ms`, `retry_after_s`, `handler_timeout_ms`, `dispatch`, `date_header`",
             "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
             "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`",
             "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",

@@ -44,7 +44,7 @@ use process::{ProcessUsage, RelayProcess, RelayProgram};
 
 /// How long the relay gets to release the connections of the clients stopped at the end.
 const CLIENTS_GONE_PAUSE: Duration = Duration::from_millis(100);
-/// Time a stopping relay gets beyond its own shutdown grace and drain timeout.
+/// Time a stopping relay gets beyond its own shutdown drain, shutdown grace and drain timeout.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Real mode as an engine: `run --real`, with the program that runs the relay.
@@ -281,8 +281,9 @@ async fn world(
         config: files.relay_config.clone(),
         output: files.relay_output.clone(),
         addr: relay_addr,
-        stop_grace: Duration::from_millis(server.shutdown_grace_ms + server.drain_timeout_ms)
-            + STOP_MARGIN,
+        stop_grace: Duration::from_millis(
+            server.shutdown_drain_ms + server.shutdown_grace_ms + server.drain_timeout_ms,
+        ) + STOP_MARGIN,
         running: None,
         incarnations: 0,
         usage: ProcessUsage::default(),
