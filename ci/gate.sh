@@ -9,7 +9,7 @@
 #                       with its unit tests and one seed of every madsim scenario (JUnit in
 #                       target/quick/junit.xml, failing seeds' artifacts in
 #                       target/quick/artifacts), loom, and the museum exhibits whose files
-#                       the change touches (the change: what differs from the merge base
+#                       (patched, or the catching scenario) the change touches (the change: what differs from the merge base
 #                       with $QUICK_BASE, default origin/main, else main; committed or not)
 #
 # GATE_MUSEUM=loom runs only the museum's loom exhibits (ci/mutants.sh) instead of all.

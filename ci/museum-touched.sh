@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The museum exhibits a change touches: every ci/museum/*.patch that edits a file this
-# change edits, run by ci/museum.sh (the quick tier's museum step; the full gate runs them
+# change edits or whose catching scenario file it edits, run by ci/museum.sh (the quick tier's museum step; the full gate runs them
 # all). The change is what differs from the merge base with $QUICK_BASE (default
 # origin/main, else main), committed or not. Prints which exhibits it chose and why.
 set -euo pipefail
@@ -23,15 +23,18 @@ changed=$(
 chosen=()
 for patch in ci/museum/*.patch; do
   touched=$(git apply --numstat "$patch" | awk '{print $3}')
-  # Re-run an exhibit whose own file changed, too (a rewritten patch or header).
-  if grep -qxF "$patch" <<<"$changed" || grep -qxFf <(printf '%s\n' "$touched") <<<"$changed"; then
+  # Its own file (a rewritten patch or header) and the scenario that must catch it count too.
+  touched="$touched
+$patch
+$(sed -n 's/^Caught-by: scenario \([^ ]*\.toml\) .*/\1/p' "$patch")"
+  if grep -qxFf <(printf '%s\n' "$touched" | sed '/^$/d') <<<"$changed"; then
     chosen+=("$patch")
   fi
 done
 if [ ${#chosen[@]} -eq 0 ]; then
-  echo "museum-touched: this change (against $base_ref) edits no file an exhibit patches; none to run"
+  echo "museum-touched: this change (against $base_ref) edits no file an exhibit patches or is caught by; none to run"
   exit 0
 fi
-echo "museum-touched: ${#chosen[@]} exhibit(s) patch files this change (against $base_ref) edits:"
+echo "museum-touched: ${#chosen[@]} exhibit(s) patch, or are caught by, files this change (against $base_ref) edits:"
 printf '  %s\n' "${chosen[@]}"
 exec ci/museum.sh "${chosen[@]}"
