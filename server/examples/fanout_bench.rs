@@ -362,6 +362,8 @@ async fn relay_run(args: &Args, count: usize) -> anyhow::Result<Run> {
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),
+        // The upstream runs on loopback, which the egress rule refuses by default.
+        r#"upstream.egress_allow=["127.0.0.0/8"]"#.to_owned(),
         format!("server.max_connections={}", count + 64),
         "server.idle_timeout_ms=3600000".to_owned(),
         // One upstream host plays the whole firehose: the per-host event-rate limit

@@ -701,6 +701,59 @@ mod tests {
         }
     }
 
+    #[test]
+    fn egress_allowlists_take_cidr_blocks_and_a_bad_one_names_itself() {
+        let config = ConfigBuilder::new()
+            .with_set(r#"upstream.egress_allow=["10.0.0.0/8", "fd00::/8", "127.0.0.1"]"#)
+            .unwrap()
+            .build()
+            .unwrap();
+        let allow: Vec<String> = config
+            .upstream
+            .egress_allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allow, ["10.0.0.0/8", "fd00::/8", "127.0.0.1/32"]);
+        let reparsed = ConfigBuilder::new()
+            .with_toml("printed", &config.to_toml())
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(reparsed, config);
+        for (value, why) in [
+            (
+                "10.0.0.0/33",
+                "the prefix length must be a number from 0 to 32",
+            ),
+            (
+                "10.0.0.1/8",
+                "bits are set past the prefix (did you mean 10.0.0.0/8?)",
+            ),
+        ] {
+            let message = ConfigBuilder::new()
+                .with_set(&format!(r#"upstream.egress_allow=["{value}"]"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(&format!("{value:?} is not a CIDR block: {why}")),
+                "{message}"
+            );
+        }
+        let message = ConfigBuilder::new()
+            .with_toml(
+                "relay.toml",
+                "[upstream]\negress_allow = [\"10.0.0.0/8\", \"10.0.0/8\"]\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("relay.toml:2:")
+                && message.contains(r#""10.0.0/8" is not a CIDR block"#),
+            "{message}"
+        );
+    }
+
     /// A limit beyond `u32::MAX` used to panic in the registry; anything past
     /// `MAX_CONNECTIONS_LIMIT` is refused with a message instead.
     #[test]

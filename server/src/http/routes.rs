@@ -258,6 +258,9 @@ async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response
             "invalid_hostname",
             &cause.to_string(),
         ),
+        Err(CrawlError::InternalName(message)) => {
+            error(StatusCode::BAD_REQUEST, "egress_refused", &message)
+        }
         Err(CrawlError::Store(cause)) => {
             tracing::warn!(error = %cause, "requestCrawl could not be stored");
             retry_later(

@@ -34,6 +34,17 @@ pub mod net {
     pub use super::switched::{TcpListener, TcpStream};
     #[cfg(not(any(madsim, feature = "turmoil")))]
     pub use tokio::net::{TcpListener, TcpStream};
+
+    /// Resolve `host` (a DNS name, or an IP literal taken as it is) to the addresses it has
+    /// on `port`: the system resolver, madsim's DNS records under madsim, turmoil's host
+    /// table inside a turmoil simulation (see [`switched`](super::switched)). A caller that
+    /// must judge where it connects resolves once here and dials the address it judged.
+    pub async fn lookup_host(host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        #[cfg(all(feature = "turmoil", not(madsim)))]
+        return super::switched::lookup_host(host, port).await;
+        #[cfg(not(all(feature = "turmoil", not(madsim))))]
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
 }
 
 /// Run blocking work (a store call) without holding up the runtime's other tasks: on tokio's

@@ -103,6 +103,17 @@ impl AsyncWrite for TcpStream {
     }
 }
 
+/// Resolve `host` on `port`: the system resolver, or inside a turmoil simulation its host
+/// table. turmoil's table names every host of the simulation; a name it does not know is
+/// given a fresh address with no host behind it, where a dial is refused.
+pub async fn lookup_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    if turmoil::in_simulation() {
+        Ok(vec![SocketAddr::new(turmoil::lookup(host), port)])
+    } else {
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+}
+
 /// A TCP listener: a real one, or one of turmoil's simulated ones.
 pub enum TcpListener {
     /// An operating-system listener.

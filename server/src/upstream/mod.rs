@@ -9,10 +9,14 @@
 //! `handshake_concurrency_max` handshakes are in flight at once (a FIFO semaphore), so the
 //! CPU they need arrives in a bounded trickle.
 //!
+//! What the relay may dial is the [`egress`] rule's: loopback, private, link-local,
+//! metadata and other internal addresses are refused unless `egress_allow` names them.
+//!
 //! State a probe or `/hosts` reads is in atomics on each [`Host`]; the host map itself is
 //! behind a read-write lock touched only by `/hosts`, `requestCrawl`, reconciliation and
 //! the cursor flusher, never by probes.
 
+pub mod egress;
 pub mod hostname;
 mod schedule;
 mod worker;
@@ -82,6 +86,10 @@ pub struct UpstreamConfig {
     /// How many events a host may send at once above its rate (a catch-up after a
     /// reconnect), the token bucket's depth.
     pub host_events_burst: u32,
+    /// CIDR blocks the relay may dial although the [`egress`] rule refuses them (loopback,
+    /// private, link-local, metadata, …), e.g. `["10.0.0.0/8"]` for upstreams on a private
+    /// network. Empty: only public addresses are dialled.
+    pub egress_allow: Vec<egress::Cidr>,
 }
 
 impl Default for UpstreamConfig {
@@ -103,6 +111,7 @@ impl Default for UpstreamConfig {
             reconcile_interval_ms: 5 * 60_000,
             host_events_per_second: 50,
             host_events_burst: 500,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -377,6 +386,9 @@ pub enum CrawlError {
     /// Not a hostname we will dial.
     #[error(transparent)]
     InvalidHostname(#[from] hostname::HostnameError),
+    /// A name under a domain that only names internal hosts (see [`egress::refuse_name`]).
+    #[error("{0}")]
+    InternalName(String),
     /// The store could not record it; the caller should retry.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -523,6 +535,9 @@ impl Upstreams {
         raw_hostname: &str,
     ) -> Result<CrawlAccepted, CrawlError> {
         let hostname = hostname::validate(raw_hostname)?;
+        if let Some(refusal) = egress::refuse_name(&hostname) {
+            return Err(CrawlError::InternalName(refusal));
+        }
         let (id, created) = self.store.call(|store| store.add_host(&hostname)).await?;
         let host = {
             let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);

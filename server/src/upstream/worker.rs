@@ -1,10 +1,13 @@
 //! One host's worker: wait out the startup jitter, then connect, read frames, and on
 //! failure back off (exponentially, capped, jittered) until the host turns dormant.
 //!
-//! A session is: take a handshake permit (FIFO, bounded) → TCP connect → declare the
-//! handshake's CPU cost → WebSocket client handshake → release the permit → read JSON event
-//! frames `{seq, kind, body}` until the connection ends. Any failure before the handshake
-//! completes counts toward dormancy; a session that connected resets the count.
+//! A session is: take a handshake permit (FIFO, bounded) → resolve the hostname once and
+//! keep the addresses the egress rule allows ([`egress`]) → TCP connect to one of those
+//! addresses → declare the handshake's CPU cost → WebSocket client handshake → release the
+//! permit → read JSON event frames `{seq, kind, body}` until the connection ends. Any
+//! failure before the handshake completes counts toward dormancy; a session that connected
+//! resets the count. A host whose every address the egress rule refuses is never dialled:
+//! it is quarantined with the refusal as its reason.
 //!
 //! What a host sends costs only that host. Within a session its sequence numbers must rise
 //! strictly (those at or below the cursor are skipped as a resume's overlap); a frame that
@@ -14,6 +17,7 @@
 //! quarantines the host. Every host's events pass its [`EventAllowance`] (a per-host rate
 //! limit): a flooding host waits, unread, while the others' events go on.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +28,12 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use super::egress::{self, Refusal};
 use super::schedule::{self, EventAllowance};
 use super::{Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
 use crate::events::Ingested;
 use crate::rt::fd_limit;
-use crate::rt::net::TcpStream;
+use crate::rt::net::{self, TcpStream};
 use crate::rt::probe::{self, Probe};
 use crate::rt::time::{sleep, timeout};
 use crate::store::HostStatus;
@@ -130,6 +135,8 @@ enum SessionEnd {
     /// Could not dial because this process ran out of descriptors, socket buffers or
     /// memory: the relay's shortage, not charged to the host.
     LocalShortage(&'static str),
+    /// Not dialled: the egress rule refuses every address the hostname resolved to.
+    Refused(Refusal),
 }
 
 /// Decrements the running-worker count and frees the host's worker slot however the
@@ -164,6 +171,56 @@ impl Drop for HandshakeInFlight<'_> {
     fn drop(&mut self) {
         self.0.handshakes_in_flight.fetch_sub(1, SeqCst);
     }
+}
+
+/// A dial that failed for want of local resources is the relay's shortage; any other is the
+/// host's `failure`.
+fn dial_error(error: &std::io::Error, failure: &'static str) -> SessionEnd {
+    if fd_limit::is_local_exhaustion(error) {
+        SessionEnd::LocalShortage("local_resources_exhausted")
+    } else {
+        SessionEnd::Failed(failure)
+    }
+}
+
+/// Resolve `host` once, keep the addresses the egress rule allows, and connect to the
+/// first of them that answers: the address dialled is always one that was checked, never
+/// the name resolved again. Refused addresses are never dialled; if every address is
+/// refused, the first refusal ends the session.
+async fn dial(upstreams: &Upstreams, host: &Host) -> Result<TcpStream, SessionEnd> {
+    let config = &upstreams.config;
+    let resolved = net::lookup_host(&host.hostname, config.port)
+        .await
+        .map_err(|error| dial_error(&error, "resolve_error"))?;
+    let mut refused = None;
+    let allowed: Vec<SocketAddr> = resolved
+        .into_iter()
+        .filter(
+            |address| match egress::check(address.ip(), &config.egress_allow) {
+                Ok(()) => true,
+                Err(refusal) => {
+                    tracing::warn!(
+                        host = %host.hostname,
+                        %address,
+                        reason = refusal.reason(),
+                        "refusing to dial an address the egress rule does not allow"
+                    );
+                    refused.get_or_insert(refusal);
+                    false
+                }
+            },
+        )
+        .collect();
+    let mut last_error = None;
+    for address in allowed {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(dial_error(&error, "connect_error")),
+        }
+    }
+    Err(last_error
+        .or(refused.map(SessionEnd::Refused))
+        .unwrap_or(SessionEnd::Failed("resolve_error")))
 }
 
 /// The worker task body. Ends on shutdown or when the host turns dormant.
@@ -217,6 +274,11 @@ async fn lifecycle(upstreams: &Arc<Upstreams>, host: &Arc<Host>, initial_delay: 
                 );
                 (1, reason)
             }
+            SessionEnd::Refused(refusal) => {
+                upstreams.metrics.upstream_attempt("egress_refused");
+                upstreams.quarantine(host.id, refusal.reason());
+                return;
+            }
             SessionEnd::Failed(reason) => {
                 upstreams.metrics.upstream_attempt(reason);
                 host.set_last_error(reason);
@@ -254,15 +316,7 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
             .expect("the handshake semaphore is never closed");
         let _in_flight = HandshakeInFlight::enter(upstreams);
         let handshake = async {
-            let tcp = TcpStream::connect((host.hostname.as_str(), config.port))
-                .await
-                .map_err(|error| {
-                    if fd_limit::is_local_exhaustion(&error) {
-                        SessionEnd::LocalShortage("local_resources_exhausted")
-                    } else {
-                        SessionEnd::Failed("connect_error")
-                    }
-                })?;
+            let tcp = dial(upstreams, host).await?;
             // DNS + TLS + WebSocket upgrade: the CPU a cold start spends per host.
             upstreams
                 .cpu

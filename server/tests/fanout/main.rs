@@ -155,6 +155,7 @@ async fn start(db: &std::path::Path, port: u16, overrides: &[&str]) -> RunningRe
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
         "upstream.startup_jitter_ms=0".to_owned(),
+        support::ALLOW_LOOPBACK.to_owned(),
     ]
     .into_iter()
     .chain(overrides.iter().map(|setting| (*setting).to_owned()))

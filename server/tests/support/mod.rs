@@ -14,6 +14,10 @@ use relay::{Observer, Relay};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The setting that lets a relay dial upstreams on loopback, where the tests run them (the
+/// egress rule refuses loopback addresses otherwise).
+pub const ALLOW_LOOPBACK: &str = r#"upstream.egress_allow=["127.0.0.0/8"]"#;
+
 /// Upper bound on any single wait; only a broken relay ever reaches it.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 

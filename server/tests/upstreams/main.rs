@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "../support/mod.rs"]
 mod support;
-use support::{wait_until, RunningRelay};
+use support::{wait_until, RunningRelay, ALLOW_LOOPBACK};
 
 fn temp_db(name: &str) -> PathBuf {
     support::temp_db("upstreams", name)
@@ -98,6 +99,7 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
     let overrides = vec![
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
         "upstream.startup_jitter_ms=0".to_owned(),
     ];
     let relay = RunningRelay::start(&overrides).await;
@@ -228,6 +230,110 @@ async fn request_crawl_validates_input_and_failing_hosts_turn_dormant() {
     relay.stop().await;
 }
 
+#[tokio::test]
+async fn request_crawl_refuses_internal_names_with_the_reason() {
+    let db = temp_db("crawl_internal");
+    let relay = RunningRelay::start(&[format!("store.path={}", db.display())]).await;
+    for (hostname, domain) in [
+        ("api.localhost", ".localhost"),
+        ("metadata.google.internal", ".internal"),
+        ("kube-dns.kube-system.svc.cluster.local", ".local"),
+        ("Printer.Local.", ".local"),
+    ] {
+        let response = post_crawl(relay.addr, &format!(r#"{{"hostname":"{hostname}"}}"#)).await;
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{hostname}: {response}"
+        );
+        assert!(
+            response.contains(r#""error":"egress_refused""#)
+                && response.contains(&format!("names under {domain} are internal hosts")),
+            "{hostname}: {response}"
+        );
+    }
+    assert!(relay.observer.hosts().is_empty(), "nothing was added");
+    relay.stop().await;
+}
+
+/// A TCP listener on loopback that only counts the connections it accepts.
+async fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn loopback_upstreams_are_refused_unless_the_allowlist_names_them() {
+    let db = temp_db("egress_loopback");
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(["127.0.0.1", "localhost"])
+        .unwrap();
+    let (port, accepted) = counting_listener().await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        "upstream.startup_jitter_ms=0".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("both hosts are quarantined and their workers gone", || {
+        observer
+            .hosts()
+            .iter()
+            .all(|host| host.phase == HostPhase::Quarantined && !host.worker_running)
+    })
+    .await;
+    for host in observer.hosts() {
+        assert_eq!(
+            host.quarantined,
+            Some("egress_loopback"),
+            "{}",
+            host.hostname
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "nothing was dialled");
+    let hosts = get(relay.addr, "/hosts").await;
+    assert_eq!(
+        hosts.matches(r#""quarantined":"egress_loopback""#).count(),
+        2,
+        "{hosts}"
+    );
+    let metrics = observer.metrics_text();
+    assert!(
+        metrics.contains(r#"relay_upstream_quarantined_total{reason="egress_loopback"} 2"#)
+            && metrics.contains(r#"relay_upstream_attempts_total{reason="egress_refused"} 2"#),
+        "{metrics}"
+    );
+    relay.stop().await;
+
+    // The same table with loopback allowed: the host is dialled and subscribed.
+    let (port, uris) = upstream(1, 3).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        ALLOW_LOOPBACK.to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("127.0.0.1 is subscribed and read", || {
+        let host = host_view(&observer, "127.0.0.1");
+        host.phase == HostPhase::Connected && host.cursor == 3
+    })
+    .await;
+    assert_eq!(host_view(&observer, "127.0.0.1").quarantined, None);
+    assert_eq!(uris.lock().unwrap()[0], "/subscribe?cursor=0");
+    relay.stop().await;
+}
+
 /// A WebSocket upstream serving two hosts by the `Host` header the relay dials with:
 /// `127.0.0.1` gets `good`, `localhost` gets `bad` (each frame text as given, in order), and
 /// both connections then stay open.
@@ -290,6 +396,7 @@ async fn the_historical_poison_frame_costs_only_its_host() {
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
         "upstream.startup_jitter_ms=0".to_owned(),
         "upstream.backoff_base_ms=10".to_owned(),
         "upstream.backoff_cap_ms=20".to_owned(),
@@ -359,6 +466,7 @@ async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
         "upstream.startup_jitter_ms=0".to_owned(),
         "events.commit_retry_base_ms=10".to_owned(),
     ])
@@ -403,6 +511,7 @@ async fn a_host_whose_seqs_go_backwards_gets_bad_sessions_and_a_named_reason() {
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
         "upstream.startup_jitter_ms=0".to_owned(),
         "upstream.backoff_base_ms=10".to_owned(),
         "upstream.backoff_cap_ms=40".to_owned(),
@@ -451,6 +560,7 @@ async fn a_host_over_its_event_rate_waits_and_loses_nothing() {
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
         "upstream.startup_jitter_ms=0".to_owned(),
         "upstream.host_events_per_second=100".to_owned(),
         "upstream.host_events_burst=10".to_owned(),
@@ -496,6 +606,7 @@ async fn retention_keeps_the_log_within_its_byte_bound() {
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
         "upstream.startup_jitter_ms=0".to_owned(),
         "events.retention_bytes_max=20000".to_owned(),
         "events.retention_interval_ms=50".to_owned(),

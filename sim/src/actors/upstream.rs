@@ -23,6 +23,7 @@ use futures_util::SinkExt;
 use madsim::rand::Rng;
 use relay::rt::net::{TcpListener, TcpStream};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
+use relay::upstream::egress::Cidr;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
@@ -233,6 +234,10 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
     hosts
 }
 
+/// The simulated network every [`host_ip`] is in (a private range: the relay's egress rule
+/// must allow it, see `RelayPlacement`).
+pub const HOST_NETWORK: Cidr = Cidr::V4(Ipv4Addr::new(172, 16, 0, 0), 16);
+
 fn host_ip(index: u32) -> Ipv4Addr {
     Ipv4Addr::new(172, 16, (index / 250) as u8, (index % 250) as u8 + 1)
 }
@@ -410,6 +415,17 @@ mod tests {
             !flap.is_down(Duration::from_secs(220)),
             "no flapping after until"
         );
+    }
+
+    #[test]
+    fn every_host_address_is_in_the_host_network() {
+        for index in [0, 249, 250, 2_799, 62_499] {
+            assert!(
+                HOST_NETWORK.contains(std::net::IpAddr::V4(host_ip(index))),
+                "{}",
+                host_ip(index)
+            );
+        }
     }
 
     #[test]

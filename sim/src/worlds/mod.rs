@@ -31,6 +31,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use relay::rt::fault::Fault;
+use relay::upstream::egress::Cidr;
 
 use crate::actors::relay_host::{quiet_injected_panics, ConnWatch};
 use crate::logs::{LogCapture, LogSettings};
@@ -186,6 +187,9 @@ pub struct RelayPlacement<'a> {
     pub database: &'a Path,
     /// The port every upstream host listens on.
     pub upstream_port: u16,
+    /// The addresses the world's upstream hosts live on (private or loopback ones, which
+    /// the relay's egress rule refuses unless its allowlist names them).
+    pub upstream_network: Cidr,
     /// Turn the relay's `Date` header off: turmoil's hosts read the machine's wall clock,
     /// which would make two runs of one seed differ.
     pub without_date_header: bool,
@@ -201,6 +205,7 @@ impl RelayPlacement<'_> {
         }
         config.store.path = self.database.to_owned();
         config.upstream.port = self.upstream_port;
+        config.upstream.egress_allow.push(self.upstream_network);
         config
     }
 }

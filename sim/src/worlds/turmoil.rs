@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use relay::rt::time::{sleep, sleep_until};
+use relay::upstream::egress::Cidr;
 
 use crate::actors::http::RestartLink;
 use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
@@ -38,6 +39,9 @@ use crate::worlds::{
     World,
 };
 
+/// The addresses turmoil gives the hosts of an IPv4 simulation (the relay's egress rule
+/// refuses this private range unless its allowlist names it).
+const TURMOIL_NETWORK: Cidr = Cidr::V4(Ipv4Addr::new(192, 168, 0, 0), 16);
 /// The relay's host name and port.
 const RELAY_HOST: &str = "relay";
 const RELAY_PORT: u16 = 8080;
@@ -126,6 +130,7 @@ fn simulate(
         listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT),
         database: &database.path,
         upstream_port: upstream::UPSTREAM_PORT,
+        upstream_network: TURMOIL_NETWORK,
         without_date_header: true,
     }
     .config(scenario);

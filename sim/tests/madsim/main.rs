@@ -678,7 +678,7 @@ fn a_tables_statuses_become_refused_unresolved_and_black_hole_hosts() {
             dead,
             [
                 ("refusing.example", "refused", Some("connect_error"), 0),
-                ("nameless.example", "unresolved", Some("connect_error"), 0),
+                ("nameless.example", "unresolved", Some("resolve_error"), 0),
                 ("void.example", "black_hole", Some("timeout"), 0),
             ],
             "seed {seed}"

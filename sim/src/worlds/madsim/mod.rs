@@ -126,6 +126,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
         listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT),
         database: &database,
         upstream_port: upstream::UPSTREAM_PORT,
+        upstream_network: upstream::HOST_NETWORK,
         without_date_header: false,
     }
     .config(&scenario);

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay::rt::time::{now, sleep, sleep_until};
+use relay::upstream::egress::Cidr;
 use tokio::sync::{Mutex, Notify};
 use tokio::task::{JoinError, JoinSet};
 
@@ -154,6 +155,10 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The loopback block every upstream host listens in, each on its own address (the relay's
+/// egress rule refuses loopback unless its allowlist names it).
+const HOST_NETWORK: Cidr = Cidr::V4(Ipv4Addr::new(127, 16, 0, 0), 16);
+
 /// A port free on loopback address `ip` (bound and released; the run binds it next). Another
 /// run holding a port on `ip` is never given the same one.
 fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
@@ -266,6 +271,7 @@ async fn world(
         listen: relay_addr,
         database,
         upstream_port,
+        upstream_network: HOST_NETWORK,
         without_date_header: false,
     }
     .config(&scenario);
