@@ -82,6 +82,7 @@ duration_s = 18
 [relay.server]
 shutdown_grace_ms = 2000
 drain_timeout_ms = 500
+shutdown_drain_ms = 500
 [relay.upstream]
 startup_jitter_ms = 500
 backoff_base_ms = 200
