@@ -81,6 +81,8 @@ pub struct Summary {
     pub dead_host_outcomes: BTreeMap<String, usize>,
     /// Real mode: the relay processes' (incarnations, peak RSS bytes, CPU ms).
     pub relay_process: Option<(u32, u64, u64)>,
+    /// Coverage per window, with the window and the deadline (s), where it was counted.
+    pub coverage: Option<(u64, u64, Vec<crate::oracle::coverage::WindowCoverage>)>,
     /// Relay incarnations killed or restarted, and store-fault windows.
     pub relay_faults: usize,
     /// Liveness restarts by the orchestrator, and how many of them had to kill the relay
@@ -91,7 +93,11 @@ pub struct Summary {
 impl Summary {
     /// Summarise `trace`.
     pub fn of(trace: &Trace) -> Self {
-        let mut summary = Self::default();
+        let mut summary = Self {
+            coverage: crate::oracle::coverage::by_window(trace.records())
+                .map(|(_, window_s, within_s, windows)| (window_s, within_s, windows)),
+            ..Self::default()
+        };
         let mut faults_active = 0usize;
         for record in trace.records() {
             match &record.event {
@@ -230,6 +236,7 @@ impl Summary {
                         .or_default() += 1;
                 }
                 Event::Phase { .. }
+                | Event::CoverageSent { .. }
                 | Event::Panic { .. }
                 | Event::Subscribed { .. }
                 | Event::ConsumerConnected { .. }
@@ -465,6 +472,17 @@ impl RunReport<'_> {
                 .map(|(outcome, hosts)| format!("{outcome} {hosts}"))
                 .collect();
             let _ = writeln!(text, "  dead hosts: {}", outcomes.join(", "));
+        }
+        if let Some((window_s, within_s, windows)) = &summary.coverage {
+            let fractions: Vec<String> = windows
+                .iter()
+                .map(|window| format!("{:.0}%", 100.0 * window.fraction()))
+                .collect();
+            let _ = writeln!(
+                text,
+                "  coverage (steady hosts' events delivered within {within_s} s), per {window_s} s window: {}",
+                fractions.join(" ")
+            );
         }
         if let Some((incarnations, peak_rss_bytes, cpu_ms)) = summary.relay_process {
             let _ = writeln!(

@@ -455,6 +455,25 @@ fn panels(scenario: &Scenario, trace: &Trace) -> Vec<Panel> {
             },
         });
     }
+    if let Some((_, window_s, within_s, windows)) =
+        crate::oracle::coverage::by_window(trace.records())
+    {
+        // A step per window: flat across the window the events were sent in.
+        let steps = windows
+            .iter()
+            .flat_map(|window| {
+                let percent = 100.0 * window.fraction();
+                [
+                    (window.start_s as f64, percent),
+                    ((window.start_s + window_s) as f64, percent),
+                ]
+            })
+            .collect();
+        panels.push(Panel {
+            title: format!("coverage (% of steady hosts' events delivered within {within_s} s)"),
+            mark: Mark::Lines(vec![series("coverage", 1, steps)]),
+        });
+    }
     if !queues.is_empty() {
         panels.push(Panel {
             title: "queue depths".to_owned(),

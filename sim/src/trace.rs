@@ -67,6 +67,17 @@ pub enum Event {
         /// Why it failed, if it did.
         error: Option<String>,
     },
+    /// How many events the steady polite hosts sent in each window of the run (recorded
+    /// once at the end, in worlds that check `coverage_min`): what consumers' `on_time`
+    /// counts are divided by.
+    CoverageSent {
+        /// Window length, seconds.
+        window_s: u64,
+        /// An event counts as covered if a consumer received it within this, seconds.
+        within_s: u64,
+        /// Events sent, by window.
+        sent: Vec<u64>,
+    },
     /// The orchestrator restarted the relay after `[prober].failure_threshold` failed
     /// liveness probes (`[prober] restart = true`); recorded once the relay is down.
     LivenessRestart {
@@ -193,6 +204,11 @@ pub enum Event {
         /// consumer (only in worlds that check `fair_share`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         latest_event: Option<LateEvent>,
+        /// Steady polite hosts' events this consumer received within `coverage_min`'s
+        /// `within_s` of being sent, by window of the send time (only in worlds that check
+        /// `coverage_min`; see [`Event::CoverageSent`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        on_time: Vec<u64>,
     },
     /// What the relay's event log holds at the end of the run (read from its SQLite file).
     StoreAudit {

@@ -48,6 +48,9 @@ pub struct Tally {
     pub digest: u64,
     /// The polite host's event that took longest to arrive (timed only with [`SendTimes`]).
     pub latest_event: Option<LateEvent>,
+    /// Steady polite hosts' events received in time, by window of their send time (counted
+    /// only when [`SendTimes::coverage`] is set).
+    pub on_time: Vec<u64>,
 }
 
 /// When each steady polite host sent each event (event `n` at `n · interval` after the world
@@ -56,13 +59,32 @@ pub struct Tally {
 pub struct SendTimes {
     /// Event interval of every steady polite host, by host id.
     pub intervals: BTreeMap<i64, Duration>,
-    /// Events sent before this point of the run are not timed (the startup ramp).
-    pub from: Duration,
+    /// `fair_share`: events sent before this point of the run are not timed (the startup
+    /// ramp); `None` when the scenario does not check it.
+    pub fair_share_from: Option<Duration>,
+    /// `coverage_min`: the windows events are counted in, and how soon they must arrive.
+    pub coverage: Option<CoverageWindows>,
+}
+
+/// How `coverage_min` counts: events by window of their send time, covered when they
+/// arrive within `within` of being sent.
+#[derive(Clone, Copy, Debug)]
+pub struct CoverageWindows {
+    /// Window length.
+    pub window: Duration,
+    /// Deadline after the send time.
+    pub within: Duration,
 }
 
 impl SendTimes {
+    /// When event `upstream_seq` of host `host_id` was sent, if the host is timed.
+    fn sent(&self, host_id: i64, upstream_seq: u64) -> Option<Duration> {
+        let interval = self.intervals.get(&host_id)?;
+        Some(*interval * u32::try_from(upstream_seq).ok()?)
+    }
+
     /// How long event `upstream_seq` of host `host_id` took to arrive at `arrived`, if the
-    /// host is timed and the event was sent after [`SendTimes::from`].
+    /// host is timed and the event was sent after `fair_share`'s start.
     pub fn delay(
         &self,
         host_id: i64,
@@ -70,9 +92,45 @@ impl SendTimes {
         arrived: Instant,
         world_start: Instant,
     ) -> Option<Duration> {
-        let interval = self.intervals.get(&host_id)?;
-        let sent = *interval * u32::try_from(upstream_seq).ok()?;
-        (sent >= self.from).then(|| arrived.saturating_duration_since(world_start + sent))
+        let sent = self.sent(host_id, upstream_seq)?;
+        (sent >= self.fair_share_from?)
+            .then(|| arrived.saturating_duration_since(world_start + sent))
+    }
+
+    /// The coverage window of event `upstream_seq` of host `host_id`, if it is timed,
+    /// coverage is counted and it arrived (at `arrived`) in time.
+    pub fn on_time_window(
+        &self,
+        host_id: i64,
+        upstream_seq: u64,
+        arrived: Instant,
+        world_start: Instant,
+    ) -> Option<usize> {
+        let CoverageWindows { window, within } = self.coverage?;
+        let sent = self.sent(host_id, upstream_seq)?;
+        (arrived.saturating_duration_since(world_start + sent) <= within)
+            .then(|| (sent.as_micros() / window.as_micros().max(1)) as usize)
+    }
+
+    /// What the steady polite hosts sent in each coverage window of a run of `duration`
+    /// (event `n` at `n · interval`, for `n` from 1), as the trace records it; `None` when
+    /// coverage is not counted.
+    pub fn coverage_sent(&self, duration: Duration) -> Option<Event> {
+        let CoverageWindows { window, within } = self.coverage?;
+        let window_us = window.as_micros().max(1);
+        let mut sent = vec![0; duration.as_micros().div_ceil(window_us) as usize];
+        for interval in self.intervals.values().filter(|i| !i.is_zero()) {
+            let mut at = *interval;
+            while at < duration {
+                sent[(at.as_micros() / window_us) as usize] += 1;
+                at += *interval;
+            }
+        }
+        Some(Event::CoverageSent {
+            window_s: window.as_secs(),
+            within_s: within.as_secs(),
+            sent,
+        })
     }
 }
 
@@ -271,6 +329,14 @@ async fn session(
                 tally.first_seq = seq;
             }
             tally.digest ^= event_digest(seq, host_id, upstream_seq);
+            if let Some(window) = send_times
+                .and_then(|times| times.on_time_window(host_id, upstream_seq, arrived, world_start))
+            {
+                if tally.on_time.len() <= window {
+                    tally.on_time.resize(window + 1, 0);
+                }
+                tally.on_time[window] += 1;
+            }
             if let Some(delay) = send_times
                 .and_then(|times| times.delay(host_id, upstream_seq, arrived, world_start))
             {

@@ -453,14 +453,30 @@ pub fn publish_host_table(
     Ok(())
 }
 
-/// What consumers time deliveries against when `scenario` checks `fair_share`: every
-/// steady polite host's event interval, by its id in the relay's table at `database`.
+/// What consumers time deliveries against when `scenario` checks `fair_share` or
+/// `coverage_min`: every steady polite host's event interval, by its id in the relay's table
+/// at `database`.
 pub fn send_times(
     scenario: &Scenario,
     database: &Path,
     plans: &[Arc<upstream::HostPlan>],
 ) -> Option<Arc<consumer::SendTimes>> {
-    let spec = scenario.oracles.fair_share.as_ref()?;
+    let fair_share_from = scenario
+        .oracles
+        .fair_share
+        .as_ref()
+        .map(|spec| Duration::from_secs(spec.from_s));
+    let coverage = scenario
+        .oracles
+        .coverage_min
+        .as_ref()
+        .map(|spec| consumer::CoverageWindows {
+            window: Duration::from_secs(spec.window_s),
+            within: Duration::from_secs(spec.within_s),
+        });
+    if fair_share_from.is_none() && coverage.is_none() {
+        return None;
+    }
     let connection = rusqlite::Connection::open(database).ok()?;
     let mut query = connection.prepare("SELECT hostname, id FROM hosts").ok()?;
     let ids: std::collections::BTreeMap<String, i64> = query
@@ -475,7 +491,8 @@ pub fn send_times(
         .collect();
     Some(Arc::new(consumer::SendTimes {
         intervals,
-        from: Duration::from_secs(spec.from_s),
+        fair_share_from,
+        coverage,
     }))
 }
 
@@ -583,6 +600,7 @@ pub fn finish(
                 max_gap_ms: tally.max_gap_us / 1_000,
                 log_agrees,
                 latest_event: tally.latest_event,
+                on_time: tally.on_time,
             },
         );
     }

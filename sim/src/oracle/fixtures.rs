@@ -102,6 +102,7 @@ pub(crate) fn consumer_final(
             max_gap_ms: last_seq,
             log_agrees: None,
             latest_event: None,
+            on_time: Vec::new(),
         },
     )
 }

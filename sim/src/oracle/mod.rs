@@ -20,6 +20,7 @@ use crate::scenario::{Expect, Problem, Scenario};
 use crate::trace::{Record, Trace};
 
 pub mod connections;
+pub mod coverage;
 pub mod delivery;
 pub mod handlers;
 pub mod hostile;
@@ -33,6 +34,7 @@ mod fixtures;
 pub use connections::{
     conn_accounting, ConnAccountingSpec, ConsumerAccountingSpec, NoStaleDeliverySpec,
 };
+pub use coverage::CoverageMinSpec;
 pub use delivery::{
     DeliveryGapMaxSpec, MemoryBoundedSpec, NoLostEventsSpec, SlowConsumersKickedSpec,
 };
@@ -227,6 +229,11 @@ oracles! {
     ///
     /// Needs `[upstreams.hostile]` and `[[consumers]]`.
     FairShare => fair_share: FairShareSpec,
+    /// Of the events the steady polite hosts sent in each window after the ramp, at least a
+    /// fraction reached a consumer within a deadline (coverage, as operators measure it).
+    ///
+    /// Needs `[upstreams]`, a consumer that is not slow, and the madsim world.
+    CoverageMin => coverage_min: CoverageMinSpec,
 }
 
 impl OracleName {

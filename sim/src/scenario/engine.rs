@@ -73,6 +73,8 @@ pub enum Feature {
     /// A host table loaded from a file (`upstreams.table`): its names as DNS names, and
     /// hosts whose names do not resolve.
     HostTable,
+    /// Consumers timing each delivery against when its host sent it (`coverage_min`).
+    DeliveryTiming,
 }
 
 /// What a world can play: the features it refuses, each with why, and how many hosts it
@@ -133,12 +135,17 @@ pub const TURMOIL: Supports = Supports {
             Feature::HostTable,
             "its unresolvable and black-hole hosts are played by the madsim world; use engine = \"madsim\"",
         ),
+        (Feature::DeliveryTiming, ONLY_MADSIM_TIMES_DELIVERIES),
     ],
     max_hosts: Some((
         TURMOIL_MAX_HOSTS,
         "its links are per host pair; use engine = \"madsim\"",
     )),
 };
+
+/// Why only the madsim world can judge coverage.
+const ONLY_MADSIM_TIMES_DELIVERIES: &str =
+    "only the madsim world tells consumers when each event was sent; use engine = \"madsim\"";
 
 /// Real mode (`run --real`): a real loopback and the relay as a process, which can only be
 /// stopped and started.
@@ -167,6 +174,7 @@ pub const REAL: Supports = Supports {
             Feature::HostTable,
             "real mode's hosts are loopback addresses, not the table's names",
         ),
+        (Feature::DeliveryTiming, ONLY_MADSIM_TIMES_DELIVERIES),
     ],
     max_hosts: None,
 };
@@ -276,6 +284,13 @@ fn uses(scenario: &Scenario) -> Vec<Use> {
             feature: Feature::HostTable,
             key: "upstreams.table".into(),
             expected: "upstreams.hosts instead of a table".into(),
+        });
+    }
+    if scenario.oracles.coverage_min.is_some() {
+        found.push(Use {
+            feature: Feature::DeliveryTiming,
+            key: "oracles.coverage_min".into(),
+            expected: "no coverage_min".into(),
         });
     }
     for (index, fault) in scenario.faults.iter().enumerate() {

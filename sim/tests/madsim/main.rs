@@ -148,6 +148,14 @@ fn cold_start_restart_loop_restarts_the_relay_over_and_over_for_10_seeds() {
             killed, 0,
             "seed {seed}: the relay stops within its grace period"
         );
+        let (_, _, windows) = windtunnel::report::Summary::of(&outcome.trace)
+            .coverage
+            .expect("coverage is counted");
+        let low = windows.iter().filter(|w| w.fraction() < 0.1).count();
+        assert!(
+            low >= 3,
+            "seed {seed}: the loop leaves most minutes uncovered: {windows:?}"
+        );
     }
 }
 

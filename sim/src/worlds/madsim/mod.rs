@@ -171,7 +171,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     world_tasks.extend(orchestrator.map(madsim::task::spawn));
 
     let send_times = relay_host::send_times(&scenario, &database, &plans);
-    let (clients, tallies) = cast::clients(&scenario, send_times, restart);
+    let (clients, tallies) = cast::clients(&scenario, send_times.clone(), restart);
     for client in &clients {
         let node = handle
             .create_node()
@@ -193,6 +193,12 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
         .observer()
         .map(|observer| observer.hosts())
         .unwrap_or_default();
+    if let Some(sent) = send_times
+        .as_deref()
+        .and_then(|times| times.coverage_sent(Duration::from_secs(scenario.duration_s)))
+    {
+        sink.record("world", sent);
+    }
     relay_host::finish(&scenario, &sink, &database, &plans, &hosts, tallies);
     sink.phase("end");
     // Tear the world down inside the simulation: killed nodes drop their tasks (and with
