@@ -100,7 +100,8 @@ pub fn for_scenario(scenario: &Scenario) -> Result<&'static dyn Engine, String> 
 }
 
 /// What a fault can do to a world: the relay's life (kill, graceful stop, start, power
-/// cut), its network (partition, clog, latency) and its fault points. The one fault player
+/// cut), the upstream hosts' servers (stop, start), its network (partition, clog, latency)
+/// and its fault points. The one fault player
 /// ([`faults::FaultPlayer`]) plays every world's timeline through these. A world implements
 /// what its [`World::SUPPORTS`] table does not refuse; the rest keep their default, which
 /// panics (validation refuses a scenario that would need it).
@@ -136,6 +137,18 @@ pub trait World: Send + Sync + 'static {
     /// (indices in plan order), both directions.
     fn partition(&self, _hosts: &[usize], _cut: bool) {
         unsupported::<Self>(Feature::Partition)
+    }
+
+    /// Stop the servers of the upstream hosts at `hosts` (indices in plan order): their
+    /// connections drop, and connections to them are refused until [`World::start_hosts`].
+    fn stop_hosts(&self, _hosts: &[usize]) {
+        unsupported::<Self>(Feature::HostRestart)
+    }
+
+    /// Start the servers of the upstream hosts at `hosts` again, each as it was planned,
+    /// with its events still there.
+    fn start_hosts(&self, _hosts: &[usize]) {
+        unsupported::<Self>(Feature::HostRestart)
     }
 
     /// Cut the relay off the network (`clogged`), or put it back.
