@@ -685,3 +685,66 @@ fn a_tables_statuses_become_refused_unresolved_and_black_hole_hosts() {
         );
     }
 }
+
+#[test]
+fn network_shard_deploy_restarts_the_shards_batch_by_batch_and_each_resumes_for_3_seeds() {
+    use windtunnel::trace::Event;
+    const DEPLOY_AT_S: u64 = 150;
+    const DOWN_S: u64 = 20;
+    const EVERY_S: u64 = 30;
+    const BATCH: u64 = 8;
+    for (seed, _, outcome) in passes("network_shard_deploy.toml", 1..=3) {
+        let records = outcome.trace.records();
+        let faults: Vec<(&str, u32, bool)> = records
+            .iter()
+            .filter_map(|record| match &record.event {
+                Event::Fault {
+                    kind,
+                    hosts,
+                    active,
+                    ..
+                } => Some((kind.as_str(), *hosts, *active)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            faults,
+            [
+                ("hosts_restart", 88, true),
+                ("hosts_dark", 9, true),
+                ("hosts_dark", 9, false),
+                ("hosts_restart", 88, false),
+            ],
+            "seed {seed}: the deploy hits the 88 shards, the dark operator its 9 hosts"
+        );
+        // Each shard's first subscription after the deploy began: shard-NN is in batch
+        // (NN - 1) / 8 (table order), so it comes back only after its batch was down.
+        let mut resumed = std::collections::BTreeMap::new();
+        for record in records {
+            if let Event::Subscribed { cursor } = record.event {
+                if record.t_us >= DEPLOY_AT_S * 1_000_000 && record.node.starts_with("shard-") {
+                    resumed
+                        .entry(record.node.clone())
+                        .or_insert((record.t_us, cursor));
+                }
+            }
+        }
+        assert_eq!(
+            resumed.len(),
+            87,
+            "seed {seed}: every online shard is subscribed to again after its restart"
+        );
+        for (shard, (t_us, cursor)) in &resumed {
+            let number: u64 = shard["shard-".len().."shard-".len() + 2].parse().unwrap();
+            let back_s = DEPLOY_AT_S + EVERY_S * ((number - 1) / BATCH) + DOWN_S;
+            assert!(
+                *t_us >= back_s * 1_000_000,
+                "seed {seed}: {shard} resubscribed at {t_us} µs, before its batch was back at {back_s} s"
+            );
+            assert!(
+                *cursor > 0,
+                "seed {seed}: {shard} resumed from cursor {cursor}, not from where the relay was"
+            );
+        }
+    }
+}

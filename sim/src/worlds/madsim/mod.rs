@@ -12,8 +12,9 @@
 //! DNS record, or accepts and never answers ([`upstream::DeadHost`]).
 //!
 //! The faults are the one fault player's ([`crate::worlds::faults`]); what they do to this
-//! world is [`MadsimWorld`]'s: madsim's `kill` and `restart` of the relay's node, clogged
-//! links and nodes, the network's latency, and the relay's fault points.
+//! world is [`MadsimWorld`]'s: madsim's `kill` and `restart` of the relay's node and of
+//! upstream hosts' nodes (a restarted host serves its plan again), clogged links and
+//! nodes, the network's latency, and the relay's fault points.
 //!
 //! [`bare`] builds the same shape of world without the relay and the harness: the baseline
 //! the benchmarks compare the tunnel against.
