@@ -53,6 +53,8 @@ pub enum Feature {
     Partition,
     /// Stop upstream hosts' servers and start them again (`hosts_restart`).
     HostRestart,
+    /// Slow down what some upstream hosts send (`hosts_latency`).
+    HostLatency,
     /// Cut the relay off the network (`clog`).
     Clog,
     /// Change the latency of every packet (`latency`).
@@ -158,6 +160,10 @@ pub const REAL: Supports = Supports {
         (Feature::Latency, LOOPBACK_HAS_NO_NETWORK_CONTROL),
         (Feature::PowerLoss, POWER_LOSS_IS_MADSIM_ONLY),
         (Feature::HostRestart, HOST_RESTART_IS_MADSIM_ONLY),
+        (
+            Feature::HostLatency,
+            "real mode's faults reach only the relay's process, not its upstream hosts",
+        ),
         (
             Feature::FaultPoints,
             "the relay's fault points exist only in simulation builds",

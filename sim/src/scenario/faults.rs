@@ -66,6 +66,13 @@ pub enum FaultKind {
         /// Which hosts.
         hosts: HostSelector,
     },
+    /// Make what the selected upstream hosts send reach the relay later.
+    HostsLatency {
+        /// Which hosts.
+        hosts: HostSelector,
+        /// Extra one-way latency, milliseconds.
+        extra_latency_ms: u64,
+    },
 }
 
 /// Which upstream hosts a fault hits: the host table's hosts of one operator, kind or
@@ -205,6 +212,7 @@ impl FaultKind {
             Self::HandlerStall => "handler_stall",
             Self::HostsRestart { .. } => "hosts_restart",
             Self::HostsDark { .. } => "hosts_dark",
+            Self::HostsLatency { .. } => "hosts_latency",
         }
     }
 
@@ -213,6 +221,7 @@ impl FaultKind {
         match self {
             Self::Partition { .. } | Self::HostsDark { .. } => Feature::Partition,
             Self::HostsRestart { .. } => Feature::HostRestart,
+            Self::HostsLatency { .. } => Feature::HostLatency,
             Self::Clog => Feature::Clog,
             Self::Latency { .. } => Feature::Latency,
             Self::KillRelay | Self::RestartRelay => Feature::RelayRestart,
@@ -248,6 +257,9 @@ impl FaultKind {
         match self {
             Self::Partition { .. } | Self::HostsDark { .. } => "it cut off no upstream host",
             Self::HostsRestart { .. } => "it restarted no upstream host",
+            Self::HostsLatency { .. } => {
+                "no selected host sent a handshake answer or an event in its window"
+            }
             Self::StoreFault { .. } => "no store call reached a failing fault point in its window",
             Self::StoreStall => "no store call was made in its window",
             Self::HandlerPanic | Self::HandlerStall => "no work-route handler ran in its window",
@@ -296,6 +308,19 @@ impl From<FaultEntry> for FaultSpec {
                 duration_s,
                 hosts,
             } => (at_s, duration_s, FaultKind::HostsDark { hosts }),
+            E::HostsLatency {
+                at_s,
+                duration_s,
+                hosts,
+                extra_latency_ms,
+            } => (
+                at_s,
+                duration_s,
+                FaultKind::HostsLatency {
+                    hosts,
+                    extra_latency_ms,
+                },
+            ),
         };
         Self {
             at_s,
@@ -347,6 +372,15 @@ impl From<FaultSpec> for FaultEntry {
                 at_s,
                 duration_s,
                 hosts,
+            },
+            FaultKind::HostsLatency {
+                hosts,
+                extra_latency_ms,
+            } => Self::HostsLatency {
+                at_s,
+                duration_s,
+                hosts,
+                extra_latency_ms,
             },
         }
     }
@@ -474,6 +508,20 @@ enum FaultEntry {
         /// Which hosts.
         hosts: HostSelector,
     },
+    /// Make what the upstream hosts `hosts` selects send (their handshake answers and
+    /// event frames) reach the relay `extra_latency_ms` later, from `at_s` for
+    /// `duration_s`: a region's latency rising. Held back by the hosts themselves (the
+    /// simulated networks have no per-link latency); hostile hosts ignore it.
+    HostsLatency {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+        /// Which hosts.
+        hosts: HostSelector,
+        /// Extra one-way latency, milliseconds.
+        extra_latency_ms: u64,
+    },
 }
 
 /// `[[faults]]`' problems.
@@ -519,6 +567,18 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
             }
             FaultKind::HostsDark { hosts } => {
                 found.extend(selector_problems(scenario, fault, hosts, &key("hosts")));
+            }
+            FaultKind::HostsLatency {
+                hosts,
+                extra_latency_ms,
+            } => {
+                found.extend(selector_problems(scenario, fault, hosts, &key("hosts")));
+                if *extra_latency_ms == 0 {
+                    found.push(Problem::new(
+                        &key("extra_latency_ms"),
+                        "expected extra_latency_ms >= 1".into(),
+                    ));
+                }
             }
             _ => {}
         }

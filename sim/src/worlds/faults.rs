@@ -1,7 +1,7 @@
 //! The one fault player: every world's `[[faults]]` timeline, played through the
 //! [`World`] trait. Each fault waits until it starts, switches on, records that it took
 //! hold, waits out its length, switches off and records what it did ([`Event::Fault`]:
-//! hosts cut or restarted, failures injected, a relay stopped). Faults that hit upstream
+//! hosts cut or restarted, sends held back, failures injected, a relay stopped). Faults that hit upstream
 //! hosts pick them here, by their [`HostSelector`]. Its world starts each fault as a task
 //! of its own, so faults overlap as their windows do.
 
@@ -110,6 +110,31 @@ impl<W: World> FaultPlayer<W> {
             FaultKind::HostsDark { ref hosts } => {
                 let cut = self.select(hosts);
                 self.cut_off(&cut, length, record).await;
+            }
+            FaultKind::HostsLatency {
+                ref hosts,
+                extra_latency_ms,
+            } => {
+                let selected = self.select(hosts);
+                let plans = world.upstream_plans();
+                let delayed = || -> u64 {
+                    selected
+                        .iter()
+                        .map(|&host| plans[host].link_delay.delayed())
+                        .sum()
+                };
+                let delayed_before = delayed();
+                for &host in &selected {
+                    plans[host]
+                        .link_delay
+                        .set(Duration::from_millis(extra_latency_ms));
+                }
+                record(selected.len(), true, 0);
+                sleep(length).await;
+                for &host in &selected {
+                    plans[host].link_delay.set(Duration::ZERO);
+                }
+                record(selected.len(), false, delayed() - delayed_before);
             }
             FaultKind::HostsRestart { ref hosts, rolling } => {
                 let selected = self.select(hosts);

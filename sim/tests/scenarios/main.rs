@@ -119,7 +119,7 @@ fn every_problem_in_a_file_is_reported_at_its_key() {
         [
             "bad.toml:4:1: unknown field `max_conections`, expected one of `listen`, `max_connections`, `header_read_timeout_ms`, `idle_timeout_ms`, `idle_check_interval_ms`, `max_header_bytes`, `drain_timeout_ms`, `shutdown_grace_ms`, `refusal_lane_max`, `refusal_read_timeout_ms`, `retry_after_s`, `handler_timeout_ms`, `dispatch`, `date_header`",
             "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
-            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`, `hosts_restart`, `hosts_dark`",
+            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`, `hosts_restart`, `hosts_dark`, `hosts_latency`",
             "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",
             "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `relay_restarts_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`, `bad_hosts_isolated`, `fair_share`",
         ]
@@ -637,6 +637,14 @@ fn host_selectors_are_checked_against_the_table_at_their_key() {
              rolling = { batch = 1, every_s = 45 }\n"
         ),
         "<dir>/scenario.toml:9:1: faults[0].down_s: expected the fault to end by duration_s (60s), it ends at 65s"
+    );
+    assert_eq!(
+        error(
+            "selector_no_extra_latency",
+            "kind = \"hosts_latency\"\nat_s = 1\nduration_s = 5\nhosts = { operator = \"op-2\" }\n\
+             extra_latency_ms = 0\n"
+        ),
+        "<dir>/scenario.toml:11:1: faults[0].extra_latency_ms: expected extra_latency_ms >= 1"
     );
     let generated = parse_error(&format!(
         "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"hosts_dark\"\nat_s = 1\nduration_s = 5\n\

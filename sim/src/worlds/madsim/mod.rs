@@ -14,7 +14,7 @@
 //! The faults are the one fault player's ([`crate::worlds::faults`]); what they do to this
 //! world is [`MadsimWorld`]'s: madsim's `kill` and `restart` of the relay's node and of
 //! upstream hosts' nodes (a restarted host serves its plan again), clogged links and
-//! nodes, the network's latency, and the relay's fault points.
+//! nodes, the network's latency, the hosts' link delays, and the relay's fault points.
 //!
 //! [`bare`] builds the same shape of world without the relay and the harness: the baseline
 //! the benchmarks compare the tunnel against.
@@ -362,6 +362,10 @@ impl World for MadsimWorld {
                 net.unclog_link(node, self.relay);
             }
         }
+    }
+
+    fn upstream_plans(&self) -> &[Arc<upstream::HostPlan>] {
+        &self.plans
     }
 
     fn stop_hosts(&self, hosts: &[usize]) {
