@@ -39,7 +39,8 @@ pub enum Event {
     /// A fault started or ended.
     Fault {
         /// What kind of fault (`partition`, `kill_relay`, `power_loss`, `restart_relay`,
-        /// `store_fault`, `store_stall`, `handler_panic`, `handler_stall`).
+        /// `store_fault`, `store_stall`, `handler_panic`, `handler_stall`, `hosts_restart`,
+        /// `hosts_dark`, …: `FaultKind::name`).
         kind: String,
         /// Which `[[faults]]` entry (0-based, in file order).
         #[serde(default)]

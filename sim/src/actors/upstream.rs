@@ -5,7 +5,8 @@
 //! event `n` exists from `n · event_interval` after the world started, so a subscriber that
 //! resumes from cursor `c` is sent `c+1 ..` (the catch-up), then live events as they fall
 //! due. Flaky hosts alternate up and down windows (down: new connections are dropped, live
-//! ones cut); dead hosts never answer, each in one of the ways of [`DeadHost`]. Hostile
+//! ones cut); dead hosts never answer, each in one of the ways of [`DeadHost`]. A polite
+//! host's link can be made slower for a while ([`LinkDelay`], the `hosts_latency` fault). Hostile
 //! hosts (numbered after the polite ones) play one misbehaviour each: [`super::hostile`].
 //!
 //! A loaded table ([`crate::scenario::HostTable`]) gives the names and who is dead: an
@@ -16,6 +17,7 @@
 //! answered are played whatever the seed.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +121,44 @@ pub struct HostPlan {
     pub hostile: Option<HostileKind>,
     /// The relay's frame limit, bytes: an `oversize` host sends one byte more.
     pub frame_limit_bytes: usize,
+    /// Extra latency on what it sends, while a `hosts_latency` fault holds it.
+    pub link_delay: Arc<LinkDelay>,
+}
+
+/// Extra one-way latency on what a polite host sends the relay (its handshake answer and
+/// its event frames), set by the `hosts_latency` fault, and how many sends it has held
+/// back. Applied by the host itself, as its sends leave: the simulated networks have one
+/// latency for every link (madsim 0.2's `send_latency`), none per link.
+#[derive(Debug, Default)]
+pub struct LinkDelay {
+    /// The extra latency, microseconds (0: none).
+    extra_us: AtomicU64,
+    /// Sends held back so far.
+    delayed: AtomicU64,
+}
+
+impl LinkDelay {
+    /// Make what the host sends from now on arrive `extra` later (zero: on time again).
+    pub fn set(&self, extra: Duration) {
+        self.extra_us
+            .store(extra.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How many sends it has held back so far.
+    pub fn delayed(&self) -> u64 {
+        self.delayed.load(Ordering::Relaxed)
+    }
+
+    /// Hold back something the host sends at `sent` until it would arrive with the extra
+    /// latency; returns at once (without yielding) when there is none.
+    async fn hold(&self, sent: Instant) {
+        let extra_us = self.extra_us.load(Ordering::Relaxed);
+        if extra_us == 0 {
+            return;
+        }
+        self.delayed.fetch_add(1, Ordering::Relaxed);
+        sleep_until(sent + Duration::from_micros(extra_us)).await;
+    }
 }
 
 /// A realistic-looking, seed-independent hostname for host `index`: mostly hosted
@@ -199,6 +239,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
                 body_pad_bytes: spec.body_pad_bytes,
                 hostile: None,
                 frame_limit_bytes,
+                link_delay: Arc::default(),
             }
         })
         .collect();
@@ -228,6 +269,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
                 body_pad_bytes: spec.body_pad_bytes,
                 hostile: Some(kind),
                 frame_limit_bytes,
+                link_delay: Arc::default(),
             });
         }
     }
@@ -369,13 +411,20 @@ async fn subscription(
     {
         return; // down: the connection is dropped before the handshake
     }
+    // The handshake's answer leaves once the request is in; a slowed link holds it back.
+    plan.link_delay.hold(now()).await;
     let Some((mut ws, cursor)) = accept(&plan, stream).await else {
         return;
     };
     sink.record(&plan.hostname, Event::Subscribed { cursor });
+    let subscribed = now();
     let mut seq = cursor + 1;
     // `None`: going down, the live connection is cut.
     while let Some(frame) = plan.next_frame(seq, world_start).await {
+        // Sent when it fell due, or at the subscription for the catch-up's events.
+        plan.link_delay
+            .hold(plan.due(seq, world_start).max(subscribed))
+            .await;
         if ws.send(Message::text(frame)).await.is_err() {
             return;
         }

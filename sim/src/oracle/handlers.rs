@@ -133,7 +133,7 @@ pub fn handler_fault_windows(scenario: &Scenario) -> Vec<HandlerFaultWindow> {
             };
             Some(HandlerFaultWindow {
                 start_us: fault.at_s * 1_000_000,
-                end_us: fault.end_s() * 1_000_000,
+                end_us: fault.end_s(scenario) * 1_000_000,
                 status,
             })
         })

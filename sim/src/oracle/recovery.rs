@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{needs, violation_at, Judge, OracleName, Violation};
-use crate::scenario::{FaultSpec, Problem, Scenario};
+use crate::scenario::{Problem, Scenario};
 use crate::trace::{Event, Record};
 
 /// `recovery_within` bound.
@@ -17,7 +17,12 @@ pub struct RecoveryWithinSpec {
 
 impl Judge for RecoveryWithinSpec {
     fn problems(&self, scenario: &Scenario) -> Vec<Problem> {
-        match scenario.faults.iter().map(FaultSpec::end_s).max() {
+        match scenario
+            .faults
+            .iter()
+            .map(|fault| fault.end_s(scenario))
+            .max()
+        {
             None => needs(
                 OracleName::RecoveryWithin,
                 true,
@@ -38,7 +43,7 @@ impl Judge for RecoveryWithinSpec {
         let last_end_us = scenario
             .faults
             .iter()
-            .map(crate::scenario::FaultSpec::end_s)
+            .map(|fault| fault.end_s(scenario))
             .max()
             .unwrap_or(0)
             * 1_000_000;

@@ -49,8 +49,12 @@ impl EngineName {
 /// fault does ([`super::FaultKind::needs`]) and a few settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Feature {
-    /// Cut the links between the relay and some upstream hosts (`partition`).
+    /// Cut the links between the relay and some upstream hosts (`partition`, `hosts_dark`).
     Partition,
+    /// Stop upstream hosts' servers and start them again (`hosts_restart`).
+    HostRestart,
+    /// Slow down what some upstream hosts send (`hosts_latency`).
+    HostLatency,
     /// Cut the relay off the network (`clog`).
     Clog,
     /// Change the latency of every packet (`latency`).
@@ -101,6 +105,11 @@ const LOOPBACK_HAS_NO_NETWORK_CONTROL: &str =
 const POWER_LOSS_IS_MADSIM_ONLY: &str =
     "the relay database's power loss exists only in the madsim build";
 
+/// Why only madsim restarts upstream hosts.
+const HOST_RESTART_IS_MADSIM_ONLY: &str =
+    "restarting an upstream host (killing its node, starting its server again) is played by \
+     the madsim world only; use engine = \"madsim\"";
+
 /// The madsim world: every fault; thousands of hosts; madsim's TCP, without accept queues
 /// or half-close.
 pub const MADSIM: Supports = Supports {
@@ -127,6 +136,7 @@ pub const TURMOIL: Supports = Supports {
             "the relay's fault points exist only in the madsim build",
         ),
         (Feature::PowerLoss, POWER_LOSS_IS_MADSIM_ONLY),
+        (Feature::HostRestart, HOST_RESTART_IS_MADSIM_ONLY),
         (
             Feature::HostileUpstreams,
             "its outcomes are read from the madsim world's relay; use engine = \"madsim\"",
@@ -156,6 +166,11 @@ pub const REAL: Supports = Supports {
         (Feature::Clog, LOOPBACK_HAS_NO_NETWORK_CONTROL),
         (Feature::Latency, LOOPBACK_HAS_NO_NETWORK_CONTROL),
         (Feature::PowerLoss, POWER_LOSS_IS_MADSIM_ONLY),
+        (Feature::HostRestart, HOST_RESTART_IS_MADSIM_ONLY),
+        (
+            Feature::HostLatency,
+            "real mode's faults reach only the relay's process, not its upstream hosts",
+        ),
         (
             Feature::FaultPoints,
             "the relay's fault points exist only in simulation builds",

@@ -1,7 +1,10 @@
-//! `[[faults]]`: the faults on a scenario's timeline, with what each must hold.
+//! `[[faults]]`: the faults on a scenario's timeline, with what each must hold, and the
+//! host selectors (`hosts = { operator = "op-0000" }`) that name which upstream hosts a
+//! fault hits by the host table's metadata.
 
 use serde::{Deserialize, Serialize};
 
+use super::host_table::{HostTable, TableHost};
 use super::{Between, Feature, Problem, Scenario};
 
 /// One fault on the timeline: when it starts, how long it lasts, and what it does. Written
@@ -50,12 +53,146 @@ pub enum FaultKind {
     HandlerPanic,
     /// Make the relay's work-route handlers never finish.
     HandlerStall,
+    /// Restart the selected upstream hosts' servers: down for the fault's length, then back
+    /// with their events, all at once or a rolling deploy.
+    HostsRestart {
+        /// Which hosts.
+        hosts: HostSelector,
+        /// A rolling deploy's batches; `None`: every selected host at once.
+        rolling: Option<Rolling>,
+    },
+    /// Cut the network between the relay and the selected upstream hosts.
+    HostsDark {
+        /// Which hosts.
+        hosts: HostSelector,
+    },
+    /// Make what the selected upstream hosts send reach the relay later.
+    HostsLatency {
+        /// Which hosts.
+        hosts: HostSelector,
+        /// Extra one-way latency, milliseconds.
+        extra_latency_ms: u64,
+    },
+}
+
+/// Which upstream hosts a fault hits: the host table's hosts of one operator, kind or
+/// region (a table file's metadata), or a fraction of all of them chosen by the seed.
+/// Written as a one-key table: `{ operator = "op-0000" }`, `{ fraction = 0.3 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum HostSelector {
+    /// The table's hosts whose `operator` is this (a failure domain: `op-0000`, the Bluesky
+    /// shards).
+    Operator(String),
+    /// The table's hosts whose `kind` is this (`bsky`, `third_party`).
+    Kind(String),
+    /// The table's hosts whose `region` is this (`us-east`).
+    Region(String),
+    /// This fraction of all upstream hosts (hostile ones too), chosen by the seed.
+    Fraction(f64),
+}
+
+impl HostSelector {
+    /// The metadata field it matches, as the table names it (`None` for a fraction).
+    fn field(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Self::Operator(value) => Some(("operator", value)),
+            Self::Kind(value) => Some(("kind", value)),
+            Self::Region(value) => Some(("region", value)),
+            Self::Fraction(_) => None,
+        }
+    }
+
+    /// Whether table host `host` matches (never, for a fraction).
+    fn matches(&self, host: &TableHost) -> bool {
+        let value = match self {
+            Self::Operator(_) => &host.operator,
+            Self::Kind(_) => &host.kind,
+            Self::Region(_) => &host.region,
+            Self::Fraction(_) => return false,
+        };
+        self.field()
+            .is_some_and(|(_, wanted)| value.as_deref() == Some(wanted))
+    }
+
+    /// How many of `host_count` upstream hosts (those of `table` first) it selects: the
+    /// same whatever the seed.
+    pub fn count(&self, table: Option<&HostTable>, host_count: usize) -> usize {
+        match self {
+            Self::Fraction(fraction) => (fraction * host_count as f64).round() as usize,
+            _ => self.matching(table).len(),
+        }
+    }
+
+    /// The table's hosts it matches, as indices in plan order (the table's hosts come
+    /// first, in file order); none for a fraction, which the fault player draws.
+    pub fn matching(&self, table: Option<&HostTable>) -> Vec<usize> {
+        table.map_or_else(Vec::new, |table| {
+            (0..table.hosts.len())
+                .filter(|&index| self.matches(&table.hosts[index]))
+                .collect()
+        })
+    }
+
+    /// What is wrong with it in `scenario` (at `key`): a fraction outside 0..=1, metadata
+    /// without a table file, a value no host of the table has.
+    fn problems(&self, scenario: &Scenario, key: &str) -> Vec<Problem> {
+        let table = scenario
+            .upstreams
+            .as_ref()
+            .and_then(|spec| spec.table.as_ref());
+        match (self, self.field(), table) {
+            (Self::Fraction(fraction), _, _) if !(0.0..=1.0).contains(fraction) => {
+                vec![Problem::new(key, "expected a fraction within 0..=1".into())]
+            }
+            (_, Some((field, _)), None) => vec![Problem::new(
+                key,
+                format!(
+                    "a selector by {field} needs upstreams.table: a generated host table has \
+                     no {field}s"
+                ),
+            )],
+            (_, Some((field, value)), Some(table)) if self.count(Some(table), 0) == 0 => {
+                vec![Problem::new(
+                    key,
+                    format!("no host of {} has {field} {value:?}", table.path.display()),
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A rolling deploy: `batch` hosts go down together, a batch every `every_s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    /// Hosts restarted together.
+    pub batch: u32,
+    /// Seconds from one batch going down to the next (at least the fault's `down_s`: a
+    /// batch is back before the next goes down).
+    pub every_s: u64,
 }
 
 impl FaultSpec {
-    /// When the fault is over, seconds.
-    pub fn end_s(&self) -> u64 {
-        self.at_s + self.duration_s
+    /// When the fault is over in `scenario`, seconds: a rolling deploy's last batch is back
+    /// `duration_s` after it went down.
+    pub fn end_s(&self, scenario: &Scenario) -> u64 {
+        match &self.kind {
+            FaultKind::HostsRestart {
+                hosts,
+                rolling: Some(rolling),
+            } => {
+                let table = scenario
+                    .upstreams
+                    .as_ref()
+                    .and_then(|spec| spec.table.as_ref());
+                let selected = hosts.count(table, scenario.upstream_hosts() as usize) as u64;
+                let batches = selected.div_ceil(u64::from(rolling.batch.max(1)));
+                self.at_s + rolling.every_s * batches.saturating_sub(1) + self.duration_s
+            }
+            _ => self.at_s + self.duration_s,
+        }
     }
 }
 
@@ -73,13 +210,18 @@ impl FaultKind {
             Self::StoreStall => "store_stall",
             Self::HandlerPanic => "handler_panic",
             Self::HandlerStall => "handler_stall",
+            Self::HostsRestart { .. } => "hosts_restart",
+            Self::HostsDark { .. } => "hosts_dark",
+            Self::HostsLatency { .. } => "hosts_latency",
         }
     }
 
     /// What the world that plays it must be able to do.
     pub fn needs(&self) -> Feature {
         match self {
-            Self::Partition { .. } => Feature::Partition,
+            Self::Partition { .. } | Self::HostsDark { .. } => Feature::Partition,
+            Self::HostsRestart { .. } => Feature::HostRestart,
+            Self::HostsLatency { .. } => Feature::HostLatency,
             Self::Clog => Feature::Clog,
             Self::Latency { .. } => Feature::Latency,
             Self::KillRelay | Self::RestartRelay => Feature::RelayRestart,
@@ -91,15 +233,19 @@ impl FaultKind {
         }
     }
 
-    /// Whether the fault stops the relay (its length is then written `down_s`).
-    pub fn stops_the_relay(&self) -> bool {
-        matches!(self, Self::KillRelay | Self::PowerLoss | Self::RestartRelay)
+    /// Whether the fault stops something that comes back (its length is then written
+    /// `down_s`): the relay's kill, power loss and restart, and hosts' restarts.
+    pub fn stops_and_starts(&self) -> bool {
+        matches!(
+            self,
+            Self::KillRelay | Self::PowerLoss | Self::RestartRelay | Self::HostsRestart { .. }
+        )
     }
 
     /// The key that sets the fault's length in files: `duration_s`, or `down_s` for the
-    /// relay's kill, power loss and restart.
+    /// relay's kill, power loss and restart, and hosts' restarts.
     pub fn length_key(&self) -> &'static str {
-        if self.stops_the_relay() {
+        if self.stops_and_starts() {
             "down_s"
         } else {
             "duration_s"
@@ -109,7 +255,11 @@ impl FaultKind {
     /// What "no effect" means for this kind (the `faults_fired` oracle's explanation).
     pub fn no_effect(&self) -> &'static str {
         match self {
-            Self::Partition { .. } => "it cut off no upstream host",
+            Self::Partition { .. } | Self::HostsDark { .. } => "it cut off no upstream host",
+            Self::HostsRestart { .. } => "it restarted no upstream host",
+            Self::HostsLatency { .. } => {
+                "no selected host sent a handshake answer or an event in its window"
+            }
             Self::StoreFault { .. } => "no store call reached a failing fault point in its window",
             Self::StoreStall => "no store call was made in its window",
             Self::HandlerPanic | Self::HandlerStall => "no work-route handler ran in its window",
@@ -147,6 +297,30 @@ impl From<FaultEntry> for FaultSpec {
             E::StoreStall { at_s, duration_s } => (at_s, duration_s, FaultKind::StoreStall),
             E::HandlerPanic { at_s, duration_s } => (at_s, duration_s, FaultKind::HandlerPanic),
             E::HandlerStall { at_s, duration_s } => (at_s, duration_s, FaultKind::HandlerStall),
+            E::HostsRestart {
+                at_s,
+                down_s,
+                hosts,
+                rolling,
+            } => (at_s, down_s, FaultKind::HostsRestart { hosts, rolling }),
+            E::HostsDark {
+                at_s,
+                duration_s,
+                hosts,
+            } => (at_s, duration_s, FaultKind::HostsDark { hosts }),
+            E::HostsLatency {
+                at_s,
+                duration_s,
+                hosts,
+                extra_latency_ms,
+            } => (
+                at_s,
+                duration_s,
+                FaultKind::HostsLatency {
+                    hosts,
+                    extra_latency_ms,
+                },
+            ),
         };
         Self {
             at_s,
@@ -188,6 +362,26 @@ impl From<FaultSpec> for FaultEntry {
             FaultKind::StoreStall => Self::StoreStall { at_s, duration_s },
             FaultKind::HandlerPanic => Self::HandlerPanic { at_s, duration_s },
             FaultKind::HandlerStall => Self::HandlerStall { at_s, duration_s },
+            FaultKind::HostsRestart { hosts, rolling } => Self::HostsRestart {
+                at_s,
+                down_s,
+                hosts,
+                rolling,
+            },
+            FaultKind::HostsDark { hosts } => Self::HostsDark {
+                at_s,
+                duration_s,
+                hosts,
+            },
+            FaultKind::HostsLatency {
+                hosts,
+                extra_latency_ms,
+            } => Self::HostsLatency {
+                at_s,
+                duration_s,
+                hosts,
+                extra_latency_ms,
+            },
         }
     }
 }
@@ -288,6 +482,46 @@ enum FaultEntry {
         /// Length, seconds.
         duration_s: u64,
     },
+    /// Restart the servers of the upstream hosts `hosts` selects at `at_s` (a PDS restart):
+    /// their connections drop and connections to them are refused for `down_s`, then they
+    /// serve again with their events still there, so the relay resumes from its cursors.
+    /// All at once, or a rolling deploy (`rolling`): `batch` hosts (in table order) go down
+    /// every `every_s`.
+    HostsRestart {
+        /// When (the first batch), seconds.
+        at_s: u64,
+        /// How long each host stays down, seconds.
+        down_s: u64,
+        /// Which hosts.
+        hosts: HostSelector,
+        /// The deploy's batches; absent: every selected host at once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rolling: Option<Rolling>,
+    },
+    /// Cut the network between the relay and the upstream hosts `hosts` selects (both
+    /// directions) from `at_s` for `duration_s`: an operator going dark and coming back.
+    HostsDark {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+        /// Which hosts.
+        hosts: HostSelector,
+    },
+    /// Make what the upstream hosts `hosts` selects send (their handshake answers and
+    /// event frames) reach the relay `extra_latency_ms` later, from `at_s` for
+    /// `duration_s`: a region's latency rising. Held back by the hosts themselves (the
+    /// simulated networks have no per-link latency); hostile hosts ignore it.
+    HostsLatency {
+        /// Start, seconds.
+        at_s: u64,
+        /// Length, seconds.
+        duration_s: u64,
+        /// Which hosts.
+        hosts: HostSelector,
+        /// Extra one-way latency, milliseconds.
+        extra_latency_ms: u64,
+    },
 }
 
 /// `[[faults]]`' problems.
@@ -309,6 +543,45 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
                 ));
             }
         }
+        match &fault.kind {
+            FaultKind::HostsRestart { hosts, rolling } => {
+                found.extend(selector_problems(scenario, fault, hosts, &key("hosts")));
+                if let Some(rolling) = rolling {
+                    if rolling.batch == 0 {
+                        found.push(Problem::new(
+                            &key("rolling.batch"),
+                            "expected batch >= 1".into(),
+                        ));
+                    }
+                    if rolling.every_s < fault.duration_s {
+                        found.push(Problem::new(
+                            &key("rolling.every_s"),
+                            format!(
+                                "expected every_s >= down_s ({}s): a batch is back before the \
+                                 next goes down",
+                                fault.duration_s
+                            ),
+                        ));
+                    }
+                }
+            }
+            FaultKind::HostsDark { hosts } => {
+                found.extend(selector_problems(scenario, fault, hosts, &key("hosts")));
+            }
+            FaultKind::HostsLatency {
+                hosts,
+                extra_latency_ms,
+            } => {
+                found.extend(selector_problems(scenario, fault, hosts, &key("hosts")));
+                if *extra_latency_ms == 0 {
+                    found.push(Problem::new(
+                        &key("extra_latency_ms"),
+                        "expected extra_latency_ms >= 1".into(),
+                    ));
+                }
+            }
+            _ => {}
+        }
         let length = fault.kind.length_key();
         if fault.duration_s == 0 {
             found.push(Problem::new(
@@ -316,16 +589,32 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
                 format!("expected {length} >= 1"),
             ));
         }
-        if fault.end_s() > scenario.duration_s {
+        if fault.end_s(scenario) > scenario.duration_s {
             found.push(Problem::new(
                 &key(length),
                 format!(
                     "expected the fault to end by duration_s ({}s), it ends at {}s",
                     scenario.duration_s,
-                    fault.end_s()
+                    fault.end_s(scenario)
                 ),
             ));
         }
     }
     found
+}
+
+/// A host-selecting fault's problems: it needs `[upstreams]`, and a selector that holds.
+fn selector_problems(
+    scenario: &Scenario,
+    fault: &FaultSpec,
+    hosts: &HostSelector,
+    key: &str,
+) -> Vec<Problem> {
+    if scenario.upstreams.is_none() {
+        return vec![Problem::new(
+            key,
+            format!("a {} needs [upstreams]", fault.kind.name()),
+        )];
+    }
+    hosts.problems(scenario, key)
 }

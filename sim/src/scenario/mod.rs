@@ -30,7 +30,7 @@ pub use clients::{
     ProberSpec,
 };
 pub use engine::{EngineName, Feature, Supports, MADSIM, REAL, TURMOIL, TURMOIL_MAX_HOSTS};
-pub use faults::{FaultKind, FaultSpec};
+pub use faults::{FaultKind, FaultSpec, HostSelector, Rolling};
 pub use host_table::{HostStatus, HostTable, TableHost};
 pub use network::NetworkSpec;
 pub use problems::{Located, Problem};
@@ -205,15 +205,22 @@ impl Scenario {
         self.churners.iter().map(|c| c.stop_s).max().unwrap_or(0)
     }
 
-    /// and consumers.
+    /// Every host of the world: the relay, the upstream hosts, the prober, and the nodes of
+    /// the churners, callers, abusers and consumers.
     pub fn host_count(&self) -> u64 {
-        1 + self.upstreams.as_ref().map_or(0, |spec| {
-            u64::from(spec.polite_hosts()) + spec.hostile.as_ref().map_or(0, |h| u64::from(h.hosts))
-        }) + u64::from(self.prober.is_some())
+        1 + self.upstream_hosts()
+            + u64::from(self.prober.is_some())
             + self.churners.iter().map(|c| c.nodes as u64).sum::<u64>()
             + self.callers.iter().map(|c| c.nodes as u64).sum::<u64>()
             + self.abusers.iter().map(|a| a.nodes as u64).sum::<u64>()
             + self.consumers.iter().map(|c| c.count as u64).sum::<u64>()
+    }
+
+    /// The upstream hosts: polite (generated or the table's) and hostile.
+    pub fn upstream_hosts(&self) -> u64 {
+        self.upstreams.as_ref().map_or(0, |spec| {
+            u64::from(spec.polite_hosts()) + spec.hostile.as_ref().map_or(0, |h| u64::from(h.hosts))
+        })
     }
 
     /// Semantic checks beyond the schema: every problem, each naming its dotted key (empty

@@ -1,7 +1,8 @@
 //! The one fault player: every world's `[[faults]]` timeline, played through the
 //! [`World`] trait. Each fault waits until it starts, switches on, records that it took
 //! hold, waits out its length, switches off and records what it did ([`Event::Fault`]:
-//! hosts cut, failures injected, a relay stopped). Its world starts each fault as a task
+//! hosts cut or restarted, sends held back, failures injected, a relay stopped). Faults that hit upstream
+//! hosts pick them here, by their [`HostSelector`]. Its world starts each fault as a task
 //! of its own, so faults overlap as their windows do.
 
 use std::future::Future;
@@ -15,7 +16,7 @@ use relay::rt::time::{now, sleep, sleep_until, Instant};
 use super::World;
 use crate::actors::rng::thread_rng;
 use crate::actors::TraceSink;
-use crate::scenario::{Between, FaultKind, FaultSpec, Scenario};
+use crate::scenario::{Between, FaultKind, FaultSpec, HostSelector, HostTable, Scenario};
 use crate::trace::Event;
 
 /// How often a power cut looks whether the dead relay has let go of its database.
@@ -29,6 +30,8 @@ pub struct FaultPlayer<W> {
     start: Instant,
     /// `[network].latency_ms`, restored when a latency fault ends.
     network_latency_ms: Between<u64>,
+    /// `upstreams.table`, whose metadata host selectors match.
+    table: Option<HostTable>,
 }
 
 impl<W> Clone for FaultPlayer<W> {
@@ -38,6 +41,7 @@ impl<W> Clone for FaultPlayer<W> {
             sink: self.sink.clone(),
             start: self.start,
             network_latency_ms: self.network_latency_ms,
+            table: self.table.clone(),
         }
     }
 }
@@ -51,6 +55,10 @@ impl<W: World> FaultPlayer<W> {
             sink,
             start,
             network_latency_ms: scenario.network.latency_ms,
+            table: scenario
+                .upstreams
+                .as_ref()
+                .and_then(|spec| spec.table.clone()),
         }
     }
 
@@ -96,17 +104,51 @@ impl<W: World> FaultPlayer<W> {
         sleep_until(self.start + Duration::from_secs(at_s)).await;
         match kind {
             FaultKind::Partition { hosts_fraction } => {
-                let upstreams: Vec<usize> = (0..world.upstream_count()).collect();
-                let count = (hosts_fraction * upstreams.len() as f64).round() as usize;
-                let cut: Vec<usize> = upstreams
-                    .choose_multiple(&mut thread_rng(), count)
-                    .copied()
-                    .collect();
-                world.partition(&cut, true);
-                record(count, true, 0);
+                let cut = self.select(&HostSelector::Fraction(hosts_fraction));
+                self.cut_off(&cut, length, record).await;
+            }
+            FaultKind::HostsDark { ref hosts } => {
+                let cut = self.select(hosts);
+                self.cut_off(&cut, length, record).await;
+            }
+            FaultKind::HostsLatency {
+                ref hosts,
+                extra_latency_ms,
+            } => {
+                let selected = self.select(hosts);
+                let plans = world.upstream_plans();
+                let delayed = || -> u64 {
+                    selected
+                        .iter()
+                        .map(|&host| plans[host].link_delay.delayed())
+                        .sum()
+                };
+                let delayed_before = delayed();
+                for &host in &selected {
+                    plans[host]
+                        .link_delay
+                        .set(Duration::from_millis(extra_latency_ms));
+                }
+                record(selected.len(), true, 0);
                 sleep(length).await;
-                world.partition(&cut, false);
-                record(count, false, count as u64);
+                for &host in &selected {
+                    plans[host].link_delay.set(Duration::ZERO);
+                }
+                record(selected.len(), false, delayed() - delayed_before);
+            }
+            FaultKind::HostsRestart { ref hosts, rolling } => {
+                let selected = self.select(hosts);
+                let batch = rolling.map_or(selected.len(), |rolling| rolling.batch as usize);
+                let every = Duration::from_secs(rolling.map_or(0, |rolling| rolling.every_s));
+                record(selected.len(), true, 0);
+                let first_down = now();
+                for (number, hosts) in selected.chunks(batch.max(1)).enumerate() {
+                    sleep_until(first_down + every * number as u32).await;
+                    world.stop_hosts(hosts);
+                    sleep(length).await;
+                    world.start_hosts(hosts);
+                }
+                record(selected.len(), false, selected.len() as u64);
             }
             FaultKind::Clog => {
                 world.clog_relay(true);
@@ -176,6 +218,34 @@ impl<W: World> FaultPlayer<W> {
             }
         }
         Ok(())
+    }
+
+    /// The upstream hosts `selector` picks, as indices in plan order: the table's matching
+    /// hosts in file order, or a fraction of all of them drawn from the seeded RNG.
+    fn select(&self, selector: &HostSelector) -> Vec<usize> {
+        let table = self.table.as_ref();
+        match selector {
+            HostSelector::Fraction(_) => {
+                let upstreams: Vec<usize> = (0..self.world.upstream_count()).collect();
+                let count = selector.count(table, upstreams.len());
+                upstreams
+                    .choose_multiple(&mut thread_rng(), count)
+                    .copied()
+                    .collect()
+            }
+            _ => selector.matching(table),
+        }
+    }
+
+    /// Cut the relay off the upstream hosts `cut` for `length`, then heal; the fault's
+    /// effect is the hosts cut.
+    async fn cut_off(&self, cut: &[usize], length: Duration, record: impl Fn(usize, bool, u64)) {
+        let world = &*self.world;
+        world.partition(cut, true);
+        record(cut.len(), true, 0);
+        sleep(length).await;
+        world.partition(cut, false);
+        record(cut.len(), false, cut.len() as u64);
     }
 
     /// Switch the relay's fault points as `switches` says for `length`, then every one of

@@ -28,12 +28,14 @@ pub mod turmoil;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use relay::rt::fault::Fault;
 use relay::upstream::egress::Cidr;
 
 use crate::actors::relay_host::{quiet_injected_panics, ConnWatch};
+use crate::actors::upstream::HostPlan;
 use crate::logs::{LogCapture, LogSettings};
 use crate::oracle::{self, Verdict, Violation};
 use crate::scenario::{Between, EngineName, Feature, Scenario, Supports};
@@ -101,7 +103,8 @@ pub fn for_scenario(scenario: &Scenario) -> Result<&'static dyn Engine, String> 
 }
 
 /// What a fault can do to a world: the relay's life (kill, graceful stop, start, power
-/// cut), its network (partition, clog, latency) and its fault points. The one fault player
+/// cut), the upstream hosts' servers (stop, start) and links (latency), its network
+/// (partition, clog, latency) and its fault points. The one fault player
 /// ([`faults::FaultPlayer`]) plays every world's timeline through these. A world implements
 /// what its [`World::SUPPORTS`] table does not refuse; the rest keep their default, which
 /// panics (validation refuses a scenario that would need it).
@@ -137,6 +140,24 @@ pub trait World: Send + Sync + 'static {
     /// (indices in plan order), both directions.
     fn partition(&self, _hosts: &[usize], _cut: bool) {
         unsupported::<Self>(Feature::Partition)
+    }
+
+    /// Stop the servers of the upstream hosts at `hosts` (indices in plan order): their
+    /// connections drop, and connections to them are refused until [`World::start_hosts`].
+    fn stop_hosts(&self, _hosts: &[usize]) {
+        unsupported::<Self>(Feature::HostRestart)
+    }
+
+    /// Start the servers of the upstream hosts at `hosts` again, each as it was planned,
+    /// with its events still there.
+    fn start_hosts(&self, _hosts: &[usize]) {
+        unsupported::<Self>(Feature::HostRestart)
+    }
+
+    /// The upstream hosts' plans, in plan order: what a `hosts_latency` fault slows down
+    /// (each plan's [`LinkDelay`](crate::actors::upstream::LinkDelay)).
+    fn upstream_plans(&self) -> &[Arc<HostPlan>] {
+        unsupported::<Self>(Feature::HostLatency)
     }
 
     /// Cut the relay off the network (`clogged`), or put it back.

@@ -150,6 +150,7 @@ fn simulate(
         commands: Arc::clone(&commands),
         others: others(scenario, &upstreams),
         upstreams,
+        plans: plans.clone(),
     });
     let (restart, orchestrator) = orchestrator(&world, scenario, sink);
     let tallies = start_actors(&mut sim, scenario, relay_addr, sink, restart);
@@ -352,6 +353,8 @@ struct TurmoilWorld {
     upstreams: Vec<String>,
     /// Every host but the relay and the world ([`others`]).
     others: Vec<String>,
+    /// The upstream hosts' plans, in plan order.
+    plans: Vec<Arc<upstream::HostPlan>>,
 }
 
 impl TurmoilWorld {
@@ -389,6 +392,10 @@ impl World for TurmoilWorld {
 
     fn upstream_count(&self) -> usize {
         self.upstreams.len()
+    }
+
+    fn upstream_plans(&self) -> &[Arc<upstream::HostPlan>] {
+        &self.plans
     }
 
     fn partition(&self, hosts: &[usize], cut: bool) {

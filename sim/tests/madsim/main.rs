@@ -693,3 +693,78 @@ fn a_tables_statuses_become_refused_unresolved_and_black_hole_hosts() {
         );
     }
 }
+
+#[test]
+fn network_shard_deploy_restarts_the_shards_in_batches_darkens_an_operator_and_slows_a_region_for_3_seeds(
+) {
+    use windtunnel::trace::Event;
+    const DEPLOY_AT_S: u64 = 150;
+    const DOWN_S: u64 = 20;
+    const EVERY_S: u64 = 30;
+    const BATCH: u64 = 8;
+    for (seed, _, outcome) in passes("network_shard_deploy.toml", 1..=3) {
+        let records = outcome.trace.records();
+        let faults: Vec<(&str, u32, bool, u64)> = records
+            .iter()
+            .filter_map(|record| match &record.event {
+                Event::Fault {
+                    kind,
+                    hosts,
+                    active,
+                    effect,
+                    ..
+                } => Some((kind.as_str(), *hosts, *active, *effect)),
+                _ => None,
+            })
+            .collect();
+        let latency_effect = faults.last().map_or(0, |fault| fault.3);
+        assert_eq!(
+            faults,
+            [
+                ("hosts_restart", 88, true, 0),
+                ("hosts_dark", 9, true, 0),
+                ("hosts_dark", 9, false, 9),
+                ("hosts_restart", 88, false, 88),
+                ("hosts_latency", 25, true, 0),
+                ("hosts_latency", 25, false, latency_effect),
+            ],
+            "seed {seed}: the deploy hits the 88 shards, the dark operator its 9 hosts, the \
+             slow region its 25 shards"
+        );
+        // Each of the 25 us-east shards sends at least one event in the minute (one per
+        // 10-60 s), every one held back.
+        assert!(
+            latency_effect >= 25,
+            "seed {seed}: only {latency_effect} sends were held back"
+        );
+        // Each shard's first subscription after the deploy began: shard-NN is in batch
+        // (NN - 1) / 8 (table order), so it comes back only after its batch was down.
+        let mut resumed = std::collections::BTreeMap::new();
+        for record in records {
+            if let Event::Subscribed { cursor } = record.event {
+                if record.t_us >= DEPLOY_AT_S * 1_000_000 && record.node.starts_with("shard-") {
+                    resumed
+                        .entry(record.node.clone())
+                        .or_insert((record.t_us, cursor));
+                }
+            }
+        }
+        assert_eq!(
+            resumed.len(),
+            87,
+            "seed {seed}: every online shard is subscribed to again after its restart"
+        );
+        for (shard, (t_us, cursor)) in &resumed {
+            let number: u64 = shard["shard-".len().."shard-".len() + 2].parse().unwrap();
+            let back_s = DEPLOY_AT_S + EVERY_S * ((number - 1) / BATCH) + DOWN_S;
+            assert!(
+                *t_us >= back_s * 1_000_000,
+                "seed {seed}: {shard} resubscribed at {t_us} µs, before its batch was back at {back_s} s"
+            );
+            assert!(
+                *cursor > 0,
+                "seed {seed}: {shard} resumed from cursor {cursor}, not from where the relay was"
+            );
+        }
+    }
+}

@@ -61,6 +61,7 @@ fn every_shipped_scenario_loads() {
             "memory_pressure",
             "memory_pressure_unguarded",
             "network_blip",
+            "network_shard_deploy",
             "network_snapshot",
             "panic_isolation",
             "power_loss",
@@ -118,9 +119,9 @@ fn every_problem_in_a_file_is_reported_at_its_key() {
         [
             "bad.toml:4:1: unknown field `max_conections`, expected one of `listen`, `max_connections`, `max_connections_per_ip`, `header_read_timeout_ms`, `idle_timeout_ms`, `idle_check_interval_ms`, `max_header_bytes`, `drain_timeout_ms`, `shutdown_drain_ms`, `shutdown_grace_ms`, `refusal_lane_max`, `refusal_lane_per_ip_max`, `probe_reserve_max`, `refusal_read_timeout_ms`, `retry_after_s`, `handler_timeout_ms`, `dispatch`, `date_header`",
             "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
-            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`",
+            "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`, `hosts_restart`, `hosts_dark`, `hosts_latency`",
             "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",
-            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `relay_restarts_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`, `bad_hosts_isolated`, `fair_share`",
+            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `relay_restarts_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`, `bad_hosts_isolated`, `fair_share`, `coverage_min`",
         ]
     );
     let semantic = "name = \"x\"\n\
@@ -240,7 +241,7 @@ fn upstream_and_fault_tables_are_validated() {
         "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"meteor\"\nat_s = 1\n"
     ));
     assert!(
-        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`"),
+        message.starts_with("bad.toml:7:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`, `hosts_restart`, `hosts_dark`"),
         "{message}"
     );
     let message = parse_error(&format!(
@@ -538,6 +539,142 @@ fn only_madsim_plays_a_table() {
     assert!(
         message.starts_with(
             "<dir>/scenario.toml:6:1: upstreams.table: expected upstreams.hosts instead of a table with engine = \"turmoil\""
+        ),
+        "{message}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Host selectors (`[[faults]] hosts = { … }`).
+
+/// A snapshot table of three hosts: two of operator op-1 in us-east, one of op-2.
+const SELECTOR_TABLE: &str = "\
+{\"host\": \"a.example\", \"status\": \"online\", \"operator\": \"op-1\", \"region\": \"us-east\"}
+{\"host\": \"b.example\", \"status\": \"online\", \"operator\": \"op-2\"}
+{\"host\": \"c.example\", \"status\": \"offline\", \"operator\": \"op-1\", \"region\": \"us-east\"}
+";
+
+/// `table_scenario` with one fault (`fault`, the lines after `[[faults]]`).
+fn selector_scenario(fault: &str) -> String {
+    format!("{}[[faults]]\n{fault}", table_scenario())
+}
+
+#[test]
+fn host_selectors_match_the_tables_metadata_and_a_rolling_deploy_ends_with_its_last_batch() {
+    use windtunnel::scenario::{FaultKind, HostSelector, Rolling};
+    let scenario = load_with_table(
+        "selector_ok",
+        &selector_scenario(
+            "kind = \"hosts_restart\"\nat_s = 10\ndown_s = 10\nhosts = { operator = \"op-1\" }\n\
+             rolling = { batch = 1, every_s = 20 }\n",
+        ),
+        SELECTOR_TABLE,
+    )
+    .unwrap();
+    let fault = &scenario.faults[0];
+    let FaultKind::HostsRestart { hosts, rolling } = &fault.kind else {
+        panic!("{fault:?}");
+    };
+    assert_eq!(hosts, &HostSelector::Operator("op-1".into()));
+    assert_eq!(
+        rolling,
+        &Some(Rolling {
+            batch: 1,
+            every_s: 20
+        })
+    );
+    let table = scenario.upstreams.as_ref().unwrap().table.as_ref();
+    assert_eq!(
+        hosts.matching(table),
+        [0, 2],
+        "op-1's hosts, in table order"
+    );
+    assert_eq!(
+        HostSelector::Region("us-east".into()).matching(table),
+        [0, 2]
+    );
+    assert_eq!(HostSelector::Fraction(0.5).count(table, 3), 2);
+    assert_eq!(
+        fault.end_s(&scenario),
+        40,
+        "two batches of one: the second goes down at 30 s and is back at 40 s"
+    );
+}
+
+#[test]
+fn host_selectors_are_checked_against_the_table_at_their_key() {
+    let error = |name: &str, fault: &str| {
+        load_with_table(name, &selector_scenario(fault), SELECTOR_TABLE).unwrap_err()
+    };
+    assert_eq!(
+        error(
+            "selector_unknown_operator",
+            "kind = \"hosts_dark\"\nat_s = 1\nduration_s = 5\nhosts = { operator = \"op-9\" }\n"
+        ),
+        "<dir>/scenario.toml:10:1: faults[0].hosts: no host of <dir>/hosts/table has operator \"op-9\""
+    );
+    assert_eq!(
+        error(
+            "selector_bad_fraction",
+            "kind = \"hosts_dark\"\nat_s = 1\nduration_s = 5\nhosts = { fraction = 1.5 }\n"
+        ),
+        "<dir>/scenario.toml:10:1: faults[0].hosts: expected a fraction within 0..=1"
+    );
+    assert_eq!(
+        error(
+            "selector_rolling_overlap",
+            "kind = \"hosts_restart\"\nat_s = 1\ndown_s = 10\nhosts = { kind = \"bsky\" }\n\
+             rolling = { batch = 0, every_s = 5 }\n"
+        ),
+        "<dir>/scenario.toml:10:1: faults[0].hosts: no host of <dir>/hosts/table has kind \"bsky\"\n\
+         <dir>/scenario.toml:11:13: faults[0].rolling.batch: expected batch >= 1\n\
+         <dir>/scenario.toml:11:24: faults[0].rolling.every_s: expected every_s >= down_s (10s): a batch is back before the next goes down"
+    );
+    assert_eq!(
+        error(
+            "selector_deploy_too_long",
+            "kind = \"hosts_restart\"\nat_s = 10\ndown_s = 10\nhosts = { region = \"us-east\" }\n\
+             rolling = { batch = 1, every_s = 45 }\n"
+        ),
+        "<dir>/scenario.toml:9:1: faults[0].down_s: expected the fault to end by duration_s (60s), it ends at 65s"
+    );
+    assert_eq!(
+        error(
+            "selector_no_extra_latency",
+            "kind = \"hosts_latency\"\nat_s = 1\nduration_s = 5\nhosts = { operator = \"op-2\" }\n\
+             extra_latency_ms = 0\n"
+        ),
+        "<dir>/scenario.toml:11:1: faults[0].extra_latency_ms: expected extra_latency_ms >= 1"
+    );
+    let generated = parse_error(&format!(
+        "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"hosts_dark\"\nat_s = 1\nduration_s = 5\n\
+         hosts = {{ region = \"us-east\" }}\n"
+    ));
+    assert_eq!(
+        generated,
+        "bad.toml:10:1: faults[0].hosts: a selector by region needs upstreams.table: a generated host table has no regions"
+    );
+    let unknown = parse_error(&format!(
+        "{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"hosts_dark\"\nat_s = 1\nduration_s = 5\n\
+         hosts = {{ software = \"x\" }}\n"
+    ));
+    assert!(
+        unknown.contains(
+            "unknown variant `software`, expected one of `operator`, `kind`, `region`, `fraction`"
+        ),
+        "{unknown}"
+    );
+}
+
+#[test]
+fn only_madsim_restarts_hosts() {
+    let message = parse_error(&format!(
+        "engine = \"turmoil\"\n{MINIMAL}[upstreams]\nhosts = 10\n[[faults]]\nkind = \"hosts_restart\"\n\
+         at_s = 1\ndown_s = 5\nhosts = {{ fraction = 0.5 }}\n"
+    ));
+    assert!(
+        message.starts_with(
+            "bad.toml:8:1: faults[0].kind: expected no hosts_restart fault with engine = \"turmoil\""
         ),
         "{message}"
     );

@@ -68,6 +68,44 @@ mod turmoil_engine {
         });
         assert!(restarted, "the relay never came back from its restart");
     }
+
+    #[test]
+    fn slowed_and_darkened_hosts_take_effect_and_are_deterministic() {
+        let scenario = Scenario::parse(
+            Path::new("hosts.toml"),
+            "engine = \"turmoil\"\nname = \"hosts\"\nduration_s = 60\n\
+             [upstreams]\nhosts = 10\nevent_interval_s = [1, 2]\n\
+             [[faults]]\nkind = \"hosts_latency\"\nat_s = 5\nduration_s = 20\n\
+             hosts = { fraction = 0.5 }\nextra_latency_ms = 300\n\
+             [[faults]]\nkind = \"hosts_dark\"\nat_s = 30\nduration_s = 10\n\
+             hosts = { fraction = 0.3 }\n\
+             [oracles]\nno_panics = {}\nfaults_fired = {}\n",
+        )
+        .unwrap();
+        let [first, second] = [1, 1].map(|seed| Turmoil.run(&scenario, seed, None));
+        assert_eq!(first.verdict, Verdict::Passed, "{:?}", first.violations);
+        assert_eq!(first.trace.hash(), second.trace.hash(), "two runs differ");
+        let healed: Vec<(&str, u32, u64)> = first
+            .trace
+            .records()
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Fault {
+                    kind,
+                    hosts,
+                    active: false,
+                    effect,
+                    ..
+                } => Some((kind.as_str(), *hosts, *effect)),
+                _ => None,
+            })
+            .collect();
+        let [("hosts_latency", 5, delayed), ("hosts_dark", 3, 3)] = healed[..] else {
+            panic!("{healed:?}");
+        };
+        // Five hosts, an event every 1-2 s each, for 20 s: every send held back.
+        assert!(delayed >= 50, "only {delayed} sends were held back");
+    }
 }
 
 /// Real mode: the same actors on real tokio and loopback TCP against the relay as a child
@@ -196,6 +234,14 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
         panic!("{:?}", refused(&stall));
     };
     assert!(reason.contains("fault points"), "{reason}");
+    for fault in [
+        "kind = \"hosts_restart\"\nat_s = 1\ndown_s = 1\nhosts = { fraction = 0.5 }",
+        "kind = \"hosts_latency\"\nat_s = 1\nduration_s = 1\nhosts = { fraction = 0.5 }\n\
+         extra_latency_ms = 100",
+    ] {
+        let refusals = refused(&with_fault(fault));
+        assert_eq!(refusals.len(), 1, "{fault}: {refusals:?}");
+    }
     let kill = with_fault("kind = \"kill_relay\"\nat_s = 1\ndown_s = 1");
     assert_eq!(refused(&kill), Vec::<String>::new());
     // A relay that cannot start is a clear failure of the run, not a hang.

@@ -12,8 +12,9 @@
 //! DNS record, or accepts and never answers ([`upstream::DeadHost`]).
 //!
 //! The faults are the one fault player's ([`crate::worlds::faults`]); what they do to this
-//! world is [`MadsimWorld`]'s: madsim's `kill` and `restart` of the relay's node, clogged
-//! links and nodes, the network's latency, and the relay's fault points.
+//! world is [`MadsimWorld`]'s: madsim's `kill` and `restart` of the relay's node and of
+//! upstream hosts' nodes (a restarted host serves its plan again), clogged links and
+//! nodes, the network's latency, the hosts' link delays, and the relay's fault points.
 //!
 //! [`bare`] builds the same shape of world without the relay and the harness: the baseline
 //! the benchmarks compare the tunnel against.
@@ -153,6 +154,9 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     let madsim_world = Arc::new(MadsimWorld {
         relay: relay_node.id(),
         upstreams: upstream_nodes.iter().map(NodeHandle::id).collect(),
+        plans: plans.clone(),
+        sink: sink.clone(),
+        world_start,
         control: Arc::clone(&control),
         database: database.clone(),
     });
@@ -235,28 +239,39 @@ fn start_upstreams(
         .iter()
         .map(|plan| {
             let node = host_node(handle, &net, plan);
-            match plan.dead {
-                None => {
-                    node.spawn(upstream::serve(
-                        Arc::clone(plan),
-                        upstream::simulated_listen(),
-                        sink.clone(),
-                        world_start,
-                    ));
-                }
-                Some(DeadHost::BlackHole) => {
-                    node.spawn(upstream::black_hole(
-                        plan.hostname.clone(),
-                        upstream::simulated_listen(),
-                    ));
-                }
-                // Nothing listens (or nobody finds the node).
-                Some(DeadHost::Refused | DeadHost::Unresolved) => {}
-            }
+            serve_host(&node, plan, sink, world_start);
             node
         })
         .collect();
     (nodes, plans)
+}
+
+/// Start what host `plan` runs on its `node`: its server, a black hole, or nothing (a dead
+/// host nothing listens on).
+fn serve_host(
+    node: &NodeHandle,
+    plan: &Arc<upstream::HostPlan>,
+    sink: &TraceSink,
+    world_start: Instant,
+) {
+    match plan.dead {
+        None => {
+            node.spawn(upstream::serve(
+                Arc::clone(plan),
+                upstream::simulated_listen(),
+                sink.clone(),
+                world_start,
+            ));
+        }
+        Some(DeadHost::BlackHole) => {
+            node.spawn(upstream::black_hole(
+                plan.hostname.clone(),
+                upstream::simulated_listen(),
+            ));
+        }
+        // Nothing listens (or nobody finds the node).
+        Some(DeadHost::Refused | DeadHost::Unresolved) => {}
+    }
 }
 
 /// One upstream host's node: its DNS record (none for a host whose name does not resolve),
@@ -279,11 +294,17 @@ fn send_latency(range_ms: Between<u64>) -> std::ops::Range<Duration> {
 }
 
 /// What the madsim world's faults change: the relay's node (and its control and database)
-/// and the upstream hosts' nodes.
+/// and the upstream hosts' nodes (with what they run, to start it again).
 struct MadsimWorld {
     relay: NodeId,
     /// The upstream hosts' nodes, in plan order.
     upstreams: Vec<NodeId>,
+    /// The upstream hosts' plans, in plan order.
+    plans: Vec<Arc<upstream::HostPlan>>,
+    /// Where a restarted host records its subscriptions.
+    sink: TraceSink,
+    /// The world's start (a host's event log is a function of the time since).
+    world_start: Instant,
     control: Arc<RelayControl>,
     database: PathBuf,
 }
@@ -347,6 +368,33 @@ impl World for MadsimWorld {
                 net.unclog_link(self.relay, node);
                 net.unclog_link(node, self.relay);
             }
+        }
+    }
+
+    fn upstream_plans(&self) -> &[Arc<upstream::HostPlan>] {
+        &self.plans
+    }
+
+    fn stop_hosts(&self, hosts: &[usize]) {
+        let handle = Handle::current();
+        for &host in hosts {
+            // Its tasks are dropped and its sockets closed: live connections drop, new ones
+            // are refused.
+            handle.kill(self.upstreams[host]);
+        }
+    }
+
+    fn start_hosts(&self, hosts: &[usize]) {
+        let handle = Handle::current();
+        for &host in hosts {
+            let id = self.upstreams[host];
+            // A node built without an initial task comes back empty; its server is started
+            // on it again, over the same plan (its events are a function of time).
+            handle.restart(id);
+            let node = handle
+                .get_node(id)
+                .expect("an upstream host's node outlives the world's faults");
+            serve_host(&node, &self.plans[host], &self.sink, self.world_start);
         }
     }
 
