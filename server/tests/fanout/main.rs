@@ -769,18 +769,7 @@ async fn a_silent_subscriber_is_closed_at_the_pong_deadline_while_one_that_answe
             }
         }
     });
-    // The silent one completes the handshake by hand and never sends another byte.
-    let mut silent = TcpStream::connect(relay.addr).await.unwrap();
-    silent
-        .write_all(handshake("/subscribe?cursor=0").as_bytes())
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    tokio::time::timeout(PATIENCE, silent.read_to_end(&mut received))
-        .await
-        .expect("the silent subscriber is closed")
-        .unwrap();
-    let received = String::from_utf8_lossy(&received);
+    let received = silent_subscriber_until_closed(relay.addr).await;
     assert!(received.starts_with("HTTP/1.1 101 "), "{received}");
     assert!(received.contains("pong timeout"), "{received}");
     let observer = relay.observer.clone();
@@ -806,6 +795,22 @@ async fn a_silent_subscriber_is_closed_at_the_pong_deadline_while_one_that_answe
     relay.stop().await;
 }
 
+/// A subscriber that completes the handshake by hand and never sends another byte: what
+/// it received until the relay closed it.
+async fn silent_subscriber_until_closed(relay: SocketAddr) -> String {
+    let mut silent = TcpStream::connect(relay).await.unwrap();
+    silent
+        .write_all(handshake("/subscribe?cursor=0").as_bytes())
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(PATIENCE, silent.read_to_end(&mut received))
+        .await
+        .expect("the silent subscriber is closed")
+        .unwrap();
+    String::from_utf8_lossy(&received).into_owned()
+}
+
 /// The relay's own pings are not activity: a subscriber that sends nothing is reaped as
 /// idle even when the pong deadline is far away (the ping flush used to stamp the slot).
 #[tokio::test]
@@ -822,16 +827,7 @@ async fn a_silent_subscriber_is_reaped_as_idle_despite_the_relays_pings() {
         ],
     )
     .await;
-    let mut silent = TcpStream::connect(relay.addr).await.unwrap();
-    silent
-        .write_all(handshake("/subscribe?cursor=0").as_bytes())
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    tokio::time::timeout(PATIENCE, silent.read_to_end(&mut received))
-        .await
-        .expect("the silent subscriber is closed")
-        .unwrap();
+    silent_subscriber_until_closed(relay.addr).await;
     let observer = relay.observer.clone();
     wait_until("the silent subscriber's slot is back", || {
         observer.connections().open == 0

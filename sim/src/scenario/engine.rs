@@ -251,14 +251,52 @@ struct Use {
 
 /// Every feature `scenario` uses that some world refuses.
 fn uses(scenario: &Scenario) -> Vec<Use> {
-    let mut found = Vec::new();
-    if scenario.network.tcp_capacity.is_some() {
-        found.push(Use {
-            feature: Feature::AcceptQueue,
-            key: "network.tcp_capacity".into(),
-            expected: "no tcp_capacity".into(),
-        });
-    }
+    let upstreams = scenario.upstreams.as_ref();
+    // Features a key switches on: (switched on, feature, key, what a refusing world expects).
+    let switches = [
+        (
+            scenario.network.tcp_capacity.is_some(),
+            Feature::AcceptQueue,
+            "network.tcp_capacity",
+            "no tcp_capacity",
+        ),
+        (
+            upstreams.is_some_and(|upstreams| upstreams.hostile.is_some()),
+            Feature::HostileUpstreams,
+            "upstreams.hostile",
+            "no hostile cast",
+        ),
+        (
+            scenario
+                .prober
+                .as_ref()
+                .is_some_and(|prober| prober.restart),
+            Feature::RelayRestart,
+            "prober.restart",
+            "restart = false",
+        ),
+        (
+            upstreams.is_some_and(|upstreams| upstreams.table.is_some()),
+            Feature::HostTable,
+            "upstreams.table",
+            "upstreams.hosts instead of a table",
+        ),
+        (
+            scenario.oracles.coverage_min.is_some(),
+            Feature::DeliveryTiming,
+            "oracles.coverage_min",
+            "no coverage_min",
+        ),
+    ];
+    let mut found: Vec<Use> = switches
+        .into_iter()
+        .filter(|(on, ..)| *on)
+        .map(|(_, feature, key, expected)| Use {
+            feature,
+            key: key.into(),
+            expected: expected.into(),
+        })
+        .collect();
     for (index, churner) in scenario.churners.iter().enumerate() {
         if churner.mix.half_close > 0 {
             found.push(Use {
@@ -267,46 +305,6 @@ fn uses(scenario: &Scenario) -> Vec<Use> {
                 expected: "half_close = 0".into(),
             });
         }
-    }
-    if scenario
-        .upstreams
-        .as_ref()
-        .is_some_and(|upstreams| upstreams.hostile.is_some())
-    {
-        found.push(Use {
-            feature: Feature::HostileUpstreams,
-            key: "upstreams.hostile".into(),
-            expected: "no hostile cast".into(),
-        });
-    }
-    if scenario
-        .prober
-        .as_ref()
-        .is_some_and(|prober| prober.restart)
-    {
-        found.push(Use {
-            feature: Feature::RelayRestart,
-            key: "prober.restart".into(),
-            expected: "restart = false".into(),
-        });
-    }
-    if scenario
-        .upstreams
-        .as_ref()
-        .is_some_and(|upstreams| upstreams.table.is_some())
-    {
-        found.push(Use {
-            feature: Feature::HostTable,
-            key: "upstreams.table".into(),
-            expected: "upstreams.hosts instead of a table".into(),
-        });
-    }
-    if scenario.oracles.coverage_min.is_some() {
-        found.push(Use {
-            feature: Feature::DeliveryTiming,
-            key: "oracles.coverage_min".into(),
-            expected: "no coverage_min".into(),
-        });
     }
     for (index, fault) in scenario.faults.iter().enumerate() {
         found.push(Use {
