@@ -80,6 +80,29 @@ impl fmt::Debug for HostTable {
     }
 }
 
+/// Most bytes a table file may hold (the shipped 3,208-host snapshot is 0.5 MB).
+pub const TABLE_BYTES_MAX: u64 = 64 << 20;
+
+/// The text of the regular file at `path`, refused when it is not a regular file (a FIFO,
+/// a terminal or `/dev/zero` would block or never end) or is larger than
+/// [`TABLE_BYTES_MAX`]: a scenario naming such a path costs a clear error, not a hang.
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(TABLE_BYTES_MAX + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > TABLE_BYTES_MAX {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {TABLE_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// A problem on one line of a table file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct LineProblem {
@@ -91,7 +114,7 @@ impl HostTable {
     /// Read and check the table at `path`: every problem, one `path:line: message` per
     /// line, when it is not a valid table.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
+        let text = read_bounded(path)
             .map_err(|error| format!("{}: cannot read the host table: {error}", path.display()))?;
         let hosts = parse(&text).map_err(|problems| {
             problems
@@ -364,5 +387,19 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].line, 2);
         assert!(problems[0].message.starts_with("expected a hostname like"));
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_regular_file_is_refused_not_read_forever() {
+        let error = HostTable::load(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(
+            error,
+            "/dev/zero: cannot read the host table: not a regular file"
+        );
+        let error = HostTable::load(Path::new("/")).unwrap_err();
+        assert!(
+            error.starts_with("/: cannot read the host table: "),
+            "{error}"
+        );
     }
 }
