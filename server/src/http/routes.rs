@@ -6,10 +6,12 @@
 //! behind other work except the declared CPU cost every request pays. Request bodies are
 //! read only by `requestCrawl`, bounded in size and time.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
@@ -18,7 +20,7 @@ use super::response::{error, json, retry_later, shed, text};
 use super::AppState;
 use crate::rt::fault::{self, Fault};
 use crate::rt::time::timeout;
-use crate::upstream::CrawlError;
+use crate::upstream::{CrawlError, CrawlWindow};
 
 /// Largest accepted `requestCrawl` body.
 const CRAWL_BODY_BYTES_MAX: usize = 4 * 1024;
@@ -111,12 +113,14 @@ impl Route {
     }
 }
 
-/// What `route` answers `request` on `lane`: the handler the request boundary runs.
+/// What `route` answers `request` from `client` on `lane`: the handler the request
+/// boundary runs.
 pub(super) async fn respond(
     state: &AppState,
     request: Request<Incoming>,
     route: Route,
     lane: Lane<'_>,
+    client: IpAddr,
 ) -> Response<Full<Bytes>> {
     match route.allows(request.method()) {
         Err(allowed) => {
@@ -196,7 +200,7 @@ pub(super) async fn respond(
             }
             Route::RequestCrawl => {
                 injected_handler_faults().await;
-                request_crawl(state, request).await
+                request_crawl(state, request, client).await
             }
             Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
         },
@@ -215,7 +219,29 @@ async fn injected_handler_faults() {
     }
 }
 
-async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// `requestCrawl`: counted against `client`'s limit before its body is read (a refused
+/// caller costs no body read), then validated and handed to the host table.
+async fn request_crawl(
+    state: &AppState,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Response<Full<Bytes>> {
+    let window = state.upstreams.crawl_window();
+    if !state.crawl_requests.try_count(client, window.index) {
+        tracing::debug!(%client, "requestCrawl refused: the caller's limit for this window");
+        return retry_at_window_end(
+            window,
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "crawl_rate_limit",
+                &format!(
+                    "at most {} requestCrawl requests per address every {} s; retry later",
+                    state.config.upstream.crawl_per_client_max,
+                    state.config.upstream.crawl_window_s
+                ),
+            ),
+        );
+    }
     let body = Limited::new(request.into_body(), CRAWL_BODY_BYTES_MAX);
     let bytes = match timeout(state.config.server.header_read_timeout(), body.collect()).await {
         Err(_) => {
@@ -261,6 +287,27 @@ async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response
         Err(CrawlError::InternalName(message)) => {
             error(StatusCode::BAD_REQUEST, "egress_refused", &message)
         }
+        Err(refused @ CrawlError::HostTableFull { .. }) => error(
+            StatusCode::FORBIDDEN,
+            "host_table_full",
+            &refused.to_string(),
+        ),
+        Err(refused @ CrawlError::NewHostLimit { window, .. }) => retry_at_window_end(
+            window,
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "new_host_limit",
+                &refused.to_string(),
+            ),
+        ),
+        Err(refused @ CrawlError::ReactivationLimit { window }) => retry_at_window_end(
+            window,
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "reactivation_limit",
+                &refused.to_string(),
+            ),
+        ),
         Err(CrawlError::Store(cause)) => {
             tracing::warn!(error = %cause, "requestCrawl could not be stored");
             retry_later(
@@ -273,4 +320,15 @@ async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response
             )
         }
     }
+}
+
+/// `response` with `Retry-After` at the end of `window`, when its limits start afresh.
+fn retry_at_window_end(
+    window: CrawlWindow,
+    mut response: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(window.retry_after_s));
+    response
 }

@@ -9,6 +9,11 @@
 //! `handshake_concurrency_max` handshakes are in flight at once (a FIFO semaphore), so the
 //! CPU they need arrives in a bounded trickle.
 //!
+//! `requestCrawl` is anonymous, so what it may do is bounded (see [`CrawlWindow`]): at most
+//! `crawl_new_hosts_max` new hosts per window, none past `hosts_max` hosts, and a dormant
+//! host woken (dialled at once) at most once per window. The per-caller limit
+//! (`crawl_per_client_max`) is counted by the HTTP layer, which knows the caller.
+//!
 //! What the relay may dial is the [`egress`] rule's: loopback, private, link-local,
 //! metadata and other internal addresses are refused unless `egress_allow` names them.
 //!
@@ -90,6 +95,18 @@ pub struct UpstreamConfig {
     /// private, link-local, metadata, …), e.g. `["10.0.0.0/8"]` for upstreams on a private
     /// network. Empty: only public addresses are dialled.
     pub egress_allow: Vec<egress::Cidr>,
+    /// The length of a `requestCrawl` window, seconds: the limits below count per window,
+    /// and a refusal's `Retry-After` is what is left of the current one.
+    pub crawl_window_s: u64,
+    /// `requestCrawl` requests one client address may make per window (an IPv6 address
+    /// counts by its /64); past it, `429 crawl_rate_limit`. 0: no limit.
+    pub crawl_per_client_max: u32,
+    /// New hosts `requestCrawl` may add per window, from all callers together; past it,
+    /// `429 new_host_limit`. 0: no limit.
+    pub crawl_new_hosts_max: u32,
+    /// Hosts in the table past which `requestCrawl` adds no new host (`403 host_table_full`);
+    /// hosts already known are still crawled. 0: no limit.
+    pub hosts_max: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -112,6 +129,10 @@ impl Default for UpstreamConfig {
             host_events_per_second: 50,
             host_events_burst: 500,
             egress_allow: Vec::new(),
+            crawl_window_s: 3_600,
+            crawl_per_client_max: 100,
+            crawl_new_hosts_max: 1_000,
+            hosts_max: 100_000,
         }
     }
 }
@@ -136,12 +157,44 @@ impl UpstreamConfig {
         if self.host_events_per_second > 0 && self.host_events_burst == 0 {
             return Err("upstream.host_events_burst must be at least 1 while host_events_per_second limits hosts".into());
         }
+        if self.crawl_window_s == 0 || self.crawl_window_s > CRAWL_WINDOW_LIMIT_S {
+            return Err(format!(
+                "upstream.crawl_window_s must be between 1 and {CRAWL_WINDOW_LIMIT_S} (a week)"
+            ));
+        }
         if self.max_frame_bytes < MIN_FRAME_LIMIT_BYTES {
             return Err(format!(
                 "upstream.max_frame_bytes must be at least {MIN_FRAME_LIMIT_BYTES} (a control frame's largest payload)"
             ));
         }
         Ok(())
+    }
+}
+
+/// The longest `upstream.crawl_window_s`: a week.
+pub const CRAWL_WINDOW_LIMIT_S: u64 = 7 * 24 * 3_600;
+
+/// A fixed window of `requestCrawl` limits: which one an instant of the relay clock falls
+/// in, and how long is left of it (the `Retry-After` of a refusal). Windows are counted
+/// from the relay's start, so every limit begins afresh with a new process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrawlWindow {
+    /// The window's number (0 from the start).
+    pub index: u64,
+    /// Whole seconds until the next window begins, at least 1.
+    pub retry_after_s: u64,
+}
+
+impl CrawlWindow {
+    /// The window of `window_s` seconds that `now_ms` (relay clock) falls in.
+    pub fn at(now_ms: u64, window_s: u64) -> Self {
+        let window_ms = window_s.saturating_mul(1_000).max(1);
+        let index = now_ms / window_ms;
+        let left_ms = (index + 1).saturating_mul(window_ms) - now_ms;
+        Self {
+            index,
+            retry_after_s: left_ms.div_ceil(1_000).max(1),
+        }
     }
 }
 
@@ -236,6 +289,9 @@ pub struct Host {
     worker_running: AtomicBool,
     /// Why the host was quarantined (the first reason wins); see [`Upstreams::quarantine`].
     quarantine_reason: OnceLock<&'static str>,
+    /// The last [`CrawlWindow`] in which `requestCrawl` woke this host from dormancy, plus
+    /// one (0: never).
+    woken_in_window: AtomicU64,
 }
 
 impl Host {
@@ -257,6 +313,7 @@ impl Host {
             last_attempt_ms: AtomicU64::new(0),
             worker_running: AtomicBool::new(false),
             quarantine_reason: OnceLock::new(),
+            woken_in_window: AtomicU64::new(0),
         }
     }
 
@@ -389,6 +446,26 @@ pub enum CrawlError {
     /// A name under a domain that only names internal hosts (see [`egress::refuse_name`]).
     #[error("{0}")]
     InternalName(String),
+    /// The table holds `upstream.hosts_max` hosts: no new host is added.
+    #[error("the host table is full ({hosts_max} hosts): no new host is added")]
+    HostTableFull {
+        /// The configured cap.
+        hosts_max: usize,
+    },
+    /// This window's `upstream.crawl_new_hosts_max` new hosts have been added.
+    #[error("{new_hosts_max} new hosts were added in this window; retry in {} s", .window.retry_after_s)]
+    NewHostLimit {
+        /// The configured limit.
+        new_hosts_max: u32,
+        /// The window that is full.
+        window: CrawlWindow,
+    },
+    /// The host is dormant and was woken by a request in this window already.
+    #[error("this dormant host was already woken in this window; retry in {} s", .window.retry_after_s)]
+    ReactivationLimit {
+        /// The window in which it was woken.
+        window: CrawlWindow,
+    },
     /// The store could not record it; the caller should retry.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -426,6 +503,8 @@ pub struct Upstreams {
     shutdown: StopSignal,
     /// Where workers hand events to the sequencer; set once by [`Upstreams::start`].
     ingest: OnceLock<IngestSender>,
+    /// New hosts `requestCrawl` added per window: (window index, hosts added in it).
+    crawl_new_hosts: Mutex<(u64, u32)>,
 }
 
 impl Upstreams {
@@ -459,6 +538,7 @@ impl Upstreams {
             ramp_started: AtomicBool::new(false),
             shutdown: StopSignal::new(),
             ingest: OnceLock::new(),
+            crawl_new_hosts: Mutex::new((0, 0)),
         })
     }
 
@@ -529,7 +609,13 @@ impl Upstreams {
         stats
     }
 
-    /// Add (or re-activate) a host on request and make sure it has a worker.
+    /// The `requestCrawl` window the relay clock is in now.
+    pub fn crawl_window(&self) -> CrawlWindow {
+        CrawlWindow::at(self.clock.now_ms(), self.config.crawl_window_s)
+    }
+
+    /// Add (or re-activate) a host on request and make sure it has a worker, within the
+    /// limits on new hosts (per window and in all) and on waking dormant hosts.
     pub async fn request_crawl(
         self: &Arc<Self>,
         raw_hostname: &str,
@@ -537,6 +623,10 @@ impl Upstreams {
         let hostname = hostname::validate(raw_hostname)?;
         if let Some(refusal) = egress::refuse_name(&hostname) {
             return Err(CrawlError::InternalName(refusal));
+        }
+        let window = self.crawl_window();
+        if !self.knows(&hostname) {
+            self.admit_new_host(window)?;
         }
         let (id, created) = self.store.call(|store| store.add_host(&hostname)).await?;
         let host = {
@@ -555,6 +645,10 @@ impl Upstreams {
             )
         };
         if host.phase() == HostPhase::Dormant {
+            let woken_mark = window.index + 1;
+            if host.woken_in_window.swap(woken_mark, SeqCst) == woken_mark {
+                return Err(CrawlError::ReactivationLimit { window });
+            }
             self.store
                 .call(|store| store.set_status(id, HostStatus::Active, 0))
                 .await?;
@@ -569,6 +663,48 @@ impl Upstreams {
             created,
             worker_started,
         })
+    }
+
+    /// Whether `hostname` is in the host table.
+    fn knows(&self, hostname: &str) -> bool {
+        self.hosts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|host| host.hostname == hostname)
+    }
+
+    /// Take one of `window`'s new-host places, unless the table is full or the window's
+    /// places are taken. Checked before the host is stored, so concurrent requests for new
+    /// hosts may pass the `hosts_max` check together (by at most the requests in flight).
+    fn admit_new_host(&self, window: CrawlWindow) -> Result<(), CrawlError> {
+        let hosts_max = self.config.hosts_max;
+        if hosts_max > 0
+            && self
+                .hosts
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+                >= hosts_max
+        {
+            return Err(CrawlError::HostTableFull { hosts_max });
+        }
+        let new_hosts_max = self.config.crawl_new_hosts_max;
+        let mut added = self
+            .crawl_new_hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if window.index > added.0 {
+            *added = (window.index, 0);
+        }
+        if new_hosts_max > 0 && added.1 >= new_hosts_max {
+            return Err(CrawlError::NewHostLimit {
+                new_hosts_max,
+                window,
+            });
+        }
+        added.1 += 1;
+        Ok(())
     }
 
     fn snapshot(&self) -> Vec<Arc<Host>> {
@@ -656,6 +792,53 @@ impl Upstreams {
             if respawned > 0 {
                 tracing::info!(respawned, "reconciliation started missing workers");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crawl_window_names_its_number_and_the_whole_seconds_left() {
+        assert_eq!(
+            CrawlWindow::at(0, 60),
+            CrawlWindow {
+                index: 0,
+                retry_after_s: 60
+            }
+        );
+        assert_eq!(
+            CrawlWindow::at(59_001, 60),
+            CrawlWindow {
+                index: 0,
+                retry_after_s: 1
+            },
+            "a part of a second left is a whole second"
+        );
+        assert_eq!(
+            CrawlWindow::at(60_000, 60),
+            CrawlWindow {
+                index: 1,
+                retry_after_s: 60
+            }
+        );
+        assert_eq!(CrawlWindow::at(7_250_500, 3_600).index, 2);
+        assert_eq!(CrawlWindow::at(7_250_500, 3_600).retry_after_s, 3_550);
+    }
+
+    #[test]
+    fn crawl_window_bounds_are_checked() {
+        for window_s in [0, CRAWL_WINDOW_LIMIT_S + 1] {
+            let config = UpstreamConfig {
+                crawl_window_s: window_s,
+                ..UpstreamConfig::default()
+            };
+            assert_eq!(
+                config.check().unwrap_err(),
+                "upstream.crawl_window_s must be between 1 and 604800 (a week)"
+            );
         }
     }
 }

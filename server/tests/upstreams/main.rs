@@ -1,7 +1,7 @@
 //! Upstream subscriptions at the system boundary: real WebSocket upstreams on loopback, a
 //! real SQLite file, the relay restarted on the same database.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use relay::store::{HostStatus, Page, Store};
 use relay::upstream::{HostPhase, HostView};
 use relay::Observer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -75,12 +75,51 @@ async fn exchange(addr: SocketAddr, request: String) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
-async fn post_crawl(addr: SocketAddr, body: &str) -> String {
-    let request = format!(
+fn crawl_request(body: &str) -> String {
+    format!(
         "POST /requestCrawl HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
+    )
+}
+
+async fn post_crawl(addr: SocketAddr, body: &str) -> String {
+    exchange(addr, crawl_request(body)).await
+}
+
+/// `requestCrawl` of `hostname` from the loopback address `from` (any of 127.0.0.0/8).
+async fn crawl_from(from: [u8; 4], addr: SocketAddr, hostname: &str) -> String {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind((Ipv4Addr::from(from), 0).into()).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let body = format!(r#"{{"hostname":"{hostname}"}}"#);
+    stream
+        .write_all(crawl_request(&body).as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Assert that `response` is a `429` with JSON error `code` and a `Retry-After` of at most
+/// `window_s` seconds (and at least 1).
+fn assert_too_many(response: &str, code: &str, window_s: u64) {
+    assert!(
+        response.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{response}"
     );
-    exchange(addr, request).await
+    assert!(
+        response.contains(&format!(r#""error":"{code}""#)),
+        "{response}"
+    );
+    let retry_after_s: u64 = response
+        .lines()
+        .find_map(|line| line.strip_prefix("retry-after: "))
+        .unwrap_or_else(|| panic!("no Retry-After: {response}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=window_s).contains(&retry_after_s), "{response}");
 }
 
 async fn get(addr: SocketAddr, path: &str) -> String {
@@ -227,6 +266,15 @@ async fn request_crawl_validates_input_and_failing_hosts_turn_dormant() {
         again.ends_with(r#""created":false,"worker_started":true}"#),
         "{again}"
     );
+    // Once per window: when it is dormant again, asking does not wake it.
+    wait_until("the host turns dormant again", || {
+        observer.hosts()[0].phase == HostPhase::Dormant && !observer.hosts()[0].worker_running
+    })
+    .await;
+    let third = post_crawl(relay.addr, r#"{"hostname":"nothing-here.invalid"}"#).await;
+    assert_too_many(&third, "reactivation_limit", 3_600);
+    assert_eq!(observer.hosts()[0].phase, HostPhase::Dormant);
+    assert!(!observer.hosts()[0].worker_running, "no worker was started");
     relay.stop().await;
 }
 
@@ -252,6 +300,85 @@ async fn request_crawl_refuses_internal_names_with_the_reason() {
         );
     }
     assert!(relay.observer.hosts().is_empty(), "nothing was added");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn request_crawl_past_the_callers_limit_gets_429_and_other_callers_do_not() {
+    let db = temp_db("crawl_per_client");
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+        "upstream.crawl_per_client_max=3".to_owned(),
+    ])
+    .await;
+    let greedy = [127, 0, 0, 1];
+    for n in 0..3 {
+        let response = crawl_from(greedy, relay.addr, &format!("h{n}.invalid")).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+    let refused = crawl_from(greedy, relay.addr, "h3.invalid").await;
+    assert_too_many(&refused, "crawl_rate_limit", 3_600);
+    assert!(
+        refused.contains("at most 3 requestCrawl requests per address every 3600 s"),
+        "{refused}"
+    );
+    // Refused before its body is read: even a malformed request is counted and refused.
+    assert_too_many(
+        &post_crawl(relay.addr, "{not json").await,
+        "crawl_rate_limit",
+        3_600,
+    );
+    assert_eq!(
+        relay.observer.hosts().len(),
+        3,
+        "the refused host was not added"
+    );
+    let other = crawl_from([127, 0, 0, 2], relay.addr, "h3.invalid").await;
+    assert!(other.starts_with("HTTP/1.1 200 OK\r\n"), "{other}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn request_crawl_adds_at_most_the_new_hosts_a_window_and_the_table_allow() {
+    let db = temp_db("crawl_new_hosts");
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+        "upstream.crawl_new_hosts_max=2".to_owned(),
+    ])
+    .await;
+    for hostname in ["a.invalid", "b.invalid"] {
+        let response = post_crawl(relay.addr, &format!(r#"{{"hostname":"{hostname}"}}"#)).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+    let refused = post_crawl(relay.addr, r#"{"hostname":"c.invalid"}"#).await;
+    assert_too_many(&refused, "new_host_limit", 3_600);
+    let known = post_crawl(relay.addr, r#"{"hostname":"a.invalid"}"#).await;
+    assert!(
+        known.starts_with("HTTP/1.1 200 OK\r\n") && known.contains(r#""created":false"#),
+        "a known host is not a new one: {known}"
+    );
+    assert_eq!(relay.observer.hosts().len(), 2);
+    relay.stop().await;
+
+    // The same table under a cap of two hosts: full, whatever the window allows.
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+        "upstream.hosts_max=2".to_owned(),
+    ])
+    .await;
+    let full = post_crawl(relay.addr, r#"{"hostname":"c.invalid"}"#).await;
+    assert!(full.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{full}");
+    assert!(
+        full.contains(r#""error":"host_table_full""#)
+            && full.contains("the host table is full (2 hosts)"),
+        "{full}"
+    );
+    let known = post_crawl(relay.addr, r#"{"hostname":"b.invalid"}"#).await;
+    assert!(known.starts_with("HTTP/1.1 200 OK\r\n"), "{known}");
+    assert_eq!(relay.observer.hosts().len(), 2);
     relay.stop().await;
 }
 
