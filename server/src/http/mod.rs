@@ -9,6 +9,7 @@
 //! task allowed to close the socket.
 
 mod activity;
+pub mod admin;
 pub mod dispatch;
 mod guard;
 pub mod peers;
@@ -89,6 +90,8 @@ pub struct AppState {
     refusal_lane_shares: Arc<AddressShares>,
     /// `requestCrawl` requests per client address and window (`upstream.crawl_per_client_max`).
     crawl_requests: WindowedCounts,
+    /// Whether `requestCrawl` is accepted (the admin API's switch; on at start).
+    crawl_enabled: AtomicBool,
     /// Set while the accept loop runs and shutdown has not begun.
     accepting: AtomicBool,
     /// Set on the shutdown signal, while the listener still accepts (`shutdown_drain_ms`).
@@ -143,6 +146,7 @@ impl AppState {
                 config.server.refusal_lane_per_ip_max,
             ),
             crawl_requests: WindowedCounts::new(config.upstream.crawl_per_client_max),
+            crawl_enabled: AtomicBool::new(true),
             accepting: AtomicBool::new(false),
             shutdown_requested: AtomicBool::new(false),
             request_ids: AtomicU64::new(0),

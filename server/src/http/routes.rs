@@ -7,6 +7,7 @@
 //! read only by `requestCrawl`, bounded in size and time.
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -22,7 +23,7 @@ use crate::rt::fault::{self, Fault};
 use crate::rt::time::timeout;
 use crate::upstream::{CrawlError, CrawlWindow};
 
-/// Largest accepted `requestCrawl` body.
+/// Largest accepted `requestCrawl` (or admin) body.
 const CRAWL_BODY_BYTES_MAX: usize = 4 * 1024;
 
 /// The `requestCrawl` body.
@@ -219,13 +220,21 @@ async fn injected_handler_faults() {
     }
 }
 
-/// `requestCrawl`: counted against `client`'s limit before its body is read (a refused
-/// caller costs no body read), then validated and handed to the host table.
+/// `requestCrawl`: refused while the operator has switched it off; counted against
+/// `client`'s limit before its body is read (a refused caller costs no body read); then
+/// validated and handed to the host table.
 async fn request_crawl(
     state: &AppState,
     request: Request<Incoming>,
     client: IpAddr,
 ) -> Response<Full<Bytes>> {
+    if !state.crawl_enabled.load(Ordering::SeqCst) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "crawl_disabled",
+            "requestCrawl is switched off on this relay",
+        );
+    }
     let window = state.upstreams.crawl_window();
     if !state.crawl_requests.try_count(client, window.index) {
         tracing::debug!(%client, "requestCrawl refused: the caller's limit for this window");
@@ -242,57 +251,78 @@ async fn request_crawl(
             ),
         );
     }
+    let crawl: CrawlRequest =
+        match read_json_body(state, request, r#"{"hostname": "<dns name>"}"#).await {
+            Ok(crawl) => crawl,
+            Err(response) => return response,
+        };
+    match state.upstreams.request_crawl(&crawl.hostname).await {
+        Ok(accepted) => json(StatusCode::OK, &accepted),
+        Err(refused) => crawl_refusal(state, refused),
+    }
+}
+
+/// A small JSON body (at most [`CRAWL_BODY_BYTES_MAX`], within the header-read timeout)
+/// read as a `T`, or the error response that says why not (naming the `expected` shape).
+pub(super) async fn read_json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    request: Request<Incoming>,
+    expected: &str,
+) -> Result<T, Response<Full<Bytes>>> {
     let body = Limited::new(request.into_body(), CRAWL_BODY_BYTES_MAX);
     let bytes = match timeout(state.config.server.header_read_timeout(), body.collect()).await {
         Err(_) => {
-            return error(
+            return Err(error(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 "the request body did not arrive in time",
-            )
+            ))
         }
         Ok(Err(cause)) if cause.is::<http_body_util::LengthLimitError>() => {
-            return error(
+            return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 &format!("expected a JSON body of at most {CRAWL_BODY_BYTES_MAX} bytes"),
-            )
+            ))
         }
         Ok(Err(_)) => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "body_error",
                 "the request body could not be read",
-            )
+            ))
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let crawl: CrawlRequest = match serde_json::from_slice(&bytes) {
-        Ok(crawl) => crawl,
-        Err(cause) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                &format!("expected {{\"hostname\": \"<dns name>\"}}: {cause}"),
-            )
-        }
-    };
-    match state.upstreams.request_crawl(&crawl.hostname).await {
-        Ok(accepted) => json(StatusCode::OK, &accepted),
-        Err(CrawlError::InvalidHostname(cause)) => error(
+    serde_json::from_slice(&bytes).map_err(|cause| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            &format!("expected {expected}: {cause}"),
+        )
+    })
+}
+
+/// The answer to a refused `requestCrawl` (or admin ban) for `refused`.
+pub(super) fn crawl_refusal(state: &AppState, refused: CrawlError) -> Response<Full<Bytes>> {
+    match refused {
+        CrawlError::InvalidHostname(cause) => error(
             StatusCode::BAD_REQUEST,
             "invalid_hostname",
             &cause.to_string(),
         ),
-        Err(CrawlError::InternalName(message)) => {
+        CrawlError::InternalName(message) => {
             error(StatusCode::BAD_REQUEST, "egress_refused", &message)
         }
-        Err(refused @ CrawlError::HostTableFull { .. }) => error(
+        refused @ CrawlError::Banned { .. } => {
+            error(StatusCode::FORBIDDEN, "banned", &refused.to_string())
+        }
+        refused @ CrawlError::HostTableFull { .. } => error(
             StatusCode::FORBIDDEN,
             "host_table_full",
             &refused.to_string(),
         ),
-        Err(refused @ CrawlError::NewHostLimit { window, .. }) => retry_at_window_end(
+        refused @ CrawlError::NewHostLimit { window, .. } => retry_at_window_end(
             window,
             error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -300,7 +330,7 @@ async fn request_crawl(
                 &refused.to_string(),
             ),
         ),
-        Err(refused @ CrawlError::ReactivationLimit { window }) => retry_at_window_end(
+        refused @ CrawlError::ReactivationLimit { window } => retry_at_window_end(
             window,
             error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -308,8 +338,8 @@ async fn request_crawl(
                 &refused.to_string(),
             ),
         ),
-        Err(CrawlError::Store(cause)) => {
-            tracing::warn!(error = %cause, "requestCrawl could not be stored");
+        CrawlError::Store(cause) => {
+            tracing::warn!(error = %cause, "the host table could not be written");
             retry_later(
                 state,
                 error(

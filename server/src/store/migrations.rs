@@ -25,6 +25,10 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL,
         UNIQUE (host_id, upstream_seq)
     );",
+    // 3: banned names (a name bans itself and every name under it), set by the admin API.
+    "CREATE TABLE bans (
+        name TEXT PRIMARY KEY
+    );",
 ];
 
 /// The schema version this build writes.

@@ -243,6 +243,31 @@ impl Store {
         Ok(inserted)
     }
 
+    /// Record a ban of `name`. Returns whether it was new.
+    pub fn add_ban(&self, name: &str) -> Result<bool, StoreError> {
+        let inserted = self.lock().execute(
+            "INSERT INTO bans (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+            params![name],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// Lift the ban of `name`. Returns whether there was one.
+    pub fn remove_ban(&self, name: &str) -> Result<bool, StoreError> {
+        let deleted = self
+            .lock()
+            .execute("DELETE FROM bans WHERE name = ?1", params![name])?;
+        Ok(deleted == 1)
+    }
+
+    /// Every banned name, sorted.
+    pub fn bans(&self) -> Result<Vec<String>, StoreError> {
+        let connection = self.lock();
+        let mut query = connection.prepare("SELECT name FROM bans ORDER BY name")?;
+        let names = query.query_map([], |row| row.get(0))?;
+        names.collect::<Result<_, _>>().map_err(StoreError::from)
+    }
+
     /// Every host, by id.
     pub fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
         let connection = self.lock();

@@ -53,7 +53,7 @@ fn a_newer_schema_is_refused() {
     let error = Store::open(&path).unwrap_err().to_string();
     assert_eq!(
         error,
-        "database content is invalid: schema version 99 is newer than this build's 2"
+        "database content is invalid: schema version 99 is newer than this build's 3"
     );
 }
 
@@ -189,4 +189,20 @@ fn durable_commits_can_be_turned_off() {
     let path = temp_db("normal");
     let store = Store::open_with(&path, false).unwrap();
     assert!(!store.commits_durable(), "synchronous = NORMAL");
+}
+
+#[test]
+fn bans_are_added_once_listed_sorted_lifted_and_survive_reopen() {
+    let path = temp_db("bans");
+    {
+        let store = Store::open(&path).unwrap();
+        assert!(store.add_ban("spam.example").unwrap());
+        assert!(!store.add_ban("spam.example").unwrap(), "already banned");
+        assert!(store.add_ban("abuse.example").unwrap());
+        assert!(store.add_ban("gone.example").unwrap());
+        assert!(store.remove_ban("gone.example").unwrap());
+        assert!(!store.remove_ban("gone.example").unwrap(), "no such ban");
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.bans().unwrap(), ["abuse.example", "spam.example"]);
 }

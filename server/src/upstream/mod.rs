@@ -14,6 +14,11 @@
 //! host woken (dialled at once) at most once per window. The per-caller limit
 //! (`crawl_per_client_max`) is counted by the HTTP layer, which knows the caller.
 //!
+//! Operators ban names through the admin API ([`Upstreams::ban`]): a banned name covers
+//! itself and every name under it, is refused at `requestCrawl`, and the hosts it covers
+//! are quarantined with the reason [`QUARANTINE_BANNED`] (their workers end; no one else is
+//! touched). Bans are kept in the store and applied again at startup.
+//!
 //! What the relay may dial is the [`egress`] rule's: loopback, private, link-local,
 //! metadata and other internal addresses are refused unless `egress_allow` names them.
 //!
@@ -32,7 +37,7 @@ pub use worker::{
     SESSION_SEQ_NOT_INCREASING,
 };
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst,
 };
@@ -170,6 +175,9 @@ impl UpstreamConfig {
         Ok(())
     }
 }
+
+/// The quarantine reason of a host under a banned name.
+pub const QUARANTINE_BANNED: &str = "banned";
 
 /// The longest `upstream.crawl_window_s`: a week.
 pub const CRAWL_WINDOW_LIMIT_S: u64 = 7 * 24 * 3_600;
@@ -446,6 +454,14 @@ pub enum CrawlError {
     /// A name under a domain that only names internal hosts (see [`egress::refuse_name`]).
     #[error("{0}")]
     InternalName(String),
+    /// The name is under a name an operator banned.
+    #[error("{hostname} is banned (under the banned name {ban})")]
+    Banned {
+        /// The normalised hostname asked for.
+        hostname: String,
+        /// The ban that covers it.
+        ban: String,
+    },
     /// The table holds `upstream.hosts_max` hosts: no new host is added.
     #[error("the host table is full ({hosts_max} hosts): no new host is added")]
     HostTableFull {
@@ -505,6 +521,19 @@ pub struct Upstreams {
     ingest: OnceLock<IngestSender>,
     /// New hosts `requestCrawl` added per window: (window index, hosts added in it).
     crawl_new_hosts: Mutex<(u64, u32)>,
+    /// Banned names (each covers itself and every name under it), as in the store.
+    bans: RwLock<BTreeSet<String>>,
+}
+
+/// What an accepted ban did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BanOutcome {
+    /// The normalised name banned.
+    pub name: String,
+    /// Whether it was not banned before.
+    pub created: bool,
+    /// Hosts in the table this ban quarantined now.
+    pub hosts_stopped: usize,
 }
 
 impl Upstreams {
@@ -522,7 +551,8 @@ impl Upstreams {
             .iter()
             .map(|row| (row.id, Arc::new(Host::from_row(row))))
             .collect();
-        Ok(Self {
+        let bans = store.bans()?.into_iter().collect();
+        let upstreams = Self {
             handshake_permits: Arc::new(Semaphore::new(config.handshake_concurrency_max)),
             config,
             cpu_costs,
@@ -539,7 +569,94 @@ impl Upstreams {
             shutdown: StopSignal::new(),
             ingest: OnceLock::new(),
             crawl_new_hosts: Mutex::new((0, 0)),
+            bans: RwLock::new(bans),
+        };
+        for host in upstreams.snapshot() {
+            if upstreams.ban_covering(&host.hostname).is_some() {
+                upstreams.quarantine(host.id, QUARANTINE_BANNED);
+            }
+        }
+        Ok(upstreams)
+    }
+
+    /// The banned name that covers `hostname` (itself or a name it is under), if any.
+    fn ban_covering(&self, hostname: &str) -> Option<String> {
+        let bans = self.bans.read().unwrap_or_else(PoisonError::into_inner);
+        let mut name = hostname;
+        loop {
+            if bans.contains(name) {
+                return Some(name.to_owned());
+            }
+            name = name.split_once('.')?.1;
+        }
+    }
+
+    /// Ban `raw_name` (a hostname or a domain of two labels or more): it is stored, refused
+    /// at `requestCrawl` from now on, and every host it covers is quarantined.
+    pub async fn ban(&self, raw_name: &str) -> Result<BanOutcome, CrawlError> {
+        let name = hostname::validate(raw_name)?;
+        let created = {
+            let name = name.clone();
+            self.store.call(move |store| store.add_ban(&name)).await?
+        };
+        self.bans
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.clone());
+        let mut hosts_stopped = 0;
+        for host in self.snapshot() {
+            if host.quarantine_reason().is_none()
+                && self.ban_covering(&host.hostname).is_some()
+                && self.quarantine(host.id, QUARANTINE_BANNED)
+            {
+                hosts_stopped += 1;
+            }
+        }
+        Ok(BanOutcome {
+            name,
+            created,
+            hosts_stopped,
         })
+    }
+
+    /// Lift the ban of `raw_name`: `requestCrawl` accepts names under it again. Hosts it
+    /// quarantined stay stopped until the relay restarts (a quarantine is final while the
+    /// relay runs). Returns whether there was such a ban.
+    pub async fn unban(&self, raw_name: &str) -> Result<bool, CrawlError> {
+        let name = hostname::validate(raw_name)?;
+        let lifted = {
+            let name = name.clone();
+            self.store
+                .call(move |store| store.remove_ban(&name))
+                .await?
+        };
+        self.bans
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&name);
+        Ok(lifted)
+    }
+
+    /// Every banned name, sorted.
+    pub fn bans(&self) -> Vec<String> {
+        self.bans
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Up to `limit` hosts whose names sort after `after` (all from the first without it),
+    /// in hostname order: one page of the admin host listing.
+    pub fn views_after(&self, after: Option<&str>, limit: usize) -> Vec<HostView> {
+        let mut hosts: Vec<Arc<Host>> = self
+            .snapshot()
+            .into_iter()
+            .filter(|host| after.is_none_or(|after| host.hostname.as_str() > after))
+            .collect();
+        hosts.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        hosts.iter().take(limit).map(|host| host.view()).collect()
     }
 
     /// Whether the startup ramp has begun (part of readiness).
@@ -623,6 +740,9 @@ impl Upstreams {
         let hostname = hostname::validate(raw_hostname)?;
         if let Some(refusal) = egress::refuse_name(&hostname) {
             return Err(CrawlError::InternalName(refusal));
+        }
+        if let Some(ban) = self.ban_covering(&hostname) {
+            return Err(CrawlError::Banned { hostname, ban });
         }
         let window = self.crawl_window();
         if !self.knows(&hostname) {

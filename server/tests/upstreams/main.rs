@@ -763,3 +763,259 @@ async fn retention_keeps_the_log_within_its_byte_bound() {
     assert!(metrics.contains(&gauge), "{metrics}");
     relay.stop().await;
 }
+
+/// The admin secret of the admin tests.
+const SECRET: &str = "test-admin-secret-0123456789";
+
+/// A relay on `db` with its admin API on an ephemeral loopback port, and `settings`.
+async fn relay_with_admin(db: &std::path::Path, settings: &[&str]) -> RunningRelay {
+    let mut all = vec![
+        format!("store.path={}", db.display()),
+        format!("admin.secret={SECRET}"),
+        "admin.listen=127.0.0.1:0".to_owned(),
+    ];
+    all.extend(settings.iter().map(|setting| (*setting).to_owned()));
+    RunningRelay::start(&all).await
+}
+
+/// One admin request with `token` as the bearer token (none without), and a JSON `body`
+/// for a POST; the whole response.
+async fn admin(
+    relay: &RunningRelay,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> String {
+    let authorization = token.map_or(String::new(), |token| {
+        format!("Authorization: Bearer {token}\r\n")
+    });
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(relay.admin_addr.expect("the admin API is bound"), request).await
+}
+
+/// The JSON body of `response`.
+fn body_json(response: &str) -> serde_json::Value {
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    serde_json::from_str(body).unwrap_or_else(|error| panic!("{error}: {response}"))
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_its_secret_and_serves_metrics() {
+    let db = temp_db("admin_auth");
+    let without = RunningRelay::start(&[format!("store.path={}", db.display())]).await;
+    assert!(without.admin_addr.is_none(), "no secret, no admin listener");
+    without.stop().await;
+
+    let relay = relay_with_admin(&db, &[]).await;
+    for token in [None, Some("test-admin-secret-012345678"), Some("wrong")] {
+        let refused = admin(&relay, token, "GET", "/metrics", "").await;
+        assert!(
+            refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+            "{token:?}: {refused}"
+        );
+        assert_eq!(body_json(&refused)["error"], "unauthorized");
+    }
+    let refused = admin(
+        &relay,
+        None,
+        "POST",
+        "/admin/ban",
+        r#"{"name":"x.example"}"#,
+    )
+    .await;
+    assert!(
+        refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{refused}"
+    );
+    assert!(admin(&relay, Some(SECRET), "GET", "/admin/bans", "")
+        .await
+        .ends_with("[]"));
+    let metrics = admin(&relay, Some(SECRET), "GET", "/metrics", "").await;
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+    assert!(
+        metrics.contains("relay_upstream_hosts{phase=\"connected\"} 0"),
+        "{metrics}"
+    );
+    // The public listener has no admin routes.
+    assert!(get(relay.addr, "/admin/bans")
+        .await
+        .starts_with("HTTP/1.1 404 Not Found\r\n"));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_ban_refuses_crawls_under_the_name_and_stops_only_the_hosts_it_covers() {
+    let db = temp_db("admin_ban");
+    // `.invalid` never resolves: the workers stay in backoff, alive, until stopped.
+    let settings = [
+        "upstream.port=9",
+        "upstream.backoff_base_ms=10",
+        "upstream.backoff_cap_ms=20",
+        "upstream.dormant_after_failures=1000000",
+    ];
+    let relay = relay_with_admin(&db, &settings).await;
+    for hostname in ["a.spam.invalid", "b.spam.invalid", "notspam.invalid"] {
+        let response = post_crawl(relay.addr, &format!(r#"{{"hostname":"{hostname}"}}"#)).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+    let banned = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/ban",
+        r#"{"name":"Spam.invalid"}"#,
+    )
+    .await;
+    assert!(banned.starts_with("HTTP/1.1 200 OK\r\n"), "{banned}");
+    assert_eq!(
+        body_json(&banned),
+        serde_json::json!({"name": "spam.invalid", "created": true, "hosts_stopped": 2})
+    );
+    let observer = relay.observer.clone();
+    wait_until("the banned hosts' workers end", || {
+        ["a.spam.invalid", "b.spam.invalid"].iter().all(|hostname| {
+            let host = host_view(&observer, hostname);
+            host.quarantined == Some("banned") && !host.worker_running
+        })
+    })
+    .await;
+    let spared = host_view(&observer, "notspam.invalid");
+    assert!(
+        spared.worker_running && spared.quarantined.is_none(),
+        "{spared:?}"
+    );
+    for hostname in ["c.spam.invalid", "spam.invalid"] {
+        let refused = post_crawl(relay.addr, &format!(r#"{{"hostname":"{hostname}"}}"#)).await;
+        assert!(
+            refused.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{refused}"
+        );
+        assert_eq!(body_json(&refused)["error"], "banned");
+        assert!(
+            refused.contains("under the banned name spam.invalid"),
+            "{refused}"
+        );
+    }
+    let bad_name = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/ban",
+        r#"{"name":"invalid"}"#,
+    )
+    .await;
+    assert!(
+        bad_name.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{bad_name}"
+    );
+    relay.stop().await;
+
+    // Bans are kept: after a restart the hosts under the name are stopped before dialling.
+    let relay = relay_with_admin(&db, &settings).await;
+    assert_eq!(
+        host_view(&relay.observer, "a.spam.invalid").quarantined,
+        Some("banned")
+    );
+    assert!(admin(&relay, Some(SECRET), "GET", "/admin/bans", "")
+        .await
+        .ends_with(r#"["spam.invalid"]"#));
+    let lifted = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/unban",
+        r#"{"name":"spam.invalid"}"#,
+    )
+    .await;
+    assert_eq!(body_json(&lifted), serde_json::json!({"lifted": true}));
+    let accepted = post_crawl(relay.addr, r#"{"hostname":"c.spam.invalid"}"#).await;
+    assert!(accepted.starts_with("HTTP/1.1 200 OK\r\n"), "{accepted}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_switch_turns_request_crawl_off_and_on() {
+    let db = temp_db("admin_switch");
+    let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
+    let off = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/crawl",
+        r#"{"enabled":false}"#,
+    )
+    .await;
+    assert_eq!(body_json(&off), serde_json::json!({"enabled": false}));
+    let refused = post_crawl(relay.addr, r#"{"hostname":"a.invalid"}"#).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+        "{refused}"
+    );
+    assert_eq!(body_json(&refused)["error"], "crawl_disabled");
+    assert!(relay.observer.hosts().is_empty());
+    admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/crawl",
+        r#"{"enabled":true}"#,
+    )
+    .await;
+    let accepted = post_crawl(relay.addr, r#"{"hostname":"a.invalid"}"#).await;
+    assert!(accepted.starts_with("HTTP/1.1 200 OK\r\n"), "{accepted}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn admin_host_pages_walk_every_host_exactly_once() {
+    let db = temp_db("admin_pages");
+    let mut hostnames: Vec<String> = (0..23).map(|n| format!("h{n:02}.invalid")).collect();
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(hostnames.iter().rev().map(String::as_str))
+        .unwrap();
+    hostnames.sort();
+    let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
+    let mut walked = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/admin/hosts?limit=7&cursor={cursor}"),
+            None => "/admin/hosts?limit=7".to_owned(),
+        };
+        let page = body_json(&admin(&relay, Some(SECRET), "GET", &path, "").await);
+        pages += 1;
+        let hosts = page["hosts"].as_array().unwrap();
+        assert!(hosts.len() <= 7);
+        walked.extend(
+            hosts
+                .iter()
+                .map(|host| host["hostname"].as_str().unwrap().to_owned()),
+        );
+        match page.get("cursor") {
+            Some(next) => cursor = Some(next.as_str().unwrap().to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(walked, hostnames);
+    assert_eq!(pages, 4, "7 + 7 + 7 + 2");
+    for bad in [
+        "/admin/hosts?limit=0",
+        "/admin/hosts?limit=1001",
+        "/admin/hosts?page=2",
+    ] {
+        let refused = admin(&relay, Some(SECRET), "GET", bad, "").await;
+        assert!(
+            refused.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{bad}: {refused}"
+        );
+    }
+    relay.stop().await;
+}
