@@ -9,7 +9,7 @@
 //! within the public header-read and handler timeouts.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -31,7 +31,7 @@ use crate::rt::net::TcpListener;
 use crate::rt::stop::StopSignal;
 use crate::rt::time::{sleep, timeout, Duration};
 use crate::rt::{self, HyperTimer};
-use crate::upstream::HostView;
+use crate::upstream::{EventLimit, HostView};
 
 /// Admin connections served at once; more are closed without an answer.
 pub const ADMIN_CONNECTIONS_MAX: usize = 16;
@@ -166,6 +166,15 @@ struct NameRequest {
     name: String,
 }
 
+/// The `/admin/host_limits` body: both limits, or neither to go back to the configured ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostLimitRequest {
+    hostname: String,
+    events_per_second: Option<u32>,
+    events_burst: Option<u32>,
+}
+
 /// The `/admin/crawl` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,6 +255,7 @@ async fn respond(
                 Err(refused) => crawl_refusal(state, refused),
             }
         }
+        (Method::POST, "/admin/host_limits") => host_limits(state, request, client).await,
         (Method::POST, "/admin/crawl") => {
             let switch =
                 match read_json_body::<CrawlSwitch>(state, request, r#"{"enabled": true|false}"#)
@@ -267,9 +277,59 @@ async fn respond(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "admin routes: GET /metrics, GET /admin/hosts?limit=N&cursor=<hostname>, \
-                 GET /admin/bans, POST /admin/ban, POST /admin/unban, POST /admin/crawl",
+                 GET /admin/bans, POST /admin/ban, POST /admin/unban, POST /admin/host_limits, \
+                 POST /admin/crawl",
             )
         }
+    }
+}
+
+/// `POST /admin/host_limits`: one host's own event limit, or back to the configured one.
+async fn host_limits(
+    state: &AppState,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Response<Full<Bytes>> {
+    let body: HostLimitRequest = match read_json_body(
+        state,
+        request,
+        r#"{"hostname": "<dns name>", "events_per_second": N, "events_burst": N} (or neither limit)"#,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let limit = match (body.events_per_second, body.events_burst) {
+        (None, None) => None,
+        (Some(events_per_second), Some(events_burst)) => match (EventLimit {
+            events_per_second,
+            events_burst,
+        })
+        .check()
+        {
+            Ok(limit) => Some(limit),
+            Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_limit", &message),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_limit",
+                "give both events_per_second and events_burst, or neither to go back to the configured limit",
+            )
+        }
+    };
+    match state.upstreams.set_event_limit(&body.hostname, limit).await {
+        Ok(Some(view)) => {
+            tracing::info!(%client, hostname = %body.hostname, ?limit, "admin: host event limit");
+            json(StatusCode::OK, &view)
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_host",
+            &format!("{} is not in the host table", body.hostname),
+        ),
+        Err(cause) => crawl_refusal(state, cause.into()),
     }
 }
 

@@ -206,3 +206,19 @@ fn bans_are_added_once_listed_sorted_lifted_and_survive_reopen() {
     let store = Store::open(&path).unwrap();
     assert_eq!(store.bans().unwrap(), ["abuse.example", "spam.example"]);
 }
+
+#[test]
+fn host_limits_are_set_replaced_removed_and_survive_reopen() {
+    let path = temp_db("host_limits");
+    {
+        let store = Store::open(&path).unwrap();
+        store.add_hosts(["a.example", "b.example"]).unwrap();
+        store.set_host_limit(2, Some((5, 10))).unwrap();
+        store.set_host_limit(1, Some((1, 1))).unwrap();
+        store.set_host_limit(1, Some((3, 4))).unwrap();
+        assert_eq!(store.host_limits().unwrap(), [(1, 3, 4), (2, 5, 10)]);
+        store.set_host_limit(2, None).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.host_limits().unwrap(), [(1, 3, 4)]);
+}

@@ -31,6 +31,8 @@ pub mod hostname;
 mod schedule;
 mod worker;
 
+pub use schedule::EventLimit;
+
 pub use worker::{
     decode_frame, ws_config, BadFrame, EventFrame, MAX_UPSTREAM_SEQ, QUARANTINE_EVENT_UNSTORABLE,
     QUARANTINE_SEQ_OUT_OF_RANGE, SESSION_FRAME_TOO_LARGE, SESSION_MALFORMED_FRAME,
@@ -300,6 +302,9 @@ pub struct Host {
     /// The last [`CrawlWindow`] in which `requestCrawl` woke this host from dormancy, plus
     /// one (0: never).
     woken_in_window: AtomicU64,
+    /// The host's own event limit, set by the admin API (`None`: the configured one). Read
+    /// by its worker at every event, so a change applies at once.
+    event_limit: Mutex<Option<EventLimit>>,
 }
 
 impl Host {
@@ -322,6 +327,7 @@ impl Host {
             worker_running: AtomicBool::new(false),
             quarantine_reason: OnceLock::new(),
             woken_in_window: AtomicU64::new(0),
+            event_limit: Mutex::new(None),
         }
     }
 
@@ -340,6 +346,21 @@ impl Host {
     /// Why the host was quarantined, if it was.
     pub fn quarantine_reason(&self) -> Option<&'static str> {
         self.quarantine_reason.get().copied()
+    }
+
+    /// The host's own event limit, if the admin API set one.
+    pub fn own_event_limit(&self) -> Option<EventLimit> {
+        *self
+            .event_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_own_event_limit(&self, limit: Option<EventLimit>) {
+        *self
+            .event_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = limit;
     }
 
     /// Why the last attempt or session ended, if one has.
@@ -371,6 +392,7 @@ impl Host {
             rate_limited: self.rate_limited_total.load(SeqCst),
             worker_running: self.worker_running.load(SeqCst),
             quarantined: self.quarantine_reason(),
+            event_limit: self.own_event_limit(),
         }
     }
 }
@@ -402,6 +424,9 @@ pub struct HostView {
     /// Why it is quarantined, if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<&'static str>,
+    /// Its own event limit, if the admin API set one (otherwise the configured one applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_limit: Option<EventLimit>,
 }
 
 /// Aggregate counts for metrics and the wind tunnel's monitor.
@@ -552,6 +577,7 @@ impl Upstreams {
             .map(|row| (row.id, Arc::new(Host::from_row(row))))
             .collect();
         let bans = store.bans()?.into_iter().collect();
+        let event_limits = store.host_limits()?;
         let upstreams = Self {
             handshake_permits: Arc::new(Semaphore::new(config.handshake_concurrency_max)),
             config,
@@ -574,6 +600,20 @@ impl Upstreams {
         for host in upstreams.snapshot() {
             if upstreams.ban_covering(&host.hostname).is_some() {
                 upstreams.quarantine(host.id, QUARANTINE_BANNED);
+            }
+        }
+        {
+            let hosts = upstreams
+                .hosts
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (host_id, events_per_second, events_burst) in event_limits {
+                if let Some(host) = hosts.get(&host_id) {
+                    host.set_own_event_limit(Some(EventLimit {
+                        events_per_second,
+                        events_burst,
+                    }));
+                }
             }
         }
         Ok(upstreams)
@@ -635,6 +675,29 @@ impl Upstreams {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&name);
         Ok(lifted)
+    }
+
+    /// Give host `hostname` its own event limit (`None`: back to the configured one), kept in
+    /// the store; its worker applies it at its next event. Returns the host as it is now,
+    /// or `None` when no such host is in the table.
+    pub async fn set_event_limit(
+        &self,
+        hostname: &str,
+        limit: Option<EventLimit>,
+    ) -> Result<Option<HostView>, StoreError> {
+        let Some(host) = self
+            .snapshot()
+            .into_iter()
+            .find(|host| host.hostname == hostname)
+        else {
+            return Ok(None);
+        };
+        let stored = limit.map(|limit| (limit.events_per_second, limit.events_burst));
+        self.store
+            .call(|store| store.set_host_limit(host.id, stored))
+            .await?;
+        host.set_own_event_limit(limit);
+        Ok(Some(host.view()))
     }
 
     /// Every banned name, sorted.

@@ -1019,3 +1019,85 @@ async fn admin_host_pages_walk_every_host_exactly_once() {
     }
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn an_admin_event_limit_paces_its_host_and_is_kept() {
+    let db = temp_db("admin_limit");
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    // First set through the admin API (nothing listens on port 9, so no event arrives).
+    let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
+    for (body, status, code) in [
+        (
+            r#"{"hostname":"127.0.0.1","events_per_second":100}"#,
+            "400 Bad Request",
+            "invalid_limit",
+        ),
+        (
+            r#"{"hostname":"127.0.0.1","events_per_second":100,"events_burst":0}"#,
+            "400 Bad Request",
+            "invalid_limit",
+        ),
+        (
+            r#"{"hostname":"nowhere.invalid","events_per_second":1,"events_burst":1}"#,
+            "404 Not Found",
+            "unknown_host",
+        ),
+    ] {
+        let refused = admin(&relay, Some(SECRET), "POST", "/admin/host_limits", body).await;
+        assert!(
+            refused.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{body}: {refused}"
+        );
+        assert_eq!(body_json(&refused)["error"], code, "{body}");
+    }
+    let set = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/host_limits",
+        r#"{"hostname":"127.0.0.1","events_per_second":100,"events_burst":10}"#,
+    )
+    .await;
+    assert_eq!(
+        body_json(&set)["event_limit"],
+        serde_json::json!({"events_per_second": 100, "events_burst": 10})
+    );
+    relay.stop().await;
+
+    // After a restart the host's own limit (not the configured 50 a second, burst 500,
+    // which would let all 60 through at once) paces it, as in the configured-limit test.
+    let port = two_host_upstream(frames(1..=60), Vec::new()).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
+        "upstream.startup_jitter_ms=0".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("all 60 events are persisted", || {
+        observer.events().head_seq == 60
+    })
+    .await;
+    let host = observer.hosts().remove(0);
+    assert!(
+        (40..=50).contains(&host.rate_limited),
+        "{} events waited",
+        host.rate_limited
+    );
+    relay.stop().await;
+
+    // Without limits the host goes back to the configured one.
+    let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
+    let reset = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/host_limits",
+        r#"{"hostname":"127.0.0.1"}"#,
+    )
+    .await;
+    assert!(body_json(&reset).get("event_limit").is_none(), "{reset}");
+    relay.stop().await;
+    assert!(Store::open(&db).unwrap().host_limits().unwrap().is_empty());
+}
