@@ -1,7 +1,7 @@
 //! Upstream subscriptions at the system boundary: real WebSocket upstreams on loopback, a
 //! real SQLite file, the relay restarted on the same database.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use relay::store::{HostStatus, Page, Store};
 use relay::upstream::{HostPhase, HostView};
 use relay::Observer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -84,21 +84,6 @@ fn crawl_request(body: &str) -> String {
 
 async fn post_crawl(addr: SocketAddr, body: &str) -> String {
     exchange(addr, crawl_request(body)).await
-}
-
-/// `requestCrawl` of `hostname` from the loopback address `from` (any of 127.0.0.0/8).
-async fn crawl_from(from: [u8; 4], addr: SocketAddr, hostname: &str) -> String {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind((Ipv4Addr::from(from), 0).into()).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let body = format!(r#"{{"hostname":"{hostname}"}}"#);
-    stream
-        .write_all(crawl_request(&body).as_bytes())
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// Assert that `response` is a `429` with JSON error `code` and a `Retry-After` of at most
@@ -304,7 +289,7 @@ async fn request_crawl_refuses_internal_names_with_the_reason() {
 }
 
 #[tokio::test]
-async fn request_crawl_past_the_callers_limit_gets_429_and_other_callers_do_not() {
+async fn request_crawl_past_the_callers_limit_gets_429_before_its_body_is_read() {
     let db = temp_db("crawl_per_client");
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
@@ -312,12 +297,13 @@ async fn request_crawl_past_the_callers_limit_gets_429_and_other_callers_do_not(
         "upstream.crawl_per_client_max=3".to_owned(),
     ])
     .await;
-    let greedy = [127, 0, 0, 1];
+    // (Other addresses keep their own count: `shares`' unit tests. This suite's clients all
+    // come from 127.0.0.1, as tokio's TcpSocket, which could bind another, is not in madsim.)
     for n in 0..3 {
-        let response = crawl_from(greedy, relay.addr, &format!("h{n}.invalid")).await;
+        let response = post_crawl(relay.addr, &format!(r#"{{"hostname":"h{n}.invalid"}}"#)).await;
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     }
-    let refused = crawl_from(greedy, relay.addr, "h3.invalid").await;
+    let refused = post_crawl(relay.addr, r#"{"hostname":"h3.invalid"}"#).await;
     assert_too_many(&refused, "crawl_rate_limit", 3_600);
     assert!(
         refused.contains("at most 3 requestCrawl requests per address every 3600 s"),
@@ -334,8 +320,6 @@ async fn request_crawl_past_the_callers_limit_gets_429_and_other_callers_do_not(
         3,
         "the refused host was not added"
     );
-    let other = crawl_from([127, 0, 0, 2], relay.addr, "h3.invalid").await;
-    assert!(other.starts_with("HTTP/1.1 200 OK\r\n"), "{other}");
     relay.stop().await;
 }
 
