@@ -4,7 +4,8 @@
 //!
 //! Probe paths answer from atomics only (no locks, no I/O), so a probe is never queued
 //! behind other work except the declared CPU cost every request pays. Request bodies are
-//! read only by `requestCrawl`, bounded in size and time.
+//! read only by `requestCrawl` (and the admin API's routes, through the same reader),
+//! bounded in size and time.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
