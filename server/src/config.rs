@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::events::EventsConfig;
+pub use crate::http::admin::AdminConfig;
 pub use crate::http::dispatch::DispatchMode;
 pub use crate::http::subscribe::FanoutConfig;
 pub use crate::memory::MemoryConfig;
@@ -43,6 +44,8 @@ pub struct Config {
     pub cpu: CpuConfig,
     /// Log output.
     pub log: LogConfig,
+    /// The admin API's listener and secret (off unless a secret is set).
+    pub admin: AdminConfig,
 }
 
 /// The HTTP listener, its connection budget and its timeouts.
@@ -448,6 +451,7 @@ impl Config {
         } else {
             self.upstream
                 .check()
+                .and_then(|()| self.admin.check())
                 .and_then(|()| self.events.check())
                 .and_then(|()| self.fanout.check())
                 .and_then(|()| self.memory.check())

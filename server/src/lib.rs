@@ -42,6 +42,7 @@ use crate::http::dispatch::DispatchStats;
 use crate::http::{AppState, ShutdownReport};
 use crate::memory::MemoryStats;
 use crate::rt::net::TcpListener;
+use crate::rt::stop::StopSignal;
 use crate::store::{Store, StoreError};
 use crate::upstream::{HostView, UpstreamStats};
 
@@ -93,11 +94,14 @@ fn raise_open_file_limit(config: &Config, hosts: usize) {
 pub struct Relay {
     state: Arc<AppState>,
     listener: TcpListener,
+    /// The admin API's listener, bound only when `admin.secret` is set.
+    admin: Option<TcpListener>,
 }
 
 impl Relay {
     /// Open the store, load the host table, and bind the listener named by
-    /// `config.server.listen`. Nothing runs until [`Relay::run`].
+    /// `config.server.listen` (and `config.admin.listen` when an admin secret is set).
+    /// Nothing runs until [`Relay::run`].
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let store_error = |error| StartError::Store {
             path: config.store.path.display().to_string(),
@@ -113,15 +117,32 @@ impl Relay {
                 addr: config.server.listen,
                 error,
             })?;
+        let admin = if config.admin.enabled() {
+            let listener = TcpListener::bind(config.admin.listen)
+                .await
+                .map_err(|error| StartError::Bind {
+                    addr: config.admin.listen,
+                    error,
+                })?;
+            Some(listener)
+        } else {
+            None
+        };
         Ok(Self {
             state: Arc::new(state),
             listener,
+            admin,
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The admin listener's address, when it is bound (useful with port 0).
+    pub fn admin_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr)
     }
 
     /// A read-only view for tests and the wind tunnel's oracles.
@@ -132,13 +153,28 @@ impl Relay {
     }
 
     /// Serve until `shutdown` resolves, then drain connections within the grace period.
+    /// The admin listener (if bound) closes when the public one does.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
         tracing::info!(
             listen = %self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
             max_connections = self.state.config.server.max_connections,
             "relay serving"
         );
-        http::serve(self.state, self.listener, shutdown).await
+        let admin_stop = StopSignal::new();
+        if let Some(admin) = self.admin {
+            tracing::info!(
+                listen = %admin.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+                "admin API serving"
+            );
+            rt::spawn(http::admin::serve(
+                Arc::clone(&self.state),
+                admin,
+                admin_stop.clone(),
+            ));
+        }
+        let report = http::serve(self.state, self.listener, shutdown).await;
+        admin_stop.stop();
+        report
     }
 }
 

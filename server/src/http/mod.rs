@@ -9,6 +9,7 @@
 //! task allowed to close the socket.
 
 mod activity;
+pub mod admin;
 pub mod dispatch;
 mod guard;
 pub mod peers;
@@ -20,7 +21,7 @@ pub mod subscribe;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
@@ -39,7 +40,7 @@ use self::activity::ActivityIo;
 use self::dispatch::{ConnectionTurn, Dispatcher};
 use self::guard::RequestContext;
 use self::routes::{Lane, Refused, Route};
-use self::shares::{AddressShares, Share};
+use self::shares::{AddressShares, Share, WindowedCounts};
 use crate::config::Config;
 use crate::events::Events;
 use crate::memory::MemoryGuard;
@@ -87,6 +88,10 @@ pub struct AppState {
     connection_shares: Arc<AddressShares>,
     /// Refusal-lane places per client address (`refusal_lane_per_ip_max`).
     refusal_lane_shares: Arc<AddressShares>,
+    /// `requestCrawl` requests per client address and window (`upstream.crawl_per_client_max`).
+    crawl_requests: WindowedCounts,
+    /// Whether `requestCrawl` is accepted (the admin API's switch; on at start).
+    crawl_enabled: AtomicBool,
     /// Set while the accept loop runs and shutdown has not begun.
     accepting: AtomicBool,
     /// Set on the shutdown signal, while the listener still accepts (`shutdown_drain_ms`).
@@ -140,6 +145,8 @@ impl AppState {
                 config.server.refusal_lane_max,
                 config.server.refusal_lane_per_ip_max,
             ),
+            crawl_requests: WindowedCounts::new(config.upstream.crawl_per_client_max),
+            crawl_enabled: AtomicBool::new(true),
             accepting: AtomicBool::new(false),
             shutdown_requested: AtomicBool::new(false),
             request_ids: AtomicU64::new(0),
@@ -299,7 +306,13 @@ fn admit(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
         Some(share) => match state.registry.try_admit(now_ms) {
             Ok(owner) => {
                 state.peers.admitted(owner.id(), peer, now_ms);
-                rt::spawn(own_connection(Arc::clone(state), stream, owner, share));
+                rt::spawn(own_connection(
+                    Arc::clone(state),
+                    stream,
+                    peer.ip(),
+                    owner,
+                    share,
+                ));
                 return;
             }
             Err(AdmitError::AtCapacity) => {
@@ -335,7 +348,7 @@ fn admit(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
     let on_lane = i64::from(matches!(lane, Lane::Refusal(_)));
     rt::spawn(async move {
         state.metrics.refusal_lane_delta(on_lane);
-        refuse(&state, stream, lane).await;
+        refuse(&state, stream, peer.ip(), lane).await;
         state.metrics.refusal_lane_delta(-on_lane);
         drop((permit, share));
     });
@@ -344,10 +357,16 @@ fn admit(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
 /// The owner task of one admitted connection: serves it, honours close requests, and
 /// releases the registry slot (by dropping the owner) exactly once, when it ends.
 /// `share` is the connection's place in its address's `max_connections_per_ip`.
-async fn own_connection(state: Arc<AppState>, stream: TcpStream, owner: ConnOwner, share: Share) {
+async fn own_connection(
+    state: Arc<AppState>,
+    stream: TcpStream,
+    client: IpAddr,
+    owner: ConnOwner,
+    share: Share,
+) {
     let owner = Arc::new(owner);
     let reason = if owner.activate() {
-        drive_connection(&state, stream, &owner).await
+        drive_connection(&state, stream, client, &owner).await
     } else {
         // A close was requested between admission and activation (e.g. shutdown).
         owner
@@ -361,6 +380,7 @@ async fn own_connection(state: Arc<AppState>, stream: TcpStream, owner: ConnOwne
 async fn drive_connection(
     state: &Arc<AppState>,
     stream: TcpStream,
+    client: IpAddr,
     owner: &Arc<ConnOwner>,
 ) -> &'static str {
     let io = TokioIo::new(ActivityIo::new(
@@ -392,7 +412,7 @@ async fn drive_connection(
                 })
                 .await
             } else {
-                serve_route(&state, request, Lane::Admitted(&turn)).await
+                serve_route(&state, request, Lane::Admitted(&turn), client).await
             };
             if state.dispatcher.closes_connections()
                 && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -437,13 +457,13 @@ async fn drive_connection(
     }
 }
 
-/// Serve exactly one request on a refused connection (`lane`: the refusal lane or the
-/// probe reserve), then close.
-async fn refuse(state: &Arc<AppState>, stream: TcpStream, lane: Lane<'static>) {
+/// Serve exactly one request from `client` on a refused connection (`lane`: the refusal
+/// lane or the probe reserve), then close.
+async fn refuse(state: &Arc<AppState>, stream: TcpStream, client: IpAddr, lane: Lane<'static>) {
     let service_state = Arc::clone(state);
     let service = service_fn(move |request| {
         let state = Arc::clone(&service_state);
-        async move { Ok::<_, Infallible>(serve_route(&state, request, lane).await) }
+        async move { Ok::<_, Infallible>(serve_route(&state, request, lane, client).await) }
     });
     let connection = state
         .http1(lane)
@@ -454,13 +474,14 @@ async fn refuse(state: &Arc<AppState>, stream: TcpStream, lane: Lane<'static>) {
     }
 }
 
-/// Answer one request that is not a subscription: its route's handler runs inside the
-/// request boundary (`guard`), after the dispatch turn (unless the route is served at
-/// capacity) and the declared CPU cost every request pays.
+/// Answer one request from `client` that is not a subscription: its route's handler runs
+/// inside the request boundary (`guard`), after the dispatch turn (unless the route is
+/// served at capacity) and the declared CPU cost every request pays.
 async fn serve_route(
     state: &AppState,
     request: Request<Incoming>,
     lane: Lane<'_>,
+    client: IpAddr,
 ) -> Response<Full<Bytes>> {
     let route = Route::of(request.uri().path());
     let context = RequestContext::new(route.label(), &request, state.next_request_id());
@@ -471,7 +492,12 @@ async fn serve_route(
         _ => None,
     };
     state.cpu.spend(state.config.cpu.http_request()).await;
-    guard::guarded(state, context, routes::respond(state, request, route, lane)).await
+    guard::guarded(
+        state,
+        context,
+        routes::respond(state, request, route, lane, client),
+    )
+    .await
 }
 
 fn finished_reason(result: Result<(), hyper::Error>) -> &'static str {

@@ -4,12 +4,16 @@
 //!
 //! Probe paths answer from atomics only (no locks, no I/O), so a probe is never queued
 //! behind other work except the declared CPU cost every request pays. Request bodies are
-//! read only by `requestCrawl`, bounded in size and time.
+//! read only by `requestCrawl` (and the admin API's routes, through the same reader),
+//! bounded in size and time.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
@@ -18,9 +22,9 @@ use super::response::{error, json, retry_later, shed, text};
 use super::AppState;
 use crate::rt::fault::{self, Fault};
 use crate::rt::time::timeout;
-use crate::upstream::CrawlError;
+use crate::upstream::{CrawlError, CrawlWindow};
 
-/// Largest accepted `requestCrawl` body.
+/// Largest accepted `requestCrawl` (or admin) body.
 const CRAWL_BODY_BYTES_MAX: usize = 4 * 1024;
 
 /// The `requestCrawl` body.
@@ -111,12 +115,14 @@ impl Route {
     }
 }
 
-/// What `route` answers `request` on `lane`: the handler the request boundary runs.
+/// What `route` answers `request` from `client` on `lane`: the handler the request
+/// boundary runs.
 pub(super) async fn respond(
     state: &AppState,
     request: Request<Incoming>,
     route: Route,
     lane: Lane<'_>,
+    client: IpAddr,
 ) -> Response<Full<Bytes>> {
     match route.allows(request.method()) {
         Err(allowed) => {
@@ -196,7 +202,7 @@ pub(super) async fn respond(
             }
             Route::RequestCrawl => {
                 injected_handler_faults().await;
-                request_crawl(state, request).await
+                request_crawl(state, request, client).await
             }
             Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
         },
@@ -215,54 +221,126 @@ async fn injected_handler_faults() {
     }
 }
 
-async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// `requestCrawl`: refused while the operator has switched it off; counted against
+/// `client`'s limit before its body is read (a refused caller costs no body read); then
+/// validated and handed to the host table.
+async fn request_crawl(
+    state: &AppState,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Response<Full<Bytes>> {
+    if !state.crawl_enabled.load(Ordering::SeqCst) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "crawl_disabled",
+            "requestCrawl is switched off on this relay",
+        );
+    }
+    let window = state.upstreams.crawl_window();
+    if !state.crawl_requests.try_count(client, window.index) {
+        tracing::debug!(%client, "requestCrawl refused: the caller's limit for this window");
+        return retry_at_window_end(
+            window,
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "crawl_rate_limit",
+                &format!(
+                    "at most {} requestCrawl requests per address every {} s; retry later",
+                    state.config.upstream.crawl_per_client_max,
+                    state.config.upstream.crawl_window_s
+                ),
+            ),
+        );
+    }
+    let crawl: CrawlRequest =
+        match read_json_body(state, request, r#"{"hostname": "<dns name>"}"#).await {
+            Ok(crawl) => crawl,
+            Err(response) => return response,
+        };
+    match state.upstreams.request_crawl(&crawl.hostname).await {
+        Ok(accepted) => json(StatusCode::OK, &accepted),
+        Err(refused) => crawl_refusal(state, refused),
+    }
+}
+
+/// A small JSON body (at most [`CRAWL_BODY_BYTES_MAX`], within the header-read timeout)
+/// read as a `T`, or the error response that says why not (naming the `expected` shape).
+pub(super) async fn read_json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    request: Request<Incoming>,
+    expected: &str,
+) -> Result<T, Response<Full<Bytes>>> {
     let body = Limited::new(request.into_body(), CRAWL_BODY_BYTES_MAX);
     let bytes = match timeout(state.config.server.header_read_timeout(), body.collect()).await {
         Err(_) => {
-            return error(
+            return Err(error(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 "the request body did not arrive in time",
-            )
+            ))
         }
         Ok(Err(cause)) if cause.is::<http_body_util::LengthLimitError>() => {
-            return error(
+            return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 &format!("expected a JSON body of at most {CRAWL_BODY_BYTES_MAX} bytes"),
-            )
+            ))
         }
         Ok(Err(_)) => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "body_error",
                 "the request body could not be read",
-            )
+            ))
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let crawl: CrawlRequest = match serde_json::from_slice(&bytes) {
-        Ok(crawl) => crawl,
-        Err(cause) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                &format!("expected {{\"hostname\": \"<dns name>\"}}: {cause}"),
-            )
-        }
-    };
-    match state.upstreams.request_crawl(&crawl.hostname).await {
-        Ok(accepted) => json(StatusCode::OK, &accepted),
-        Err(CrawlError::InvalidHostname(cause)) => error(
+    serde_json::from_slice(&bytes).map_err(|cause| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            &format!("expected {expected}: {cause}"),
+        )
+    })
+}
+
+/// The answer to a refused `requestCrawl` (or admin ban) for `refused`.
+pub(super) fn crawl_refusal(state: &AppState, refused: CrawlError) -> Response<Full<Bytes>> {
+    match refused {
+        CrawlError::InvalidHostname(cause) => error(
             StatusCode::BAD_REQUEST,
             "invalid_hostname",
             &cause.to_string(),
         ),
-        Err(CrawlError::InternalName(message)) => {
+        CrawlError::InternalName(message) => {
             error(StatusCode::BAD_REQUEST, "egress_refused", &message)
         }
-        Err(CrawlError::Store(cause)) => {
-            tracing::warn!(error = %cause, "requestCrawl could not be stored");
+        refused @ CrawlError::Banned { .. } => {
+            error(StatusCode::FORBIDDEN, "banned", &refused.to_string())
+        }
+        refused @ CrawlError::HostTableFull { .. } => error(
+            StatusCode::FORBIDDEN,
+            "host_table_full",
+            &refused.to_string(),
+        ),
+        refused @ CrawlError::NewHostLimit { window, .. } => retry_at_window_end(
+            window,
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "new_host_limit",
+                &refused.to_string(),
+            ),
+        ),
+        refused @ CrawlError::ReactivationLimit { window } => retry_at_window_end(
+            window,
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "reactivation_limit",
+                &refused.to_string(),
+            ),
+        ),
+        CrawlError::Store(cause) => {
+            tracing::warn!(error = %cause, "the host table could not be written");
             retry_later(
                 state,
                 error(
@@ -273,4 +351,15 @@ async fn request_crawl(state: &AppState, request: Request<Incoming>) -> Response
             )
         }
     }
+}
+
+/// `response` with `Retry-After` at the end of `window`, when its limits start afresh.
+fn retry_at_window_end(
+    window: CrawlWindow,
+    mut response: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(window.retry_after_s));
+    response
 }

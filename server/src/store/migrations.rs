@@ -25,6 +25,16 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL,
         UNIQUE (host_id, upstream_seq)
     );",
+    // 3: banned names (a name bans itself and every name under it) and per-host event
+    // limits, both set by the admin API.
+    "CREATE TABLE bans (
+        name TEXT PRIMARY KEY
+    );
+    CREATE TABLE host_limits (
+        host_id INTEGER PRIMARY KEY REFERENCES hosts (id),
+        events_per_second INTEGER NOT NULL CHECK (events_per_second >= 0),
+        events_burst INTEGER NOT NULL CHECK (events_burst >= 0)
+    );",
 ];
 
 /// The schema version this build writes.

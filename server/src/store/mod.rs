@@ -243,6 +243,59 @@ impl Store {
         Ok(inserted)
     }
 
+    /// Record a ban of `name`. Returns whether it was new.
+    pub fn add_ban(&self, name: &str) -> Result<bool, StoreError> {
+        let inserted = self.lock().execute(
+            "INSERT INTO bans (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+            params![name],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// Lift the ban of `name`. Returns whether there was one.
+    pub fn remove_ban(&self, name: &str) -> Result<bool, StoreError> {
+        let deleted = self
+            .lock()
+            .execute("DELETE FROM bans WHERE name = ?1", params![name])?;
+        Ok(deleted == 1)
+    }
+
+    /// Every banned name, sorted.
+    pub fn bans(&self) -> Result<Vec<String>, StoreError> {
+        let connection = self.lock();
+        let mut query = connection.prepare("SELECT name FROM bans ORDER BY name")?;
+        let names = query.query_map([], |row| row.get(0))?;
+        names.collect::<Result<_, _>>().map_err(StoreError::from)
+    }
+
+    /// Set host `host_id`'s own event limit (events a second, burst), or remove it (`None`).
+    pub fn set_host_limit(
+        &self,
+        host_id: i64,
+        limit: Option<(u32, u32)>,
+    ) -> Result<(), StoreError> {
+        let connection = self.lock();
+        match limit {
+            Some((per_second, burst)) => connection.execute(
+                "INSERT INTO host_limits (host_id, events_per_second, events_burst) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (host_id) DO UPDATE SET events_per_second = ?2, events_burst = ?3",
+                params![host_id, per_second, burst],
+            )?,
+            None => connection.execute("DELETE FROM host_limits WHERE host_id = ?1", params![host_id])?,
+        };
+        Ok(())
+    }
+
+    /// Every host's own event limit: (host id, events a second, burst), by host id.
+    pub fn host_limits(&self) -> Result<Vec<(i64, u32, u32)>, StoreError> {
+        let connection = self.lock();
+        let mut query = connection.prepare(
+            "SELECT host_id, events_per_second, events_burst FROM host_limits ORDER BY host_id",
+        )?;
+        let limits = query.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        limits.collect::<Result<_, _>>().map_err(StoreError::from)
+    }
+
     /// Every host, by id.
     pub fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
         let connection = self.lock();

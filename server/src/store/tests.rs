@@ -53,7 +53,7 @@ fn a_newer_schema_is_refused() {
     let error = Store::open(&path).unwrap_err().to_string();
     assert_eq!(
         error,
-        "database content is invalid: schema version 99 is newer than this build's 2"
+        "database content is invalid: schema version 99 is newer than this build's 3"
     );
 }
 
@@ -189,4 +189,36 @@ fn durable_commits_can_be_turned_off() {
     let path = temp_db("normal");
     let store = Store::open_with(&path, false).unwrap();
     assert!(!store.commits_durable(), "synchronous = NORMAL");
+}
+
+#[test]
+fn bans_are_added_once_listed_sorted_lifted_and_survive_reopen() {
+    let path = temp_db("bans");
+    {
+        let store = Store::open(&path).unwrap();
+        assert!(store.add_ban("spam.example").unwrap());
+        assert!(!store.add_ban("spam.example").unwrap(), "already banned");
+        assert!(store.add_ban("abuse.example").unwrap());
+        assert!(store.add_ban("gone.example").unwrap());
+        assert!(store.remove_ban("gone.example").unwrap());
+        assert!(!store.remove_ban("gone.example").unwrap(), "no such ban");
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.bans().unwrap(), ["abuse.example", "spam.example"]);
+}
+
+#[test]
+fn host_limits_are_set_replaced_removed_and_survive_reopen() {
+    let path = temp_db("host_limits");
+    {
+        let store = Store::open(&path).unwrap();
+        store.add_hosts(["a.example", "b.example"]).unwrap();
+        store.set_host_limit(2, Some((5, 10))).unwrap();
+        store.set_host_limit(1, Some((1, 1))).unwrap();
+        store.set_host_limit(1, Some((3, 4))).unwrap();
+        assert_eq!(store.host_limits().unwrap(), [(1, 3, 4), (2, 5, 10)]);
+        store.set_host_limit(2, None).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.host_limits().unwrap(), [(1, 3, 4)]);
 }

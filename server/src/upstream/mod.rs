@@ -9,6 +9,16 @@
 //! `handshake_concurrency_max` handshakes are in flight at once (a FIFO semaphore), so the
 //! CPU they need arrives in a bounded trickle.
 //!
+//! `requestCrawl` is anonymous, so what it may do is bounded (see [`CrawlWindow`]): at most
+//! `crawl_new_hosts_max` new hosts per window, none past `hosts_max` hosts, and a dormant
+//! host woken (dialled at once) at most once per window. The per-caller limit
+//! (`crawl_per_client_max`) is counted by the HTTP layer, which knows the caller.
+//!
+//! Operators ban names through the admin API ([`Upstreams::ban`]): a banned name covers
+//! itself and every name under it, is refused at `requestCrawl`, and the hosts it covers
+//! are quarantined with the reason [`QUARANTINE_BANNED`] (their workers end; no one else is
+//! touched). Bans are kept in the store and applied again at startup.
+//!
 //! What the relay may dial is the [`egress`] rule's: loopback, private, link-local,
 //! metadata and other internal addresses are refused unless `egress_allow` names them.
 //!
@@ -21,13 +31,15 @@ pub mod hostname;
 mod schedule;
 mod worker;
 
+pub use schedule::EventLimit;
+
 pub use worker::{
     decode_frame, ws_config, BadFrame, EventFrame, MAX_UPSTREAM_SEQ, QUARANTINE_EVENT_UNSTORABLE,
     QUARANTINE_SEQ_OUT_OF_RANGE, SESSION_FRAME_TOO_LARGE, SESSION_MALFORMED_FRAME,
     SESSION_SEQ_NOT_INCREASING,
 };
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst,
 };
@@ -90,6 +102,18 @@ pub struct UpstreamConfig {
     /// private, link-local, metadata, …), e.g. `["10.0.0.0/8"]` for upstreams on a private
     /// network. Empty: only public addresses are dialled.
     pub egress_allow: Vec<egress::Cidr>,
+    /// The length of a `requestCrawl` window, seconds: the limits below count per window,
+    /// and a refusal's `Retry-After` is what is left of the current one.
+    pub crawl_window_s: u64,
+    /// `requestCrawl` requests one client address may make per window (an IPv6 address
+    /// counts by its /64); past it, `429 crawl_rate_limit`. 0: no limit.
+    pub crawl_per_client_max: u32,
+    /// New hosts `requestCrawl` may add per window, from all callers together; past it,
+    /// `429 new_host_limit`. 0: no limit.
+    pub crawl_new_hosts_max: u32,
+    /// Hosts in the table past which `requestCrawl` adds no new host (`403 host_table_full`);
+    /// hosts already known are still crawled. 0: no limit.
+    pub hosts_max: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -112,6 +136,10 @@ impl Default for UpstreamConfig {
             host_events_per_second: 50,
             host_events_burst: 500,
             egress_allow: Vec::new(),
+            crawl_window_s: 3_600,
+            crawl_per_client_max: 100,
+            crawl_new_hosts_max: 1_000,
+            hosts_max: 100_000,
         }
     }
 }
@@ -136,12 +164,47 @@ impl UpstreamConfig {
         if self.host_events_per_second > 0 && self.host_events_burst == 0 {
             return Err("upstream.host_events_burst must be at least 1 while host_events_per_second limits hosts".into());
         }
+        if self.crawl_window_s == 0 || self.crawl_window_s > CRAWL_WINDOW_LIMIT_S {
+            return Err(format!(
+                "upstream.crawl_window_s must be between 1 and {CRAWL_WINDOW_LIMIT_S} (a week)"
+            ));
+        }
         if self.max_frame_bytes < MIN_FRAME_LIMIT_BYTES {
             return Err(format!(
                 "upstream.max_frame_bytes must be at least {MIN_FRAME_LIMIT_BYTES} (a control frame's largest payload)"
             ));
         }
         Ok(())
+    }
+}
+
+/// The quarantine reason of a host under a banned name.
+pub const QUARANTINE_BANNED: &str = "banned";
+
+/// The longest `upstream.crawl_window_s`: a week.
+pub const CRAWL_WINDOW_LIMIT_S: u64 = 7 * 24 * 3_600;
+
+/// A fixed window of `requestCrawl` limits: which one an instant of the relay clock falls
+/// in, and how long is left of it (the `Retry-After` of a refusal). Windows are counted
+/// from the relay's start, so every limit begins afresh with a new process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrawlWindow {
+    /// The window's number (0 from the start).
+    pub index: u64,
+    /// Whole seconds until the next window begins, at least 1.
+    pub retry_after_s: u64,
+}
+
+impl CrawlWindow {
+    /// The window of `window_s` seconds that `now_ms` (relay clock) falls in.
+    pub fn at(now_ms: u64, window_s: u64) -> Self {
+        let window_ms = window_s.saturating_mul(1_000).max(1);
+        let index = now_ms / window_ms;
+        let left_ms = (index + 1).saturating_mul(window_ms) - now_ms;
+        Self {
+            index,
+            retry_after_s: left_ms.div_ceil(1_000).max(1),
+        }
     }
 }
 
@@ -236,6 +299,12 @@ pub struct Host {
     worker_running: AtomicBool,
     /// Why the host was quarantined (the first reason wins); see [`Upstreams::quarantine`].
     quarantine_reason: OnceLock<&'static str>,
+    /// The last [`CrawlWindow`] in which `requestCrawl` woke this host from dormancy, plus
+    /// one (0: never).
+    woken_in_window: AtomicU64,
+    /// The host's own event limit, set by the admin API (`None`: the configured one). Read
+    /// by its worker at every event, so a change applies at once.
+    event_limit: Mutex<Option<EventLimit>>,
 }
 
 impl Host {
@@ -257,6 +326,8 @@ impl Host {
             last_attempt_ms: AtomicU64::new(0),
             worker_running: AtomicBool::new(false),
             quarantine_reason: OnceLock::new(),
+            woken_in_window: AtomicU64::new(0),
+            event_limit: Mutex::new(None),
         }
     }
 
@@ -275,6 +346,21 @@ impl Host {
     /// Why the host was quarantined, if it was.
     pub fn quarantine_reason(&self) -> Option<&'static str> {
         self.quarantine_reason.get().copied()
+    }
+
+    /// The host's own event limit, if the admin API set one.
+    pub fn own_event_limit(&self) -> Option<EventLimit> {
+        *self
+            .event_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_own_event_limit(&self, limit: Option<EventLimit>) {
+        *self
+            .event_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = limit;
     }
 
     /// Why the last attempt or session ended, if one has.
@@ -306,6 +392,7 @@ impl Host {
             rate_limited: self.rate_limited_total.load(SeqCst),
             worker_running: self.worker_running.load(SeqCst),
             quarantined: self.quarantine_reason(),
+            event_limit: self.own_event_limit(),
         }
     }
 }
@@ -337,6 +424,9 @@ pub struct HostView {
     /// Why it is quarantined, if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<&'static str>,
+    /// Its own event limit, if the admin API set one (otherwise the configured one applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_limit: Option<EventLimit>,
 }
 
 /// Aggregate counts for metrics and the wind tunnel's monitor.
@@ -389,6 +479,34 @@ pub enum CrawlError {
     /// A name under a domain that only names internal hosts (see [`egress::refuse_name`]).
     #[error("{0}")]
     InternalName(String),
+    /// The name is under a name an operator banned.
+    #[error("{hostname} is banned (under the banned name {ban})")]
+    Banned {
+        /// The normalised hostname asked for.
+        hostname: String,
+        /// The ban that covers it.
+        ban: String,
+    },
+    /// The table holds `upstream.hosts_max` hosts: no new host is added.
+    #[error("the host table is full ({hosts_max} hosts): no new host is added")]
+    HostTableFull {
+        /// The configured cap.
+        hosts_max: usize,
+    },
+    /// This window's `upstream.crawl_new_hosts_max` new hosts have been added.
+    #[error("{new_hosts_max} new hosts were added in this window; retry in {} s", .window.retry_after_s)]
+    NewHostLimit {
+        /// The configured limit.
+        new_hosts_max: u32,
+        /// The window that is full.
+        window: CrawlWindow,
+    },
+    /// The host is dormant and was woken by a request in this window already.
+    #[error("this dormant host was already woken in this window; retry in {} s", .window.retry_after_s)]
+    ReactivationLimit {
+        /// The window in which it was woken.
+        window: CrawlWindow,
+    },
     /// The store could not record it; the caller should retry.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -426,6 +544,21 @@ pub struct Upstreams {
     shutdown: StopSignal,
     /// Where workers hand events to the sequencer; set once by [`Upstreams::start`].
     ingest: OnceLock<IngestSender>,
+    /// New hosts `requestCrawl` added per window: (window index, hosts added in it).
+    crawl_new_hosts: Mutex<(u64, u32)>,
+    /// Banned names (each covers itself and every name under it), as in the store.
+    bans: RwLock<BTreeSet<String>>,
+}
+
+/// What an accepted ban did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BanOutcome {
+    /// The normalised name banned.
+    pub name: String,
+    /// Whether it was not banned before.
+    pub created: bool,
+    /// Hosts in the table this ban quarantined now.
+    pub hosts_stopped: usize,
 }
 
 impl Upstreams {
@@ -443,7 +576,9 @@ impl Upstreams {
             .iter()
             .map(|row| (row.id, Arc::new(Host::from_row(row))))
             .collect();
-        Ok(Self {
+        let bans = store.bans()?.into_iter().collect();
+        let event_limits = store.host_limits()?;
+        let upstreams = Self {
             handshake_permits: Arc::new(Semaphore::new(config.handshake_concurrency_max)),
             config,
             cpu_costs,
@@ -459,7 +594,132 @@ impl Upstreams {
             ramp_started: AtomicBool::new(false),
             shutdown: StopSignal::new(),
             ingest: OnceLock::new(),
+            crawl_new_hosts: Mutex::new((0, 0)),
+            bans: RwLock::new(bans),
+        };
+        for host in upstreams.snapshot() {
+            if upstreams.ban_covering(&host.hostname).is_some() {
+                upstreams.quarantine(host.id, QUARANTINE_BANNED);
+            }
+        }
+        {
+            let hosts = upstreams
+                .hosts
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (host_id, events_per_second, events_burst) in event_limits {
+                if let Some(host) = hosts.get(&host_id) {
+                    host.set_own_event_limit(Some(EventLimit {
+                        events_per_second,
+                        events_burst,
+                    }));
+                }
+            }
+        }
+        Ok(upstreams)
+    }
+
+    /// The banned name that covers `hostname` (itself or a name it is under), if any.
+    fn ban_covering(&self, hostname: &str) -> Option<String> {
+        let bans = self.bans.read().unwrap_or_else(PoisonError::into_inner);
+        let mut name = hostname;
+        loop {
+            if bans.contains(name) {
+                return Some(name.to_owned());
+            }
+            name = name.split_once('.')?.1;
+        }
+    }
+
+    /// Ban `raw_name` (a hostname or a domain of two labels or more): it is stored, refused
+    /// at `requestCrawl` from now on, and every host it covers is quarantined.
+    pub async fn ban(&self, raw_name: &str) -> Result<BanOutcome, CrawlError> {
+        let name = hostname::validate(raw_name)?;
+        let created = {
+            let name = name.clone();
+            self.store.call(move |store| store.add_ban(&name)).await?
+        };
+        self.bans
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.clone());
+        let mut hosts_stopped = 0;
+        for host in self.snapshot() {
+            if host.quarantine_reason().is_none()
+                && self.ban_covering(&host.hostname).is_some()
+                && self.quarantine(host.id, QUARANTINE_BANNED)
+            {
+                hosts_stopped += 1;
+            }
+        }
+        Ok(BanOutcome {
+            name,
+            created,
+            hosts_stopped,
         })
+    }
+
+    /// Lift the ban of `raw_name`: `requestCrawl` accepts names under it again. Hosts it
+    /// quarantined stay stopped until the relay restarts (a quarantine is final while the
+    /// relay runs). Returns whether there was such a ban.
+    pub async fn unban(&self, raw_name: &str) -> Result<bool, CrawlError> {
+        let name = hostname::validate(raw_name)?;
+        let lifted = {
+            let name = name.clone();
+            self.store
+                .call(move |store| store.remove_ban(&name))
+                .await?
+        };
+        self.bans
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&name);
+        Ok(lifted)
+    }
+
+    /// Give host `hostname` its own event limit (`None`: back to the configured one), kept in
+    /// the store; its worker applies it at its next event. Returns the host as it is now,
+    /// or `None` when no such host is in the table.
+    pub async fn set_event_limit(
+        &self,
+        hostname: &str,
+        limit: Option<EventLimit>,
+    ) -> Result<Option<HostView>, StoreError> {
+        let Some(host) = self
+            .snapshot()
+            .into_iter()
+            .find(|host| host.hostname == hostname)
+        else {
+            return Ok(None);
+        };
+        let stored = limit.map(|limit| (limit.events_per_second, limit.events_burst));
+        self.store
+            .call(|store| store.set_host_limit(host.id, stored))
+            .await?;
+        host.set_own_event_limit(limit);
+        Ok(Some(host.view()))
+    }
+
+    /// Every banned name, sorted.
+    pub fn bans(&self) -> Vec<String> {
+        self.bans
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Up to `limit` hosts whose names sort after `after` (all from the first without it),
+    /// in hostname order: one page of the admin host listing.
+    pub fn views_after(&self, after: Option<&str>, limit: usize) -> Vec<HostView> {
+        let mut hosts: Vec<Arc<Host>> = self
+            .snapshot()
+            .into_iter()
+            .filter(|host| after.is_none_or(|after| host.hostname.as_str() > after))
+            .collect();
+        hosts.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        hosts.iter().take(limit).map(|host| host.view()).collect()
     }
 
     /// Whether the startup ramp has begun (part of readiness).
@@ -529,7 +789,13 @@ impl Upstreams {
         stats
     }
 
-    /// Add (or re-activate) a host on request and make sure it has a worker.
+    /// The `requestCrawl` window the relay clock is in now.
+    pub fn crawl_window(&self) -> CrawlWindow {
+        CrawlWindow::at(self.clock.now_ms(), self.config.crawl_window_s)
+    }
+
+    /// Add (or re-activate) a host on request and make sure it has a worker, within the
+    /// limits on new hosts (per window and in all) and on waking dormant hosts.
     pub async fn request_crawl(
         self: &Arc<Self>,
         raw_hostname: &str,
@@ -537,6 +803,13 @@ impl Upstreams {
         let hostname = hostname::validate(raw_hostname)?;
         if let Some(refusal) = egress::refuse_name(&hostname) {
             return Err(CrawlError::InternalName(refusal));
+        }
+        if let Some(ban) = self.ban_covering(&hostname) {
+            return Err(CrawlError::Banned { hostname, ban });
+        }
+        let window = self.crawl_window();
+        if !self.knows(&hostname) {
+            self.admit_new_host(window)?;
         }
         let (id, created) = self.store.call(|store| store.add_host(&hostname)).await?;
         let host = {
@@ -555,6 +828,10 @@ impl Upstreams {
             )
         };
         if host.phase() == HostPhase::Dormant {
+            let woken_mark = window.index + 1;
+            if host.woken_in_window.swap(woken_mark, SeqCst) == woken_mark {
+                return Err(CrawlError::ReactivationLimit { window });
+            }
             self.store
                 .call(|store| store.set_status(id, HostStatus::Active, 0))
                 .await?;
@@ -569,6 +846,48 @@ impl Upstreams {
             created,
             worker_started,
         })
+    }
+
+    /// Whether `hostname` is in the host table.
+    fn knows(&self, hostname: &str) -> bool {
+        self.hosts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|host| host.hostname == hostname)
+    }
+
+    /// Take one of `window`'s new-host places, unless the table is full or the window's
+    /// places are taken. Checked before the host is stored, so concurrent requests for new
+    /// hosts may pass the `hosts_max` check together (by at most the requests in flight).
+    fn admit_new_host(&self, window: CrawlWindow) -> Result<(), CrawlError> {
+        let hosts_max = self.config.hosts_max;
+        if hosts_max > 0
+            && self
+                .hosts
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+                >= hosts_max
+        {
+            return Err(CrawlError::HostTableFull { hosts_max });
+        }
+        let new_hosts_max = self.config.crawl_new_hosts_max;
+        let mut added = self
+            .crawl_new_hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if window.index > added.0 {
+            *added = (window.index, 0);
+        }
+        if new_hosts_max > 0 && added.1 >= new_hosts_max {
+            return Err(CrawlError::NewHostLimit {
+                new_hosts_max,
+                window,
+            });
+        }
+        added.1 += 1;
+        Ok(())
     }
 
     fn snapshot(&self) -> Vec<Arc<Host>> {
@@ -656,6 +975,53 @@ impl Upstreams {
             if respawned > 0 {
                 tracing::info!(respawned, "reconciliation started missing workers");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crawl_window_names_its_number_and_the_whole_seconds_left() {
+        assert_eq!(
+            CrawlWindow::at(0, 60),
+            CrawlWindow {
+                index: 0,
+                retry_after_s: 60
+            }
+        );
+        assert_eq!(
+            CrawlWindow::at(59_001, 60),
+            CrawlWindow {
+                index: 0,
+                retry_after_s: 1
+            },
+            "a part of a second left is a whole second"
+        );
+        assert_eq!(
+            CrawlWindow::at(60_000, 60),
+            CrawlWindow {
+                index: 1,
+                retry_after_s: 60
+            }
+        );
+        assert_eq!(CrawlWindow::at(7_250_500, 3_600).index, 2);
+        assert_eq!(CrawlWindow::at(7_250_500, 3_600).retry_after_s, 3_550);
+    }
+
+    #[test]
+    fn crawl_window_bounds_are_checked() {
+        for window_s in [0, CRAWL_WINDOW_LIMIT_S + 1] {
+            let config = UpstreamConfig {
+                crawl_window_s: window_s,
+                ..UpstreamConfig::default()
+            };
+            assert_eq!(
+                config.check().unwrap_err(),
+                "upstream.crawl_window_s must be between 1 and 604800 (a week)"
+            );
         }
     }
 }

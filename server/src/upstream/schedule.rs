@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+
 use super::UpstreamConfig;
 
 /// FNV-1a over `parts`, each followed by a separator byte.
@@ -63,6 +65,37 @@ pub struct EventAllowance {
 
 const MICRO: u64 = 1_000_000;
 
+/// One host's event rate: events a second on average (0: no limit) and how many may come
+/// at once above it (the bucket's depth). The config's `upstream.host_events_per_second`
+/// and `host_events_burst` by default; the admin API may set another for one host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct EventLimit {
+    /// Events a second on average; 0: no limit.
+    pub events_per_second: u32,
+    /// The bucket's depth, events.
+    pub events_burst: u32,
+}
+
+impl EventLimit {
+    /// The configured limit every host has unless the admin API set its own.
+    pub fn of(config: &UpstreamConfig) -> Self {
+        Self {
+            events_per_second: config.host_events_per_second,
+            events_burst: config.host_events_burst,
+        }
+    }
+
+    /// The rule `upstream.check` applies to the configured limit, for one host's.
+    pub fn check(self) -> Result<Self, String> {
+        if self.events_per_second > 0 && self.events_burst == 0 {
+            return Err(
+                "events_burst must be at least 1 while events_per_second limits the host".into(),
+            );
+        }
+        Ok(self)
+    }
+}
+
 impl EventAllowance {
     /// A full bucket for `config`'s limits.
     pub fn new(config: &UpstreamConfig) -> Self {
@@ -72,6 +105,18 @@ impl EventAllowance {
             burst_microtokens,
             microtokens: burst_microtokens,
             refilled_at_us: 0,
+        }
+    }
+
+    /// Use `limit` from now on (no-op when it is the current one); tokens above the new
+    /// depth are dropped.
+    pub fn retune(&mut self, limit: EventLimit) {
+        let per_second = u64::from(limit.events_per_second);
+        let burst_microtokens = u64::from(limit.events_burst) * MICRO;
+        if (per_second, burst_microtokens) != (self.per_second, self.burst_microtokens) {
+            self.per_second = per_second;
+            self.burst_microtokens = burst_microtokens;
+            self.microtokens = self.microtokens.min(burst_microtokens);
         }
     }
 
@@ -186,5 +231,42 @@ mod tests {
         for failures in [7, 20, 1_000, u32::MAX] {
             assert!(backoff(&config, "h.example", failures) <= Duration::from_millis(60_000));
         }
+    }
+
+    #[test]
+    fn a_retuned_allowance_paces_to_its_new_rate_and_drops_tokens_above_its_depth() {
+        let config = UpstreamConfig {
+            host_events_per_second: 10,
+            host_events_burst: 5,
+            ..UpstreamConfig::default()
+        };
+        let mut allowance = EventAllowance::new(&config);
+        allowance.retune(EventLimit {
+            events_per_second: 2,
+            events_burst: 1,
+        });
+        assert_eq!(allowance.take(0), Duration::ZERO, "one token left of five");
+        assert_eq!(
+            allowance.take(0),
+            Duration::from_millis(500),
+            "then 2 a second"
+        );
+        allowance.retune(EventLimit {
+            events_per_second: 0,
+            events_burst: 0,
+        });
+        assert!(
+            (0..1_000).all(|_| allowance.take(600_000).is_zero()),
+            "no limit"
+        );
+        assert_eq!(
+            EventLimit {
+                events_per_second: 1,
+                events_burst: 0
+            }
+            .check()
+            .unwrap_err(),
+            "events_burst must be at least 1 while events_per_second limits the host"
+        );
     }
 }

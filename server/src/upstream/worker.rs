@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::egress::{self, Refusal};
-use super::schedule::{self, EventAllowance};
+use super::schedule::{self, EventAllowance, EventLimit};
 use super::{Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
 use crate::events::Ingested;
 use crate::rt::fd_limit;
@@ -404,6 +404,10 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
             upstreams.metrics.upstream_duplicate();
             continue;
         }
+        allowance.retune(
+            host.own_event_limit()
+                .unwrap_or_else(|| EventLimit::of(&upstreams.config)),
+        );
         let wait = allowance.take(upstreams.clock.now_us());
         if !wait.is_zero() {
             upstreams.metrics.upstream_rate_limited();

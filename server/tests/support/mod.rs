@@ -25,6 +25,8 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub struct RunningRelay {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin API listens, when `admin.secret` is set.
+    pub admin_addr: Option<SocketAddr>,
     /// Its read-only view.
     pub observer: Observer,
     stop: oneshot::Sender<()>,
@@ -49,6 +51,7 @@ impl RunningRelay {
         let (stop, stopped) = oneshot::channel();
         Self {
             addr: relay.local_addr().unwrap(),
+            admin_addr: relay.admin_addr().map(Result::unwrap),
             observer: relay.observer(),
             stop,
             task: tokio::spawn(relay.run(async {

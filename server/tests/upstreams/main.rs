@@ -75,12 +75,36 @@ async fn exchange(addr: SocketAddr, request: String) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
-async fn post_crawl(addr: SocketAddr, body: &str) -> String {
-    let request = format!(
+fn crawl_request(body: &str) -> String {
+    format!(
         "POST /requestCrawl HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
+    )
+}
+
+async fn post_crawl(addr: SocketAddr, body: &str) -> String {
+    exchange(addr, crawl_request(body)).await
+}
+
+/// Assert that `response` is a `429` with JSON error `code` and a `Retry-After` of at most
+/// `window_s` seconds (and at least 1).
+fn assert_too_many(response: &str, code: &str, window_s: u64) {
+    assert!(
+        response.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{response}"
     );
-    exchange(addr, request).await
+    assert!(
+        response.contains(&format!(r#""error":"{code}""#)),
+        "{response}"
+    );
+    let retry_after_s: u64 = response
+        .lines()
+        .find_map(|line| line.strip_prefix("retry-after: "))
+        .unwrap_or_else(|| panic!("no Retry-After: {response}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=window_s).contains(&retry_after_s), "{response}");
 }
 
 async fn get(addr: SocketAddr, path: &str) -> String {
@@ -227,6 +251,15 @@ async fn request_crawl_validates_input_and_failing_hosts_turn_dormant() {
         again.ends_with(r#""created":false,"worker_started":true}"#),
         "{again}"
     );
+    // Once per window: when it is dormant again, asking does not wake it.
+    wait_until("the host turns dormant again", || {
+        observer.hosts()[0].phase == HostPhase::Dormant && !observer.hosts()[0].worker_running
+    })
+    .await;
+    let third = post_crawl(relay.addr, r#"{"hostname":"nothing-here.invalid"}"#).await;
+    assert_too_many(&third, "reactivation_limit", 3_600);
+    assert_eq!(observer.hosts()[0].phase, HostPhase::Dormant);
+    assert!(!observer.hosts()[0].worker_running, "no worker was started");
     relay.stop().await;
 }
 
@@ -252,6 +285,84 @@ async fn request_crawl_refuses_internal_names_with_the_reason() {
         );
     }
     assert!(relay.observer.hosts().is_empty(), "nothing was added");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn request_crawl_past_the_callers_limit_gets_429_before_its_body_is_read() {
+    let db = temp_db("crawl_per_client");
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+        "upstream.crawl_per_client_max=3".to_owned(),
+    ])
+    .await;
+    // (Other addresses keep their own count: `shares`' unit tests. This suite's clients all
+    // come from 127.0.0.1, as tokio's TcpSocket, which could bind another, is not in madsim.)
+    for n in 0..3 {
+        let response = post_crawl(relay.addr, &format!(r#"{{"hostname":"h{n}.invalid"}}"#)).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+    let refused = post_crawl(relay.addr, r#"{"hostname":"h3.invalid"}"#).await;
+    assert_too_many(&refused, "crawl_rate_limit", 3_600);
+    assert!(
+        refused.contains("at most 3 requestCrawl requests per address every 3600 s"),
+        "{refused}"
+    );
+    // Refused before its body is read: even a malformed request is counted and refused.
+    assert_too_many(
+        &post_crawl(relay.addr, "{not json").await,
+        "crawl_rate_limit",
+        3_600,
+    );
+    assert_eq!(
+        relay.observer.hosts().len(),
+        3,
+        "the refused host was not added"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn request_crawl_adds_at_most_the_new_hosts_a_window_and_the_table_allow() {
+    let db = temp_db("crawl_new_hosts");
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+        "upstream.crawl_new_hosts_max=2".to_owned(),
+    ])
+    .await;
+    for hostname in ["a.invalid", "b.invalid"] {
+        let response = post_crawl(relay.addr, &format!(r#"{{"hostname":"{hostname}"}}"#)).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+    let refused = post_crawl(relay.addr, r#"{"hostname":"c.invalid"}"#).await;
+    assert_too_many(&refused, "new_host_limit", 3_600);
+    let known = post_crawl(relay.addr, r#"{"hostname":"a.invalid"}"#).await;
+    assert!(
+        known.starts_with("HTTP/1.1 200 OK\r\n") && known.contains(r#""created":false"#),
+        "a known host is not a new one: {known}"
+    );
+    assert_eq!(relay.observer.hosts().len(), 2);
+    relay.stop().await;
+
+    // The same table under a cap of two hosts: full, whatever the window allows.
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+        "upstream.hosts_max=2".to_owned(),
+    ])
+    .await;
+    let full = post_crawl(relay.addr, r#"{"hostname":"c.invalid"}"#).await;
+    assert!(full.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{full}");
+    assert!(
+        full.contains(r#""error":"host_table_full""#)
+            && full.contains("the host table is full (2 hosts)"),
+        "{full}"
+    );
+    let known = post_crawl(relay.addr, r#"{"hostname":"b.invalid"}"#).await;
+    assert!(known.starts_with("HTTP/1.1 200 OK\r\n"), "{known}");
+    assert_eq!(relay.observer.hosts().len(), 2);
     relay.stop().await;
 }
 
@@ -635,4 +746,342 @@ async fn retention_keeps_the_log_within_its_byte_bound() {
     let gauge = format!("relay_events_log_bytes {}", events.log_bytes);
     assert!(metrics.contains(&gauge), "{metrics}");
     relay.stop().await;
+}
+
+/// The admin secret of the admin tests.
+const SECRET: &str = "test-admin-secret-0123456789";
+
+/// A relay on `db` with its admin API on an ephemeral loopback port, and `settings`.
+async fn relay_with_admin(db: &std::path::Path, settings: &[&str]) -> RunningRelay {
+    let mut all = vec![
+        format!("store.path={}", db.display()),
+        format!("admin.secret={SECRET}"),
+        "admin.listen=127.0.0.1:0".to_owned(),
+    ];
+    all.extend(settings.iter().map(|setting| (*setting).to_owned()));
+    RunningRelay::start(&all).await
+}
+
+/// One admin request with `token` as the bearer token (none without), and a JSON `body`
+/// for a POST; the whole response.
+async fn admin(
+    relay: &RunningRelay,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> String {
+    let authorization = token.map_or(String::new(), |token| {
+        format!("Authorization: Bearer {token}\r\n")
+    });
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(relay.admin_addr.expect("the admin API is bound"), request).await
+}
+
+/// The JSON body of `response`.
+fn body_json(response: &str) -> serde_json::Value {
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    serde_json::from_str(body).unwrap_or_else(|error| panic!("{error}: {response}"))
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_its_secret_and_serves_metrics() {
+    let db = temp_db("admin_auth");
+    let without = RunningRelay::start(&[format!("store.path={}", db.display())]).await;
+    assert!(without.admin_addr.is_none(), "no secret, no admin listener");
+    without.stop().await;
+
+    let relay = relay_with_admin(&db, &[]).await;
+    for token in [None, Some("test-admin-secret-012345678"), Some("wrong")] {
+        let refused = admin(&relay, token, "GET", "/metrics", "").await;
+        assert!(
+            refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+            "{token:?}: {refused}"
+        );
+        assert_eq!(body_json(&refused)["error"], "unauthorized");
+    }
+    let refused = admin(
+        &relay,
+        None,
+        "POST",
+        "/admin/ban",
+        r#"{"name":"x.example"}"#,
+    )
+    .await;
+    assert!(
+        refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{refused}"
+    );
+    assert!(admin(&relay, Some(SECRET), "GET", "/admin/bans", "")
+        .await
+        .ends_with("[]"));
+    let metrics = admin(&relay, Some(SECRET), "GET", "/metrics", "").await;
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+    assert!(
+        metrics.contains("relay_upstream_hosts{phase=\"connected\"} 0"),
+        "{metrics}"
+    );
+    // The public listener has no admin routes.
+    assert!(get(relay.addr, "/admin/bans")
+        .await
+        .starts_with("HTTP/1.1 404 Not Found\r\n"));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_ban_refuses_crawls_under_the_name_and_stops_only_the_hosts_it_covers() {
+    let db = temp_db("admin_ban");
+    // `.invalid` never resolves: the workers stay in backoff, alive, until stopped.
+    let settings = [
+        "upstream.port=9",
+        "upstream.backoff_base_ms=10",
+        "upstream.backoff_cap_ms=20",
+        "upstream.dormant_after_failures=1000000",
+    ];
+    let relay = relay_with_admin(&db, &settings).await;
+    for hostname in ["a.spam.invalid", "b.spam.invalid", "notspam.invalid"] {
+        let response = post_crawl(relay.addr, &format!(r#"{{"hostname":"{hostname}"}}"#)).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+    let banned = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/ban",
+        r#"{"name":"Spam.invalid"}"#,
+    )
+    .await;
+    assert!(banned.starts_with("HTTP/1.1 200 OK\r\n"), "{banned}");
+    assert_eq!(
+        body_json(&banned),
+        serde_json::json!({"name": "spam.invalid", "created": true, "hosts_stopped": 2})
+    );
+    let observer = relay.observer.clone();
+    wait_until("the banned hosts' workers end", || {
+        ["a.spam.invalid", "b.spam.invalid"].iter().all(|hostname| {
+            let host = host_view(&observer, hostname);
+            host.quarantined == Some("banned") && !host.worker_running
+        })
+    })
+    .await;
+    let spared = host_view(&observer, "notspam.invalid");
+    assert!(
+        spared.worker_running && spared.quarantined.is_none(),
+        "{spared:?}"
+    );
+    for hostname in ["c.spam.invalid", "spam.invalid"] {
+        let refused = post_crawl(relay.addr, &format!(r#"{{"hostname":"{hostname}"}}"#)).await;
+        assert!(
+            refused.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{refused}"
+        );
+        assert_eq!(body_json(&refused)["error"], "banned");
+        assert!(
+            refused.contains("under the banned name spam.invalid"),
+            "{refused}"
+        );
+    }
+    let bad_name = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/ban",
+        r#"{"name":"invalid"}"#,
+    )
+    .await;
+    assert!(
+        bad_name.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{bad_name}"
+    );
+    relay.stop().await;
+
+    // Bans are kept: after a restart the hosts under the name are stopped before dialling.
+    let relay = relay_with_admin(&db, &settings).await;
+    assert_eq!(
+        host_view(&relay.observer, "a.spam.invalid").quarantined,
+        Some("banned")
+    );
+    assert!(admin(&relay, Some(SECRET), "GET", "/admin/bans", "")
+        .await
+        .ends_with(r#"["spam.invalid"]"#));
+    let lifted = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/unban",
+        r#"{"name":"spam.invalid"}"#,
+    )
+    .await;
+    assert_eq!(body_json(&lifted), serde_json::json!({"lifted": true}));
+    let accepted = post_crawl(relay.addr, r#"{"hostname":"c.spam.invalid"}"#).await;
+    assert!(accepted.starts_with("HTTP/1.1 200 OK\r\n"), "{accepted}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_switch_turns_request_crawl_off_and_on() {
+    let db = temp_db("admin_switch");
+    let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
+    let off = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/crawl",
+        r#"{"enabled":false}"#,
+    )
+    .await;
+    assert_eq!(body_json(&off), serde_json::json!({"enabled": false}));
+    let refused = post_crawl(relay.addr, r#"{"hostname":"a.invalid"}"#).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+        "{refused}"
+    );
+    assert_eq!(body_json(&refused)["error"], "crawl_disabled");
+    assert!(relay.observer.hosts().is_empty());
+    admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/crawl",
+        r#"{"enabled":true}"#,
+    )
+    .await;
+    let accepted = post_crawl(relay.addr, r#"{"hostname":"a.invalid"}"#).await;
+    assert!(accepted.starts_with("HTTP/1.1 200 OK\r\n"), "{accepted}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn admin_host_pages_walk_every_host_exactly_once() {
+    let db = temp_db("admin_pages");
+    let mut hostnames: Vec<String> = (0..23).map(|n| format!("h{n:02}.invalid")).collect();
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(hostnames.iter().rev().map(String::as_str))
+        .unwrap();
+    hostnames.sort();
+    let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
+    let mut walked = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/admin/hosts?limit=7&cursor={cursor}"),
+            None => "/admin/hosts?limit=7".to_owned(),
+        };
+        let page = body_json(&admin(&relay, Some(SECRET), "GET", &path, "").await);
+        pages += 1;
+        let hosts = page["hosts"].as_array().unwrap();
+        assert!(hosts.len() <= 7);
+        walked.extend(
+            hosts
+                .iter()
+                .map(|host| host["hostname"].as_str().unwrap().to_owned()),
+        );
+        match page.get("cursor") {
+            Some(next) => cursor = Some(next.as_str().unwrap().to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(walked, hostnames);
+    assert_eq!(pages, 4, "7 + 7 + 7 + 2");
+    for bad in [
+        "/admin/hosts?limit=0",
+        "/admin/hosts?limit=1001",
+        "/admin/hosts?page=2",
+    ] {
+        let refused = admin(&relay, Some(SECRET), "GET", bad, "").await;
+        assert!(
+            refused.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{bad}: {refused}"
+        );
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_event_limit_paces_its_host_and_is_kept() {
+    let db = temp_db("admin_limit");
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    // First set through the admin API (nothing listens on port 9, so no event arrives).
+    let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
+    for (body, status, code) in [
+        (
+            r#"{"hostname":"127.0.0.1","events_per_second":100}"#,
+            "400 Bad Request",
+            "invalid_limit",
+        ),
+        (
+            r#"{"hostname":"127.0.0.1","events_per_second":100,"events_burst":0}"#,
+            "400 Bad Request",
+            "invalid_limit",
+        ),
+        (
+            r#"{"hostname":"nowhere.invalid","events_per_second":1,"events_burst":1}"#,
+            "404 Not Found",
+            "unknown_host",
+        ),
+    ] {
+        let refused = admin(&relay, Some(SECRET), "POST", "/admin/host_limits", body).await;
+        assert!(
+            refused.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{body}: {refused}"
+        );
+        assert_eq!(body_json(&refused)["error"], code, "{body}");
+    }
+    let set = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/host_limits",
+        r#"{"hostname":"127.0.0.1","events_per_second":100,"events_burst":10}"#,
+    )
+    .await;
+    assert_eq!(
+        body_json(&set)["event_limit"],
+        serde_json::json!({"events_per_second": 100, "events_burst": 10})
+    );
+    relay.stop().await;
+
+    // After a restart the host's own limit (not the configured 50 a second, burst 500,
+    // which would let all 60 through at once) paces it, as in the configured-limit test.
+    let port = two_host_upstream(frames(1..=60), Vec::new()).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
+        "upstream.startup_jitter_ms=0".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("all 60 events are persisted", || {
+        observer.events().head_seq == 60
+    })
+    .await;
+    let host = observer.hosts().remove(0);
+    assert!(
+        (40..=50).contains(&host.rate_limited),
+        "{} events waited",
+        host.rate_limited
+    );
+    relay.stop().await;
+
+    // Without limits the host goes back to the configured one.
+    let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
+    let reset = admin(
+        &relay,
+        Some(SECRET),
+        "POST",
+        "/admin/host_limits",
+        r#"{"hostname":"127.0.0.1"}"#,
+    )
+    .await;
+    assert!(body_json(&reset).get("event_limit").is_none(), "{reset}");
+    relay.stop().await;
+    assert!(Store::open(&db).unwrap().host_limits().unwrap().is_empty());
 }
