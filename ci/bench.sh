@@ -13,6 +13,9 @@
 #     idle        resident memory per idle connection at 10,000 connections
 #     fanout      events/s to 1, 100 and 1,000 consumers vs broadcast-channel baselines
 #     store       commits/s with durable commits (synchronous = FULL) vs NORMAL, by batch size
+#     relay       the relay process with 16 consumers in the public figures' terms: unpaced
+#                 ingest, 4,000/s paced latency, a 32,768-event burst; writes
+#                 docs/relay_bench.svg (latency CDF, delivery over time)
 #     cold-start  scenarios/cold_start_2800.toml for real (run --real, 10 minutes): 2,800
 #                 local upstream sockets, probe latency, the relay process's RSS and CPU
 set -euo pipefail
@@ -71,6 +74,12 @@ fanout() {
   fi
   real_example fanout_bench "$@"
 }
+relay() {
+  if [ "$#" -eq 0 ]; then
+    set -- --plot docs/relay_bench.svg
+  fi
+  real_example relay_bench "$@"
+}
 # The cold-start scenario itself, for real: the tunnel's own upstream actors on loopback
 # sockets and the release relay binary as a child process (sim/src/worlds/real).
 cold_start() {
@@ -90,6 +99,7 @@ case "$name" in
   idle) idle "$@" ;;
   fanout) fanout "$@" ;;
   store) store "$@" ;;
+  relay) relay "$@" ;;
   cold-start) cold_start "$@" ;;
   all)
     tunnel
@@ -99,6 +109,7 @@ case "$name" in
     idle
     fanout
     store
+    relay
     cold_start
     ;;
   *)
