@@ -966,15 +966,21 @@ async fn the_admin_switch_turns_request_crawl_off_and_on() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn admin_host_pages_walk_every_host_exactly_once() {
-    let db = temp_db("admin_pages");
+/// A fresh database `name` holding 23 hosts, and their names in order.
+fn table_of_23_hosts(name: &str) -> (PathBuf, Vec<String>) {
+    let db = temp_db(name);
     let mut hostnames: Vec<String> = (0..23).map(|n| format!("h{n:02}.invalid")).collect();
     Store::open(&db)
         .unwrap()
         .add_hosts(hostnames.iter().rev().map(String::as_str))
         .unwrap();
     hostnames.sort();
+    (db, hostnames)
+}
+
+#[tokio::test]
+async fn admin_host_pages_walk_every_host_exactly_once() {
+    let (db, hostnames) = table_of_23_hosts("admin_pages");
     let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
     let mut walked = Vec::new();
     let mut cursor: Option<String> = None;
@@ -1098,13 +1104,7 @@ async fn an_admin_event_limit_paces_its_host_and_is_kept() {
 
 #[tokio::test]
 async fn xrpc_list_hosts_pages_through_every_host_in_the_lexicons_shape() {
-    let db = temp_db("xrpc_list_hosts");
-    let mut hostnames: Vec<String> = (0..23).map(|n| format!("h{n:02}.invalid")).collect();
-    Store::open(&db)
-        .unwrap()
-        .add_hosts(hostnames.iter().rev().map(String::as_str))
-        .unwrap();
-    hostnames.sort();
+    let (db, hostnames) = table_of_23_hosts("xrpc_list_hosts");
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         "upstream.port=9".to_owned(),
