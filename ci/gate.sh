@@ -84,6 +84,9 @@ RUSTFLAGS="--cfg loom" cargo clippy --locked -p loom-tests --all-targets --targe
 step "plain tests: lifecycle (+ state machine vs reference model), relay on real loopback, scenario parsing, oracles, reports"
 cargo test --workspace
 
+step "xrpc check: the atproto client (@atproto/api) against the relay binary those tests built (~3 s)"
+ci/xrpc-check/run.sh
+
 step "shuttle: the lifecycle models with more threads, random and PCT schedulers"
 cargo test -p loom-tests --features shuttle
 

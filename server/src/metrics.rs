@@ -32,7 +32,8 @@ pub struct ReasonLabels {
 /// Labels of one served HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The route's fixed name (`healthz`, `readyz`, `metrics`, `hosts`, `request_crawl`, `other`).
+    /// The route's fixed name (`healthz`, `readyz`, `metrics`, `hosts`, `request_crawl`,
+    /// `list_hosts`, `get_host_status`, `xrpc_health`, `xrpc_unknown`, `other`).
     pub route: &'static str,
     /// The response status code.
     pub status: u16,

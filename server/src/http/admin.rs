@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -24,7 +24,8 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::response::{error, json, text};
+use super::host_pages::{page, PageRequest};
+use super::response::{error, json, metrics};
 use super::routes::{crawl_refusal, read_json_body};
 use super::AppState;
 use crate::rt::net::TcpListener;
@@ -211,26 +212,14 @@ async fn respond(
     }
     let method = request.method().clone();
     match (method, request.uri().path()) {
-        (Method::GET, "/metrics") => {
-            let mut response = text(StatusCode::OK, state.metrics_text());
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
-        }
+        (Method::GET, "/metrics") => metrics(state),
         (Method::GET, "/admin/hosts") => hosts_page(state, &request),
         (Method::GET, "/admin/bans") => json(StatusCode::OK, &state.upstreams.bans()),
         (Method::POST, "/admin/ban") => {
-            let name =
-                match read_json_body::<NameRequest>(state, request, r#"{"name": "<dns name>"}"#)
-                    .await
-                {
-                    Ok(body) => body.name,
-                    Err(response) => return response,
-                };
+            let name = match read_name(state, request).await {
+                Ok(name) => name,
+                Err(response) => return response,
+            };
             match state.upstreams.ban(&name).await {
                 Ok(outcome) => {
                     tracing::info!(%client, name = %outcome.name, hosts_stopped = outcome.hosts_stopped, "admin: ban");
@@ -240,13 +229,10 @@ async fn respond(
             }
         }
         (Method::POST, "/admin/unban") => {
-            let name =
-                match read_json_body::<NameRequest>(state, request, r#"{"name": "<dns name>"}"#)
-                    .await
-                {
-                    Ok(body) => body.name,
-                    Err(response) => return response,
-                };
+            let name = match read_name(state, request).await {
+                Ok(name) => name,
+                Err(response) => return response,
+            };
             match state.upstreams.unban(&name).await {
                 Ok(lifted) => {
                     tracing::info!(%client, %name, lifted, "admin: unban");
@@ -282,6 +268,17 @@ async fn respond(
             )
         }
     }
+}
+
+/// The name a `/admin/ban` or `/admin/unban` body (`{"name": …}`) names, or the error
+/// response that says why there is none.
+async fn read_name(
+    state: &AppState,
+    request: Request<Incoming>,
+) -> Result<String, Response<Full<Bytes>>> {
+    read_json_body::<NameRequest>(state, request, r#"{"name": "<dns name>"}"#)
+        .await
+        .map(|body| body.name)
 }
 
 /// `POST /admin/host_limits`: one host's own event limit, or back to the configured one.
@@ -336,42 +333,13 @@ async fn host_limits(
 /// One page of hosts: `?limit=N` (1 to [`HOSTS_PAGE_MAX`], default
 /// [`HOSTS_PAGE_DEFAULT`]) after `?cursor=<hostname>`, in hostname order.
 fn hosts_page(state: &AppState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let mut limit = HOSTS_PAGE_DEFAULT;
-    let mut cursor = None;
-    for pair in request.uri().query().unwrap_or("").split('&') {
-        match pair.split_once('=') {
-            Some(("limit", value)) => match value.parse::<usize>() {
-                Ok(value) if (1..=HOSTS_PAGE_MAX).contains(&value) => limit = value,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_limit",
-                        &format!("limit must be a number from 1 to {HOSTS_PAGE_MAX}"),
-                    )
-                }
-            },
-            Some(("cursor", value)) => cursor = Some(value.to_owned()),
-            _ if pair.is_empty() => {}
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    "expected limit=N and cursor=<hostname>",
-                )
-            }
+    match PageRequest::of(request.uri().query(), HOSTS_PAGE_DEFAULT, HOSTS_PAGE_MAX) {
+        Ok(page_request) => {
+            let (hosts, cursor) = page(&state.upstreams, &page_request);
+            json(StatusCode::OK, &HostsPage { hosts, cursor })
         }
+        Err((status, code, message)) => error(status, code, &message),
     }
-    let hosts = state.upstreams.views_after(cursor.as_deref(), limit + 1);
-    let more = hosts.len() > limit;
-    let hosts: Vec<HostView> = hosts.into_iter().take(limit).collect();
-    let cursor = more.then(|| hosts.last().map(|host| host.hostname.clone()));
-    json(
-        StatusCode::OK,
-        &HostsPage {
-            cursor: cursor.flatten(),
-            hosts,
-        },
-    )
 }
 
 #[cfg(test)]

@@ -12,11 +12,13 @@ mod activity;
 pub mod admin;
 pub mod dispatch;
 mod guard;
+mod host_pages;
 pub mod peers;
 mod response;
 pub mod routes;
 mod shares;
 pub mod subscribe;
+pub mod xrpc;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -492,12 +494,17 @@ async fn serve_route(
         _ => None,
     };
     state.cpu.spend(state.config.cpu.http_request()).await;
-    guard::guarded(
+    let response = guard::guarded(
         state,
         context,
         routes::respond(state, request, route, lane, client),
     )
-    .await
+    .await;
+    if route.is_xrpc() {
+        xrpc::in_lexicon_terms(response).await
+    } else {
+        response
+    }
 }
 
 fn finished_reason(result: Result<(), hyper::Error>) -> &'static str {

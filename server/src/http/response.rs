@@ -1,6 +1,6 @@
 //! The response builders the HTTP modules share: plain text, JSON, the JSON error body
-//! `{"error", "message"}`, `Retry-After` for every 503 that asks the client back, and the
-//! memory breaker's `503 memory_pressure`. The routes, the request boundary (`guard`) and
+//! `{"error", "message"}`, `Retry-After` for every 503 that asks the client back, the
+//! memory breaker's `503 memory_pressure`, and `/metrics` (public and admin alike). The routes, the request boundary (`guard`) and
 //! `/subscribe` (its handshake and its error frames) all answer through these, so an error
 //! looks the same whichever of them gives it.
 
@@ -53,6 +53,16 @@ pub(super) fn retry_later(
     response.headers_mut().insert(
         RETRY_AFTER,
         HeaderValue::from(state.config.server.retry_after_s),
+    );
+    response
+}
+
+/// `/metrics`: the OpenMetrics text as of now.
+pub(super) fn metrics(state: &AppState) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::OK, state.metrics_text());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
 }

@@ -4,7 +4,7 @@
 //!
 //! Probe paths answer from atomics only (no locks, no I/O), so a probe is never queued
 //! behind other work except the declared CPU cost every request pays. Request bodies are
-//! read only by `requestCrawl` (and the admin API's routes, through the same reader),
+//! read only by `requestCrawl` (`/xrpc/com.atproto.sync.requestCrawl`; and the admin API's routes, through the same reader),
 //! bounded in size and time.
 
 use std::net::IpAddr;
@@ -13,12 +13,13 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::dispatch::ConnectionTurn;
-use super::response::{error, json, retry_later, shed, text};
+use super::response::{error, json, metrics, retry_later, shed, text};
+use super::xrpc;
 use super::AppState;
 use crate::rt::fault::{self, Fault};
 use crate::rt::time::timeout;
@@ -64,6 +65,10 @@ pub(super) enum Route {
     Metrics,
     Hosts,
     RequestCrawl,
+    ListHosts,
+    GetHostStatus,
+    XrpcHealth,
+    XrpcUnknown,
     Other,
 }
 
@@ -75,7 +80,11 @@ impl Route {
             "/_readyz" => Self::Readyz,
             "/metrics" => Self::Metrics,
             "/hosts" => Self::Hosts,
-            "/requestCrawl" => Self::RequestCrawl,
+            xrpc::REQUEST_CRAWL_PATH => Self::RequestCrawl,
+            xrpc::LIST_HOSTS_PATH => Self::ListHosts,
+            xrpc::GET_HOST_STATUS_PATH => Self::GetHostStatus,
+            xrpc::HEALTH_PATH => Self::XrpcHealth,
+            _ if path.starts_with(xrpc::XRPC_PREFIX) => Self::XrpcUnknown,
             _ => Self::Other,
         }
     }
@@ -88,6 +97,10 @@ impl Route {
             Self::Metrics => "metrics",
             Self::Hosts => "hosts",
             Self::RequestCrawl => "request_crawl",
+            Self::ListHosts => "list_hosts",
+            Self::GetHostStatus => "get_host_status",
+            Self::XrpcHealth => "xrpc_health",
+            Self::XrpcUnknown => "xrpc_unknown",
             Self::Other => "other",
         }
     }
@@ -97,7 +110,7 @@ impl Route {
         match self {
             Self::RequestCrawl if method == Method::POST => Ok(()),
             Self::RequestCrawl => Err("POST"),
-            Self::Other => Ok(()),
+            Self::Other | Self::XrpcUnknown => Ok(()),
             _ if matches!(*method, Method::GET | Method::HEAD) => Ok(()),
             _ => Err("GET, HEAD"),
         }
@@ -111,7 +124,19 @@ impl Route {
 
     /// A liveness or readiness probe: answered even on the reserved probe budget.
     pub(super) fn is_probe(self) -> bool {
-        matches!(self, Self::Healthz | Self::Readyz)
+        matches!(self, Self::Healthz | Self::Readyz | Self::XrpcHealth)
+    }
+
+    /// An XRPC method's route: its errors are answered in lexicon terms.
+    pub(super) fn is_xrpc(self) -> bool {
+        matches!(
+            self,
+            Self::RequestCrawl
+                | Self::ListHosts
+                | Self::GetHostStatus
+                | Self::XrpcHealth
+                | Self::XrpcUnknown
+        )
     }
 }
 
@@ -158,39 +183,23 @@ pub(super) async fn respond(
             )
         }
         Ok(()) => match route {
-            Route::Healthz => match (state.vitals.lost(), state.events.stalled_for_ms()) {
-                (None, None) => text(StatusCode::OK, "ok\n"),
-                // Half broken (e.g. nothing is persisted any more): ask to be restarted.
-                (Some(task), _) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("vital task lost: {task}\n"),
-                ),
-                // Alive but stuck: events wait and the log does not move.
-                (None, Some(waited_ms)) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "event log stalled: a batch has waited {} s for its commit\n",
-                        waited_ms / 1_000
-                    ),
-                ),
+            Route::Healthz => match liveness(state) {
+                Ok(()) => text(StatusCode::OK, "ok\n"),
+                Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
             },
+            Route::XrpcHealth => xrpc::health(liveness(state)),
             Route::Readyz if state.is_ready() => text(StatusCode::OK, "ready\n"),
             Route::Readyz if state.is_shutting_down() => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: shutting_down\n",
             ),
             Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            Route::Metrics => {
-                let mut response = text(StatusCode::OK, state.metrics_text());
-                response.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                response
+            Route::Metrics => metrics(state),
+            Route::Hosts | Route::RequestCrawl | Route::ListHosts | Route::GetHostStatus
+                if state.memory.shed() =>
+            {
+                shed(state)
             }
-            Route::Hosts | Route::RequestCrawl if state.memory.shed() => shed(state),
             Route::Hosts => {
                 injected_handler_faults().await;
                 let views = state.upstreams.views();
@@ -204,8 +213,35 @@ pub(super) async fn respond(
                 injected_handler_faults().await;
                 request_crawl(state, request, client).await
             }
+            Route::ListHosts => {
+                injected_handler_faults().await;
+                let (response, listed) = xrpc::list_hosts(state, &request);
+                state.cpu.spend(state.config.cpu.host_listing(listed)).await;
+                response
+            }
+            Route::GetHostStatus => {
+                injected_handler_faults().await;
+                state.cpu.spend(state.config.cpu.host_listing(1)).await;
+                xrpc::get_host_status(state, &request)
+            }
+            Route::XrpcUnknown => xrpc::method_not_implemented(request.uri().path()),
             Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
         },
+    }
+}
+
+/// Liveness (`/_healthz`, `_health`): fine, or why the relay should be restarted. Answered
+/// from atomics.
+fn liveness(state: &AppState) -> Result<(), String> {
+    match (state.vitals.lost(), state.events.stalled_for_ms()) {
+        (None, None) => Ok(()),
+        // Half broken (e.g. nothing is persisted any more): ask to be restarted.
+        (Some(task), _) => Err(format!("vital task lost: {task}")),
+        // Alive but stuck: events wait and the log does not move.
+        (None, Some(waited_ms)) => Err(format!(
+            "event log stalled: a batch has waited {} s for its commit",
+            waited_ms / 1_000
+        )),
     }
 }
 

@@ -22,9 +22,9 @@ pub enum Fault {
     /// Every store call from async code hangs until the point is switched off (a full
     /// disk, a checkpoint's fsync, a lock held by another process).
     StoreStall,
-    /// Work-route handlers (`/hosts`, `/requestCrawl`) panic.
+    /// Work-route handlers (`/hosts`, `requestCrawl`, `listHosts`, `getHostStatus`) panic.
     HandlerPanic,
-    /// Work-route handlers (`/hosts`, `/requestCrawl`) never finish.
+    /// Work-route handlers (`/hosts`, `requestCrawl`, `listHosts`, `getHostStatus`) never finish.
     HandlerStall,
 }
 

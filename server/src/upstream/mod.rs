@@ -293,6 +293,8 @@ pub struct Host {
     last_error: Mutex<Option<&'static str>>,
     /// Events this host's rate limit held back.
     rate_limited_total: AtomicU64,
+    /// Set while its worker waits for the rate limit's allowance to refill.
+    throttled: AtomicBool,
     events_total: AtomicU64,
     last_attempt_ms: AtomicU64,
     /// Exactly one worker per host: set by whoever spawns it, cleared when it exits.
@@ -322,6 +324,7 @@ impl Host {
             consecutive_bad_sessions: AtomicU32::new(0),
             last_error: Mutex::new(None),
             rate_limited_total: AtomicU64::new(0),
+            throttled: AtomicBool::new(false),
             events_total: AtomicU64::new(0),
             last_attempt_ms: AtomicU64::new(0),
             worker_running: AtomicBool::new(false),
@@ -390,6 +393,7 @@ impl Host {
             last_error: self.last_error(),
             events: self.events_total.load(SeqCst),
             rate_limited: self.rate_limited_total.load(SeqCst),
+            throttled: self.throttled.load(SeqCst),
             worker_running: self.worker_running.load(SeqCst),
             quarantined: self.quarantine_reason(),
             event_limit: self.own_event_limit(),
@@ -419,6 +423,9 @@ pub struct HostView {
     pub events: u64,
     /// Events its rate limit held back since the relay started.
     pub rate_limited: u64,
+    /// Whether its rate limit is holding its next event back right now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub throttled: bool,
     /// Whether a worker task exists for it.
     pub worker_running: bool,
     /// Why it is quarantined, if it is.
@@ -685,11 +692,7 @@ impl Upstreams {
         hostname: &str,
         limit: Option<EventLimit>,
     ) -> Result<Option<HostView>, StoreError> {
-        let Some(host) = self
-            .snapshot()
-            .into_iter()
-            .find(|host| host.hostname == hostname)
-        else {
+        let Some(host) = self.find(hostname) else {
             return Ok(None);
         };
         let stored = limit.map(|limit| (limit.events_per_second, limit.events_burst));
@@ -698,6 +701,18 @@ impl Upstreams {
             .await?;
         host.set_own_event_limit(limit);
         Ok(Some(host.view()))
+    }
+
+    /// The host named `hostname` (normalised), if it is in the table.
+    fn find(&self, hostname: &str) -> Option<Arc<Host>> {
+        self.snapshot()
+            .into_iter()
+            .find(|host| host.hostname == hostname)
+    }
+
+    /// What `/hosts` shows of the host named `hostname` (normalised), if it is in the table.
+    pub fn view_of(&self, hostname: &str) -> Option<HostView> {
+        self.find(hostname).map(|host| host.view())
     }
 
     /// Every banned name, sorted.

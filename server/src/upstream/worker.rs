@@ -412,7 +412,9 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
         if !wait.is_zero() {
             upstreams.metrics.upstream_rate_limited();
             host.rate_limited_total.fetch_add(1, SeqCst);
+            host.throttled.store(true, SeqCst);
             sleep(wait).await;
+            host.throttled.store(false, SeqCst);
         }
         let event = Ingested {
             host_id: host.id,

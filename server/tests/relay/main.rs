@@ -1,6 +1,7 @@
 //! The relay at its system boundary: a real listener on loopback, real sockets, real tokio.
 //! Timeouts are configured small so behaviour shows quickly; nothing here asserts speed.
 
+use relay::http::xrpc::REQUEST_CRAWL_PATH;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -222,7 +223,7 @@ async fn a_post_body_that_never_ends_gets_408_and_the_slot_back() {
     let relay = start(&["server.header_read_timeout_ms=300"]).await;
     let mut endless = TcpStream::connect(relay.addr).await.unwrap();
     endless
-        .write_all(b"POST /requestCrawl HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .write_all(format!("POST {REQUEST_CRAWL_PATH} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes())
         .await
         .unwrap();
     // A chunk every 50 ms: the connection is never idle, the body never ends.
@@ -246,7 +247,12 @@ async fn a_post_body_that_never_ends_gets_408_and_the_slot_back() {
         response.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
         "{response}"
     );
-    assert!(response.contains(r#""error":"body_timeout""#), "{response}");
+    assert!(
+        response.contains(
+            r#""error":"InvalidRequest","message":"the request body did not arrive in time""#
+        ),
+        "{response}"
+    );
     let observer = relay.observer.clone();
     wait_until("the slot is released", || observer.connections().open == 0).await;
 }
@@ -407,7 +413,7 @@ async fn a_hanging_store_call_does_not_hold_up_the_probes() {
         .map(|index| {
             let body = format!(r#"{{"hostname": "pds{index}.example.com"}}"#);
             let request = format!(
-                "POST /requestCrawl HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                "POST {REQUEST_CRAWL_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::SinkExt;
+use relay::http::xrpc::REQUEST_CRAWL_PATH;
 use relay::store::{HostStatus, Page, Store};
 use relay::upstream::{HostPhase, HostView};
 use relay::Observer;
@@ -75,15 +76,20 @@ async fn exchange(addr: SocketAddr, request: String) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
-fn crawl_request(body: &str) -> String {
+fn crawl_request(path: &str, body: &str) -> String {
     format!(
-        "POST /requestCrawl HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
 }
 
 async fn post_crawl(addr: SocketAddr, body: &str) -> String {
-    exchange(addr, crawl_request(body)).await
+    post_crawl_at(addr, REQUEST_CRAWL_PATH, body).await
+}
+
+/// `body` POSTed to `path` (the crawl route, or where it used to be).
+async fn post_crawl_at(addr: SocketAddr, path: &str, body: &str) -> String {
+    exchange(addr, crawl_request(path, body)).await
 }
 
 /// Assert that `response` is a `429` with JSON error `code` and a `Retry-After` of at most
@@ -192,17 +198,21 @@ async fn request_crawl_validates_input_and_failing_hosts_turn_dormant() {
     ])
     .await;
     for (body, status, code) in [
-        ("{not json", "400 Bad Request", "invalid_json"),
-        (r#"{"host":"a.example"}"#, "400 Bad Request", "invalid_json"),
+        ("{not json", "400 Bad Request", "InvalidRequest"),
+        (
+            r#"{"host":"a.example"}"#,
+            "400 Bad Request",
+            "InvalidRequest",
+        ),
         (
             r#"{"hostname":"10.0.0.1"}"#,
             "400 Bad Request",
-            "invalid_hostname",
+            "InvalidRequest",
         ),
         (
             r#"{"hostname":"a.example:443"}"#,
             "400 Bad Request",
-            "invalid_hostname",
+            "InvalidRequest",
         ),
     ] {
         let response = post_crawl(relay.addr, body).await;
@@ -257,7 +267,7 @@ async fn request_crawl_validates_input_and_failing_hosts_turn_dormant() {
     })
     .await;
     let third = post_crawl(relay.addr, r#"{"hostname":"nothing-here.invalid"}"#).await;
-    assert_too_many(&third, "reactivation_limit", 3_600);
+    assert_too_many(&third, "RateLimitExceeded", 3_600);
     assert_eq!(observer.hosts()[0].phase, HostPhase::Dormant);
     assert!(!observer.hosts()[0].worker_running, "no worker was started");
     relay.stop().await;
@@ -279,7 +289,7 @@ async fn request_crawl_refuses_internal_names_with_the_reason() {
             "{hostname}: {response}"
         );
         assert!(
-            response.contains(r#""error":"egress_refused""#)
+            response.contains(r#""error":"InvalidRequest""#)
                 && response.contains(&format!("names under {domain} are internal hosts")),
             "{hostname}: {response}"
         );
@@ -304,7 +314,7 @@ async fn request_crawl_past_the_callers_limit_gets_429_before_its_body_is_read()
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     }
     let refused = post_crawl(relay.addr, r#"{"hostname":"h3.invalid"}"#).await;
-    assert_too_many(&refused, "crawl_rate_limit", 3_600);
+    assert_too_many(&refused, "RateLimitExceeded", 3_600);
     assert!(
         refused.contains("at most 3 requestCrawl requests per address every 3600 s"),
         "{refused}"
@@ -312,7 +322,7 @@ async fn request_crawl_past_the_callers_limit_gets_429_before_its_body_is_read()
     // Refused before its body is read: even a malformed request is counted and refused.
     assert_too_many(
         &post_crawl(relay.addr, "{not json").await,
-        "crawl_rate_limit",
+        "RateLimitExceeded",
         3_600,
     );
     assert_eq!(
@@ -337,7 +347,7 @@ async fn request_crawl_adds_at_most_the_new_hosts_a_window_and_the_table_allow()
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     }
     let refused = post_crawl(relay.addr, r#"{"hostname":"c.invalid"}"#).await;
-    assert_too_many(&refused, "new_host_limit", 3_600);
+    assert_too_many(&refused, "RateLimitExceeded", 3_600);
     let known = post_crawl(relay.addr, r#"{"hostname":"a.invalid"}"#).await;
     assert!(
         known.starts_with("HTTP/1.1 200 OK\r\n") && known.contains(r#""created":false"#),
@@ -356,7 +366,7 @@ async fn request_crawl_adds_at_most_the_new_hosts_a_window_and_the_table_allow()
     let full = post_crawl(relay.addr, r#"{"hostname":"c.invalid"}"#).await;
     assert!(full.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{full}");
     assert!(
-        full.contains(r#""error":"host_table_full""#)
+        full.contains(r#""error":"Forbidden""#)
             && full.contains("the host table is full (2 hosts)"),
         "{full}"
     );
@@ -880,7 +890,7 @@ async fn a_ban_refuses_crawls_under_the_name_and_stops_only_the_hosts_it_covers(
             refused.starts_with("HTTP/1.1 403 Forbidden\r\n"),
             "{refused}"
         );
-        assert_eq!(body_json(&refused)["error"], "banned");
+        assert_eq!(body_json(&refused)["error"], "HostBanned");
         assert!(
             refused.contains("under the banned name spam.invalid"),
             "{refused}"
@@ -941,7 +951,7 @@ async fn the_admin_switch_turns_request_crawl_off_and_on() {
         refused.starts_with("HTTP/1.1 403 Forbidden\r\n"),
         "{refused}"
     );
-    assert_eq!(body_json(&refused)["error"], "crawl_disabled");
+    assert_eq!(body_json(&refused)["error"], "Forbidden");
     assert!(relay.observer.hosts().is_empty());
     admin(
         &relay,
@@ -956,15 +966,21 @@ async fn the_admin_switch_turns_request_crawl_off_and_on() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn admin_host_pages_walk_every_host_exactly_once() {
-    let db = temp_db("admin_pages");
+/// A fresh database `name` holding 23 hosts, and their names in order.
+fn table_of_23_hosts(name: &str) -> (PathBuf, Vec<String>) {
+    let db = temp_db(name);
     let mut hostnames: Vec<String> = (0..23).map(|n| format!("h{n:02}.invalid")).collect();
     Store::open(&db)
         .unwrap()
         .add_hosts(hostnames.iter().rev().map(String::as_str))
         .unwrap();
     hostnames.sort();
+    (db, hostnames)
+}
+
+#[tokio::test]
+async fn admin_host_pages_walk_every_host_exactly_once() {
+    let (db, hostnames) = table_of_23_hosts("admin_pages");
     let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
     let mut walked = Vec::new();
     let mut cursor: Option<String> = None;
@@ -1084,4 +1100,123 @@ async fn an_admin_event_limit_paces_its_host_and_is_kept() {
     assert!(body_json(&reset).get("event_limit").is_none(), "{reset}");
     relay.stop().await;
     assert!(Store::open(&db).unwrap().host_limits().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn xrpc_list_hosts_pages_through_every_host_in_the_lexicons_shape() {
+    let (db, hostnames) = table_of_23_hosts("xrpc_list_hosts");
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+    ])
+    .await;
+    let mut walked = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/xrpc/com.atproto.sync.listHosts?limit=10&cursor={cursor}"),
+            None => "/xrpc/com.atproto.sync.listHosts?limit=10".to_owned(),
+        };
+        let response = get(relay.addr, &path).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        let page = body_json(&response);
+        pages += 1;
+        for host in page["hosts"].as_array().unwrap() {
+            let fields: Vec<&String> = host.as_object().unwrap().keys().collect();
+            assert_eq!(
+                fields,
+                ["hostname", "status"],
+                "no seq before an event: {host}"
+            );
+            assert!(
+                ["idle", "offline"].contains(&host["status"].as_str().unwrap()),
+                "{host}"
+            );
+            walked.push(host["hostname"].as_str().unwrap().to_owned());
+        }
+        match page.get("cursor") {
+            Some(next) => cursor = Some(next.as_str().unwrap().to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(walked, hostnames);
+    assert_eq!(pages, 3, "10 + 10 + 3");
+    let all = body_json(&get(relay.addr, "/xrpc/com.atproto.sync.listHosts").await);
+    assert_eq!(
+        all["hosts"].as_array().unwrap().len(),
+        23,
+        "default limit 200"
+    );
+    assert!(all.get("cursor").is_none());
+    for bad in ["limit=0", "limit=1001", "page=2"] {
+        let refused = get(
+            relay.addr,
+            &format!("/xrpc/com.atproto.sync.listHosts?{bad}"),
+        )
+        .await;
+        assert!(
+            refused.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{bad}: {refused}"
+        );
+        assert_eq!(body_json(&refused)["error"], "InvalidRequest", "{bad}");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn xrpc_get_host_status_health_and_unknown_methods() {
+    let db = temp_db("xrpc_host_status");
+    Store::open(&db).unwrap().add_hosts(["a.invalid"]).unwrap();
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+    ])
+    .await;
+    let found = get(
+        relay.addr,
+        "/xrpc/com.atproto.sync.getHostStatus?hostname=A.invalid",
+    )
+    .await;
+    assert!(found.starts_with("HTTP/1.1 200 OK\r\n"), "{found}");
+    assert_eq!(body_json(&found)["hostname"], "a.invalid");
+    assert!(body_json(&found)["status"].is_string(), "{found}");
+    for (query, status, name) in [
+        ("hostname=b.invalid", "400 Bad Request", "HostNotFound"),
+        ("", "400 Bad Request", "InvalidRequest"),
+        ("hostname=10.0.0.1", "400 Bad Request", "InvalidRequest"),
+        ("host=a.invalid", "400 Bad Request", "InvalidRequest"),
+    ] {
+        let refused = get(
+            relay.addr,
+            &format!("/xrpc/com.atproto.sync.getHostStatus?{query}"),
+        )
+        .await;
+        assert!(
+            refused.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{query}: {refused}"
+        );
+        assert_eq!(body_json(&refused)["error"], name, "{query}");
+    }
+    let health = get(relay.addr, "/xrpc/_health").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert_eq!(
+        body_json(&health),
+        serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })
+    );
+    let unknown = get(relay.addr, "/xrpc/com.atproto.sync.getRepo?did=x").await;
+    assert!(
+        unknown.starts_with("HTTP/1.1 501 Not Implemented\r\n"),
+        "{unknown}"
+    );
+    assert_eq!(body_json(&unknown)["error"], "MethodNotImplemented");
+    let wrong_method = get(relay.addr, REQUEST_CRAWL_PATH).await;
+    assert!(
+        wrong_method.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{wrong_method}"
+    );
+    assert_eq!(body_json(&wrong_method)["error"], "InvalidRequest");
+    let old = post_crawl_at(relay.addr, "/requestCrawl", r#"{"hostname":"c.invalid"}"#).await;
+    assert!(old.starts_with("HTTP/1.1 404 Not Found\r\n"), "{old}");
+    relay.stop().await;
 }

@@ -91,9 +91,12 @@ async fn attempt(kind: AbuseKind, relay: SocketAddr) -> String {
             read_answer(&mut stream).await
         }
         AbuseKind::EndlessBody => {
-            let head = b"POST /requestCrawl HTTP/1.1\r\nHost: relay\r\n\
-                         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
-            trickle(&mut stream, head, b"1\r\n{\r\n", CHUNK_EVERY).await
+            let head = format!(
+                "POST {} HTTP/1.1\r\nHost: relay\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                relay::http::xrpc::REQUEST_CRAWL_PATH
+            );
+            trickle(&mut stream, head.as_bytes(), b"1\r\n{\r\n", CHUNK_EVERY).await
         }
         AbuseKind::GarbageFrame => {
             // FIN + reserved opcode 0xB, masked, empty payload.
