@@ -302,7 +302,7 @@ mod tests {
             upstream(20, hosts(41)),
             upstream(30, hosts(90)),
         ]);
-        assert_eq!(host_table_max(t.records(), 41), None);
+        assert_eq!(host_table_max(t.records(), 90), None);
         let violation = host_table_max(t.records(), 40).unwrap();
         assert_eq!(violation.record_index, Some(1));
         assert!(
