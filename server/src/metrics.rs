@@ -134,6 +134,7 @@ pub struct Metrics {
     upstream_bad_frames: Counter,
     upstream_rate_limited: Counter,
     upstream_quarantined: Family<ReasonLabels, Counter>,
+    crawl_refused: Family<ReasonLabels, Counter>,
     events_rejected: Counter,
     store_errors: Family<ReasonLabels, Counter>,
     consumer_sessions: Gauge,
@@ -192,6 +193,7 @@ impl Metrics {
             upstream_bad_frames: Counter::default(),
             upstream_rate_limited: Counter::default(),
             upstream_quarantined: Family::default(),
+            crawl_refused: Family::default(),
             events_rejected: Counter::default(),
             store_errors: Family::default(),
             consumer_sessions: Gauge::default(),
@@ -330,6 +332,11 @@ impl Metrics {
             "upstream_quarantined",
             "Hosts quarantined for sending what the relay cannot keep, by reason",
             self.upstream_quarantined.clone(),
+        );
+        registry.register(
+            "crawl_refused",
+            "requestCrawl requests refused, by the error code answered (crawl_rate_limit, host_not_found, egress_refused, new_host_limit, …)",
+            self.crawl_refused.clone(),
         );
         registry.register(
             "events_rejected",
@@ -514,6 +521,13 @@ impl Metrics {
     /// Count a host quarantined for `reason`.
     pub fn upstream_quarantined(&self, reason: &'static str) {
         self.upstream_quarantined
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Count a refused `requestCrawl` for `reason` (the error code its caller was answered).
+    pub fn crawl_refused(&self, reason: &'static str) {
+        self.crawl_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

@@ -241,7 +241,8 @@ impl Summary {
                 | Event::Subscribed { .. }
                 | Event::ConsumerConnected { .. }
                 | Event::ConsumerEnded { .. }
-                | Event::StillOpen { .. } => {}
+                | Event::StillOpen { .. }
+                | Event::ForbiddenDial { .. } => {}
             }
         }
         summary

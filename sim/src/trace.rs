@@ -275,6 +275,14 @@ pub enum Event {
         /// Frames the relay received from it.
         events: u64,
     },
+    /// Something dialled a forbidden (internal) address of the crawl flood's world: only
+    /// the relay dials upstreams, so the relay did.
+    ForbiddenDial {
+        /// The internal address dialled.
+        address: String,
+        /// Where the connection came from.
+        peer: String,
+    },
     /// A task panicked; the simulation stopped here.
     Panic {
         /// The panic message.

@@ -266,6 +266,7 @@ async fn request_crawl(
     client: IpAddr,
 ) -> Response<Full<Bytes>> {
     if !state.crawl_enabled.load(Ordering::SeqCst) {
+        state.metrics.crawl_refused("crawl_disabled");
         return error(
             StatusCode::FORBIDDEN,
             "crawl_disabled",
@@ -275,6 +276,7 @@ async fn request_crawl(
     let window = state.upstreams.crawl_window();
     if !state.crawl_requests.try_count(client, window.index) {
         tracing::debug!(%client, "requestCrawl refused: the caller's limit for this window");
+        state.metrics.crawl_refused("crawl_rate_limit");
         return retry_at_window_end(
             window,
             error(
@@ -291,11 +293,17 @@ async fn request_crawl(
     let crawl: CrawlRequest =
         match read_json_body(state, request, r#"{"hostname": "<dns name>"}"#).await {
             Ok(crawl) => crawl,
-            Err(response) => return response,
+            Err(response) => {
+                state.metrics.crawl_refused("invalid_body");
+                return response;
+            }
         };
     match state.upstreams.request_crawl(&crawl.hostname).await {
         Ok(accepted) => json(StatusCode::OK, &accepted),
-        Err(refused) => crawl_refusal(state, refused),
+        Err(refused) => {
+            state.metrics.crawl_refused(refused.code());
+            crawl_refusal(state, refused)
+        }
     }
 }
 
@@ -342,46 +350,27 @@ pub(super) async fn read_json_body<T: serde::de::DeserializeOwned>(
 
 /// The answer to a refused `requestCrawl` (or admin ban) for `refused`.
 pub(super) fn crawl_refusal(state: &AppState, refused: CrawlError) -> Response<Full<Bytes>> {
+    let code = refused.code();
     match refused {
-        CrawlError::InvalidHostname(cause) => error(
-            StatusCode::BAD_REQUEST,
-            "invalid_hostname",
-            &cause.to_string(),
-        ),
-        CrawlError::InternalName(message) => {
-            error(StatusCode::BAD_REQUEST, "egress_refused", &message)
+        CrawlError::InvalidHostname(_)
+        | CrawlError::InternalName(_)
+        | CrawlError::HostNotFound(_) => error(StatusCode::BAD_REQUEST, code, &refused.to_string()),
+        CrawlError::Banned { .. } | CrawlError::HostTableFull { .. } => {
+            error(StatusCode::FORBIDDEN, code, &refused.to_string())
         }
-        refused @ CrawlError::Banned { .. } => {
-            error(StatusCode::FORBIDDEN, "banned", &refused.to_string())
+        CrawlError::NewHostLimit { window, .. } | CrawlError::ReactivationLimit { window } => {
+            retry_at_window_end(
+                window,
+                error(StatusCode::TOO_MANY_REQUESTS, code, &refused.to_string()),
+            )
         }
-        refused @ CrawlError::HostTableFull { .. } => error(
-            StatusCode::FORBIDDEN,
-            "host_table_full",
-            &refused.to_string(),
-        ),
-        refused @ CrawlError::NewHostLimit { window, .. } => retry_at_window_end(
-            window,
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "new_host_limit",
-                &refused.to_string(),
-            ),
-        ),
-        refused @ CrawlError::ReactivationLimit { window } => retry_at_window_end(
-            window,
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "reactivation_limit",
-                &refused.to_string(),
-            ),
-        ),
         CrawlError::Store(cause) => {
             tracing::warn!(error = %cause, "the host table could not be written");
             retry_later(
                 state,
                 error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
+                    code,
                     "the host table is unavailable; retry",
                 ),
             )

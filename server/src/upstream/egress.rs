@@ -17,8 +17,11 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::rt::{net, time::timeout};
 
 /// Why an address is not dialled. Each is a quarantine reason (`/hosts`, metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +174,61 @@ pub fn refuse_name(hostname: &str) -> Option<String> {
         })
 }
 
+/// What the existence check found wrong with a new host's name; the message is shown to
+/// the `requestCrawl` caller in a 400.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameProblem {
+    /// The name has no address (or the resolver did not answer in time).
+    #[error("{0}")]
+    NotFound(String),
+    /// Every address of the name is refused; the first refusal.
+    #[error("{0}")]
+    Refused(String, Refusal),
+}
+
+/// The existence check `requestCrawl` makes before it stores a new host: `hostname`
+/// resolves on `port` within `within`, and at least one of its addresses may be dialled
+/// under `allow`. Resolved through [`net::lookup_host`] (simulated DNS in the wind tunnel).
+pub async fn resolve_dialable(
+    hostname: &str,
+    port: u16,
+    allow: &[Cidr],
+    within: Duration,
+) -> Result<(), NameProblem> {
+    let not_found =
+        |why: &str| NameProblem::NotFound(format!("hostname {hostname:?} does not resolve: {why}"));
+    let addresses = match timeout(within, net::lookup_host(hostname, port)).await {
+        Err(_) => {
+            return Err(not_found(&format!(
+                "no answer within {} ms",
+                within.as_millis()
+            )))
+        }
+        Ok(Err(error)) => return Err(not_found(&error.to_string())),
+        Ok(Ok(addresses)) => addresses,
+    };
+    let mut first_refusal = None;
+    for address in &addresses {
+        match check(address.ip(), allow) {
+            Ok(()) => return Ok(()),
+            Err(refusal) => {
+                first_refusal.get_or_insert((address.ip(), refusal));
+            }
+        }
+    }
+    let Some((ip, refusal)) = first_refusal else {
+        return Err(not_found("no address"));
+    };
+    Err(NameProblem::Refused(
+        format!(
+            "refused hostname {hostname:?}: it resolves only to addresses the relay does not \
+             dial ({ip}: {}), and the relay dials only public upstreams",
+            refusal.reason()
+        ),
+        refusal,
+    ))
+}
+
 /// A CIDR block as the configuration spells it (`10.0.0.0/8`, `fd00::/8`; a bare address
 /// is a block of one). IPv4-mapped IPv6 addresses are matched as their IPv4 address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +347,34 @@ mod tests {
 
     fn block(text: &str) -> Cidr {
         text.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_existence_check_wants_a_name_that_resolves_to_a_dialable_address() {
+        let within = Duration::from_secs(2);
+        // `localhost` resolves everywhere, to loopback only (the name rule, which would
+        // refuse it first at `requestCrawl`, is not this function's business).
+        match resolve_dialable("localhost", 80, &[], within).await {
+            Err(NameProblem::Refused(message, Refusal::Loopback)) => assert!(
+                message.contains("resolves only to addresses the relay does not dial")
+                    && message.contains("egress_loopback"),
+                "{message}"
+            ),
+            other => panic!("localhost: {other:?}"),
+        }
+        let allow = [block("127.0.0.0/8"), block("::1")];
+        assert_eq!(
+            resolve_dialable("localhost", 80, &allow, within).await,
+            Ok(())
+        );
+        // RFC 6761: `.invalid` never resolves.
+        match resolve_dialable("nothing-here.invalid", 80, &allow, within).await {
+            Err(NameProblem::NotFound(message)) => assert!(
+                message.starts_with(r#"hostname "nothing-here.invalid" does not resolve: "#),
+                "{message}"
+            ),
+            other => panic!("nothing-here.invalid: {other:?}"),
+        }
     }
 
     #[test]

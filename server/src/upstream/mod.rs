@@ -114,6 +114,11 @@ pub struct UpstreamConfig {
     /// Hosts in the table past which `requestCrawl` adds no new host (`403 host_table_full`);
     /// hosts already known are still crawled. 0: no limit.
     pub hosts_max: usize,
+    /// How long `requestCrawl` waits for a new host's name to resolve before it is stored
+    /// (the existence check), milliseconds: a name that does not resolve in time is
+    /// `400 host_not_found`, one whose every address the egress rule refuses is
+    /// `400 egress_refused`. 0: no check (a relay without DNS of its own).
+    pub crawl_resolve_timeout_ms: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -140,6 +145,7 @@ impl Default for UpstreamConfig {
             crawl_per_client_max: 100,
             crawl_new_hosts_max: 1_000,
             hosts_max: 100_000,
+            crawl_resolve_timeout_ms: 2_000,
         }
     }
 }
@@ -483,9 +489,13 @@ pub enum CrawlError {
     /// Not a hostname we will dial.
     #[error(transparent)]
     InvalidHostname(#[from] hostname::HostnameError),
-    /// A name under a domain that only names internal hosts (see [`egress::refuse_name`]).
+    /// A name under a domain that only names internal hosts (see [`egress::refuse_name`]),
+    /// or a new host's name whose every address the egress rule refuses.
     #[error("{0}")]
     InternalName(String),
+    /// A new host's name that does not resolve (see [`egress::resolve_dialable`]).
+    #[error("{0}")]
+    HostNotFound(String),
     /// The name is under a name an operator banned.
     #[error("{hostname} is banned (under the banned name {ban})")]
     Banned {
@@ -517,6 +527,23 @@ pub enum CrawlError {
     /// The store could not record it; the caller should retry.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl CrawlError {
+    /// The error code a caller is answered with, and the `reason` it is counted under in
+    /// `relay_crawl_refused_total`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidHostname(_) => "invalid_hostname",
+            Self::InternalName(_) => "egress_refused",
+            Self::HostNotFound(_) => "host_not_found",
+            Self::Banned { .. } => "banned",
+            Self::HostTableFull { .. } => "host_table_full",
+            Self::NewHostLimit { .. } => "new_host_limit",
+            Self::ReactivationLimit { .. } => "reactivation_limit",
+            Self::Store(_) => "store_unavailable",
+        }
+    }
 }
 
 /// Outcome of an accepted `requestCrawl`.
@@ -824,6 +851,7 @@ impl Upstreams {
         }
         let window = self.crawl_window();
         if !self.knows(&hostname) {
+            self.check_exists(&hostname).await?;
             self.admit_new_host(window)?;
         }
         let (id, created) = self.store.call(|store| store.add_host(&hostname)).await?;
@@ -860,6 +888,26 @@ impl Upstreams {
             id,
             created,
             worker_started,
+        })
+    }
+
+    /// The existence check of a new host (unless `crawl_resolve_timeout_ms` is 0): its name
+    /// resolves within the timeout to at least one address the egress rule allows. Before
+    /// the host takes a new-host place, so junk names cost no place.
+    async fn check_exists(&self, hostname: &str) -> Result<(), CrawlError> {
+        if self.config.crawl_resolve_timeout_ms == 0 {
+            return Ok(());
+        }
+        egress::resolve_dialable(
+            hostname,
+            self.config.port,
+            &self.config.egress_allow,
+            Duration::from_millis(self.config.crawl_resolve_timeout_ms),
+        )
+        .await
+        .map_err(|problem| match &problem {
+            egress::NameProblem::NotFound(_) => CrawlError::HostNotFound(problem.to_string()),
+            egress::NameProblem::Refused(..) => CrawlError::InternalName(problem.to_string()),
         })
     }
 

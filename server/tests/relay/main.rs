@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[path = "../support/mod.rs"]
 mod support;
-use support::{wait_until, RunningRelay};
+use support::{wait_until, RunningRelay, NO_CRAWL_DNS};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -405,7 +405,7 @@ async fn a_hanging_store_call_does_not_hold_up_the_probes() {
         }
     };
     remove();
-    let relay = start(&[&format!("store.path={}", path.display())]).await;
+    let relay = start(&[&format!("store.path={}", path.display()), NO_CRAWL_DNS]).await;
     let foreign = rusqlite::Connection::open(&path).unwrap();
     foreign.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let addr = relay.addr;

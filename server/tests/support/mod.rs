@@ -18,6 +18,11 @@ use tokio::task::JoinHandle;
 /// egress rule refuses loopback addresses otherwise).
 pub const ALLOW_LOOPBACK: &str = r#"upstream.egress_allow=["127.0.0.0/8"]"#;
 
+/// The setting that turns off `requestCrawl`'s existence check, for tests that crawl names
+/// with no DNS record (`*.invalid`) to watch what the relay does with a host that never
+/// answers: the check would refuse them at the door (`400 host_not_found`).
+pub const NO_CRAWL_DNS: &str = "upstream.crawl_resolve_timeout_ms=0";
+
 /// Upper bound on any single wait; only a broken relay ever reaches it.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "../support/mod.rs"]
 mod support;
-use support::{wait_until, RunningRelay, ALLOW_LOOPBACK};
+use support::{wait_until, RunningRelay, ALLOW_LOOPBACK, NO_CRAWL_DNS};
 
 fn temp_db(name: &str) -> PathBuf {
     support::temp_db("upstreams", name)
@@ -190,6 +190,7 @@ async fn request_crawl_validates_input_and_failing_hosts_turn_dormant() {
     let db = temp_db("crawl");
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
+        NO_CRAWL_DNS.to_owned(),
         "upstream.port=9".to_owned(),
         "upstream.dormant_after_failures=2".to_owned(),
         "upstream.backoff_base_ms=10".to_owned(),
@@ -309,9 +310,16 @@ async fn request_crawl_past_the_callers_limit_gets_429_before_its_body_is_read()
     .await;
     // (Other addresses keep their own count: `shares`' unit tests. This suite's clients all
     // come from 127.0.0.1, as tokio's TcpSocket, which could bind another, is not in madsim.)
+    // The existence check: `.invalid` never resolves, so no junk name is stored, and each
+    // still counts against its caller.
     for n in 0..3 {
         let response = post_crawl(relay.addr, &format!(r#"{{"hostname":"h{n}.invalid"}}"#)).await;
-        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n")
+                && response.contains(r#""error":"InvalidRequest""#)
+                && response.contains(&format!(r#"hostname \"h{n}.invalid\" does not resolve"#)),
+            "{response}"
+        );
     }
     let refused = post_crawl(relay.addr, r#"{"hostname":"h3.invalid"}"#).await;
     assert_too_many(&refused, "RateLimitExceeded", 3_600);
@@ -325,11 +333,14 @@ async fn request_crawl_past_the_callers_limit_gets_429_before_its_body_is_read()
         "RateLimitExceeded",
         3_600,
     );
-    assert_eq!(
-        relay.observer.hosts().len(),
-        3,
-        "the refused host was not added"
-    );
+    assert!(relay.observer.hosts().is_empty(), "no junk name was stored");
+    let metrics = relay.observer.metrics_text();
+    for counted in [
+        r#"relay_crawl_refused_total{reason="host_not_found"} 3"#,
+        r#"relay_crawl_refused_total{reason="crawl_rate_limit"} 2"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in {metrics}");
+    }
     relay.stop().await;
 }
 
@@ -338,6 +349,7 @@ async fn request_crawl_adds_at_most_the_new_hosts_a_window_and_the_table_allow()
     let db = temp_db("crawl_new_hosts");
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
+        NO_CRAWL_DNS.to_owned(),
         "upstream.port=9".to_owned(),
         "upstream.crawl_new_hosts_max=2".to_owned(),
     ])
@@ -359,6 +371,7 @@ async fn request_crawl_adds_at_most_the_new_hosts_a_window_and_the_table_allow()
     // The same table under a cap of two hosts: full, whatever the window allows.
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
+        NO_CRAWL_DNS.to_owned(),
         "upstream.port=9".to_owned(),
         "upstream.hosts_max=2".to_owned(),
     ])
@@ -848,6 +861,7 @@ async fn a_ban_refuses_crawls_under_the_name_and_stops_only_the_hosts_it_covers(
     let db = temp_db("admin_ban");
     // `.invalid` never resolves: the workers stay in backoff, alive, until stopped.
     let settings = [
+        NO_CRAWL_DNS,
         "upstream.port=9",
         "upstream.backoff_base_ms=10",
         "upstream.backoff_cap_ms=20",
@@ -936,7 +950,7 @@ async fn a_ban_refuses_crawls_under_the_name_and_stops_only_the_hosts_it_covers(
 #[tokio::test]
 async fn the_admin_switch_turns_request_crawl_off_and_on() {
     let db = temp_db("admin_switch");
-    let relay = relay_with_admin(&db, &["upstream.port=9"]).await;
+    let relay = relay_with_admin(&db, &[NO_CRAWL_DNS, "upstream.port=9"]).await;
     let off = admin(
         &relay,
         Some(SECRET),

@@ -1,7 +1,10 @@
 //! Abuser actors: clients that send the relay bad input — the slowloris, the oversized
 //! head, bytes that are not HTTP, a head split between CR and LF, a request body that never
-//! ends, and WebSocket frames that break the protocol or its size limit. Each attempt runs
-//! on a fresh connection and records only what came back (a status, a close code, or that
+//! ends, and WebSocket frames that break the protocol or its size limit; and hostile
+//! callers — crawlers of junk, internal and black-hole names and re-activation spam (names
+//! from [`super::crawl`]), a one-address connection hog that floods the refusal lane, and a
+//! silent subscriber. Each attempt runs on a fresh connection (the hog's on many) and
+//! records only what came back (a status, a close code, or that
 //! the relay closed without a word); whether that was the right answer is the
 //! `bad_input_rejected` oracle's call.
 
@@ -15,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::write_flushed;
+use super::crawl::{crawl_request, CrawlTarget};
 use super::TraceSink;
 use crate::scenario::{AbuseKind, AbuserSpec};
 use crate::trace::Event;
@@ -27,6 +31,12 @@ const TRICKLE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the endless body sends one more chunk.
 const CHUNK_EVERY: Duration = Duration::from_millis(200);
+
+/// Connections the hog opens and never uses, before its one request.
+const HOG_CONNECTIONS: usize = 24;
+
+/// How long the hog holds its connections (those the relay has not closed), in all.
+const HOG_HOLD: Duration = Duration::from_secs(25);
 
 /// Run abuser `node` forever (the world ends the simulation).
 pub async fn run(
@@ -108,6 +118,59 @@ async fn attempt(kind: AbuseKind, relay: SocketAddr) -> String {
             header.extend_from_slice(&(16u64 << 20).to_be_bytes());
             header.extend_from_slice(&[1, 2, 3, 4]);
             bad_frame(stream, relay, &header).await
+        }
+        AbuseKind::CrawlJunk => crawl(&mut stream, CrawlTarget::Junk).await,
+        AbuseKind::CrawlInternal => crawl(&mut stream, CrawlTarget::Internal).await,
+        AbuseKind::CrawlBlackHole => crawl(&mut stream, CrawlTarget::BlackHole).await,
+        AbuseKind::CrawlReactivation => crawl(&mut stream, CrawlTarget::Reactivation).await,
+        AbuseKind::ConnectionHog => hog(stream, relay).await,
+        AbuseKind::SilentSubscriber => silent_subscriber(stream, relay).await,
+    }
+}
+
+/// `requestCrawl` of a name of `target`'s kind.
+async fn crawl(stream: &mut TcpStream, target: CrawlTarget) -> String {
+    send_then_read(stream, crawl_request(&target.draw()).as_bytes()).await
+}
+
+/// Hold `first` and [`HOG_CONNECTIONS`] more connections without a byte, then ask for
+/// `/hosts` on one further connection and keep the others until [`HOG_HOLD`] is over: the
+/// answer is that request's.
+async fn hog(first: TcpStream, relay: SocketAddr) -> String {
+    let started = now();
+    let mut held = vec![first];
+    for _ in 0..HOG_CONNECTIONS {
+        match TcpStream::connect(relay).await {
+            Ok(stream) => held.push(stream),
+            Err(error) => return format!("error: connect: {error}"),
+        }
+    }
+    let answer = match TcpStream::connect(relay).await {
+        Ok(mut stream) => {
+            let request = b"GET /hosts HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n";
+            send_then_read(&mut stream, request).await
+        }
+        Err(error) => format!("error: connect: {error}"),
+    };
+    sleep_until(started + HOG_HOLD).await;
+    drop(held);
+    answer
+}
+
+/// Subscribe, then read the raw socket (so nothing, not even a pong, is ever sent) until
+/// the relay closes it: `closed`.
+async fn silent_subscriber(stream: TcpStream, relay: SocketAddr) -> String {
+    let url = format!("ws://{relay}/subscribe?cursor=0");
+    let mut socket = match tokio_tungstenite::client_async(url, stream).await {
+        Ok((socket, _)) => socket,
+        Err(error) => return format!("error: handshake: {error}"),
+    };
+    let raw = socket.get_mut();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match raw.read(&mut chunk).await {
+            Ok(0) | Err(_) => return "closed".to_owned(),
+            Ok(_) => {}
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod abuser;
 pub mod cast;
 pub mod client;
 pub mod consumer;
+pub mod crawl;
 pub mod hostile;
 pub mod http;
 pub mod relay_host;

@@ -46,7 +46,8 @@ pub use hostile::{BadHostsIsolatedSpec, FairShareSpec};
 pub use probes::{ProbeLatencyMaxSpec, ProbeLivenessSpec, RelayRestartsMaxSpec};
 pub use recovery::{FaultsFiredSpec, NoPanicsSpec, RecoveryWithinSpec};
 pub use upstreams::{
-    HandshakesBoundedSpec, HostsConnectedMinSpec, NoHostForgottenSpec, WorkersBoundedSpec,
+    HandshakesBoundedSpec, HostTableMaxSpec, HostsConnectedMinSpec, NoHostForgottenSpec,
+    NoInternalDialsSpec, WorkersBoundedSpec,
 };
 
 /// The oracles this build knows, each with the field of `[oracles]` that lists it and the
@@ -234,6 +235,16 @@ oracles! {
     ///
     /// Needs `[upstreams]`, a consumer that is not slow, and the madsim world.
     CoverageMin => coverage_min: CoverageMinSpec,
+    /// The relay's host table never held more than a bound, whatever `requestCrawl`'s
+    /// callers asked for.
+    ///
+    /// Needs a crawling `[[abusers]]` group.
+    HostTableMax => host_table_max: HostTableMaxSpec,
+    /// No internal address of the crawl flood's world was ever dialled (each records
+    /// every connection it accepts).
+    ///
+    /// Needs a `crawl_internal` `[[abusers]]` group.
+    NoInternalDials => no_internal_dials: NoInternalDialsSpec,
 }
 
 impl OracleName {

@@ -1,6 +1,7 @@
 //! Upstream oracles: the relay's subscriptions to its host table — coverage by a deadline,
-//! bounded handshakes and workers, no host forgotten (`hosts_connected_min`,
-//! `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`).
+//! bounded handshakes and workers, no host forgotten, the host table bounded under a crawl
+//! flood and no internal address dialled (`hosts_connected_min`, `handshakes_bounded`,
+//! `workers_bounded`, `no_host_forgotten`, `host_table_max`, `no_internal_dials`).
 
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +98,95 @@ impl Judge for NoHostForgottenSpec {
     fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
         no_host_forgotten(records)
     }
+}
+
+/// Whether some `[[abusers]]` group calls `requestCrawl`.
+fn has_crawlers(scenario: &Scenario) -> bool {
+    scenario
+        .abusers
+        .iter()
+        .any(|abuser| abuser.kind.is_crawler())
+}
+
+/// `host_table_max` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostTableMaxSpec {
+    /// Most hosts the relay's table may ever hold.
+    pub max: usize,
+}
+
+impl Judge for HostTableMaxSpec {
+    fn problems(&self, scenario: &Scenario) -> Vec<Problem> {
+        needs(
+            OracleName::HostTableMax,
+            !has_crawlers(scenario),
+            "a crawling [[abusers]] group (crawl_junk, crawl_internal, crawl_black_hole, crawl_reactivation)",
+        )
+    }
+
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        host_table_max(records, self.max)
+    }
+}
+
+/// No relay sample shows more than `max` hosts in the table.
+pub fn host_table_max(records: &[Record], max: usize) -> Option<Violation> {
+    upstream_samples(records)
+        .find(|(_, _, sample)| sample.hosts > max)
+        .map(|(index, record, sample)| {
+            violation_at(
+                OracleName::HostTableMax,
+                index,
+                record,
+                format!(
+                    "the host table held {} hosts at {}: more than {max}",
+                    sample.hosts,
+                    format_seconds(record.t_us)
+                ),
+            )
+        })
+}
+
+/// `no_internal_dials` (no parameters).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoInternalDialsSpec {}
+
+impl Judge for NoInternalDialsSpec {
+    fn problems(&self, scenario: &Scenario) -> Vec<Problem> {
+        needs(
+            OracleName::NoInternalDials,
+            !scenario
+                .abusers
+                .iter()
+                .any(|abuser| abuser.kind == crate::scenario::AbuseKind::CrawlInternal),
+            "a crawl_internal [[abusers]] group",
+        )
+    }
+
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        no_internal_dials(records)
+    }
+}
+
+/// No forbidden (internal) address accepted a connection.
+pub fn no_internal_dials(records: &[Record]) -> Option<Violation> {
+    records
+        .iter()
+        .enumerate()
+        .find_map(|(index, record)| match &record.event {
+            Event::ForbiddenDial { address, peer } => Some(violation_at(
+                OracleName::NoInternalDials,
+                index,
+                record,
+                format!(
+                    "the internal address {address} was dialled from {peer} at {}",
+                    format_seconds(record.t_us)
+                ),
+            )),
+            _ => None,
+        })
 }
 
 /// The upstream part of every relay sample, with its record index.
@@ -200,6 +290,47 @@ pub fn no_host_forgotten(records: &[Record]) -> Option<Violation> {
 mod tests {
     use super::*;
     use crate::oracle::fixtures::*;
+
+    #[test]
+    fn host_table_max_names_the_first_sample_over_the_bound() {
+        let hosts = |n| UpstreamSample {
+            hosts: n,
+            ..UpstreamSample::default()
+        };
+        let t = trace([
+            upstream(10, hosts(40)),
+            upstream(20, hosts(41)),
+            upstream(30, hosts(90)),
+        ]);
+        assert_eq!(host_table_max(t.records(), 90), None);
+        let violation = host_table_max(t.records(), 40).unwrap();
+        assert_eq!(violation.record_index, Some(1));
+        assert!(
+            violation.message.contains("41 hosts"),
+            "{}",
+            violation.message
+        );
+    }
+
+    #[test]
+    fn no_internal_dials_fails_on_any_forbidden_dial() {
+        let dial = Event::ForbiddenDial {
+            address: "169.254.169.254".to_owned(),
+            peer: "10.0.0.1:40001".to_owned(),
+        };
+        assert_eq!(
+            no_internal_dials(trace([upstream(1, UpstreamSample::default())]).records()),
+            None
+        );
+        let t = trace([upstream(1, UpstreamSample::default()), (5_000_000, dial)]);
+        let violation = no_internal_dials(t.records()).unwrap();
+        assert_eq!(violation.record_index, Some(1));
+        assert!(
+            violation.message.contains("169.254.169.254"),
+            "{}",
+            violation.message
+        );
+    }
 
     #[test]
     fn hosts_connected_min_judges_the_last_sample_before_the_deadline() {

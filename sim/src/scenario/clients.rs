@@ -97,17 +97,36 @@ pub enum AbuseKind {
     Garbage,
     /// A valid `GET /_healthz`, sent in pieces that end between a CR and its LF.
     SplitCrlf,
-    /// `POST /requestCrawl` with a chunked body that gets a chunk every 200 ms, forever.
+    /// A `requestCrawl` POST with a chunked body that gets a chunk every 200 ms, forever.
     EndlessBody,
     /// A WebSocket subscription that then sends a frame with a reserved opcode.
     GarbageFrame,
     /// A WebSocket subscription that then announces a 16 MiB frame.
     OversizedFrame,
+    /// `requestCrawl` of a fresh junk name with no DNS record, each attempt.
+    CrawlJunk,
+    /// `requestCrawl` of internal names: under `.internal` or `.svc.cluster.local`, or
+    /// public-looking names whose simulated DNS answer is a private or metadata address.
+    CrawlInternal,
+    /// `requestCrawl` of a fresh name each attempt, every one resolving to a black hole (a
+    /// node that accepts and never answers): the host table's flood.
+    CrawlBlackHole,
+    /// `requestCrawl` of the same three black-hole names (never drawn by
+    /// [`AbuseKind::CrawlBlackHole`]) again and again: once they are dormant,
+    /// re-activation spam.
+    CrawlReactivation,
+    /// One address opening connections it never uses, more than its share: the admitted
+    /// ones hold slots until the idle reaper closes them, the rest flood the refusal lane;
+    /// then one request on a further connection, whose answer is recorded.
+    ConnectionHog,
+    /// A WebSocket subscriber that completes the handshake and then never sends a byte
+    /// (nor answers a ping); recorded once the relay closes it.
+    SilentSubscriber,
 }
 
 impl AbuseKind {
     /// Every kind, in report order.
-    pub const ALL: [AbuseKind; 7] = [
+    pub const ALL: [AbuseKind; 13] = [
         Self::Slowloris,
         Self::HugeHeaders,
         Self::Garbage,
@@ -115,6 +134,12 @@ impl AbuseKind {
         Self::EndlessBody,
         Self::GarbageFrame,
         Self::OversizedFrame,
+        Self::CrawlJunk,
+        Self::CrawlInternal,
+        Self::CrawlBlackHole,
+        Self::CrawlReactivation,
+        Self::ConnectionHog,
+        Self::SilentSubscriber,
     ];
 
     /// The snake_case name used in files, traces and reports.
@@ -127,7 +152,21 @@ impl AbuseKind {
             Self::EndlessBody => "endless_body",
             Self::GarbageFrame => "garbage_frame",
             Self::OversizedFrame => "oversized_frame",
+            Self::CrawlJunk => "crawl_junk",
+            Self::CrawlInternal => "crawl_internal",
+            Self::CrawlBlackHole => "crawl_black_hole",
+            Self::CrawlReactivation => "crawl_reactivation",
+            Self::ConnectionHog => "connection_hog",
+            Self::SilentSubscriber => "silent_subscriber",
         }
+    }
+
+    /// Whether it calls `requestCrawl` (one of the crawl flood's kinds).
+    pub fn is_crawler(self) -> bool {
+        matches!(
+            self,
+            Self::CrawlJunk | Self::CrawlInternal | Self::CrawlBlackHole | Self::CrawlReactivation
+        )
     }
 
     /// The answers (as abusers record them) that count as the relay handling this input:
@@ -142,6 +181,17 @@ impl AbuseKind {
             Self::EndlessBody => &["408"],
             Self::GarbageFrame => &["ws close 1002"],
             Self::OversizedFrame => &["ws close 1009"],
+            // Refused at the door (host_not_found, egress_refused), or past the caller's
+            // own limit: never stored.
+            Self::CrawlJunk | Self::CrawlInternal => &["400", "429"],
+            // Accepted until this window's new hosts (or re-activations) are used up, or
+            // the host table is full.
+            Self::CrawlBlackHole | Self::CrawlReactivation => &["200", "403", "429"],
+            // Past its share: 429 per_ip_limit from the refusal lane, or closed unanswered
+            // once its share of the lane is full too.
+            Self::ConnectionHog => &["429", "closed"],
+            // Closed by the idle reaper (or the pong deadline), never kept.
+            Self::SilentSubscriber => &["closed"],
         }
     }
 }

@@ -79,6 +79,9 @@ pub enum Feature {
     HostTable,
     /// Consumers timing each delivery against when its host sent it (`coverage_min`).
     DeliveryTiming,
+    /// Crawling abusers (`abusers[].kind = "crawl_…"`), whose names resolve in the world's
+    /// DNS to a black hole and to recording listeners on internal addresses.
+    CrawlWorld,
 }
 
 /// What a world can play: the features it refuses, each with why, and how many hosts it
@@ -146,6 +149,7 @@ pub const TURMOIL: Supports = Supports {
             "its unresolvable and black-hole hosts are played by the madsim world; use engine = \"madsim\"",
         ),
         (Feature::DeliveryTiming, ONLY_MADSIM_TIMES_DELIVERIES),
+        (Feature::CrawlWorld, ONLY_MADSIM_HAS_THE_CRAWL_WORLD),
     ],
     max_hosts: Some((
         TURMOIL_MAX_HOSTS,
@@ -190,9 +194,15 @@ pub const REAL: Supports = Supports {
             "real mode's hosts are loopback addresses, not the table's names",
         ),
         (Feature::DeliveryTiming, ONLY_MADSIM_TIMES_DELIVERIES),
+        (Feature::CrawlWorld, ONLY_MADSIM_HAS_THE_CRAWL_WORLD),
     ],
     max_hosts: None,
 };
+
+/// Why only the madsim world plays crawlers.
+const ONLY_MADSIM_HAS_THE_CRAWL_WORLD: &str =
+    "the crawlers' names, black hole and internal listeners are the madsim world's DNS and \
+     nodes; use engine = \"madsim\"";
 
 impl Supports {
     /// Why this world cannot play `feature`, if it cannot.
@@ -286,6 +296,15 @@ fn uses(scenario: &Scenario) -> Vec<Use> {
             Feature::DeliveryTiming,
             "oracles.coverage_min",
             "no coverage_min",
+        ),
+        (
+            scenario
+                .abusers
+                .iter()
+                .any(|abuser| abuser.kind.is_crawler()),
+            Feature::CrawlWorld,
+            "abusers",
+            "no crawling abusers",
         ),
     ];
     let mut found: Vec<Use> = switches

@@ -430,6 +430,54 @@ fn a_flood_without_a_per_host_rate_limit_fails_fair_share() {
 }
 
 #[test]
+fn hostile_callers_cost_only_themselves_for_20_seeds() {
+    for (seed, _, outcome) in passes("hostile_callers.toml", 1..=20) {
+        let answers = |kind: &str| -> Vec<String> {
+            outcome
+                .trace
+                .records()
+                .iter()
+                .filter_map(|record| match &record.event {
+                    windtunnel::trace::Event::Abuse {
+                        kind: played,
+                        answer,
+                        ..
+                    } if played.as_str() == kind => Some(answer.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // The existence check refuses junk and internal names before any per-caller limit.
+        for kind in ["crawl_junk", "crawl_internal"] {
+            assert!(
+                answers(kind).iter().any(|answer| answer == "400"),
+                "seed {seed}: {kind} was never refused at the door"
+            );
+        }
+        // The re-activation spam woke a dormant host at least once, and was refused after.
+        assert!(
+            answers("crawl_reactivation")
+                .iter()
+                .any(|answer| answer == "200")
+                && answers("crawl_reactivation")
+                    .iter()
+                    .any(|answer| answer == "429"),
+            "seed {seed}: {:?}",
+            answers("crawl_reactivation")
+        );
+    }
+}
+
+#[test]
+fn hostile_callers_without_limits_fill_the_host_table() {
+    fails_as_expected(
+        "hostile_callers_unlimited.toml",
+        1..=6,
+        OracleName::HostTableMax,
+    );
+}
+
+#[test]
 fn a_stuck_event_log_fails_healthz_through_the_liveness_watchdog() {
     fails_as_expected(
         "db_fault_liveness_watchdog.toml",

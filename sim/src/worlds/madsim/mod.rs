@@ -9,7 +9,10 @@
 //! madsim's seeded RNG; all time is simulated. The relay's SQLite database is a real file in
 //! `/dev/shm` when it has room (else the system temp dir), pre-filled with the host table
 //! (generated or loaded), removed after the run. A dead host's node has no listener, or no
-//! DNS record, or accepts and never answers ([`upstream::DeadHost`]).
+//! DNS record, or accepts and never answers ([`upstream::DeadHost`]). A scenario with
+//! crawling abusers also gets the crawl flood's DNS records, its black hole at
+//! `172.16.250.250` and recording listeners on the internal addresses `10.99.0.1` and
+//! `169.254.169.254` ([`crawl`]).
 //!
 //! The faults are the one fault player's ([`crate::worlds::faults`]); what they do to this
 //! world is [`MadsimWorld`]'s: madsim's `kill` and `restart` of the relay's node and of
@@ -35,7 +38,7 @@ use relay::rt::time::{now, sleep, sleep_until, Instant};
 
 use crate::actors::relay_host::{self, monitor, run_relay, sample, RelayControl, RelayDatabase};
 use crate::actors::upstream::DeadHost;
-use crate::actors::{cast, upstream, TraceSink};
+use crate::actors::{cast, crawl, upstream, TraceSink};
 use crate::logs::LogSettings;
 use crate::scenario::{Between, Scenario, Supports, MADSIM};
 use crate::trace::Trace;
@@ -123,6 +126,15 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
         ),
         None => (Vec::new(), Vec::new()),
     };
+    let crawl_nodes = if scenario
+        .abusers
+        .iter()
+        .any(|abuser| abuser.kind.is_crawler())
+    {
+        start_crawl_world(&handle, &sink)
+    } else {
+        Vec::new()
+    };
     let relay_config = RelayPlacement {
         listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT),
         database: &database,
@@ -146,6 +158,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     // Everything this world starts, so it can all be torn down when the run ends.
     let mut nodes = vec![relay_node.id()];
     nodes.extend(upstream_nodes.iter().map(NodeHandle::id));
+    nodes.extend(crawl_nodes.iter().map(NodeHandle::id));
     let monitor_task = madsim::task::spawn(monitor(
         sink.clone(),
         Arc::clone(&control),
@@ -244,6 +257,39 @@ fn start_upstreams(
         })
         .collect();
     (nodes, plans)
+}
+
+/// The crawl flood's world ([`crawl`]): its DNS records, the black hole its names resolve
+/// to, and a recording listener on each forbidden address.
+fn start_crawl_world(handle: &Handle, sink: &TraceSink) -> Vec<NodeHandle> {
+    let net = NetSim::current();
+    for (name, ip) in crawl::dns_records() {
+        net.add_dns_record(&name, ip);
+    }
+    let black_hole = handle
+        .create_node()
+        .name("crawl-black-hole")
+        .ip(IpAddr::V4(crawl::BLACK_HOLE_IP))
+        .build();
+    black_hole.spawn(upstream::black_hole(
+        "crawl-black-hole".to_owned(),
+        upstream::simulated_listen(),
+    ));
+    let mut nodes = vec![black_hole];
+    for ip in crawl::FORBIDDEN_IPS {
+        let node = handle
+            .create_node()
+            .name(format!("forbidden-{ip}"))
+            .ip(IpAddr::V4(ip))
+            .build();
+        node.spawn(crawl::forbidden_listener(
+            upstream::simulated_listen(),
+            IpAddr::V4(ip),
+            sink.clone(),
+        ));
+        nodes.push(node);
+    }
+    nodes
 }
 
 /// Start what host `plan` runs on its `node`: its server, a black hole, or nothing (a dead
