@@ -261,3 +261,62 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
         "{panic}"
     );
 }
+
+/// Real mode plays a loaded host table: `network_snapshot`'s 3,208 hosts on loopback, cut
+/// to 90 real seconds (its connection deadline and coverage windows moved in with it, and
+/// coverage's bar lowered for a loaded 2-core machine), judged by all its oracles. Every
+/// dead host ends as its status says: offline hosts refused, unreachable ones alternately
+/// unresolved and black holes the relay's connect timeout gives up on.
+#[test]
+fn real_mode_plays_the_network_snapshot_table() {
+    let mut scenario = load("network_snapshot.toml");
+    scenario.duration_s = 90;
+    let oracles = &mut scenario.oracles;
+    oracles.hosts_connected_min.as_mut().unwrap().by_s = 90;
+    let coverage = oracles.coverage_min.as_mut().unwrap();
+    (coverage.window_s, coverage.within_s, coverage.from_s) = (20, 20, 40);
+    coverage.fraction = 0.9;
+    assert_eq!(
+        windtunnel::scenario::REAL.problems(&scenario),
+        [],
+        "real mode refuses the table"
+    );
+    let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
+    let run = windtunnel::worlds::real::run(&scenario, 1, None, &relay);
+    assert_eq!(
+        run.verdict,
+        Verdict::Passed,
+        "{:?}\n{}",
+        run.violations,
+        run.logs.unwrap_or_default()
+    );
+    let mut endings = std::collections::BTreeMap::<(String, Option<String>), u32>::new();
+    for record in run.trace.records() {
+        if let Event::DeadHostOutcome {
+            dead, last_error, ..
+        } = &record.event
+        {
+            *endings
+                .entry((dead.clone(), last_error.clone()))
+                .or_default() += 1;
+        }
+    }
+    let ended = |dead: &str, error: &str| (dead.to_owned(), Some(error.to_owned()));
+    assert_eq!(
+        endings,
+        [
+            (ended("black_hole", "timeout"), 98),
+            (ended("refused", "connect_error"), 146),
+            (ended("unresolved", "resolve_error"), 98),
+        ]
+        .into(),
+        "how the table's dead hosts ended"
+    );
+    let sent = run.trace.records().iter().any(|r| {
+        matches!(&r.event, Event::CoverageSent { sent, .. } if sent.iter().sum::<u64>() > 1_000)
+    });
+    assert!(
+        sent,
+        "the steady hosts' sends were not counted for coverage"
+    );
+}

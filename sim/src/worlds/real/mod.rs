@@ -151,7 +151,9 @@ const FILES_BESIDES_HOSTS: u64 = 1_024;
 /// rather than leaving hosts that cannot bind.
 fn raise_open_file_limit(listening_hosts: usize) -> Result<(), String> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let needed = listening_hosts as u64 * FILES_PER_LISTENING_HOST + FILES_BESIDES_HOSTS;
+    let needed = (listening_hosts as u64)
+        .saturating_mul(FILES_PER_LISTENING_HOST)
+        .saturating_add(FILES_BESIDES_HOSTS);
     let limit = getrlimit(Resource::Nofile);
     let target = limit.maximum.unwrap_or(u64::MAX);
     if limit.current.is_some_and(|current| current < target) {
@@ -480,4 +482,53 @@ async fn record_scrape(sink: &TraceSink, relay_addr: SocketAddr) -> Result<(), S
         sink.record("monitor", reading?.sample());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_files_are_raised_to_the_hard_limit_and_a_larger_need_is_named() {
+        use rustix::process::{getrlimit, Resource};
+        let hard = getrlimit(Resource::Nofile).maximum;
+        assert_eq!(raise_open_file_limit(100), Ok(()));
+        assert_eq!(getrlimit(Resource::Nofile).current, hard);
+        if let Some(hard) = hard {
+            let hosts = hard as usize;
+            let error = raise_open_file_limit(hosts).unwrap_err();
+            assert!(
+                error.starts_with(&format!(
+                    "real mode needs about {} open files for {hosts} listening upstream hosts",
+                    hard * 2 + 1_024
+                )),
+                "{error}"
+            );
+            assert!(error.contains(&format!("hard limit {hard}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn table_hosts_get_loopback_addresses_and_unresolvable_names() {
+        let plan = |dead| upstream::HostPlan {
+            hostname: "pds.example.social".into(),
+            ip: Ipv4Addr::new(172, 16, 12, 209),
+            dead,
+            handshake_latency: Duration::ZERO,
+            event_interval: Duration::from_secs(1),
+            flap: None,
+            body_pad_bytes: 0,
+            hostile: None,
+            frame_limit_bytes: 1,
+            link_delay: Arc::default(),
+        };
+        for dead in [None, Some(DeadHost::Refused), Some(DeadHost::BlackHole)] {
+            let placed = on_loopback(plan(dead));
+            assert_eq!(placed.ip, Ipv4Addr::new(127, 16, 12, 209));
+            assert_eq!(placed.hostname, "127.16.12.209");
+        }
+        let unresolved = on_loopback(plan(Some(DeadHost::Unresolved)));
+        assert_eq!(unresolved.hostname, "pds.example.social.invalid");
+        assert!(HOST_NETWORK.contains(std::net::IpAddr::V4(unresolved.ip)));
+    }
 }
