@@ -10,9 +10,14 @@
 //! address (the plan's `172.16.a.b` becomes `127.16.a.b`, all on one port found free for the
 //! run, so real runs side by side — parallel tests — do not collide)
 //! and named by that address in the relay's host table (no DNS); every other actor dials
-//! from `127.0.0.1`. The monitor reads the relay's accounting from `/metrics` once a second
-//! ([`scrape`]), the same numbers an observer gives in the simulated worlds. A graceful
-//! restart is SIGTERM (the relay drains) and a new process; `kill_relay` is SIGKILL.
+//! from `127.0.0.1`. A loaded host table is laid out the same way, in file order: its
+//! dead hosts refuse (nothing listens), or have a name that never resolves (under
+//! `.invalid`), or are black holes ([`on_loopback`]). The monitor reads the relay's
+//! accounting from `/metrics` once a second ([`scrape`]), the same numbers an observer
+//! gives in the simulated worlds, and the end of the run its host table from `/hosts`.
+//! Consumers time deliveries against when each host sent them, as in the madsim world. A
+//! graceful restart is SIGTERM (the relay drains) and a new process; `kill_relay` is
+//! SIGKILL.
 //!
 //! What a real loopback cannot do, its table ([`crate::scenario::REAL`]) refuses: network
 //! faults (partition, clog, latency), the relay's fault points and power loss (simulation
