@@ -108,6 +108,27 @@ mod turmoil_engine {
     }
 }
 
+/// Run `scenario` for real at seed 1 (the relay run by this package's windtunnel binary),
+/// requiring that real mode accepts it and that it passes.
+fn passes_for_real(scenario: &Scenario) -> windtunnel::worlds::SeedRun {
+    assert_eq!(
+        windtunnel::scenario::REAL.problems(scenario),
+        [],
+        "real mode refuses {}",
+        scenario.name
+    );
+    let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
+    let run = windtunnel::worlds::real::run(scenario, 1, None, &relay);
+    assert_eq!(
+        run.verdict,
+        Verdict::Passed,
+        "{:?}\n{}",
+        run.violations,
+        run.logs.clone().unwrap_or_default()
+    );
+    run
+}
+
 /// Real mode: the same actors on real tokio and loopback TCP against the relay as a child
 /// process (this package's windtunnel binary running the relay's command line), judged by
 /// the same oracles (a small world, 18 real seconds, a graceful restart and a SIGKILL).
@@ -158,16 +179,7 @@ no_panics = {}
 "#,
     )
     .unwrap();
-    assert!(windtunnel::scenario::REAL.problems(&scenario).is_empty());
-    let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
-    let run = windtunnel::worlds::real::run(&scenario, 1, None, &relay);
-    assert_eq!(
-        run.verdict,
-        Verdict::Passed,
-        "{:?}\n{}",
-        run.violations,
-        run.logs.unwrap_or_default()
-    );
+    let run = passes_for_real(&scenario);
     // Three incarnations (start, restart, after the kill), each scraped.
     let samples = run
         .trace
@@ -276,20 +288,7 @@ fn real_mode_plays_the_network_snapshot_table() {
     let coverage = oracles.coverage_min.as_mut().unwrap();
     (coverage.window_s, coverage.within_s, coverage.from_s) = (20, 20, 40);
     coverage.fraction = 0.9;
-    assert_eq!(
-        windtunnel::scenario::REAL.problems(&scenario),
-        [],
-        "real mode refuses the table"
-    );
-    let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
-    let run = windtunnel::worlds::real::run(&scenario, 1, None, &relay);
-    assert_eq!(
-        run.verdict,
-        Verdict::Passed,
-        "{:?}\n{}",
-        run.violations,
-        run.logs.unwrap_or_default()
-    );
+    let run = passes_for_real(&scenario);
     let mut endings = std::collections::BTreeMap::<(String, Option<String>), u32>::new();
     for record in run.trace.records() {
         if let Event::DeadHostOutcome {
