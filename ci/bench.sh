@@ -3,7 +3,7 @@
 # speed. The machine is printed first: these machines are noisy, so each benchmark
 # compares against a baseline in the same run and its figures are read as ratios.
 #
-#   ci/bench.sh                 all of them, in the order below (about 35 min on 2 cores)
+#   ci/bench.sh                 all of them, in the order below (about 45 min on 2 cores)
 #   ci/bench.sh NAME [ARGS...]  one of them, ARGS passed to it:
 #     tunnel      cold_start_2800 vs the bare madsim program (seed pairs), seeds/s for
 #                 churn_max_connections and close_recv_race (sim/benches/tunnel.rs)
@@ -18,6 +18,8 @@
 #                 docs/relay_bench.svg (latency CDF, delivery over time)
 #     cold-start  scenarios/cold_start_2800.toml for real (run --real, 10 minutes): 2,800
 #                 local upstream sockets, probe latency, the relay process's RSS and CPU
+#     snapshot    scenarios/network_snapshot.toml for real (run --real, 10 minutes): the
+#                 3,208-host table on loopback, its dead hosts refused, unresolved, black holes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,6 +90,13 @@ cold_start() {
     --relay-bin target/release/relay "$@"
 }
 
+# The snapshot's host table for real: its 3,208 hosts on loopback addresses in table order.
+snapshot() {
+  cargo build --release -p windtunnel -p relay
+  run target/release/windtunnel run --real scenarios/network_snapshot.toml --seed 1 \
+    --relay-bin target/release/relay "$@"
+}
+
 machine
 name=${1:-all}
 [ "$#" -gt 0 ] && shift
@@ -101,6 +110,7 @@ case "$name" in
   store) store "$@" ;;
   relay) relay "$@" ;;
   cold-start) cold_start "$@" ;;
+  snapshot) snapshot "$@" ;;
   all)
     tunnel
     seed_memory
@@ -111,6 +121,7 @@ case "$name" in
     store
     relay
     cold_start
+    snapshot
     ;;
   *)
     echo "unknown benchmark '$name'; see the list at the top of $0" >&2

@@ -146,6 +146,14 @@ impl RelayControl {
         self.observer.lock().expect("observer lock").clone()
     }
 
+    /// The running incarnation's host table, as the end-of-run outcomes read it (empty
+    /// while the relay is down).
+    pub fn host_endings(&self) -> Vec<HostEnding> {
+        self.observer().map_or_else(Vec::new, |observer| {
+            observer.hosts().into_iter().map(HostEnding::from).collect()
+        })
+    }
+
     /// Publish (or, with `None`, withdraw) the running incarnation's observer.
     pub fn set_observer(&self, observer: Option<Observer>) {
         *self.observer.lock().expect("observer lock") = observer;
@@ -514,17 +522,59 @@ impl ConsumerTally {
     }
 }
 
-/// The end of a run, before teardown: audit the relay's event log (when the world has
-/// upstreams), record how every hostile host and every dead host of a loaded table ended
-/// (from `hosts`, the relay's host table now) and every consumer's final tally.
+/// How the relay's host table ended for one host, as the end-of-run outcomes read it: from
+/// an observer's `HostView` in the simulated worlds, from the relay's `GET /hosts` (the same
+/// fields as JSON) in real mode.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct HostEnding {
+    /// Its hostname.
+    pub hostname: String,
+    /// The relay's phase for it (`backoff`, `dormant`, …).
+    pub phase: String,
+    /// Why the relay's last attempt or session ended, if one had.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Why it is quarantined, if it is.
+    #[serde(default)]
+    pub quarantined: Option<String>,
+    /// Frames the relay received from it.
+    pub events: u64,
+    /// Events its rate limit held back.
+    pub rate_limited: u64,
+}
+
+impl From<relay::upstream::HostView> for HostEnding {
+    fn from(view: relay::upstream::HostView) -> Self {
+        Self {
+            hostname: view.hostname,
+            phase: view.phase.as_str().to_owned(),
+            last_error: view.last_error.map(str::to_owned),
+            quarantined: view.quarantined.map(str::to_owned),
+            events: view.events,
+            rate_limited: view.rate_limited,
+        }
+    }
+}
+
+/// The end of a run, before teardown: record what the steady hosts sent per coverage
+/// window (when consumers timed deliveries against `send_times`), audit the relay's event
+/// log (when the world has upstreams), record how every hostile host and every dead host of
+/// a loaded table ended (from `hosts`, the relay's host table now) and every consumer's
+/// final tally.
 pub fn finish(
     scenario: &Scenario,
     sink: &TraceSink,
     database: &Path,
     plans: &[Arc<upstream::HostPlan>],
-    hosts: &[relay::upstream::HostView],
+    send_times: Option<&consumer::SendTimes>,
+    hosts: &[HostEnding],
     tallies: Vec<ConsumerTally>,
 ) {
+    if let Some(sent) =
+        send_times.and_then(|times| times.coverage_sent(Duration::from_secs(scenario.duration_s)))
+    {
+        sink.record("world", sent);
+    }
     let lag_s = match (
         &scenario.oracles.no_lost_events,
         &scenario.oracles.bad_hosts_isolated,
@@ -558,8 +608,8 @@ pub fn finish(
                 host: plan.hostname.clone(),
                 kind: kind.as_str().to_owned(),
                 phase: view.map_or("absent", |view| view.phase.as_str()).to_owned(),
-                quarantined: view.and_then(|view| view.quarantined).map(str::to_owned),
-                last_error: view.and_then(|view| view.last_error).map(str::to_owned),
+                quarantined: view.and_then(|view| view.quarantined.clone()),
+                last_error: view.and_then(|view| view.last_error.clone()),
                 persisted: persisted as u64,
                 rate_limited: view.map_or(0, |view| view.rate_limited),
             },
@@ -579,7 +629,7 @@ pub fn finish(
                     host: plan.hostname.clone(),
                     dead: dead.as_str().to_owned(),
                     phase: view.map_or("absent", |view| view.phase.as_str()).to_owned(),
-                    last_error: view.and_then(|view| view.last_error).map(str::to_owned),
+                    last_error: view.and_then(|view| view.last_error.clone()),
                     events: view.map_or(0, |view| view.events),
                 },
             );

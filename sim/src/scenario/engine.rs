@@ -146,9 +146,14 @@ pub const TURMOIL: Supports = Supports {
         ),
         (
             Feature::HostTable,
-            "its unresolvable and black-hole hosts are played by the madsim world; use engine = \"madsim\"",
+            "its unresolvable and black-hole hosts are played by the madsim world and real \
+             mode; use engine = \"madsim\"",
         ),
-        (Feature::DeliveryTiming, ONLY_MADSIM_TIMES_DELIVERIES),
+        (
+            Feature::DeliveryTiming,
+            "the turmoil world does not tell consumers when each event was sent; use \
+             engine = \"madsim\" (or run --real)",
+        ),
         (Feature::CrawlWorld, ONLY_MADSIM_HAS_THE_CRAWL_WORLD),
     ],
     max_hosts: Some((
@@ -156,10 +161,6 @@ pub const TURMOIL: Supports = Supports {
         "its links are per host pair; use engine = \"madsim\"",
     )),
 };
-
-/// Why only the madsim world can judge coverage.
-const ONLY_MADSIM_TIMES_DELIVERIES: &str =
-    "only the madsim world tells consumers when each event was sent; use engine = \"madsim\"";
 
 /// Real mode (`run --real`): a real loopback and the relay as a process, which can only be
 /// stopped and started.
@@ -189,11 +190,6 @@ pub const REAL: Supports = Supports {
             "the hostile hosts' outcomes are read from the relay's host table in the simulated \
              worlds only",
         ),
-        (
-            Feature::HostTable,
-            "real mode's hosts are loopback addresses, not the table's names",
-        ),
-        (Feature::DeliveryTiming, ONLY_MADSIM_TIMES_DELIVERIES),
         (Feature::CrawlWorld, ONLY_MADSIM_HAS_THE_CRAWL_WORLD),
     ],
     max_hosts: None,

@@ -466,7 +466,7 @@ enum FaultEntry {
         /// Length, seconds.
         duration_s: u64,
     },
-    /// Make the relay's work-route handlers (`/hosts`, `/requestCrawl`) panic from `at_s`
+    /// Make the relay's work-route handlers (`/hosts`, `requestCrawl`) panic from `at_s`
     /// for `duration_s`, through the relay's `HandlerPanic` fault point.
     HandlerPanic {
         /// Start, seconds.

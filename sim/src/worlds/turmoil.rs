@@ -301,16 +301,13 @@ impl Timeline {
         }
         sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
         sample(&self.sink, &self.control);
-        let hosts = self
-            .control
-            .observer()
-            .map(|observer| observer.hosts())
-            .unwrap_or_default();
+        let hosts = self.control.host_endings();
         relay_host::finish(
             scenario,
             &self.sink,
             &self.database,
             &self.plans,
+            None,
             &hosts,
             self.tallies,
         );

@@ -531,7 +531,7 @@ fn a_table_is_an_alternative_to_hosts_and_to_dead_hosts_drawn() {
 }
 
 #[test]
-fn only_madsim_plays_a_table() {
+fn turmoil_refuses_a_table() {
     let message = load_with_table(
         "table_turmoil",
         &format!("engine = \"turmoil\"\n{MINIMAL}[upstreams]\ntable = \"hosts/table\"\n"),

@@ -108,6 +108,27 @@ mod turmoil_engine {
     }
 }
 
+/// Run `scenario` for real at seed 1 (the relay run by this package's windtunnel binary),
+/// requiring that real mode accepts it and that it passes.
+fn passes_for_real(scenario: &Scenario) -> windtunnel::worlds::SeedRun {
+    assert_eq!(
+        windtunnel::scenario::REAL.problems(scenario),
+        [],
+        "real mode refuses {}",
+        scenario.name
+    );
+    let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
+    let run = windtunnel::worlds::real::run(scenario, 1, None, &relay);
+    assert_eq!(
+        run.verdict,
+        Verdict::Passed,
+        "{:?}\n{}",
+        run.violations,
+        run.logs.clone().unwrap_or_default()
+    );
+    run
+}
+
 /// Real mode: the same actors on real tokio and loopback TCP against the relay as a child
 /// process (this package's windtunnel binary running the relay's command line), judged by
 /// the same oracles (a small world, 18 real seconds, a graceful restart and a SIGKILL).
@@ -158,16 +179,7 @@ no_panics = {}
 "#,
     )
     .unwrap();
-    assert!(windtunnel::scenario::REAL.problems(&scenario).is_empty());
-    let relay = RelayProgram::windtunnel(env!("CARGO_BIN_EXE_windtunnel"));
-    let run = windtunnel::worlds::real::run(&scenario, 1, None, &relay);
-    assert_eq!(
-        run.verdict,
-        Verdict::Passed,
-        "{:?}\n{}",
-        run.violations,
-        run.logs.unwrap_or_default()
-    );
+    let run = passes_for_real(&scenario);
     // Three incarnations (start, restart, after the kill), each scraped.
     let samples = run
         .trace
@@ -259,5 +271,51 @@ fn real_mode_refuses_what_a_loopback_cannot_play() {
     assert!(
         panic.contains("cannot start the relay (/nonexistent/relay)"),
         "{panic}"
+    );
+}
+
+/// Real mode plays a loaded host table: `network_snapshot`'s 3,208 hosts on loopback, cut
+/// to 90 real seconds (its connection deadline and coverage windows moved in with it, and
+/// coverage's bar lowered for a loaded 2-core machine), judged by all its oracles. Every
+/// dead host ends as its status says: offline hosts refused, unreachable ones alternately
+/// unresolved and black holes the relay's connect timeout gives up on.
+#[test]
+fn real_mode_plays_the_network_snapshot_table() {
+    let mut scenario = load("network_snapshot.toml");
+    scenario.duration_s = 90;
+    let oracles = &mut scenario.oracles;
+    oracles.hosts_connected_min.as_mut().unwrap().by_s = 90;
+    let coverage = oracles.coverage_min.as_mut().unwrap();
+    (coverage.window_s, coverage.within_s, coverage.from_s) = (20, 20, 40);
+    coverage.fraction = 0.9;
+    let run = passes_for_real(&scenario);
+    let mut endings = std::collections::BTreeMap::<(String, Option<String>), u32>::new();
+    for record in run.trace.records() {
+        if let Event::DeadHostOutcome {
+            dead, last_error, ..
+        } = &record.event
+        {
+            *endings
+                .entry((dead.clone(), last_error.clone()))
+                .or_default() += 1;
+        }
+    }
+    let ended = |dead: &str, error: &str| (dead.to_owned(), Some(error.to_owned()));
+    assert_eq!(
+        endings,
+        [
+            (ended("black_hole", "timeout"), 98),
+            (ended("refused", "connect_error"), 146),
+            (ended("unresolved", "resolve_error"), 98),
+        ]
+        .into(),
+        "how the table's dead hosts ended"
+    );
+    let sent = run.trace.records().iter().any(|r| {
+        matches!(&r.event, Event::CoverageSent { sent, .. } if sent.iter().sum::<u64>() > 1_000)
+    });
+    assert!(
+        sent,
+        "the steady hosts' sends were not counted for coverage"
     );
 }

@@ -206,17 +206,16 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     }
     sleep_until(world_start + Duration::from_secs(scenario.duration_s)).await;
     sample(&sink, &control);
-    let hosts = control
-        .observer()
-        .map(|observer| observer.hosts())
-        .unwrap_or_default();
-    if let Some(sent) = send_times
-        .as_deref()
-        .and_then(|times| times.coverage_sent(Duration::from_secs(scenario.duration_s)))
-    {
-        sink.record("world", sent);
-    }
-    relay_host::finish(&scenario, &sink, &database, &plans, &hosts, tallies);
+    let hosts = control.host_endings();
+    relay_host::finish(
+        &scenario,
+        &sink,
+        &database,
+        &plans,
+        send_times.as_deref(),
+        &hosts,
+        tallies,
+    );
     sink.phase("end");
     // Tear the world down inside the simulation: killed nodes drop their tasks (and with
     // them sockets, SQLite connections, buffers). Tasks that wait on each other form

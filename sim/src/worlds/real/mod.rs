@@ -10,9 +10,14 @@
 //! address (the plan's `172.16.a.b` becomes `127.16.a.b`, all on one port found free for the
 //! run, so real runs side by side — parallel tests — do not collide)
 //! and named by that address in the relay's host table (no DNS); every other actor dials
-//! from `127.0.0.1`. The monitor reads the relay's accounting from `/metrics` once a second
-//! ([`scrape`]), the same numbers an observer gives in the simulated worlds. A graceful
-//! restart is SIGTERM (the relay drains) and a new process; `kill_relay` is SIGKILL.
+//! from `127.0.0.1`. A loaded host table is laid out the same way, in file order: its
+//! dead hosts refuse (nothing listens), or have a name that never resolves (under
+//! `.invalid`), or are black holes ([`on_loopback`]). The monitor reads the relay's
+//! accounting from `/metrics` once a second ([`scrape`]), the same numbers an observer
+//! gives in the simulated worlds, and the end of the run its host table from `/hosts`.
+//! Consumers time deliveries against when each host sent them, as in the madsim world. A
+//! graceful restart is SIGTERM (the relay drains) and a new process; `kill_relay` is
+//! SIGKILL.
 //!
 //! What a real loopback cannot do, its table ([`crate::scenario::REAL`]) refuses: network
 //! faults (partition, clog, latency), the relay's fault points and power loss (simulation
@@ -34,6 +39,7 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::actors::relay_host::{self, RelayDatabase, SAMPLE_PERIOD};
+use crate::actors::upstream::DeadHost;
 use crate::actors::{cast, rng, upstream, TraceSink, WorldClock};
 use crate::logs::LogSettings;
 use crate::scenario::{Scenario, Supports, REAL};
@@ -78,7 +84,6 @@ pub fn run(
     relay: &RelayProgram,
 ) -> SeedRun {
     let relay = relay.clone();
-    raise_open_file_limit();
     on_fresh_thread("real", scenario, seed, logs, move |scenario, seed| {
         run_on_this_thread(scenario, seed, &relay)
     })
@@ -137,21 +142,63 @@ impl Drop for RunFiles {
     }
 }
 
-/// Raise this process's soft open-file limit to its hard limit (the relay process inherits
-/// it): a 2,800-host world holds ~5,500 loopback sockets here and ~2,800 in the relay, and
-/// the usual soft limit is 1,024. Best effort: an upstream that still cannot bind says so.
-fn raise_open_file_limit() {
+/// Open files this process holds per upstream host that listens: its listener and the
+/// relay's connection to it.
+const FILES_PER_LISTENING_HOST: u64 = 2;
+/// Open files this process holds besides the upstream hosts': the clients' sockets, the
+/// runtime's, the relay's database and output files, standard streams.
+const FILES_BESIDES_HOSTS: u64 = 1_024;
+
+/// Raise this process's soft open-file limit (`RLIMIT_NOFILE`) to its hard limit (the relay
+/// process inherits it, and raises its own as far as it needs): a 3,208-host table holds
+/// ~6,000 loopback sockets here and ~3,000 in the relay, and the usual soft limit is 1,024.
+/// A hard limit below what `listening_hosts` upstream hosts need fails the run, saying so,
+/// rather than leaving hosts that cannot bind.
+fn raise_open_file_limit(listening_hosts: usize) -> Result<(), String> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let needed = (listening_hosts as u64)
+        .saturating_mul(FILES_PER_LISTENING_HOST)
+        .saturating_add(FILES_BESIDES_HOSTS);
     let limit = getrlimit(Resource::Nofile);
-    let target = limit.maximum.unwrap_or(1 << 20);
+    let target = limit.maximum.unwrap_or(u64::MAX);
     if limit.current.is_some_and(|current| current < target) {
         let _ = setrlimit(
             Resource::Nofile,
             Rlimit {
-                current: Some(target),
+                current: limit.maximum,
                 maximum: limit.maximum,
             },
         );
+    }
+    match getrlimit(Resource::Nofile).current {
+        Some(allowed) if allowed < needed => Err(format!(
+            "real mode needs about {needed} open files for {listening_hosts} listening upstream \
+             hosts, and this process may open only {allowed} (RLIMIT_NOFILE, hard limit {}): \
+             raise the hard limit (`ulimit -Hn`) or play fewer hosts",
+            limit
+                .maximum
+                .map_or_else(|| "unlimited".to_owned(), |hard| hard.to_string())
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Host `plan` on loopback: the plan's `172.16.a.b` becomes `127.16.a.b`, and the host is
+/// named by that address (the relay resolves an IP literal without asking DNS), except a
+/// host whose name must not resolve: it keeps its name under `.invalid`, which never
+/// resolves (RFC 6761). The mapping follows the plan, so a loaded table's hosts get their
+/// addresses in file order.
+fn on_loopback(plan: upstream::HostPlan) -> upstream::HostPlan {
+    let [_, _, a, b] = plan.ip.octets();
+    let ip = Ipv4Addr::new(127, 16, a, b);
+    let hostname = match plan.dead {
+        Some(DeadHost::Unresolved) => format!("{}.invalid", plan.hostname),
+        _ => ip.to_string(),
+    };
+    upstream::HostPlan {
+        hostname,
+        ip,
+        ..plan
     }
 }
 
@@ -240,32 +287,33 @@ async fn world(
     let plans: Vec<Arc<upstream::HostPlan>> = match &scenario.upstreams {
         Some(spec) => upstream::plan(spec, scenario.relay.upstream.max_frame_bytes)
             .into_iter()
-            .map(|plan| {
-                let [_, _, a, b] = plan.ip.octets();
-                let ip = Ipv4Addr::new(127, 16, a, b);
-                Arc::new(upstream::HostPlan {
-                    hostname: ip.to_string(),
-                    ip,
-                    ..plan
-                })
-            })
+            .map(|plan| Arc::new(on_loopback(plan)))
             .collect(),
         None => Vec::new(),
     };
+    let listening =
+        |plan: &&Arc<upstream::HostPlan>| matches!(plan.dead, None | Some(DeadHost::BlackHole));
+    raise_open_file_limit(plans.iter().filter(listening).count())?;
     let database = &files.database.path;
     if let Some(spec) = &scenario.upstreams {
         relay_host::publish_host_table(database, spec, &plans, &sink)
             .map_err(|error| format!("cannot write the relay's host table: {error}"))?;
     }
-    for plan in plans.iter().filter(|plan| plan.dead.is_none()) {
+    // A live host serves; a black hole accepts and never answers, as in the madsim world;
+    // nothing listens on a refusing host's address, and an unresolved host has none.
+    for plan in plans.iter().filter(listening) {
         let listen = SocketAddr::from((plan.ip, upstream_port));
-        tokio::spawn(upstream::serve(
-            Arc::clone(plan),
-            listen,
-            sink.clone(),
-            world_start,
-        ));
+        match plan.dead {
+            None => tokio::spawn(upstream::serve(
+                Arc::clone(plan),
+                listen,
+                sink.clone(),
+                world_start,
+            )),
+            Some(_) => tokio::spawn(upstream::black_hole(plan.hostname.clone(), listen)),
+        };
     }
+    let send_times = relay_host::send_times(&scenario, database, &plans);
 
     let relay_config = RelayPlacement {
         listen: relay_addr,
@@ -309,7 +357,7 @@ async fn world(
     orchestrating.extend(orchestrator);
 
     // The relay's clients; stopped before the end-of-run reading.
-    let (cast, tallies) = cast::clients(&scenario, None, restart);
+    let (cast, tallies) = cast::clients(&scenario, send_times.clone(), restart);
     let mut clients = JoinSet::new();
     for client in &cast {
         for _ in 0..client.loops {
@@ -351,7 +399,19 @@ async fn world(
     clients.shutdown().await;
     sleep(CLIENTS_GONE_PAUSE).await;
     record_scrape(&sink, relay_addr).await?;
-    relay_host::finish(&scenario, &sink, database, &plans, &[], tallies);
+    let hosts = scrape::host_endings(relay_addr)
+        .await
+        .transpose()?
+        .unwrap_or_default();
+    relay_host::finish(
+        &scenario,
+        &sink,
+        database,
+        &plans,
+        send_times.as_deref(),
+        &hosts,
+        tallies,
+    );
     sink.phase("end");
     let mut relay = world.relay.lock().await;
     relay.stop(true).await?;
@@ -427,4 +487,53 @@ async fn record_scrape(sink: &TraceSink, relay_addr: SocketAddr) -> Result<(), S
         sink.record("monitor", reading?.sample());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_files_are_raised_to_the_hard_limit_and_a_larger_need_is_named() {
+        use rustix::process::{getrlimit, Resource};
+        let hard = getrlimit(Resource::Nofile).maximum;
+        assert_eq!(raise_open_file_limit(100), Ok(()));
+        assert_eq!(getrlimit(Resource::Nofile).current, hard);
+        if let Some(hard) = hard {
+            let hosts = hard as usize;
+            let error = raise_open_file_limit(hosts).unwrap_err();
+            assert!(
+                error.starts_with(&format!(
+                    "real mode needs about {} open files for {hosts} listening upstream hosts",
+                    hard * 2 + 1_024
+                )),
+                "{error}"
+            );
+            assert!(error.contains(&format!("hard limit {hard}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn table_hosts_get_loopback_addresses_and_unresolvable_names() {
+        let plan = |dead| upstream::HostPlan {
+            hostname: "pds.example.social".into(),
+            ip: Ipv4Addr::new(172, 16, 12, 209),
+            dead,
+            handshake_latency: Duration::ZERO,
+            event_interval: Duration::from_secs(1),
+            flap: None,
+            body_pad_bytes: 0,
+            hostile: None,
+            frame_limit_bytes: 1,
+            link_delay: Arc::default(),
+        };
+        for dead in [None, Some(DeadHost::Refused), Some(DeadHost::BlackHole)] {
+            let placed = on_loopback(plan(dead));
+            assert_eq!(placed.ip, Ipv4Addr::new(127, 16, 12, 209));
+            assert_eq!(placed.hostname, "127.16.12.209");
+        }
+        let unresolved = on_loopback(plan(Some(DeadHost::Unresolved)));
+        assert_eq!(unresolved.hostname, "pds.example.social.invalid");
+        assert!(HOST_NETWORK.contains(std::net::IpAddr::V4(unresolved.ip)));
+    }
 }

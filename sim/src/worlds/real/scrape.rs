@@ -1,7 +1,9 @@
 //! Reading a relay process's accounting from its `/metrics` exposition: the real-mode
 //! monitor's equivalent of the simulated worlds' `Observer`. The text becomes the same
 //! [`RelayReading`] an observer gives, so one mapping turns either into a trace sample,
-//! and the round-trip test below holds the two to the same numbers.
+//! and the round-trip test below holds the two to the same numbers. At the end of a run,
+//! the relay's host table is read from `GET /hosts` ([`host_endings`]), as an observer's
+//! `hosts()` is read in the simulated worlds.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use relay::upstream::HostPhase;
 use tokio::io::AsyncReadExt;
 
 use crate::actors::client;
-use crate::actors::relay_host::RelayReading;
+use crate::actors::relay_host::{HostEnding, RelayReading};
 
 /// Longest a scrape may take before the sample is skipped.
 const SCRAPE_WITHIN: Duration = Duration::from_secs(2);
@@ -43,6 +45,26 @@ pub async fn scrape(addr: SocketAddr) -> Option<Result<RelayReading, String>> {
         connections.admitted_total = connections.admitted_total.saturating_sub(1);
         reading
     }))
+}
+
+/// Longest reading the host table may take (thousands of hosts, one JSON body).
+const HOSTS_WITHIN: Duration = Duration::from_secs(10);
+
+/// The relay's host table on `addr`, from `GET /hosts`. `None` when it is down, refuses or
+/// does not answer in time; a body the harness cannot read is an error.
+pub async fn host_endings(addr: SocketAddr) -> Option<Result<Vec<HostEnding>, String>> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        client::get_text(&mut stream, "/hosts").await.ok()
+    };
+    let (response, text) = timeout(HOSTS_WITHIN, exchange).await.ok()??;
+    if response.status != 200 {
+        return None;
+    }
+    Some(
+        serde_json::from_str(&text)
+            .map_err(|error| format!("the relay's /hosts is not the host list expected: {error}")),
+    )
 }
 
 /// Read one exposition into a [`RelayReading`]; a metric the sample needs that is missing
