@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::rng::thread_rng;
 use super::TraceSink;
-use crate::scenario::{Between, HostStatus, HostileKind, UpstreamsSpec};
+use crate::scenario::{Between, HostStatus, HostileKind, RateSpec, UpstreamsSpec};
 use crate::trace::Event;
 
 /// Port every upstream host listens on.
@@ -243,6 +243,9 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
             }
         })
         .collect();
+    if let Some(rate) = &spec.rate {
+        apply_rate_model(rate, spec, &mut hosts, &mut rng);
+    }
     if let Some(hostile) = &spec.hostile {
         let quickest = Duration::from_secs(spec.event_interval_s.min);
         for offset in 0..hostile.hosts {
@@ -274,6 +277,58 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
         }
     }
     hosts
+}
+
+/// The longest interval the rate model gives a host (a nearly silent one): a day.
+const RATE_INTERVAL_MAX: Duration = Duration::from_secs(86_400);
+
+/// Replace the live polite hosts' drawn intervals with the rate model's
+/// ([`crate::scenario::RateSpec`]): the shard hosts share `shard_share` of the total
+/// equally, the others the rest by log-normal weights drawn from the world's seed.
+fn apply_rate_model(
+    rate: &RateSpec,
+    spec: &UpstreamsSpec,
+    hosts: &mut [HostPlan],
+    rng: &mut impl Rng,
+) {
+    let is_shard = |index: usize| {
+        spec.table
+            .as_ref()
+            .is_some_and(|table| table.hosts[index].kind.as_deref() == Some("bsky"))
+    };
+    let live: Vec<usize> = (0..hosts.len())
+        .filter(|&i| hosts[i].dead.is_none())
+        .collect();
+    let shards = live.iter().filter(|&&i| is_shard(i)).count();
+    let tail = live.len() - shards;
+    let shard_share = match (shards, tail) {
+        (0, _) => 0.0,
+        (_, 0) => 1.0,
+        _ => rate.shard_share,
+    };
+    // Box–Muller: a standard normal from two uniforms.
+    let mut standard_normal = || {
+        let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+        let u2: f64 = rng.gen_range(0.0..1.0);
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    };
+    let weights: Vec<(usize, f64)> = live
+        .iter()
+        .filter(|&&i| !is_shard(i))
+        .map(|&i| (i, (rate.tail_sigma * standard_normal()).exp()))
+        .collect();
+    let weight_sum: f64 = weights.iter().map(|(_, weight)| weight).sum();
+    let total = rate.events_per_second_total;
+    let interval = |per_second: f64| {
+        Duration::from_secs_f64((1.0 / per_second).min(RATE_INTERVAL_MAX.as_secs_f64()))
+            .max(Duration::from_micros(1))
+    };
+    for &index in live.iter().filter(|&&i| is_shard(i)) {
+        hosts[index].event_interval = interval(total * shard_share / shards as f64);
+    }
+    for (index, weight) in weights {
+        hosts[index].event_interval = interval(total * (1.0 - shard_share) * weight / weight_sum);
+    }
 }
 
 /// The simulated network every [`host_ip`] is in (a private range: the relay's egress rule

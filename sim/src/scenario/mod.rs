@@ -34,7 +34,7 @@ pub use faults::{FaultKind, FaultSpec, HostSelector, Rolling};
 pub use host_table::{HostStatus, HostTable, TableHost};
 pub use network::NetworkSpec;
 pub use problems::{Located, Problem};
-pub use upstreams::{HostileKind, HostileSpec, UpstreamsSpec};
+pub use upstreams::{HostileKind, HostileSpec, RateSpec, UpstreamsSpec};
 
 /// One scenario file, parsed and validated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -27,6 +27,10 @@ pub struct UpstreamsSpec {
     /// Each host emits one event per this many seconds (drawn per host).
     #[serde(default = "default_event_interval_s")]
     pub event_interval_s: Between<u64>,
+    /// The network's rate model: a total events/s split heavy-tailed over the live hosts
+    /// ([`RateSpec`]); absent: each host's interval is drawn from `event_interval_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateSpec>,
     /// Fraction of hosts that alternate between up and down windows.
     #[serde(default)]
     pub flaky_fraction: f64,
@@ -47,6 +51,41 @@ pub struct UpstreamsSpec {
     pub body_pad_bytes: u32,
     /// Hosts that misbehave, on top of the `hosts` polite ones.
     pub hostile: Option<HostileSpec>,
+}
+
+/// `[upstreams.rate]`: the realistic rate model. The network emits
+/// `events_per_second_total`; the shard hosts (a table's `kind = "bsky"`, the large
+/// operator's shards) share `shard_share` of it equally; every other live host `i` gets
+/// weight `exp(tail_sigma · Z_i)` (`Z_i` standard normal from the world's seed, a
+/// log-normal tail: most nearly silent, a few busy), and the rest of the total in
+/// proportion to its weight. A host with rate `r` emits one event every `1/r` s. Sources:
+/// the host table's data card (scenarios/hosts/atproto-hosts-2026-05.md): the firehose runs
+/// at ~600 to over 2,000 events/s, nearly all of it from the large shards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSpec {
+    /// The whole network's events per second.
+    #[serde(default = "default_events_per_second_total")]
+    pub events_per_second_total: f64,
+    /// The shard hosts' share of the total (all of it goes to the tail when there are none).
+    #[serde(default = "default_shard_share")]
+    pub shard_share: f64,
+    /// The log-normal tail's sigma: 0 spreads the tail evenly, 2 leaves most hosts nearly
+    /// silent.
+    #[serde(default = "default_tail_sigma")]
+    pub tail_sigma: f64,
+}
+
+fn default_events_per_second_total() -> f64 {
+    1_000.0
+}
+
+fn default_shard_share() -> f64 {
+    0.95
+}
+
+fn default_tail_sigma() -> f64 {
+    2.0
 }
 
 /// The hostile cast: upstream hosts that each misbehave in one way, numbered after the
@@ -215,6 +254,26 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
                 "upstreams",
                 "expected event_interval_s, flaky_down_s and flaky_up_s of at least 1".into(),
             ));
+        }
+        if let Some(rate) = &upstreams.rate {
+            if !(rate.events_per_second_total > 0.0 && rate.events_per_second_total <= 100_000.0) {
+                found.push(Problem::new(
+                    "upstreams.rate.events_per_second_total",
+                    "expected more than 0 and at most 100000 events/s".into(),
+                ));
+            }
+            if !fraction_ok(rate.shard_share) {
+                found.push(Problem::new(
+                    "upstreams.rate.shard_share",
+                    "expected a fraction within 0..=1".into(),
+                ));
+            }
+            if !(0.0..=4.0).contains(&rate.tail_sigma) {
+                found.push(Problem::new(
+                    "upstreams.rate.tail_sigma",
+                    "expected a sigma within 0..=4".into(),
+                ));
+            }
         }
         if upstreams.table.is_some() && upstreams.hostile.is_some() {
             found.push(Problem::new(

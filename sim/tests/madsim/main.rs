@@ -816,3 +816,39 @@ fn network_shard_deploy_restarts_the_shards_in_batches_darkens_an_operator_and_s
         }
     }
 }
+
+/// The realistic-volume trio at seed 1 (the 20-seed sweeps are in BENCHMARKS; each seed
+/// costs ~9 s): the braked cold start passes without a restart, the farm outage leaves
+/// the outage's minutes uncovered and passes, and the unbraked sibling loops.
+#[test]
+fn the_network_at_realistic_volume_cold_start_farm_outage_and_the_unbraked_loop() {
+    for (seed, summary, _) in passes("cold_start_network.toml", 1..=1) {
+        assert_eq!(summary.liveness_restarts, (0, 0), "seed {seed}");
+        let (_, _, windows) = summary.coverage.expect("coverage is counted");
+        assert!(
+            windows.iter().skip(2).all(|w| w.fraction() >= 0.97),
+            "seed {seed}: {windows:?}"
+        );
+    }
+    for (seed, summary, _) in passes("network_farm_outage.toml", 1..=1) {
+        let (_, _, windows) = summary.coverage.expect("coverage is counted");
+        // 240–360 s dark: the shards carry 95% of the events.
+        assert!(windows[4].fraction() < 0.5, "seed {seed}: {windows:?}");
+        assert!(windows[9].fraction() >= 0.97, "seed {seed}: {windows:?}");
+    }
+    let scenario = load("cold_start_network_unbraked.toml");
+    for (seed, outcome) in run_seeds(&scenario, 1..=1) {
+        match &outcome.verdict {
+            Verdict::FailedAsExpected(violation) => {
+                assert_eq!(
+                    violation.oracle,
+                    OracleName::RelayRestartsMax,
+                    "seed {seed}"
+                )
+            }
+            other => panic!("seed {seed}: expected relay_restarts_max to fail, got {other:?}"),
+        }
+        let (restarts, _) = windtunnel::report::Summary::of(&outcome.trace).liveness_restarts;
+        assert!(restarts >= 3, "seed {seed}: a loop ({restarts} restarts)");
+    }
+}

@@ -484,7 +484,7 @@ fn a_sweep_expands_directories_to_their_scenarios_in_name_order() {
     assert_eq!(names.first().unwrap(), "bad_input.toml");
     assert_eq!(names.last().unwrap(), "host_flap.toml");
     assert!(names.iter().all(|n| n.ends_with(".toml")));
-    assert_eq!(names.len(), 42, "{names:?}");
+    assert_eq!(names.len(), 45, "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------
