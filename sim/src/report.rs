@@ -239,6 +239,7 @@ impl Summary {
                 | Event::CoverageSent { .. }
                 | Event::Panic { .. }
                 | Event::Subscribed { .. }
+                | Event::HostDown { .. }
                 | Event::ConsumerConnected { .. }
                 | Event::ConsumerEnded { .. }
                 | Event::StillOpen { .. }

@@ -36,6 +36,12 @@ pub enum Event {
         /// The cursor the relay asked to resume from.
         cursor: u64,
     },
+    /// A flaky host went down while a relay subscription was live: it cut the connection,
+    /// and it accepts subscriptions again `up_after_ms` later.
+    HostDown {
+        /// Until the host is up again, milliseconds.
+        up_after_ms: u64,
+    },
     /// A fault started or ended.
     Fault {
         /// What kind of fault (`partition`, `kill_relay`, `power_loss`, `restart_relay`,

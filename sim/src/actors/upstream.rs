@@ -63,6 +63,16 @@ impl Flap {
         self.until.is_none_or(|until| since_start < until) && self.position(since_start) >= self.up
     }
 
+    /// How long the host stays down from `since_start` (zero if it is up then).
+    pub fn down_for(&self, since_start: Duration) -> Duration {
+        if !self.is_down(since_start) {
+            return Duration::ZERO;
+        }
+        let up_again = since_start + (self.cycle() - self.position(since_start));
+        let up_again = self.until.map_or(up_again, |until| up_again.min(until));
+        up_again.saturating_sub(since_start)
+    }
+
     /// When the next down window after `since_start` begins, if any.
     pub fn next_down(&self, since_start: Duration) -> Option<Duration> {
         let position = self.position(since_start);
@@ -474,8 +484,18 @@ async fn subscription(
     sink.record(&plan.hostname, Event::Subscribed { cursor });
     let subscribed = now();
     let mut seq = cursor + 1;
-    // `None`: going down, the live connection is cut.
-    while let Some(frame) = plan.next_frame(seq, world_start).await {
+    loop {
+        let Some(frame) = plan.next_frame(seq, world_start).await else {
+            // Going down: the live connection is cut, and the relay's reconnect is timed
+            // from when the host is back (`reconnect_latency_max`).
+            let down_for = plan
+                .flap
+                .as_ref()
+                .map_or(Duration::ZERO, |flap| flap.down_for(since_start()));
+            let up_after_ms = u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX);
+            sink.record(&plan.hostname, Event::HostDown { up_after_ms });
+            return;
+        };
         // Sent when it fell due, or at the subscription for the catch-up's events.
         plan.link_delay
             .hold(plan.due(seq, world_start).max(subscribed))
@@ -518,6 +538,24 @@ mod tests {
         assert!(
             !flap.is_down(Duration::from_secs(220)),
             "no flapping after until"
+        );
+        assert_eq!(flap.down_for(Duration::from_secs(59)), Duration::ZERO);
+        assert_eq!(
+            flap.down_for(Duration::from_secs(60)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            flap.down_for(Duration::from_secs(70)),
+            Duration::from_secs(10)
+        );
+        let stops_mid_window = Flap {
+            until: Some(Duration::from_secs(150)),
+            ..flap
+        };
+        assert_eq!(
+            stops_mid_window.down_for(Duration::from_secs(140)),
+            Duration::from_secs(10),
+            "up for good at until"
         );
     }
 

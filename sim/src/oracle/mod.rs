@@ -47,7 +47,7 @@ pub use probes::{ProbeLatencyMaxSpec, ProbeLivenessSpec, RelayRestartsMaxSpec};
 pub use recovery::{FaultsFiredSpec, NoPanicsSpec, RecoveryWithinSpec};
 pub use upstreams::{
     HandshakesBoundedSpec, HostTableMaxSpec, HostsConnectedMinSpec, NoHostForgottenSpec,
-    NoInternalDialsSpec, WorkersBoundedSpec,
+    NoInternalDialsSpec, ReconnectLatencyMaxSpec, WorkersBoundedSpec,
 };
 
 /// The oracles this build knows, each with the field of `[oracles]` that lists it and the
@@ -245,6 +245,12 @@ oracles! {
     ///
     /// Needs a `crawl_internal` `[[abusers]]` group.
     NoInternalDials => no_internal_dials: NoInternalDialsSpec,
+    /// Every time a flaky host that cut a live subscription is up again, the relay is
+    /// subscribed to it again within a bound (legitimate hosts' reconnects are not queued
+    /// behind what callers asked for).
+    ///
+    /// Needs flaky hosts (`upstreams.flaky_fraction` above 0).
+    ReconnectLatencyMax => reconnect_latency_max: ReconnectLatencyMaxSpec,
 }
 
 impl OracleName {

@@ -1,7 +1,10 @@
 //! Upstream oracles: the relay's subscriptions to its host table — coverage by a deadline,
 //! bounded handshakes and workers, no host forgotten, the host table bounded under a crawl
-//! flood and no internal address dialled (`hosts_connected_min`, `handshakes_bounded`,
-//! `workers_bounded`, `no_host_forgotten`, `host_table_max`, `no_internal_dials`).
+//! flood, no internal address dialled and flaky hosts resubscribed promptly
+//! (`hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`,
+//! `host_table_max`, `no_internal_dials`, `reconnect_latency_max`).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -425,4 +428,77 @@ mod tests {
         let lost = UpstreamSample { hosts: 2, ..fine };
         assert!(no_host_forgotten(trace([world(3, 0), upstream(1, lost)]).records()).is_some());
     }
+}
+
+/// `reconnect_latency_max` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectLatencyMaxSpec {
+    /// Most seconds from a flaky host being up again to the relay's next subscription.
+    pub max_s: u64,
+}
+
+impl Judge for ReconnectLatencyMaxSpec {
+    fn problems(&self, scenario: &Scenario) -> Vec<Problem> {
+        needs(
+            OracleName::ReconnectLatencyMax,
+            scenario
+                .upstreams
+                .as_ref()
+                .is_none_or(|upstreams| upstreams.flaky_fraction <= 0.0),
+            "flaky hosts (upstreams.flaky_fraction above 0)",
+        )
+    }
+
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        reconnect_latency_max(records, self.max_s * 1_000_000)
+    }
+}
+
+/// Every [`Event::HostDown`] is followed, within `max_us` of the host being up again, by a
+/// subscription to that host; a host still waiting when the run ends counts if it waited
+/// longer than the bound.
+pub fn reconnect_latency_max(records: &[Record], max_us: u64) -> Option<Violation> {
+    // Per host, when it was up again after its last cut and the record of the cut.
+    let mut waiting: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+    let mut worst: Option<(u64, usize, u64)> = None;
+    let mut note = |latency: u64, index: usize, up_at: u64| {
+        if latency > max_us && worst.is_none() {
+            worst = Some((latency, index, up_at));
+        }
+    };
+    for (index, record) in records.iter().enumerate() {
+        match &record.event {
+            Event::HostDown { up_after_ms } => {
+                let up_at = record
+                    .t_us
+                    .saturating_add(up_after_ms.saturating_mul(1_000));
+                waiting.insert(&record.node, (up_at, index));
+            }
+            Event::Subscribed { .. } => {
+                if let Some((up_at, cut)) = waiting.remove(record.node.as_str()) {
+                    note(record.t_us.saturating_sub(up_at), cut, up_at);
+                }
+            }
+            _ => {}
+        }
+    }
+    let end = records.last().map_or(0, |record| record.t_us);
+    for (up_at, cut) in waiting.values() {
+        note(end.saturating_sub(*up_at), *cut, *up_at);
+    }
+    let (latency, index, up_at) = worst?;
+    let record = &records[index];
+    Some(violation_at(
+        OracleName::ReconnectLatencyMax,
+        index,
+        record,
+        format!(
+            "{} was up again at {} and the relay had not resubscribed {} later: more than {}",
+            record.node,
+            format_seconds(up_at),
+            format_seconds(latency),
+            format_seconds(max_us)
+        ),
+    ))
 }

@@ -447,6 +447,15 @@ fn hostile_callers_cost_only_themselves_for_20_seeds() {
                 })
                 .collect()
         };
+        // reconnect_latency_max had cuts to time: flaky hosts went down under live
+        // subscriptions and came back.
+        let cuts = outcome
+            .trace
+            .records()
+            .iter()
+            .filter(|record| matches!(record.event, windtunnel::trace::Event::HostDown { .. }))
+            .count();
+        assert!(cuts >= 3, "seed {seed}: {cuts} cuts of live subscriptions");
         // The existence check refuses junk and internal names before any per-caller limit.
         for kind in ["crawl_junk", "crawl_internal"] {
             assert!(
@@ -469,12 +478,25 @@ fn hostile_callers_cost_only_themselves_for_20_seeds() {
 }
 
 #[test]
-fn hostile_callers_without_limits_fill_the_host_table() {
+fn hostile_callers_without_limits_fill_the_host_table_and_delay_reconnects() {
     fails_as_expected(
         "hostile_callers_unlimited.toml",
         1..=6,
         OracleName::HostTableMax,
     );
+    // Without the limits the stored black holes' handshakes delay the flaky hosts'
+    // reconnects past the bound hostile_callers holds.
+    let scenario = load("hostile_callers_unlimited.toml");
+    for (seed, outcome) in run_seeds(&scenario, 1..=3) {
+        assert!(
+            outcome
+                .violations
+                .iter()
+                .any(|violation| violation.oracle == OracleName::ReconnectLatencyMax),
+            "seed {seed}: {:?}",
+            outcome.violations
+        );
+    }
 }
 
 #[test]

@@ -126,7 +126,7 @@ fn every_problem_in_a_file_is_reported_at_its_key() {
             "bad.toml:6:9: invalid value: integer `-10`, expected a non-negative integer",
             "bad.toml:8:8: unknown variant `meteor`, expected one of `partition`, `clog`, `latency`, `kill_relay`, `power_loss`, `restart_relay`, `store_fault`, `store_stall`, `handler_panic`, `handler_stall`, `hosts_restart`, `hosts_dark`, `hosts_latency`",
             "bad.toml:10:1: invalid type: string \"ten\", expected a non-negative integer",
-            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `relay_restarts_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`, `bad_hosts_isolated`, `fair_share`, `coverage_min`, `host_table_max`, `no_internal_dials`",
+            "bad.toml:15:1: unknown field `probe_lively`, expected one of `probe_liveness`, `probe_latency_max`, `relay_restarts_max`, `conn_accounting`, `no_panics`, `faults_fired`, `hosts_connected_min`, `handshakes_bounded`, `workers_bounded`, `no_host_forgotten`, `no_lost_events`, `slow_consumers_kicked`, `memory_bounded`, `recovery_within`, `delivery_gap_max`, `no_stale_delivery`, `consumer_accounting`, `panics_contained`, `calls_answered`, `handlers_in_flight_max`, `bad_input_rejected`, `bad_hosts_isolated`, `fair_share`, `coverage_min`, `host_table_max`, `no_internal_dials`, `reconnect_latency_max`",
         ]
     );
     let semantic = "name = \"x\"\n\
