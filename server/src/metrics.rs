@@ -335,7 +335,7 @@ impl Metrics {
         );
         registry.register(
             "crawl_refused",
-            "requestCrawl requests refused, by the error code answered (crawl_rate_limit, host_not_found, egress_refused, new_host_limit, …)",
+            "requestCrawl requests refused, by the relay's reason for the refusal (crawl_rate_limit, host_not_found, egress_refused, new_host_limit, …)",
             self.crawl_refused.clone(),
         );
         registry.register(
