@@ -194,6 +194,12 @@ pub(super) async fn respond(
                 "not ready: shutting_down\n",
             ),
             Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            // With an admin listener, the metrics live there only: the public listener
+            // does not tell anonymous callers what the relay is doing.
+            Route::Metrics if state.config.admin.enabled() => text(
+                StatusCode::NOT_FOUND,
+                "metrics are served on the admin listener\n",
+            ),
             Route::Metrics => metrics(state),
             Route::Hosts | Route::RequestCrawl | Route::ListHosts | Route::GetHostStatus
                 if state.memory.shed() =>

@@ -849,10 +849,16 @@ async fn the_admin_api_needs_its_secret_and_serves_metrics() {
         metrics.contains("relay_upstream_hosts{phase=\"connected\"} 0"),
         "{metrics}"
     );
-    // The public listener has no admin routes.
+    // The public listener has no admin routes, and with the admin API on, no metrics.
     assert!(get(relay.addr, "/admin/bans")
         .await
         .starts_with("HTTP/1.1 404 Not Found\r\n"));
+    let public_metrics = get(relay.addr, "/metrics").await;
+    assert!(
+        public_metrics.starts_with("HTTP/1.1 404 Not Found\r\n")
+            && public_metrics.ends_with("metrics are served on the admin listener\n"),
+        "{public_metrics}"
+    );
     relay.stop().await;
 }
 
