@@ -125,25 +125,36 @@ fn cold_start_thundering_herd_fails_probe_liveness_for_20_seeds() {
     }
 }
 
-#[test]
-fn cold_start_restart_loop_restarts_the_relay_over_and_over_for_10_seeds() {
-    let scenario = load("cold_start_restart_loop.toml");
-    for (seed, outcome) in run_seeds(&scenario, 1..=10) {
+/// Every seed of `name` fails `relay_restarts_max` as it expects, with at least three
+/// liveness restarts: a loop, not one restart. Returns the runs for further checks.
+fn restart_loops(name: &str, seeds: std::ops::RangeInclusive<u64>) -> Vec<(u64, SeedRun)> {
+    let runs = run_seeds(&load(name), seeds);
+    for (seed, outcome) in &runs {
         match &outcome.verdict {
             Verdict::FailedAsExpected(violation) => {
                 assert_eq!(
                     violation.oracle,
                     OracleName::RelayRestartsMax,
-                    "seed {seed}"
+                    "{name} seed {seed}"
                 );
             }
-            other => panic!("seed {seed}: expected relay_restarts_max to fail, got {other:?}"),
+            other => {
+                panic!("{name} seed {seed}: expected relay_restarts_max to fail, got {other:?}")
+            }
         }
-        let (restarts, killed) = windtunnel::report::Summary::of(&outcome.trace).liveness_restarts;
+        let (restarts, _) = windtunnel::report::Summary::of(&outcome.trace).liveness_restarts;
         assert!(
             restarts >= 3,
-            "seed {seed}: a loop, not one restart ({restarts})"
+            "{name} seed {seed}: a loop, not one restart ({restarts})"
         );
+    }
+    runs
+}
+
+#[test]
+fn cold_start_restart_loop_restarts_the_relay_over_and_over_for_10_seeds() {
+    for (seed, outcome) in restart_loops("cold_start_restart_loop.toml", 1..=10) {
+        let (_, killed) = windtunnel::report::Summary::of(&outcome.trace).liveness_restarts;
         assert_eq!(
             killed, 0,
             "seed {seed}: the relay stops within its grace period"
@@ -858,19 +869,5 @@ fn the_network_at_realistic_volume_cold_start_farm_outage_and_the_unbraked_loop(
         assert!(windows[4].fraction() < 0.5, "seed {seed}: {windows:?}");
         assert!(windows[9].fraction() >= 0.97, "seed {seed}: {windows:?}");
     }
-    let scenario = load("cold_start_network_unbraked.toml");
-    for (seed, outcome) in run_seeds(&scenario, 1..=1) {
-        match &outcome.verdict {
-            Verdict::FailedAsExpected(violation) => {
-                assert_eq!(
-                    violation.oracle,
-                    OracleName::RelayRestartsMax,
-                    "seed {seed}"
-                )
-            }
-            other => panic!("seed {seed}: expected relay_restarts_max to fail, got {other:?}"),
-        }
-        let (restarts, _) = windtunnel::report::Summary::of(&outcome.trace).liveness_restarts;
-        assert!(restarts >= 3, "seed {seed}: a loop ({restarts} restarts)");
-    }
+    restart_loops("cold_start_network_unbraked.toml", 1..=1);
 }
