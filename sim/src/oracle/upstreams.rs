@@ -289,10 +289,84 @@ pub fn no_host_forgotten(records: &[Record]) -> Option<Violation> {
     })
 }
 
+/// `reconnect_latency_max` bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectLatencyMaxSpec {
+    /// Most seconds from a flaky host being up again to the relay's next subscription.
+    pub max_s: u64,
+}
+
+impl Judge for ReconnectLatencyMaxSpec {
+    fn problems(&self, scenario: &Scenario) -> Vec<Problem> {
+        needs(
+            OracleName::ReconnectLatencyMax,
+            scenario
+                .upstreams
+                .as_ref()
+                .is_none_or(|upstreams| upstreams.flaky_fraction <= 0.0),
+            "flaky hosts (upstreams.flaky_fraction above 0)",
+        )
+    }
+
+    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
+        reconnect_latency_max(records, self.max_s * 1_000_000)
+    }
+}
+
+/// Every [`Event::HostDown`] is followed, within `max_us` of the host being up again, by a
+/// subscription to that host; a host still waiting when the run ends counts if it waited
+/// longer than the bound.
+pub fn reconnect_latency_max(records: &[Record], max_us: u64) -> Option<Violation> {
+    // Per host, when it was up again after its last cut and the record of the cut.
+    let mut waiting: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+    let mut first_over: Option<(u64, usize, u64)> = None;
+    let mut note = |latency: u64, index: usize, up_at: u64| {
+        if latency > max_us && first_over.is_none() {
+            first_over = Some((latency, index, up_at));
+        }
+    };
+    for (index, record) in records.iter().enumerate() {
+        match &record.event {
+            Event::HostDown { up_after_ms } => {
+                let up_at = record
+                    .t_us
+                    .saturating_add(up_after_ms.saturating_mul(1_000));
+                waiting.insert(&record.node, (up_at, index));
+            }
+            Event::Subscribed { .. } => {
+                if let Some((up_at, cut)) = waiting.remove(record.node.as_str()) {
+                    note(record.t_us.saturating_sub(up_at), cut, up_at);
+                }
+            }
+            _ => {}
+        }
+    }
+    let end = records.last().map_or(0, |record| record.t_us);
+    for (up_at, cut) in waiting.values() {
+        note(end.saturating_sub(*up_at), *cut, *up_at);
+    }
+    let (latency, index, up_at) = first_over?;
+    let record = &records[index];
+    Some(violation_at(
+        OracleName::ReconnectLatencyMax,
+        index,
+        record,
+        format!(
+            "{} was up again at {} and the relay had not resubscribed {} later: more than {}",
+            record.node,
+            format_seconds(up_at),
+            format_seconds(latency),
+            format_seconds(max_us)
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::oracle::fixtures::*;
+    use crate::trace::Trace;
 
     #[test]
     fn host_table_max_names_the_first_sample_over_the_bound() {
@@ -428,77 +502,35 @@ mod tests {
         let lost = UpstreamSample { hosts: 2, ..fine };
         assert!(no_host_forgotten(trace([world(3, 0), upstream(1, lost)]).records()).is_some());
     }
-}
 
-/// `reconnect_latency_max` bound.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReconnectLatencyMaxSpec {
-    /// Most seconds from a flaky host being up again to the relay's next subscription.
-    pub max_s: u64,
-}
-
-impl Judge for ReconnectLatencyMaxSpec {
-    fn problems(&self, scenario: &Scenario) -> Vec<Problem> {
-        needs(
-            OracleName::ReconnectLatencyMax,
-            scenario
-                .upstreams
-                .as_ref()
-                .is_none_or(|upstreams| upstreams.flaky_fraction <= 0.0),
-            "flaky hosts (upstreams.flaky_fraction above 0)",
-        )
+    #[test]
+    fn reconnect_latency_max_times_each_return_to_the_next_subscription() {
+        let mut t = Trace::default();
+        let down = |up_after_ms| Event::HostDown { up_after_ms };
+        let subscribed = Event::Subscribed { cursor: 0 };
+        // a: cut at 10 s, back at 12 s, resubscribed at 13 s (1 s).
+        t.push(10_000_000, "a", down(2_000));
+        // b: cut at 11 s, back at 15 s, resubscribed at 19 s (4 s).
+        t.push(11_000_000, "b", down(4_000));
+        t.push(13_000_000, "a", subscribed.clone());
+        t.push(19_000_000, "b", subscribed.clone());
+        // c: cut at 20 s, back at 21 s, never resubscribed; the run ends at 23 s (2 s).
+        t.push(20_000_000, "c", down(1_000));
+        t.push(23_000_000, "a", subscribed);
+        assert_eq!(reconnect_latency_max(t.records(), 4_000_000), None);
+        let violation = reconnect_latency_max(t.records(), 3_000_000).unwrap();
+        assert_eq!(violation.record_index, Some(1), "b's cut");
+        assert!(
+            violation.message.contains("b was up again at 15.0s")
+                && violation.message.contains("4.0s later"),
+            "{}",
+            violation.message
+        );
+        let violation = reconnect_latency_max(t.records(), 1_500_000).unwrap();
+        assert_eq!(violation.record_index, Some(1), "the first over the bound");
+        assert!(
+            reconnect_latency_max(t.records(), 1_000_000).is_some(),
+            "c waited 2 s to the end of the run"
+        );
     }
-
-    fn judge(&self, _: &Scenario, records: &[Record]) -> Option<Violation> {
-        reconnect_latency_max(records, self.max_s * 1_000_000)
-    }
-}
-
-/// Every [`Event::HostDown`] is followed, within `max_us` of the host being up again, by a
-/// subscription to that host; a host still waiting when the run ends counts if it waited
-/// longer than the bound.
-pub fn reconnect_latency_max(records: &[Record], max_us: u64) -> Option<Violation> {
-    // Per host, when it was up again after its last cut and the record of the cut.
-    let mut waiting: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
-    let mut worst: Option<(u64, usize, u64)> = None;
-    let mut note = |latency: u64, index: usize, up_at: u64| {
-        if latency > max_us && worst.is_none() {
-            worst = Some((latency, index, up_at));
-        }
-    };
-    for (index, record) in records.iter().enumerate() {
-        match &record.event {
-            Event::HostDown { up_after_ms } => {
-                let up_at = record
-                    .t_us
-                    .saturating_add(up_after_ms.saturating_mul(1_000));
-                waiting.insert(&record.node, (up_at, index));
-            }
-            Event::Subscribed { .. } => {
-                if let Some((up_at, cut)) = waiting.remove(record.node.as_str()) {
-                    note(record.t_us.saturating_sub(up_at), cut, up_at);
-                }
-            }
-            _ => {}
-        }
-    }
-    let end = records.last().map_or(0, |record| record.t_us);
-    for (up_at, cut) in waiting.values() {
-        note(end.saturating_sub(*up_at), *cut, *up_at);
-    }
-    let (latency, index, up_at) = worst?;
-    let record = &records[index];
-    Some(violation_at(
-        OracleName::ReconnectLatencyMax,
-        index,
-        record,
-        format!(
-            "{} was up again at {} and the relay had not resubscribed {} later: more than {}",
-            record.node,
-            format_seconds(up_at),
-            format_seconds(latency),
-            format_seconds(max_us)
-        ),
-    ))
 }
