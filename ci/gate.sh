@@ -93,8 +93,11 @@ cargo test -p loom-tests --features shuttle
 step "simulation tests: scenarios over many seeds (madsim)"
 cargo sim-test
 
-step "isolation: every madsim scenario, seeds 1-2, hashes the same alone (own process) as back to back in one process, in order and in reverse"
-cargo sim isolation scenarios --seeds 2
+# Seed 1 of each: with the realistic-volume scenarios (~9 s a run, three runs a pair) seeds
+# 1-2 took 410 s of the 45-minute budget; the back-to-back passes still put every pair
+# after all the others, in both orders.
+step "isolation: every madsim scenario, seed 1, hashes the same alone (own process) as back to back in one process, in order and in reverse"
+cargo sim isolation scenarios --seeds 1
 
 step "loom: exhaustive models of the connection lifecycle"
 ci/loom.sh
