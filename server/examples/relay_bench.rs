@@ -238,7 +238,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     println!();
     println!("goals (issue 24.2, this 2-core machine, durable commits): unpaced >= 20,000 events/s, <= 50 µs relay CPU per event, paced p99 <= 50 ms at 4,000/s; nothing lost in the burst");
     if let Some(path) = &args.plot {
-        plot(path, &outcomes).with_context(|| format!("cannot write {}", path.display()))?;
+        plot(path, &outcomes, args.consumers)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         println!("plot: {}", path.display());
     }
     Ok(())
@@ -673,14 +674,10 @@ async fn measure(
     let cpu0 = relay.cpu_seconds();
     let started = now();
     release.send_replace(Some(started));
-    let mut ingest = None;
-    while ingest.is_none() {
-        if relay.metric("relay_events_head_seq").await? >= events {
-            ingest = Some(now() - started);
-        } else {
-            sleep(Duration::from_millis(20)).await;
-        }
+    while relay.metric("relay_events_head_seq").await? < events {
+        sleep(Duration::from_millis(20)).await;
     }
+    let ingest = now() - started;
     let mut receipts = Vec::new();
     for reader in readers {
         receipts.push(reader.await??);
@@ -690,7 +687,7 @@ async fn measure(
     let cpu = relay.cpu_seconds() - cpu0;
     let (bytes1, allocs1) = relay.alloc_stats()?;
     Ok((
-        ingest.unwrap_or_default(),
+        ingest,
         delivered,
         cpu,
         bytes1 - bytes0,
@@ -700,7 +697,7 @@ async fn measure(
 }
 
 /// Latency CDFs (left) and deliveries per second per consumer over time (right).
-fn plot(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
+fn plot(path: &Path, outcomes: &[Outcome], consumers: usize) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
@@ -738,11 +735,10 @@ fn plot(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
         .position(SeriesLabelPosition::LowerRight)
         .draw()?;
 
-    let consumers = |o: &Outcome| (o.latencies_us.len() as f64 / o.events.max(1) as f64).max(1.0);
-    let per_second = |o: &Outcome, count: u64| count as f64 / consumers(o) / BIN.as_secs_f64();
+    let per_second = |count: u64| count as f64 / consumers as f64 / BIN.as_secs_f64();
     let max_rate = outcomes
         .iter()
-        .flat_map(|o| o.receipts_per_bin.iter().map(move |&c| per_second(o, c)))
+        .flat_map(|o| o.receipts_per_bin.iter().map(|&c| per_second(c)))
         .fold(1.0, f64::max);
     let max_t = outcomes
         .iter()
@@ -764,7 +760,7 @@ fn plot(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
             .receipts_per_bin
             .iter()
             .enumerate()
-            .map(|(bin, &count)| (bin as f64 * BIN.as_secs_f64(), per_second(outcome, count)));
+            .map(|(bin, &count)| (bin as f64 * BIN.as_secs_f64(), per_second(count)));
         rates
             .draw_series(LineSeries::new(points, color.stroke_width(1)))?
             .label(outcome.phase)
