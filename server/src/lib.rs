@@ -2,6 +2,7 @@
 //! tokio) and inside the wind tunnel (madsim), unmodified.
 //!
 //! Module map:
+//! - [`atproto`]: the sync protocol: event-stream frames, message bodies, CAR, DID/TID syntax.
 //! - [`rt`]: the runtime seam; the only place naming sockets, clocks, spawning, the CPU model.
 //! - [`config`]: the configuration schema, defaults and layering (file, env, flags).
 //! - [`http`]: accept loop, admission, per-connection owner tasks, routes, shutdown.
@@ -16,6 +17,7 @@
 //! Tests and the wind tunnel drive the relay through [`Relay`] exactly as the binary does:
 //! bind, then [`Relay::run`] with a shutdown future (the mini-redis shape).
 
+pub mod atproto;
 pub mod cli;
 pub mod config;
 pub mod events;

@@ -1,0 +1,595 @@
+//! The event-stream framing of `com.atproto.sync.subscribeRepos`
+//! (<https://atproto.com/specs/event-stream>): every WebSocket binary message is a DAG-CBOR
+//! header `{op, t}` followed by a DAG-CBOR body. `op: 1` is a message of type `t` (`#commit`,
+//! `#sync`, `#identity`, `#account`, `#info`); `op: -1` an error `{error, message}` after
+//! which the stream ends.
+//!
+//! [`decode`] is what the relay does with every upstream message: it checks the framing,
+//! the body's shape for its type, the identifiers' syntax, the size limits and, for
+//! `#commit` and `#sync`, that the CAR's root is the commit object the message names. A
+//! message type it does not know is reported as [`Incoming::Unknown`] (the spec: skip it).
+//! The relay rewrites `seq` with its own ([`body_with_seq`]), re-encoding canonically, and
+//! keeps every other field, known or not.
+
+use std::collections::BTreeMap;
+
+use ipld_core::ipld::Ipld;
+use serde::{Deserialize, Serialize};
+
+use super::car::{self, BadCar};
+use super::message::{
+    Account, Commit, CommitObject, ErrorBody, Identity, Info, Sync, REPO_VERSION,
+};
+use super::syntax::{is_did, is_tid};
+
+/// The firehose's XRPC path, on upstream hosts and on the relay.
+pub const SUBSCRIBE_REPOS_PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
+
+/// The sequenced message types the relay stores and forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `#commit`
+    Commit,
+    /// `#sync`
+    Sync,
+    /// `#identity`
+    Identity,
+    /// `#account`
+    Account,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [Kind::Commit, Kind::Sync, Kind::Identity, Kind::Account];
+
+    /// The header's `t`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Kind::Commit => "#commit",
+            Kind::Sync => "#sync",
+            Kind::Identity => "#identity",
+            Kind::Account => "#account",
+        }
+    }
+
+    /// The kind whose tag is `t`.
+    pub fn from_tag(t: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.tag() == t)
+    }
+}
+
+/// The `#info` message's tag.
+pub const INFO_TAG: &str = "#info";
+
+/// Limits on what one message may carry (the lexicon's).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Bytes in a `blocks` CAR slice.
+    pub blocks_bytes_max: usize,
+    /// Operations in one `#commit`.
+    pub ops_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            blocks_bytes_max: 2_000_000,
+            ops_max: 200,
+        }
+    }
+}
+
+/// A sequenced message, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Its type.
+    pub kind: Kind,
+    /// The sender's sequence number, in `1..=`[`SEQ_MAX`].
+    pub seq: u64,
+    /// The account it is about (`repo` of a `#commit`, `did` of the others).
+    pub did: String,
+    /// The commit revision (`#commit`, `#sync`).
+    pub rev: Option<String>,
+    /// The `#account` message's status: `None` when active, else the status given
+    /// (`inactive` when none is).
+    pub inactive_status: Option<String>,
+    /// The body as received, every field kept.
+    pub body: BTreeMap<String, Ipld>,
+}
+
+/// What one message is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Incoming {
+    /// A sequenced message.
+    Event(Event),
+    /// `#info` (not sequenced).
+    Info(Info),
+    /// An error frame: the sender ends the stream.
+    Error(ErrorBody),
+    /// A message type this relay does not know (its `t`): skipped, as the spec says.
+    Unknown(String),
+}
+
+/// The largest sequence number accepted: what SQLite's INTEGER holds.
+pub const SEQ_MAX: u64 = i64::MAX as u64;
+
+/// Why a message was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadFrame {
+    /// The header is not DAG-CBOR `{op, t}`.
+    #[error("bad header: {0}")]
+    Header(String),
+    /// `op` is neither 1 nor -1, or a message has no `t`.
+    #[error("bad header: op {op}, t {t:?}")]
+    Op {
+        /// The header's `op`.
+        op: i64,
+        /// The header's `t`.
+        t: Option<String>,
+    },
+    /// The body is not DAG-CBOR, has bytes after it, or lacks what its type requires.
+    #[error("bad {kind} body: {error}")]
+    Body {
+        /// The message type.
+        kind: &'static str,
+        /// What is wrong.
+        error: String,
+    },
+    /// `seq` outside `1..=`[`SEQ_MAX`]. Such a sequence number once reached the store and
+    /// failed every commit for every host.
+    #[error("message with seq {0} outside 1..={SEQ_MAX}")]
+    SeqOutOfRange(i128),
+    /// Not a DID.
+    #[error("not a DID: {0:?}")]
+    Did(String),
+    /// Not a TID.
+    #[error("not a TID: {0:?}")]
+    Rev(String),
+    /// Too many bytes of blocks or too many ops.
+    #[error("{what} {got} over the limit {max}")]
+    OverLimit {
+        /// `blocks bytes` or `ops`.
+        what: &'static str,
+        /// How many the message has.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The CAR slice could not be read.
+    #[error("{0}")]
+    Car(#[from] BadCar),
+    /// The CAR's root is not the commit object the message names.
+    #[error("commit mismatch: {0}")]
+    CommitMismatch(&'static str),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    op: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
+}
+
+/// Decode and check one message payload.
+pub fn decode(payload: &[u8], limits: &Limits) -> Result<Incoming, BadFrame> {
+    let mut reader = std::io::Cursor::new(payload);
+    let header: Header = serde_ipld_dagcbor::de::from_reader_once(&mut reader)
+        .map_err(|error| BadFrame::Header(error.to_string()))?;
+    let body = &payload[reader.position() as usize..];
+    match (header.op, header.t) {
+        (-1, _) => Ok(Incoming::Error(typed("error", body)?)),
+        (1, Some(t)) if t == INFO_TAG => Ok(Incoming::Info(typed("#info", body)?)),
+        (1, Some(t)) => match Kind::from_tag(&t) {
+            Some(kind) => decode_event(kind, body, limits).map(Incoming::Event),
+            None => Ok(Incoming::Unknown(t)),
+        },
+        (op, t) => Err(BadFrame::Op { op, t }),
+    }
+}
+
+fn typed<T: for<'de> Deserialize<'de>>(kind: &'static str, body: &[u8]) -> Result<T, BadFrame> {
+    serde_ipld_dagcbor::from_slice(body).map_err(|error| BadFrame::Body {
+        kind,
+        error: error.to_string(),
+    })
+}
+
+fn decode_event(kind: Kind, body: &[u8], limits: &Limits) -> Result<Event, BadFrame> {
+    let map: BTreeMap<String, Ipld> = typed(kind.tag(), body)?;
+    let seq = match map.get("seq") {
+        Some(Ipld::Integer(seq)) => *seq,
+        _ => {
+            return Err(BadFrame::Body {
+                kind: kind.tag(),
+                error: "no integer seq".into(),
+            })
+        }
+    };
+    if !(1..=i128::from(SEQ_MAX)).contains(&seq) {
+        return Err(BadFrame::SeqOutOfRange(seq));
+    }
+    let (did, rev, inactive_status) = match kind {
+        Kind::Commit => {
+            let commit: Commit = typed(kind.tag(), body)?;
+            check_commit(&commit, limits)?;
+            (commit.repo, Some(commit.rev), None)
+        }
+        Kind::Sync => {
+            let sync: Sync = typed(kind.tag(), body)?;
+            check_blocks(&sync.did, &sync.rev, &sync.blocks, None, limits)?;
+            (sync.did, Some(sync.rev), None)
+        }
+        Kind::Identity => (typed::<Identity>(kind.tag(), body)?.did, None, None),
+        Kind::Account => {
+            let account: Account = typed(kind.tag(), body)?;
+            let status =
+                (!account.active).then(|| account.status.unwrap_or_else(|| "inactive".to_owned()));
+            (account.did, None, status)
+        }
+    };
+    if !is_did(&did) {
+        return Err(BadFrame::Did(did));
+    }
+    Ok(Event {
+        kind,
+        seq: seq as u64,
+        did,
+        rev,
+        inactive_status,
+        body: map,
+    })
+}
+
+fn check_commit(commit: &Commit, limits: &Limits) -> Result<(), BadFrame> {
+    if let Some(since) = commit.since.as_ref().filter(|since| !is_tid(since)) {
+        return Err(BadFrame::Rev(since.clone()));
+    }
+    if commit.ops.len() > limits.ops_max {
+        return Err(BadFrame::OverLimit {
+            what: "ops",
+            got: commit.ops.len(),
+            max: limits.ops_max,
+        });
+    }
+    if commit.too_big && commit.blocks.is_empty() {
+        // A deprecated form (the blocks left out for size): nothing to check.
+        return check_rev(&commit.rev);
+    }
+    check_blocks(
+        &commit.repo,
+        &commit.rev,
+        &commit.blocks,
+        Some(&commit.commit),
+        limits,
+    )
+}
+
+fn check_rev(rev: &str) -> Result<(), BadFrame> {
+    if is_tid(rev) {
+        Ok(())
+    } else {
+        Err(BadFrame::Rev(rev.to_owned()))
+    }
+}
+
+/// The CAR slice's size, its blocks' hashes, and its root: a version-3 commit object of
+/// `did` at `rev` (and, for a `#commit`, the CID the message names).
+fn check_blocks(
+    did: &str,
+    rev: &str,
+    blocks: &[u8],
+    named: Option<&ipld_core::cid::Cid>,
+    limits: &Limits,
+) -> Result<(), BadFrame> {
+    check_rev(rev)?;
+    if blocks.len() > limits.blocks_bytes_max {
+        return Err(BadFrame::OverLimit {
+            what: "blocks bytes",
+            got: blocks.len(),
+            max: limits.blocks_bytes_max,
+        });
+    }
+    let car = car::read(blocks)?;
+    if named.is_some_and(|named| *named != car.root) {
+        return Err(BadFrame::CommitMismatch("the CAR's root is not the commit"));
+    }
+    let block = car
+        .block(&car.root)
+        .ok_or(BadFrame::CommitMismatch("the commit block is missing"))?;
+    let object: CommitObject = serde_ipld_dagcbor::from_slice(block)
+        .map_err(|_| BadFrame::CommitMismatch("the root is not a commit object"))?;
+    if object.version != REPO_VERSION {
+        return Err(BadFrame::CommitMismatch("the commit is not version 3"));
+    }
+    if object.did != did || object.rev != rev {
+        return Err(BadFrame::CommitMismatch(
+            "the commit object's did or rev differs from the message's",
+        ));
+    }
+    Ok(())
+}
+
+fn header_bytes(op: i64, t: Option<&str>) -> Vec<u8> {
+    serde_ipld_dagcbor::to_vec(&Header {
+        op,
+        t: t.map(str::to_owned),
+    })
+    .expect("a header always encodes")
+}
+
+/// A sequenced message's frame: its header, then `body` (already DAG-CBOR).
+pub fn event_frame(kind: Kind, body: &[u8]) -> Vec<u8> {
+    let mut frame = header_bytes(1, Some(kind.tag()));
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// A message's frame: header and `body` encoded.
+pub fn encode<T: Serialize>(t: &str, body: &T) -> Vec<u8> {
+    let mut frame = header_bytes(1, Some(t));
+    serde_ipld_dagcbor::to_writer(&mut frame, body).expect("a message body always encodes");
+    frame
+}
+
+/// An error frame.
+pub fn error_frame(error: &str, message: &str) -> Vec<u8> {
+    let mut frame = header_bytes(-1, None);
+    serde_ipld_dagcbor::to_writer(
+        &mut frame,
+        &ErrorBody {
+            error: error.to_owned(),
+            message: Some(message.to_owned()),
+        },
+    )
+    .expect("an error body always encodes");
+    frame
+}
+
+/// `body` with `seq` in place of the sender's, encoded canonically (DAG-CBOR: keys sorted
+/// by length, then bytes), every other field kept.
+pub fn body_with_seq(mut body: BTreeMap<String, Ipld>, seq: u64) -> Vec<u8> {
+    body.insert("seq".to_owned(), Ipld::Integer(i128::from(seq)));
+    serde_ipld_dagcbor::to_vec(&body).expect("a decoded body always re-encodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::car::{block_cid, write};
+    use super::super::message::RepoOp;
+    use super::super::syntax::tid;
+    use super::*;
+
+    const DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+
+    fn commit(seq: i64) -> Commit {
+        let rev = tid(1_780_000_000_000_000, 3);
+        let record = serde_ipld_dagcbor::to_vec(&BTreeMap::from([
+            ("$type", "app.bsky.feed.post"),
+            ("text", "hello"),
+        ]))
+        .unwrap();
+        let object = serde_ipld_dagcbor::to_vec(&CommitObject {
+            did: DID.into(),
+            version: 3,
+            data: block_cid(&record),
+            rev: rev.clone(),
+            prev: None,
+            sig: vec![1; 64],
+        })
+        .unwrap();
+        let root = block_cid(&object);
+        Commit {
+            seq,
+            rebase: false,
+            too_big: false,
+            repo: DID.into(),
+            commit: root,
+            rev: rev.clone(),
+            since: None,
+            blocks: write(root, [object.as_slice(), record.as_slice()]),
+            ops: vec![RepoOp {
+                action: "create".into(),
+                path: format!("app.bsky.feed.post/{rev}"),
+                cid: Some(block_cid(&record)),
+                prev: None,
+            }],
+            blobs: vec![],
+            prev_data: None,
+            time: "2026-06-01T00:00:00.000Z".into(),
+        }
+    }
+
+    fn decoded(payload: &[u8]) -> Result<Incoming, BadFrame> {
+        decode(payload, &Limits::default())
+    }
+
+    #[test]
+    fn the_header_is_canonical_dag_cbor() {
+        // {"t": "#commit", "op": 1}: keys sorted by length.
+        assert_eq!(
+            header_bytes(1, Some("#commit")),
+            b"\xa2\x61t\x67#commit\x62op\x01".to_vec()
+        );
+        assert_eq!(header_bytes(-1, None), b"\xa1\x62op\x20".to_vec());
+    }
+
+    #[test]
+    fn a_commit_round_trips_and_its_seq_is_rewritten() {
+        let sent = commit(41);
+        let Incoming::Event(event) = decoded(&encode("#commit", &sent)).unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!(
+            (event.kind, event.seq, event.did.as_str()),
+            (Kind::Commit, 41, DID)
+        );
+        assert_eq!(event.rev.as_deref(), Some(sent.rev.as_str()));
+        let frame = event_frame(event.kind, &body_with_seq(event.body, 9000));
+        let Incoming::Event(again) = decoded(&frame).unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!(again.seq, 9000);
+        let resent: Commit =
+            serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(&again.body).unwrap())
+                .unwrap();
+        assert_eq!(resent, Commit { seq: 9000, ..sent });
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_and_unknown_types_skipped() {
+        let mut body: BTreeMap<String, Ipld> = serde_ipld_dagcbor::from_slice(
+            &serde_ipld_dagcbor::to_vec(&Identity {
+                seq: 5,
+                did: DID.into(),
+                time: "2026-06-01T00:00:00.000Z".into(),
+                handle: Some("alice.test".into()),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        body.insert("futureField".into(), Ipld::Bool(true));
+        let Incoming::Event(event) = decoded(&encode("#identity", &body)).unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!(event.body.get("futureField"), Some(&Ipld::Bool(true)));
+        assert_eq!(
+            decoded(&encode("#labels", &body)).unwrap(),
+            Incoming::Unknown("#labels".into())
+        );
+    }
+
+    #[test]
+    fn info_and_error_frames_decode() {
+        let info = Info {
+            name: "OutdatedCursor".into(),
+            message: None,
+        };
+        assert_eq!(
+            decoded(&encode(INFO_TAG, &info)).unwrap(),
+            Incoming::Info(info)
+        );
+        assert_eq!(
+            decoded(&error_frame("FutureCursor", "cursor 9 is ahead of 3")).unwrap(),
+            Incoming::Error(ErrorBody {
+                error: "FutureCursor".into(),
+                message: Some("cursor 9 is ahead of 3".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn account_status_is_read() {
+        let account = |active, status: Option<&str>| Account {
+            seq: 1,
+            did: DID.into(),
+            time: "2026-06-01T00:00:00.000Z".into(),
+            active,
+            status: status.map(str::to_owned),
+        };
+        let status = |account: &Account| match decoded(&encode("#account", account)).unwrap() {
+            Incoming::Event(event) => event.inactive_status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(&account(true, None)), None);
+        assert_eq!(
+            status(&account(false, Some("takendown"))).as_deref(),
+            Some("takendown")
+        );
+        assert_eq!(status(&account(false, None)).as_deref(), Some("inactive"));
+    }
+
+    #[test]
+    fn sequence_numbers_the_log_cannot_hold_are_refused() {
+        let mut body: BTreeMap<String, Ipld> =
+            serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(&commit(1)).unwrap())
+                .unwrap();
+        // The historical poison frame: i64::MAX + 6.
+        body.insert("seq".into(), Ipld::Integer(9_223_372_036_854_775_813));
+        let refused = decoded(&encode("#commit", &body)).unwrap_err();
+        assert!(matches!(
+            refused,
+            BadFrame::SeqOutOfRange(9_223_372_036_854_775_813)
+        ));
+        assert_eq!(
+            refused.to_string(),
+            "message with seq 9223372036854775813 outside 1..=9223372036854775807"
+        );
+        for seq in [0, -1] {
+            body.insert("seq".into(), Ipld::Integer(seq));
+            assert!(matches!(
+                decoded(&encode("#commit", &body)),
+                Err(BadFrame::SeqOutOfRange(_))
+            ));
+        }
+        body.insert("seq".into(), Ipld::Integer(i128::from(SEQ_MAX)));
+        assert!(decoded(&encode("#commit", &body)).is_ok());
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        let good = commit(1);
+        let refused = |commit: Commit| decoded(&encode("#commit", &commit)).unwrap_err();
+        assert!(matches!(
+            refused(Commit {
+                repo: "alice".into(),
+                ..good.clone()
+            }),
+            BadFrame::CommitMismatch(_) | BadFrame::Did(_)
+        ));
+        assert!(matches!(
+            refused(Commit {
+                rev: "yesterday".into(),
+                ..good.clone()
+            }),
+            BadFrame::Rev(_)
+        ));
+        assert!(matches!(
+            refused(Commit {
+                blocks: b"not a car".to_vec(),
+                ..good.clone()
+            }),
+            BadFrame::Car(_)
+        ));
+        assert!(matches!(
+            refused(Commit {
+                commit: block_cid(b"\xa0"),
+                ..good.clone()
+            }),
+            BadFrame::CommitMismatch(_)
+        ));
+        assert!(matches!(
+            refused(Commit {
+                ops: vec![good.ops[0].clone(); 201],
+                ..good.clone()
+            }),
+            BadFrame::OverLimit { what: "ops", .. }
+        ));
+        let small = Limits {
+            blocks_bytes_max: 10,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            decode(&encode("#commit", &good), &small),
+            Err(BadFrame::OverLimit {
+                what: "blocks bytes",
+                ..
+            })
+        ));
+        let mut trailing = encode("#commit", &good);
+        trailing.push(0);
+        assert!(matches!(decoded(&trailing), Err(BadFrame::Body { .. })));
+        assert!(matches!(decoded(b""), Err(BadFrame::Header(_))));
+        assert!(matches!(
+            decoded(b"{\"seq\":1,\"kind\":\"commit\"}"),
+            Err(BadFrame::Header(_))
+        ));
+        assert!(matches!(
+            decoded(&header_bytes(2, Some("#commit"))),
+            Err(BadFrame::Op { op: 2, .. })
+        ));
+        assert!(matches!(
+            decoded(&header_bytes(1, None)),
+            Err(BadFrame::Op { op: 1, t: None })
+        ));
+    }
+}
