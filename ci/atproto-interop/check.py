@@ -18,9 +18,13 @@ Checked on every #commit (on top of what the client itself checks):
   - the model parses (the client's lexicon model: seq int, repo, rev, commit CID, blocks bytes,
     ops, blobs list, rebase and tooBig bools, time string; since and prevData optional);
   - blocks is a CAR whose first root is the commit CID and which holds the commit block;
-  - every block's CID is sha256 of the block re-encoded by the client's own DAG-CBOR encoder
-    (libipld), i.e. the hash is right and the block is canonical DAG-CBOR: the client's
-    CAR reader does not check hashes itself;
+  - every block's CID but the commit block's is sha256 of the block re-encoded by the client's
+    own DAG-CBOR encoder (libipld), i.e. the hash is right and the block is canonical
+    DAG-CBOR: the client's CAR reader does not check hashes itself. The commit block is left
+    out because the round trip cannot reproduce it: libipld decodes a link (tag 42) and a
+    byte string alike to bytes, and its encoder writes any bytes that parse as a CID as a
+    link, which the commit's 64 random signature bytes do about once in 1,100 commits.
+    sync-check.mjs (@atproto/sync) checks the commit blocks of the commits with ops;
   - the commit block names the same did and rev, version 3, and has data and sig;
   - each create/update op has a cid whose block is in the CAR and decodes with the client's
     record model for its collection; a delete has no cid;
@@ -29,6 +33,9 @@ Checked on every #commit (on top of what the client itself checks):
   - it matches the commit the PDS reported for (repo, rev): same commit CID, same ops, same text.
 #sync: the model parses and its CAR's root is a commit block for the same did and rev.
 seq: strictly increasing across all seq-bearing frames; with --dense-seq exactly 1, 2, 3, ...
+Also a failure, though the stock client would carry on: a text message, a header without op
+(both skipped silently by the client), a message type the client has no model for; an error
+frame or undecodable CBOR (which stop the stock client). An #info is printed as a note.
 """
 
 import argparse
@@ -142,7 +149,8 @@ class Check:
         except Exception as e:  # noqa: BLE001
             self.problem(f'{where}: {type(e).__name__}: {e}')
 
-    def read_car(self, where: str, blocks: t.Union[str, bytes]) -> t.Optional[CAR]:
+    def read_car(self, where: str, blocks: t.Union[str, bytes], commit: t.Optional[CID]) -> t.Optional[CAR]:
+        """The CAR in `blocks`, each block but `commit` checked against its CID (see the module docs)."""
         if not isinstance(blocks, bytes):
             self.problem(f'{where}: blocks is a {type(blocks).__name__}, not bytes')
             return None
@@ -151,13 +159,19 @@ class Check:
         except Exception as e:  # noqa: BLE001
             self.problem(f'{where}: blocks is not a CAR the client can read: {e}')
             return None
+        commit = commit if commit is not None else car.root
         for cid, block in car.blocks.items():
+            if cid == commit:
+                continue
             if cid.codec != DAG_CBOR or cid.hash.code != SHA2_256:
                 self.problem(f'{where}: block {cid} is not dag-cbor/sha2-256')
                 continue
             digest = hashlib.sha256(libipld.encode_dag_cbor(block)).digest()
             if digest != cid.hash.digest:
-                self.problem(f'{where}: block {cid} does not hash to its CID (or is not canonical DAG-CBOR)')
+                self.problem(
+                    f'{where}: block {cid} does not hash to its CID (or is not canonical DAG-CBOR): '
+                    f'{str(block)[:300]}'
+                )
         return car
 
     def commit_block(self, where: str, car: CAR, cid: CID, did: str, rev: str) -> t.Optional[dict]:
@@ -182,7 +196,7 @@ class Check:
         ops = [{'action': op.action, 'path': op.path, 'cid': cid_str(op.cid)} for op in m.ops]
         texts: t.Dict[str, str] = {}
         data = None
-        car = self.read_car(where, m.blocks)
+        car = self.read_car(where, m.blocks, m.commit)
         if car is not None:
             block = self.commit_block(where, car, m.commit, m.repo, m.rev)
             data = cid_str(block.get('data')) if block else None
@@ -237,7 +251,7 @@ class Check:
 
     def on_sync(self, where: str, m: t.Any) -> None:
         where = f'{where} {m.did} rev {m.rev}'
-        car = self.read_car(where, m.blocks)
+        car = self.read_car(where, m.blocks, None)
         if car is not None:
             self.commit_block(where, car, car.root, m.did, m.rev)
 

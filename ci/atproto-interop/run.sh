@@ -2,17 +2,24 @@
 # Interop with the reference PDS (issue 21, item 4).
 #
 # Starts an in-memory PLC directory and Bluesky's reference PDS on loopback (pds.mjs), makes
-# accounts, posts and other writes, and checks with a third-party firehose client (check.py:
-# MarshalX's Python atproto SDK) that every commit the PDS made arrives, decodable:
+# 3 accounts and 30 commits, and checks with third-party firehose clients that every commit
+# the PDS made arrives, decodable:
 #   (A) always: on the PDS's own ws://localhost:PDS/xrpc/com.atproto.sync.subscribeRepos;
 #   (B) with --through-relay: through our relay. The relay (RELAY_BIN, default
 #       target/release/relay, built if absent) is started on a fresh database, is asked to crawl
-#       "localhost" (POST /xrpc/com.atproto.sync.requestCrawl), and the same client reads the
+#       "localhost" (POST /xrpc/com.atproto.sync.requestCrawl), and the same clients read the
 #       relay's ws://127.0.0.1:RELAY/xrpc/com.atproto.sync.subscribeRepos?cursor=0, which must
 #       carry every commit, decodable, with seq exactly 1, 2, 3, ...
+# Two readers on each target, both from cursor 0:
+#   check.py        MarshalX's Python atproto SDK, independent of Bluesky's TypeScript (which
+#                   the PDS is): the main check, per frame and per commit (its docstring);
+#   sync-check.mjs  Bluesky's @atproto/sync Firehose, as an AppView runs it: lexicon
+#                   validation that needs CIDs as DAG-CBOR links (the Python decoder cannot
+#                   tell a link from a byte string), commit signatures checked against the
+#                   PLC directory's keys, every op proven against the commit's MST.
 # Half the commits are written before the readers connect (they come from a cursor=0 replay;
 # for (B) they are also written before the crawl request, so the relay has to read the PDS
-# from cursor 0), half after (live). check.py's docstring lists what is checked per frame.
+# from cursor 0), half after (live).
 #
 #   ci/atproto-interop/run.sh [--through-relay]
 #
@@ -20,19 +27,24 @@
 # dependencies on first run (and again when package-lock.json or requirements.txt change) into
 # ci/atproto-interop/node_modules and ci/atproto-interop/.venv (both gitignored). Needs Node.js
 # 20 with its headers (/usr/include/node: better-sqlite3 compiles at install), a C++ toolchain,
-# python3 (3.9+) with venv, and curl. INTEROP_KEEP=1 keeps the work directory (logs, databases).
+# python3 3.11+ (the pinned set needs it; PYTHON=... to choose) with venv, and curl.
+# INTEROP_KEEP=1 keeps the work directory (logs, databases); CHECK_TIMEOUT_S (default 30) is
+# how long each reader may take.
 #
 # Pinned (package-lock.json, requirements.txt), as measured on the project's 2-core machine
 # with Node 20.20 and Python 3.11:
 #   @atproto/dev-env 0.3.215 (the newest whose engines allow Node 20), bringing @atproto/pds
 #   0.4.217 and @did-plc/server 0.0.1; @atproto/ws-client overridden to 0.0.4 (0.1.8+ needs
-#   Node 22); better-sqlite3 10.1.0 (built from source); Python atproto 0.0.73 (libipld 3.5.0,
+#   Node 22); @atproto/sync 0.1.40 and @atproto/identity 0.4.12 (the versions dev-env brings);
+#   better-sqlite3 10.1.0 (built from source); Python atproto 0.0.73 (libipld 3.5.0,
 #   websockets 17.4, pydantic 2.14.4).
-# Measured (2026-12-06): the first install takes 1.5-3 min (npm ci: 474 packages, most of the
-# time compiling better-sqlite3; 95 s alone, 3 min while other builds shared the 2 cores; pip
-# into the venv 12 s). A run after install: 8-10 s wall for (A) (the PLC and PDS start in about
-# 5 s, the reader's part takes about 2 s); --through-relay adds the relay's start and fails in
-# about 2 s more today (the relay does not speak subscribeRepos yet).
+# Measured (2026-12-06): the first install takes 1.5-3.5 min: npm ci (474 packages, most of
+# the time compiling better-sqlite3) 95 s on a quiet machine, 3 min 10 s with other builds
+# sharing the 2 cores (load average 7); pip into the venv 12-20 s. A run after install:
+# 8-18 s wall for (A), the longer with other builds running (the PLC and PDS start in 4-7 s;
+# the readers need 2-6 s from there);
+# --through-relay adds the relay's start and fails in about 2 s more today (the relay does not
+# speak subscribeRepos yet).
 set -euo pipefail
 
 # The relay's allowlist of upstream hosts it may dial over plain ws:// (no TLS). Its name is
@@ -192,47 +204,66 @@ if [ "$through_relay" = 1 ]; then
   [ -z "$relay_result" ] && say "relay on 127.0.0.1:$relay_port, asked to crawl localhost (HTTP $code)"
 fi
 
-# The readers, both from cursor 0.
+# The readers, all from cursor 0: check.py (the Python SDK; it says when it is connected) and
+# sync-check.mjs (@atproto/sync) on each target.
 checker() { # NAME URL [check.py options...]
   local name=$1 url=$2
   shift 2
-  "$venv/bin/python" "$here/check.py" --name "$name" --url "$url" --expected "$work/expected.jsonl" \
+  exec "$venv/bin/python" "$here/check.py" --name "$name" --url "$url" --expected "$work/expected.jsonl" \
     --connected-file "$work/connected.$name" --timeout "$CHECK_TIMEOUT_S" "$@" >"$work/check.$name.out" 2>&1
 }
+sync_checker() { # NAME URL
+  exec node "$here/sync-check.mjs" --name "$1" --service "$2" --plc "http://localhost:$plc_port" \
+    --expected "$work/expected.jsonl" --timeout "$CHECK_TIMEOUT_S" >"$work/check.${1//\//-}.out" 2>&1
+}
+targets=(pds)
 checker pds "ws://localhost:$pds_port" &
 pds_check_pid=$!
-pids+=("$pds_check_pid")
-relay_check_pid=""
+sync_checker pds/sync "ws://localhost:$pds_port" &
+pds_sync_pid=$!
+pids+=("$pds_check_pid" "$pds_sync_pid")
 if [ "$through_relay" = 1 ] && [ -z "$relay_result" ]; then
+  targets+=(relay)
   checker relay "ws://127.0.0.1:$relay_port" --dense-seq &
   relay_check_pid=$!
-  pids+=("$relay_check_pid")
+  sync_checker relay/sync "ws://127.0.0.1:$relay_port" &
+  relay_sync_pid=$!
+  pids+=("$relay_check_pid" "$relay_sync_pid")
 fi
-# The live phase starts when every reader is connected (or has given up, or after 10 s).
+# The live phase starts when the check.py readers are connected (or have given up, or after
+# 10 s); the @atproto/sync readers get whatever they missed from the replay.
 wait_for 10 "$pds_check_pid" "" test -e "$work/connected.pds" || true
-[ -z "$relay_check_pid" ] || wait_for 10 "$relay_check_pid" "" test -e "$work/connected.relay" || true
+[ -z "${relay_check_pid:-}" ] || wait_for 10 "$relay_check_pid" "" test -e "$work/connected.relay" || true
 touch "$work/go"
 
 status=0
-wait "$pds_check_pid" || status=1
-if [ -n "$relay_check_pid" ]; then
-  wait "$relay_check_pid" || { status=1; relay_failed=1; }
+pds_failed=0
+relay_failed=0
+wait "$pds_check_pid" || pds_failed=1
+wait "$pds_sync_pid" || pds_failed=1
+if [ -n "${relay_check_pid:-}" ]; then
+  wait "$relay_check_pid" || relay_failed=1
+  wait "$relay_sync_pid" || relay_failed=1
 fi
+[ "$pds_failed" = 0 ] && [ "$relay_failed" = 0 ] || status=1
 
 # ---- summary
 echo
 say "summary (run took $((SECONDS - run_start)) s):"
-cat "$work/check.pds.out"
+cat "$work/check.pds.out" "$work/check.pds-sync.out"
 if [ "$through_relay" = 1 ]; then
   if [ -n "$relay_result" ]; then
     echo "$relay_result"
     status=1
   else
-    cat "$work/check.relay.out"
+    cat "$work/check.relay.out" "$work/check.relay-sync.out"
   fi
-  if [ -n "$relay_result" ] || [ "${relay_failed:-0}" = 1 ]; then
+  if [ -n "$relay_result" ] || [ "$relay_failed" = 1 ]; then
     echo "relay: the last lines of its log:"
     tail -8 "$work/relay.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/relay:   | /'
+    if [ -n "$RELAY_INSECURE_WS_KEY" ] && grep -q "$RELAY_INSECURE_WS_KEY" "$work/relay.log"; then
+      echo "relay: (the plain-ws:// allowlist setting is named by RELAY_INSECURE_WS_KEY at the top of run.sh)"
+    fi
   fi
 else
   echo "relay: not run (run.sh --through-relay)"
