@@ -364,6 +364,8 @@ async fn relay_run(args: &Args, count: usize) -> anyhow::Result<Run> {
         "upstream.startup_jitter_ms=0".to_owned(),
         // The upstream runs on loopback, which the egress rule refuses by default.
         r#"upstream.egress_allow=["127.0.0.0/8"]"#.to_owned(),
+        // It speaks plain WebSocket.
+        r#"upstream.insecure_ws_hosts=["127.0.0.1"]"#.to_owned(),
         format!("server.max_connections={}", count + 64),
         "server.idle_timeout_ms=3600000".to_owned(),
         // One upstream host plays the whole firehose: the per-host event-rate limit

@@ -314,6 +314,8 @@ impl RelayProcess {
             "upstream.startup_jitter_ms=0".to_owned(),
             // The upstreams are on loopback, which the egress rules refuse by default.
             r#"upstream.egress_allow=["127.0.0.0/8"]"#.to_owned(),
+            // They speak plain WebSocket (a TOML array of their names).
+            format!("upstream.insecure_ws_hosts={names:?}"),
             // A few hosts carry the whole firehose here; the per-host event-rate limit
             // (fairness between thousands of hosts) would measure itself.
             "upstream.host_events_per_second=0".to_owned(),

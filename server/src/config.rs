@@ -758,6 +758,57 @@ mod tests {
         );
     }
 
+    #[test]
+    fn insecure_ws_hosts_take_host_patterns_and_a_bad_one_names_itself() {
+        let config = ConfigBuilder::new()
+            .with_set(
+                r#"upstream.insecure_ws_hosts=["PDS.user17.dev", "*.host.example", "127.0.0.1"]"#,
+            )
+            .unwrap()
+            .with_set("upstream.tls_ca_file=/etc/relay/ca.pem")
+            .unwrap()
+            .build()
+            .unwrap();
+        let patterns: Vec<String> = config
+            .upstream
+            .insecure_ws_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(patterns, ["pds.user17.dev", "*.host.example", "127.0.0.1"]);
+        assert_eq!(config.upstream.tls_ca_file, Path::new("/etc/relay/ca.pem"));
+        let reparsed = ConfigBuilder::new()
+            .with_toml("printed", &config.to_toml())
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(reparsed, config);
+        let message = ConfigBuilder::new()
+            .with_set(r#"upstream.insecure_ws_hosts=["pds*.example"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("--set upstream.insecure_ws_hosts=")
+                && message.contains(
+                    r#""pds*.example" in upstream.insecure_ws_hosts is not a host pattern"#
+                ),
+            "{message}"
+        );
+        let message = ConfigBuilder::new()
+            .with_toml(
+                "relay.toml",
+                "[upstream]\ninsecure_ws_hosts = [\"*\", \"a.example:80\"]\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("file relay.toml:2:")
+                && message.contains(r#""a.example:80" in upstream.insecure_ws_hosts"#)
+                && message.contains("without a port"),
+            "{message}"
+        );
+    }
+
     /// A limit beyond `u32::MAX` used to panic in the registry; anything past
     /// `MAX_CONNECTIONS_LIMIT` is refused with a message instead.
     #[test]

@@ -46,6 +46,7 @@ use crate::memory::MemoryStats;
 use crate::rt::net::TcpListener;
 use crate::rt::stop::StopSignal;
 use crate::store::{Store, StoreError};
+use crate::upstream::transport::{Transport, TransportError};
 use crate::upstream::{HostView, UpstreamStats};
 
 /// Why the relay could not start.
@@ -59,6 +60,9 @@ pub enum StartError {
         /// What went wrong.
         error: StoreError,
     },
+    /// The upstream transport could not be set up (`upstream.tls_ca_file`).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {error}")]
     Bind {
@@ -101,17 +105,19 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Open the store, load the host table, and bind the listener named by
-    /// `config.server.listen` (and `config.admin.listen` when an admin secret is set).
-    /// Nothing runs until [`Relay::run`].
+    /// Set up the upstream transport (reading `upstream.tls_ca_file`), open the store, load
+    /// the host table, and bind the listener named by `config.server.listen` (and
+    /// `config.admin.listen` when an admin secret is set). Nothing runs until [`Relay::run`].
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let transport = Transport::new(&config.upstream)?;
         let store_error = |error| StartError::Store {
             path: config.store.path.display().to_string(),
             error,
         };
         let store = Store::open_with(&config.store.path, config.store.durable_commits)
             .map_err(store_error)?;
-        let state = AppState::new(config.clone(), Arc::new(store)).map_err(store_error)?;
+        let state =
+            AppState::new(config.clone(), Arc::new(store), transport).map_err(store_error)?;
         raise_open_file_limit(&config, state.upstreams.stats().hosts);
         let listener = http::bind(&config)
             .await

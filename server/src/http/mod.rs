@@ -53,6 +53,7 @@ use crate::rt::probe::{self, Probe};
 use crate::rt::time::{now, sleep, sleep_until, timeout, Clock, Duration, Instant};
 use crate::rt::{self, HyperTimer};
 use crate::store::{Store, StoreError};
+use crate::upstream::transport::Transport;
 use crate::upstream::{Upstreams, QUARANTINE_EVENT_UNSTORABLE};
 use crate::vital::Vitals;
 
@@ -103,8 +104,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Build the shared state for `config` around an open store (loads the host table).
-    pub fn new(config: Config, store: Arc<Store>) -> Result<Self, StoreError> {
+    /// Build the shared state for `config` around an open store (loads the host table), its
+    /// upstreams dialled through `transport`.
+    pub fn new(
+        config: Config,
+        store: Arc<Store>,
+        transport: Transport,
+    ) -> Result<Self, StoreError> {
         let metrics = Arc::new(Metrics::new());
         let memory = Arc::new(MemoryGuard::new(&config.memory));
         let cpu = Cpu::new(&config.cpu);
@@ -125,6 +131,7 @@ impl AppState {
             clock.clone(),
             store,
             Arc::clone(&metrics),
+            transport,
         )?;
         Ok(Self {
             registry: Registry::new(config.server.max_connections),

@@ -2,7 +2,8 @@
 //!
 //! Accepts DNS names per RFC 1123 (labels of letters, digits and inner hyphens, 1–63
 //! bytes each, 253 bytes in all, at least two labels), lowercased. Rejects IP literals,
-//! ports, schemes, paths and single-label names, each with its own message.
+//! ports, schemes, paths and single-label names, each with its own message. The names a
+//! configuration matches hostnames against may be single labels ([`validate_name`]).
 
 use std::fmt;
 
@@ -20,6 +21,17 @@ impl std::error::Error for HostnameError {}
 
 /// Validate and normalise (lowercase, no trailing dot) a hostname.
 pub fn validate(raw: &str) -> Result<String, HostnameError> {
+    normalise(raw, 2)
+}
+
+/// Validate and normalise a DNS name of one label or more: as [`validate`], but a single
+/// label (`localhost`, `test`) will do. For names a configuration matches hostnames
+/// against (`upstream.insecure_ws_hosts`), not for names the relay is asked to dial.
+pub fn validate_name(raw: &str) -> Result<String, HostnameError> {
+    normalise(raw, 1)
+}
+
+fn normalise(raw: &str, labels_min: usize) -> Result<String, HostnameError> {
     let reject = |why: &str| Err(HostnameError(format!("invalid hostname {raw:?}: {why}")));
     let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
     if name.is_empty() {
@@ -38,7 +50,7 @@ pub fn validate(raw: &str) -> Result<String, HostnameError> {
         return reject("longer than 253 characters");
     }
     let labels: Vec<&str> = name.split('.').collect();
-    if labels.len() < 2 {
+    if labels.len() < labels_min {
         return reject("expected at least two labels, e.g. host.example");
     }
     for label in &labels {
@@ -66,7 +78,7 @@ pub fn validate(raw: &str) -> Result<String, HostnameError> {
 
 #[cfg(test)]
 mod tests {
-    use super::validate;
+    use super::{validate, validate_name};
 
     #[test]
     fn accepts_and_normalises_dns_names() {
@@ -93,5 +105,14 @@ mod tests {
         }
         assert!(validate(&format!("{}.example", "a".repeat(64))).is_err());
         assert!(validate(&format!("{}.example", "a.".repeat(130))).is_err());
+    }
+
+    #[test]
+    fn a_name_to_match_against_may_have_one_label() {
+        assert_eq!(validate_name("LocalHost").unwrap(), "localhost");
+        assert_eq!(validate_name("pds.Example").unwrap(), "pds.example");
+        for input in ["", "a_b", "10.0.0.1", "a.123", "-a", "a:80"] {
+            assert!(validate_name(input).is_err(), "{input:?}");
+        }
     }
 }

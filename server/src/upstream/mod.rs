@@ -21,6 +21,8 @@
 //!
 //! What the relay may dial is the [`egress`] rule's: loopback, private, link-local,
 //! metadata and other internal addresses are refused unless `egress_allow` names them.
+//! How it speaks to a host once connected (TLS, the URL, the WebSocket handshake) is the
+//! [`transport`]'s: `wss://` unless `insecure_ws_hosts` names the host.
 //!
 //! State a probe or `/hosts` reads is in atomics on each [`Host`]; the host map itself is
 //! behind a read-write lock touched only by `/hosts`, `requestCrawl`, reconciliation and
@@ -29,6 +31,7 @@
 pub mod egress;
 pub mod hostname;
 mod schedule;
+pub mod transport;
 mod worker;
 
 pub use schedule::EventLimit;
@@ -63,9 +66,10 @@ use crate::vital::Vitals;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// Port dialled on every upstream host (`ws://<host>:<port>/subscribe?cursor=N`).
+    /// Port dialled on every upstream host (`wss://<host>:<port>/subscribe?cursor=N`, or
+    /// `ws://` for a host `insecure_ws_hosts` names).
     pub port: u16,
-    /// TCP connect plus WebSocket handshake must finish within this, milliseconds.
+    /// TCP connect plus TLS and WebSocket handshakes must finish within this, milliseconds.
     pub connect_timeout_ms: u64,
     /// No frame for this long means a dead peer: reconnect, milliseconds.
     pub read_idle_timeout_ms: u64,
@@ -102,6 +106,15 @@ pub struct UpstreamConfig {
     /// private, link-local, metadata, …), e.g. `["10.0.0.0/8"]` for upstreams on a private
     /// network. Empty: only public addresses are dialled.
     pub egress_allow: Vec<egress::Cidr>,
+    /// Hosts dialled with plain `ws://` instead of TLS, for development and test networks:
+    /// exact hostnames (or IP literals), `*.domain` for every name under a domain, or `*`
+    /// alone for every host (test networks only; the relay warns at startup). Empty: TLS
+    /// for every host.
+    pub insecure_ws_hosts: Vec<transport::HostPattern>,
+    /// A PEM file of trust anchors added to webpki's (an operator's private CA). Empty:
+    /// webpki's roots only. A file that cannot be read or holds no certificate stops the
+    /// relay at startup.
+    pub tls_ca_file: std::path::PathBuf,
     /// The length of a `requestCrawl` window, seconds: the limits below count per window,
     /// and a refusal's `Retry-After` is what is left of the current one.
     pub crawl_window_s: u64,
@@ -124,7 +137,7 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            port: 80,
+            port: 443,
             connect_timeout_ms: 10_000,
             read_idle_timeout_ms: 120_000,
             max_frame_bytes: 1 << 20,
@@ -141,6 +154,8 @@ impl Default for UpstreamConfig {
             host_events_per_second: 50,
             host_events_burst: 500,
             egress_allow: Vec::new(),
+            insecure_ws_hosts: Vec::new(),
+            tls_ca_file: std::path::PathBuf::new(),
             crawl_window_s: 3_600,
             crawl_per_client_max: 100,
             crawl_new_hosts_max: 1_000,
@@ -568,6 +583,8 @@ pub struct Upstreams {
     clock: Clock,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    /// TLS, the URL and the WebSocket handshake every worker's session starts with.
+    transport: transport::Transport,
     hosts: RwLock<BTreeMap<i64, Arc<Host>>>,
     handshake_permits: Arc<Semaphore>,
     handshakes_in_flight: AtomicUsize,
@@ -596,7 +613,7 @@ pub struct BanOutcome {
 }
 
 impl Upstreams {
-    /// Load the host table from `store`.
+    /// Load the host table from `store`; `transport` is how workers speak to hosts.
     pub fn load(
         config: UpstreamConfig,
         cpu_costs: CpuConfig,
@@ -604,6 +621,7 @@ impl Upstreams {
         clock: Clock,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
+        transport: transport::Transport,
     ) -> Result<Self, StoreError> {
         let hosts = store
             .hosts()?
@@ -620,6 +638,7 @@ impl Upstreams {
             clock,
             store,
             metrics,
+            transport,
             hosts: RwLock::new(hosts),
             handshakes_in_flight: AtomicUsize::new(0),
             handshakes_high_water: AtomicUsize::new(0),

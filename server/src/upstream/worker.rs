@@ -326,14 +326,11 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
             if cursor > 0 {
                 probe::reached(Probe::ResumeFromCursor);
             }
-            let url = format!(
-                "ws://{}:{}/subscribe?cursor={cursor}",
-                host.hostname, config.port,
-            );
-            tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config(config)))
+            upstreams
+                .transport
+                .subscribe(tcp, &host.hostname, cursor, ws_config(config))
                 .await
-                .map(|(stream, _response)| stream)
-                .map_err(|_| SessionEnd::Failed("handshake_error"))
+                .map_err(|failure| SessionEnd::Failed(failure.reason()))
         };
         match timeout(connect_timeout, handshake).await {
             Ok(Ok(stream)) => stream,

@@ -18,6 +18,10 @@ use tokio::task::JoinHandle;
 /// egress rule refuses loopback addresses otherwise).
 pub const ALLOW_LOOPBACK: &str = r#"upstream.egress_allow=["127.0.0.0/8"]"#;
 
+/// The setting that dials the loopback names the tests' upstreams run under with plain
+/// `ws://` (every other host gets TLS): [`RunningRelay::start`] applies it first.
+pub const PLAIN_WS_LOOPBACK: &str = r#"upstream.insecure_ws_hosts=["127.0.0.1", "localhost"]"#;
+
 /// The setting that turns off `requestCrawl`'s existence check, for tests that crawl names
 /// with no DNS record (`*.invalid`) to watch what the relay does with a host that never
 /// answers: the check would refuse them at the door (`400 host_not_found`).
@@ -42,12 +46,16 @@ impl RunningRelay {
     /// A relay listening on `127.0.0.1` (an ephemeral port) with `settings`
     /// (`key=value`, applied in order after the listen address). Its shutdown does not
     /// wait out a drain period (`server.shutdown_drain_ms=0`) unless `settings` ask for one:
-    /// tests that are not about the drain should not pay for it.
+    /// tests that are not about the drain should not pay for it. It dials the loopback
+    /// hosts the tests' plain WebSocket upstreams run on with `ws://`
+    /// ([`PLAIN_WS_LOOPBACK`]) unless `settings` set `upstream.insecure_ws_hosts` too.
     pub async fn start<S: AsRef<str>>(settings: &[S]) -> Self {
         let mut builder = ConfigBuilder::new()
             .with_set("server.listen=127.0.0.1:0")
             .unwrap()
             .with_set("server.shutdown_drain_ms=0")
+            .unwrap()
+            .with_set(PLAIN_WS_LOOPBACK)
             .unwrap();
         for setting in settings {
             builder = builder.with_set(setting.as_ref()).unwrap();

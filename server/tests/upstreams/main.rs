@@ -8,12 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::SinkExt;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use relay::http::xrpc::REQUEST_CRAWL_PATH;
 use relay::store::{HostStatus, Page, Store};
 use relay::upstream::{HostPhase, HostView};
 use relay::Observer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::pki_types::PrivatePkcs8KeyDer;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -1239,4 +1243,185 @@ async fn xrpc_get_host_status_health_and_unknown_methods() {
     let old = post_crawl_at(relay.addr, "/requestCrawl", r#"{"hostname":"c.invalid"}"#).await;
     assert!(old.starts_with("HTTP/1.1 404 Not Found\r\n"), "{old}");
     relay.stop().await;
+}
+
+/// A certificate authority made for one test, as the PEM text `upstream.tls_ca_file` takes,
+/// and a TLS server configuration with a certificate it issued for `localhost` alone.
+fn test_ca() -> (String, Arc<ServerConfig>) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "relay test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    // The relay's own provider (see `upstream::transport`).
+    #[allow(deprecated)]
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            PrivatePkcs8KeyDer::from(server_key.serialize_der()).into(),
+        )
+        .unwrap();
+    (ca.pem(), Arc::new(server))
+}
+
+/// TLS in front of a plain upstream (the [`upstream`] helper's) on `upstream_port`: each
+/// connection's TLS handshake is answered with `server`, the server name the client asked
+/// for (SNI) recorded, and the bytes copied both ways.
+async fn tls_front(
+    upstream_port: u16,
+    server: Arc<ServerConfig>,
+) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = TlsAcceptor::from(server);
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&names);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), Arc::clone(&seen));
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let name = tls.get_ref().1.server_name().unwrap_or("").to_owned();
+                seen.lock().unwrap().push(name);
+                let mut plain = TcpStream::connect(("127.0.0.1", upstream_port))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, names)
+}
+
+/// Settings for a relay on `db` whose hosts are all dialled with TLS on `port`.
+fn tls_settings(db: &std::path::Path, port: u16) -> Vec<String> {
+    vec![
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        "upstream.insecure_ws_hosts=[]".to_owned(),
+    ]
+}
+
+#[tokio::test]
+async fn a_host_is_subscribed_over_tls_once_its_certificate_verifies_for_its_name() {
+    let db = temp_db("tls");
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(["localhost", "127.0.0.1"])
+        .unwrap();
+    let (upstream_port, uris) = upstream(1, 3).await;
+    let (ca_pem, server) = test_ca();
+    let (port, names) = tls_front(upstream_port, server).await;
+    let ca_file =
+        std::env::temp_dir().join(format!("relay-upstreams-{}-ca.pem", std::process::id()));
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let both_fail_tls = |observer: &Observer| {
+        ["localhost", "127.0.0.1"]
+            .iter()
+            .all(|name| host_view(observer, name).last_error == Some("tls_handshake_error"))
+    };
+
+    // webpki's roots alone do not know the test CA: no host is subscribed.
+    let relay = RunningRelay::start(&tls_settings(&db, port)).await;
+    let observer = relay.observer.clone();
+    wait_until("both hosts fail their TLS handshake", || {
+        both_fail_tls(&observer)
+    })
+    .await;
+    relay.stop().await;
+    assert!(
+        uris.lock().unwrap().is_empty(),
+        "no WebSocket upgrade was asked for"
+    );
+
+    // With the CA as a trust anchor, `localhost` (the name its certificate carries, sent as
+    // SNI) is subscribed; `127.0.0.1`, which the certificate does not name, still fails.
+    let mut settings = tls_settings(&db, port);
+    settings.push(format!("upstream.tls_ca_file={}", ca_file.display()));
+    let relay = RunningRelay::start(&settings).await;
+    let observer = relay.observer.clone();
+    wait_until("localhost is subscribed over TLS and read", || {
+        let host = host_view(&observer, "localhost");
+        host.phase == HostPhase::Connected && host.cursor == 3
+    })
+    .await;
+    wait_until("127.0.0.1 fails its TLS handshake", || {
+        host_view(&observer, "127.0.0.1").last_error == Some("tls_handshake_error")
+    })
+    .await;
+    assert_eq!(uris.lock().unwrap().as_slice(), ["/subscribe?cursor=0"]);
+    assert!(names.lock().unwrap().contains(&"localhost".to_owned()));
+    let metrics = observer.metrics_text();
+    assert!(
+        metrics.contains(r#"relay_upstream_attempts_total{reason="tls_handshake_error"}"#)
+            && metrics.contains(r#"relay_upstream_attempts_total{reason="connected"} 1"#),
+        "{metrics}"
+    );
+    relay.stop().await;
+    let _ = std::fs::remove_file(&ca_file);
+}
+
+#[tokio::test]
+async fn only_hosts_the_allowlist_names_are_dialled_without_tls() {
+    let db = temp_db("insecure_ws");
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(["localhost", "127.0.0.1"])
+        .unwrap();
+    // A plain WebSocket upstream: a TLS client hello is no HTTP request to it.
+    let (port, uris) = upstream(1, 3).await;
+    let mut settings = tls_settings(&db, port);
+    settings.push(r#"upstream.insecure_ws_hosts=["127.0.0.1"]"#.to_owned());
+    let relay = RunningRelay::start(&settings).await;
+    let observer = relay.observer.clone();
+    wait_until("127.0.0.1 is subscribed over ws:// and read", || {
+        let host = host_view(&observer, "127.0.0.1");
+        host.phase == HostPhase::Connected && host.cursor == 3
+    })
+    .await;
+    wait_until("localhost, dialled with TLS, fails its handshake", || {
+        host_view(&observer, "localhost").last_error == Some("tls_handshake_error")
+    })
+    .await;
+    assert_eq!(host_view(&observer, "localhost").cursor, 0);
+    assert_eq!(uris.lock().unwrap().as_slice(), ["/subscribe?cursor=0"]);
+    relay.stop().await;
+
+    // A bad pattern or an unreadable CA file stops the relay before it starts, naming them.
+    let bad = relay::config::ConfigBuilder::new()
+        .with_set(r#"upstream.insecure_ws_hosts=["*.*"]"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains(r#""*.*" in upstream.insecure_ws_hosts is not a host pattern"#),
+        "{bad}"
+    );
+    let missing = std::env::temp_dir().join("relay-upstreams-no-such-ca.pem");
+    let config = relay::config::ConfigBuilder::new()
+        .with_set(&format!("upstream.tls_ca_file={}", missing.display()))
+        .unwrap()
+        .build()
+        .unwrap();
+    let error = relay::Relay::bind(config).await.unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!(
+            "cannot read upstream.tls_ca_file {}:",
+            missing.display()
+        )),
+        "{error}"
+    );
 }
