@@ -94,6 +94,7 @@ fuzz_target!(|payload: &[u8]| {
         upstream_seq: event.seq,
         kind: event.kind,
         body: bytes::Bytes::copy_from_slice(body),
+        account: None,
     };
     store
         .commit_events(std::slice::from_ref(&stored))

@@ -456,7 +456,8 @@ async fn upstreams(
             while let Ok((stream, _)) = listener.accept().await {
                 let (pad, start) = (Arc::clone(&pad), start.clone());
                 tokio::spawn(async move {
-                    let _ = upstream_session(stream, share, per_host_rate, &pad, start).await;
+                    let _ =
+                        upstream_session(stream, index, share, per_host_rate, &pad, start).await;
                 });
             }
         });
@@ -466,6 +467,7 @@ async fn upstreams(
 
 async fn upstream_session(
     stream: TcpStream,
+    index: usize,
     share: u64,
     per_host_rate: Option<f64>,
     pad: &str,
@@ -489,16 +491,10 @@ async fn upstream_session(
     };
     let mut ws = tokio_tungstenite::accept_hdr_async(stream, read_cursor).await?;
     let started = started(&mut start).await?;
-    // One commit (a post padded to `pad`) for the whole session: each event is it with its
-    // own seq and send time.
-    let template: BTreeMap<String, Ipld> =
-        serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(&Commit::with_post(
-            1,
-            "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
-            &tid(1_780_000_000_000_000, 0),
-            pad,
-            "2026-06-01T00:00:00.000Z",
-        ))?)?;
+    // Each host writes to its own account, one post (padded to `pad`) per event, with a
+    // revision that rises with its seq: the relay drops a commit not newer than its
+    // account's last.
+    let did = format!("did:plc:relaybench{index:014}");
     let mut seq = cursor + 1;
     while seq <= share {
         if let Some(per_second) = per_host_rate {
@@ -513,8 +509,15 @@ async fn upstream_session(
                     break;
                 }
             }
-            let mut body = template.clone();
-            body.insert("seq".to_owned(), Ipld::Integer(i128::from(seq)));
+            let commit = Commit::with_post(
+                i64::try_from(seq)?,
+                &did,
+                &tid(1_780_000_000_000_000 + seq, 0),
+                pad,
+                "2026-06-01T00:00:00.000Z",
+            );
+            let mut body: BTreeMap<String, Ipld> =
+                serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(&commit)?)?;
             body.insert(
                 "t".to_owned(),
                 Ipld::Integer(i128::from(micros_since(started))),

@@ -56,6 +56,7 @@ fn commit_rate(dir: &Path, durable: bool, events: u64, batch: u64) -> anyhow::Re
                 upstream_seq: seq,
                 kind: Kind::Commit,
                 body: body.clone(),
+                account: None,
             })
             .collect();
         seq += batch.len() as u64;

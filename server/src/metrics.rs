@@ -108,6 +108,8 @@ pub struct EventStats {
     pub commits_durable: bool,
     /// Events dropped because their host had already delivered that sequence number.
     pub duplicates_total: u64,
+    /// `#commit`/`#sync` events dropped: their revision was not newer than their account's.
+    pub stale_revs_total: u64,
     /// Events deleted by retention.
     pub retention_deleted_total: u64,
     /// Consumers subscribed now.
@@ -160,6 +162,7 @@ pub struct Metrics {
     events_log_bytes: Gauge,
     events_store_healthy: Gauge,
     events_duplicates: Gauge,
+    events_stale_revs: Gauge,
     events_retention_deleted: Gauge,
     consumers_kicked: Gauge,
     consumer_mailbox_high_water: Gauge,
@@ -222,6 +225,7 @@ impl Metrics {
             events_log_bytes: Gauge::default(),
             events_store_healthy: Gauge::default(),
             events_duplicates: Gauge::default(),
+            events_stale_revs: Gauge::default(),
             events_retention_deleted: Gauge::default(),
             consumers_kicked: Gauge::default(),
             consumer_mailbox_high_water: Gauge::default(),
@@ -400,7 +404,7 @@ impl Metrics {
         );
         registry.register(
             "events_log_bytes",
-            "Content bytes (kinds and bodies) of the events in the log",
+            "Content bytes (kind tags and stored bodies) of the events in the log",
             self.events_log_bytes.clone(),
         );
         registry.register(
@@ -412,6 +416,11 @@ impl Metrics {
             "events_duplicates",
             "Upstream events dropped because already persisted",
             self.events_duplicates.clone(),
+        );
+        registry.register(
+            "events_stale_revs",
+            "#commit and #sync events dropped because their rev was not newer than their account's last",
+            self.events_stale_revs.clone(),
         );
         registry.register(
             "events_retention_deleted",
@@ -638,6 +647,7 @@ impl Metrics {
         self.events_store_healthy
             .set(i64::from(events.store_healthy));
         self.events_duplicates.set(wide(events.duplicates_total));
+        self.events_stale_revs.set(wide(events.stale_revs_total));
         self.events_retention_deleted
             .set(wide(events.retention_deleted_total));
         self.consumers_kicked

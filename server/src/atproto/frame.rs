@@ -90,6 +90,9 @@ pub struct Event {
     pub did: String,
     /// The commit revision (`#commit`, `#sync`).
     pub rev: Option<String>,
+    /// The commit object's CID (`#commit`'s `commit`, `#sync`'s CAR root); `None` for the
+    /// others (and for a deprecated `tooBig` `#commit`, which names one: it is given).
+    pub commit: Option<ipld_core::cid::Cid>,
     /// The `#account` message's status: `None` when active, else the status given
     /// (`inactive` when none is).
     pub inactive_status: Option<String>,
@@ -208,23 +211,23 @@ fn decode_event(kind: Kind, body: &[u8], limits: &Limits) -> Result<Event, BadFr
     if !(1..=i128::from(SEQ_MAX)).contains(&seq) {
         return Err(BadFrame::SeqOutOfRange(seq));
     }
-    let (did, rev, inactive_status) = match kind {
+    let (did, rev, commit, inactive_status) = match kind {
         Kind::Commit => {
             let commit: Commit = typed(kind.tag(), body)?;
             check_commit(&commit, limits)?;
-            (commit.repo, Some(commit.rev), None)
+            (commit.repo, Some(commit.rev), Some(commit.commit), None)
         }
         Kind::Sync => {
             let sync: Sync = typed(kind.tag(), body)?;
-            check_blocks(&sync.did, &sync.rev, &sync.blocks, None, limits)?;
-            (sync.did, Some(sync.rev), None)
+            let root = check_blocks(&sync.did, &sync.rev, &sync.blocks, None, limits)?;
+            (sync.did, Some(sync.rev), Some(root), None)
         }
-        Kind::Identity => (typed::<Identity>(kind.tag(), body)?.did, None, None),
+        Kind::Identity => (typed::<Identity>(kind.tag(), body)?.did, None, None, None),
         Kind::Account => {
             let account: Account = typed(kind.tag(), body)?;
             let status =
                 (!account.active).then(|| account.status.unwrap_or_else(|| "inactive".to_owned()));
-            (account.did, None, status)
+            (account.did, None, None, status)
         }
     };
     if !is_did(&did) {
@@ -235,6 +238,7 @@ fn decode_event(kind: Kind, body: &[u8], limits: &Limits) -> Result<Event, BadFr
         seq: seq as u64,
         did,
         rev,
+        commit,
         inactive_status,
         body: map,
     })
@@ -262,6 +266,7 @@ fn check_commit(commit: &Commit, limits: &Limits) -> Result<(), BadFrame> {
         Some(&commit.commit),
         limits,
     )
+    .map(|_| ())
 }
 
 fn check_rev(rev: &str) -> Result<(), BadFrame> {
@@ -273,14 +278,14 @@ fn check_rev(rev: &str) -> Result<(), BadFrame> {
 }
 
 /// The CAR slice's size, its blocks' hashes, and its root: a version-3 commit object of
-/// `did` at `rev` (and, for a `#commit`, the CID the message names).
+/// `did` at `rev` (and, for a `#commit`, the CID the message names). The root's CID.
 fn check_blocks(
     did: &str,
     rev: &str,
     blocks: &[u8],
     named: Option<&ipld_core::cid::Cid>,
     limits: &Limits,
-) -> Result<(), BadFrame> {
+) -> Result<ipld_core::cid::Cid, BadFrame> {
     check_rev(rev)?;
     if blocks.len() > limits.blocks_bytes_max {
         return Err(BadFrame::OverLimit {
@@ -306,7 +311,7 @@ fn check_blocks(
             "the commit object's did or rev differs from the message's",
         ));
     }
-    Ok(())
+    Ok(car.root)
 }
 
 fn header_bytes(op: i64, t: Option<&str>) -> Vec<u8> {

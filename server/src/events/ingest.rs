@@ -139,8 +139,10 @@ mod tests {
             host_id: 1,
             upstream_seq: 1,
             kind: crate::atproto::frame::Kind::Identity,
-            did: "did:plc:ewvi7nxzyoun6zhxrhs64oiz".into(),
-            rev: None,
+            account: crate::store::AccountUpdate {
+                did: "did:plc:ewvi7nxzyoun6zhxrhs64oiz".into(),
+                change: crate::store::AccountChange::Seen,
+            },
             body: Default::default(),
             content_bytes: body_bytes + 1,
         }

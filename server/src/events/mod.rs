@@ -24,6 +24,7 @@ mod ingest;
 mod retention;
 mod sequencer;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
@@ -43,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::rt::stop::StopSignal;
 use crate::rt::time::Clock;
 use crate::rt::{self, cpu::Cpu};
-use crate::store::{Deleted, NewEvent, Page, Store, StoreError};
+use crate::store::{AccountRow, Deleted, NewEvent, Page, Store, StoreError};
 use crate::vital::Vitals;
 
 /// Event pipeline settings: `[events]` in the configuration.
@@ -190,6 +191,11 @@ pub struct Events {
     batch_waiting_since_ms: AtomicU64,
     clock: Clock,
     duplicates_total: AtomicU64,
+    /// `#commit`/`#sync` events dropped for a revision not newer than their account's last.
+    stale_revs_total: AtomicU64,
+    /// Every account's latest revision as the store had them at open; the sequencer takes
+    /// them when it starts and keeps them from then on.
+    revs_at_open: std::sync::Mutex<BTreeMap<String, String>>,
     retention_deleted_total: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -207,6 +213,7 @@ impl Events {
     ) -> Result<Self, StoreError> {
         let (oldest, head) = store.event_bounds()?.unwrap_or((0, 0));
         let log_bytes = store.event_bytes()?;
+        let revs_at_open = store.account_revs()?.into_iter().collect();
         let ingest_limit = u32::try_from(config.ingest_queue_bytes).unwrap_or(u32::MAX);
         Ok(Self {
             ingest: Arc::new(IngestBytes::new(ingest_limit)),
@@ -223,13 +230,16 @@ impl Events {
             batch_waiting_since_ms: AtomicU64::new(0),
             clock,
             duplicates_total: AtomicU64::new(0),
+            stale_revs_total: AtomicU64::new(0),
+            revs_at_open: std::sync::Mutex::new(revs_at_open),
             retention_deleted_total: AtomicU64::new(0),
             metrics,
         })
     }
 
     /// Start the sequencer and the retention loop, watched as vital tasks. `cursors` are the hosts' persisted
-    /// cursors (the sequencer drops anything at or below them); `on_rejected` hears of each
+    /// cursors (the sequencer drops anything at or below them); the accounts' latest
+    /// revisions were read at open (a commit not newer is dropped); `on_rejected` hears of each
     /// host whose event the log refused for what it carries. Returns the ingest sender the
     /// upstream workers use.
     pub fn start(
@@ -238,6 +248,12 @@ impl Events {
         vitals: &Arc<Vitals>,
         on_rejected: Box<dyn Fn(i64) + Send + Sync>,
     ) -> IngestSender {
+        let revs = std::mem::take(
+            &mut *self
+                .revs_at_open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let (sender, receiver) = mpsc::channel(self.config.ingest_queue_max);
         rt::spawn(vitals.watch(
             "sequencer",
@@ -245,6 +261,7 @@ impl Events {
                 Arc::clone(self),
                 receiver,
                 cursors.into_iter().collect(),
+                revs,
                 self.shutdown.clone(),
                 on_rejected,
             ),
@@ -315,6 +332,7 @@ impl Events {
             store_healthy: self.store_ready(),
             commits_durable: self.store.commits_durable(),
             duplicates_total: self.duplicates_total.load(SeqCst),
+            stale_revs_total: self.stale_revs_total.load(SeqCst),
             retention_deleted_total: self.retention_deleted_total.load(SeqCst),
             consumers: fanout.consumers,
             consumers_kicked_total: fanout.kicked_total,
@@ -333,6 +351,28 @@ impl Events {
             .await?;
         self.spend_rows(events.len()).await;
         Ok(events.iter().map(Frame::encode).collect())
+    }
+
+    /// One account's state (`getRepoStatus`, `getLatestCommit`). Reads do not take the
+    /// persist lock.
+    pub async fn account(&self, did: &str) -> Result<Option<AccountRow>, StoreError> {
+        let account = self.store.call(|store| store.account(did)).await?;
+        self.spend_rows(1).await;
+        Ok(account)
+    }
+
+    /// Up to `limit` accounts with a commit after `after`, in DID order (`listRepos`).
+    pub async fn accounts_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AccountRow>, StoreError> {
+        let accounts = self
+            .store
+            .call(|store| store.accounts_after(after, limit))
+            .await?;
+        self.spend_rows(accounts.len()).await;
+        Ok(accounts)
     }
 
     /// Persist one batch under the persist lock.

@@ -13,6 +13,10 @@
 //! lost to a shutdown or crash is not lost for good: its hosts' persisted cursors did not
 //! move, so the upstreams resend it.
 //!
+//! Per account, as trusted relays keep it: a `#commit` or `#sync` whose revision is not
+//! newer than the last one the log holds for its DID is dropped (counted); every event's
+//! account change is written with it, in its batch's transaction.
+//!
 //! Only *transient* store errors are retried. A *permanent* one (the batch carries
 //! something the log can never hold: [`StoreError::is_permanent`]) would otherwise be
 //! retried forever and stop every host's events behind it, so the batch is then committed
@@ -33,7 +37,7 @@ use crate::atproto::frame::{self, Kind};
 use crate::rt::probe::{self, Probe};
 use crate::rt::stop::StopSignal;
 use crate::rt::time::{sleep, Duration};
-use crate::store::{NewEvent, StoreError};
+use crate::store::{AccountChange, AccountUpdate, NewEvent, StoreError};
 
 /// One event as an upstream worker hands it over: a decoded, checked message.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,10 +48,8 @@ pub struct Ingested {
     pub upstream_seq: u64,
     /// The message type.
     pub kind: Kind,
-    /// The account it is about.
-    pub did: String,
-    /// The commit revision (`#commit`, `#sync`).
-    pub rev: Option<String>,
+    /// What it changes in its account's state.
+    pub account: AccountUpdate,
     /// The body as received, every field kept (the sequencer writes the relay's seq in).
     pub body: BTreeMap<String, Ipld>,
     /// What it costs the ingest byte account: the message's size as received.
@@ -58,6 +60,7 @@ pub(super) async fn run(
     events: Arc<Events>,
     mut ingest: mpsc::Receiver<Queued>,
     mut committed: BTreeMap<i64, u64>,
+    mut revs: BTreeMap<String, String>,
     shutdown: StopSignal,
     on_rejected: Box<dyn Fn(i64) + Send + Sync>,
 ) {
@@ -85,6 +88,8 @@ pub(super) async fn run(
         // slice of it), so the re-encode is the only copy.
         let mut frames = Vec::with_capacity(batch_max);
         let mut pending = BTreeMap::new();
+        // Each account's newest revision in this batch.
+        let mut pending_revs: BTreeMap<String, String> = BTreeMap::new();
         // The batch's bytes stay in the ingest account until it is committed or rejected.
         let mut batch_bytes = Vec::with_capacity(batch_max);
         let mut admit = |queued: Queued, batch: &mut Vec<NewEvent>, frames: &mut Vec<Frame>| {
@@ -99,6 +104,17 @@ pub(super) async fn run(
                 return;
             }
             pending.insert(event.host_id, event.upstream_seq);
+            if let AccountChange::Commit { rev, .. } = &event.account.change {
+                // As trusted relays do: a commit not newer than the account's last is
+                // dropped (a replay, a stale host). TIDs sort as strings.
+                let did = &event.account.did;
+                let last = pending_revs.get(did).or_else(|| revs.get(did));
+                if last.is_some_and(|last| rev <= last) {
+                    events.stale_revs_total.fetch_add(1, SeqCst);
+                    return;
+                }
+                pending_revs.insert(did.clone(), rev.clone());
+            }
             batch_bytes.push(bytes);
             let seq = next_seq + batch.len() as u64;
             let (encoded, body_at) = frame::sequenced_frame(event.kind, event.body, seq);
@@ -109,6 +125,7 @@ pub(super) async fn run(
                 upstream_seq: event.upstream_seq,
                 kind: event.kind,
                 body: encoded.slice(body_at..),
+                account: Some(event.account),
             });
             frames.push(Frame {
                 seq,
@@ -147,6 +164,15 @@ pub(super) async fn run(
             continue;
         }
         next_seq += batch.len() as u64;
+        for event in &batch {
+            if let Some(AccountUpdate {
+                did,
+                change: AccountChange::Commit { rev, .. },
+            }) = &event.account
+            {
+                revs.insert(did.clone(), rev.clone());
+            }
+        }
         events.broadcaster.publish(&frames);
         if events.oldest_seq.load(SeqCst) == 0 {
             events.oldest_seq.store(batch[0].seq, SeqCst);

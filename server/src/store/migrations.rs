@@ -55,6 +55,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
         UNIQUE (host_id, upstream_seq)
     );
     UPDATE hosts SET cursor = 0;",
+    // 5: per-account state, written in the same transaction as the events that change it:
+    // the host the account's events last came from, its latest commit (rev and commit CID,
+    // from `#commit` and `#sync`), and its hosting status (from `#account`).
+    "CREATE TABLE accounts (
+        did TEXT PRIMARY KEY,
+        host_id INTEGER NOT NULL,
+        rev TEXT,
+        commit_cid TEXT,
+        active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+        status TEXT
+    );",
 ];
 
 /// The schema version this build writes.

@@ -32,13 +32,15 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::egress::{self, Refusal};
 use super::schedule::{self, EventAllowance, EventLimit};
 use super::{Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
-use crate::atproto::frame::{self, BadFrame, Incoming, Limits, SEQ_MAX, SUBSCRIBE_REPOS_PATH};
+use crate::atproto::frame::{
+    self, BadFrame, Incoming, Kind, Limits, SEQ_MAX, SUBSCRIBE_REPOS_PATH,
+};
 use crate::events::Ingested;
 use crate::rt::fd_limit;
 use crate::rt::net::{self, TcpStream};
 use crate::rt::probe::{self, Probe};
 use crate::rt::time::{sleep, timeout};
-use crate::store::HostStatus;
+use crate::store::{AccountChange, AccountUpdate, HostStatus};
 
 /// The quarantine reason of a host that sent a sequence number the log cannot hold.
 pub const QUARANTINE_SEQ_OUT_OF_RANGE: &str = "seq_out_of_range";
@@ -398,12 +400,25 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
             host.throttled.store(false, SeqCst);
         }
         let upstream_seq = event.seq;
+        let change = match (event.rev, event.commit) {
+            (Some(rev), Some(cid)) => AccountChange::Commit {
+                rev,
+                cid: cid.to_string(),
+            },
+            _ if event.kind == Kind::Account => AccountChange::Status {
+                active: event.inactive_status.is_none(),
+                status: event.inactive_status,
+            },
+            _ => AccountChange::Seen,
+        };
         let ingested = Ingested {
             host_id: host.id,
             upstream_seq,
             kind: event.kind,
-            did: event.did,
-            rev: event.rev,
+            account: AccountUpdate {
+                did: event.did,
+                change,
+            },
             body: event.body,
             content_bytes: payload.len(),
         };

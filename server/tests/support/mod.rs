@@ -122,11 +122,17 @@ pub const DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
 /// commit object and one `app.bsky.feed.post` whose text is padded with `pad` bytes), a
 /// revision that grows with `seq`.
 pub fn commit(seq: u64, pad: usize) -> Commit {
+    commit_of(DID, seq, pad)
+}
+
+/// [`commit`] for another account, `did`. Two hosts sending commits of one account with
+/// the same revisions would see the second's dropped as not newer (as trusted relays do).
+pub fn commit_of(did: &str, seq: u64, pad: usize) -> Commit {
     let rev = tid(1_780_000_000_000_000 + seq, 0);
     let text = format!("post {seq}{}", "x".repeat(pad));
     Commit::with_post(
         i64::try_from(seq).unwrap(),
-        DID,
+        did,
         &rev,
         &text,
         "2026-06-01T00:00:00.000Z",

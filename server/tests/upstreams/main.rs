@@ -11,7 +11,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use ipld_core::ipld::Ipld;
 use relay::atproto::frame::{self, Incoming, Kind, SUBSCRIBE_REPOS_PATH};
-use relay::atproto::message::Info;
+use relay::atproto::message::{Account, Commit, Identity, Info};
+use relay::atproto::syntax::tid;
 use relay::http::xrpc::REQUEST_CRAWL_PATH;
 use relay::store::{HostStatus, Page, Store};
 use relay::upstream::{HostPhase, HostView};
@@ -24,8 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 #[path = "../support/mod.rs"]
 mod support;
 use support::{
-    body_map, commit, commit_frame, decode, relayed_commit_frame, stored_commit_bytes, wait_until,
-    RunningRelay, ALLOW_LOOPBACK, NO_CRAWL_DNS,
+    body_map, commit, commit_frame, commit_of, decode, relayed_commit_frame, stored_commit_bytes,
+    wait_until, RunningRelay, ALLOW_LOOPBACK, NO_CRAWL_DNS,
 };
 
 fn temp_db(name: &str) -> PathBuf {
@@ -531,10 +532,20 @@ async fn two_host_upstream(good: Vec<Message>, bad: Vec<Message>) -> u16 {
     port
 }
 
-/// Commit frames for `seqs`, as binary messages.
+/// Commit frames of `support::DID` for `seqs`, as binary messages.
 fn frames(seqs: impl IntoIterator<Item = u64>) -> Vec<Message> {
     seqs.into_iter()
         .map(|seq| Message::binary(commit_frame(seq, 0)))
+        .collect()
+}
+
+/// The second host's account in the two-host tests.
+const OTHER_DID: &str = "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz";
+
+/// Commit frames of [`OTHER_DID`] for `seqs` (the second host's own account).
+fn other_frames(seqs: impl IntoIterator<Item = u64>) -> Vec<Message> {
+    seqs.into_iter()
+        .map(|seq| Message::binary(frame::encode("#commit", &commit_of(OTHER_DID, seq, 0))))
         .collect()
 }
 
@@ -547,11 +558,11 @@ async fn the_historical_poison_frame_costs_only_its_host() {
         .unwrap();
     // Host B sends two good events, then the frame that once halted the relay for every
     // host (its seq overflows SQLite's integers), then more.
-    let mut bad = frames(1..=2);
+    let mut bad = other_frames(1..=2);
     let mut poison = body_map(&commit(3, 0));
     poison.insert("seq".into(), Ipld::Integer(9_223_372_036_854_775_813));
     bad.push(Message::binary(frame::encode("#commit", &poison)));
-    bad.extend(frames(4..=5));
+    bad.extend(other_frames(4..=5));
     let port = two_host_upstream(frames(1..=20), bad).await;
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
@@ -744,6 +755,146 @@ async fn consumers_get_the_relays_seq_in_the_body_with_unknown_fields_kept() {
 }
 
 #[tokio::test]
+async fn accounts_are_tracked_stale_commits_dropped_and_served_over_xrpc() {
+    const ALICE: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+    const BOB: &str = "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb";
+    const CAROL: &str = "did:plc:cccccccccccccccccccccccc";
+    const TIME: &str = "2026-06-01T00:00:00.000Z";
+    let db = temp_db("accounts");
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    let rev = |micros: u64| tid(1_780_000_000_000_000 + micros, 0);
+    let post =
+        |seq: i64, did: &str, micros: u64| Commit::with_post(seq, did, &rev(micros), "hello", TIME);
+    let alice_latest = post(2, ALICE, 20);
+    let messages = vec![
+        Message::binary(frame::encode("#commit", &post(1, ALICE, 10))),
+        Message::binary(frame::encode("#commit", &alice_latest)),
+        // A replay of Alice's first commit under a new seq: its rev is not newer.
+        Message::binary(frame::encode("#commit", &post(3, ALICE, 10))),
+        Message::binary(frame::encode("#commit", &post(4, BOB, 5))),
+        Message::binary(frame::encode(
+            "#account",
+            &Account {
+                seq: 5,
+                did: BOB.into(),
+                time: TIME.into(),
+                active: false,
+                status: Some("deactivated".into()),
+            },
+        )),
+        Message::binary(frame::encode(
+            "#identity",
+            &Identity {
+                seq: 6,
+                did: CAROL.into(),
+                time: TIME.into(),
+                handle: Some("carol.test".into()),
+            },
+        )),
+    ];
+    let port = two_host_upstream(messages, Vec::new()).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
+        "upstream.startup_jitter_ms=0".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("every message is read", || observer.hosts()[0].cursor == 6).await;
+    wait_until("the five fresh events are persisted", || {
+        Store::open(&db).unwrap().hosts().unwrap()[0].cursor == 6
+    })
+    .await;
+    let events = observer.events();
+    assert_eq!((events.head_seq, events.stale_revs_total), (5, 1));
+    assert!(observer
+        .metrics_text()
+        .contains("relay_events_stale_revs 1\n"));
+
+    let xrpc = |path: String| async move {
+        let response = get(relay.addr, &path).await;
+        let status: u16 = response[9..12].parse().unwrap();
+        (status, body_json(&response))
+    };
+    let base = "/xrpc/com.atproto.sync";
+    // listRepos: accounts with a commit, in DID order, one page at a time.
+    let (status, first) = xrpc(format!("{base}.listRepos?limit=1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        first,
+        serde_json::json!({
+            "cursor": ALICE,
+            "repos": [{"did": ALICE, "head": alice_latest.commit.to_string(), "rev": rev(20), "active": true}]
+        })
+    );
+    let (_, second) = xrpc(format!("{base}.listRepos?limit=1&cursor={ALICE}")).await;
+    // Clients escape the DID's colons.
+    let escaped = ALICE.replace(':', "%3A");
+    assert_eq!(
+        xrpc(format!("{base}.listRepos?limit=1&cursor={escaped}")).await,
+        (200, second.clone())
+    );
+    assert_eq!(
+        xrpc(format!("{base}.getRepoStatus?did={escaped}")).await.0,
+        200
+    );
+    assert_eq!(second["repos"][0]["did"], BOB);
+    assert_eq!(second["repos"][0]["active"], false);
+    assert_eq!(second["repos"][0]["status"], "deactivated");
+    let (_, last) = xrpc(format!("{base}.listRepos?cursor={BOB}")).await;
+    assert_eq!(last, serde_json::json!({ "repos": [] }));
+
+    // getRepoStatus
+    assert_eq!(
+        xrpc(format!("{base}.getRepoStatus?did={ALICE}")).await,
+        (
+            200,
+            serde_json::json!({"did": ALICE, "active": true, "rev": rev(20)})
+        )
+    );
+    assert_eq!(
+        xrpc(format!("{base}.getRepoStatus?did={BOB}")).await,
+        (
+            200,
+            serde_json::json!({"did": BOB, "active": false, "status": "deactivated", "rev": rev(5)})
+        )
+    );
+    assert_eq!(
+        xrpc(format!("{base}.getRepoStatus?did={CAROL}")).await,
+        (200, serde_json::json!({"did": CAROL, "active": true}))
+    );
+    let (status, unknown) = xrpc(format!("{base}.getRepoStatus?did=did:plc:nobody")).await;
+    assert_eq!(
+        (status, &unknown["error"]),
+        (400, &serde_json::json!("RepoNotFound"))
+    );
+    let (status, bad) = xrpc(format!("{base}.getRepoStatus?did=alice")).await;
+    assert_eq!(
+        (status, &bad["error"]),
+        (400, &serde_json::json!("InvalidRequest"))
+    );
+
+    // getLatestCommit
+    assert_eq!(
+        xrpc(format!("{base}.getLatestCommit?did={ALICE}")).await,
+        (
+            200,
+            serde_json::json!({"cid": alice_latest.commit.to_string(), "rev": rev(20)})
+        )
+    );
+    for (did, error) in [(BOB, "RepoDeactivated"), (CAROL, "RepoNotFound")] {
+        let (status, body) = xrpc(format!("{base}.getLatestCommit?did={did}")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(error)),
+            "{did}"
+        );
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
     let db = temp_db("refused");
     Store::open(&db)
@@ -764,7 +915,7 @@ async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
             )
             .unwrap();
     }
-    let port = two_host_upstream(frames(1..=20), frames(1..=3)).await;
+    let port = two_host_upstream(frames(1..=20), other_frames(1..=3)).await;
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
@@ -808,7 +959,7 @@ async fn a_host_whose_seqs_go_backwards_gets_bad_sessions_and_a_named_reason() {
         .add_hosts(["127.0.0.1", "localhost"])
         .unwrap();
     // Host B replays its events in a loop on every connection: 1, 2, 3, 1, 2, 3, …
-    let bad: Vec<Message> = frames(1..=3).into_iter().cycle().take(9).collect();
+    let bad: Vec<Message> = other_frames(1..=3).into_iter().cycle().take(9).collect();
     let port = two_host_upstream(frames(1..=20), bad).await;
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
