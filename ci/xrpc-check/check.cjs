@@ -55,9 +55,17 @@ async function main() {
   const health = await fetch(`${service}/xrpc/_health`);
   assert.equal(health.status, 200);
   assert.deepEqual(Object.keys(await health.json()), ['version']);
+  // Per-account state: nothing has been ingested here, so every account is unknown.
+  const repos = await sync.listRepos({ limit: 10 });
+  assert.deepEqual(repos.data, { repos: [] });
+  const noRepo = await refusal(() => sync.getRepoStatus({ did: 'did:plc:abc' }));
+  assert.equal(noRepo.error, 'RepoNotFound');
+  const noCommit = await refusal(() => sync.getLatestCommit({ did: 'did:plc:abc' }));
+  assert.equal(noCommit.error, 'RepoNotFound');
+  assert.equal(noCommit.constructor.name, 'RepoNotFoundError', 'the lexicon error class');
   const unknown = await refusal(() => sync.getRepo({ did: 'did:plc:abc' }));
   assert.equal(unknown.error, 'MethodNotImplemented');
-  console.log(`xrpc check: ${names.length} crawls, ${pages} listHosts pages, getHostStatus, _health, unknown method: all as the lexicons say`);
+  console.log(`xrpc check: ${names.length} crawls, ${pages} listHosts pages, getHostStatus, listRepos, getRepoStatus, getLatestCommit, _health, unknown method: all as the lexicons say`);
 }
 
 main().catch((error) => {

@@ -10,7 +10,9 @@
 //! relay's per-host event-rate limit off so a handful of hosts can carry the firehose),
 //! and `--consumers` subscribers that check every frame arrives in relay order, with no
 //! gap and no duplicate, and reconnect from the cursor a `ConsumerTooSlow` frame names
-//! when they are kicked. Every event body carries the time its upstream sent it, so a
+//! when they are kicked. Frames are atproto's (`#commit` with a real CAR slice, decoded by
+//! the consumers with `relay::atproto::frame::decode`). Every event body carries the time
+//! its upstream sent it (an extra field `t`, which the relay keeps), so a
 //! consumer's receipt gives the end-to-end latency (upstream → relay → persisted →
 //! consumer). Three phases, each on a fresh database and a fresh relay:
 //! - `unpaced`: every upstream sends its share as fast as its socket takes it. Events/s
@@ -45,7 +47,11 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
+use ipld_core::ipld::Ipld;
 use plotters::prelude::*;
+use relay::atproto::frame::{self, Incoming, Limits, SUBSCRIBE_REPOS_PATH};
+use relay::atproto::message::Commit;
+use relay::atproto::syntax::tid;
 use relay::rt::time::{now, sleep, sleep_until, Instant};
 use relay::store::Store;
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -452,7 +458,8 @@ async fn upstreams(
             while let Ok((stream, _)) = listener.accept().await {
                 let (pad, start) = (Arc::clone(&pad), start.clone());
                 tokio::spawn(async move {
-                    let _ = upstream_session(stream, share, per_host_rate, &pad, start).await;
+                    let _ =
+                        upstream_session(stream, index, share, per_host_rate, &pad, start).await;
                 });
             }
         });
@@ -462,6 +469,7 @@ async fn upstreams(
 
 async fn upstream_session(
     stream: TcpStream,
+    index: usize,
     share: u64,
     per_host_rate: Option<f64>,
     pad: &str,
@@ -485,6 +493,10 @@ async fn upstream_session(
     };
     let mut ws = tokio_tungstenite::accept_hdr_async(stream, read_cursor).await?;
     let started = started(&mut start).await?;
+    // Each host writes to its own account, one post (padded to `pad`) per event, with a
+    // revision that rises with its seq: the relay drops a commit not newer than its
+    // account's last.
+    let did = format!("did:plc:relaybench{index:014}");
     let mut seq = cursor + 1;
     while seq <= share {
         if let Some(per_second) = per_host_rate {
@@ -499,11 +511,21 @@ async fn upstream_session(
                     break;
                 }
             }
-            let text = format!(
-                r#"{{"seq":{seq},"kind":"commit","body":{{"t":{},"pad":"{pad}"}}}}"#,
-                micros_since(started)
+            let commit = Commit::with_post(
+                i64::try_from(seq)?,
+                &did,
+                &tid(1_780_000_000_000_000 + seq, 0),
+                pad,
+                "2026-06-01T00:00:00.000Z",
             );
-            ws.feed(Message::text(text)).await?;
+            let mut body: BTreeMap<String, Ipld> =
+                serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(&commit)?)?;
+            body.insert(
+                "t".to_owned(),
+                Ipld::Integer(i128::from(micros_since(started))),
+            );
+            ws.feed(Message::binary(frame::encode("#commit", &body)))
+                .await?;
             seq += 1;
             fed += 1;
         }
@@ -523,7 +545,7 @@ struct Receipts {
     finished_us: u64,
 }
 
-/// Read relay seqs `1..=events` from `/subscribe`, in order, once each; on a
+/// Read relay seqs `1..=events` from `subscribeRepos`, in order, once each; on a
 /// `ConsumerTooSlow` frame, reconnect from the cursor it names.
 async fn consumer(
     relay: SocketAddr,
@@ -538,7 +560,7 @@ async fn consumer(
     while next <= events {
         let stream = TcpStream::connect(relay).await?;
         stream.set_nodelay(true)?;
-        let url = format!("ws://{relay}/subscribe?cursor={}", next - 1);
+        let url = format!("ws://{relay}{SUBSCRIBE_REPOS_PATH}?cursor={}", next - 1);
         let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
         if first {
             subscribed.notify_one();
@@ -552,48 +574,50 @@ async fn consumer(
             let Some(message) = ws.next().await else {
                 bail!("the relay ended the stream at seq {next} without a word");
             };
-            let Message::Text(text) = message? else {
+            let Message::Binary(bytes) = message? else {
                 continue;
             };
-            if let Some(rest) = text.strip_prefix(r#"{"seq":"#) {
-                let seq: u64 = rest.split(',').next().unwrap_or_default().parse()?;
-                ensure!(seq == next, "expected seq {next}, got {seq}");
-                let sent_us: u64 = text
-                    .split_once(r#""t":"#)
-                    .and_then(|(_, rest)| rest.split([',', '}']).next())
-                    .context("an event without its send time")?
-                    .parse()?;
-                let at_us = micros_since(started);
-                receipts.latencies_us.push(at_us.saturating_sub(sent_us));
-                let bin = (at_us / BIN.as_micros() as u64) as usize;
-                if receipts.per_bin.len() <= bin {
-                    receipts.per_bin.resize(bin + 1, 0);
+            match frame::decode(&bytes, &Limits::default())? {
+                Incoming::Event(event) => {
+                    let seq = event.seq;
+                    ensure!(seq == next, "expected seq {next}, got {seq}");
+                    let Some(&Ipld::Integer(sent_us)) = event.body.get("t") else {
+                        bail!("an event without its send time");
+                    };
+                    let sent_us = u64::try_from(sent_us)?;
+                    let at_us = micros_since(started);
+                    receipts.latencies_us.push(at_us.saturating_sub(sent_us));
+                    let bin = (at_us / BIN.as_micros() as u64) as usize;
+                    if receipts.per_bin.len() <= bin {
+                        receipts.per_bin.resize(bin + 1, 0);
+                    }
+                    receipts.per_bin[bin] += 1;
+                    next += 1;
+                    if next > events {
+                        receipts.finished_us = at_us;
+                        break;
+                    }
                 }
-                receipts.per_bin[bin] += 1;
-                next += 1;
-                if next > events {
-                    receipts.finished_us = at_us;
+                Incoming::Error(error) if error.error == "ConsumerTooSlow" => {
+                    let text = error.message.unwrap_or_default();
+                    let cursor: u64 = text
+                        .split_once("cursor=")
+                        .and_then(|(_, rest)| {
+                            rest.split(|c: char| !c.is_ascii_digit())
+                                .next()?
+                                .parse()
+                                .ok()
+                        })
+                        .with_context(|| format!("a kick without a cursor: {text}"))?;
+                    ensure!(
+                        cursor == next - 1,
+                        "kicked with cursor {cursor} after receiving {}",
+                        next - 1
+                    );
+                    receipts.kicked_at.push(cursor);
                     break;
                 }
-            } else if text.contains("ConsumerTooSlow") {
-                let cursor: u64 = text
-                    .split_once("cursor=")
-                    .and_then(|(_, rest)| {
-                        rest.split(|c: char| !c.is_ascii_digit())
-                            .next()?
-                            .parse()
-                            .ok()
-                    })
-                    .with_context(|| format!("a kick without a cursor: {text}"))?;
-                ensure!(
-                    cursor == next - 1,
-                    "kicked with cursor {cursor} after receiving {}",
-                    next - 1
-                );
-                receipts.kicked_at.push(cursor);
-                break;
-            } else {
-                bail!("unexpected frame: {text}");
+                other => bail!("unexpected frame: {other:?}"),
             }
         }
     }

@@ -29,6 +29,20 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming an upstream's `#info` message (`OutdatedCursor` or `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabels {
+    /// A fixed name.
+    pub name: &'static str,
+}
+
+/// Labels naming an upstream's error frame (`FutureCursor`, `ConsumerTooSlow` or `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// A fixed name.
+    pub error: &'static str,
+}
+
 /// Labels of one served HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -94,6 +108,8 @@ pub struct EventStats {
     pub commits_durable: bool,
     /// Events dropped because their host had already delivered that sequence number.
     pub duplicates_total: u64,
+    /// `#commit`/`#sync` events dropped: their revision was not newer than their account's.
+    pub stale_revs_total: u64,
     /// Events deleted by retention.
     pub retention_deleted_total: u64,
     /// Consumers subscribed now.
@@ -132,6 +148,9 @@ pub struct Metrics {
     upstream_events: Gauge,
     upstream_duplicate_frames: Counter,
     upstream_bad_frames: Counter,
+    upstream_unknown_messages: Counter,
+    upstream_info: Family<NameLabels, Counter>,
+    upstream_error_frames: Family<ErrorLabels, Counter>,
     upstream_rate_limited: Counter,
     upstream_quarantined: Family<ReasonLabels, Counter>,
     crawl_refused: Family<ReasonLabels, Counter>,
@@ -143,6 +162,7 @@ pub struct Metrics {
     events_log_bytes: Gauge,
     events_store_healthy: Gauge,
     events_duplicates: Gauge,
+    events_stale_revs: Gauge,
     events_retention_deleted: Gauge,
     consumers_kicked: Gauge,
     consumer_mailbox_high_water: Gauge,
@@ -191,6 +211,9 @@ impl Metrics {
             upstream_events: Gauge::default(),
             upstream_duplicate_frames: Counter::default(),
             upstream_bad_frames: Counter::default(),
+            upstream_unknown_messages: Counter::default(),
+            upstream_info: Family::default(),
+            upstream_error_frames: Family::default(),
             upstream_rate_limited: Counter::default(),
             upstream_quarantined: Family::default(),
             crawl_refused: Family::default(),
@@ -202,6 +225,7 @@ impl Metrics {
             events_log_bytes: Gauge::default(),
             events_store_healthy: Gauge::default(),
             events_duplicates: Gauge::default(),
+            events_stale_revs: Gauge::default(),
             events_retention_deleted: Gauge::default(),
             consumers_kicked: Gauge::default(),
             consumer_mailbox_high_water: Gauge::default(),
@@ -320,8 +344,23 @@ impl Metrics {
         );
         registry.register(
             "upstream_bad_frames",
-            "Upstream frames that were not valid event JSON",
+            "Upstream messages that were not valid event-stream frames (framing, body, syntax, limits, CAR)",
             self.upstream_bad_frames.clone(),
+        );
+        registry.register(
+            "upstream_unknown_messages",
+            "Upstream messages of a type this relay does not know (skipped, as the spec says)",
+            self.upstream_unknown_messages.clone(),
+        );
+        registry.register(
+            "upstream_info",
+            "Upstream #info messages, by name (OutdatedCursor or other)",
+            self.upstream_info.clone(),
+        );
+        registry.register(
+            "upstream_error_frames",
+            "Upstream error frames (each ends its session), by error (FutureCursor, ConsumerTooSlow or other)",
+            self.upstream_error_frames.clone(),
         );
         registry.register(
             "upstream_rate_limited",
@@ -365,7 +404,7 @@ impl Metrics {
         );
         registry.register(
             "events_log_bytes",
-            "Content bytes (kinds and bodies) of the events in the log",
+            "Content bytes (kind tags and stored bodies) of the events in the log",
             self.events_log_bytes.clone(),
         );
         registry.register(
@@ -377,6 +416,11 @@ impl Metrics {
             "events_duplicates",
             "Upstream events dropped because already persisted",
             self.events_duplicates.clone(),
+        );
+        registry.register(
+            "events_stale_revs",
+            "#commit and #sync events dropped because their rev was not newer than their account's last",
+            self.events_stale_revs.clone(),
         );
         registry.register(
             "events_retention_deleted",
@@ -513,6 +557,33 @@ impl Metrics {
         self.upstream_bad_frames.inc();
     }
 
+    /// Count an upstream message of an unknown type (skipped).
+    pub fn upstream_unknown_message(&self) {
+        self.upstream_unknown_messages.inc();
+    }
+
+    /// Count an upstream `#info` message named `name` (`OutdatedCursor` or another).
+    pub fn upstream_info(&self, name: &str) {
+        let name = if name == "OutdatedCursor" {
+            "OutdatedCursor"
+        } else {
+            "other"
+        };
+        self.upstream_info.get_or_create(&NameLabels { name }).inc();
+    }
+
+    /// Count an upstream error frame named `error`.
+    pub fn upstream_error_frame(&self, error: &str) {
+        let error = match error {
+            "FutureCursor" => "FutureCursor",
+            "ConsumerTooSlow" => "ConsumerTooSlow",
+            _ => "other",
+        };
+        self.upstream_error_frames
+            .get_or_create(&ErrorLabels { error })
+            .inc();
+    }
+
     /// Count an upstream event held back by its host's rate limit.
     pub fn upstream_rate_limited(&self) {
         self.upstream_rate_limited.inc();
@@ -576,6 +647,7 @@ impl Metrics {
         self.events_store_healthy
             .set(i64::from(events.store_healthy));
         self.events_duplicates.set(wide(events.duplicates_total));
+        self.events_stale_revs.set(wide(events.stale_revs_total));
         self.events_retention_deleted
             .set(wide(events.retention_deleted_total));
         self.consumers_kicked

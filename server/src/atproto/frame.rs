@@ -90,6 +90,9 @@ pub struct Event {
     pub did: String,
     /// The commit revision (`#commit`, `#sync`).
     pub rev: Option<String>,
+    /// The commit object's CID (`#commit`'s `commit`, `#sync`'s CAR root); `None` for the
+    /// others (and for a deprecated `tooBig` `#commit`, which names one: it is given).
+    pub commit: Option<ipld_core::cid::Cid>,
     /// The `#account` message's status: `None` when active, else the status given
     /// (`inactive` when none is).
     pub inactive_status: Option<String>,
@@ -208,23 +211,23 @@ fn decode_event(kind: Kind, body: &[u8], limits: &Limits) -> Result<Event, BadFr
     if !(1..=i128::from(SEQ_MAX)).contains(&seq) {
         return Err(BadFrame::SeqOutOfRange(seq));
     }
-    let (did, rev, inactive_status) = match kind {
+    let (did, rev, commit, inactive_status) = match kind {
         Kind::Commit => {
             let commit: Commit = typed(kind.tag(), body)?;
             check_commit(&commit, limits)?;
-            (commit.repo, Some(commit.rev), None)
+            (commit.repo, Some(commit.rev), Some(commit.commit), None)
         }
         Kind::Sync => {
             let sync: Sync = typed(kind.tag(), body)?;
-            check_blocks(&sync.did, &sync.rev, &sync.blocks, None, limits)?;
-            (sync.did, Some(sync.rev), None)
+            let root = check_blocks(&sync.did, &sync.rev, &sync.blocks, None, limits)?;
+            (sync.did, Some(sync.rev), Some(root), None)
         }
-        Kind::Identity => (typed::<Identity>(kind.tag(), body)?.did, None, None),
+        Kind::Identity => (typed::<Identity>(kind.tag(), body)?.did, None, None, None),
         Kind::Account => {
             let account: Account = typed(kind.tag(), body)?;
             let status =
                 (!account.active).then(|| account.status.unwrap_or_else(|| "inactive".to_owned()));
-            (account.did, None, status)
+            (account.did, None, None, status)
         }
     };
     if !is_did(&did) {
@@ -235,6 +238,7 @@ fn decode_event(kind: Kind, body: &[u8], limits: &Limits) -> Result<Event, BadFr
         seq: seq as u64,
         did,
         rev,
+        commit,
         inactive_status,
         body: map,
     })
@@ -262,6 +266,7 @@ fn check_commit(commit: &Commit, limits: &Limits) -> Result<(), BadFrame> {
         Some(&commit.commit),
         limits,
     )
+    .map(|_| ())
 }
 
 fn check_rev(rev: &str) -> Result<(), BadFrame> {
@@ -273,14 +278,14 @@ fn check_rev(rev: &str) -> Result<(), BadFrame> {
 }
 
 /// The CAR slice's size, its blocks' hashes, and its root: a version-3 commit object of
-/// `did` at `rev` (and, for a `#commit`, the CID the message names).
+/// `did` at `rev` (and, for a `#commit`, the CID the message names). The root's CID.
 fn check_blocks(
     did: &str,
     rev: &str,
     blocks: &[u8],
     named: Option<&ipld_core::cid::Cid>,
     limits: &Limits,
-) -> Result<(), BadFrame> {
+) -> Result<ipld_core::cid::Cid, BadFrame> {
     check_rev(rev)?;
     if blocks.len() > limits.blocks_bytes_max {
         return Err(BadFrame::OverLimit {
@@ -306,7 +311,7 @@ fn check_blocks(
             "the commit object's did or rev differs from the message's",
         ));
     }
-    Ok(())
+    Ok(car.root)
 }
 
 fn header_bytes(op: i64, t: Option<&str>) -> Vec<u8> {
@@ -350,6 +355,37 @@ pub fn error_frame(error: &str, message: &str) -> Vec<u8> {
 pub fn body_with_seq(mut body: BTreeMap<String, Ipld>, seq: u64) -> Vec<u8> {
     body.insert("seq".to_owned(), Ipld::Integer(i128::from(seq)));
     serde_ipld_dagcbor::to_vec(&body).expect("a decoded body always re-encodes")
+}
+
+/// The frame of a sequenced message numbered `seq`: its header, then `body` with `seq` in
+/// place of the sender's, encoded canonically in the same buffer (no copy); and where the
+/// body starts in it. What the sequencer does with every event: the body is what the log
+/// stores, the whole frame what every consumer is sent.
+pub fn sequenced_frame(kind: Kind, mut body: BTreeMap<String, Ipld>, seq: u64) -> (Vec<u8>, usize) {
+    let mut frame = header_bytes(1, Some(kind.tag()));
+    let body_at = frame.len();
+    body.insert("seq".to_owned(), Ipld::Integer(i128::from(seq)));
+    serde_ipld_dagcbor::to_writer(&mut frame, &body).expect("a decoded body always re-encodes");
+    (frame, body_at)
+}
+
+/// A stored body (canonical DAG-CBOR, as [`body_with_seq`] wrote it) renumbered to `seq`:
+/// the sequencer's rare path, when a batch the log refused is committed event by event and
+/// the events behind a rejected one move down. `None` if `body` is not a DAG-CBOR map.
+pub fn rewrite_seq(body: &[u8], seq: u64) -> Option<Vec<u8>> {
+    let map: BTreeMap<String, Ipld> = serde_ipld_dagcbor::from_slice(body).ok()?;
+    Some(body_with_seq(map, seq))
+}
+
+/// An `#info` frame.
+pub fn info_frame(name: &str, message: &str) -> Vec<u8> {
+    encode(
+        INFO_TAG,
+        &Info {
+            name: name.to_owned(),
+            message: Some(message.to_owned()),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -424,7 +460,16 @@ mod tests {
             (Kind::Commit, 41, DID)
         );
         assert_eq!(event.rev.as_deref(), Some(sent.rev.as_str()));
-        let frame = event_frame(event.kind, &body_with_seq(event.body, 9000));
+        let stored = body_with_seq(event.body.clone(), 9000);
+        assert_eq!(
+            rewrite_seq(&stored, 9000).as_deref(),
+            Some(stored.as_slice()),
+            "canonical: re-encoding is stable"
+        );
+        let (sequenced, body_at) = sequenced_frame(event.kind, event.body.clone(), 9000);
+        assert_eq!(&sequenced[body_at..], stored.as_slice());
+        let frame = event_frame(event.kind, &stored);
+        assert_eq!(frame, sequenced);
         let Incoming::Event(again) = decoded(&frame).unwrap() else {
             panic!("not an event")
         };

@@ -24,17 +24,19 @@ mod ingest;
 mod retention;
 mod sequencer;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use self::broadcast::{Broadcaster, Subscription};
 use self::ingest::IngestBytes;
 pub use self::ingest::{IngestClosed, IngestSender};
 pub use self::sequencer::Ingested;
+use crate::atproto::frame;
 use crate::config::CpuConfig;
 use crate::memory::MemoryGuard;
 pub use crate::metrics::EventStats;
@@ -42,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::rt::stop::StopSignal;
 use crate::rt::time::Clock;
 use crate::rt::{self, cpu::Cpu};
-use crate::store::{Deleted, NewEvent, Page, Store, StoreError};
+use crate::store::{AccountRow, Deleted, NewEvent, Page, Store, StoreError};
 use crate::vital::Vitals;
 
 /// Event pipeline settings: `[events]` in the configuration.
@@ -52,7 +54,7 @@ pub struct EventsConfig {
     /// Events waiting between the upstream workers and the sequencer; when full, workers
     /// stop reading (backpressure to the upstreams) instead of buffering without bound.
     pub ingest_queue_max: usize,
-    /// Content bytes (kind and body) the ingest queue and the batch being committed may
+    /// Content bytes (messages as received) the ingest queue and the batch being committed may
     /// hold in all; past it, workers wait before reading on (the same backpressure).
     /// At most 4294967295.
     pub ingest_queue_bytes: u64,
@@ -64,7 +66,7 @@ pub struct EventsConfig {
     pub commit_retry_cap_ms: u64,
     /// Events kept in the log; older ones are deleted by the retention loop.
     pub retention_events_max: u64,
-    /// Content bytes (kinds and bodies) kept in the log; past it the retention loop deletes
+    /// Content bytes (kind tags and stored bodies) kept in the log; past it the retention loop deletes
     /// the oldest events, a batch at a time, until the log is back within it.
     pub retention_bytes_max: u64,
     /// How often the retention loop runs, milliseconds.
@@ -133,38 +135,35 @@ impl EventsConfig {
     }
 }
 
-/// One persisted event as consumers receive it: its relay sequence number and the JSON
-/// text frame, encoded once and shared by every consumer.
+/// One persisted event as consumers receive it: its relay sequence number and the binary
+/// event-stream frame (DAG-CBOR header `{op: 1, t}` + the stored body, which carries the
+/// relay's seq), encoded once and shared by every consumer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     /// Relay sequence number.
     pub seq: u64,
-    /// `{"seq":…,"host_id":…,"upstream_seq":…,"kind":…,"body":…}`.
-    pub text: Utf8Bytes,
+    /// The frame's bytes.
+    pub bytes: Bytes,
 }
 
 impl Frame {
-    /// Encode a persisted event.
+    /// The frame of a persisted event (header + stored body).
     pub fn encode(event: &NewEvent) -> Self {
-        let kind = serde_json::to_string(&event.kind).expect("a string always serialises");
         Self {
             seq: event.seq,
-            text: Utf8Bytes::from(format!(
-                r#"{{"seq":{},"host_id":{},"upstream_seq":{},"kind":{},"body":{}}}"#,
-                event.seq, event.host_id, event.upstream_seq, kind, event.body
-            )),
+            bytes: Bytes::from(frame::event_frame(event.kind, &event.body)),
         }
     }
 }
 
-/// What one queued copy of a frame costs in the memory account: its text plus the queue
-/// entry. The text is shared between mailboxes, so summing this over mailboxes errs high.
+/// What one queued copy of a frame costs in the memory account: its bytes plus the queue
+/// entry. The bytes are shared between mailboxes, so summing this over mailboxes errs high.
 const FRAME_ENTRY_BYTES: u64 = std::mem::size_of::<Frame>() as u64;
 
 impl Frame {
     /// Bytes this frame counts for in one mailbox.
     pub fn cost(&self) -> u64 {
-        self.text.len() as u64 + FRAME_ENTRY_BYTES
+        self.bytes.len() as u64 + FRAME_ENTRY_BYTES
     }
 }
 
@@ -192,6 +191,11 @@ pub struct Events {
     batch_waiting_since_ms: AtomicU64,
     clock: Clock,
     duplicates_total: AtomicU64,
+    /// `#commit`/`#sync` events dropped for a revision not newer than their account's last.
+    stale_revs_total: AtomicU64,
+    /// Every account's latest revision as the store had them at open; the sequencer takes
+    /// them when it starts and keeps them from then on.
+    revs_at_open: std::sync::Mutex<BTreeMap<String, String>>,
     retention_deleted_total: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -209,6 +213,7 @@ impl Events {
     ) -> Result<Self, StoreError> {
         let (oldest, head) = store.event_bounds()?.unwrap_or((0, 0));
         let log_bytes = store.event_bytes()?;
+        let revs_at_open = store.account_revs()?.into_iter().collect();
         let ingest_limit = u32::try_from(config.ingest_queue_bytes).unwrap_or(u32::MAX);
         Ok(Self {
             ingest: Arc::new(IngestBytes::new(ingest_limit)),
@@ -225,13 +230,16 @@ impl Events {
             batch_waiting_since_ms: AtomicU64::new(0),
             clock,
             duplicates_total: AtomicU64::new(0),
+            stale_revs_total: AtomicU64::new(0),
+            revs_at_open: std::sync::Mutex::new(revs_at_open),
             retention_deleted_total: AtomicU64::new(0),
             metrics,
         })
     }
 
     /// Start the sequencer and the retention loop, watched as vital tasks. `cursors` are the hosts' persisted
-    /// cursors (the sequencer drops anything at or below them); `on_rejected` hears of each
+    /// cursors (the sequencer drops anything at or below them); the accounts' latest
+    /// revisions were read at open (a commit not newer is dropped); `on_rejected` hears of each
     /// host whose event the log refused for what it carries. Returns the ingest sender the
     /// upstream workers use.
     pub fn start(
@@ -240,6 +248,12 @@ impl Events {
         vitals: &Arc<Vitals>,
         on_rejected: Box<dyn Fn(i64) + Send + Sync>,
     ) -> IngestSender {
+        let revs = std::mem::take(
+            &mut *self
+                .revs_at_open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let (sender, receiver) = mpsc::channel(self.config.ingest_queue_max);
         rt::spawn(vitals.watch(
             "sequencer",
@@ -247,6 +261,7 @@ impl Events {
                 Arc::clone(self),
                 receiver,
                 cursors.into_iter().collect(),
+                revs,
                 self.shutdown.clone(),
                 on_rejected,
             ),
@@ -317,6 +332,7 @@ impl Events {
             store_healthy: self.store_ready(),
             commits_durable: self.store.commits_durable(),
             duplicates_total: self.duplicates_total.load(SeqCst),
+            stale_revs_total: self.stale_revs_total.load(SeqCst),
             retention_deleted_total: self.retention_deleted_total.load(SeqCst),
             consumers: fanout.consumers,
             consumers_kicked_total: fanout.kicked_total,
@@ -337,14 +353,33 @@ impl Events {
         Ok(events.iter().map(Frame::encode).collect())
     }
 
+    /// One account's state (`getRepoStatus`, `getLatestCommit`). Reads do not take the
+    /// persist lock.
+    pub async fn account(&self, did: &str) -> Result<Option<AccountRow>, StoreError> {
+        let account = self.store.call(|store| store.account(did)).await?;
+        self.spend_rows(1).await;
+        Ok(account)
+    }
+
+    /// Up to `limit` accounts with a commit after `after`, in DID order (`listRepos`).
+    pub async fn accounts_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AccountRow>, StoreError> {
+        let accounts = self
+            .store
+            .call(|store| store.accounts_after(after, limit))
+            .await?;
+        self.spend_rows(accounts.len()).await;
+        Ok(accounts)
+    }
+
     /// Persist one batch under the persist lock.
     async fn commit(&self, events: &[NewEvent]) -> Result<(), StoreError> {
         let _persist = self.persist.lock().await;
         self.store.call(|store| store.commit_events(events)).await?;
-        let bytes: usize = events
-            .iter()
-            .map(|event| event.kind.len() + event.body.len())
-            .sum();
+        let bytes: usize = events.iter().map(NewEvent::content_bytes).sum();
         self.log_bytes.fetch_add(bytes as u64, SeqCst);
         self.spend_rows(events.len()).await;
         Ok(())

@@ -45,6 +45,24 @@ pub(super) fn parameters<'q, const N: usize>(
     Ok(values)
 }
 
+/// `value` with its `%XX` escapes decoded (clients escape a DID's colons); `None` when an
+/// escape is malformed or the result is not UTF-8.
+pub(super) fn percent_decoded(value: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(value.len());
+    let mut rest = value.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 /// The page a `?limit=N&cursor=<hostname>` query asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct PageRequest {
@@ -74,10 +92,18 @@ impl PageRequest {
                 ))
             }
         };
-        Ok(Self {
-            limit,
-            cursor: cursor.map(str::to_owned),
-        })
+        let cursor = match cursor.map(percent_decoded) {
+            None => None,
+            Some(Some(cursor)) => Some(cursor),
+            Some(None) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "cursor is not a valid percent-encoded string".to_owned(),
+                ))
+            }
+        };
+        Ok(Self { limit, cursor })
     }
 }
 
@@ -98,6 +124,18 @@ pub(super) fn page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_are_decoded_and_broken_ones_refused() {
+        assert_eq!(
+            percent_decoded("did%3Aplc%3Aabc").as_deref(),
+            Some("did:plc:abc")
+        );
+        assert_eq!(percent_decoded("a.example").as_deref(), Some("a.example"));
+        for broken in ["%", "%4", "%zz", "%ff"] {
+            assert_eq!(percent_decoded(broken), None, "{broken}");
+        }
+    }
 
     #[test]
     fn a_page_request_takes_a_limit_in_range_and_a_cursor() {

@@ -21,6 +21,7 @@ use super::dispatch::ConnectionTurn;
 use super::response::{error, json, metrics, retry_later, shed, text};
 use super::xrpc;
 use super::AppState;
+use crate::atproto::frame::SUBSCRIBE_REPOS_PATH;
 use crate::rt::fault::{self, Fault};
 use crate::rt::time::timeout;
 use crate::upstream::{CrawlError, CrawlWindow};
@@ -67,6 +68,12 @@ pub(super) enum Route {
     RequestCrawl,
     ListHosts,
     GetHostStatus,
+    ListRepos,
+    GetRepoStatus,
+    GetLatestCommit,
+    /// `subscribeRepos`: its handshake is answered by `subscribe` on an admitted
+    /// connection; here only on the refusal lanes (or without an upgrade).
+    SubscribeRepos,
     XrpcHealth,
     XrpcUnknown,
     Other,
@@ -83,7 +90,11 @@ impl Route {
             xrpc::REQUEST_CRAWL_PATH => Self::RequestCrawl,
             xrpc::LIST_HOSTS_PATH => Self::ListHosts,
             xrpc::GET_HOST_STATUS_PATH => Self::GetHostStatus,
+            xrpc::LIST_REPOS_PATH => Self::ListRepos,
+            xrpc::GET_REPO_STATUS_PATH => Self::GetRepoStatus,
+            xrpc::GET_LATEST_COMMIT_PATH => Self::GetLatestCommit,
             xrpc::HEALTH_PATH => Self::XrpcHealth,
+            SUBSCRIBE_REPOS_PATH => Self::SubscribeRepos,
             _ if path.starts_with(xrpc::XRPC_PREFIX) => Self::XrpcUnknown,
             _ => Self::Other,
         }
@@ -99,6 +110,10 @@ impl Route {
             Self::RequestCrawl => "request_crawl",
             Self::ListHosts => "list_hosts",
             Self::GetHostStatus => "get_host_status",
+            Self::ListRepos => "list_repos",
+            Self::GetRepoStatus => "get_repo_status",
+            Self::GetLatestCommit => "get_latest_commit",
+            Self::SubscribeRepos => "subscribe_repos",
             Self::XrpcHealth => "xrpc_health",
             Self::XrpcUnknown => "xrpc_unknown",
             Self::Other => "other",
@@ -134,6 +149,10 @@ impl Route {
             Self::RequestCrawl
                 | Self::ListHosts
                 | Self::GetHostStatus
+                | Self::ListRepos
+                | Self::GetRepoStatus
+                | Self::GetLatestCommit
+                | Self::SubscribeRepos
                 | Self::XrpcHealth
                 | Self::XrpcUnknown
         )
@@ -201,7 +220,13 @@ pub(super) async fn respond(
                 "metrics are served on the admin listener\n",
             ),
             Route::Metrics => metrics(state),
-            Route::Hosts | Route::RequestCrawl | Route::ListHosts | Route::GetHostStatus
+            Route::Hosts
+            | Route::RequestCrawl
+            | Route::ListHosts
+            | Route::GetHostStatus
+            | Route::ListRepos
+            | Route::GetRepoStatus
+            | Route::GetLatestCommit
                 if state.memory.shed() =>
             {
                 shed(state)
@@ -230,6 +255,23 @@ pub(super) async fn respond(
                 state.cpu.spend(state.config.cpu.host_listing(1)).await;
                 xrpc::get_host_status(state, &request)
             }
+            Route::ListRepos => {
+                injected_handler_faults().await;
+                xrpc::list_repos(state, &request).await
+            }
+            Route::GetRepoStatus => {
+                injected_handler_faults().await;
+                xrpc::get_repo_status(state, &request).await
+            }
+            Route::GetLatestCommit => {
+                injected_handler_faults().await;
+                xrpc::get_latest_commit(state, &request).await
+            }
+            Route::SubscribeRepos => error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "com.atproto.sync.subscribeRepos is a WebSocket subscription: send an upgrade",
+            ),
             Route::XrpcUnknown => xrpc::method_not_implemented(request.uri().path()),
             Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
         },

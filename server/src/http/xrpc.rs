@@ -1,10 +1,14 @@
-//! The relay's XRPC surface (atproto's HTTP API under `/xrpc/`), the methods a relay
-//! implements that do not depend on the firehose's frame format: `com.atproto.sync.requestCrawl`
+//! The relay's XRPC surface (atproto's HTTP API under `/xrpc/`): `com.atproto.sync.requestCrawl`
 //! (its handler is `routes`'), `com.atproto.sync.listHosts`, `com.atproto.sync.getHostStatus`
-//! and `_health`. Shapes and error names follow the lexicons as published in
-//! `@atproto/api` 0.19.19 (`dist/client/lexicons.js`: `com.atproto.sync.requestCrawl`,
-//! `com.atproto.sync.listHosts`, `com.atproto.sync.getHostStatus`,
-//! `com.atproto.sync.defs#hostStatus`); the status names of error responses without a
+//! and `_health` here, and from the per-account state the store keeps,
+//! `com.atproto.sync.listRepos`, `com.atproto.sync.getRepoStatus` and
+//! `com.atproto.sync.getLatestCommit`. `com.atproto.sync.subscribeRepos` (the firehose, a
+//! WebSocket subscription) is `subscribe`'s, at
+//! [`crate::atproto::frame::SUBSCRIBE_REPOS_PATH`]. Shapes and error names follow the
+//! lexicons as published in `@atproto/api` 0.19.19 (`dist/client/lexicons.js`:
+//! `com.atproto.sync.requestCrawl`, `com.atproto.sync.listHosts`,
+//! `com.atproto.sync.getHostStatus`, `com.atproto.sync.defs#hostStatus`, `listRepos`,
+//! `getRepoStatus`, `getLatestCommit`); the status names of error responses without a
 //! lexicon name are `@atproto/xrpc`'s (`ResponseType`).
 //!
 //! Errors on these routes are `{"error", "message"}` with the lexicon's names: the
@@ -19,9 +23,11 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::host_pages::{page, parameters, PageRequest};
+use super::host_pages::{page, parameters, percent_decoded, PageRequest};
 use super::response::{error, error_body, json};
 use super::AppState;
+use crate::atproto::syntax::is_did;
+use crate::store::{AccountRow, StoreError};
 use crate::upstream::{hostname, HostPhase, HostView, QUARANTINE_BANNED};
 
 /// Where every XRPC method lives: `/xrpc/<method>`.
@@ -36,6 +42,15 @@ pub const LIST_HOSTS_PATH: &str = "/xrpc/com.atproto.sync.listHosts";
 /// `com.atproto.sync.getHostStatus` (GET `?hostname=`).
 pub const GET_HOST_STATUS_PATH: &str = "/xrpc/com.atproto.sync.getHostStatus";
 
+/// `com.atproto.sync.listRepos` (GET `?limit=&cursor=`).
+pub const LIST_REPOS_PATH: &str = "/xrpc/com.atproto.sync.listRepos";
+
+/// `com.atproto.sync.getRepoStatus` (GET `?did=`).
+pub const GET_REPO_STATUS_PATH: &str = "/xrpc/com.atproto.sync.getRepoStatus";
+
+/// `com.atproto.sync.getLatestCommit` (GET `?did=`).
+pub const GET_LATEST_COMMIT_PATH: &str = "/xrpc/com.atproto.sync.getLatestCommit";
+
 /// `_health` (GET): the version, or 503 when liveness fails.
 pub const HEALTH_PATH: &str = "/xrpc/_health";
 
@@ -44,6 +59,12 @@ const LIST_HOSTS_DEFAULT: usize = 200;
 
 /// The largest `listHosts` page (the lexicon's maximum).
 const LIST_HOSTS_MAX: usize = 1_000;
+
+/// `listRepos` page size when the request names no `limit` (the lexicon's default).
+const LIST_REPOS_DEFAULT: usize = 500;
+
+/// The largest `listRepos` page (the lexicon's maximum).
+const LIST_REPOS_MAX: usize = 1_000;
 
 /// `com.atproto.sync.defs#hostStatus`: how a relay's phases read to atproto.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -159,6 +180,181 @@ pub(super) fn get_host_status(
     }
 }
 
+/// `com.atproto.sync.listRepos#repo`.
+#[derive(Debug, Serialize)]
+struct Repo {
+    did: String,
+    /// The latest commit's CID.
+    head: String,
+    rev: String,
+    active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
+}
+
+/// `com.atproto.sync.listRepos`' output.
+#[derive(Debug, Serialize)]
+struct RepoList {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    repos: Vec<Repo>,
+}
+
+/// `com.atproto.sync.getRepoStatus`' output.
+#[derive(Debug, Serialize)]
+struct RepoStatus {
+    did: String,
+    active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rev: Option<String>,
+}
+
+/// `com.atproto.sync.getLatestCommit`' output.
+#[derive(Debug, Serialize)]
+struct LatestCommit {
+    cid: String,
+    rev: String,
+}
+
+/// The answer to a store call that failed (the relay's code; `NotEnoughResources` in
+/// lexicon terms).
+fn store_unavailable(cause: &StoreError) -> Response<Full<Bytes>> {
+    tracing::warn!(error = %cause, "account read failed");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the account table cannot be read right now; retry later",
+    )
+}
+
+/// The accounts page `request` asks for (accounts with a commit, in DID order; the cursor
+/// is the last DID of the page).
+pub(super) async fn list_repos(
+    state: &AppState,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let page_request =
+        match PageRequest::of(request.uri().query(), LIST_REPOS_DEFAULT, LIST_REPOS_MAX) {
+            Ok(page_request) => page_request,
+            Err((status, code, message)) => return error(status, code, &message),
+        };
+    let mut accounts = match state
+        .events
+        .accounts_after(page_request.cursor.as_deref(), page_request.limit + 1)
+        .await
+    {
+        Ok(accounts) => accounts,
+        Err(cause) => return store_unavailable(&cause),
+    };
+    let more = accounts.len() > page_request.limit;
+    accounts.truncate(page_request.limit);
+    let cursor = more
+        .then(|| accounts.last().map(|account| account.did.clone()))
+        .flatten();
+    let repos = accounts
+        .into_iter()
+        .filter_map(|account| {
+            Some(Repo {
+                head: account.commit_cid?,
+                rev: account.rev?,
+                did: account.did,
+                active: account.active,
+                status: account.status,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &RepoList { cursor, repos })
+}
+
+/// The account `?did=` names, or the answer that ends the request (bad parameter,
+/// `RepoNotFound`, store unavailable).
+async fn requested_account(
+    state: &AppState,
+    request: &Request<Incoming>,
+) -> Result<AccountRow, Response<Full<Bytes>>> {
+    let did = match parameters(request.uri().query(), ["did"]) {
+        Ok([Some(did)]) => match percent_decoded(did) {
+            Some(did) if is_did(&did) => did,
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequest",
+                    &format!("{did:?} is not a DID"),
+                ))
+            }
+        },
+        Ok([None]) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "the did parameter is required",
+            ))
+        }
+        Err((status, code, message)) => return Err(error(status, code, &message)),
+    };
+    match state.events.account(&did).await {
+        Ok(Some(account)) => Ok(account),
+        Ok(None) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "RepoNotFound",
+            &format!("no event about {did} has reached this relay"),
+        )),
+        Err(cause) => Err(store_unavailable(&cause)),
+    }
+}
+
+/// `getRepoStatus`: the account's hosting status and latest revision, or `RepoNotFound`.
+pub(super) async fn get_repo_status(
+    state: &AppState,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    match requested_account(state, request).await {
+        Ok(account) => json(
+            StatusCode::OK,
+            &RepoStatus {
+                did: account.did,
+                active: account.active,
+                status: account.status,
+                rev: account.rev,
+            },
+        ),
+        Err(response) => response,
+    }
+}
+
+/// `getLatestCommit`: the account's latest commit `{cid, rev}`; `RepoNotFound` when the
+/// relay has none (or the account is deleted), `RepoTakendown`, `RepoSuspended` or
+/// `RepoDeactivated` when its status says so.
+pub(super) async fn get_latest_commit(
+    state: &AppState,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let account = match requested_account(state, request).await {
+        Ok(account) => account,
+        Err(response) => return response,
+    };
+    let refused = |code: &str, why: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            code,
+            &format!("{} {why}", account.did),
+        )
+    };
+    match (account.active, account.status.as_deref()) {
+        (false, Some("takendown")) => return refused("RepoTakendown", "is taken down"),
+        (false, Some("suspended")) => return refused("RepoSuspended", "is suspended"),
+        (false, Some("deactivated")) => return refused("RepoDeactivated", "is deactivated"),
+        (false, Some("deleted")) => return refused("RepoNotFound", "is deleted"),
+        _ => {}
+    }
+    match (account.commit_cid, account.rev) {
+        (Some(cid), Some(rev)) => json(StatusCode::OK, &LatestCommit { cid, rev }),
+        _ => refused("RepoNotFound", "has no commit on this relay yet"),
+    }
+}
+
 /// `_health`: `{"version"}`, or 503 with the reason liveness fails (`liveness`, the
 /// `/_healthz` check).
 pub(super) fn health(liveness: Result<(), String>) -> Response<Full<Bytes>> {
@@ -181,7 +377,9 @@ pub(super) fn method_not_implemented(path: &str) -> Response<Full<Bytes>> {
         "MethodNotImplemented",
         &format!(
             "{method} is not implemented here; this relay implements com.atproto.sync.requestCrawl, \
-             com.atproto.sync.listHosts, com.atproto.sync.getHostStatus and _health"
+             com.atproto.sync.listHosts, com.atproto.sync.getHostStatus, \
+             com.atproto.sync.subscribeRepos, com.atproto.sync.listRepos, \
+             com.atproto.sync.getRepoStatus, com.atproto.sync.getLatestCommit and _health"
         ),
     )
 }

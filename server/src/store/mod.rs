@@ -1,6 +1,8 @@
 //! Durable state in SQLite: the host table (which upstreams exist, whether they are
 //! dormant, how far we have read from each) and the event log (every event with its relay
-//! sequence number), with schema migrations.
+//! sequence number: its kind tag and its body, the DAG-CBOR consumers are sent, as a BLOB),
+//! the accounts' state (host, latest commit, hosting status; updated in the events'
+//! transaction), with schema migrations.
 //!
 //! An event batch and the host cursors it advances are written in one transaction, so a
 //! restart resumes each upstream exactly after the last event that was persisted: nothing
@@ -26,8 +28,10 @@ mod migrations;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::atproto::frame::Kind;
 use crate::rt;
 use crate::rt::fault::{self, Fault};
 
@@ -84,10 +88,68 @@ pub struct NewEvent {
     pub host_id: i64,
     /// The host's own sequence number.
     pub upstream_seq: u64,
-    /// Event kind.
-    pub kind: String,
-    /// Event body (JSON text).
-    pub body: String,
+    /// The message type (stored as its tag, `#commit`…).
+    pub kind: Kind,
+    /// The body as consumers are sent it: canonical DAG-CBOR with the relay's seq in it.
+    pub body: Bytes,
+    /// What the event changes in its account's state, written in the same transaction
+    /// (`None` for events read back from the log, which do not carry it).
+    pub account: Option<AccountUpdate>,
+}
+
+/// What one event changes in the state of the account it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountUpdate {
+    /// The account.
+    pub did: String,
+    /// What changes.
+    pub change: AccountChange,
+}
+
+/// How an event changes its account's state. Every kind records the host it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountChange {
+    /// `#commit` or `#sync`: the repository is now at `rev`, commit object `cid`.
+    Commit {
+        /// The commit's revision (a TID).
+        rev: String,
+        /// The commit object's CID, as text.
+        cid: String,
+    },
+    /// `#account`: the hosting status (`status` `None` when active).
+    Status {
+        /// Whether the repository is served.
+        active: bool,
+        /// Why not, when it is not.
+        status: Option<String>,
+    },
+    /// `#identity`: only that the account exists on that host.
+    Seen,
+}
+
+/// One account's stored state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRow {
+    /// The account's DID.
+    pub did: String,
+    /// The host its events last came from.
+    pub host_id: i64,
+    /// The latest commit's revision, once a `#commit` or `#sync` arrived.
+    pub rev: Option<String>,
+    /// The latest commit object's CID, with `rev`.
+    pub commit_cid: Option<String>,
+    /// Whether the repository is served (the last `#account` said so; true until one did).
+    pub active: bool,
+    /// Why not, when it is not.
+    pub status: Option<String>,
+}
+
+impl NewEvent {
+    /// What the event counts for in the log's byte account: its stored bytes (kind tag
+    /// and body).
+    pub fn content_bytes(&self) -> usize {
+        self.kind.tag().len() + self.body.len()
+    }
 }
 
 /// An event read back from the log.
@@ -98,14 +160,14 @@ pub type StoredEvent = NewEvent;
 pub struct Deleted {
     /// Events deleted.
     pub rows: usize,
-    /// Their content bytes (kind + body).
+    /// Their content bytes (kind tag + body).
     pub bytes: u64,
     /// The highest relay sequence number deleted (0 when none).
     pub last_seq: u64,
 }
 
 /// How much one read of the event log may return: at most `events` events and, past the
-/// first, at most `bytes` of content (kind + body), so a page of large events stays small.
+/// first, at most `bytes` of content (kind tag + body), so a page of large events stays small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Page {
     /// Most events.
@@ -343,6 +405,20 @@ impl Store {
             )?;
             let mut advance = transaction
                 .prepare_cached("UPDATE hosts SET cursor = MAX(cursor, ?2) WHERE id = ?1")?;
+            let mut commit_account = transaction.prepare_cached(
+                "INSERT INTO accounts (did, host_id, rev, commit_cid) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (did) DO UPDATE SET host_id = excluded.host_id, rev = excluded.rev, \
+                 commit_cid = excluded.commit_cid",
+            )?;
+            let mut status_account = transaction.prepare_cached(
+                "INSERT INTO accounts (did, host_id, active, status) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (did) DO UPDATE SET host_id = excluded.host_id, \
+                 active = excluded.active, status = excluded.status",
+            )?;
+            let mut seen_account = transaction.prepare_cached(
+                "INSERT INTO accounts (did, host_id) VALUES (?1, ?2) \
+                 ON CONFLICT (did) DO UPDATE SET host_id = excluded.host_id",
+            )?;
             for event in events {
                 let seq = to_sql(event.seq)?;
                 let upstream_seq = to_sql(event.upstream_seq)?;
@@ -350,10 +426,22 @@ impl Store {
                     seq,
                     event.host_id,
                     upstream_seq,
-                    event.kind,
-                    event.body
+                    event.kind.tag(),
+                    &event.body[..]
                 ])?;
                 advance.execute(params![event.host_id, upstream_seq])?;
+                let Some(AccountUpdate { did, change }) = &event.account else {
+                    continue;
+                };
+                match change {
+                    AccountChange::Commit { rev, cid } => {
+                        commit_account.execute(params![did, event.host_id, rev, cid])?
+                    }
+                    AccountChange::Status { active, status } => {
+                        status_account.execute(params![did, event.host_id, active, status])?
+                    }
+                    AccountChange::Seen => seen_account.execute(params![did, event.host_id])?,
+                };
             }
         }
         transaction.commit()?;
@@ -373,7 +461,7 @@ impl Store {
                 row.get::<_, i64>(1)?,
                 row.get::<_, i64>(2)?,
                 row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
+                row.get::<_, Vec<u8>>(4)?,
             ))
         })?;
         let mut events = Vec::new();
@@ -384,15 +472,50 @@ impl Store {
             if !events.is_empty() && bytes > page.bytes {
                 break;
             }
+            let kind = Kind::from_tag(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("event {seq} has kind {kind:?}")))?;
             events.push(StoredEvent {
                 seq: from_sql(seq)?,
                 host_id,
                 upstream_seq: from_sql(upstream_seq)?,
                 kind,
-                body,
+                body: Bytes::from(body),
+                account: None,
             });
         }
         Ok(events)
+    }
+
+    /// One account's state (`None`: no event about it has been stored).
+    pub fn account(&self, did: &str) -> Result<Option<AccountRow>, StoreError> {
+        let connection = self.lock_for(Fault::StoreRead)?;
+        let mut query = connection.prepare_cached(&format!("{ACCOUNT_COLUMNS} WHERE did = ?1"))?;
+        Ok(query.query_row(params![did], account_row).optional()?)
+    }
+
+    /// Up to `limit` accounts with a commit, in DID order, after `after` (from the first
+    /// when `None`).
+    pub fn accounts_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AccountRow>, StoreError> {
+        let connection = self.lock_for(Fault::StoreRead)?;
+        let mut query = connection.prepare_cached(&format!(
+            "{ACCOUNT_COLUMNS} WHERE did > ?1 AND rev IS NOT NULL ORDER BY did LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = query.query_map(params![after.unwrap_or(""), limit], account_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every account's latest revision (what the sequencer compares new commits with).
+    pub fn account_revs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let connection = self.lock_for(Fault::StoreRead)?;
+        let mut query =
+            connection.prepare_cached("SELECT did, rev FROM accounts WHERE rev IS NOT NULL")?;
+        let rows = query.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The lowest and highest relay sequence numbers in the log (`None` when it is empty).
@@ -429,7 +552,7 @@ impl Store {
         Ok(deleted)
     }
 
-    /// The content bytes (kind + body) of every event in the log: what
+    /// The content bytes (kind tag + body) of every event in the log: what
     /// `events.retention_bytes_max` bounds. Reads the whole log; called once at open.
     pub fn event_bytes(&self) -> Result<u64, StoreError> {
         let connection = self.lock_for(Fault::StoreRead)?;
@@ -455,6 +578,20 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The account columns, in [`account_row`]'s order.
+const ACCOUNT_COLUMNS: &str = "SELECT did, host_id, rev, commit_cid, active, status FROM accounts";
+
+fn account_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRow> {
+    Ok(AccountRow {
+        did: row.get(0)?,
+        host_id: row.get(1)?,
+        rev: row.get(2)?,
+        commit_cid: row.get(3)?,
+        active: row.get(4)?,
+        status: row.get(5)?,
+    })
 }
 
 fn to_sql(value: u64) -> Result<i64, StoreError> {

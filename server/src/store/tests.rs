@@ -53,7 +53,35 @@ fn a_newer_schema_is_refused() {
     let error = Store::open(&path).unwrap_err().to_string();
     assert_eq!(
         error,
-        "database content is invalid: schema version 99 is newer than this build's 3"
+        "database content is invalid: schema version 99 is newer than this build's 5"
+    );
+}
+
+#[test]
+fn the_json_era_log_is_dropped_and_the_host_cursors_reset() {
+    let path = temp_db("json_era");
+    {
+        let mut connection = Connection::open(&path).unwrap();
+        let transaction = connection.transaction().unwrap();
+        for migration in &super::migrations::MIGRATIONS[..3] {
+            transaction.execute_batch(migration).unwrap();
+        }
+        transaction
+            .execute_batch(
+                "INSERT INTO hosts (hostname, cursor) VALUES ('a.example', 7);
+                 INSERT INTO events VALUES (1, 1, 7, 'post', '{\"n\":7}');
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        transaction.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.event_bounds().unwrap(), None);
+    assert_eq!(store.hosts().unwrap()[0].cursor, 0);
+    store.commit_events(&[event(1, 1, 1)]).unwrap();
+    assert_eq!(
+        store.events_after(0, Page::events(1)).unwrap(),
+        [event(1, 1, 1)]
     );
 }
 
@@ -62,8 +90,9 @@ fn event(seq: u64, host_id: i64, upstream_seq: u64) -> NewEvent {
         seq,
         host_id,
         upstream_seq,
-        kind: "post".to_owned(),
-        body: format!("{{\"n\":{upstream_seq}}}"),
+        kind: Kind::Identity,
+        body: Bytes::from(format!("{{\"n\":{upstream_seq}}}")),
+        account: None,
     }
 }
 
@@ -95,7 +124,7 @@ fn events_page_in_order_and_retention_deletes_the_oldest_in_batches() {
         [4, 5, 6, 7]
     );
     assert_eq!(page[0], batch[3]);
-    let one = (batch[0].kind.len() + batch[0].body.len()) as u64;
+    let one = batch[0].content_bytes() as u64;
     assert_eq!(
         store.event_bytes().unwrap(),
         10 * one + 1,
@@ -120,7 +149,7 @@ fn a_page_stops_at_its_byte_bound_but_always_holds_one_event() {
     let (host, _) = store.add_host("a.example").unwrap();
     let batch: Vec<NewEvent> = (1..=6).map(|seq| event(seq, host, seq)).collect();
     store.commit_events(&batch).unwrap();
-    let one = batch[0].kind.len() + batch[0].body.len();
+    let one = batch[0].content_bytes();
     let seqs = |page: Page| -> Vec<u64> {
         store
             .events_after(0, page)
@@ -221,4 +250,85 @@ fn host_limits_are_set_replaced_removed_and_survive_reopen() {
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.host_limits().unwrap(), [(1, 3, 4)]);
+}
+
+#[test]
+fn accounts_are_written_with_their_events_and_read_back() {
+    let store = Store::open(Path::new(":memory:")).unwrap();
+    let (host, _) = store.add_host("a.example").unwrap();
+    let with = |seq: u64, did: &str, change: AccountChange| NewEvent {
+        account: Some(AccountUpdate {
+            did: did.to_owned(),
+            change,
+        }),
+        ..event(seq, host, seq)
+    };
+    let commit = |rev: &str| AccountChange::Commit {
+        rev: rev.to_owned(),
+        cid: format!("cid-{rev}"),
+    };
+    store
+        .commit_events(&[
+            with(1, "did:plc:b", commit("3aaaaaaaaaaa2")),
+            with(2, "did:plc:a", commit("3aaaaaaaaaaa2")),
+            with(3, "did:plc:a", commit("3aaaaaaaaaab2")),
+            with(4, "did:plc:c", AccountChange::Seen),
+            with(
+                5,
+                "did:plc:b",
+                AccountChange::Status {
+                    active: false,
+                    status: Some("takendown".to_owned()),
+                },
+            ),
+        ])
+        .unwrap();
+    assert_eq!(
+        store.account("did:plc:a").unwrap(),
+        Some(AccountRow {
+            did: "did:plc:a".to_owned(),
+            host_id: host,
+            rev: Some("3aaaaaaaaaab2".to_owned()),
+            commit_cid: Some("cid-3aaaaaaaaaab2".to_owned()),
+            active: true,
+            status: None,
+        })
+    );
+    let b = store.account("did:plc:b").unwrap().unwrap();
+    assert_eq!(
+        (b.rev.as_deref(), b.active, b.status.as_deref()),
+        (Some("3aaaaaaaaaaa2"), false, Some("takendown"))
+    );
+    let c = store.account("did:plc:c").unwrap().unwrap();
+    assert_eq!((c.rev, c.active), (None, true));
+    assert_eq!(store.account("did:plc:d").unwrap(), None);
+    let dids = |after: Option<&str>, limit: usize| -> Vec<String> {
+        store
+            .accounts_after(after, limit)
+            .unwrap()
+            .into_iter()
+            .map(|account| account.did)
+            .collect()
+    };
+    assert_eq!(
+        dids(None, 10),
+        ["did:plc:a", "did:plc:b"],
+        "c has no commit"
+    );
+    assert_eq!(dids(None, 1), ["did:plc:a"]);
+    assert_eq!(dids(Some("did:plc:a"), 10), ["did:plc:b"]);
+    let mut revs = store.account_revs().unwrap();
+    revs.sort();
+    assert_eq!(
+        revs,
+        [
+            ("did:plc:a".to_owned(), "3aaaaaaaaaab2".to_owned()),
+            ("did:plc:b".to_owned(), "3aaaaaaaaaaa2".to_owned())
+        ]
+    );
+    // A batch that fails leaves the accounts as they were.
+    assert!(store
+        .commit_events(&[with(6, "did:plc:d", AccountChange::Seen), event(7, host, 1)])
+        .is_err());
+    assert_eq!(store.account("did:plc:d").unwrap(), None);
 }

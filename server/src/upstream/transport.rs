@@ -2,7 +2,7 @@
 //! first frame. It owns the scheme (`wss://` for every host, `ws://` only for a host that
 //! `upstream.insecure_ws_hosts` names), the TLS client (rustls on `ring`, webpki's trust
 //! anchors plus any in `upstream.tls_ca_file`; the hostname is the SNI name and the name
-//! the certificate must carry), the subscription URL ([`SUBSCRIBE_PATH`] and the cursor)
+//! the certificate must carry), the subscription URL ([`SUBSCRIBE_REPOS_PATH`] and the cursor)
 //! and the WebSocket client handshake. Resolving the name, the egress rule and the TCP
 //! dial stay in the worker; [`Transport`] is built once per relay, at startup, and held by
 //! `Upstreams`.
@@ -35,10 +35,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::hostname;
 use super::UpstreamConfig;
+use crate::atproto::frame::SUBSCRIBE_REPOS_PATH;
 use crate::rt::net::TcpStream;
-
-/// The path every upstream is subscribed on; the cursor follows as `?cursor=N`.
-pub const SUBSCRIBE_PATH: &str = "/subscribe";
 
 /// The last error of a host whose TLS handshake failed (a certificate that does not verify,
 /// a server that does not speak TLS, …).
@@ -78,14 +76,14 @@ impl Scheme {
     }
 }
 
-/// The URL a host is subscribed at: `wss://host:port/subscribe?cursor=N` (brackets around
+/// The URL a host is subscribed at: `wss://host:port/xrpc/com.atproto.sync.subscribeRepos?cursor=N` (brackets around
 /// an IPv6 literal).
 pub fn subscribe_url(scheme: Scheme, hostname: &str, port: u16, cursor: u64) -> String {
     let scheme = scheme.as_str();
     if hostname.contains(':') {
-        format!("{scheme}://[{hostname}]:{port}{SUBSCRIBE_PATH}?cursor={cursor}")
+        format!("{scheme}://[{hostname}]:{port}{SUBSCRIBE_REPOS_PATH}?cursor={cursor}")
     } else {
-        format!("{scheme}://{hostname}:{port}{SUBSCRIBE_PATH}?cursor={cursor}")
+        format!("{scheme}://{hostname}:{port}{SUBSCRIBE_REPOS_PATH}?cursor={cursor}")
     }
 }
 
@@ -486,15 +484,15 @@ mod tests {
     fn the_url_names_the_scheme_the_host_the_port_the_path_and_the_cursor() {
         assert_eq!(
             subscribe_url(Scheme::Wss, "pds.example", 443, 0),
-            "wss://pds.example:443/subscribe?cursor=0"
+            "wss://pds.example:443/xrpc/com.atproto.sync.subscribeRepos?cursor=0"
         );
         assert_eq!(
             subscribe_url(Scheme::Ws, "127.0.0.1", 80, 5),
-            "ws://127.0.0.1:80/subscribe?cursor=5"
+            "ws://127.0.0.1:80/xrpc/com.atproto.sync.subscribeRepos?cursor=5"
         );
         assert_eq!(
             subscribe_url(Scheme::Wss, "::1", 2583, 1),
-            "wss://[::1]:2583/subscribe?cursor=1"
+            "wss://[::1]:2583/xrpc/com.atproto.sync.subscribeRepos?cursor=1"
         );
     }
 

@@ -1,14 +1,19 @@
 //! Upstream subscriptions at the system boundary: real WebSocket upstreams on loopback, a
 //! real SQLite file, the relay restarted on the same database.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
+use ipld_core::ipld::Ipld;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use relay::atproto::frame::{self, Incoming, Kind, SUBSCRIBE_REPOS_PATH};
+use relay::atproto::message::{Account, Commit, Identity, Info};
+use relay::atproto::syntax::tid;
 use relay::http::xrpc::REQUEST_CRAWL_PATH;
 use relay::store::{HostStatus, Page, Store};
 use relay::upstream::{HostPhase, HostView};
@@ -23,7 +28,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "../support/mod.rs"]
 mod support;
-use support::{wait_until, RunningRelay, ALLOW_LOOPBACK, NO_CRAWL_DNS};
+use support::{
+    body_map, commit, commit_frame, commit_of, decode, relayed_commit_frame, stored_commit_bytes,
+    wait_until, RunningRelay, ALLOW_LOOPBACK, NO_CRAWL_DNS,
+};
 
 fn temp_db(name: &str) -> PathBuf {
     support::temp_db("upstreams", name)
@@ -50,8 +58,11 @@ async fn upstream(from: u64, to: u64) -> (u16, Arc<Mutex<Vec<String>>>) {
                     return;
                 };
                 for seq in from..=to {
-                    let frame = format!(r#"{{"seq":{seq},"kind":"commit","body":{{"n":{seq}}}}}"#);
-                    if ws.send(Message::text(frame)).await.is_err() {
+                    if ws
+                        .send(Message::binary(commit_frame(seq, 0)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -158,7 +169,11 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
             .collect::<Vec<_>>(),
         (1..=5).map(|seq| (seq, seq)).collect::<Vec<_>>()
     );
-    assert_eq!(events[2].body, r#"{"n":3}"#);
+    assert_eq!(
+        frame::event_frame(events[2].kind, &events[2].body),
+        relayed_commit_frame(3, 0, 3),
+        "the body as sent, with the relay's seq"
+    );
     assert_eq!(relay.observer.events().head_seq, 5);
     let stats = relay.observer.upstreams();
     assert_eq!((stats.workers_running, stats.events_total), (1, 5));
@@ -167,7 +182,10 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
         .metrics_text()
         .contains("relay_upstream_hosts{phase=\"connected\"} 1"));
     relay.stop().await;
-    assert_eq!(uris.lock().unwrap().as_slice(), ["/subscribe?cursor=0"]);
+    assert_eq!(
+        uris.lock().unwrap().as_slice(),
+        [format!("{SUBSCRIBE_REPOS_PATH}?cursor=0")]
+    );
 
     // Restart on the same database: the subscription resumes from the persisted cursor, and
     // the replayed frames at or below it are skipped, not double-counted.
@@ -177,7 +195,10 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
         uris.lock().unwrap().len() == 2
     })
     .await;
-    assert_eq!(uris.lock().unwrap()[1], "/subscribe?cursor=5");
+    assert_eq!(
+        uris.lock().unwrap()[1],
+        format!("{SUBSCRIBE_REPOS_PATH}?cursor=5")
+    );
     wait_until("the replayed frames are read", || {
         observer
             .metrics_text()
@@ -512,14 +533,17 @@ async fn loopback_upstreams_are_refused_unless_the_allowlist_names_them() {
     })
     .await;
     assert_eq!(host_view(&observer, "127.0.0.1").quarantined, None);
-    assert_eq!(uris.lock().unwrap()[0], "/subscribe?cursor=0");
+    assert_eq!(
+        uris.lock().unwrap()[0],
+        format!("{SUBSCRIBE_REPOS_PATH}?cursor=0")
+    );
     relay.stop().await;
 }
 
 /// A WebSocket upstream serving two hosts by the `Host` header the relay dials with:
-/// `127.0.0.1` gets `good`, `localhost` gets `bad` (each frame text as given, in order), and
+/// `127.0.0.1` gets `good`, `localhost` gets `bad` (each message as given, in order), and
 /// both connections then stay open.
-async fn two_host_upstream(good: Vec<String>, bad: Vec<String>) -> u16 {
+async fn two_host_upstream(good: Vec<Message>, bad: Vec<Message>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -545,7 +569,7 @@ async fn two_host_upstream(good: Vec<String>, bad: Vec<String>) -> u16 {
                     good
                 };
                 for frame in frames {
-                    if ws.send(Message::text(frame)).await.is_err() {
+                    if ws.send(frame).await.is_err() {
                         return;
                     }
                 }
@@ -556,9 +580,20 @@ async fn two_host_upstream(good: Vec<String>, bad: Vec<String>) -> u16 {
     port
 }
 
-fn frames(seqs: impl IntoIterator<Item = u64>) -> Vec<String> {
+/// Commit frames of `support::DID` for `seqs`, as binary messages.
+fn frames(seqs: impl IntoIterator<Item = u64>) -> Vec<Message> {
     seqs.into_iter()
-        .map(|seq| format!(r#"{{"seq":{seq},"kind":"commit","body":{{"n":{seq}}}}}"#))
+        .map(|seq| Message::binary(commit_frame(seq, 0)))
+        .collect()
+}
+
+/// The second host's account in the two-host tests.
+const OTHER_DID: &str = "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz";
+
+/// Commit frames of [`OTHER_DID`] for `seqs` (the second host's own account).
+fn other_frames(seqs: impl IntoIterator<Item = u64>) -> Vec<Message> {
+    seqs.into_iter()
+        .map(|seq| Message::binary(frame::encode("#commit", &commit_of(OTHER_DID, seq, 0))))
         .collect()
 }
 
@@ -571,9 +606,11 @@ async fn the_historical_poison_frame_costs_only_its_host() {
         .unwrap();
     // Host B sends two good events, then the frame that once halted the relay for every
     // host (its seq overflows SQLite's integers), then more.
-    let mut bad = frames(1..=2);
-    bad.push(r#"{"seq": 9223372036854775813, "kind": "commit", "body": {}}"#.to_owned());
-    bad.extend(frames(4..=5));
+    let mut bad = other_frames(1..=2);
+    let mut poison = body_map(&commit(3, 0));
+    poison.insert("seq".into(), Ipld::Integer(9_223_372_036_854_775_813));
+    bad.push(Message::binary(frame::encode("#commit", &poison)));
+    bad.extend(other_frames(4..=5));
     let port = two_host_upstream(frames(1..=20), bad).await;
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
@@ -624,6 +661,288 @@ async fn the_historical_poison_frame_costs_only_its_host() {
 }
 
 #[tokio::test]
+async fn unknown_types_are_skipped_info_is_counted_and_error_frames_and_text_end_sessions() {
+    let db = temp_db("message_types");
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(["127.0.0.1", "localhost"])
+        .unwrap();
+    // Host A: two events, a message type this relay does not know, an #info, two more
+    // events, then an error frame (the host ends the stream; it does so on every
+    // connection, after resending the same events).
+    let mut good = frames(1..=2);
+    good.push(Message::binary(frame::encode(
+        "#labels",
+        &body_map(&Info {
+            name: "not a label".into(),
+            message: None,
+        }),
+    )));
+    good.push(Message::binary(frame::info_frame(
+        "OutdatedCursor",
+        "events before 1 are gone",
+    )));
+    good.extend(frames(3..=4));
+    good.push(Message::binary(frame::error_frame(
+        "FutureCursor",
+        "cursor ahead of the stream",
+    )));
+    // Host B speaks the old protocol: a JSON text message is not a frame.
+    let bad = vec![Message::text(r#"{"seq":1,"kind":"commit","body":{}}"#)];
+    let port = two_host_upstream(good, bad).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        "upstream.backoff_base_ms=10".to_owned(),
+        "upstream.backoff_cap_ms=20".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    let host = |name: &str| host_view(&observer, name);
+    wait_until(
+        "host A's four events are in and its error frame ended a session",
+        || {
+            observer.events().head_seq == 4
+                && observer
+                    .metrics_text()
+                    .contains(r#"relay_upstream_disconnects_total{reason="upstream_error"}"#)
+                && host("localhost").consecutive_bad_sessions >= 2
+        },
+    )
+    .await;
+    assert_eq!(host("127.0.0.1").cursor, 4);
+    assert_eq!(host("localhost").last_error, Some("malformed_frame"));
+    assert_eq!(host("localhost").cursor, 0);
+    let metrics = observer.metrics_text();
+    for counted in [
+        "relay_upstream_unknown_messages_total ",
+        r#"relay_upstream_info_total{name="OutdatedCursor"} "#,
+        r#"relay_upstream_error_frames_total{error="FutureCursor"} "#,
+    ] {
+        let count: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(counted))
+            .unwrap_or_else(|| panic!("no {counted}in {metrics}"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{counted}{count}");
+    }
+    let persisted = Store::open(&db)
+        .unwrap()
+        .events_after(0, Page::events(100))
+        .unwrap();
+    assert_eq!(
+        persisted
+            .iter()
+            .map(|event| (event.host_id, event.upstream_seq))
+            .collect::<Vec<_>>(),
+        [(1, 1), (1, 2), (1, 3), (1, 4)]
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_get_the_relays_seq_in_the_body_with_unknown_fields_kept() {
+    let db = temp_db("rewrite");
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    // The host numbers its events 101..=103 and adds a field no lexicon has yet.
+    let sent: Vec<BTreeMap<String, Ipld>> = (101..=103)
+        .map(|seq| {
+            let mut body = body_map(&commit(seq, 0));
+            body.insert("futureField".into(), Ipld::String(format!("kept {seq}")));
+            body
+        })
+        .collect();
+    let messages = sent
+        .iter()
+        .map(|body| Message::binary(frame::encode("#commit", body)))
+        .collect();
+    let port = two_host_upstream(messages, Vec::new()).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
+        "upstream.startup_jitter_ms=0".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("the three events are in", || {
+        observer.events().head_seq == 3
+    })
+    .await;
+    let stream = TcpStream::connect(relay.addr).await.unwrap();
+    let (mut consumer, _) = tokio_tungstenite::client_async(
+        format!("ws://{}{SUBSCRIBE_REPOS_PATH}?cursor=0", relay.addr),
+        stream,
+    )
+    .await
+    .unwrap();
+    for (relay_seq, body) in (1..).zip(&sent) {
+        let Some(Ok(Message::Binary(bytes))) = consumer.next().await else {
+            panic!("no frame for {relay_seq}")
+        };
+        assert_eq!(
+            bytes.as_ref(),
+            frame::event_frame(Kind::Commit, &frame::body_with_seq(body.clone(), relay_seq))
+                .as_slice(),
+            "the host's body, canonical, with the relay's seq"
+        );
+        let Incoming::Event(event) = decode(&bytes) else {
+            panic!("not an event")
+        };
+        assert_eq!((event.seq, event.kind), (relay_seq, Kind::Commit));
+        assert_eq!(
+            event.body.get("futureField"),
+            Some(&Ipld::String(format!("kept {}", relay_seq + 100)))
+        );
+    }
+    consumer.close(None).await.unwrap();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn accounts_are_tracked_stale_commits_dropped_and_served_over_xrpc() {
+    const ALICE: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+    const BOB: &str = "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb";
+    const CAROL: &str = "did:plc:cccccccccccccccccccccccc";
+    const TIME: &str = "2026-06-01T00:00:00.000Z";
+    let db = temp_db("accounts");
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    let rev = |micros: u64| tid(1_780_000_000_000_000 + micros, 0);
+    let post =
+        |seq: i64, did: &str, micros: u64| Commit::with_post(seq, did, &rev(micros), "hello", TIME);
+    let alice_latest = post(2, ALICE, 20);
+    let messages = vec![
+        Message::binary(frame::encode("#commit", &post(1, ALICE, 10))),
+        Message::binary(frame::encode("#commit", &alice_latest)),
+        // A replay of Alice's first commit under a new seq: its rev is not newer.
+        Message::binary(frame::encode("#commit", &post(3, ALICE, 10))),
+        Message::binary(frame::encode("#commit", &post(4, BOB, 5))),
+        Message::binary(frame::encode(
+            "#account",
+            &Account {
+                seq: 5,
+                did: BOB.into(),
+                time: TIME.into(),
+                active: false,
+                status: Some("deactivated".into()),
+            },
+        )),
+        Message::binary(frame::encode(
+            "#identity",
+            &Identity {
+                seq: 6,
+                did: CAROL.into(),
+                time: TIME.into(),
+                handle: Some("carol.test".into()),
+            },
+        )),
+    ];
+    let port = two_host_upstream(messages, Vec::new()).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
+        "upstream.startup_jitter_ms=0".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("every message is read", || observer.hosts()[0].cursor == 6).await;
+    wait_until("the five fresh events are persisted", || {
+        Store::open(&db).unwrap().hosts().unwrap()[0].cursor == 6
+    })
+    .await;
+    let events = observer.events();
+    assert_eq!((events.head_seq, events.stale_revs_total), (5, 1));
+    assert!(observer
+        .metrics_text()
+        .contains("relay_events_stale_revs 1\n"));
+
+    let xrpc = |path: String| async move {
+        let response = get(relay.addr, &path).await;
+        let status: u16 = response[9..12].parse().unwrap();
+        (status, body_json(&response))
+    };
+    let base = "/xrpc/com.atproto.sync";
+    // listRepos: accounts with a commit, in DID order, one page at a time.
+    let (status, first) = xrpc(format!("{base}.listRepos?limit=1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        first,
+        serde_json::json!({
+            "cursor": ALICE,
+            "repos": [{"did": ALICE, "head": alice_latest.commit.to_string(), "rev": rev(20), "active": true}]
+        })
+    );
+    let (_, second) = xrpc(format!("{base}.listRepos?limit=1&cursor={ALICE}")).await;
+    // Clients escape the DID's colons.
+    let escaped = ALICE.replace(':', "%3A");
+    assert_eq!(
+        xrpc(format!("{base}.listRepos?limit=1&cursor={escaped}")).await,
+        (200, second.clone())
+    );
+    assert_eq!(
+        xrpc(format!("{base}.getRepoStatus?did={escaped}")).await.0,
+        200
+    );
+    assert_eq!(second["repos"][0]["did"], BOB);
+    assert_eq!(second["repos"][0]["active"], false);
+    assert_eq!(second["repos"][0]["status"], "deactivated");
+    let (_, last) = xrpc(format!("{base}.listRepos?cursor={BOB}")).await;
+    assert_eq!(last, serde_json::json!({ "repos": [] }));
+
+    // getRepoStatus
+    assert_eq!(
+        xrpc(format!("{base}.getRepoStatus?did={ALICE}")).await,
+        (
+            200,
+            serde_json::json!({"did": ALICE, "active": true, "rev": rev(20)})
+        )
+    );
+    assert_eq!(
+        xrpc(format!("{base}.getRepoStatus?did={BOB}")).await,
+        (
+            200,
+            serde_json::json!({"did": BOB, "active": false, "status": "deactivated", "rev": rev(5)})
+        )
+    );
+    assert_eq!(
+        xrpc(format!("{base}.getRepoStatus?did={CAROL}")).await,
+        (200, serde_json::json!({"did": CAROL, "active": true}))
+    );
+    let (status, unknown) = xrpc(format!("{base}.getRepoStatus?did=did:plc:nobody")).await;
+    assert_eq!(
+        (status, &unknown["error"]),
+        (400, &serde_json::json!("RepoNotFound"))
+    );
+    let (status, bad) = xrpc(format!("{base}.getRepoStatus?did=alice")).await;
+    assert_eq!(
+        (status, &bad["error"]),
+        (400, &serde_json::json!("InvalidRequest"))
+    );
+
+    // getLatestCommit
+    assert_eq!(
+        xrpc(format!("{base}.getLatestCommit?did={ALICE}")).await,
+        (
+            200,
+            serde_json::json!({"cid": alice_latest.commit.to_string(), "rev": rev(20)})
+        )
+    );
+    for (did, error) in [(BOB, "RepoDeactivated"), (CAROL, "RepoNotFound")] {
+        let (status, body) = xrpc(format!("{base}.getLatestCommit?did={did}")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(error)),
+            "{did}"
+        );
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
     let db = temp_db("refused");
     Store::open(&db)
@@ -639,12 +958,12 @@ async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
         connection
             .execute(
                 "INSERT INTO events (seq, host_id, upstream_seq, kind, body)
-                 SELECT 1, id, 1, 'commit', '{}' FROM hosts WHERE hostname = 'localhost'",
+                 SELECT 1, id, 1, '#commit', x'a0' FROM hosts WHERE hostname = 'localhost'",
                 [],
             )
             .unwrap();
     }
-    let port = two_host_upstream(frames(1..=20), frames(1..=3)).await;
+    let port = two_host_upstream(frames(1..=20), other_frames(1..=3)).await;
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
         format!("upstream.port={port}"),
@@ -688,7 +1007,7 @@ async fn a_host_whose_seqs_go_backwards_gets_bad_sessions_and_a_named_reason() {
         .add_hosts(["127.0.0.1", "localhost"])
         .unwrap();
     // Host B replays its events in a loop on every connection: 1, 2, 3, 1, 2, 3, …
-    let bad: Vec<String> = frames(1..=3).into_iter().cycle().take(9).collect();
+    let bad: Vec<Message> = other_frames(1..=3).into_iter().cycle().take(9).collect();
     let port = two_host_upstream(frames(1..=20), bad).await;
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
@@ -780,10 +1099,11 @@ async fn a_host_over_its_event_rate_waits_and_loses_nothing() {
 async fn retention_keeps_the_log_within_its_byte_bound() {
     let db = temp_db("retention_bytes");
     Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
-    let pad = "x".repeat(1000);
-    let large: Vec<String> = (1..=60)
-        .map(|seq| format!(r#"{{"seq":{seq},"kind":"commit","body":{{"pad":"{pad}"}}}}"#))
+    let large: Vec<Message> = (1..=60)
+        .map(|seq| Message::binary(commit_frame(seq, 1000)))
         .collect();
+    // What each event holds in the log: its kind tag and its body with the relay's seq.
+    let stored = |seq: u64| stored_commit_bytes(seq, 1000, seq);
     let port = two_host_upstream(large, Vec::new()).await;
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
@@ -802,17 +1122,26 @@ async fn retention_keeps_the_log_within_its_byte_bound() {
     })
     .await;
     let events = observer.events();
-    // Each event holds 1,016 content bytes: at most 19 fit, and retention deletes whole
-    // batches of 4 oldest first, so 16 to 19 remain, the newest ones.
+    // Each event holds about 1.3 KB: retention deletes whole batches of 4 oldest first, so
+    // between the most that fit and 3 fewer remain, the newest ones.
     let kept = Store::open(&db)
         .unwrap()
         .events_after(0, Page::events(100))
         .unwrap();
     let seqs: Vec<u64> = kept.iter().map(|event| event.seq).collect();
-    assert!((16..=19).contains(&seqs.len()), "{seqs:?}");
+    let fit = (1..=60u64)
+        .rev()
+        .scan(0, |total, seq| {
+            *total += stored(seq);
+            Some(*total)
+        })
+        .take_while(|total| *total <= 20_000)
+        .count();
+    assert!((fit - 3..=fit).contains(&seqs.len()), "{fit}: {seqs:?}");
     assert_eq!(seqs.last(), Some(&60));
     assert_eq!(events.oldest_seq, seqs[0]);
-    assert_eq!(events.log_bytes, 1_016 * seqs.len() as u64);
+    let held: usize = seqs.iter().map(|&seq| stored(seq)).sum();
+    assert_eq!(events.log_bytes, held as u64);
     let metrics = observer.metrics_text();
     let gauge = format!("relay_events_log_bytes {}", events.log_bytes);
     assert!(metrics.contains(&gauge), "{metrics}");
@@ -1407,7 +1736,10 @@ async fn a_host_is_subscribed_over_tls_once_its_certificate_verifies_for_its_nam
         host_view(&observer, "127.0.0.1").last_error == Some("tls_handshake_error")
     })
     .await;
-    assert_eq!(uris.lock().unwrap().as_slice(), ["/subscribe?cursor=0"]);
+    assert_eq!(
+        uris.lock().unwrap().as_slice(),
+        [format!("{SUBSCRIBE_REPOS_PATH}?cursor=0")]
+    );
     assert!(names.lock().unwrap().contains(&"localhost".to_owned()));
     let metrics = observer.metrics_text();
     assert!(
@@ -1442,7 +1774,10 @@ async fn only_hosts_the_allowlist_names_are_dialled_without_tls() {
     })
     .await;
     assert_eq!(host_view(&observer, "localhost").cursor, 0);
-    assert_eq!(uris.lock().unwrap().as_slice(), ["/subscribe?cursor=0"]);
+    assert_eq!(
+        uris.lock().unwrap().as_slice(),
+        [format!("{SUBSCRIBE_REPOS_PATH}?cursor=0")]
+    );
     relay.stop().await;
 
     // A bad pattern or an unreadable CA file stops the relay before it starts, naming them.
