@@ -3,7 +3,7 @@
 # libFuzzer) and fail if any target crashes or breaks one of its asserted invariants.
 #
 # Targets (fuzz/fuzz_targets/, their own cargo workspace in fuzz/, built into fuzz/target):
-#   upstream_frame  upstream event frames through relay::upstream::decode_frame
+#   upstream_frame  upstream event-stream frames (DAG-CBOR) through relay::atproto::frame::decode
 #   ws_frames       raw WebSocket bytes read by tokio-tungstenite with the relay's limits
 #   scenario        scenario files through windtunnel::scenario::Scenario::parse
 #   relay_config    relay config files through relay::config::ConfigBuilder
@@ -64,7 +64,7 @@ fuzz_one() {
   local run_start status=0 runs rate cov verdict
   local options=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
   case $target in
-    upstream_frame) options+=(-dict="$PWD/fuzz/dict/json.dict") ;;
+    upstream_frame) options+=(-dict="$PWD/fuzz/dict/cbor.dict") ;;
     scenario | relay_config) options+=(-dict="$PWD/fuzz/dict/toml.dict") ;;
   esac
   mkdir -p "$work"

@@ -4,9 +4,10 @@
 //! Input layout: byte 0 picks the side, byte 1 the size limit, the rest is what the peer
 //! sent after the HTTP upgrade.
 //! - byte 0 even: the upstream worker's side (`Role::Client`, limits from
-//!   `relay::upstream::ws_config`, frames from the upstream unmasked); the data messages
-//!   then go through `relay::upstream::decode_frame` as the worker would.
-//! - byte 0 odd: the `/subscribe` consumer session's side (`Role::Server`, limits of
+//!   `relay::upstream::ws_config`, frames from the upstream unmasked); the binary messages
+//!   then go through `relay::atproto::frame::decode` as the worker would (a text message
+//!   is refused unread).
+//! - byte 0 odd: the `subscribeRepos` consumer session's side (`Role::Server`, limits of
 //!   `FanoutConfig::max_inbound_frame_bytes` built as `http/subscribe.rs` builds them;
 //!   frames from the consumer masked).
 //! - byte 1 zero: the configuration's default limit; otherwise a limit of `byte × 16`
@@ -27,6 +28,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures_util::StreamExt;
 use libfuzzer_sys::fuzz_target;
+use relay::atproto::frame::{self, Limits};
 use relay::config::{FanoutConfig, UpstreamConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -132,9 +134,6 @@ fuzz_target!(|data: &[u8]| {
                     "text of {} > {max_message}",
                     text.len()
                 );
-                if role == Role::Client {
-                    let _ = relay::upstream::decode_frame(text.as_bytes());
-                }
                 text.len()
             }
             Message::Binary(bytes) => {
@@ -144,7 +143,7 @@ fuzz_target!(|data: &[u8]| {
                     bytes.len()
                 );
                 if role == Role::Client {
-                    let _ = relay::upstream::decode_frame(bytes);
+                    let _ = frame::decode(bytes, &Limits::default());
                 }
                 bytes.len()
             }

@@ -9,8 +9,9 @@
 //! - `relay`: the real [`relay::Relay`]: SQLite persistence before broadcast, the lifecycle
 //!   registry, per-consumer mailboxes, one owner task per consumer writing what its mailbox
 //!   holds (up to 64 KiB) and flushing once per batch;
-//! - `broadcast`: the least a fan-out can do: one task reads the upstream, parses each
-//!   event and encodes the same consumer frame once, and hands it to a
+//! - `broadcast`: the least a fan-out can do: one task reads the upstream, decodes each
+//!   event (`atproto::frame::decode`, as the relay's workers do) and encodes the same
+//!   consumer frame once (`sequenced_frame`, as the relay's sequencer does), and hands it to a
 //!   `tokio::sync::broadcast` channel; one task per consumer forwards it with tungstenite,
 //!   one send (write + flush) per frame (the relay's writes before issue 24). No
 //!   persistence, no lifecycle;
@@ -35,15 +36,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
+use bytes::Bytes;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use relay::atproto::frame::{self, Incoming, Kind, Limits, SUBSCRIBE_REPOS_PATH};
+use relay::atproto::message::Commit;
+use relay::atproto::syntax::tid;
 use relay::config::ConfigBuilder;
 use relay::rt::time::{now, Instant};
 use relay::store::Store;
 use relay::Relay;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, oneshot, watch, Semaphore};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 
 #[path = "support/procfs.rs"]
 mod procfs;
@@ -58,7 +63,8 @@ struct Args {
     /// Events per run (every consumer receives all of them).
     #[arg(long, default_value_t = 10_000)]
     events: u64,
-    /// Padding added to each event body, bytes (a consumer frame is about 90 bytes more).
+    /// Padding added to each event's post text, bytes (a consumer frame is about 500 bytes
+    /// more: the commit object, the CAR, the op).
     #[arg(long, default_value_t = 200)]
     body_bytes: usize,
     /// Rounds per (mode, consumer count); the table shows the median round.
@@ -101,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let most = args.consumers.iter().copied().max().unwrap_or(1);
     // Each consumer holds a socket in this process and the server holds the other end.
     check_fd_limit(2 * most + 64)?;
-    let frame_bytes = consumer_frame(1, &pad(args.body_bytes)).len();
+    let frame_bytes = consumer_frame(1, &pad(args.body_bytes))?.len();
     println!(
         "fanout_bench: events={} body_pad_bytes={} frame_bytes~{} consumers={:?} worker_threads={}",
         args.events,
@@ -228,11 +234,21 @@ fn pad(bytes: usize) -> String {
     "x".repeat(bytes)
 }
 
-/// The frame every consumer receives for `seq`, in both modes (the relay's format).
-fn consumer_frame(seq: u64, pad: &str) -> String {
-    format!(
-        r#"{{"seq":{seq},"host_id":1,"upstream_seq":{seq},"kind":"commit","body":{{"n":{seq},"pad":"{pad}"}}}}"#
+/// The `#commit` the upstream sends for `seq`: a post whose text is `pad`, in a real CAR.
+fn commit(seq: u64, pad: &str) -> Commit {
+    Commit::with_post(
+        i64::try_from(seq).unwrap_or(i64::MAX),
+        "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
+        &tid(1_780_000_000_000_000 + seq, 0),
+        pad,
+        "2026-06-01T00:00:00.000Z",
     )
+}
+
+/// The frame every consumer receives for `seq`, in every mode (the relay's format).
+fn consumer_frame(seq: u64, pad: &str) -> anyhow::Result<Vec<u8>> {
+    let body = serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(&commit(seq, pad))?)?;
+    Ok(frame::sequenced_frame(Kind::Commit, body, seq).0)
 }
 
 /// A WebSocket upstream: every subscription gets `cursor+1 ..= limit`, sent as fast as the
@@ -255,10 +271,8 @@ async fn upstream(body_bytes: usize) -> anyhow::Result<(u16, watch::Sender<u64>)
                 loop {
                     let upto = *limit.borrow_and_update();
                     while next <= upto {
-                        let text = format!(
-                            r#"{{"seq":{next},"kind":"commit","body":{{"n":{next},"pad":"{pad}"}}}}"#
-                        );
-                        if ws.send(Message::text(text)).await.is_err() {
+                        let sent = frame::encode("#commit", &commit(next, &pad));
+                        if ws.send(Message::binary(sent)).await.is_err() {
                             return;
                         }
                         next += 1;
@@ -273,7 +287,7 @@ async fn upstream(body_bytes: usize) -> anyhow::Result<(u16, watch::Sender<u64>)
     Ok((port, limit))
 }
 
-/// Connect `count` consumers to `ws://addr/subscribe?cursor=0`, each reading until it has
+/// Connect `count` consumers to `ws://addr/xrpc/com.atproto.sync.subscribeRepos?cursor=0`, each reading until it has
 /// `events` frames in order; they wait for `go` before timing starts. Returns the readers.
 async fn consumers(
     addr: SocketAddr,
@@ -290,9 +304,11 @@ async fn consumers(
             let _permit = gate.acquire_owned().await?;
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let (ws, _) =
-                tokio_tungstenite::client_async(format!("ws://{addr}/subscribe?cursor=0"), stream)
-                    .await?;
+            let (ws, _) = tokio_tungstenite::client_async(
+                format!("ws://{addr}{SUBSCRIBE_REPOS_PATH}?cursor=0"),
+                stream,
+            )
+            .await?;
             anyhow::Ok(ws)
         }));
     }
@@ -307,10 +323,10 @@ async fn consumers(
                     Some(message) => message?,
                     None => bail!("stream ended after {} events", expected - 1),
                 };
-                let Message::Text(text) = message else {
+                let Message::Binary(bytes) = message else {
                     continue;
                 };
-                let seq = frame_seq(&text)?;
+                let seq = frame_seq(&bytes)?;
                 ensure!(seq == expected, "expected seq {expected}, got {seq}");
                 expected += 1;
             }
@@ -322,13 +338,19 @@ async fn consumers(
     Ok(readers)
 }
 
-/// The `seq` of a consumer frame (`{"seq":N,...`), without a full JSON parse.
-fn frame_seq(text: &Utf8Bytes) -> anyhow::Result<u64> {
-    let rest = text
-        .strip_prefix(r#"{"seq":"#)
-        .with_context(|| format!("not an event frame: {}", text.as_str()))?;
-    let digits = rest.split(',').next().unwrap_or_default();
-    Ok(digits.parse()?)
+/// The body's `seq`, without checking the rest of the frame (the consumers' work stays
+/// small, as the JSON prefix parse it replaces was).
+fn frame_seq(bytes: &[u8]) -> anyhow::Result<u64> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    let mut reader = std::io::Cursor::new(bytes);
+    let _header: ipld_core::ipld::Ipld =
+        serde_ipld_dagcbor::de::from_reader_once(&mut reader).context("not a frame")?;
+    let body: Seq = serde_ipld_dagcbor::from_slice(&bytes[reader.position() as usize..])
+        .context("not an event frame")?;
+    Ok(body.seq)
 }
 
 async fn collect(
@@ -432,7 +454,7 @@ async fn baseline(args: &Args, count: usize, mode: Mode) -> anyhow::Result<Run> 
     let batched = mode == Mode::BroadcastBatched;
     let (port, limit) = upstream(args.body_bytes).await?;
     let capacity = usize::try_from(args.events)?.max(16);
-    let (frames, _) = broadcast::channel::<Utf8Bytes>(capacity);
+    let (frames, _) = broadcast::channel::<Bytes>(capacity);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let accept_frames = frames.clone();
@@ -446,16 +468,16 @@ async fn baseline(args: &Args, count: usize, mode: Mode) -> anyhow::Result<Run> 
                 };
                 while let Ok(frame) = receiver.recv().await {
                     if !batched {
-                        if ws.send(Message::Text(frame)).await.is_err() {
+                        if ws.send(Message::Binary(frame)).await.is_err() {
                             return;
                         }
                         continue;
                     }
-                    if ws.feed(Message::Text(frame)).await.is_err() {
+                    if ws.feed(Message::Binary(frame)).await.is_err() {
                         return;
                     }
                     while let Ok(frame) = receiver.try_recv() {
-                        if ws.feed(Message::Text(frame)).await.is_err() {
+                        if ws.feed(Message::Binary(frame)).await.is_err() {
                             return;
                         }
                     }
@@ -471,28 +493,25 @@ async fn baseline(args: &Args, count: usize, mode: Mode) -> anyhow::Result<Run> 
     let ingest = tokio::spawn(async move {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         let (ws, _) = tokio_tungstenite::client_async(
-            format!("ws://127.0.0.1:{port}/subscribe?cursor=0"),
+            format!("ws://127.0.0.1:{port}{SUBSCRIBE_REPOS_PATH}?cursor=0"),
             stream,
         )
         .await?;
         let (_sink, mut upstream) = ws.split();
         while let Some(message) = upstream.next().await {
-            let Message::Text(text) = message? else {
+            let Message::Binary(bytes) = message? else {
                 continue;
             };
-            // The same work the relay's worker and sequencer do per event: parse the
-            // upstream frame, then encode the consumer frame once for everyone.
-            let event: UpstreamEvent = serde_json::from_str(&text)?;
-            let frame = format!(
-                r#"{{"seq":{},"host_id":1,"upstream_seq":{},"kind":{},"body":{}}}"#,
-                event.seq,
-                event.seq,
-                serde_json::to_string(&event.kind)?,
-                event.body
-            );
+            // The same work the relay's worker and sequencer do per event: decode and check
+            // the upstream frame, then encode the consumer frame once for everyone.
+            let Incoming::Event(event) = frame::decode(&bytes, &Limits::default())? else {
+                bail!("not an event");
+            };
+            let seq = event.seq;
+            let (encoded, _) = frame::sequenced_frame(event.kind, event.body, seq);
             // No receivers yet only before the run starts; nothing is sent then.
-            let _ = ingest_frames.send(Utf8Bytes::from(frame));
-            ingested.send_replace(event.seq);
+            let _ = ingest_frames.send(Bytes::from(encoded));
+            ingested.send_replace(seq);
         }
         anyhow::Ok(())
     });
@@ -525,14 +544,6 @@ async fn baseline(args: &Args, count: usize, mode: Mode) -> anyhow::Result<Run> 
         kicked: 0,
         mailbox_high_water: 0,
     })
-}
-
-/// An upstream frame as the relay's worker reads it.
-#[derive(serde::Deserialize)]
-struct UpstreamEvent {
-    seq: u64,
-    kind: String,
-    body: serde_json::Value,
 }
 
 fn temp_db(consumers: usize) -> anyhow::Result<PathBuf> {

@@ -20,7 +20,8 @@
 //!   then this process opens the connections (bounded concurrency) and, after another
 //!   settle, reads it again: `(after - before) / connections`. Two kinds, each on a fresh
 //!   relay: (a) HTTP keep-alive connections that sent one `GET /_healthz` and then stay
-//!   silent, (b) WebSocket subscriptions (`/subscribe?cursor=0`, no events flowing) whose
+//!   silent, (b) WebSocket subscriptions (`/xrpc/com.atproto.sync.subscribeRepos?cursor=0`,
+//!   no events flowing) whose
 //!   client task keeps polling so the relay's pings are answered. Every connection's task
 //!   notices when the relay closes it, so the count still open at the end is checked, and
 //!   the relay's own `relay_connections_open` gauge is printed beside it. `--server hyper
@@ -40,6 +41,7 @@
 //! workspace forbids `unsafe_code`), it checks its own limit (the child inherits it) and
 //! says which `ulimit -n` to run first, as `ci/bench.sh` does for `fanout_bench`.
 
+use relay::atproto::frame::SUBSCRIBE_REPOS_PATH;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::Read as _;
@@ -899,7 +901,7 @@ async fn open_idle(kind: Kind, addr: SocketAddr) -> anyhow::Result<Held> {
             // is measured.
             let config = WebSocketConfig::default().read_buffer_size(4096);
             let (ws, _) = tokio_tungstenite::client_async_with_config(
-                format!("ws://{addr}/subscribe?cursor=0"),
+                format!("ws://{addr}{SUBSCRIBE_REPOS_PATH}?cursor=0"),
                 stream,
                 Some(config),
             )

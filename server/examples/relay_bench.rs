@@ -10,7 +10,9 @@
 //! relay's per-host event-rate limit off so a handful of hosts can carry the firehose),
 //! and `--consumers` subscribers that check every frame arrives in relay order, with no
 //! gap and no duplicate, and reconnect from the cursor a `ConsumerTooSlow` frame names
-//! when they are kicked. Every event body carries the time its upstream sent it, so a
+//! when they are kicked. Frames are atproto's (`#commit` with a real CAR slice, decoded by
+//! the consumers with `relay::atproto::frame::decode`). Every event body carries the time
+//! its upstream sent it (an extra field `t`, which the relay keeps), so a
 //! consumer's receipt gives the end-to-end latency (upstream → relay → persisted →
 //! consumer). Three phases, each on a fresh database and a fresh relay:
 //! - `unpaced`: every upstream sends its share as fast as its socket takes it. Events/s
@@ -45,7 +47,11 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
+use ipld_core::ipld::Ipld;
 use plotters::prelude::*;
+use relay::atproto::frame::{self, Incoming, Limits, SUBSCRIBE_REPOS_PATH};
+use relay::atproto::message::Commit;
+use relay::atproto::syntax::tid;
 use relay::rt::time::{now, sleep, sleep_until, Instant};
 use relay::store::Store;
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -483,6 +489,16 @@ async fn upstream_session(
     };
     let mut ws = tokio_tungstenite::accept_hdr_async(stream, read_cursor).await?;
     let started = started(&mut start).await?;
+    // One commit (a post padded to `pad`) for the whole session: each event is it with its
+    // own seq and send time.
+    let template: BTreeMap<String, Ipld> =
+        serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(&Commit::with_post(
+            1,
+            "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
+            &tid(1_780_000_000_000_000, 0),
+            pad,
+            "2026-06-01T00:00:00.000Z",
+        ))?)?;
     let mut seq = cursor + 1;
     while seq <= share {
         if let Some(per_second) = per_host_rate {
@@ -497,11 +513,14 @@ async fn upstream_session(
                     break;
                 }
             }
-            let text = format!(
-                r#"{{"seq":{seq},"kind":"commit","body":{{"t":{},"pad":"{pad}"}}}}"#,
-                micros_since(started)
+            let mut body = template.clone();
+            body.insert("seq".to_owned(), Ipld::Integer(i128::from(seq)));
+            body.insert(
+                "t".to_owned(),
+                Ipld::Integer(i128::from(micros_since(started))),
             );
-            ws.feed(Message::text(text)).await?;
+            ws.feed(Message::binary(frame::encode("#commit", &body)))
+                .await?;
             seq += 1;
             fed += 1;
         }
@@ -521,7 +540,7 @@ struct Receipts {
     finished_us: u64,
 }
 
-/// Read relay seqs `1..=events` from `/subscribe`, in order, once each; on a
+/// Read relay seqs `1..=events` from `subscribeRepos`, in order, once each; on a
 /// `ConsumerTooSlow` frame, reconnect from the cursor it names.
 async fn consumer(
     relay: SocketAddr,
@@ -536,7 +555,7 @@ async fn consumer(
     while next <= events {
         let stream = TcpStream::connect(relay).await?;
         stream.set_nodelay(true)?;
-        let url = format!("ws://{relay}/subscribe?cursor={}", next - 1);
+        let url = format!("ws://{relay}{SUBSCRIBE_REPOS_PATH}?cursor={}", next - 1);
         let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
         if first {
             subscribed.notify_one();
@@ -550,48 +569,50 @@ async fn consumer(
             let Some(message) = ws.next().await else {
                 bail!("the relay ended the stream at seq {next} without a word");
             };
-            let Message::Text(text) = message? else {
+            let Message::Binary(bytes) = message? else {
                 continue;
             };
-            if let Some(rest) = text.strip_prefix(r#"{"seq":"#) {
-                let seq: u64 = rest.split(',').next().unwrap_or_default().parse()?;
-                ensure!(seq == next, "expected seq {next}, got {seq}");
-                let sent_us: u64 = text
-                    .split_once(r#""t":"#)
-                    .and_then(|(_, rest)| rest.split([',', '}']).next())
-                    .context("an event without its send time")?
-                    .parse()?;
-                let at_us = micros_since(started);
-                receipts.latencies_us.push(at_us.saturating_sub(sent_us));
-                let bin = (at_us / BIN.as_micros() as u64) as usize;
-                if receipts.per_bin.len() <= bin {
-                    receipts.per_bin.resize(bin + 1, 0);
+            match frame::decode(&bytes, &Limits::default())? {
+                Incoming::Event(event) => {
+                    let seq = event.seq;
+                    ensure!(seq == next, "expected seq {next}, got {seq}");
+                    let Some(&Ipld::Integer(sent_us)) = event.body.get("t") else {
+                        bail!("an event without its send time");
+                    };
+                    let sent_us = u64::try_from(sent_us)?;
+                    let at_us = micros_since(started);
+                    receipts.latencies_us.push(at_us.saturating_sub(sent_us));
+                    let bin = (at_us / BIN.as_micros() as u64) as usize;
+                    if receipts.per_bin.len() <= bin {
+                        receipts.per_bin.resize(bin + 1, 0);
+                    }
+                    receipts.per_bin[bin] += 1;
+                    next += 1;
+                    if next > events {
+                        receipts.finished_us = at_us;
+                        break;
+                    }
                 }
-                receipts.per_bin[bin] += 1;
-                next += 1;
-                if next > events {
-                    receipts.finished_us = at_us;
+                Incoming::Error(error) if error.error == "ConsumerTooSlow" => {
+                    let text = error.message.unwrap_or_default();
+                    let cursor: u64 = text
+                        .split_once("cursor=")
+                        .and_then(|(_, rest)| {
+                            rest.split(|c: char| !c.is_ascii_digit())
+                                .next()?
+                                .parse()
+                                .ok()
+                        })
+                        .with_context(|| format!("a kick without a cursor: {text}"))?;
+                    ensure!(
+                        cursor == next - 1,
+                        "kicked with cursor {cursor} after receiving {}",
+                        next - 1
+                    );
+                    receipts.kicked_at.push(cursor);
                     break;
                 }
-            } else if text.contains("ConsumerTooSlow") {
-                let cursor: u64 = text
-                    .split_once("cursor=")
-                    .and_then(|(_, rest)| {
-                        rest.split(|c: char| !c.is_ascii_digit())
-                            .next()?
-                            .parse()
-                            .ok()
-                    })
-                    .with_context(|| format!("a kick without a cursor: {text}"))?;
-                ensure!(
-                    cursor == next - 1,
-                    "kicked with cursor {cursor} after receiving {}",
-                    next - 1
-                );
-                receipts.kicked_at.push(cursor);
-                break;
-            } else {
-                bail!("unexpected frame: {text}");
+                other => bail!("unexpected frame: {other:?}"),
             }
         }
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
+use relay::atproto::frame::Kind;
 use relay::store::{NewEvent, Store};
 
 #[derive(Parser)]
@@ -42,7 +43,9 @@ fn commit_rate(dir: &Path, durable: bool, events: u64, batch: u64) -> anyhow::Re
     let store = Store::open_with(&path, durable).context("open the store")?;
     let hosts: Vec<String> = (0..100).map(|i| format!("pds-{i}.example")).collect();
     store.add_hosts(hosts.iter().map(String::as_str))?;
-    let body = format!(r#"{{"text":"{}"}}"#, "x".repeat(400));
+    // An opaque body of about the size of a small post's `#commit` (the store does not
+    // look inside it).
+    let body = bytes::Bytes::from(vec![0xa0; 900]);
     let started = now();
     let mut seq = 1;
     while seq <= events {
@@ -51,7 +54,7 @@ fn commit_rate(dir: &Path, durable: bool, events: u64, batch: u64) -> anyhow::Re
                 seq,
                 host_id: (seq % 100) as i64 + 1,
                 upstream_seq: seq,
-                kind: "commit".into(),
+                kind: Kind::Commit,
                 body: body.clone(),
             })
             .collect();

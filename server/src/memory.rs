@@ -9,7 +9,7 @@
 //! once per mailbox that holds them (frames are shared, so this errs high, never low) —
 //! are reserved here when queued and released when delivered or discarded, and:
 //! - at `shed_at_pct` of `budget_bytes` the breaker opens: requests that would add work
-//!   (`/subscribe`, `/hosts` and the XRPC host routes) get `503 memory_pressure` with
+//!   (`subscribeRepos`, `/hosts` and the XRPC host routes) get `503 memory_pressure` with
 //!   `Retry-After`, and `/_readyz` says not ready, while `/_healthz` keeps answering (the
 //!   relay is shedding, not dead); it closes again at `resume_at_pct` (hysteresis);
 //! - when a frame would take the account past `budget_bytes`, the broadcaster first kicks

@@ -29,6 +29,20 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming an upstream's `#info` message (`OutdatedCursor` or `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabels {
+    /// A fixed name.
+    pub name: &'static str,
+}
+
+/// Labels naming an upstream's error frame (`FutureCursor`, `ConsumerTooSlow` or `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// A fixed name.
+    pub error: &'static str,
+}
+
 /// Labels of one served HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -132,6 +146,9 @@ pub struct Metrics {
     upstream_events: Gauge,
     upstream_duplicate_frames: Counter,
     upstream_bad_frames: Counter,
+    upstream_unknown_messages: Counter,
+    upstream_info: Family<NameLabels, Counter>,
+    upstream_error_frames: Family<ErrorLabels, Counter>,
     upstream_rate_limited: Counter,
     upstream_quarantined: Family<ReasonLabels, Counter>,
     crawl_refused: Family<ReasonLabels, Counter>,
@@ -191,6 +208,9 @@ impl Metrics {
             upstream_events: Gauge::default(),
             upstream_duplicate_frames: Counter::default(),
             upstream_bad_frames: Counter::default(),
+            upstream_unknown_messages: Counter::default(),
+            upstream_info: Family::default(),
+            upstream_error_frames: Family::default(),
             upstream_rate_limited: Counter::default(),
             upstream_quarantined: Family::default(),
             crawl_refused: Family::default(),
@@ -320,8 +340,23 @@ impl Metrics {
         );
         registry.register(
             "upstream_bad_frames",
-            "Upstream frames that were not valid event JSON",
+            "Upstream messages that were not valid event-stream frames (framing, body, syntax, limits, CAR)",
             self.upstream_bad_frames.clone(),
+        );
+        registry.register(
+            "upstream_unknown_messages",
+            "Upstream messages of a type this relay does not know (skipped, as the spec says)",
+            self.upstream_unknown_messages.clone(),
+        );
+        registry.register(
+            "upstream_info",
+            "Upstream #info messages, by name (OutdatedCursor or other)",
+            self.upstream_info.clone(),
+        );
+        registry.register(
+            "upstream_error_frames",
+            "Upstream error frames (each ends its session), by error (FutureCursor, ConsumerTooSlow or other)",
+            self.upstream_error_frames.clone(),
         );
         registry.register(
             "upstream_rate_limited",
@@ -511,6 +546,33 @@ impl Metrics {
     /// Count an invalid upstream frame.
     pub fn upstream_bad_frame(&self) {
         self.upstream_bad_frames.inc();
+    }
+
+    /// Count an upstream message of an unknown type (skipped).
+    pub fn upstream_unknown_message(&self) {
+        self.upstream_unknown_messages.inc();
+    }
+
+    /// Count an upstream `#info` message named `name` (`OutdatedCursor` or another).
+    pub fn upstream_info(&self, name: &str) {
+        let name = if name == "OutdatedCursor" {
+            "OutdatedCursor"
+        } else {
+            "other"
+        };
+        self.upstream_info.get_or_create(&NameLabels { name }).inc();
+    }
+
+    /// Count an upstream error frame named `error`.
+    pub fn upstream_error_frame(&self, error: &str) {
+        let error = match error {
+            "FutureCursor" => "FutureCursor",
+            "ConsumerTooSlow" => "ConsumerTooSlow",
+            _ => "other",
+        };
+        self.upstream_error_frames
+            .get_or_create(&ErrorLabels { error })
+            .inc();
     }
 
     /// Count an upstream event held back by its host's rate limit.

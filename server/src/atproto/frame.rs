@@ -352,6 +352,37 @@ pub fn body_with_seq(mut body: BTreeMap<String, Ipld>, seq: u64) -> Vec<u8> {
     serde_ipld_dagcbor::to_vec(&body).expect("a decoded body always re-encodes")
 }
 
+/// The frame of a sequenced message numbered `seq`: its header, then `body` with `seq` in
+/// place of the sender's, encoded canonically in the same buffer (no copy); and where the
+/// body starts in it. What the sequencer does with every event: the body is what the log
+/// stores, the whole frame what every consumer is sent.
+pub fn sequenced_frame(kind: Kind, mut body: BTreeMap<String, Ipld>, seq: u64) -> (Vec<u8>, usize) {
+    let mut frame = header_bytes(1, Some(kind.tag()));
+    let body_at = frame.len();
+    body.insert("seq".to_owned(), Ipld::Integer(i128::from(seq)));
+    serde_ipld_dagcbor::to_writer(&mut frame, &body).expect("a decoded body always re-encodes");
+    (frame, body_at)
+}
+
+/// A stored body (canonical DAG-CBOR, as [`body_with_seq`] wrote it) renumbered to `seq`:
+/// the sequencer's rare path, when a batch the log refused is committed event by event and
+/// the events behind a rejected one move down. `None` if `body` is not a DAG-CBOR map.
+pub fn rewrite_seq(body: &[u8], seq: u64) -> Option<Vec<u8>> {
+    let map: BTreeMap<String, Ipld> = serde_ipld_dagcbor::from_slice(body).ok()?;
+    Some(body_with_seq(map, seq))
+}
+
+/// An `#info` frame.
+pub fn info_frame(name: &str, message: &str) -> Vec<u8> {
+    encode(
+        INFO_TAG,
+        &Info {
+            name: name.to_owned(),
+            message: Some(message.to_owned()),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::car::{block_cid, write};
@@ -424,7 +455,16 @@ mod tests {
             (Kind::Commit, 41, DID)
         );
         assert_eq!(event.rev.as_deref(), Some(sent.rev.as_str()));
-        let frame = event_frame(event.kind, &body_with_seq(event.body, 9000));
+        let stored = body_with_seq(event.body.clone(), 9000);
+        assert_eq!(
+            rewrite_seq(&stored, 9000).as_deref(),
+            Some(stored.as_slice()),
+            "canonical: re-encoding is stable"
+        );
+        let (sequenced, body_at) = sequenced_frame(event.kind, event.body.clone(), 9000);
+        assert_eq!(&sequenced[body_at..], stored.as_slice());
+        let frame = event_frame(event.kind, &stored);
+        assert_eq!(frame, sequenced);
         let Incoming::Event(again) = decoded(&frame).unwrap() else {
             panic!("not an event")
         };

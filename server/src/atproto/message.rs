@@ -3,8 +3,12 @@
 //! `#commit`'s or `#sync`'s CAR carries as its root. Field names and optionality follow the
 //! lexicon; unknown fields are accepted (the lexicon grows), and the relay forwards them.
 
+use std::collections::BTreeMap;
+
 use ipld_core::cid::Cid;
 use serde::{Deserialize, Serialize};
+
+use super::car;
 
 /// `#commit`: an update to a repository.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,6 +43,50 @@ pub struct Commit {
     pub prev_data: Option<Cid>,
     /// When the message was emitted (an ISO 8601 datetime).
     pub time: String,
+}
+
+impl Commit {
+    /// A `#commit` of `did` at `rev` creating one `app.bsky.feed.post` whose text is
+    /// `text`: the version-3 commit object and the record in a real CAR slice. What the
+    /// tests, the benchmarks and the tunnel's hosts send; the signature is a placeholder
+    /// (signatures are not verified yet).
+    pub fn with_post(seq: i64, did: &str, rev: &str, text: &str, time: &str) -> Commit {
+        let record = serde_ipld_dagcbor::to_vec(&BTreeMap::from([
+            ("$type", "app.bsky.feed.post"),
+            ("text", text),
+            ("createdAt", time),
+        ]))
+        .expect("a record always encodes");
+        let object = serde_ipld_dagcbor::to_vec(&CommitObject {
+            did: did.to_owned(),
+            version: REPO_VERSION,
+            data: car::block_cid(&record),
+            rev: rev.to_owned(),
+            prev: None,
+            sig: vec![7; 64],
+        })
+        .expect("a commit object always encodes");
+        let root = car::block_cid(&object);
+        Commit {
+            seq,
+            rebase: false,
+            too_big: false,
+            repo: did.to_owned(),
+            commit: root,
+            rev: rev.to_owned(),
+            since: None,
+            blocks: car::write(root, [object.as_slice(), record.as_slice()]),
+            ops: vec![RepoOp {
+                action: "create".to_owned(),
+                path: format!("app.bsky.feed.post/{rev}"),
+                cid: Some(car::block_cid(&record)),
+                prev: None,
+            }],
+            blobs: vec![],
+            prev_data: None,
+            time: time.to_owned(),
+        }
+    }
 }
 
 /// One record operation of a `#commit`.

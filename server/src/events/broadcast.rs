@@ -275,7 +275,7 @@ pub struct Subscription {
 
 impl Subscription {
     /// Wait for the next frame, then take the frames already waiting behind it, oldest
-    /// first, while their texts total at most `max_bytes` (the first frame comes whatever
+    /// first, while their bytes total at most `max_bytes` (the first frame comes whatever
     /// its size), appending them to `batch`. The taken frames' bytes leave the memory
     /// account together, in the same poll that takes them, so the account holds exactly
     /// what is still in the mailbox. `false` (nothing appended) once the mailbox is closed.
@@ -284,11 +284,11 @@ impl Subscription {
         let Some(first) = self.mailbox.recv().await else {
             return false;
         };
-        let mut bytes = first.text.len();
+        let mut bytes = first.bytes.len();
         let mut cost = first.cost();
         batch.push(first);
         self.mailbox.try_recv_while(batch, |frame| {
-            bytes += frame.text.len();
+            bytes += frame.bytes.len();
             let fits = bytes <= max_bytes;
             if fits {
                 cost += frame.cost();
@@ -315,9 +315,9 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use futures_util::FutureExt;
     use relay_lifecycle::ConnOwner;
-    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     use super::*;
     use crate::memory::MemoryConfig;
@@ -325,7 +325,7 @@ mod tests {
     fn frame(seq: u64) -> Frame {
         Frame {
             seq,
-            text: Utf8Bytes::from(format!(
+            bytes: Bytes::from(format!(
                 "{{\"seq\":{seq:04},\"body\":\"{}\"}}",
                 "x".repeat(60)
             )),
@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn a_batch_comes_in_order_within_its_bytes_and_leaves_the_account_exact() {
-        let (cost, text) = (frame(1).cost(), frame(1).text.len());
+        let (cost, text) = (frame(1).cost(), frame(1).bytes.len());
         let memory = Arc::new(MemoryGuard::new(&MemoryConfig::default()));
         let broadcaster = Arc::new(Broadcaster::new(0, Arc::clone(&memory)));
         let registry = Registry::new(4);
@@ -484,7 +484,7 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 // Drain unevenly: consumer i reads a batch of up to i % 7 frames per pass.
-                let text = frame(1).text.len();
+                let text = frame(1).bytes.len();
                 while !done.load(SeqCst) {
                     for (index, slot) in slots.iter().enumerate() {
                         let held = Arc::clone(&slot.lock().unwrap());

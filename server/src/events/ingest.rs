@@ -54,10 +54,11 @@ impl IngestBytes {
     }
 }
 
-/// What an event costs the byte account: its content (kind and body). An event larger
-/// than the whole account takes all of it (and waits until the queue is otherwise empty).
+/// What an event costs the byte account: its content (the message as received). An event
+/// larger than the whole account takes all of it (and waits until the queue is otherwise
+/// empty).
 fn content_bytes(event: &Ingested, limit: u32) -> u32 {
-    let bytes = event.kind.len().saturating_add(event.body.len());
+    let bytes = event.content_bytes;
     u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, limit)
 }
 
@@ -137,8 +138,11 @@ mod tests {
         Ingested {
             host_id: 1,
             upstream_seq: 1,
-            kind: "k".into(),
-            body: "x".repeat(body_bytes),
+            kind: crate::atproto::frame::Kind::Identity,
+            did: "did:plc:ewvi7nxzyoun6zhxrhs64oiz".into(),
+            rev: None,
+            body: Default::default(),
+            content_bytes: body_bytes + 1,
         }
     }
 

@@ -27,14 +27,15 @@ mod sequencer;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use self::broadcast::{Broadcaster, Subscription};
 use self::ingest::IngestBytes;
 pub use self::ingest::{IngestClosed, IngestSender};
 pub use self::sequencer::Ingested;
+use crate::atproto::frame;
 use crate::config::CpuConfig;
 use crate::memory::MemoryGuard;
 pub use crate::metrics::EventStats;
@@ -52,7 +53,7 @@ pub struct EventsConfig {
     /// Events waiting between the upstream workers and the sequencer; when full, workers
     /// stop reading (backpressure to the upstreams) instead of buffering without bound.
     pub ingest_queue_max: usize,
-    /// Content bytes (kind and body) the ingest queue and the batch being committed may
+    /// Content bytes (messages as received) the ingest queue and the batch being committed may
     /// hold in all; past it, workers wait before reading on (the same backpressure).
     /// At most 4294967295.
     pub ingest_queue_bytes: u64,
@@ -64,7 +65,7 @@ pub struct EventsConfig {
     pub commit_retry_cap_ms: u64,
     /// Events kept in the log; older ones are deleted by the retention loop.
     pub retention_events_max: u64,
-    /// Content bytes (kinds and bodies) kept in the log; past it the retention loop deletes
+    /// Content bytes (kind tags and stored bodies) kept in the log; past it the retention loop deletes
     /// the oldest events, a batch at a time, until the log is back within it.
     pub retention_bytes_max: u64,
     /// How often the retention loop runs, milliseconds.
@@ -133,38 +134,35 @@ impl EventsConfig {
     }
 }
 
-/// One persisted event as consumers receive it: its relay sequence number and the JSON
-/// text frame, encoded once and shared by every consumer.
+/// One persisted event as consumers receive it: its relay sequence number and the binary
+/// event-stream frame (DAG-CBOR header `{op: 1, t}` + the stored body, which carries the
+/// relay's seq), encoded once and shared by every consumer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     /// Relay sequence number.
     pub seq: u64,
-    /// `{"seq":…,"host_id":…,"upstream_seq":…,"kind":…,"body":…}`.
-    pub text: Utf8Bytes,
+    /// The frame's bytes.
+    pub bytes: Bytes,
 }
 
 impl Frame {
-    /// Encode a persisted event.
+    /// The frame of a persisted event (header + stored body).
     pub fn encode(event: &NewEvent) -> Self {
-        let kind = serde_json::to_string(&event.kind).expect("a string always serialises");
         Self {
             seq: event.seq,
-            text: Utf8Bytes::from(format!(
-                r#"{{"seq":{},"host_id":{},"upstream_seq":{},"kind":{},"body":{}}}"#,
-                event.seq, event.host_id, event.upstream_seq, kind, event.body
-            )),
+            bytes: Bytes::from(frame::event_frame(event.kind, &event.body)),
         }
     }
 }
 
-/// What one queued copy of a frame costs in the memory account: its text plus the queue
-/// entry. The text is shared between mailboxes, so summing this over mailboxes errs high.
+/// What one queued copy of a frame costs in the memory account: its bytes plus the queue
+/// entry. The bytes are shared between mailboxes, so summing this over mailboxes errs high.
 const FRAME_ENTRY_BYTES: u64 = std::mem::size_of::<Frame>() as u64;
 
 impl Frame {
     /// Bytes this frame counts for in one mailbox.
     pub fn cost(&self) -> u64 {
-        self.text.len() as u64 + FRAME_ENTRY_BYTES
+        self.bytes.len() as u64 + FRAME_ENTRY_BYTES
     }
 }
 
@@ -341,10 +339,7 @@ impl Events {
     async fn commit(&self, events: &[NewEvent]) -> Result<(), StoreError> {
         let _persist = self.persist.lock().await;
         self.store.call(|store| store.commit_events(events)).await?;
-        let bytes: usize = events
-            .iter()
-            .map(|event| event.kind.len() + event.body.len())
-            .sum();
+        let bytes: usize = events.iter().map(NewEvent::content_bytes).sum();
         self.log_bytes.fetch_add(bytes as u64, SeqCst);
         self.spend_rows(events.len()).await;
         Ok(())

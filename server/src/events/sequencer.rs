@@ -1,6 +1,10 @@
 //! The sequencer: the single task that turns ingested upstream events into the relay's
 //! ordered, persisted log, then hands them to the broadcaster.
 //!
+//! Each event's body is re-encoded once, canonically, with the relay's sequence number in
+//! place of the upstream's (`frame::sequenced_frame`): the frame consumers are sent and the
+//! body the log stores share that one buffer.
+//!
 //! One task owns sequencing, so relay sequence numbers are dense and assigned in commit
 //! order without a lock. It drains the ingest queue in batches (group commit), drops events
 //! its host already delivered (a reconnect resumes from the in-memory cursor, a restart
@@ -19,26 +23,35 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use ipld_core::ipld::Ipld;
 use tokio::sync::mpsc;
 
 use super::ingest::Queued;
 use super::{Events, Frame};
+use crate::atproto::frame::{self, Kind};
 use crate::rt::probe::{self, Probe};
 use crate::rt::stop::StopSignal;
 use crate::rt::time::{sleep, Duration};
 use crate::store::{NewEvent, StoreError};
 
-/// One event as an upstream worker hands it over.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One event as an upstream worker hands it over: a decoded, checked message.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Ingested {
     /// The host's store id.
     pub host_id: i64,
     /// The host's own sequence number.
     pub upstream_seq: u64,
-    /// Event kind.
-    pub kind: String,
-    /// Event body, JSON text.
-    pub body: String,
+    /// The message type.
+    pub kind: Kind,
+    /// The account it is about.
+    pub did: String,
+    /// The commit revision (`#commit`, `#sync`).
+    pub rev: Option<String>,
+    /// The body as received, every field kept (the sequencer writes the relay's seq in).
+    pub body: BTreeMap<String, Ipld>,
+    /// What it costs the ingest byte account: the message's size as received.
+    pub content_bytes: usize,
 }
 
 pub(super) async fn run(
@@ -68,10 +81,13 @@ pub(super) async fn run(
             },
         };
         let mut batch = Vec::with_capacity(batch_max);
+        // Each event's frame, built with its stored body in one buffer (the body is a
+        // slice of it), so the re-encode is the only copy.
+        let mut frames = Vec::with_capacity(batch_max);
         let mut pending = BTreeMap::new();
         // The batch's bytes stay in the ingest account until it is committed or rejected.
         let mut batch_bytes = Vec::with_capacity(batch_max);
-        let mut admit = |queued: Queued, batch: &mut Vec<NewEvent>| {
+        let mut admit = |queued: Queued, batch: &mut Vec<NewEvent>, frames: &mut Vec<Frame>| {
             let (event, bytes) = queued.into_parts();
             let seen = pending
                 .get(&event.host_id)
@@ -84,18 +100,25 @@ pub(super) async fn run(
             }
             pending.insert(event.host_id, event.upstream_seq);
             batch_bytes.push(bytes);
+            let seq = next_seq + batch.len() as u64;
+            let (encoded, body_at) = frame::sequenced_frame(event.kind, event.body, seq);
+            let encoded = Bytes::from(encoded);
             batch.push(NewEvent {
-                seq: next_seq + batch.len() as u64,
+                seq,
                 host_id: event.host_id,
                 upstream_seq: event.upstream_seq,
                 kind: event.kind,
-                body: event.body,
+                body: encoded.slice(body_at..),
+            });
+            frames.push(Frame {
+                seq,
+                bytes: encoded,
             });
         };
-        admit(first, &mut batch);
+        admit(first, &mut batch, &mut frames);
         while batch.len() < batch_max {
             match ingest.try_recv() {
-                Ok(event) => admit(event, &mut batch),
+                Ok(event) => admit(event, &mut batch, &mut frames),
                 Err(_) => break,
             }
         }
@@ -103,12 +126,16 @@ pub(super) async fn run(
             continue;
         }
         events.batch_waiting(true);
-        let batch = match commit_with_retry(&events, &batch, &shutdown).await {
-            Landing::Committed => batch,
+        let (batch, frames) = match commit_with_retry(&events, &batch, &shutdown).await {
+            Landing::Committed => (batch, frames),
             Landing::Stopped => return,
             Landing::Refused(_) => {
                 match commit_one_by_one(&events, batch, &shutdown, &*on_rejected).await {
-                    Some(landed) => landed,
+                    // Renumbered: the frames are built again (the rare path).
+                    Some(landed) => {
+                        let frames = landed.iter().map(Frame::encode).collect();
+                        (landed, frames)
+                    }
                     None => return,
                 }
             }
@@ -120,7 +147,6 @@ pub(super) async fn run(
             continue;
         }
         next_seq += batch.len() as u64;
-        let frames: Vec<Frame> = batch.iter().map(Frame::encode).collect();
         events.broadcaster.publish(&frames);
         if events.oldest_seq.load(SeqCst) == 0 {
             events.oldest_seq.store(batch[0].seq, SeqCst);
@@ -186,7 +212,21 @@ async fn commit_one_by_one(
     };
     let mut landed = Vec::with_capacity(batch.len());
     for mut event in batch {
-        event.seq = first_seq + landed.len() as u64;
+        let seq = first_seq + landed.len() as u64;
+        if event.seq != seq {
+            // The body carries its seq: renumbered behind a rejected event, it is written
+            // again (it was written by `sequenced_frame`, so it always reads back).
+            match frame::rewrite_seq(&event.body, seq) {
+                Some(body) => event.body = Bytes::from(body),
+                None => {
+                    tracing::error!(seq = event.seq, "a sequenced body does not read back");
+                    events.metrics.event_rejected();
+                    on_rejected(event.host_id);
+                    continue;
+                }
+            }
+            event.seq = seq;
+        }
         match commit_with_retry(events, std::slice::from_ref(&event), shutdown).await {
             Landing::Committed => landed.push(event),
             Landing::Stopped => return None,

@@ -391,7 +391,7 @@ async fn drive_connection(
         state.clock.clone(),
     ));
     let service_state = Arc::clone(state);
-    // Where the `/subscribe` route parks an accepted WebSocket handshake for this task.
+    // Where the `subscribeRepos` route parks an accepted WebSocket handshake for this task.
     let pending: subscribe::PendingSlot = Arc::default();
     let service_pending = Arc::clone(&pending);
     // This connection's dispatch turn (serialized mode); given back when the task ends.

@@ -1,7 +1,7 @@
 //! The response builders the HTTP modules share: plain text, JSON, the JSON error body
 //! `{"error", "message"}`, `Retry-After` for every 503 that asks the client back, the
 //! memory breaker's `503 memory_pressure`, and `/metrics` (public and admin alike). The routes, the request boundary (`guard`) and
-//! `/subscribe` (its handshake and its error frames) all answer through these, so an error
+//! `subscribeRepos` (its handshake refusals) all answer through these, so an error
 //! looks the same whichever of them gives it.
 
 use bytes::Bytes;
@@ -39,8 +39,8 @@ pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<F
     json(status, &error_body(code, message))
 }
 
-/// The JSON error body `{"error": code, "message": message}`, of error responses and of a
-/// subscription's error frames alike.
+/// The JSON error body `{"error": code, "message": message}` of error responses (a
+/// subscription's error frames carry the same two fields in DAG-CBOR: `atproto::frame`).
 pub(super) fn error_body(code: &str, message: &str) -> serde_json::Value {
     serde_json::json!({ "error": code, "message": message })
 }

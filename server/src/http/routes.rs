@@ -21,6 +21,7 @@ use super::dispatch::ConnectionTurn;
 use super::response::{error, json, metrics, retry_later, shed, text};
 use super::xrpc;
 use super::AppState;
+use crate::atproto::frame::SUBSCRIBE_REPOS_PATH;
 use crate::rt::fault::{self, Fault};
 use crate::rt::time::timeout;
 use crate::upstream::{CrawlError, CrawlWindow};
@@ -67,6 +68,9 @@ pub(super) enum Route {
     RequestCrawl,
     ListHosts,
     GetHostStatus,
+    /// `subscribeRepos`: its handshake is answered by `subscribe` on an admitted
+    /// connection; here only on the refusal lanes (or without an upgrade).
+    SubscribeRepos,
     XrpcHealth,
     XrpcUnknown,
     Other,
@@ -84,6 +88,7 @@ impl Route {
             xrpc::LIST_HOSTS_PATH => Self::ListHosts,
             xrpc::GET_HOST_STATUS_PATH => Self::GetHostStatus,
             xrpc::HEALTH_PATH => Self::XrpcHealth,
+            SUBSCRIBE_REPOS_PATH => Self::SubscribeRepos,
             _ if path.starts_with(xrpc::XRPC_PREFIX) => Self::XrpcUnknown,
             _ => Self::Other,
         }
@@ -99,6 +104,7 @@ impl Route {
             Self::RequestCrawl => "request_crawl",
             Self::ListHosts => "list_hosts",
             Self::GetHostStatus => "get_host_status",
+            Self::SubscribeRepos => "subscribe_repos",
             Self::XrpcHealth => "xrpc_health",
             Self::XrpcUnknown => "xrpc_unknown",
             Self::Other => "other",
@@ -134,6 +140,7 @@ impl Route {
             Self::RequestCrawl
                 | Self::ListHosts
                 | Self::GetHostStatus
+                | Self::SubscribeRepos
                 | Self::XrpcHealth
                 | Self::XrpcUnknown
         )
@@ -230,6 +237,11 @@ pub(super) async fn respond(
                 state.cpu.spend(state.config.cpu.host_listing(1)).await;
                 xrpc::get_host_status(state, &request)
             }
+            Route::SubscribeRepos => error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "com.atproto.sync.subscribeRepos is a WebSocket subscription: send an upgrade",
+            ),
             Route::XrpcUnknown => xrpc::method_not_implemented(request.uri().path()),
             Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
         },

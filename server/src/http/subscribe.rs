@@ -1,4 +1,11 @@
-//! `GET /subscribe?cursor=N`: the consumer's WebSocket session.
+//! `GET /xrpc/com.atproto.sync.subscribeRepos?cursor=N`: the consumer's WebSocket session,
+//! in atproto's event-stream framing (binary messages: a DAG-CBOR header `{op, t}` then the
+//! body; [`crate::atproto::frame`]).
+//!
+//! Cursors follow the event-stream spec: no cursor is live only, from the head; `cursor=N`
+//! is every event with a seq above `N`; a cursor above the head gets a `FutureCursor` error
+//! frame and a close; a cursor older than what retention kept gets an `#info`
+//! `OutdatedCursor` message, then everything from the oldest kept event.
 //!
 //! The handshake is answered by the route (101, or a 400 naming what was wrong); the
 //! upgraded socket is then driven by the connection's *owner task* (see `http::own_connection`),
@@ -23,8 +30,8 @@
 //! the farewell still in flight). Any other close request (idle reaper, shutdown) ends
 //! it with a close frame. A consumer from which nothing has arrived for `pong_deadline_ms`
 //! (the relay pings it every `ping_interval_ms`; a live client answers with a pong) is
-//! closed with reason `pong_timeout`: only bytes from the consumer count as activity. Store errors end it with an error frame; the consumer resumes by
-//! cursor. A consumer that sends something that is not a valid WebSocket frame, or a frame
+//! closed with reason `pong_timeout`: only bytes from the consumer count as activity. Store
+//! errors end it with a `StoreUnavailable` error frame; the consumer resumes by cursor. A consumer that sends something that is not a valid WebSocket frame, or a frame
 //! larger than `max_inbound_frame_bytes`, gets a close frame saying so (1002, 1007 or 1009).
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,8 +52,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::response::{error, error_body, shed};
+use super::response::{error, shed};
 use super::AppState;
+use crate::atproto::frame::{error_frame, info_frame, SUBSCRIBE_REPOS_PATH};
 use crate::events::Frame;
 use crate::rt::probe::{self, Probe};
 use crate::rt::time::{interval_at, now, timeout, Duration};
@@ -133,7 +141,8 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// A subscription whose handshake was answered; the owner task runs it after the upgrade.
 pub struct Pending {
     upgrade: hyper::upgrade::OnUpgrade,
-    cursor: u64,
+    /// The requested cursor; `None`: live only, from the head.
+    cursor: Option<u64>,
 }
 
 /// The per-connection hand-over slot between the route and the owner task. Only this
@@ -142,7 +151,7 @@ pub type PendingSlot = Arc<Mutex<Option<Pending>>>;
 
 /// Whether `request` asks for a subscription (so the caller routes it here).
 pub fn is_subscribe(request: &Request<Incoming>) -> bool {
-    request.uri().path() == "/subscribe"
+    request.uri().path() == SUBSCRIBE_REPOS_PATH
 }
 
 /// Answer the handshake: 101 and a parked [`Pending`], or a 4xx saying what was wrong.
@@ -158,14 +167,6 @@ pub fn accept(
         Ok(cursor) => cursor,
         Err(message) => return error(StatusCode::BAD_REQUEST, "InvalidCursor", &message),
     };
-    let head = state.events.broadcaster().head();
-    if cursor > head {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "FutureCursor",
-            &format!("cursor {cursor} is ahead of the newest event {head}"),
-        );
-    }
     let headers = request.headers();
     let upgrade_ok = headers
         .get(UPGRADE)
@@ -203,17 +204,17 @@ pub fn accept(
     response
 }
 
-fn parse_cursor(query: Option<&str>) -> Result<u64, String> {
+fn parse_cursor(query: Option<&str>) -> Result<Option<u64>, String> {
     let Some(query) = query else {
-        return Ok(0);
+        return Ok(None);
     };
-    let mut cursor = 0;
+    let mut cursor = None;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         match pair.split_once('=') {
             Some(("cursor", value)) => {
-                cursor = value
-                    .parse()
-                    .map_err(|_| format!("cursor must be a non-negative integer, got {value:?}"))?;
+                cursor = Some(value.parse().map_err(|_| {
+                    format!("cursor must be a non-negative integer, got {value:?}")
+                })?);
             }
             _ => {
                 return Err(format!(
@@ -241,12 +242,28 @@ pub async fn run(state: &Arc<AppState>, pending: Pending, owner: &ConnOwner) -> 
     let mut socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
             .await;
-    state.metrics.consumer_session(1);
-    let mut session = Session {
-        state,
-        owner,
-        sent: pending.cursor,
+    let head = state.events.broadcaster().head();
+    let sent = match pending.cursor {
+        None => head,
+        Some(cursor) if cursor > head => {
+            let notice = error_frame(
+                "FutureCursor",
+                &format!("cursor {cursor} is ahead of the newest event {head}"),
+            );
+            goodbye(
+                &mut socket,
+                Some(notice),
+                CloseCode::Normal,
+                "future cursor",
+                state.config.server.drain_timeout(),
+            )
+            .await;
+            return "future_cursor";
+        }
+        Some(cursor) => cursor,
     };
+    state.metrics.consumer_session(1);
+    let mut session = Session { state, owner, sent };
     let reason = match session.serve(&mut socket).await {
         End::Ended(reason) => reason,
         End::Requested(reason) => {
@@ -269,7 +286,8 @@ enum End {
 struct Session<'a> {
     state: &'a Arc<AppState>,
     owner: &'a ConnOwner,
-    /// Highest sequence number delivered so far (starts at the requested cursor).
+    /// Highest sequence number delivered so far (starts at the requested cursor, or at the
+    /// head when none was given).
     sent: u64,
 }
 
@@ -357,11 +375,11 @@ impl Session<'_> {
             Ok(frames) => frames,
             Err(error) => {
                 tracing::warn!(%error, cursor = self.sent, "catch-up read failed");
-                let text = error_frame(
+                let notice = error_frame(
                     "StoreUnavailable",
-                    "catch-up failed; retry with your cursor",
+                    &format!("catch-up failed; reconnect with cursor={}", self.sent),
                 );
-                let _ = self.write(socket, Message::Text(text)).await;
+                let _ = self.write(socket, Message::Binary(notice.into())).await;
                 return Err(End::Ended("store_error"));
             }
         };
@@ -380,7 +398,7 @@ impl Session<'_> {
             );
             self.write(
                 socket,
-                Message::Text(error_frame("OutdatedCursor", &message)),
+                Message::Binary(info_frame("OutdatedCursor", &message).into()),
             )
             .await?;
         }
@@ -404,8 +422,8 @@ impl Session<'_> {
             if frame.seq <= self.sent {
                 continue;
             }
-            unflushed += frame.text.len();
-            self.queue(socket, Message::Text(frame.text)).await?;
+            unflushed += frame.bytes.len();
+            self.queue(socket, Message::Binary(frame.bytes)).await?;
             // The socket has taken the frame: it reaches the consumer before anything
             // written later (the farewell included) even if a close request interrupts the
             // flush, so it counts as sent — the `ConsumerTooSlow` cursor must not make the
@@ -468,24 +486,43 @@ impl Session<'_> {
                 (None, CloseCode::Normal, config.server.drain_timeout_ms)
             }
         };
-        let close = CloseFrame {
+        goodbye(
+            socket,
+            notice,
             code,
-            reason: Utf8Bytes::from_static(reason.as_str()),
-        };
-        let closing_handshake = async {
-            if let Some(text) = notice {
-                socket.send(Message::Text(text)).await?;
-            }
-            socket.send(Message::Close(Some(close))).await?;
-            // Finish the closing handshake: read (and drop) whatever the consumer sent until
-            // its close reply or EOF. Dropping a socket with unread input makes the kernel
-            // answer with a reset and discard everything still queued for the consumer —
-            // the notice and the close frame above included.
-            while let Some(Ok(_)) = socket.next().await {}
-            Ok::<(), tokio_tungstenite::tungstenite::Error>(())
-        };
-        let _ = timeout(Duration::from_millis(budget_ms), closing_handshake).await;
+            reason.as_str(),
+            Duration::from_millis(budget_ms),
+        )
+        .await;
     }
+}
+
+/// Send `notice` (an error frame), then a close frame with `code` and `reason`, and finish
+/// the closing handshake, all within `budget`.
+async fn goodbye(
+    socket: &mut Socket,
+    notice: Option<Vec<u8>>,
+    code: CloseCode,
+    reason: &'static str,
+    budget: Duration,
+) {
+    let close = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let closing_handshake = async {
+        if let Some(notice) = notice {
+            socket.send(Message::Binary(notice.into())).await?;
+        }
+        socket.send(Message::Close(Some(close))).await?;
+        // Finish the closing handshake: read (and drop) whatever the consumer sent until
+        // its close reply or EOF. Dropping a socket with unread input makes the kernel
+        // answer with a reset and discard everything still queued for the consumer —
+        // the notice and the close frame above included.
+        while let Some(Ok(_)) = socket.next().await {}
+        Ok::<(), tokio_tungstenite::tungstenite::Error>(())
+    };
+    let _ = timeout(budget, closing_handshake).await;
 }
 
 impl Session<'_> {
@@ -546,9 +583,4 @@ impl Session<'_> {
         let _ = timeout(self.state.config.server.drain_timeout(), farewell).await;
         ended
     }
-}
-
-/// An error frame's text: the JSON error body responses carry too.
-fn error_frame(code: &str, message: &str) -> Utf8Bytes {
-    Utf8Bytes::from(error_body(code, message).to_string())
 }

@@ -1,7 +1,7 @@
-//! The relay's XRPC surface (atproto's HTTP API under `/xrpc/`), the methods a relay
-//! implements that do not depend on the firehose's frame format: `com.atproto.sync.requestCrawl`
+//! The relay's XRPC surface (atproto's HTTP API under `/xrpc/`): `com.atproto.sync.requestCrawl`
 //! (its handler is `routes`'), `com.atproto.sync.listHosts`, `com.atproto.sync.getHostStatus`
-//! and `_health`. Shapes and error names follow the lexicons as published in
+//! and `_health` here; `com.atproto.sync.subscribeRepos` (the firehose, a WebSocket
+//! subscription) is `subscribe`'s, at [`crate::atproto::frame::SUBSCRIBE_REPOS_PATH`]. Shapes and error names follow the lexicons as published in
 //! `@atproto/api` 0.19.19 (`dist/client/lexicons.js`: `com.atproto.sync.requestCrawl`,
 //! `com.atproto.sync.listHosts`, `com.atproto.sync.getHostStatus`,
 //! `com.atproto.sync.defs#hostStatus`); the status names of error responses without a
@@ -180,7 +180,8 @@ pub(super) fn method_not_implemented(path: &str) -> Response<Full<Bytes>> {
         "MethodNotImplemented",
         &format!(
             "{method} is not implemented here; this relay implements com.atproto.sync.requestCrawl, \
-             com.atproto.sync.listHosts, com.atproto.sync.getHostStatus and _health"
+             com.atproto.sync.listHosts, com.atproto.sync.getHostStatus, \
+             com.atproto.sync.subscribeRepos and _health"
         ),
     )
 }

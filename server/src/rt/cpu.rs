@@ -21,7 +21,9 @@ pub struct CpuConfig {
     pub http_request_us: u64,
     /// Cost of one upstream DNS + TLS + WebSocket client handshake, microseconds.
     pub upstream_handshake_us: u64,
-    /// Cost of decoding and validating one upstream event frame, microseconds.
+    /// Cost of decoding and validating one upstream event frame, microseconds: the DAG-CBOR
+    /// header and body, the DID/TID syntax, and the CAR's block hashes and root commit
+    /// object.
     pub frame_decode_us: u64,
     /// Cost of writing, deleting or reading one event-log row in SQLite, microseconds.
     pub store_row_us: u64,
@@ -63,7 +65,7 @@ impl CpuConfig {
         Duration::from_micros(self.host_listing_us.saturating_mul(hosts as u64))
     }
 
-    /// The declared cost of decoding one upstream frame.
+    /// The declared cost of decoding one upstream frame (DAG-CBOR, CAR hashes and root).
     pub fn frame_decode(&self) -> Duration {
         Duration::from_micros(self.frame_decode_us)
     }

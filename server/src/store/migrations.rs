@@ -1,12 +1,20 @@
 //! Schema migrations, applied in order and recorded in SQLite's `user_version`, so an old
 //! database is upgraded in place and a database from a newer build is refused, not misread.
+//!
+//! Migration 4 moved the event log from the private JSON protocol to atproto's event
+//! stream: `kind` holds the message tag (`#commit`, `#sync`, `#identity`, `#account`) and
+//! `body` the DAG-CBOR body (a BLOB) with the relay's seq in it. Events the old protocol
+//! wrote cannot be served as frames, so the migration **drops them** and **resets every
+//! host's cursor to 0**: the cursors counted the old protocol's sequence numbers, which
+//! mean nothing to a host speaking the new one. After the upgrade the relay's sequence
+//! starts again at 1 and each host is read from the start of what it still serves.
 
 use rusqlite::Connection;
 
 use super::StoreError;
 
 /// Each entry upgrades the schema from version `index` to `index + 1`. Append only.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the host table.
     "CREATE TABLE hosts (
         id INTEGER PRIMARY KEY,
@@ -35,6 +43,18 @@ const MIGRATIONS: &[&str] = &[
         events_per_second INTEGER NOT NULL CHECK (events_per_second >= 0),
         events_burst INTEGER NOT NULL CHECK (events_burst >= 0)
     );",
+    // 4: the event log speaks atproto (see the module docs): the old protocol's events are
+    // dropped and the host cursors reset with them.
+    "DROP TABLE events;
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        host_id INTEGER NOT NULL,
+        upstream_seq INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('#commit', '#sync', '#identity', '#account')),
+        body BLOB NOT NULL,
+        UNIQUE (host_id, upstream_seq)
+    );
+    UPDATE hosts SET cursor = 0;",
 ];
 
 /// The schema version this build writes.

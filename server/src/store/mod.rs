@@ -1,6 +1,7 @@
 //! Durable state in SQLite: the host table (which upstreams exist, whether they are
 //! dormant, how far we have read from each) and the event log (every event with its relay
-//! sequence number), with schema migrations.
+//! sequence number: its kind tag and its body, the DAG-CBOR consumers are sent, as a BLOB),
+//! with schema migrations.
 //!
 //! An event batch and the host cursors it advances are written in one transaction, so a
 //! restart resumes each upstream exactly after the last event that was persisted: nothing
@@ -26,8 +27,10 @@ mod migrations;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::atproto::frame::Kind;
 use crate::rt;
 use crate::rt::fault::{self, Fault};
 
@@ -84,10 +87,18 @@ pub struct NewEvent {
     pub host_id: i64,
     /// The host's own sequence number.
     pub upstream_seq: u64,
-    /// Event kind.
-    pub kind: String,
-    /// Event body (JSON text).
-    pub body: String,
+    /// The message type (stored as its tag, `#commit`…).
+    pub kind: Kind,
+    /// The body as consumers are sent it: canonical DAG-CBOR with the relay's seq in it.
+    pub body: Bytes,
+}
+
+impl NewEvent {
+    /// What the event counts for in the log's byte account: its stored bytes (kind tag
+    /// and body).
+    pub fn content_bytes(&self) -> usize {
+        self.kind.tag().len() + self.body.len()
+    }
 }
 
 /// An event read back from the log.
@@ -98,14 +109,14 @@ pub type StoredEvent = NewEvent;
 pub struct Deleted {
     /// Events deleted.
     pub rows: usize,
-    /// Their content bytes (kind + body).
+    /// Their content bytes (kind tag + body).
     pub bytes: u64,
     /// The highest relay sequence number deleted (0 when none).
     pub last_seq: u64,
 }
 
 /// How much one read of the event log may return: at most `events` events and, past the
-/// first, at most `bytes` of content (kind + body), so a page of large events stays small.
+/// first, at most `bytes` of content (kind tag + body), so a page of large events stays small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Page {
     /// Most events.
@@ -350,8 +361,8 @@ impl Store {
                     seq,
                     event.host_id,
                     upstream_seq,
-                    event.kind,
-                    event.body
+                    event.kind.tag(),
+                    &event.body[..]
                 ])?;
                 advance.execute(params![event.host_id, upstream_seq])?;
             }
@@ -373,7 +384,7 @@ impl Store {
                 row.get::<_, i64>(1)?,
                 row.get::<_, i64>(2)?,
                 row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
+                row.get::<_, Vec<u8>>(4)?,
             ))
         })?;
         let mut events = Vec::new();
@@ -384,12 +395,14 @@ impl Store {
             if !events.is_empty() && bytes > page.bytes {
                 break;
             }
+            let kind = Kind::from_tag(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("event {seq} has kind {kind:?}")))?;
             events.push(StoredEvent {
                 seq: from_sql(seq)?,
                 host_id,
                 upstream_seq: from_sql(upstream_seq)?,
                 kind,
-                body,
+                body: Bytes::from(body),
             });
         }
         Ok(events)
@@ -429,7 +442,7 @@ impl Store {
         Ok(deleted)
     }
 
-    /// The content bytes (kind + body) of every event in the log: what
+    /// The content bytes (kind tag + body) of every event in the log: what
     /// `events.retention_bytes_max` bounds. Reads the whole log; called once at open.
     pub fn event_bytes(&self) -> Result<u64, StoreError> {
         let connection = self.lock_for(Fault::StoreRead)?;

@@ -53,7 +53,35 @@ fn a_newer_schema_is_refused() {
     let error = Store::open(&path).unwrap_err().to_string();
     assert_eq!(
         error,
-        "database content is invalid: schema version 99 is newer than this build's 3"
+        "database content is invalid: schema version 99 is newer than this build's 4"
+    );
+}
+
+#[test]
+fn the_json_era_log_is_dropped_and_the_host_cursors_reset() {
+    let path = temp_db("json_era");
+    {
+        let mut connection = Connection::open(&path).unwrap();
+        let transaction = connection.transaction().unwrap();
+        for migration in &super::migrations::MIGRATIONS[..3] {
+            transaction.execute_batch(migration).unwrap();
+        }
+        transaction
+            .execute_batch(
+                "INSERT INTO hosts (hostname, cursor) VALUES ('a.example', 7);
+                 INSERT INTO events VALUES (1, 1, 7, 'post', '{\"n\":7}');
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        transaction.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.event_bounds().unwrap(), None);
+    assert_eq!(store.hosts().unwrap()[0].cursor, 0);
+    store.commit_events(&[event(1, 1, 1)]).unwrap();
+    assert_eq!(
+        store.events_after(0, Page::events(1)).unwrap(),
+        [event(1, 1, 1)]
     );
 }
 
@@ -62,8 +90,8 @@ fn event(seq: u64, host_id: i64, upstream_seq: u64) -> NewEvent {
         seq,
         host_id,
         upstream_seq,
-        kind: "post".to_owned(),
-        body: format!("{{\"n\":{upstream_seq}}}"),
+        kind: Kind::Identity,
+        body: Bytes::from(format!("{{\"n\":{upstream_seq}}}")),
     }
 }
 
@@ -95,7 +123,7 @@ fn events_page_in_order_and_retention_deletes_the_oldest_in_batches() {
         [4, 5, 6, 7]
     );
     assert_eq!(page[0], batch[3]);
-    let one = (batch[0].kind.len() + batch[0].body.len()) as u64;
+    let one = batch[0].content_bytes() as u64;
     assert_eq!(
         store.event_bytes().unwrap(),
         10 * one + 1,
@@ -120,7 +148,7 @@ fn a_page_stops_at_its_byte_bound_but_always_holds_one_event() {
     let (host, _) = store.add_host("a.example").unwrap();
     let batch: Vec<NewEvent> = (1..=6).map(|seq| event(seq, host, seq)).collect();
     store.commit_events(&batch).unwrap();
-    let one = batch[0].kind.len() + batch[0].body.len();
+    let one = batch[0].content_bytes();
     let seqs = |page: Page| -> Vec<u64> {
         store
             .events_after(0, page)

@@ -34,9 +34,9 @@ mod worker;
 pub use schedule::EventLimit;
 
 pub use worker::{
-    decode_frame, ws_config, BadFrame, EventFrame, MAX_UPSTREAM_SEQ, QUARANTINE_EVENT_UNSTORABLE,
-    QUARANTINE_SEQ_OUT_OF_RANGE, SESSION_FRAME_TOO_LARGE, SESSION_MALFORMED_FRAME,
-    SESSION_SEQ_NOT_INCREASING,
+    ws_config, MAX_UPSTREAM_SEQ, QUARANTINE_EVENT_UNSTORABLE, QUARANTINE_SEQ_OUT_OF_RANGE,
+    SESSION_FRAME_TOO_LARGE, SESSION_MALFORMED_FRAME, SESSION_SEQ_NOT_INCREASING,
+    SESSION_UPSTREAM_ERROR,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,7 +63,7 @@ use crate::vital::Vitals;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// Port dialled on every upstream host (`ws://<host>:<port>/subscribe?cursor=N`).
+    /// Port dialled on every upstream host (`ws://<host>:<port>/xrpc/com.atproto.sync.subscribeRepos?cursor=N`).
     pub port: u16,
     /// TCP connect plus WebSocket handshake must finish within this, milliseconds.
     pub connect_timeout_ms: u64,

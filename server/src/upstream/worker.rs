@@ -4,7 +4,8 @@
 //! A session is: take a handshake permit (FIFO, bounded) → resolve the hostname once and
 //! keep the addresses the egress rule allows ([`egress`]) → TCP connect to one of those
 //! addresses → declare the handshake's CPU cost → WebSocket client handshake → release the
-//! permit → read JSON event frames `{seq, kind, body}` until the connection ends. Any
+//! permit → read the host's `com.atproto.sync.subscribeRepos` stream (binary event-stream
+//! frames, decoded and checked by [`frame::decode`]) until the connection ends. Any
 //! failure before the handshake completes counts toward dormancy; a session that connected
 //! resets the count. A host whose every address the egress rule refuses is never dialled:
 //! it is quarantined with the refusal as its reason.
@@ -13,8 +14,10 @@
 //! strictly (those at or below the cursor are skipped as a resume's overlap); a frame that
 //! breaks that, a malformed frame and one over the size limit end the session as a *bad
 //! session*, and so does a session the host closes before sending any event: bad sessions
-//! in a row grow the backoff like failed attempts. A sequence number the log cannot hold
-//! quarantines the host. Every host's events pass its [`EventAllowance`] (a per-host rate
+//! in a row grow the backoff like failed attempts, and so does an error frame (`op: -1`,
+//! the host ending the stream) before any event. A message of a type the relay does not
+//! know is skipped and an `#info` logged, both counted. A sequence number the log cannot
+//! hold quarantines the host. Every host's events pass its [`EventAllowance`] (a per-host rate
 //! limit): a flooding host waits, unread, while the others' events go on.
 
 use std::net::SocketAddr;
@@ -23,58 +26,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::egress::{self, Refusal};
 use super::schedule::{self, EventAllowance, EventLimit};
 use super::{Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
+use crate::atproto::frame::{self, BadFrame, Incoming, Limits, SEQ_MAX, SUBSCRIBE_REPOS_PATH};
 use crate::events::Ingested;
 use crate::rt::fd_limit;
 use crate::rt::net::{self, TcpStream};
 use crate::rt::probe::{self, Probe};
 use crate::rt::time::{sleep, timeout};
 use crate::store::HostStatus;
-
-/// An upstream event frame `{seq, kind, body}`, as [`decode_frame`] accepts it.
-#[derive(Debug, Deserialize)]
-pub struct EventFrame {
-    /// The upstream's sequence number (the worker skips those at or below its cursor).
-    pub seq: u64,
-    /// What happened; never empty in a decoded frame.
-    pub kind: String,
-    /// Any JSON, kept as the exact text the upstream sent (`None` when absent or `null`):
-    /// the relay stores and forwards the upstream's bytes, so no number is re-rounded and
-    /// no duplicate key dropped on the way through.
-    #[serde(default)]
-    pub body: Option<Box<RawValue>>,
-}
-
-impl EventFrame {
-    /// The body as the relay stores it: the upstream's JSON text, `null` when absent.
-    pub fn stored_body(&self) -> String {
-        self.body
-            .as_deref()
-            .map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned())
-    }
-}
-
-/// Why a message payload is not an event frame (the worker ends the session: `bad_frame`).
-#[derive(Debug, thiserror::Error)]
-pub enum BadFrame {
-    /// Not JSON, or not the `{seq, kind, body}` shape.
-    #[error("not an event frame: {0}")]
-    Json(#[from] serde_json::Error),
-    /// `kind` is the empty string.
-    #[error("event frame with an empty kind")]
-    EmptyKind,
-    /// `seq` is 0 or beyond what the event log can hold (a SQLite integer, `i64::MAX`).
-    /// Such a frame once reached the store and failed every commit for every host.
-    #[error("event frame with seq {0} outside 1..={MAX_UPSTREAM_SEQ}")]
-    SeqOutOfRange(u64),
-}
 
 /// The quarantine reason of a host that sent a sequence number the log cannot hold.
 pub const QUARANTINE_SEQ_OUT_OF_RANGE: &str = "seq_out_of_range";
@@ -94,26 +58,11 @@ pub const SESSION_MALFORMED_FRAME: &str = "malformed_frame";
 pub const SESSION_FRAME_TOO_LARGE: &str = "frame_too_large";
 
 /// The largest upstream sequence number the event log can hold (SQLite's INTEGER).
-pub const MAX_UPSTREAM_SEQ: u64 = i64::MAX as u64;
+pub const MAX_UPSTREAM_SEQ: u64 = SEQ_MAX;
 
-/// Decode one text or binary message payload from an upstream: exactly what the worker
-/// does with every data message before its duplicate check (public for the fuzz targets).
-pub fn decode_frame(payload: &[u8]) -> Result<EventFrame, BadFrame> {
-    let frame: EventFrame = serde_json::from_slice(payload)?;
-    if frame.kind.is_empty() {
-        return Err(BadFrame::EmptyKind);
-    }
-    if !(1..=MAX_UPSTREAM_SEQ).contains(&frame.seq) {
-        return Err(BadFrame::SeqOutOfRange(frame.seq));
-    }
-    if let Some(raw) = &frame.body {
-        // The raw text only passed a syntax check; a number out of f64's range (`1e400`)
-        // would make every consumer that parses the frame fail on it, so such a body is
-        // refused here, as it was when bodies were parsed into values.
-        serde_json::from_str::<serde_json::Value>(raw.get())?;
-    }
-    Ok(frame)
-}
+/// How a session ends when the host sends an error frame (`op: -1`): the host ends the
+/// stream. Counted by error name (`relay_upstream_error_frames_total`).
+pub const SESSION_UPSTREAM_ERROR: &str = "upstream_error";
 
 /// The WebSocket limits a worker dials its upstream with: frames and whole messages of at
 /// most `max_frame_bytes` (public for the fuzz targets).
@@ -249,7 +198,7 @@ async fn lifecycle(upstreams: &Arc<Upstreams>, host: &Arc<Host>, initial_delay: 
                 upstreams.metrics.upstream_disconnect(reason);
                 // Closed before a single event: reconnecting at once would let the host
                 // make the relay handshake in a loop.
-                let retry = if events == 0 && reason == "closed" {
+                let retry = if events == 0 && matches!(reason, "closed" | SESSION_UPSTREAM_ERROR) {
                     host.consecutive_bad_sessions.fetch_add(1, SeqCst) + 1
                 } else {
                     // It was healthy: retry soon, as after a first failure.
@@ -327,7 +276,7 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
                 probe::reached(Probe::ResumeFromCursor);
             }
             let url = format!(
-                "ws://{}:{}/subscribe?cursor={cursor}",
+                "ws://{}:{}{SUBSCRIBE_REPOS_PATH}?cursor={cursor}",
                 host.hostname, config.port,
             );
             tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config(config)))
@@ -362,6 +311,7 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
     let idle = Duration::from_millis(config.read_idle_timeout_ms);
     let mut events = 0;
     let mut last_seq_this_session = 0;
+    let limits = Limits::default();
     while host.quarantine_reason().is_none() {
         let ended = |reason| SessionEnd::Ended { reason, events };
         let message = match timeout(idle, frames.next()).await {
@@ -375,32 +325,63 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
             Ok(Some(Ok(message))) => message,
         };
         let payload = match message {
-            Message::Text(text) => text.as_bytes().to_vec(),
-            Message::Binary(bytes) => bytes.to_vec(),
+            Message::Binary(bytes) => bytes,
+            // The event stream is binary: a text message is not a frame.
+            Message::Text(_) => {
+                upstreams.metrics.upstream_bad_frame();
+                return SessionEnd::Violated(SESSION_MALFORMED_FRAME);
+            }
             Message::Close(_) => return ended("closed"),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
+        // DAG-CBOR header and body, the syntax checks and the CAR's hashes and root.
         upstreams
             .cpu
             .spend(upstreams.cpu_costs.frame_decode())
             .await;
-        let frame = match decode_frame(&payload) {
-            Ok(frame) => frame,
+        let event = match frame::decode(&payload, &limits) {
+            Ok(Incoming::Event(event)) => event,
+            Ok(Incoming::Unknown(t)) => {
+                upstreams.metrics.upstream_unknown_message();
+                tracing::debug!(host = %host.hostname, t, "skipping a message of an unknown type");
+                continue;
+            }
+            Ok(Incoming::Info(info)) => {
+                upstreams.metrics.upstream_info(&info.name);
+                tracing::info!(
+                    host = %host.hostname,
+                    name = info.name,
+                    message = info.message.as_deref().unwrap_or(""),
+                    "the host sent #info"
+                );
+                continue;
+            }
+            Ok(Incoming::Error(error)) => {
+                upstreams.metrics.upstream_error_frame(&error.error);
+                tracing::warn!(
+                    host = %host.hostname,
+                    error = error.error,
+                    message = error.message.as_deref().unwrap_or(""),
+                    "the host ended the stream with an error frame"
+                );
+                return ended(SESSION_UPSTREAM_ERROR);
+            }
             Err(error) => {
                 upstreams.metrics.upstream_bad_frame();
                 if let BadFrame::SeqOutOfRange(_) = error {
                     upstreams.quarantine(host.id, QUARANTINE_SEQ_OUT_OF_RANGE);
                     return ended("quarantined");
                 }
+                tracing::debug!(host = %host.hostname, %error, "malformed frame");
                 return SessionEnd::Violated(SESSION_MALFORMED_FRAME);
             }
         };
-        if frame.seq <= last_seq_this_session {
+        if event.seq <= last_seq_this_session {
             upstreams.metrics.upstream_bad_frame();
             return SessionEnd::Violated(SESSION_SEQ_NOT_INCREASING);
         }
-        last_seq_this_session = frame.seq;
-        if frame.seq <= host.cursor.load(SeqCst) {
+        last_seq_this_session = event.seq;
+        if event.seq <= host.cursor.load(SeqCst) {
             upstreams.metrics.upstream_duplicate();
             continue;
         }
@@ -416,88 +397,26 @@ async fn session(upstreams: &Upstreams, host: &Host, allowance: &mut EventAllowa
             sleep(wait).await;
             host.throttled.store(false, SeqCst);
         }
-        let event = Ingested {
+        let upstream_seq = event.seq;
+        let ingested = Ingested {
             host_id: host.id,
-            upstream_seq: frame.seq,
-            body: frame.stored_body(),
-            kind: frame.kind,
+            upstream_seq,
+            kind: event.kind,
+            did: event.did,
+            rev: event.rev,
+            body: event.body,
+            content_bytes: payload.len(),
         };
         // Waits while the sequencer is behind: backpressure to the upstream.
-        if ingest.send(event).await.is_err() {
+        if ingest.send(ingested).await.is_err() {
             return ended("shutdown");
         }
-        host.cursor.fetch_max(frame.seq, SeqCst);
+        host.cursor.fetch_max(upstream_seq, SeqCst);
         host.events_total.fetch_add(1, SeqCst);
         events += 1;
     }
     SessionEnd::Ended {
         reason: "quarantined",
         events,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_stored_body_is_the_upstreams_own_text() {
-        // Floats serde_json would re-round, an integer past u64, a duplicate key, spacing.
-        let body = r#"{ "x": -5e-72, "big": 18446744073709551616123, "k": 1, "k": 2 }"#;
-        let payload = format!(r#"{{"seq": 7, "kind": "post", "body": {body}}}"#);
-        let frame = decode_frame(payload.as_bytes()).unwrap();
-        assert_eq!((frame.seq, frame.kind.as_str()), (7, "post"));
-        assert_eq!(frame.stored_body(), body);
-    }
-
-    #[test]
-    fn an_absent_or_null_body_is_stored_as_null() {
-        for payload in [
-            r#"{"seq":1,"kind":"k"}"#,
-            r#"{"seq":1,"kind":"k","body":null}"#,
-        ] {
-            assert_eq!(
-                decode_frame(payload.as_bytes()).unwrap().stored_body(),
-                "null"
-            );
-        }
-    }
-
-    #[test]
-    fn malformed_and_kindless_frames_are_refused() {
-        assert!(matches!(
-            decode_frame(br#"{"seq":1,"kind":""}"#),
-            Err(BadFrame::EmptyKind)
-        ));
-        for payload in [
-            &b"not json"[..],
-            br#"{"seq":-1,"kind":"k"}"#,
-            br#"{"seq":1,"kind":"k","body":}"#,
-        ] {
-            assert!(matches!(decode_frame(payload), Err(BadFrame::Json(_))));
-        }
-    }
-
-    #[test]
-    fn sequence_numbers_the_log_cannot_hold_are_refused_at_the_edge() {
-        // The historical poison frame: one past i64::MAX + 5 halted every host's events.
-        let poison = br#"{"seq": 9223372036854775813, "kind": "commit", "body": {}}"#;
-        assert_eq!(
-            decode_frame(poison).unwrap_err().to_string(),
-            "event frame with seq 9223372036854775813 outside 1..=9223372036854775807"
-        );
-        assert!(matches!(
-            decode_frame(poison),
-            Err(BadFrame::SeqOutOfRange(9_223_372_036_854_775_813))
-        ));
-        assert!(matches!(
-            decode_frame(br#"{"seq": 0, "kind": "commit"}"#),
-            Err(BadFrame::SeqOutOfRange(0))
-        ));
-        let largest = format!(r#"{{"seq": {MAX_UPSTREAM_SEQ}, "kind": "commit"}}"#);
-        assert_eq!(
-            decode_frame(largest.as_bytes()).unwrap().seq,
-            MAX_UPSTREAM_SEQ
-        );
     }
 }

@@ -1,13 +1,17 @@
 //! Consumer fan-out at the system boundary: a relay on loopback subscribed to a real
-//! WebSocket upstream that keeps emitting, and consumers speaking WebSocket to
-//! `/subscribe?cursor=N` through tokio-tungstenite's `client_async` over a tokio
-//! `TcpStream`, exactly as an external consumer would.
+//! WebSocket upstream that keeps emitting `#commit` frames, and consumers speaking WebSocket
+//! to `/xrpc/com.atproto.sync.subscribeRepos?cursor=N` through tokio-tungstenite's
+//! `client_async` over a tokio `TcpStream`, exactly as an external consumer would, decoding
+//! the binary frames with the relay's own codec.
 //!
-//! What is checked, always as exact values: the catch-up → live cutover has no gap and no
-//! duplicate while events are flowing; handshake errors are 400s with a JSON body naming the
-//! problem; a consumer that stops reading is kicked, told why (`ConsumerTooSlow` then a close
-//! frame) and torn down exactly once, while a fast consumer next to it misses nothing; and a
-//! consumer resumes across a relay restart on the same database by its last sequence number.
+//! What is checked, always as exact values (every event frame byte for byte): the catch-up
+//! → live cutover has no gap and no duplicate while events are flowing; handshake errors are
+//! 400s with a JSON body naming the problem; a cursor ahead of the head gets a `FutureCursor`
+//! error frame and a close; one older than retention kept gets `#info` `OutdatedCursor`
+//! then the oldest kept events; a consumer that stops reading is kicked, told why
+//! (`ConsumerTooSlow` naming its cursor, then a close frame) and torn down exactly once,
+//! while a fast consumer next to it misses nothing; and a consumer resumes across a relay
+//! restart on the same database by its last sequence number.
 //! Timeouts only bound how long a broken relay can hang a test; nothing asserts speed.
 
 // Real tokio on loopback only, never simulated: the determinism rules' ban on
@@ -20,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use relay::atproto::frame::{Incoming, SUBSCRIBE_REPOS_PATH};
 use relay::store::Store;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,28 +38,10 @@ use tokio_tungstenite::WebSocketStream;
 
 #[path = "../support/mod.rs"]
 mod support;
-use support::{wait_until, RunningRelay, PATIENCE};
+use support::{commit_frame, decode, relayed_commit_frame, wait_until, RunningRelay, PATIENCE};
 
 fn temp_db(name: &str) -> PathBuf {
     support::temp_db("fanout", name)
-}
-
-/// The event body the upstream sends for `seq`: `{"n":seq}`, padded with `pad` bytes.
-fn body(seq: u64, pad: usize) -> String {
-    if pad == 0 {
-        format!(r#"{{"n":{seq}}}"#)
-    } else {
-        format!(r#"{{"n":{seq},"pad":"{}"}}"#, "x".repeat(pad))
-    }
-}
-
-/// The exact frame a consumer must receive for `seq` (one upstream host, id 1, whose own
-/// sequence numbers line up with the relay's).
-fn frame(seq: u64, pad: usize) -> String {
-    format!(
-        r#"{{"seq":{seq},"host_id":1,"upstream_seq":{seq},"kind":"commit","body":{}}}"#,
-        body(seq, pad)
-    )
 }
 
 /// A WebSocket upstream. Every subscription gets events `cursor+1 ..= limit` (the cursor
@@ -133,11 +120,11 @@ async fn serve_upstream(
     loop {
         let upto = *limit.borrow_and_update();
         while next <= upto {
-            let text = format!(
-                r#"{{"seq":{next},"kind":"commit","body":{}}}"#,
-                body(next, pad)
-            );
-            if ws.send(Message::text(text)).await.is_err() {
+            if ws
+                .send(Message::binary(commit_frame(next, pad)))
+                .await
+                .is_err()
+            {
                 return;
             }
             next += 1;
@@ -174,11 +161,15 @@ type Consumer = WebSocketStream<TcpStream>;
 
 /// Subscribe like an external consumer: TCP connect, then the WebSocket client handshake.
 async fn subscribe(addr: SocketAddr, cursor: u64) -> Consumer {
+    subscribe_to(addr, &format!("{SUBSCRIBE_REPOS_PATH}?cursor={cursor}")).await
+}
+
+/// Subscribe at `target` (a path and query).
+async fn subscribe_to(addr: SocketAddr, target: &str) -> Consumer {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (ws, response) =
-        tokio_tungstenite::client_async(format!("ws://{addr}/subscribe?cursor={cursor}"), stream)
-            .await
-            .unwrap();
+    let (ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}{target}"), stream)
+        .await
+        .unwrap();
     assert_eq!(response.status(), 101);
     ws
 }
@@ -186,10 +177,13 @@ async fn subscribe(addr: SocketAddr, cursor: u64) -> Consumer {
 /// One thing a consumer observed (pings and pongs are not interesting and are skipped).
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
-    /// An event frame; its text was checked against [`frame`].
+    /// An event frame; its bytes were checked against `relayed_commit_frame` (one upstream
+    /// host whose own sequence numbers line up with the relay's).
     Event(u64),
-    /// A `{"error","message"}` text frame.
+    /// An error frame `{error, message}`.
     Error { code: String, message: String },
+    /// An `#info` frame `{name, message}`.
+    Info { name: String, message: String },
     /// A close frame: code and reason.
     Close(Option<(CloseCode, String)>),
     /// The stream ended (or failed) after the close.
@@ -201,27 +195,35 @@ async fn next_seen(ws: &mut Consumer, pad: usize) -> Seen {
         let message = tokio::time::timeout(PATIENCE, ws.next())
             .await
             .expect("a consumer waited too long for a frame");
-        let text = match message {
+        let bytes = match message {
             None | Some(Err(_)) => return Seen::End,
-            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(bytes))) => bytes,
             Some(Ok(Message::Close(close))) => {
                 return Seen::Close(close.map(|c| (c.code, c.reason.to_string())))
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(other)) => panic!("unexpected message {other:?}"),
         };
-        let value: Value = serde_json::from_str(&text).unwrap();
-        let object = value.as_object().unwrap();
-        if object.contains_key("error") {
-            assert_eq!(object.len(), 2, "{text}");
-            return Seen::Error {
-                code: object["error"].as_str().unwrap().to_owned(),
-                message: object["message"].as_str().unwrap().to_owned(),
-            };
-        }
-        let seq = object["seq"].as_u64().unwrap();
-        assert_eq!(text.as_str(), frame(seq, pad));
-        return Seen::Event(seq);
+        return match decode(&bytes) {
+            Incoming::Event(event) => {
+                assert_eq!(
+                    bytes.as_ref(),
+                    relayed_commit_frame(event.seq, pad, event.seq).as_slice(),
+                    "event {}",
+                    event.seq
+                );
+                Seen::Event(event.seq)
+            }
+            Incoming::Error(error) => Seen::Error {
+                code: error.error,
+                message: error.message.unwrap_or_default(),
+            },
+            Incoming::Info(info) => Seen::Info {
+                name: info.name,
+                message: info.message.unwrap_or_default(),
+            },
+            Incoming::Unknown(t) => panic!("a message of type {t}"),
+        };
     }
 }
 
@@ -359,38 +361,32 @@ async fn bad_subscriptions_get_a_400_naming_the_problem() {
 
     let cases = [
         (
-            handshake("/subscribe?cursor=abc"),
+            handshake(&format!("{SUBSCRIBE_REPOS_PATH}?cursor=abc")),
             "InvalidCursor",
             r#"cursor must be a non-negative integer, got "abc""#,
         ),
         (
-            handshake("/subscribe?cursor=-1"),
+            handshake(&format!("{SUBSCRIBE_REPOS_PATH}?cursor=-1")),
             "InvalidCursor",
             r#"cursor must be a non-negative integer, got "-1""#,
         ),
         (
-            handshake("/subscribe?cursor=4"),
-            "FutureCursor",
-            "cursor 4 is ahead of the newest event 3",
-        ),
-        (
-            handshake("/subscribe?cursor=1&since=2"),
+            handshake(&format!("{SUBSCRIBE_REPOS_PATH}?cursor=1&since=2")),
             "InvalidCursor",
             r#"unknown query parameter "since=2"; expected cursor=N"#,
         ),
         (
-            handshake("/subscribe?verbose"),
+            handshake(&format!("{SUBSCRIBE_REPOS_PATH}?verbose")),
             "InvalidCursor",
             r#"unknown query parameter "verbose"; expected cursor=N"#,
         ),
         (
-            "GET /subscribe HTTP/1.1\r\nHost: relay\r\n\r\n".to_owned(),
+            format!("GET {SUBSCRIBE_REPOS_PATH} HTTP/1.1\r\nHost: relay\r\n\r\n"),
             "NotWebSocket",
             "expected a WebSocket handshake (Sec-WebSocket-Key missing)",
         ),
         (
-            "GET /subscribe?cursor=1 HTTP/1.1\r\nHost: relay\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-                .to_owned(),
+            format!("GET {SUBSCRIBE_REPOS_PATH}?cursor=1 HTTP/1.1\r\nHost: relay\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"),
             "NotWebSocket",
             "expected `Upgrade: websocket` and `Sec-WebSocket-Version: 13`",
         ),
@@ -412,32 +408,106 @@ async fn bad_subscriptions_get_a_400_naming_the_problem() {
 
     // A real client sees the refusal as an HTTP error, not as a WebSocket.
     let stream = TcpStream::connect(relay.addr).await.unwrap();
-    let refused =
-        tokio_tungstenite::client_async(format!("ws://{}/subscribe?cursor=9", relay.addr), stream)
-            .await;
+    let refused = tokio_tungstenite::client_async(
+        format!("ws://{}{SUBSCRIBE_REPOS_PATH}?cursor=x", relay.addr),
+        stream,
+    )
+    .await;
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 400)
         }
         other => panic!("expected a 400, got {other:?}"),
     }
+    // A cursor ahead of the head is accepted as a WebSocket, then refused in the stream's
+    // terms: a `FutureCursor` error frame, then a close.
+    let mut ahead = subscribe(relay.addr, 4).await;
+    assert_eq!(
+        next_seen(&mut ahead, 0).await,
+        Seen::Error {
+            code: "FutureCursor".to_owned(),
+            message: "cursor 4 is ahead of the newest event 3".to_owned(),
+        }
+    );
+    assert_eq!(
+        next_seen(&mut ahead, 0).await,
+        Seen::Close(Some((CloseCode::Normal, "future cursor".to_owned())))
+    );
     // The head itself is a valid cursor: nothing to catch up, straight to live.
     let mut at_head = subscribe(relay.addr, 3).await;
+    // No cursor at all: live only, from the head (nothing of the log is replayed).
+    let mut live = subscribe_to(relay.addr, SUBSCRIBE_REPOS_PATH).await;
+    wait_until("both are registered", || observer.events().consumers == 2).await;
     upstream.emit_to(4);
     assert_eq!(next_seen(&mut at_head, 0).await, Seen::Event(4));
+    assert_eq!(next_seen(&mut live, 0).await, Seen::Event(4));
     at_head.close(None).await.unwrap();
+    live.close(None).await.unwrap();
 
     let metrics = observer.metrics_text();
     assert!(
-        metrics.contains("relay_http_requests_total{route=\"subscribe\",status=\"400\"} 8\n"),
+        metrics.contains("relay_http_requests_total{route=\"subscribe\",status=\"400\"} 7\n"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("relay_http_requests_total{route=\"subscribe\",status=\"101\"} 1\n"),
+        metrics.contains("relay_http_requests_total{route=\"subscribe\",status=\"101\"} 3\n"),
         "{metrics}"
     );
+
     wait_until("every connection is released", || {
         observer.connections().open == 0 && observer.events().consumers == 0
+    })
+    .await;
+    let metrics = observer.metrics_text();
+    assert!(
+        metrics.contains("relay_connections_closed_total{reason=\"future_cursor\"} 1\n"),
+        "{metrics}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_retention_gets_outdated_cursor_then_the_oldest_kept_events() {
+    let db = db_with_upstream("outdated");
+    let upstream = Upstream::start(0).await;
+    let relay = start(
+        &db,
+        upstream.port,
+        &[
+            "events.retention_events_max=10",
+            "events.retention_interval_ms=20",
+        ],
+    )
+    .await;
+    let observer = relay.observer.clone();
+    upstream.emit_to(30);
+    wait_until("30 events are in and retention kept the newest 10", || {
+        let events = observer.events();
+        events.head_seq == 30 && events.oldest_seq == 21
+    })
+    .await;
+    for cursor in [0, 5] {
+        let mut consumer = subscribe(relay.addr, cursor).await;
+        assert_eq!(
+            next_seen(&mut consumer, 0).await,
+            Seen::Info {
+                name: "OutdatedCursor".to_owned(),
+                message: format!("events {}..=20 were removed by retention", cursor + 1),
+            }
+        );
+        assert_eq!(
+            read_events_to(&mut consumer, 30, 0).await,
+            range(21, 30),
+            "cursor {cursor}"
+        );
+        consumer.close(None).await.unwrap();
+    }
+    // A cursor within what was kept gets no notice.
+    let mut current = subscribe(relay.addr, 25).await;
+    assert_eq!(read_events_to(&mut current, 30, 0).await, range(26, 30));
+    current.close(None).await.unwrap();
+    wait_until("every consumer has left", || {
+        observer.connections().open == 0
     })
     .await;
     relay.stop().await;
@@ -727,8 +797,8 @@ async fn a_consumer_resumes_by_cursor_across_a_relay_restart() {
     assert_eq!(
         upstream.uris(),
         [
-            "/subscribe?cursor=0".to_owned(),
-            format!("/subscribe?cursor={head}")
+            format!("{SUBSCRIBE_REPOS_PATH}?cursor=0"),
+            format!("{SUBSCRIBE_REPOS_PATH}?cursor={head}")
         ]
     );
     let stats = observer.events();
@@ -800,7 +870,7 @@ async fn a_silent_subscriber_is_closed_at_the_pong_deadline_while_one_that_answe
 async fn silent_subscriber_until_closed(relay: SocketAddr) -> String {
     let mut silent = TcpStream::connect(relay).await.unwrap();
     silent
-        .write_all(handshake("/subscribe?cursor=0").as_bytes())
+        .write_all(handshake(&format!("{SUBSCRIBE_REPOS_PATH}?cursor=0")).as_bytes())
         .await
         .unwrap();
     let mut received = Vec::new();

@@ -1,13 +1,21 @@
 //! What the relay's integration tests share: a relay on loopback ([`RunningRelay`]), a fresh
-//! database file ([`temp_db`]), and waiting for a condition ([`wait_until`]). Each suite
+//! database file ([`temp_db`]), waiting for a condition ([`wait_until`]), and the
+//! event-stream frames fake upstreams send and consumers check ([`commit_frame`],
+//! [`relayed_commit_frame`], [`decode`]), built with the relay's own `atproto` codec and
+//! real commit CARs. Each suite
 //! (`tests/<suite>/main.rs`) includes it as `#[path = "../support/mod.rs"] mod support;` and
 //! uses a subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipld_core::ipld::Ipld;
+use relay::atproto::frame::{self, Incoming, Kind, Limits};
+use relay::atproto::message::Commit;
+use relay::atproto::syntax::tid;
 use relay::config::ConfigBuilder;
 use relay::http::ShutdownReport;
 use relay::{Observer, Relay};
@@ -105,4 +113,61 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     })
     .await;
     assert!(waited.is_ok(), "timed out waiting until {what}");
+}
+
+/// The account every test commit is about.
+pub const DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+
+/// A `#commit` of [`DID`] that an upstream numbers `seq`: a real CAR slice (the version-3
+/// commit object and one `app.bsky.feed.post` whose text is padded with `pad` bytes), a
+/// revision that grows with `seq`.
+pub fn commit(seq: u64, pad: usize) -> Commit {
+    let rev = tid(1_780_000_000_000_000 + seq, 0);
+    let text = format!("post {seq}{}", "x".repeat(pad));
+    Commit::with_post(
+        i64::try_from(seq).unwrap(),
+        DID,
+        &rev,
+        &text,
+        "2026-06-01T00:00:00.000Z",
+    )
+}
+
+/// `body` as the map the relay decodes it into (every field, known or not).
+pub fn body_map<T: serde::Serialize>(body: &T) -> BTreeMap<String, Ipld> {
+    serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(body).unwrap()).unwrap()
+}
+
+/// The frame an upstream sends for its event `seq` (see [`commit`]).
+pub fn commit_frame(seq: u64, pad: usize) -> Vec<u8> {
+    frame::encode("#commit", &commit(seq, pad))
+}
+
+/// The exact frame a consumer must receive for the upstream's event `upstream_seq` when the
+/// relay numbers it `relay_seq`: the same body, canonical, with the relay's seq.
+pub fn relayed_commit_frame(upstream_seq: u64, pad: usize, relay_seq: u64) -> Vec<u8> {
+    frame::event_frame(
+        Kind::Commit,
+        &frame::body_with_seq(body_map(&commit(upstream_seq, pad)), relay_seq),
+    )
+}
+
+/// What the relay's log counts for that event ([`relayed_commit_frame`]): its kind tag and
+/// its stored body.
+pub fn stored_commit_bytes(upstream_seq: u64, pad: usize, relay_seq: u64) -> usize {
+    Kind::Commit.tag().len()
+        + frame::body_with_seq(body_map(&commit(upstream_seq, pad)), relay_seq).len()
+}
+
+/// A frame decoded as a consumer would (the lexicon's limits).
+pub fn decode(bytes: &[u8]) -> Incoming {
+    frame::decode(bytes, &Limits::default()).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// The relay seq of an event frame.
+pub fn event_seq(bytes: &[u8]) -> u64 {
+    match decode(bytes) {
+        Incoming::Event(event) => event.seq,
+        other => panic!("not an event: {other:?}"),
+    }
 }

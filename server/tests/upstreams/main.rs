@@ -1,13 +1,17 @@
 //! Upstream subscriptions at the system boundary: real WebSocket upstreams on loopback, a
 //! real SQLite file, the relay restarted on the same database.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
+use ipld_core::ipld::Ipld;
+use relay::atproto::frame::{self, Incoming, Kind, SUBSCRIBE_REPOS_PATH};
+use relay::atproto::message::Info;
 use relay::http::xrpc::REQUEST_CRAWL_PATH;
 use relay::store::{HostStatus, Page, Store};
 use relay::upstream::{HostPhase, HostView};
@@ -19,7 +23,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "../support/mod.rs"]
 mod support;
-use support::{wait_until, RunningRelay, ALLOW_LOOPBACK, NO_CRAWL_DNS};
+use support::{
+    body_map, commit, commit_frame, decode, relayed_commit_frame, stored_commit_bytes, wait_until,
+    RunningRelay, ALLOW_LOOPBACK, NO_CRAWL_DNS,
+};
 
 fn temp_db(name: &str) -> PathBuf {
     support::temp_db("upstreams", name)
@@ -46,8 +53,11 @@ async fn upstream(from: u64, to: u64) -> (u16, Arc<Mutex<Vec<String>>>) {
                     return;
                 };
                 for seq in from..=to {
-                    let frame = format!(r#"{{"seq":{seq},"kind":"commit","body":{{"n":{seq}}}}}"#);
-                    if ws.send(Message::text(frame)).await.is_err() {
+                    if ws
+                        .send(Message::binary(commit_frame(seq, 0)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -154,7 +164,11 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
             .collect::<Vec<_>>(),
         (1..=5).map(|seq| (seq, seq)).collect::<Vec<_>>()
     );
-    assert_eq!(events[2].body, r#"{"n":3}"#);
+    assert_eq!(
+        frame::event_frame(events[2].kind, &events[2].body),
+        relayed_commit_frame(3, 0, 3),
+        "the body as sent, with the relay's seq"
+    );
     assert_eq!(relay.observer.events().head_seq, 5);
     let stats = relay.observer.upstreams();
     assert_eq!((stats.workers_running, stats.events_total), (1, 5));
@@ -163,7 +177,10 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
         .metrics_text()
         .contains("relay_upstream_hosts{phase=\"connected\"} 1"));
     relay.stop().await;
-    assert_eq!(uris.lock().unwrap().as_slice(), ["/subscribe?cursor=0"]);
+    assert_eq!(
+        uris.lock().unwrap().as_slice(),
+        [format!("{SUBSCRIBE_REPOS_PATH}?cursor=0")]
+    );
 
     // Restart on the same database: the subscription resumes from the persisted cursor, and
     // the replayed frames at or below it are skipped, not double-counted.
@@ -173,7 +190,10 @@ async fn events_are_persisted_with_their_cursor_which_a_restart_resumes_from() {
         uris.lock().unwrap().len() == 2
     })
     .await;
-    assert_eq!(uris.lock().unwrap()[1], "/subscribe?cursor=5");
+    assert_eq!(
+        uris.lock().unwrap()[1],
+        format!("{SUBSCRIBE_REPOS_PATH}?cursor=5")
+    );
     wait_until("the replayed frames are read", || {
         observer
             .metrics_text()
@@ -464,14 +484,17 @@ async fn loopback_upstreams_are_refused_unless_the_allowlist_names_them() {
     })
     .await;
     assert_eq!(host_view(&observer, "127.0.0.1").quarantined, None);
-    assert_eq!(uris.lock().unwrap()[0], "/subscribe?cursor=0");
+    assert_eq!(
+        uris.lock().unwrap()[0],
+        format!("{SUBSCRIBE_REPOS_PATH}?cursor=0")
+    );
     relay.stop().await;
 }
 
 /// A WebSocket upstream serving two hosts by the `Host` header the relay dials with:
-/// `127.0.0.1` gets `good`, `localhost` gets `bad` (each frame text as given, in order), and
+/// `127.0.0.1` gets `good`, `localhost` gets `bad` (each message as given, in order), and
 /// both connections then stay open.
-async fn two_host_upstream(good: Vec<String>, bad: Vec<String>) -> u16 {
+async fn two_host_upstream(good: Vec<Message>, bad: Vec<Message>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -497,7 +520,7 @@ async fn two_host_upstream(good: Vec<String>, bad: Vec<String>) -> u16 {
                     good
                 };
                 for frame in frames {
-                    if ws.send(Message::text(frame)).await.is_err() {
+                    if ws.send(frame).await.is_err() {
                         return;
                     }
                 }
@@ -508,9 +531,10 @@ async fn two_host_upstream(good: Vec<String>, bad: Vec<String>) -> u16 {
     port
 }
 
-fn frames(seqs: impl IntoIterator<Item = u64>) -> Vec<String> {
+/// Commit frames for `seqs`, as binary messages.
+fn frames(seqs: impl IntoIterator<Item = u64>) -> Vec<Message> {
     seqs.into_iter()
-        .map(|seq| format!(r#"{{"seq":{seq},"kind":"commit","body":{{"n":{seq}}}}}"#))
+        .map(|seq| Message::binary(commit_frame(seq, 0)))
         .collect()
 }
 
@@ -524,7 +548,9 @@ async fn the_historical_poison_frame_costs_only_its_host() {
     // Host B sends two good events, then the frame that once halted the relay for every
     // host (its seq overflows SQLite's integers), then more.
     let mut bad = frames(1..=2);
-    bad.push(r#"{"seq": 9223372036854775813, "kind": "commit", "body": {}}"#.to_owned());
+    let mut poison = body_map(&commit(3, 0));
+    poison.insert("seq".into(), Ipld::Integer(9_223_372_036_854_775_813));
+    bad.push(Message::binary(frame::encode("#commit", &poison)));
     bad.extend(frames(4..=5));
     let port = two_host_upstream(frames(1..=20), bad).await;
     let relay = RunningRelay::start(&[
@@ -576,6 +602,148 @@ async fn the_historical_poison_frame_costs_only_its_host() {
 }
 
 #[tokio::test]
+async fn unknown_types_are_skipped_info_is_counted_and_error_frames_and_text_end_sessions() {
+    let db = temp_db("message_types");
+    Store::open(&db)
+        .unwrap()
+        .add_hosts(["127.0.0.1", "localhost"])
+        .unwrap();
+    // Host A: two events, a message type this relay does not know, an #info, two more
+    // events, then an error frame (the host ends the stream; it does so on every
+    // connection, after resending the same events).
+    let mut good = frames(1..=2);
+    good.push(Message::binary(frame::encode(
+        "#labels",
+        &body_map(&Info {
+            name: "not a label".into(),
+            message: None,
+        }),
+    )));
+    good.push(Message::binary(frame::info_frame(
+        "OutdatedCursor",
+        "events before 1 are gone",
+    )));
+    good.extend(frames(3..=4));
+    good.push(Message::binary(frame::error_frame(
+        "FutureCursor",
+        "cursor ahead of the stream",
+    )));
+    // Host B speaks the old protocol: a JSON text message is not a frame.
+    let bad = vec![Message::text(r#"{"seq":1,"kind":"commit","body":{}}"#)];
+    let port = two_host_upstream(good, bad).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
+        "upstream.startup_jitter_ms=0".to_owned(),
+        "upstream.backoff_base_ms=10".to_owned(),
+        "upstream.backoff_cap_ms=20".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    let host = |name: &str| host_view(&observer, name);
+    wait_until(
+        "host A's four events are in and its error frame ended a session",
+        || {
+            observer.events().head_seq == 4
+                && observer
+                    .metrics_text()
+                    .contains(r#"relay_upstream_disconnects_total{reason="upstream_error"}"#)
+                && host("localhost").consecutive_bad_sessions >= 2
+        },
+    )
+    .await;
+    assert_eq!(host("127.0.0.1").cursor, 4);
+    assert_eq!(host("localhost").last_error, Some("malformed_frame"));
+    assert_eq!(host("localhost").cursor, 0);
+    let metrics = observer.metrics_text();
+    for counted in [
+        "relay_upstream_unknown_messages_total ",
+        r#"relay_upstream_info_total{name="OutdatedCursor"} "#,
+        r#"relay_upstream_error_frames_total{error="FutureCursor"} "#,
+    ] {
+        let count: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(counted))
+            .unwrap_or_else(|| panic!("no {counted}in {metrics}"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{counted}{count}");
+    }
+    let persisted = Store::open(&db)
+        .unwrap()
+        .events_after(0, Page::events(100))
+        .unwrap();
+    assert_eq!(
+        persisted
+            .iter()
+            .map(|event| (event.host_id, event.upstream_seq))
+            .collect::<Vec<_>>(),
+        [(1, 1), (1, 2), (1, 3), (1, 4)]
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_get_the_relays_seq_in_the_body_with_unknown_fields_kept() {
+    let db = temp_db("rewrite");
+    Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
+    // The host numbers its events 101..=103 and adds a field no lexicon has yet.
+    let sent: Vec<BTreeMap<String, Ipld>> = (101..=103)
+        .map(|seq| {
+            let mut body = body_map(&commit(seq, 0));
+            body.insert("futureField".into(), Ipld::String(format!("kept {seq}")));
+            body
+        })
+        .collect();
+    let messages = sent
+        .iter()
+        .map(|body| Message::binary(frame::encode("#commit", body)))
+        .collect();
+    let port = two_host_upstream(messages, Vec::new()).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        format!("upstream.port={port}"),
+        ALLOW_LOOPBACK.to_owned(),
+        "upstream.startup_jitter_ms=0".to_owned(),
+    ])
+    .await;
+    let observer = relay.observer.clone();
+    wait_until("the three events are in", || {
+        observer.events().head_seq == 3
+    })
+    .await;
+    let stream = TcpStream::connect(relay.addr).await.unwrap();
+    let (mut consumer, _) = tokio_tungstenite::client_async(
+        format!("ws://{}{SUBSCRIBE_REPOS_PATH}?cursor=0", relay.addr),
+        stream,
+    )
+    .await
+    .unwrap();
+    for (relay_seq, body) in (1..).zip(&sent) {
+        let Some(Ok(Message::Binary(bytes))) = consumer.next().await else {
+            panic!("no frame for {relay_seq}")
+        };
+        assert_eq!(
+            bytes.as_ref(),
+            frame::event_frame(Kind::Commit, &frame::body_with_seq(body.clone(), relay_seq))
+                .as_slice(),
+            "the host's body, canonical, with the relay's seq"
+        );
+        let Incoming::Event(event) = decode(&bytes) else {
+            panic!("not an event")
+        };
+        assert_eq!((event.seq, event.kind), (relay_seq, Kind::Commit));
+        assert_eq!(
+            event.body.get("futureField"),
+            Some(&Ipld::String(format!("kept {}", relay_seq + 100)))
+        );
+    }
+    consumer.close(None).await.unwrap();
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
     let db = temp_db("refused");
     Store::open(&db)
@@ -591,7 +759,7 @@ async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
         connection
             .execute(
                 "INSERT INTO events (seq, host_id, upstream_seq, kind, body)
-                 SELECT 1, id, 1, 'commit', '{}' FROM hosts WHERE hostname = 'localhost'",
+                 SELECT 1, id, 1, '#commit', x'a0' FROM hosts WHERE hostname = 'localhost'",
                 [],
             )
             .unwrap();
@@ -640,7 +808,7 @@ async fn a_host_whose_seqs_go_backwards_gets_bad_sessions_and_a_named_reason() {
         .add_hosts(["127.0.0.1", "localhost"])
         .unwrap();
     // Host B replays its events in a loop on every connection: 1, 2, 3, 1, 2, 3, …
-    let bad: Vec<String> = frames(1..=3).into_iter().cycle().take(9).collect();
+    let bad: Vec<Message> = frames(1..=3).into_iter().cycle().take(9).collect();
     let port = two_host_upstream(frames(1..=20), bad).await;
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
@@ -732,10 +900,11 @@ async fn a_host_over_its_event_rate_waits_and_loses_nothing() {
 async fn retention_keeps_the_log_within_its_byte_bound() {
     let db = temp_db("retention_bytes");
     Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
-    let pad = "x".repeat(1000);
-    let large: Vec<String> = (1..=60)
-        .map(|seq| format!(r#"{{"seq":{seq},"kind":"commit","body":{{"pad":"{pad}"}}}}"#))
+    let large: Vec<Message> = (1..=60)
+        .map(|seq| Message::binary(commit_frame(seq, 1000)))
         .collect();
+    // What each event holds in the log: its kind tag and its body with the relay's seq.
+    let stored = |seq: u64| stored_commit_bytes(seq, 1000, seq);
     let port = two_host_upstream(large, Vec::new()).await;
     let relay = RunningRelay::start(&[
         format!("store.path={}", db.display()),
@@ -754,17 +923,26 @@ async fn retention_keeps_the_log_within_its_byte_bound() {
     })
     .await;
     let events = observer.events();
-    // Each event holds 1,016 content bytes: at most 19 fit, and retention deletes whole
-    // batches of 4 oldest first, so 16 to 19 remain, the newest ones.
+    // Each event holds about 1.3 KB: retention deletes whole batches of 4 oldest first, so
+    // between the most that fit and 3 fewer remain, the newest ones.
     let kept = Store::open(&db)
         .unwrap()
         .events_after(0, Page::events(100))
         .unwrap();
     let seqs: Vec<u64> = kept.iter().map(|event| event.seq).collect();
-    assert!((16..=19).contains(&seqs.len()), "{seqs:?}");
+    let fit = (1..=60u64)
+        .rev()
+        .scan(0, |total, seq| {
+            *total += stored(seq);
+            Some(*total)
+        })
+        .take_while(|total| *total <= 20_000)
+        .count();
+    assert!((fit - 3..=fit).contains(&seqs.len()), "{fit}: {seqs:?}");
     assert_eq!(seqs.last(), Some(&60));
     assert_eq!(events.oldest_seq, seqs[0]);
-    assert_eq!(events.log_bytes, 1_016 * seqs.len() as u64);
+    let held: usize = seqs.iter().map(|&seq| stored(seq)).sum();
+    assert_eq!(events.log_bytes, held as u64);
     let metrics = observer.metrics_text();
     let gauge = format!("relay_events_log_bytes {}", events.log_bytes);
     assert!(metrics.contains(&gauge), "{metrics}");
