@@ -409,10 +409,12 @@ fn is_zero_u32(value: &u32) -> bool {
 /// received it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LateEvent {
-    /// The host's id in the relay's table.
-    pub host_id: i64,
-    /// The host's sequence number for it.
-    pub upstream_seq: u64,
+    /// The host's index in the world (its accounts' DIDs name it).
+    pub host: u32,
+    /// The account it is about.
+    pub did: String,
+    /// Its `rev` (empty for a message without one).
+    pub rev: String,
     /// Sent to received, milliseconds.
     pub delay_ms: u64,
 }

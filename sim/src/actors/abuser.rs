@@ -160,7 +160,12 @@ async fn hog(first: TcpStream, relay: SocketAddr) -> String {
 /// Subscribe, then read the raw socket (so nothing, not even a pong, is ever sent) until
 /// the relay closes it: `closed`.
 async fn silent_subscriber(stream: TcpStream, relay: SocketAddr) -> String {
-    let url = format!("ws://{relay}/subscribe?cursor=0");
+    // Live only (no cursor): a catch-up of the whole log is not what this abuse is about,
+    // and with frames of a few KB it outlasts a short idle timeout.
+    let url = format!(
+        "ws://{relay}{}",
+        relay::atproto::frame::SUBSCRIBE_REPOS_PATH
+    );
     let mut socket = match tokio_tungstenite::client_async(url, stream).await {
         Ok((socket, _)) => socket,
         Err(error) => return format!("error: handshake: {error}"),
@@ -249,7 +254,12 @@ fn answer_of(received: &[u8]) -> String {
 
 /// Subscribe, send `frame` raw, and report the relay's close frame.
 async fn bad_frame(stream: TcpStream, relay: SocketAddr, frame: &[u8]) -> String {
-    let url = format!("ws://{relay}/subscribe?cursor=0");
+    // Live only (no cursor): a catch-up of the whole log is not what this abuse is about,
+    // and with frames of a few KB it outlasts a short idle timeout.
+    let url = format!(
+        "ws://{relay}{}",
+        relay::atproto::frame::SUBSCRIBE_REPOS_PATH
+    );
     let mut socket = match tokio_tungstenite::client_async(url, stream).await {
         Ok((socket, _)) => socket,
         Err(error) => return format!("error: handshake: {error}"),

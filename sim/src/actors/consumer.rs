@@ -1,7 +1,11 @@
-//! Consumer actors: downstream subscribers of the relay's `/subscribe` WebSocket.
+//! Consumer actors: downstream subscribers of the relay's firehose,
+//! `/xrpc/com.atproto.sync.subscribeRepos?cursor=N`.
 //!
-//! Each consumer checks what it receives as it goes (relay sequence numbers must follow
-//! its cursor with no gap and no duplicate) and records only what an oracle needs: each
+//! Each consumer decodes every frame with the codec the relay decodes its upstreams with
+//! (`relay::atproto::frame::decode`: framing, body shape, DID and TID syntax, the CAR's
+//! hashes and root), so the relay's output is held to the checks it applies to its input,
+//! and checks what it receives as it goes (relay sequence numbers must follow its cursor
+//! with no gap and no duplicate) and records only what an oracle needs: each
 //! session's start and end, the first anomaly of a session, and a final tally kept in
 //! shared state that the world records at the end of the run. Per-frame records would
 //! swamp the trace. Kinds:
@@ -12,7 +16,13 @@
 //!
 //! Every consumer reconnects with its last sequence number after a session ends. Error
 //! frames are anomalies (events lost) except `ConsumerTooSlow` and `StoreUnavailable`,
-//! which end the session with nothing skipped.
+//! which end the session with nothing skipped; so is `#info` `OutdatedCursor` (the events
+//! between the cursor and the oldest kept are never sent). A frame that does not decode
+//! ends the session (`bad_frame`).
+//!
+//! An event names its host through its DID and its send time through its `rev` (or `time`)
+//! ([`super::repo`]): that is what deliveries are timed by. Its digest is over its relay
+//! seq and the frame's bytes, which the relay's log holds as the kind and the body.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,10 +30,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use relay::atproto::frame::{self, decode, Incoming, Limits, SUBSCRIBE_REPOS_PATH};
 use relay::rt::net::TcpStream;
 use relay::rt::time::{now, sleep, sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::repo;
 use super::TraceSink;
 use crate::scenario::{ConsumerKind, ConsumerSpec};
 use crate::trace::{Event, LateEvent};
@@ -53,12 +65,13 @@ pub struct Tally {
     pub on_time: Vec<u64>,
 }
 
-/// When each steady polite host sent each event (event `n` at `n · interval` after the world
-/// started), by the host's id in the relay's table: what consumers time deliveries against.
+/// Which hosts' events consumers time, and how: every steady polite host (event `n` sent
+/// `n · interval` after the world started, which the event's `rev` or `time` says), by its
+/// index, which its accounts' DIDs name.
 #[derive(Clone, Debug)]
 pub struct SendTimes {
-    /// Event interval of every steady polite host, by host id.
-    pub intervals: BTreeMap<i64, Duration>,
+    /// Event interval of every steady polite host, by host index.
+    pub intervals: BTreeMap<u32, Duration>,
     /// `fair_share`: events sent before this point of the run are not timed (the startup
     /// ramp); `None` when the scenario does not check it.
     pub fair_share_from: Option<Duration>,
@@ -77,37 +90,37 @@ pub struct CoverageWindows {
 }
 
 impl SendTimes {
-    /// When event `upstream_seq` of host `host_id` was sent, if the host is timed.
-    fn sent(&self, host_id: i64, upstream_seq: u64) -> Option<Duration> {
-        let interval = self.intervals.get(&host_id)?;
-        Some(*interval * u32::try_from(upstream_seq).ok()?)
+    /// The host of `event` and when it sent it (after the world's start), if the host is
+    /// timed.
+    fn sent(&self, event: &frame::Event) -> Option<(u32, Duration)> {
+        let (host, _) = repo::host_of(&event.did)?;
+        self.intervals.contains_key(&host).then_some(())?;
+        Some((host, repo::sent_at(event)?))
     }
 
-    /// How long event `upstream_seq` of host `host_id` took to arrive at `arrived`, if the
-    /// host is timed and the event was sent after `fair_share`'s start.
+    /// How long `event` took to arrive at `arrived`, and its host, if the host is timed
+    /// and the event was sent after `fair_share`'s start.
     pub fn delay(
         &self,
-        host_id: i64,
-        upstream_seq: u64,
+        event: &frame::Event,
         arrived: Instant,
         world_start: Instant,
-    ) -> Option<Duration> {
-        let sent = self.sent(host_id, upstream_seq)?;
+    ) -> Option<(u32, Duration)> {
+        let (host, sent) = self.sent(event)?;
         (sent >= self.fair_share_from?)
-            .then(|| arrived.saturating_duration_since(world_start + sent))
+            .then(|| (host, arrived.saturating_duration_since(world_start + sent)))
     }
 
-    /// The coverage window of event `upstream_seq` of host `host_id`, if it is timed,
-    /// coverage is counted and it arrived (at `arrived`) in time.
+    /// The coverage window of `event`, if its host is timed, coverage is counted and it
+    /// arrived (at `arrived`) in time.
     pub fn on_time_window(
         &self,
-        host_id: i64,
-        upstream_seq: u64,
+        event: &frame::Event,
         arrived: Instant,
         world_start: Instant,
     ) -> Option<usize> {
         let CoverageWindows { window, within } = self.coverage?;
-        let sent = self.sent(host_id, upstream_seq)?;
+        let (_, sent) = self.sent(event)?;
         (arrived.saturating_duration_since(world_start + sent) <= within)
             .then(|| (sent.as_micros() / window.as_micros().max(1)) as usize)
     }
@@ -134,17 +147,36 @@ impl SendTimes {
     }
 }
 
-/// One delivered event's digest: which relay seq carried which host's event. XOR-ed over a
+/// One delivered event's digest: which relay seq carried which frame (the frame's bytes:
+/// its header, so its kind, and its body, as the relay's log holds them). XOR-ed over a
 /// range of seqs, consumers and the log audit can compare ranges without keeping frames.
-pub fn event_digest(seq: u64, host_id: i64, upstream_seq: u64) -> u64 {
-    let mut bytes = [0; 24];
-    for (chunk, word) in bytes
-        .chunks_exact_mut(8)
-        .zip([seq, host_id as u64, upstream_seq])
-    {
-        chunk.copy_from_slice(&word.to_le_bytes());
+/// A word-at-a-time hash in four lanes, not FNV-1a byte by byte: a realistic-volume run
+/// digests about a gigabyte of frames twice (consumer and audit), and only accidental
+/// differences need catching.
+pub fn event_digest(seq: u64, frame: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut lanes = [seq ^ K, seq.rotate_left(17), !seq, frame.len() as u64];
+    let word = |bytes: &[u8]| {
+        let mut padded = [0u8; 8];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        u64::from_le_bytes(padded)
+    };
+    let mut chunks = frame.chunks_exact(32);
+    for chunk in &mut chunks {
+        for (lane, bytes) in lanes.iter_mut().zip(chunk.chunks_exact(8)) {
+            *lane = (lane.rotate_left(23) ^ word(bytes)).wrapping_mul(K);
+        }
     }
-    crate::trace::fnv1a(&bytes)
+    for (i, bytes) in chunks.remainder().chunks(8).enumerate() {
+        lanes[i] = (lanes[i].rotate_left(23) ^ word(bytes)).wrapping_mul(K);
+    }
+    let mut z = lanes.iter().fold(0u64, |hash, lane| {
+        (hash ^ lane).wrapping_mul(K).rotate_left(29)
+    });
+    // SplitMix64's finalizer, so that XOR-ing many digests keeps them apart.
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Shared handle on a consumer's tally.
@@ -213,7 +245,7 @@ async fn session(
     };
     let connect = async {
         let stream = TcpStream::connect(relay).await.map_err(|e| e.to_string())?;
-        let url = format!("ws://{relay}/subscribe?cursor={cursor}");
+        let url = format!("ws://{relay}{SUBSCRIBE_REPOS_PATH}?cursor={cursor}");
         tokio_tungstenite::client_async_with_config(url, stream, Some(super::actor_ws_config()))
             .await
             .map(|(socket, _)| socket)
@@ -254,8 +286,8 @@ async fn session(
             Ok(Some(Err(error))) => return end(&format!("error: {error}"), frames, false),
             Ok(Some(Ok(message))) => message,
         };
-        let text = match message {
-            Message::Text(text) => text,
+        let bytes = match message {
+            Message::Binary(bytes) => bytes,
             Message::Close(frame) => {
                 let reason =
                     frame.map_or_else(|| "close".to_owned(), |f| format!("close: {}", f.reason));
@@ -263,34 +295,53 @@ async fn session(
             }
             _ => continue,
         };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return end("bad_json", frames, false);
+        let event = match decode(&bytes, &Limits::default()) {
+            Err(error) => return end(&format!("bad_frame: {error}"), frames, false),
+            Ok(Incoming::Event(event)) => event,
+            Ok(Incoming::Unknown(_)) => continue,
+            Ok(Incoming::Error(error)) => {
+                match error.error.as_str() {
+                    "ConsumerTooSlow" => {
+                        tally.lock().expect("tally lock").too_slow += 1;
+                        return end("too_slow", frames, true);
+                    }
+                    // The relay could not read the catch-up page: nothing was skipped, the
+                    // consumer retries with the same cursor.
+                    "StoreUnavailable" => return end("store_unavailable", frames, false),
+                    _ => {}
+                }
+                if !anomaly_reported {
+                    anomaly_reported = true;
+                    sink.record(
+                        name,
+                        Event::ConsumerAnomaly {
+                            consumer: name.to_owned(),
+                            expected,
+                            got: 0,
+                            detail: error.error,
+                        },
+                    );
+                }
+                continue;
+            }
+            Ok(Incoming::Info(info)) => {
+                // `OutdatedCursor`: the events up to the oldest kept are never sent.
+                if !anomaly_reported {
+                    anomaly_reported = true;
+                    sink.record(
+                        name,
+                        Event::ConsumerAnomaly {
+                            consumer: name.to_owned(),
+                            expected,
+                            got: 0,
+                            detail: info.name,
+                        },
+                    );
+                }
+                continue;
+            }
         };
-        if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
-            if error == "ConsumerTooSlow" {
-                tally.lock().expect("tally lock").too_slow += 1;
-                return end("too_slow", frames, true);
-            }
-            if error == "StoreUnavailable" {
-                // The relay could not read the catch-up page: nothing was skipped, the
-                // consumer retries with the same cursor.
-                return end("store_unavailable", frames, false);
-            }
-            if !anomaly_reported {
-                anomaly_reported = true;
-                sink.record(
-                    name,
-                    Event::ConsumerAnomaly {
-                        consumer: name.to_owned(),
-                        expected,
-                        got: 0,
-                        detail: error.to_owned(),
-                    },
-                );
-            }
-            continue;
-        }
-        let seq = value.get("seq").and_then(|s| s.as_u64()).unwrap_or(0);
+        let seq = event.seq;
         if seq != expected && !anomaly_reported {
             anomaly_reported = true;
             sink.record(
@@ -316,11 +367,6 @@ async fn session(
                 u64::try_from(arrived.duration_since(last).as_micros()).unwrap_or(u64::MAX)
             });
             last_frame_at = Some(arrived);
-            let host_id = value.get("host_id").and_then(|h| h.as_i64()).unwrap_or(0);
-            let upstream_seq = value
-                .get("upstream_seq")
-                .and_then(|u| u.as_u64())
-                .unwrap_or(0);
             let mut tally = tally.lock().expect("tally lock");
             tally.max_gap_us = tally.max_gap_us.max(gap_us);
             tally.frames += 1;
@@ -328,17 +374,17 @@ async fn session(
             if tally.first_seq == 0 {
                 tally.first_seq = seq;
             }
-            tally.digest ^= event_digest(seq, host_id, upstream_seq);
-            if let Some(window) = send_times
-                .and_then(|times| times.on_time_window(host_id, upstream_seq, arrived, world_start))
+            tally.digest ^= event_digest(seq, &bytes);
+            if let Some(window) =
+                send_times.and_then(|times| times.on_time_window(&event, arrived, world_start))
             {
                 if tally.on_time.len() <= window {
                     tally.on_time.resize(window + 1, 0);
                 }
                 tally.on_time[window] += 1;
             }
-            if let Some(delay) = send_times
-                .and_then(|times| times.delay(host_id, upstream_seq, arrived, world_start))
+            if let Some((host, delay)) =
+                send_times.and_then(|times| times.delay(&event, arrived, world_start))
             {
                 let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                 if tally
@@ -347,8 +393,9 @@ async fn session(
                     .is_none_or(|latest| delay_ms > latest.delay_ms)
                 {
                     tally.latest_event = Some(LateEvent {
-                        host_id,
-                        upstream_seq,
+                        host,
+                        did: event.did,
+                        rev: event.rev.unwrap_or_default(),
                         delay_ms,
                     });
                 }

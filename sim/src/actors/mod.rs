@@ -18,6 +18,7 @@ pub mod crawl;
 pub mod hostile;
 pub mod http;
 pub mod relay_host;
+pub mod repo;
 pub mod rng;
 pub mod upstream;
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use relay::atproto::frame::{event_frame, Kind};
 use relay::events::EventStats;
 use relay::http::dispatch::DispatchStats;
 use relay::memory::MemoryStats;
@@ -462,11 +463,10 @@ pub fn publish_host_table(
 }
 
 /// What consumers time deliveries against when `scenario` checks `fair_share` or
-/// `coverage_min`: every steady polite host's event interval, by its id in the relay's table
-/// at `database`.
+/// `coverage_min`: every steady polite host's event interval, by its index (which its
+/// accounts' DIDs name).
 pub fn send_times(
     scenario: &Scenario,
-    database: &Path,
     plans: &[Arc<upstream::HostPlan>],
 ) -> Option<Arc<consumer::SendTimes>> {
     let fair_share_from = scenario
@@ -485,17 +485,10 @@ pub fn send_times(
     if fair_share_from.is_none() && coverage.is_none() {
         return None;
     }
-    let connection = rusqlite::Connection::open(database).ok()?;
-    let mut query = connection.prepare("SELECT hostname, id FROM hosts").ok()?;
-    let ids: std::collections::BTreeMap<String, i64> = query
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .ok()?
-        .flatten()
-        .collect();
     let intervals = plans
         .iter()
         .filter(|plan| plan.dead.is_none() && plan.flap.is_none() && plan.hostile.is_none())
-        .filter_map(|plan| Some((*ids.get(&plan.hostname)?, plan.event_interval)))
+        .map(|plan| (plan.index, plan.event_interval))
         .collect();
     Some(Arc::new(consumer::SendTimes {
         intervals,
@@ -657,37 +650,90 @@ pub fn finish(
 }
 
 /// Whether the events a consumer received (its digest over relay seqs `first_seq..=last_seq`,
-/// each received once) are the ones the event log holds under those seqs; `None` when the
-/// two cannot be compared: nothing received, a range the consumer did not receive whole, or
-/// rows the log no longer holds (retention).
+/// each received once) are the ones the event log holds under those seqs — each row's frame
+/// rebuilt from its kind and body as the relay sends it; `None` when the two cannot be
+/// compared: nothing received, a range the consumer did not receive whole, or rows the log
+/// no longer holds (retention).
 fn log_agrees(log: &rusqlite::Connection, tally: &consumer::Tally) -> Option<bool> {
     let (first, last) = (tally.first_seq, tally.last_seq);
     if first == 0 || tally.frames != last - first + 1 {
         return None;
     }
     let mut query = log
-        .prepare("SELECT seq, host_id, upstream_seq FROM events WHERE seq BETWEEN ?1 AND ?2")
+        .prepare("SELECT seq, kind, body FROM events WHERE seq BETWEEN ?1 AND ?2")
         .ok()?;
-    let rows = query
-        .query_map([first as i64, last as i64], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })
-        .ok()?;
+    let mut rows = query.query([first as i64, last as i64]).ok()?;
     let (mut count, mut digest) = (0, 0);
-    for (seq, host_id, upstream_seq) in rows.flatten() {
+    while let Ok(Some(row)) = rows.next() {
+        let (Ok(seq), Ok(kind), Ok(body)) = (
+            row.get::<_, i64>(0),
+            row.get_ref(1)
+                .map(|kind| kind.as_str().ok().and_then(stored_kind)),
+            row.get_ref(2).map(|body| body.as_bytes().ok()),
+        ) else {
+            continue;
+        };
         count += 1;
-        digest ^= consumer::event_digest(seq as u64, host_id, upstream_seq as u64);
+        if let (Some(kind), Some(body)) = (kind, body) {
+            digest ^= consumer::event_digest(seq as u64, &event_frame(kind, body));
+        }
     }
     (count == tally.frames).then_some(digest == tally.digest)
+}
+
+/// The kind of a stored row: its tag (`#commit`), with or without the `#`.
+fn stored_kind(tag: &str) -> Option<Kind> {
+    Kind::from_tag(tag).or_else(|| Kind::ALL.into_iter().find(|kind| kind.tag()[1..] == *tag))
 }
 
 #[cfg(test)]
 mod tests {
     use super::shm_has_room;
+    use super::*;
+    use relay::atproto::frame::{body_with_seq, decode, Incoming, Limits};
+
+    #[test]
+    fn a_consumer_s_digest_matches_the_log_s() {
+        let repos = super::super::repo::Repos::new(5, Duration::from_millis(20), 0);
+        let log = rusqlite::Connection::open_in_memory().unwrap();
+        log.execute_batch(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, host_id INTEGER, \
+             upstream_seq INTEGER, kind TEXT, body BLOB)",
+        )
+        .unwrap();
+        let mut tally = consumer::Tally::default();
+        for (seq, n) in (101..=400).zip(1..) {
+            // What the relay does: decode, store the body under its own seq, send
+            // `event_frame(kind, body)`.
+            let Ok(Incoming::Event(event)) = decode(&repos.frame(n, n), &Limits::default()) else {
+                panic!("event {n} does not decode")
+            };
+            let kind = event.kind;
+            let body = body_with_seq(event.body, seq);
+            log.execute(
+                "INSERT INTO events VALUES (?1, 1, ?2, ?3, ?4)",
+                rusqlite::params![seq as i64, n as i64, kind.tag(), body],
+            )
+            .unwrap();
+            let sent = event_frame(kind, &body);
+            tally.digest ^= consumer::event_digest(seq, &sent);
+            tally.frames += 1;
+            tally.last_seq = seq;
+            if tally.first_seq == 0 {
+                tally.first_seq = seq;
+            }
+        }
+        assert_eq!(log_agrees(&log, &tally), Some(true));
+        log.execute("UPDATE events SET body = x'00' || body WHERE seq = 250", [])
+            .unwrap();
+        assert_eq!(
+            log_agrees(&log, &tally),
+            Some(false),
+            "one changed body shows"
+        );
+        tally.frames -= 1;
+        assert_eq!(log_agrees(&log, &tally), None, "a range not received whole");
+    }
 
     #[test]
     fn shm_is_used_only_when_mounted_with_room() {

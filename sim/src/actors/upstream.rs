@@ -1,10 +1,12 @@
 //! Upstream host actors and the host table: generated, or loaded from a file.
 //!
-//! Every host is its own simulated node with its own IP and DNS name, serving
-//! `ws://<name>:80/subscribe?cursor=N`. A host's event log is a pure function of time:
-//! event `n` exists from `n · event_interval` after the world started, so a subscriber that
-//! resumes from cursor `c` is sent `c+1 ..` (the catch-up), then live events as they fall
-//! due. Flaky hosts alternate up and down windows (down: new connections are dropped, live
+//! Every host is its own simulated node with its own IP and DNS name, serving atproto's
+//! firehose, `ws://<name>:80/xrpc/com.atproto.sync.subscribeRepos?cursor=N`, in binary
+//! frames. A host's event log is a pure function of time: event `n` exists from
+//! `n · event_interval` after the world started, so a subscriber that resumes from cursor
+//! `c` is sent `c+1 ..` (the catch-up), then live events as they fall due. What event `n`
+//! is — a `#commit` of one of the host's accounts, now and then an `#identity` or an
+//! `#account` — is [`super::repo`]'s. Flaky hosts alternate up and down windows (down: new connections are dropped, live
 //! ones cut); dead hosts never answer, each in one of the ways of [`DeadHost`]. A polite
 //! host's link can be made slower for a while ([`LinkDelay`], the `hosts_latency` fault). Hostile
 //! hosts (numbered after the polite ones) play one misbehaviour each: [`super::hostile`].
@@ -18,18 +20,21 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::SinkExt;
 use madsim::rand::Rng;
+use relay::atproto::frame::SUBSCRIBE_REPOS_PATH;
 use relay::rt::net::{TcpListener, TcpStream};
 use relay::rt::time::{now, sleep, sleep_until, Instant};
 use relay::upstream::egress::Cidr;
 use tokio::io::AsyncReadExt;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::repo::{sent_offset, Repos};
 use super::rng::thread_rng;
 use super::TraceSink;
 use crate::scenario::{Between, HostStatus, HostileKind, RateSpec, UpstreamsSpec};
@@ -113,6 +118,8 @@ impl DeadHost {
 /// One host of the world.
 #[derive(Clone, Debug)]
 pub struct HostPlan {
+    /// Its index in the world's host list: its accounts' DIDs name it ([`super::repo::did`]).
+    pub index: u32,
     /// DNS name (also the node name).
     pub hostname: String,
     /// Its address.
@@ -125,7 +132,7 @@ pub struct HostPlan {
     pub event_interval: Duration,
     /// Up/down rhythm, for flaky hosts.
     pub flap: Option<Flap>,
-    /// Filler in every event body (`"pad"`), bytes.
+    /// Filler in every commit (one more block in its CAR), bytes.
     pub body_pad_bytes: u32,
     /// The misbehaviour a hostile host plays (`None`: a polite host).
     pub hostile: Option<HostileKind>,
@@ -133,6 +140,9 @@ pub struct HostPlan {
     pub frame_limit_bytes: usize,
     /// Extra latency on what it sends, while a `hosts_latency` fault holds it.
     pub link_delay: Arc<LinkDelay>,
+    /// Its repositories' prebuilt blocks, built at its first event: this world's, dropped
+    /// with the plan.
+    pub repos: OnceLock<Repos>,
 }
 
 /// Extra one-way latency on what a polite host sends the relay (its handshake answer and
@@ -240,6 +250,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
                 }
             });
             HostPlan {
+                index,
                 hostname: name,
                 ip: host_ip(index),
                 dead,
@@ -250,6 +261,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
                 hostile: None,
                 frame_limit_bytes,
                 link_delay: Arc::default(),
+                repos: OnceLock::new(),
             }
         })
         .collect();
@@ -273,6 +285,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
                 _ => quickest,
             };
             hosts.push(HostPlan {
+                index,
                 hostname: hostname(index),
                 ip: host_ip(index),
                 dead: None,
@@ -283,6 +296,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
                 hostile: Some(kind),
                 frame_limit_bytes,
                 link_delay: Arc::default(),
+                repos: OnceLock::new(),
             });
         }
     }
@@ -352,8 +366,16 @@ fn host_ip(index: u32) -> Ipv4Addr {
 impl HostPlan {
     /// Wait until event `seq` falls due and return its frame, or, if the host goes down
     /// first (flaky hosts), wait until then and return `None`: the live connection is cut.
-    pub async fn next_frame(&self, seq: u64, world_start: Instant) -> Option<String> {
-        let due = self.event_interval * u32::try_from(seq).unwrap_or(u32::MAX);
+    pub async fn next_frame(&self, seq: u64, world_start: Instant) -> Option<Vec<u8>> {
+        self.wait_due(seq, world_start)
+            .await
+            .then(|| self.frame(seq, seq))
+    }
+
+    /// Wait until event `seq` falls due (`true`), or, if the host goes down first (flaky
+    /// hosts), until then (`false`).
+    pub async fn wait_due(&self, seq: u64, world_start: Instant) -> bool {
+        let due = sent_offset(self.event_interval, seq);
         let since_start = now().saturating_duration_since(world_start);
         let cut_at = self
             .flap
@@ -361,28 +383,26 @@ impl HostPlan {
             .and_then(|flap| flap.next_down(since_start));
         if let Some(cut_at) = cut_at.filter(|cut_at| *cut_at <= due) {
             sleep_until(world_start + cut_at).await;
-            return None;
+            return false;
         }
         sleep_until(world_start + due).await;
-        Some(self.frame(seq, seq, self.body_pad_bytes as usize))
+        true
     }
 
-    /// The frame of event `n` sent under sequence number `seq`, its body padded by
-    /// `pad_bytes`.
-    pub fn frame(&self, seq: u64, n: u64, pad_bytes: usize) -> String {
-        let pad = match pad_bytes {
-            0 => String::new(),
-            bytes => format!(r#","pad":"{}""#, "x".repeat(bytes)),
-        };
-        format!(
-            r#"{{"seq":{seq},"kind":"commit","body":{{"host":"{}","n":{n}{pad}}}}}"#,
-            self.hostname
-        )
+    /// The host's repositories (built at the first call).
+    pub fn repos(&self) -> &Repos {
+        self.repos
+            .get_or_init(|| Repos::new(self.index, self.event_interval, self.body_pad_bytes))
+    }
+
+    /// The frame of event `n` sent under sequence number `seq`.
+    pub fn frame(&self, seq: u64, n: u64) -> Vec<u8> {
+        self.repos().frame(seq, n)
     }
 
     /// When event `n` falls due.
     pub fn due(&self, n: u64, world_start: Instant) -> Instant {
-        world_start + self.event_interval * u32::try_from(n).unwrap_or(u32::MAX)
+        world_start + sent_offset(self.event_interval, n)
     }
 }
 
@@ -431,7 +451,8 @@ pub async fn hold_unanswered(mut stream: TcpStream) {
 }
 
 /// A WebSocket subscriber on `stream`: the server handshake, after the host's handshake
-/// latency, and the cursor the subscriber asked to resume from.
+/// latency, and the cursor the subscriber asked to resume from (0 without one). A request
+/// for any other path than the firehose's is answered 404.
 pub async fn accept(
     plan: &HostPlan,
     stream: TcpStream,
@@ -440,6 +461,11 @@ pub async fn accept(
     let mut cursor = 0;
     #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
     let read_cursor = |request: &Request, response: Response| {
+        if request.uri().path() != SUBSCRIBE_REPOS_PATH {
+            let mut refusal = ErrorResponse::new(Some("not found".to_owned()));
+            *refusal.status_mut() = StatusCode::NOT_FOUND;
+            return Err(refusal);
+        }
         cursor = request
             .uri()
             .query()
@@ -500,7 +526,7 @@ async fn subscription(
         plan.link_delay
             .hold(plan.due(seq, world_start).max(subscribed))
             .await;
-        if ws.send(Message::text(frame)).await.is_err() {
+        if ws.send(Message::binary(frame)).await.is_err() {
             return;
         }
         seq += 1;

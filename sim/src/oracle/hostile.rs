@@ -197,8 +197,8 @@ pub fn fair_share(records: &[Record], delay_ms_max: u64) -> Option<Violation> {
                 index,
                 record,
                 format!(
-                    "{consumer} received host {}'s event {} {} ms after it was sent, expected at most {delay_ms_max} ms",
-                    late.host_id, late.upstream_seq, late.delay_ms
+                    "{consumer} received host {}'s event (rev {} of {}) {} ms after it was sent, expected at most {delay_ms_max} ms",
+                    late.host, late.rev, late.did, late.delay_ms
                 ),
             ));
         }
@@ -283,8 +283,9 @@ mod tests {
             let (t_us, mut event) = consumer_final(150, "fast-0", false, 900, 0);
             if let Event::ConsumerFinal { latest_event, .. } = &mut event {
                 *latest_event = Some(crate::trace::LateEvent {
-                    host_id: 3,
-                    upstream_seq: 62,
+                    host: 3,
+                    did: "did:plc:aaadaddf6cqylvdj2kfrp5xw".into(),
+                    rev: "3mgfvl4q2u22d".into(),
                     delay_ms,
                 });
             }
@@ -293,7 +294,9 @@ mod tests {
         assert_eq!(fair_share(trace([timed(2_000)]).records(), 3_000), None);
         let late = fair_share(trace([timed(86_325)]).records(), 3_000).unwrap();
         assert!(
-            late.message.contains("host 3's event 62 86325 ms"),
+            late.message.contains(
+                "host 3's event (rev 3mgfvl4q2u22d of did:plc:aaadaddf6cqylvdj2kfrp5xw) 86325 ms"
+            ),
             "{}",
             late.message
         );

@@ -3,8 +3,9 @@
 //!
 //! Same as the tunnel's world: the madsim config (per-packet latency), the host table
 //! (`upstream::plan`, drawn from the same seed: names, IPs, dead hosts of every kind and flaky hosts, handshake
-//! latencies, event intervals), one node per host serving the same event frames at the same
-//! times (catch-up from a cursor, flaky hosts cutting connections in their down windows),
+//! latencies, event intervals), one node per host serving events at the same times
+//! (catch-up from a cursor, flaky hosts cutting connections in their down windows) — as the
+//! tunnel's hosts served them before atproto, small JSON lines, not `#commit` frames —
 //! one client node dialling every host by name after a startup jitter and re-dialling with
 //! capped exponential backoff, and a prober node sending an HTTP GET on the scenario's
 //! period to a listener on the client node.
@@ -194,13 +195,27 @@ async fn session(plan: Arc<HostPlan>, stream: TcpStream, world_start: Instant) {
     let cursor: u64 = cursor_line.trim().parse().unwrap_or(0);
     sleep(plan.handshake_latency).await;
     let mut seq = cursor + 1;
-    while let Some(mut frame) = plan.next_frame(seq, world_start).await {
-        frame.push('\n');
+    while plan.wait_due(seq, world_start).await {
+        let frame = json_line(&plan, seq);
         if write_flushed(&mut write, frame.as_bytes()).await.is_err() {
             return;
         }
         seq += 1;
     }
+}
+
+/// Event `seq` of `plan` as a newline-delimited JSON frame: the tunnel's private protocol
+/// before atproto, kept here because the baseline's cost is what it was measured with
+/// (`{"seq":N,"kind":"commit","body":{"host":…,"n":N,"pad":…}}`).
+fn json_line(plan: &HostPlan, seq: u64) -> String {
+    let pad = match plan.body_pad_bytes {
+        0 => String::new(),
+        bytes => format!(r#","pad":"{}""#, "x".repeat(bytes as usize)),
+    };
+    format!(
+        "{{\"seq\":{seq},\"kind\":\"commit\",\"body\":{{\"host\":\"{}\",\"n\":{seq}{pad}}}}}\n",
+        plan.hostname
+    )
 }
 
 /// The client's side of one host: dial, send the cursor, count frames; on any failure

@@ -187,7 +187,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     let (restart, orchestrator) = orchestrator(&madsim_world, &scenario, &sink);
     world_tasks.extend(orchestrator.map(madsim::task::spawn));
 
-    let send_times = relay_host::send_times(&scenario, &database, &plans);
+    let send_times = relay_host::send_times(&scenario, &plans);
     let (clients, tallies) = cast::clients(&scenario, send_times.clone(), restart);
     for client in &clients {
         let node = handle

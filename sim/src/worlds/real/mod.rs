@@ -313,7 +313,7 @@ async fn world(
             Some(_) => tokio::spawn(upstream::black_hole(plan.hostname.clone(), listen)),
         };
     }
-    let send_times = relay_host::send_times(&scenario, database, &plans);
+    let send_times = relay_host::send_times(&scenario, &plans);
 
     let relay_config = RelayPlacement {
         listen: relay_addr,
@@ -516,6 +516,7 @@ mod tests {
     #[test]
     fn table_hosts_get_loopback_addresses_and_unresolvable_names() {
         let plan = |dead| upstream::HostPlan {
+            index: 0,
             hostname: "pds.example.social".into(),
             ip: Ipv4Addr::new(172, 16, 12, 209),
             dead,
@@ -526,6 +527,7 @@ mod tests {
             hostile: None,
             frame_limit_bytes: 1,
             link_delay: Arc::default(),
+            repos: std::sync::OnceLock::new(),
         };
         for dead in [None, Some(DeadHost::Refused), Some(DeadHost::BlackHole)] {
             let placed = on_loopback(plan(dead));
