@@ -855,16 +855,31 @@ impl Upstreams {
         CrawlWindow::at(self.clock.now_ms(), self.config.crawl_window_s)
     }
 
+    /// The hostname `requestCrawl` takes: a DNS name of two labels or more, not under a
+    /// domain that only names internal hosts — or a name the operator listed exactly in
+    /// `insecure_ws_hosts` (a development host such as `localhost`: listing it by name is
+    /// the operator's consent; its addresses still pass the egress rule).
+    fn crawlable_name(&self, raw_hostname: &str) -> Result<String, CrawlError> {
+        if let Ok(name) = hostname::validate_name(raw_hostname) {
+            let listed = |pattern: &transport::HostPattern| matches!(pattern, transport::HostPattern::Exact(exact) if *exact == name);
+            if self.config.insecure_ws_hosts.iter().any(listed) {
+                return Ok(name);
+            }
+        }
+        let hostname = hostname::validate(raw_hostname)?;
+        match egress::refuse_name(&hostname) {
+            Some(refusal) => Err(CrawlError::InternalName(refusal)),
+            None => Ok(hostname),
+        }
+    }
+
     /// Add (or re-activate) a host on request and make sure it has a worker, within the
     /// limits on new hosts (per window and in all) and on waking dormant hosts.
     pub async fn request_crawl(
         self: &Arc<Self>,
         raw_hostname: &str,
     ) -> Result<CrawlAccepted, CrawlError> {
-        let hostname = hostname::validate(raw_hostname)?;
-        if let Some(refusal) = egress::refuse_name(&hostname) {
-            return Err(CrawlError::InternalName(refusal));
-        }
+        let hostname = self.crawlable_name(raw_hostname)?;
         if let Some(ban) = self.ban_covering(&hostname) {
             return Err(CrawlError::Banned { hostname, ban });
         }

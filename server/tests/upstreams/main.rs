@@ -304,6 +304,50 @@ async fn request_crawl_refuses_internal_names_with_the_reason() {
 }
 
 #[tokio::test]
+async fn a_development_host_named_in_the_ws_allowlist_may_be_crawled() {
+    // The support relay lists 127.0.0.1 and localhost in upstream.insecure_ws_hosts: a
+    // reference PDS on this machine is `localhost`, one label under an internal domain.
+    // Its addresses must pass the egress rule as any host's do.
+    let db = temp_db("crawl_dev_host");
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+        r#"upstream.egress_allow=["127.0.0.0/8", "::1/128"]"#.to_owned(),
+    ])
+    .await;
+    let response = post_crawl(relay.addr, r#"{"hostname":"localhost"}"#).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    // Only a name listed exactly: a name under it is still internal.
+    let response = post_crawl(relay.addr, r#"{"hostname":"api.localhost"}"#).await;
+    assert!(
+        response.contains("names under .localhost are internal hosts"),
+        "{response}"
+    );
+    let hosts: Vec<String> = relay
+        .observer
+        .hosts()
+        .into_iter()
+        .map(|h| h.hostname)
+        .collect();
+    assert_eq!(hosts, ["localhost"]);
+    relay.stop().await;
+
+    let db = temp_db("crawl_dev_host_unlisted");
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.insecure_ws_hosts=[]".to_owned(),
+    ])
+    .await;
+    let response = post_crawl(relay.addr, r#"{"hostname":"localhost"}"#).await;
+    assert!(
+        response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{response}"
+    );
+    assert!(relay.observer.hosts().is_empty(), "nothing was added");
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn request_crawl_past_the_callers_limit_gets_429_before_its_body_is_read() {
     let db = temp_db("crawl_per_client");
     let relay = RunningRelay::start(&[
