@@ -47,8 +47,8 @@
 # speak subscribeRepos yet).
 set -euo pipefail
 
-# The relay's allowlist of upstream hosts it may dial over plain ws:// (no TLS). Its name is
-# not settled yet: change it here. An empty value leaves the setting out.
+# The relay's allowlist of upstream hosts it may dial over plain ws:// (no TLS); naming
+# localhost there exactly also lets requestCrawl take it. An empty value leaves it out.
 RELAY_INSECURE_WS_KEY=${RELAY_INSECURE_WS_KEY-upstream.insecure_ws_hosts}
 # How long each firehose reader may take, from its start to the last commit.
 CHECK_TIMEOUT_S=${CHECK_TIMEOUT_S:-30}
