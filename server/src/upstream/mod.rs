@@ -862,8 +862,8 @@ impl Upstreams {
     /// the operator's consent; its addresses still pass the egress rule).
     fn crawlable_name(&self, raw_hostname: &str) -> Result<String, CrawlError> {
         if let Ok(name) = hostname::validate_name(raw_hostname) {
-            let listed = |pattern: &transport::HostPattern| matches!(pattern, transport::HostPattern::Exact(exact) if *exact == name);
-            if self.config.insecure_ws_hosts.iter().any(listed) {
+            let listed = transport::HostPattern::Exact(name.clone());
+            if self.config.insecure_ws_hosts.contains(&listed) {
                 return Ok(name);
             }
         }

@@ -18,13 +18,10 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
@@ -32,6 +29,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 
 use super::hostname;
 use super::UpstreamConfig;
@@ -288,7 +286,7 @@ impl Transport {
     ) -> Result<WebSocketStream<UpstreamStream>, HandshakeFailure> {
         let scheme = Scheme::for_host(hostname, &self.insecure_ws_hosts);
         let stream = match scheme {
-            Scheme::Ws => UpstreamStream::Plain(tcp),
+            Scheme::Ws => Either::Left(tcp),
             Scheme::Wss => {
                 let tls_failed = |error: &dyn fmt::Display| {
                     tracing::debug!(host = hostname, %error, "TLS handshake failed");
@@ -301,7 +299,7 @@ impl Transport {
                     .connect(name, tcp)
                     .await
                     .map_err(|error| tls_failed(&error))?;
-                UpstreamStream::Tls(Box::new(stream))
+                Either::Right(Box::new(stream))
             }
         };
         let url = subscribe_url(scheme, hostname, self.port, cursor);
@@ -340,57 +338,10 @@ fn add_trust_anchors(roots: &mut RootCertStore, path: &Path) -> Result<(), Trans
     Ok(())
 }
 
-/// The stream a subscription reads: the TCP connection itself (`ws://`) or TLS over it.
-// Under madsim the plain stream is the larger (`rt::flow`'s, with its flow-control
-// windows): boxing it would allocate for every simulated connection to save nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum UpstreamStream {
-    /// `ws://`.
-    Plain(TcpStream),
-    /// `wss://`; boxed, so a plain connection does not carry TLS state's size.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Self::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Self::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Self::Tls(stream) => Pin::new(stream).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Self::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
-        }
-    }
-}
+/// The stream a subscription reads: `Left`, the TCP connection itself (`ws://`), or
+/// `Right`, TLS over it (`wss://`; boxed, so a plain connection does not carry TLS state's
+/// size). tokio-util's `Either` reads and writes through whichever it holds.
+pub type UpstreamStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 #[cfg(test)]
 mod tests {
