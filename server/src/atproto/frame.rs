@@ -91,12 +91,14 @@ pub struct Event {
     /// The commit revision (`#commit`, `#sync`).
     pub rev: Option<String>,
     /// The commit object's CID (`#commit`'s `commit`, `#sync`'s CAR root); `None` for the
-    /// others (and for a deprecated `tooBig` `#commit`, which names one: it is given).
+    /// others and for a `#sync` from [`decode_forwarded`].
     pub commit: Option<ipld_core::cid::Cid>,
     /// The `#account` message's status: `None` when active, else the status given
     /// (`inactive` when none is).
     pub inactive_status: Option<String>,
-    /// The body as received, every field kept.
+    /// When the message says it was emitted (its `time`).
+    pub time: String,
+    /// The body as received, every field kept (empty from [`decode_forwarded`]).
     pub body: BTreeMap<String, Ipld>,
 }
 
@@ -175,6 +177,27 @@ struct Header {
 
 /// Decode and check one message payload.
 pub fn decode(payload: &[u8], limits: &Limits) -> Result<Incoming, BadFrame> {
+    decode_checking(payload, limits, Read::Everything)
+}
+
+/// [`decode`] as a relay's subscriber needs it: every check but the CAR slice's (its
+/// hashes, its root, the commit object's did and rev), and the body not kept
+/// ([`Event::body`] is empty). The relay read every CAR on the way in and forwards the
+/// bytes; a subscriber that reads each one again pays most of a relay's decoding cost.
+pub fn decode_forwarded(payload: &[u8], limits: &Limits) -> Result<Incoming, BadFrame> {
+    decode_checking(payload, limits, Read::Forwarded)
+}
+
+/// How much of a message [`decode_checking`] reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Read {
+    /// Everything, the body kept: what the relay does with its upstreams' messages.
+    Everything,
+    /// Everything but the CAR slice, the body not kept: [`decode_forwarded`].
+    Forwarded,
+}
+
+fn decode_checking(payload: &[u8], limits: &Limits, read: Read) -> Result<Incoming, BadFrame> {
     let mut reader = std::io::Cursor::new(payload);
     let header: Header = serde_ipld_dagcbor::de::from_reader_once(&mut reader)
         .map_err(|error| BadFrame::Header(error.to_string()))?;
@@ -183,7 +206,7 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Incoming, BadFrame> {
         (-1, _) => Ok(Incoming::Error(typed("error", body)?)),
         (1, Some(t)) if t == INFO_TAG => Ok(Incoming::Info(typed("#info", body)?)),
         (1, Some(t)) => match Kind::from_tag(&t) {
-            Some(kind) => decode_event(kind, body, limits).map(Incoming::Event),
+            Some(kind) => decode_event(kind, body, limits, read).map(Incoming::Event),
             None => Ok(Incoming::Unknown(t)),
         },
         (op, t) => Err(BadFrame::Op { op, t }),
@@ -197,39 +220,69 @@ fn typed<T: for<'de> Deserialize<'de>>(kind: &'static str, body: &[u8]) -> Resul
     })
 }
 
-fn decode_event(kind: Kind, body: &[u8], limits: &Limits) -> Result<Event, BadFrame> {
-    let map: BTreeMap<String, Ipld> = typed(kind.tag(), body)?;
-    let seq = match map.get("seq") {
-        Some(Ipld::Integer(seq)) => *seq,
-        _ => {
-            return Err(BadFrame::Body {
-                kind: kind.tag(),
-                error: "no integer seq".into(),
-            })
+fn decode_event(kind: Kind, body: &[u8], limits: &Limits, read: Read) -> Result<Event, BadFrame> {
+    let map = match read {
+        Read::Everything => {
+            // The map first: its `seq` is read as any integer, so one out of range is named.
+            let map: BTreeMap<String, Ipld> = typed(kind.tag(), body)?;
+            let seq = match map.get("seq") {
+                Some(Ipld::Integer(seq)) => *seq,
+                _ => {
+                    return Err(BadFrame::Body {
+                        kind: kind.tag(),
+                        error: "no integer seq".into(),
+                    })
+                }
+            };
+            check_seq(seq)?;
+            map
         }
+        Read::Forwarded => BTreeMap::new(),
     };
-    if !(1..=i128::from(SEQ_MAX)).contains(&seq) {
-        return Err(BadFrame::SeqOutOfRange(seq));
-    }
-    let (did, rev, commit, inactive_status) = match kind {
+    let (seq, did, rev, commit, inactive_status, time) = match kind {
         Kind::Commit => {
             let commit: Commit = typed(kind.tag(), body)?;
-            check_commit(&commit, limits)?;
-            (commit.repo, Some(commit.rev), Some(commit.commit), None)
+            check_commit(&commit, limits, read)?;
+            let Commit {
+                seq,
+                repo,
+                rev,
+                commit,
+                time,
+                ..
+            } = commit;
+            (seq, repo, Some(rev), Some(commit), None, time)
         }
         Kind::Sync => {
             let sync: Sync = typed(kind.tag(), body)?;
-            let root = check_blocks(&sync.did, &sync.rev, &sync.blocks, None, limits)?;
-            (sync.did, Some(sync.rev), Some(root), None)
+            let root = match read {
+                Read::Everything => Some(check_blocks(
+                    &sync.did,
+                    &sync.rev,
+                    &sync.blocks,
+                    None,
+                    limits,
+                )?),
+                Read::Forwarded => {
+                    check_rev(&sync.rev)?;
+                    check_blocks_size(&sync.blocks, limits)?;
+                    None
+                }
+            };
+            (sync.seq, sync.did, Some(sync.rev), root, None, sync.time)
         }
-        Kind::Identity => (typed::<Identity>(kind.tag(), body)?.did, None, None, None),
+        Kind::Identity => {
+            let identity: Identity = typed(kind.tag(), body)?;
+            (identity.seq, identity.did, None, None, None, identity.time)
+        }
         Kind::Account => {
             let account: Account = typed(kind.tag(), body)?;
             let status =
                 (!account.active).then(|| account.status.unwrap_or_else(|| "inactive".to_owned()));
-            (account.did, None, None, status)
+            (account.seq, account.did, None, None, status, account.time)
         }
     };
+    check_seq(i128::from(seq))?;
     if !is_did(&did) {
         return Err(BadFrame::Did(did));
     }
@@ -240,11 +293,20 @@ fn decode_event(kind: Kind, body: &[u8], limits: &Limits) -> Result<Event, BadFr
         rev,
         commit,
         inactive_status,
+        time,
         body: map,
     })
 }
 
-fn check_commit(commit: &Commit, limits: &Limits) -> Result<(), BadFrame> {
+fn check_seq(seq: i128) -> Result<(), BadFrame> {
+    if (1..=i128::from(SEQ_MAX)).contains(&seq) {
+        Ok(())
+    } else {
+        Err(BadFrame::SeqOutOfRange(seq))
+    }
+}
+
+fn check_commit(commit: &Commit, limits: &Limits, read: Read) -> Result<(), BadFrame> {
     if let Some(since) = commit.since.as_ref().filter(|since| !is_tid(since)) {
         return Err(BadFrame::Rev(since.clone()));
     }
@@ -258,6 +320,10 @@ fn check_commit(commit: &Commit, limits: &Limits) -> Result<(), BadFrame> {
     if commit.too_big && commit.blocks.is_empty() {
         // A deprecated form (the blocks left out for size): nothing to check.
         return check_rev(&commit.rev);
+    }
+    if read == Read::Forwarded {
+        check_rev(&commit.rev)?;
+        return check_blocks_size(&commit.blocks, limits);
     }
     check_blocks(
         &commit.repo,
@@ -287,13 +353,7 @@ fn check_blocks(
     limits: &Limits,
 ) -> Result<ipld_core::cid::Cid, BadFrame> {
     check_rev(rev)?;
-    if blocks.len() > limits.blocks_bytes_max {
-        return Err(BadFrame::OverLimit {
-            what: "blocks bytes",
-            got: blocks.len(),
-            max: limits.blocks_bytes_max,
-        });
-    }
+    check_blocks_size(blocks, limits)?;
     let car = car::read(blocks)?;
     if named.is_some_and(|named| *named != car.root) {
         return Err(BadFrame::CommitMismatch("the CAR's root is not the commit"));
@@ -312,6 +372,17 @@ fn check_blocks(
         ));
     }
     Ok(car.root)
+}
+
+fn check_blocks_size(blocks: &[u8], limits: &Limits) -> Result<(), BadFrame> {
+    if blocks.len() > limits.blocks_bytes_max {
+        return Err(BadFrame::OverLimit {
+            what: "blocks bytes",
+            got: blocks.len(),
+            max: limits.blocks_bytes_max,
+        });
+    }
+    Ok(())
 }
 
 fn header_bytes(op: i64, t: Option<&str>) -> Vec<u8> {

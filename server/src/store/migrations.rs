@@ -65,7 +65,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         commit_cid TEXT,
         active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
         status TEXT
-    );",
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

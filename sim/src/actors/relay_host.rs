@@ -628,9 +628,21 @@ pub fn finish(
             );
         }
     }
-    for ConsumerTally { name, slow, tally } in tallies {
-        let tally = tally.lock().expect("tally lock").clone();
-        let log_agrees = log.as_ref().and_then(|log| log_agrees(log, &tally));
+    let tallies: Vec<_> = tallies
+        .into_iter()
+        .map(|ConsumerTally { name, slow, tally }| {
+            let tally = tally.lock().expect("tally lock").clone();
+            (name, slow, tally)
+        })
+        .collect();
+    let agreements = match &log {
+        Some(log) => {
+            let tallies: Vec<_> = tallies.iter().map(|(_, _, tally)| tally).collect();
+            logs_agree(log, &tallies)
+        }
+        None => vec![None; tallies.len()],
+    };
+    for ((name, slow, tally), log_agrees) in tallies.into_iter().zip(agreements) {
         sink.record(
             &name,
             Event::ConsumerFinal {
@@ -649,36 +661,59 @@ pub fn finish(
     }
 }
 
-/// Whether the events a consumer received (its digest over relay seqs `first_seq..=last_seq`,
-/// each received once) are the ones the event log holds under those seqs — each row's frame
-/// rebuilt from its kind and body as the relay sends it; `None` when the two cannot be
-/// compared: nothing received, a range the consumer did not receive whole, or rows the log
-/// no longer holds (retention).
-fn log_agrees(log: &rusqlite::Connection, tally: &consumer::Tally) -> Option<bool> {
-    let (first, last) = (tally.first_seq, tally.last_seq);
-    if first == 0 || tally.frames != last - first + 1 {
-        return None;
-    }
-    let mut query = log
-        .prepare("SELECT seq, kind, body FROM events WHERE seq BETWEEN ?1 AND ?2")
-        .ok()?;
-    let mut rows = query.query([first as i64, last as i64]).ok()?;
-    let (mut count, mut digest) = (0, 0);
-    while let Ok(Some(row)) = rows.next() {
-        let (Ok(seq), Ok(kind), Ok(body)) = (
-            row.get::<_, i64>(0),
-            row.get_ref(1)
-                .map(|kind| kind.as_str().ok().and_then(stored_kind)),
-            row.get_ref(2).map(|body| body.as_bytes().ok()),
-        ) else {
-            continue;
-        };
-        count += 1;
-        if let (Some(kind), Some(body)) = (kind, body) {
-            digest ^= consumer::event_digest(seq as u64, &event_frame(kind, body));
+/// For each consumer, whether the events it received (its digest over relay seqs
+/// `first_seq..=last_seq`, each received once) are the ones the event log holds under those
+/// seqs — each row's frame rebuilt from its kind and body as the relay sends it; `None` when
+/// the two cannot be compared: nothing received, a range the consumer did not receive
+/// whole, or rows the log no longer holds (retention). One pass over the log serves every
+/// consumer.
+fn logs_agree(log: &rusqlite::Connection, tallies: &[&consumer::Tally]) -> Vec<Option<bool>> {
+    let comparable = |tally: &consumer::Tally| {
+        let (first, last) = (tally.first_seq, tally.last_seq);
+        (first != 0 && tally.frames == last - first + 1).then_some(first..=last)
+    };
+    let ranges: Vec<_> = tallies.iter().map(|tally| comparable(tally)).collect();
+    // Per consumer: the rows of its range the log holds, and their digest.
+    let mut seen = vec![(0u64, 0u64); tallies.len()];
+    let low = ranges.iter().flatten().map(|range| *range.start()).min();
+    let high = ranges.iter().flatten().map(|range| *range.end()).max();
+    let scanned = low.zip(high).and_then(|(low, high)| {
+        let mut query = log
+            .prepare("SELECT seq, kind, body FROM events WHERE seq BETWEEN ?1 AND ?2")
+            .ok()?;
+        let mut rows = query.query([low as i64, high as i64]).ok()?;
+        while let Ok(Some(row)) = rows.next() {
+            let (Ok(seq), Ok(kind), Ok(body)) = (
+                row.get::<_, i64>(0),
+                row.get_ref(1)
+                    .map(|kind| kind.as_str().ok().and_then(stored_kind)),
+                row.get_ref(2).map(|body| body.as_bytes().ok()),
+            ) else {
+                continue;
+            };
+            let seq = seq as u64;
+            let digest = match (kind, body) {
+                (Some(kind), Some(body)) => consumer::event_digest(seq, &event_frame(kind, body)),
+                _ => 0,
+            };
+            for (range, (count, xor)) in ranges.iter().zip(&mut seen) {
+                if range.as_ref().is_some_and(|range| range.contains(&seq)) {
+                    *count += 1;
+                    *xor ^= digest;
+                }
+            }
         }
-    }
-    (count == tally.frames).then_some(digest == tally.digest)
+        Some(())
+    });
+    tallies
+        .iter()
+        .zip(ranges.iter().zip(seen))
+        .map(|(tally, (range, (count, digest)))| {
+            scanned?;
+            range.as_ref()?;
+            (count == tally.frames).then_some(digest == tally.digest)
+        })
+        .collect()
 }
 
 /// The kind of a stored row: its tag (`#commit`), with or without the `#`.
@@ -723,16 +758,20 @@ mod tests {
                 tally.first_seq = seq;
             }
         }
-        assert_eq!(log_agrees(&log, &tally), Some(true));
+        assert_eq!(logs_agree(&log, &[&tally])[0], Some(true));
         log.execute("UPDATE events SET body = x'00' || body WHERE seq = 250", [])
             .unwrap();
         assert_eq!(
-            log_agrees(&log, &tally),
+            logs_agree(&log, &[&tally])[0],
             Some(false),
             "one changed body shows"
         );
         tally.frames -= 1;
-        assert_eq!(log_agrees(&log, &tally), None, "a range not received whole");
+        assert_eq!(
+            logs_agree(&log, &[&tally])[0],
+            None,
+            "a range not received whole"
+        );
     }
 
     #[test]

@@ -164,10 +164,7 @@ fn micros_at(offset: Duration) -> u64 {
 pub fn sent_at(event: &frame::Event) -> Option<Duration> {
     let micros = match &event.rev {
         Some(rev) => tid_micros(rev)?,
-        None => match event.body.get("time")? {
-            Ipld::String(time) => parse_datetime(time)?,
-            _ => return None,
-        },
+        None => parse_datetime(&event.time)?,
     };
     Some(Duration::from_micros(micros.checked_sub(TIME_BASE_MICROS)?))
 }
