@@ -75,11 +75,13 @@ pub const ACCOUNTS_PER_HOST: u32 = 8;
 /// times are this plus simulated time.
 pub const TIME_BASE_MICROS: u64 = 1_780_272_000_000_000;
 
-/// Prebuilt records per collection, per host.
-pub const RECORDS_PER_COLLECTION: usize = 8;
+/// Prebuilt records per collection, per host (building them is most of a host's start-up
+/// cost in a world of thousands of hosts).
+pub const RECORDS_PER_COLLECTION: usize = 3;
 
-/// Prebuilt tree nodes per host.
-pub const TREE_NODES: usize = 24;
+/// Prebuilt tree nodes per host: prime, and at least a commit's deepest path (13 nodes), so
+/// the layers a commit takes (stride 7) are all different blocks.
+pub const TREE_NODES: usize = 13;
 
 /// One in this many events is an `#identity`, and as many an `#account`.
 const IDENTITY_ONE_IN: u64 = 200;
