@@ -708,4 +708,60 @@ mod tests {
             Err(BadFrame::Op { op: 1, t: None })
         ));
     }
+
+    #[test]
+    fn a_forwarded_message_is_checked_but_for_its_car() {
+        let good = commit(7);
+        let forwarded =
+            |commit: &Commit, limits: &Limits| decode_forwarded(&encode("#commit", commit), limits);
+        let Incoming::Event(event) = forwarded(&good, &Limits::default()).unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!((event.seq, event.did.as_str()), (7, DID));
+        assert_eq!(event.rev.as_deref(), Some(good.rev.as_str()));
+        assert_eq!(event.time, good.time);
+        assert!(event.body.is_empty(), "the body is not kept");
+        // A CAR that is not one: the relay refuses it, a subscriber does not read it.
+        let no_car = Commit {
+            blocks: b"not a car".to_vec(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            decoded(&encode("#commit", &no_car)),
+            Err(BadFrame::Car(_))
+        ));
+        assert!(forwarded(&no_car, &Limits::default()).is_ok());
+        // Everything else is still checked.
+        let bad_did = Commit {
+            repo: "alice".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            forwarded(&bad_did, &Limits::default()),
+            Err(BadFrame::Did(_))
+        ));
+        let bad_rev = Commit {
+            rev: "yesterday".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            forwarded(&bad_rev, &Limits::default()),
+            Err(BadFrame::Rev(_))
+        ));
+        let small = Limits {
+            blocks_bytes_max: 10,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            forwarded(&good, &small),
+            Err(BadFrame::OverLimit {
+                what: "blocks bytes",
+                ..
+            })
+        ));
+        assert!(matches!(
+            forwarded(&Commit { seq: 0, ..good }, &Limits::default()),
+            Err(BadFrame::SeqOutOfRange(0))
+        ));
+    }
 }
