@@ -91,7 +91,10 @@ step "shuttle: the lifecycle models with more threads, random and PCT schedulers
 cargo test -p loom-tests --features shuttle
 
 step "simulation tests: scenarios over many seeds (madsim)"
-cargo sim-test
+# Two test threads per core: a test runs its seeds on two threads, but tests with one or
+# three seeds leave a core idle at the harness's default of one test per core (603 s with
+# the default on 2 cores, 372 s with this: BENCHMARKS.md, "The gate").
+RUST_TEST_THREADS=$(($(nproc) * 2)) cargo sim-test
 
 # Seed 1 of each: with the realistic-volume scenarios (~9 s a run, three runs a pair) seeds
 # 1-2 took 410 s of the 45-minute budget; the back-to-back passes still put every pair

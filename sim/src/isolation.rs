@@ -106,34 +106,53 @@ pub fn hash_in_child(executable: &Path, loaded: &Loaded, seed: u64) -> Result<u6
 
 /// Check every pair of `scenarios` × `seeds`: `alone` gives a pair's hash alone; the two
 /// back-to-back passes run here with `engine`. `progress` hears of each pass as it starts.
+/// The pairs alone (other processes) are hashed on a second thread while the first pass
+/// runs here, so a two-core machine does both at once; the passes themselves stay back to
+/// back on this one.
 pub fn check(
     engine: &dyn Engine,
     scenarios: &[Loaded],
     seeds: &[u64],
-    alone: &dyn Fn(&Loaded, u64) -> Result<u64, String>,
+    alone: &(dyn Fn(&Loaded, u64) -> Result<u64, String> + Sync),
     progress: &dyn Fn(&str),
 ) -> Result<Isolation, String> {
     let pairs: Vec<(&Loaded, u64)> = scenarios
         .iter()
         .flat_map(|loaded| seeds.iter().map(move |&seed| (loaded, seed)))
         .collect();
+    let back_to_back = |order: &mut dyn Iterator<Item = usize>| {
+        order
+            .map(|index| {
+                let (loaded, seed) = pairs[index];
+                Ok((index, hash_here(engine, loaded, seed)?))
+            })
+            .collect::<Result<Vec<(usize, u64)>, String>>()
+    };
     progress(&format!("{} pairs alone", pairs.len()));
-    let alone_hashes = pairs
-        .iter()
-        .map(|&(loaded, seed)| alone(loaded, seed))
-        .collect::<Result<Vec<u64>, String>>()?;
+    let (alone_hashes, in_order) = std::thread::scope(|scope| {
+        let alone_pass = scope.spawn(|| {
+            pairs
+                .iter()
+                .map(|&(loaded, seed)| alone(loaded, seed))
+                .collect::<Result<Vec<u64>, String>>()
+        });
+        progress(&format!("{} pairs back to back, in order", pairs.len()));
+        let in_order = back_to_back(&mut (0..pairs.len()));
+        let alone_hashes = alone_pass.join().expect("the pass alone does not panic");
+        (alone_hashes, in_order)
+    });
+    let alone_hashes = alone_hashes?;
+    let in_order = in_order?;
+    progress(&format!("{} pairs back to back, in reverse", pairs.len()));
+    let in_reverse = back_to_back(&mut (0..pairs.len()).rev())?;
     let mut isolation = Isolation {
         pairs: pairs.len(),
         moved: Vec::new(),
     };
-    let forward: Vec<usize> = (0..pairs.len()).collect();
-    let reverse: Vec<usize> = forward.iter().rev().copied().collect();
-    for (pass, order) in [("in order", forward), ("in reverse", reverse)] {
-        progress(&format!("{} pairs back to back, {pass}", pairs.len()));
-        for index in order {
-            let (loaded, seed) = pairs[index];
-            let shared = hash_here(engine, loaded, seed)?;
+    for (pass, hashes) in [("in order", in_order), ("in reverse", in_reverse)] {
+        for (index, shared) in hashes {
             if shared != alone_hashes[index] {
+                let (loaded, seed) = pairs[index];
                 isolation.moved.push(Moved {
                     scenario: loaded.display_path(),
                     seed,
