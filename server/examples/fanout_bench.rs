@@ -237,7 +237,7 @@ fn pad(bytes: usize) -> String {
 /// The `#commit` the upstream sends for `seq`: a post whose text is `pad`, in a real CAR.
 fn commit(seq: u64, pad: &str) -> Commit {
     Commit::with_post(
-        i64::try_from(seq).unwrap_or(i64::MAX),
+        i128::from(seq),
         "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
         &tid(1_780_000_000_000_000 + seq, 0),
         pad,

@@ -512,7 +512,7 @@ async fn upstream_session(
                 }
             }
             let commit = Commit::with_post(
-                i64::try_from(seq)?,
+                i128::from(seq),
                 &did,
                 &tid(1_780_000_000_000_000 + seq, 0),
                 pad,

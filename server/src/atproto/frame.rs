@@ -222,21 +222,7 @@ fn typed<T: for<'de> Deserialize<'de>>(kind: &'static str, body: &[u8]) -> Resul
 
 fn decode_event(kind: Kind, body: &[u8], limits: &Limits, read: Read) -> Result<Event, BadFrame> {
     let map = match read {
-        Read::Everything => {
-            // The map first: its `seq` is read as any integer, so one out of range is named.
-            let map: BTreeMap<String, Ipld> = typed(kind.tag(), body)?;
-            let seq = match map.get("seq") {
-                Some(Ipld::Integer(seq)) => *seq,
-                _ => {
-                    return Err(BadFrame::Body {
-                        kind: kind.tag(),
-                        error: "no integer seq".into(),
-                    })
-                }
-            };
-            check_seq(seq)?;
-            map
-        }
+        Read::Everything => typed(kind.tag(), body)?,
         Read::Forwarded => BTreeMap::new(),
     };
     let (seq, did, rev, commit, inactive_status, time) = match kind {
@@ -282,7 +268,7 @@ fn decode_event(kind: Kind, body: &[u8], limits: &Limits, read: Read) -> Result<
             (account.seq, account.did, None, None, status, account.time)
         }
     };
-    check_seq(i128::from(seq))?;
+    check_seq(seq)?;
     if !is_did(&did) {
         return Err(BadFrame::Did(did));
     }
@@ -468,7 +454,7 @@ mod tests {
 
     const DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
 
-    fn commit(seq: i64) -> Commit {
+    fn commit(seq: i128) -> Commit {
         let rev = tid(1_780_000_000_000_000, 3);
         let record = serde_ipld_dagcbor::to_vec(&BTreeMap::from([
             ("$type", "app.bsky.feed.post"),

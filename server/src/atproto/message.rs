@@ -2,6 +2,8 @@
 //! `#sync`, `#identity`, `#account`, `#info`), the error body, and the repo commit object a
 //! `#commit`'s or `#sync`'s CAR carries as its root. Field names and optionality follow the
 //! lexicon; unknown fields are accepted (the lexicon grows), and the relay forwards them.
+//! A `seq` is read as any CBOR integer, so that `frame::decode` refuses one outside what the
+//! log can hold by name (`SeqOutOfRange`) rather than as a malformed body.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +17,7 @@ use super::car;
 #[serde(rename_all = "camelCase")]
 pub struct Commit {
     /// The stream's sequence number.
-    pub seq: i64,
+    pub seq: i128,
     /// Deprecated, always false.
     #[serde(default)]
     pub rebase: bool,
@@ -50,7 +52,7 @@ impl Commit {
     /// `text`: the version-3 commit object and the record in a real CAR slice. What the
     /// tests, the benchmarks and the tunnel's hosts send; the signature is a placeholder
     /// (signatures are not verified yet).
-    pub fn with_post(seq: i64, did: &str, rev: &str, text: &str, time: &str) -> Commit {
+    pub fn with_post(seq: i128, did: &str, rev: &str, text: &str, time: &str) -> Commit {
         let record = serde_ipld_dagcbor::to_vec(&BTreeMap::from([
             ("$type", "app.bsky.feed.post"),
             ("text", text),
@@ -107,7 +109,7 @@ pub struct RepoOp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sync {
     /// The stream's sequence number.
-    pub seq: i64,
+    pub seq: i128,
     /// The account's DID.
     pub did: String,
     /// A CAR with the commit block as its root.
@@ -123,7 +125,7 @@ pub struct Sync {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
     /// The stream's sequence number.
-    pub seq: i64,
+    pub seq: i128,
     /// The account's DID.
     pub did: String,
     /// When the message was emitted.
@@ -137,7 +139,7 @@ pub struct Identity {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     /// The stream's sequence number.
-    pub seq: i64,
+    pub seq: i128,
     /// The account's DID.
     pub did: String,
     /// When the message was emitted.

@@ -139,7 +139,7 @@ pub fn commit_of(did: &str, seq: u64, pad: usize) -> Commit {
     let rev = tid(1_780_000_000_000_000 + seq, 0);
     let text = format!("post {seq}{}", "x".repeat(pad));
     Commit::with_post(
-        i64::try_from(seq).unwrap(),
+        i128::from(seq),
         did,
         &rev,
         &text,

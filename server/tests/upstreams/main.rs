@@ -811,8 +811,9 @@ async fn accounts_are_tracked_stale_commits_dropped_and_served_over_xrpc() {
     let db = temp_db("accounts");
     Store::open(&db).unwrap().add_hosts(["127.0.0.1"]).unwrap();
     let rev = |micros: u64| tid(1_780_000_000_000_000 + micros, 0);
-    let post =
-        |seq: i64, did: &str, micros: u64| Commit::with_post(seq, did, &rev(micros), "hello", TIME);
+    let post = |seq: i128, did: &str, micros: u64| {
+        Commit::with_post(seq, did, &rev(micros), "hello", TIME)
+    };
     let alice_latest = post(2, ALICE, 20);
     let messages = vec![
         Message::binary(frame::encode("#commit", &post(1, ALICE, 10))),

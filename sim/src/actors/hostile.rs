@@ -173,9 +173,8 @@ fn oversize_frame(plan: &HostPlan, n: u64) -> Vec<u8> {
 
 /// Event `n` if it is a `#commit`, else the next event that is one, under seq `n`.
 fn commit_from(repos: &Repos, n: u64) -> RepoMessage {
-    let seq = i64::try_from(n).unwrap_or(i64::MAX);
     (n..)
-        .map(|k| repos.message(seq, k))
+        .map(|k| repos.message(n, k))
         .find(|message| matches!(message, RepoMessage::Commit(_)))
         .expect("one event in 200 or so is not a commit")
 }

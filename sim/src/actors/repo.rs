@@ -466,7 +466,8 @@ impl Repos {
     }
 
     /// Event `n`, under sequence number `seq`.
-    pub fn message(&self, seq: i64, n: u64) -> Message {
+    pub fn message(&self, seq: u64, n: u64) -> Message {
+        let seq = i128::from(seq);
         let account = self.account_of(n);
         let did = did(self.host, account);
         let micros = micros_at(sent_offset(self.interval, n));
@@ -489,13 +490,12 @@ impl Repos {
         }
     }
 
-    /// Event `n`'s frame under sequence number `seq` (at most `i64::MAX`).
+    /// Event `n`'s frame under sequence number `seq`.
     pub fn frame(&self, seq: u64, n: u64) -> Vec<u8> {
-        self.message(i64::try_from(seq).unwrap_or(i64::MAX), n)
-            .frame()
+        self.message(seq, n).frame()
     }
 
-    fn commit(&self, seq: i64, n: u64, account: u32, did: String, time: String) -> Commit {
+    fn commit(&self, seq: i128, n: u64, account: u32, did: String, time: String) -> Commit {
         let draw = self.draw(n);
         let rev = self.rev(n);
         let micros = micros_at(sent_offset(self.interval, n));
@@ -777,7 +777,7 @@ mod tests {
         let mut sizes: Vec<usize> = (0..64)
             .flat_map(|host| {
                 let repos = Repos::new(host, Duration::from_millis(10), 0);
-                (1..=500).filter_map(move |n| match repos.message(n as i64, n) {
+                (1..=500).filter_map(move |n| match repos.message(n, n) {
                     commit @ Message::Commit(_) => Some(commit.frame().len()),
                     _ => None,
                 })
@@ -807,7 +807,7 @@ mod tests {
         let repos = Repos::new(9, Duration::from_millis(5), 0);
         let mut commits = 0;
         for n in 1..=300 {
-            if let Message::Commit(commit) = repos.message(n as i64, n) {
+            if let Message::Commit(commit) = repos.message(n, n) {
                 let plain = frame::encode(Kind::Commit.tag(), &*commit);
                 assert_eq!(Message::Commit(commit).frame(), plain, "event {n}");
                 commits += 1;
