@@ -93,7 +93,7 @@ cargo test -p loom-tests --features shuttle
 step "simulation tests: scenarios over many seeds (madsim)"
 # Two test threads per core: a test runs its seeds on two threads, but tests with one or
 # three seeds leave a core idle at the harness's default of one test per core (603 s with
-# the default on 2 cores, 372 s with this: BENCHMARKS.md, "The gate").
+# the default on 2 cores, 372 s with this: BENCHMARKS.md, "atproto frames").
 RUST_TEST_THREADS=$(($(nproc) * 2)) cargo sim-test
 
 # Seed 1 of each: with the realistic-volume scenarios (~9 s a run, three runs a pair) seeds
