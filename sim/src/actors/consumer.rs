@@ -188,6 +188,30 @@ pub fn event_digest(seq: u64, frame: &[u8]) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A session records only its first anomaly (later ones follow from it).
+#[derive(Default)]
+struct FirstAnomaly {
+    reported: bool,
+}
+
+impl FirstAnomaly {
+    /// Record consumer `name`'s anomaly (expecting seq `expected`, got `got`, 0 for a
+    /// message without one) unless this session already recorded one.
+    fn report(&mut self, sink: &TraceSink, name: &str, expected: u64, got: u64, detail: String) {
+        if !std::mem::replace(&mut self.reported, true) {
+            sink.record(
+                name,
+                Event::ConsumerAnomaly {
+                    consumer: name.to_owned(),
+                    expected,
+                    got,
+                    detail,
+                },
+            );
+        }
+    }
+}
+
 /// Shared handle on a consumer's tally.
 pub type SharedTally = Arc<Mutex<Tally>>;
 
@@ -280,7 +304,7 @@ async fn session(
     let mut expected = cursor + 1;
     let mut frames = 0;
     let mut last_frame_at: Option<Instant> = None;
-    let mut anomaly_reported = false;
+    let mut first_anomaly = FirstAnomaly::default();
     let mut frames_read: u64 = 0;
     loop {
         if spec.kind == ConsumerKind::Slow && now() >= *next_stall {
@@ -326,54 +350,23 @@ async fn session(
                     "StoreUnavailable" => return end("store_unavailable", frames, false),
                     _ => {}
                 }
-                if !anomaly_reported {
-                    anomaly_reported = true;
-                    sink.record(
-                        name,
-                        Event::ConsumerAnomaly {
-                            consumer: name.to_owned(),
-                            expected,
-                            got: 0,
-                            detail: error.error,
-                        },
-                    );
-                }
+                first_anomaly.report(sink, name, expected, 0, error.error);
                 continue;
             }
             Ok(Incoming::Info(info)) => {
                 // `OutdatedCursor`: the events up to the oldest kept are never sent.
-                if !anomaly_reported {
-                    anomaly_reported = true;
-                    sink.record(
-                        name,
-                        Event::ConsumerAnomaly {
-                            consumer: name.to_owned(),
-                            expected,
-                            got: 0,
-                            detail: info.name,
-                        },
-                    );
-                }
+                first_anomaly.report(sink, name, expected, 0, info.name);
                 continue;
             }
         };
         let seq = event.seq;
-        if seq != expected && !anomaly_reported {
-            anomaly_reported = true;
-            sink.record(
-                name,
-                Event::ConsumerAnomaly {
-                    consumer: name.to_owned(),
-                    expected,
-                    got: seq,
-                    detail: if seq < expected {
-                        "duplicate_or_reordered"
-                    } else {
-                        "gap"
-                    }
-                    .to_owned(),
-                },
-            );
+        if seq != expected {
+            let detail = if seq < expected {
+                "duplicate_or_reordered"
+            } else {
+                "gap"
+            };
+            first_anomaly.report(sink, name, expected, seq, detail.to_owned());
         }
         if seq >= expected {
             expected = seq + 1;
