@@ -1,15 +1,14 @@
 //! The isolation check: a seed's trace hash must not depend on what the process ran before
-//! it. Every (scenario, seed) pair is hashed alone (by a caller-supplied runner, in practice
-//! a fresh child process), then all pairs are run back to back in this process, once in
-//! order and once in reverse, and every hash must equal the pair's hash alone.
+//! it. Every (scenario, seed) pair is hashed alone (each in a fresh process), then all pairs
+//! are run back to back in one process in order (this one) and in another in reverse (a
+//! fresh one), and every hash must equal the pair's hash alone.
 //!
-//! Running in both orders puts each pair after a different set of predecessors: a leak
+//! Running in both orders puts each pair after a different set of predecessors (every pair
+//! after all the others in one of the two): a leak
 //! that only matters for the first world of a process (a lazily seeded global), or that
 //! grows with every world (a process-wide counter, a table never emptied), shows up as a
 //! pair whose hash moves. This is how `tokio::sync::watch`'s process-seeded waiter order
 //! was found (see `relay::rt::stop`).
-
-use std::path::Path;
 
 use crate::harness::Loaded;
 use crate::report::format_seed;
@@ -78,73 +77,171 @@ pub fn hash_here(engine: &dyn Engine, loaded: &Loaded, seed: u64) -> Result<u64,
     Ok(engine.run(&scenario, seed, None).trace.hash())
 }
 
-/// The hash of `loaded` at `seed` computed alone in a fresh process: `executable isolation
-/// <scenario> --seed N --alone`, which prints the hash (`hash_here`) and nothing else.
-pub fn hash_in_child(executable: &Path, loaded: &Loaded, seed: u64) -> Result<u64, String> {
-    let output = std::process::Command::new(executable)
-        .arg("isolation")
-        .arg(&loaded.path)
-        .args(["--seed", &seed.to_string(), "--alone"])
-        .output()
-        .map_err(|error| format!("cannot run {}: {error}", executable.display()))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.trim()
-        .strip_prefix("0x")
-        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-        .filter(|_| output.status.success())
-        .ok_or_else(|| {
-            format!(
-                "{} seed={} alone failed ({}): {}{}",
-                loaded.display_path(),
-                format_seed(seed),
-                output.status,
-                text,
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
+/// Where the check hashes pairs outside its own process: each in a fresh process of its
+/// own, and all of them back to back in one more fresh process, in reverse. In practice
+/// [`ChildProcesses`]; the tests use engines that start from nothing.
+pub trait FreshProcesses: Sync {
+    /// The hash of `loaded` at `seed`, run alone.
+    fn alone(&self, loaded: &Loaded, seed: u64) -> Result<u64, String>;
+    /// The hashes of every pair of `scenarios` × `seeds` run back to back in one process
+    /// in reverse (the last seed of the last scenario first), in the order they ran.
+    fn back_to_back_in_reverse(
+        &self,
+        scenarios: &[Loaded],
+        seeds: &[u64],
+    ) -> Result<Vec<u64>, String>;
 }
 
-/// Check every pair of `scenarios` × `seeds`: `alone` gives a pair's hash alone; the two
-/// back-to-back passes run here with `engine`. `progress` hears of each pass as it starts.
-/// The pairs alone (other processes) are hashed on a second thread while the first pass
-/// runs here, so a two-core machine does both at once; the passes themselves stay back to
-/// back on this one.
+/// Fresh processes of this executable: `executable isolation <scenario>... --seed N --seeds
+/// K --hashes-only [--reverse]` runs the pairs back to back and prints their hashes
+/// (`hash_here`), one per line, and nothing else.
+pub struct ChildProcesses {
+    /// The windtunnel executable.
+    pub executable: std::path::PathBuf,
+}
+
+impl ChildProcesses {
+    fn hashes(
+        &self,
+        scenarios: &[&Loaded],
+        seeds: &[u64],
+        reverse: bool,
+    ) -> Result<Vec<u64>, String> {
+        let (Some(&first), Some(&last)) = (seeds.first(), seeds.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut command = std::process::Command::new(&self.executable);
+        command
+            .arg("isolation")
+            .args(scenarios.iter().map(|loaded| &loaded.path))
+            .args([
+                "--seed",
+                &first.to_string(),
+                "--seeds",
+                &(last - first + 1).to_string(),
+            ])
+            .arg("--hashes-only");
+        if reverse {
+            command.arg("--reverse");
+        }
+        let what = || {
+            let names: Vec<String> = scenarios
+                .iter()
+                .map(|loaded| loaded.display_path())
+                .collect();
+            format!(
+                "{} seeds {}..={}",
+                names.join(" "),
+                format_seed(first),
+                format_seed(last)
+            )
+        };
+        let output = command
+            .output()
+            .map_err(|error| format!("cannot run {}: {error}", self.executable.display()))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let hashes: Option<Vec<u64>> = text
+            .lines()
+            .map(|line| {
+                line.trim()
+                    .strip_prefix("0x")
+                    .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            })
+            .collect();
+        hashes
+            .filter(|hashes| {
+                output.status.success() && hashes.len() == scenarios.len() * seeds.len()
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{} in a fresh process failed ({}): {}{}",
+                    what(),
+                    output.status,
+                    text,
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })
+    }
+}
+
+impl FreshProcesses for ChildProcesses {
+    fn alone(&self, loaded: &Loaded, seed: u64) -> Result<u64, String> {
+        Ok(self.hashes(&[loaded], &[seed], false)?[0])
+    }
+
+    fn back_to_back_in_reverse(
+        &self,
+        scenarios: &[Loaded],
+        seeds: &[u64],
+    ) -> Result<Vec<u64>, String> {
+        let scenarios: Vec<&Loaded> = scenarios.iter().collect();
+        self.hashes(&scenarios, seeds, true)
+    }
+}
+
+/// Every pair of `scenarios` × `seeds` (seeds consecutive), scenario by scenario.
+fn pairs<'a>(scenarios: &'a [Loaded], seeds: &[u64]) -> Vec<(&'a Loaded, u64)> {
+    scenarios
+        .iter()
+        .flat_map(|loaded| seeds.iter().map(move |&seed| (loaded, seed)))
+        .collect()
+}
+
+/// The hashes of every pair of `scenarios` × `seeds` run back to back here, in order or in
+/// reverse, in the order they ran (what a `--hashes-only` child prints).
+pub fn hashes_here(
+    engine: &dyn Engine,
+    scenarios: &[Loaded],
+    seeds: &[u64],
+    reverse: bool,
+) -> Result<Vec<u64>, String> {
+    let mut pairs = pairs(scenarios, seeds);
+    if reverse {
+        pairs.reverse();
+    }
+    pairs
+        .into_iter()
+        .map(|(loaded, seed)| hash_here(engine, loaded, seed))
+        .collect()
+}
+
+/// Check every pair of `scenarios` × `seeds` (consecutive): `fresh` hashes each pair alone
+/// and all of them back to back in reverse; the in-order pass runs here with `engine`.
+/// The three passes run at once, the two in fresh processes on threads of their own, so a
+/// two-core machine spends about half the time of one pass after another. `progress` hears
+/// of each pass as it starts.
 pub fn check(
     engine: &dyn Engine,
     scenarios: &[Loaded],
     seeds: &[u64],
-    alone: &(dyn Fn(&Loaded, u64) -> Result<u64, String> + Sync),
+    fresh: &dyn FreshProcesses,
     progress: &dyn Fn(&str),
 ) -> Result<Isolation, String> {
-    let pairs: Vec<(&Loaded, u64)> = scenarios
-        .iter()
-        .flat_map(|loaded| seeds.iter().map(move |&seed| (loaded, seed)))
-        .collect();
-    let back_to_back = |order: &mut dyn Iterator<Item = usize>| {
-        order
-            .map(|index| {
-                let (loaded, seed) = pairs[index];
-                Ok((index, hash_here(engine, loaded, seed)?))
-            })
-            .collect::<Result<Vec<(usize, u64)>, String>>()
-    };
-    progress(&format!("{} pairs alone", pairs.len()));
-    let (alone_hashes, in_order) = std::thread::scope(|scope| {
+    let pairs = pairs(scenarios, seeds);
+    progress(&format!(
+        "{} pairs alone, back to back in reverse (fresh processes) and back to back in order (here)",
+        pairs.len()
+    ));
+    let (alone_hashes, in_reverse, in_order) = std::thread::scope(|scope| {
         let alone_pass = scope.spawn(|| {
             pairs
                 .iter()
-                .map(|&(loaded, seed)| alone(loaded, seed))
+                .map(|&(loaded, seed)| fresh.alone(loaded, seed))
                 .collect::<Result<Vec<u64>, String>>()
         });
-        progress(&format!("{} pairs back to back, in order", pairs.len()));
-        let in_order = back_to_back(&mut (0..pairs.len()));
-        let alone_hashes = alone_pass.join().expect("the pass alone does not panic");
-        (alone_hashes, in_order)
+        let reverse_pass = scope.spawn(|| fresh.back_to_back_in_reverse(scenarios, seeds));
+        let in_order = hashes_here(engine, scenarios, seeds, false);
+        (
+            alone_pass.join().expect("the pass alone does not panic"),
+            reverse_pass
+                .join()
+                .expect("the reverse pass does not panic"),
+            in_order,
+        )
     });
     let alone_hashes = alone_hashes?;
-    let in_order = in_order?;
-    progress(&format!("{} pairs back to back, in reverse", pairs.len()));
-    let in_reverse = back_to_back(&mut (0..pairs.len()).rev())?;
+    let in_order: Vec<(usize, u64)> = in_order?.into_iter().enumerate().collect();
+    let in_reverse: Vec<(usize, u64)> = (0..pairs.len()).rev().zip(in_reverse?).collect();
     let mut isolation = Isolation {
         pairs: pairs.len(),
         moved: Vec::new(),
@@ -219,14 +316,31 @@ mod tests {
             .collect()
     }
 
-    fn alone_on(engine: &CountingEngine) -> impl Fn(&Loaded, u64) -> Result<u64, String> + '_ {
-        move |loaded, seed| {
-            // Alone = the first world of a fresh engine.
-            let fresh = CountingEngine {
-                leaky: engine.leaky,
+    /// Fresh processes, modelled as engines that start from nothing.
+    struct FreshEngines {
+        leaky: bool,
+    }
+
+    impl FreshEngines {
+        fn engine(&self) -> CountingEngine {
+            CountingEngine {
+                leaky: self.leaky,
                 runs: std::sync::Mutex::new(0),
-            };
-            hash_here(&fresh, loaded, seed)
+            }
+        }
+    }
+
+    impl FreshProcesses for FreshEngines {
+        fn alone(&self, loaded: &Loaded, seed: u64) -> Result<u64, String> {
+            hash_here(&self.engine(), loaded, seed)
+        }
+
+        fn back_to_back_in_reverse(
+            &self,
+            scenarios: &[Loaded],
+            seeds: &[u64],
+        ) -> Result<Vec<u64>, String> {
+            hashes_here(&self.engine(), scenarios, seeds, true)
         }
     }
 
@@ -236,8 +350,8 @@ mod tests {
             leaky: false,
             runs: std::sync::Mutex::new(0),
         };
-        let result =
-            check(&engine, &scenarios(), &[1, 2], &alone_on(&engine), &|_| {}).expect("runs");
+        let fresh = FreshEngines { leaky: false };
+        let result = check(&engine, &scenarios(), &[1, 2], &fresh, &|_| {}).expect("runs");
         assert_eq!(result.pairs, 4);
         assert!(result.moved.is_empty(), "{result:?}");
         assert!(result.render().contains("isolation: PASSED"));
@@ -249,14 +363,15 @@ mod tests {
             leaky: true,
             runs: std::sync::Mutex::new(0),
         };
+        let fresh = FreshEngines { leaky: true };
         let passes = Cell::new(0);
-        let result = check(&engine, &scenarios(), &[1, 2], &alone_on(&engine), &|_| {
+        let result = check(&engine, &scenarios(), &[1, 2], &fresh, &|_| {
             passes.set(passes.get() + 1)
         })
         .expect("runs");
-        assert_eq!(passes.get(), 3, "alone, in order, in reverse");
-        // Only the very first world of the process matches its run alone.
-        assert_eq!(result.moved.len(), 7, "{result:?}");
+        assert_eq!(passes.get(), 1, "the three passes start together");
+        // Only the first world of each back-to-back process matches its run alone.
+        assert_eq!(result.moved.len(), 6, "{result:?}");
         let first = &result.moved[0];
         assert_eq!(
             (first.scenario.as_str(), first.seed, first.pass),
@@ -264,6 +379,8 @@ mod tests {
         );
         let text = result.render();
         assert!(text.contains("MOVED a.toml seed=0x2 in order"), "{text}");
-        assert!(text.contains("isolation: FAILED - 7 of 8"), "{text}");
+        assert!(text.contains("MOVED a.toml seed=0x1 in reverse"), "{text}");
+        assert!(!text.contains("b.toml seed=0x2 in reverse"), "{text}");
+        assert!(text.contains("isolation: FAILED - 6 of 8"), "{text}");
     }
 }

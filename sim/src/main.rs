@@ -127,10 +127,13 @@ enum Command {
         /// Seeds per scenario, starting at --seed.
         #[arg(long, default_value_t = 1)]
         seeds: u64,
-        /// Print only the hash of the one pair given, run in this process (the check's
-        /// child processes use it).
+        /// Print only the hashes of the pairs given, run back to back in this process, one
+        /// per line (the check's child processes use it).
         #[arg(long, hide = true)]
-        alone: bool,
+        hashes_only: bool,
+        /// With --hashes-only: run the pairs in reverse.
+        #[arg(long, hide = true, requires = "hashes_only")]
+        reverse: bool,
     },
     /// Parse and validate scenario files; report every error as file:line:col.
     Check {
@@ -231,8 +234,9 @@ fn main() -> ExitCode {
             paths,
             seed,
             seeds,
-            alone,
-        } => isolation(engine, &paths, seed, seeds, alone),
+            hashes_only,
+            reverse,
+        } => isolation(engine, &paths, seed, seeds, hashes_only.then_some(reverse)),
         Command::Sweep {
             paths,
             seed,
@@ -550,37 +554,36 @@ fn load_for_engine(paths: &[PathBuf]) -> Result<Vec<Loaded>, ExitCode> {
     Ok(selection.runnable)
 }
 
+/// `child_reverse`: `Some(reverse)` in a child of the check (`--hashes-only`), which
+/// prints the pairs' hashes and nothing else.
 fn isolation(
     engine: &dyn Engine,
     paths: &[PathBuf],
     first_seed: u64,
     seeds: u64,
-    alone: bool,
+    child_reverse: Option<bool>,
 ) -> Result<ExitCode, ExitCode> {
     let scenarios = load_for_engine(paths)?;
     let failed = |error: String| {
         eprintln!("{error}");
         ExitCode::from(2)
     };
-    if alone {
-        let [loaded] = scenarios.as_slice() else {
-            eprintln!("--alone takes exactly one scenario");
-            return Err(ExitCode::from(2));
-        };
-        let hash = windtunnel::isolation::hash_here(engine, loaded, first_seed).map_err(failed)?;
-        println!("{}", format_seed(hash));
+    let seed_list: Vec<u64> = (first_seed..first_seed.saturating_add(seeds)).collect();
+    if let Some(reverse) = child_reverse {
+        let hashes = windtunnel::isolation::hashes_here(engine, &scenarios, &seed_list, reverse)
+            .map_err(failed)?;
+        for hash in hashes {
+            println!("{}", format_seed(hash));
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let executable = std::env::current_exe().map_err(|error| failed(error.to_string()))?;
-    let alone_in_child = |loaded: &Loaded, seed: u64| {
-        windtunnel::isolation::hash_in_child(&executable, loaded, seed)
+    let fresh = windtunnel::isolation::ChildProcesses {
+        executable: std::env::current_exe().map_err(|error| failed(error.to_string()))?,
     };
-    let seed_list: Vec<u64> = (first_seed..first_seed.saturating_add(seeds)).collect();
-    let result =
-        windtunnel::isolation::check(engine, &scenarios, &seed_list, &alone_in_child, &|pass| {
-            eprintln!("isolation: {pass}")
-        })
-        .map_err(failed)?;
+    let result = windtunnel::isolation::check(engine, &scenarios, &seed_list, &fresh, &|pass| {
+        eprintln!("isolation: {pass}")
+    })
+    .map_err(failed)?;
     print!("{}", result.render());
     Ok(if result.moved.is_empty() {
         ExitCode::SUCCESS

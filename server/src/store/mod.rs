@@ -419,6 +419,8 @@ impl Store {
                 "INSERT INTO accounts (did, host_id) VALUES (?1, ?2) \
                  ON CONFLICT (did) DO UPDATE SET host_id = excluded.host_id",
             )?;
+            // Each host's cursor is written once per batch, at its highest sequence number in it.
+            let mut cursors = std::collections::BTreeMap::new();
             for event in events {
                 let seq = to_sql(event.seq)?;
                 let upstream_seq = to_sql(event.upstream_seq)?;
@@ -429,7 +431,10 @@ impl Store {
                     event.kind.tag(),
                     &event.body[..]
                 ])?;
-                advance.execute(params![event.host_id, upstream_seq])?;
+                cursors
+                    .entry(event.host_id)
+                    .and_modify(|cursor: &mut i64| *cursor = (*cursor).max(upstream_seq))
+                    .or_insert(upstream_seq);
                 let Some(AccountUpdate { did, change }) = &event.account else {
                     continue;
                 };
@@ -442,6 +447,9 @@ impl Store {
                     }
                     AccountChange::Seen => seen_account.execute(params![did, event.host_id])?,
                 };
+            }
+            for (host_id, cursor) in cursors {
+                advance.execute(params![host_id, cursor])?;
             }
         }
         transaction.commit()?;

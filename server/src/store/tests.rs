@@ -24,10 +24,11 @@ fn hosts_round_trip_and_survive_reopen() {
                 .unwrap(),
             2
         );
+        // A host's cursor is written once per batch: its highest sequence number there.
         store
-            .commit_events(&[event(1, 1, 10), event(2, 2, 5)])
+            .commit_events(&[event(1, 1, 10), event(2, 2, 5), event(3, 1, 9)])
             .unwrap();
-        store.commit_events(&[event(3, 1, 7)]).unwrap();
+        store.commit_events(&[event(4, 1, 7)]).unwrap();
         store.set_status(3, HostStatus::Dormant, 15).unwrap();
     }
     let store = Store::open(&path).unwrap();
