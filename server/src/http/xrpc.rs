@@ -159,9 +159,10 @@ pub(super) fn get_host_status(
         }
         Err((status, code, message)) => return error(status, code, &message),
     };
-    // One label will do: a development host (`localhost`) may be in the table.
-    let hostname = match hostname::validate_name(requested) {
-        Ok(hostname) => hostname,
+    // One label, and a port, will do: a development host (`localhost`, `localhost:2583`)
+    // may be in the table.
+    let hostname = match hostname::validate_name_with_port(requested) {
+        Ok((entry, _)) => entry,
         Err(cause) => {
             return error(
                 StatusCode::BAD_REQUEST,

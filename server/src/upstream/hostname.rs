@@ -3,7 +3,10 @@
 //! Accepts DNS names per RFC 1123 (labels of letters, digits and inner hyphens, 1–63
 //! bytes each, 253 bytes in all, at least two labels), lowercased. Rejects IP literals,
 //! ports, schemes, paths and single-label names, each with its own message. The names a
-//! configuration matches hostnames against may be single labels ([`validate_name`]).
+//! configuration matches hostnames against may be single labels ([`validate_name`]). A
+//! development host may be named with its port (`localhost:2583`,
+//! [`validate_name_with_port`]); [`split_port`] reads a host-table entry back into the
+//! name to resolve and the port to dial.
 
 use std::fmt;
 
@@ -31,6 +34,36 @@ pub fn validate_name(raw: &str) -> Result<String, HostnameError> {
     normalise(raw, 1)
 }
 
+/// [`validate_name`], with an optional `:port` (1–65535) after the name: how requests name
+/// a development host that serves on a port of its own (`localhost:2583`, a reference PDS
+/// on this machine). The normalised entry (`name` or `name:port`) and the name alone.
+pub fn validate_name_with_port(raw: &str) -> Result<(String, String), HostnameError> {
+    let Some((name, port)) = raw.rsplit_once(':') else {
+        let name = validate_name(raw)?;
+        return Ok((name.clone(), name));
+    };
+    let name = validate_name(name)?;
+    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    match port.parse::<u16>() {
+        Ok(port) if digits && port > 0 => Ok((format!("{name}:{port}"), name)),
+        _ => Err(HostnameError(format!(
+            "invalid hostname {raw:?}: the port must be a number from 1 to 65535"
+        ))),
+    }
+}
+
+/// A host-table entry as the name to resolve and the port to dial, when the entry names
+/// one (`localhost:2583`; an IPv6 literal, with more than one colon, names none).
+pub fn split_port(entry: &str) -> (&str, Option<u16>) {
+    match entry.split_once(':') {
+        Some((name, port)) if !port.contains(':') => match port.parse::<u16>() {
+            Ok(port) if port > 0 => (name, Some(port)),
+            _ => (entry, None),
+        },
+        _ => (entry, None),
+    }
+}
+
 fn normalise(raw: &str, labels_min: usize) -> Result<String, HostnameError> {
     let reject = |why: &str| Err(HostnameError(format!("invalid hostname {raw:?}: {why}")));
     let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
@@ -41,7 +74,10 @@ fn normalise(raw: &str, labels_min: usize) -> Result<String, HostnameError> {
         return reject("expected a bare hostname, without scheme or path");
     }
     if name.contains(':') {
-        return reject("expected a hostname without a port");
+        return reject(
+            "expected a hostname without a port (a port may follow only a development host \
+             listed by name in upstream.insecure_ws_hosts)",
+        );
     }
     if name.parse::<std::net::Ipv4Addr>().is_ok() {
         return reject("IP addresses are not accepted; expected a DNS name");
@@ -78,7 +114,7 @@ fn normalise(raw: &str, labels_min: usize) -> Result<String, HostnameError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{validate, validate_name};
+    use super::{split_port, validate, validate_name, validate_name_with_port};
 
     #[test]
     fn accepts_and_normalises_dns_names() {
@@ -114,5 +150,30 @@ mod tests {
         for input in ["", "a_b", "10.0.0.1", "a.123", "-a", "a:80"] {
             assert!(validate_name(input).is_err(), "{input:?}");
         }
+    }
+
+    #[test]
+    fn a_development_host_may_be_named_with_its_port() {
+        let entry = |raw: &str| validate_name_with_port(raw).map(|(entry, _)| entry);
+        assert_eq!(
+            validate_name_with_port("LocalHost:2583").unwrap(),
+            ("localhost:2583".to_owned(), "localhost".to_owned())
+        );
+        assert_eq!(entry("pds.example").unwrap(), "pds.example");
+        for (input, reason) in [
+            ("localhost:0", "from 1 to 65535"),
+            ("localhost:65536", "from 1 to 65535"),
+            ("localhost:+80", "from 1 to 65535"),
+            ("localhost:", "from 1 to 65535"),
+            ("a_b:80", "only letters, digits and hyphens"),
+            ("10.0.0.1:80", "IP addresses are not accepted"),
+        ] {
+            let error = entry(input).unwrap_err().to_string();
+            assert!(error.contains(reason), "{input:?}: {error}");
+        }
+        assert_eq!(split_port("localhost:2583"), ("localhost", Some(2583)));
+        assert_eq!(split_port("pds.example"), ("pds.example", None));
+        assert_eq!(split_port("::1"), ("::1", None));
+        assert_eq!(split_port("127.0.0.1"), ("127.0.0.1", None));
     }
 }

@@ -858,13 +858,14 @@ impl Upstreams {
 
     /// The hostname `requestCrawl` takes: a DNS name of two labels or more, not under a
     /// domain that only names internal hosts — or a name the operator listed exactly in
-    /// `insecure_ws_hosts` (a development host such as `localhost`: listing it by name is
-    /// the operator's consent; its addresses still pass the egress rule).
+    /// `insecure_ws_hosts`, with or without a port of its own (a development host such as
+    /// `localhost` or `localhost:2583`: listing it by name is the operator's consent; its
+    /// addresses still pass the egress rule).
     fn crawlable_name(&self, raw_hostname: &str) -> Result<String, CrawlError> {
-        if let Ok(name) = hostname::validate_name(raw_hostname) {
-            let listed = transport::HostPattern::Exact(name.clone());
+        if let Ok((entry, name)) = hostname::validate_name_with_port(raw_hostname) {
+            let listed = transport::HostPattern::Exact(name);
             if self.config.insecure_ws_hosts.contains(&listed) {
-                return Ok(name);
+                return Ok(entry);
             }
         }
         let hostname = hostname::validate(raw_hostname)?;
@@ -933,9 +934,10 @@ impl Upstreams {
         if self.config.crawl_resolve_timeout_ms == 0 {
             return Ok(());
         }
+        let (name, port) = hostname::split_port(hostname);
         egress::resolve_dialable(
-            hostname,
-            self.config.port,
+            name,
+            port.unwrap_or(self.config.port),
             &self.config.egress_allow,
             Duration::from_millis(self.config.crawl_resolve_timeout_ms),
         )

@@ -228,7 +228,8 @@ pub struct Transport {
     tls: TlsConnector,
     /// The hosts dialled with `ws://` (`upstream.insecure_ws_hosts`).
     insecure_ws_hosts: Vec<HostPattern>,
-    /// The port every host is dialled on (`upstream.port`), for the URL.
+    /// The port every host is dialled on (`upstream.port`) unless its entry names its own,
+    /// for the URL.
     port: u16,
 }
 
@@ -284,7 +285,8 @@ impl Transport {
         cursor: u64,
         ws: WebSocketConfig,
     ) -> Result<WebSocketStream<UpstreamStream>, HandshakeFailure> {
-        let scheme = Scheme::for_host(hostname, &self.insecure_ws_hosts);
+        let (name, port) = hostname::split_port(hostname);
+        let scheme = Scheme::for_host(name, &self.insecure_ws_hosts);
         let stream = match scheme {
             Scheme::Ws => Either::Left(tcp),
             Scheme::Wss => {
@@ -292,8 +294,8 @@ impl Transport {
                     tracing::debug!(host = hostname, %error, "TLS handshake failed");
                     HandshakeFailure::Tls
                 };
-                let name = ServerName::try_from(hostname.to_owned())
-                    .map_err(|error| tls_failed(&error))?;
+                let name =
+                    ServerName::try_from(name.to_owned()).map_err(|error| tls_failed(&error))?;
                 let stream = self
                     .tls
                     .connect(name, tcp)
@@ -302,7 +304,7 @@ impl Transport {
                 Either::Right(Box::new(stream))
             }
         };
-        let url = subscribe_url(scheme, hostname, self.port, cursor);
+        let url = subscribe_url(scheme, name, port.unwrap_or(self.port), cursor);
         tokio_tungstenite::client_async_with_config(url, stream, Some(ws))
             .await
             .map(|(stream, _response)| stream)

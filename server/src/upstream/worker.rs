@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::egress::{self, Refusal};
+use super::hostname;
 use super::schedule::{self, EventAllowance, EventLimit};
 use super::{Host, HostPhase, UpstreamConfig, Upstreams, WS_READ_BUFFER_BYTES};
 use crate::atproto::frame::{self, BadFrame, Incoming, Kind, Limits, SEQ_MAX};
@@ -138,7 +139,8 @@ fn dial_error(error: &std::io::Error, failure: &'static str) -> SessionEnd {
 /// refused, the first refusal ends the session.
 async fn dial(upstreams: &Upstreams, host: &Host) -> Result<TcpStream, SessionEnd> {
     let config = &upstreams.config;
-    let resolved = net::lookup_host(&host.hostname, config.port)
+    let (name, port) = hostname::split_port(&host.hostname);
+    let resolved = net::lookup_host(name, port.unwrap_or(config.port))
         .await
         .map_err(|error| dial_error(&error, "resolve_error"))?;
     let mut refused = None;

@@ -368,6 +368,50 @@ async fn a_development_host_named_in_the_ws_allowlist_may_be_crawled() {
     relay.stop().await;
 }
 
+/// A development host serving on a port of its own (a reference PDS at `localhost:2583`)
+/// is crawled as `localhost:<port>`: subscribed on that port, not `upstream.port`, and
+/// found by that name in `getHostStatus`. A port after any other name is refused.
+#[tokio::test]
+async fn a_development_host_may_be_crawled_with_its_own_port() {
+    let db = temp_db("crawl_dev_host_port");
+    let (port, uris) = upstream(1, 3).await;
+    let relay = RunningRelay::start(&[
+        format!("store.path={}", db.display()),
+        "upstream.port=9".to_owned(),
+        ALLOW_LOOPBACK.to_owned(),
+    ])
+    .await;
+    let entry = format!("localhost:{port}");
+    let response = post_crawl(relay.addr, &format!(r#"{{"hostname":"{entry}"}}"#)).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    let observer = relay.observer.clone();
+    wait_until("the host's three events are persisted", || {
+        observer.events().head_seq == 3
+    })
+    .await;
+    assert_eq!(
+        uris.lock().unwrap().first(),
+        Some(&format!("{SUBSCRIBE_REPOS_PATH}?cursor=0"))
+    );
+    let status = get(
+        relay.addr,
+        &format!("/xrpc/com.atproto.sync.getHostStatus?hostname={entry}"),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200 OK\r\n"), "{status}");
+    assert!(
+        status.contains(&format!(r#""hostname":"{entry}""#)),
+        "{status}"
+    );
+    let response = post_crawl(relay.addr, r#"{"hostname":"pds.example.com:2583"}"#).await;
+    assert!(
+        response.starts_with("HTTP/1.1 400 Bad Request\r\n")
+            && response.contains("a port may follow only a development host"),
+        "{response}"
+    );
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn request_crawl_past_the_callers_limit_gets_429_before_its_body_is_read() {
     let db = temp_db("crawl_per_client");
