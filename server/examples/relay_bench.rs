@@ -574,8 +574,12 @@ async fn consumer(
             let Some(message) = ws.next().await else {
                 bail!("the relay ended the stream at seq {next} without a word");
             };
-            let Message::Binary(bytes) = message? else {
-                continue;
+            let bytes = match message? {
+                Message::Binary(bytes) => bytes,
+                Message::Close(close) => {
+                    bail!("the relay closed the stream at seq {next} without a word: {close:?}")
+                }
+                _ => continue,
             };
             match frame::decode(&bytes, &Limits::default())? {
                 Incoming::Event(event) => {

@@ -30,7 +30,10 @@
 //! the farewell still in flight). Any other close request (idle reaper, shutdown) ends
 //! it with a close frame. A consumer from which nothing has arrived for `pong_deadline_ms`
 //! (the relay pings it every `ping_interval_ms`; a live client answers with a pong) is
-//! closed with reason `pong_timeout`: only bytes from the consumer count as activity. Store
+//! closed with reason `pong_timeout`: only bytes from the consumer count as activity. A
+//! consumer closed by the idle reaper or the pong deadline first gets a `ConsumerTooSlow`
+//! error frame naming its cursor: one far behind in reading (a firehose backlog of a few
+//! seconds) has not seen the pings yet, and must know where to resume. Store
 //! errors end it with a `StoreUnavailable` error frame; the consumer resumes by cursor. A consumer that sends something that is not a valid WebSocket frame, or a frame
 //! larger than `max_inbound_frame_bytes`, gets a close frame saying so (1002, 1007 or 1009).
 
@@ -481,10 +484,16 @@ impl Session<'_> {
                 CloseCode::Policy,
                 config.fanout.kick_flush_timeout_ms,
             ),
+            // Nothing came from the consumer for the idle timeout, pongs included: a
+            // consumer that far behind in reading has not seen our pings yet, so it is told
+            // where to resume, as a kicked one is (a silent one reads nothing either way).
+            CloseReason::Idle => (
+                Some(self.silent_consumer_notice("server.idle_timeout_ms")),
+                CloseCode::Normal,
+                config.server.drain_timeout_ms,
+            ),
             CloseReason::Shutdown => (None, CloseCode::Away, config.server.drain_timeout_ms),
-            CloseReason::Idle | CloseReason::Evicted => {
-                (None, CloseCode::Normal, config.server.drain_timeout_ms)
-            }
+            CloseReason::Evicted => (None, CloseCode::Normal, config.server.drain_timeout_ms),
         };
         goodbye(
             socket,
@@ -531,16 +540,31 @@ impl Session<'_> {
     async fn pong_timeout(&self, socket: &mut Socket) -> &'static str {
         probe::reached(Probe::PongTimeout);
         tracing::debug!(conn = ?self.owner.id(), "consumer silent past the pong deadline");
+        let notice = self.silent_consumer_notice("fanout.pong_deadline_ms");
         let close = CloseFrame {
             code: CloseCode::Policy,
             reason: Utf8Bytes::from_static("pong timeout"),
         };
-        let _ = timeout(
-            self.state.config.server.drain_timeout(),
-            socket.send(Message::Close(Some(close))),
-        )
-        .await;
+        let farewell = async {
+            socket.feed(Message::Binary(notice.into())).await?;
+            socket.send(Message::Close(Some(close))).await
+        };
+        let _ = timeout(self.state.config.server.drain_timeout(), farewell).await;
         "pong_timeout"
+    }
+
+    /// The `ConsumerTooSlow` error frame for a consumer closed because nothing came from
+    /// it for `limit` (a configuration key): the cursor to resume from. A consumer far
+    /// behind in reading has not yet seen the pings it would answer.
+    fn silent_consumer_notice(&self, limit: &str) -> Vec<u8> {
+        error_frame(
+            "ConsumerTooSlow",
+            &format!(
+                "nothing came from you within {limit} (not even a pong: are you behind in \
+                 reading?); reconnect with cursor={}",
+                self.sent
+            ),
+        )
     }
 
     /// The consumer sent something that is not a valid WebSocket frame (or one larger than

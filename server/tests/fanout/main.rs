@@ -842,6 +842,12 @@ async fn a_silent_subscriber_is_closed_at_the_pong_deadline_while_one_that_answe
     let received = silent_subscriber_until_closed(relay.addr).await;
     assert!(received.starts_with("HTTP/1.1 101 "), "{received}");
     assert!(received.contains("pong timeout"), "{received}");
+    assert!(
+        received.contains("ConsumerTooSlow")
+            && received.contains("fanout.pong_deadline_ms")
+            && received.contains("reconnect with cursor="),
+        "told where to resume: {received}"
+    );
     let observer = relay.observer.clone();
     wait_until("the silent subscriber's slot is back", || {
         observer.connections().open == 1
@@ -897,7 +903,13 @@ async fn a_silent_subscriber_is_reaped_as_idle_despite_the_relays_pings() {
         ],
     )
     .await;
-    silent_subscriber_until_closed(relay.addr).await;
+    let received = silent_subscriber_until_closed(relay.addr).await;
+    assert!(
+        received.contains("ConsumerTooSlow")
+            && received.contains("server.idle_timeout_ms")
+            && received.contains("reconnect with cursor="),
+        "told where to resume: {received}"
+    );
     let observer = relay.observer.clone();
     wait_until("the silent subscriber's slot is back", || {
         observer.connections().open == 0
