@@ -389,6 +389,8 @@ async fn relay_run(args: &Args, count: usize) -> anyhow::Result<Run> {
         // It speaks plain WebSocket.
         r#"upstream.insecure_ws_hosts=["127.0.0.1"]"#.to_owned(),
         format!("server.max_connections={}", count + 64),
+        // Every consumer dials from 127.0.0.1: no per-address limit (256 by default).
+        "server.max_connections_per_ip=0".to_owned(),
         "server.idle_timeout_ms=3600000".to_owned(),
         // One upstream host plays the whole firehose: the per-host event-rate limit
         // (50 events/s by default, for fairness between hosts) would measure itself.
