@@ -67,6 +67,16 @@ enum Command {
         /// relay's command line, `windtunnel relay serve`).
         #[arg(long, requires = "real", value_name = "PATH")]
         relay_bin: Option<PathBuf>,
+        /// With --real: any atproto relay, as a black box: the shell command that starts
+        /// it, where `{addr}` is the address it must listen on and `{dir}` a directory for
+        /// its files. Hosts are seeded with requestCrawl; only what the cast sees is judged.
+        #[arg(
+            long,
+            requires = "real",
+            conflicts_with = "relay_bin",
+            value_name = "COMMAND"
+        )]
+        relay_cmd: Option<String>,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -210,11 +220,12 @@ fn main() -> ExitCode {
             max_runs,
             real,
             relay_bin,
+            relay_cmd,
             output,
         } => output.options(check_determinism, true).and_then(|options| {
             let real_engine: Box<dyn Engine>;
             let (engine, loaded) = if real {
-                let (found, loaded) = load_for_real(&scenario, relay_bin)?;
+                let (found, loaded) = load_for_real(&scenario, relay_bin, relay_cmd)?;
                 real_engine = found;
                 (real_engine.as_ref(), loaded)
             } else {
@@ -298,11 +309,13 @@ fn check(files: &[PathBuf]) -> ExitCode {
 }
 
 /// Load a scenario to run for real (`run --real`), with the engine that does it: the
-/// relay run by `relay_bin`, or by this executable's `relay` command.
+/// relay run by `relay_bin`, or by this executable's `relay` command, or a black box
+/// started by `relay_cmd` (what it cannot judge of the scenario is said on stderr).
 #[cfg(not(madsim))]
 fn load_for_real(
     path: &Path,
     relay_bin: Option<PathBuf>,
+    relay_cmd: Option<String>,
 ) -> Result<(Box<dyn Engine>, Loaded), ExitCode> {
     use windtunnel::worlds::real::process::RelayProgram;
     let loaded = Loaded::load(path).map_err(|error| {
@@ -316,9 +329,16 @@ fn load_for_real(
         }
         return Err(ExitCode::from(2));
     }
-    let relay = match relay_bin {
-        Some(binary) => RelayProgram::binary(binary),
-        None => RelayProgram::this_windtunnel().map_err(|error| {
+    let relay = match (relay_bin, relay_cmd) {
+        (_, Some(command)) => {
+            let mut adapted = loaded.scenario.clone();
+            for note in windtunnel::worlds::real::black_box_scenario(&mut adapted) {
+                eprintln!("{}: black box: {note}", path.display());
+            }
+            RelayProgram::BlackBox(command)
+        }
+        (Some(binary), None) => RelayProgram::binary(binary),
+        (None, None) => RelayProgram::this_windtunnel().map_err(|error| {
             eprintln!("cannot find this executable to run the relay with: {error}");
             ExitCode::from(2)
         })?,
@@ -331,6 +351,7 @@ fn load_for_real(
 fn load_for_real(
     path: &Path,
     _relay_bin: Option<PathBuf>,
+    _relay_cmd: Option<String>,
 ) -> Result<(Box<dyn Engine>, Loaded), ExitCode> {
     eprintln!(
         "{}: --real runs in an ordinary build (real tokio, real sockets): \

@@ -74,10 +74,7 @@ fn normalise(raw: &str, labels_min: usize) -> Result<String, HostnameError> {
         return reject("expected a bare hostname, without scheme or path");
     }
     if name.contains(':') {
-        return reject(
-            "expected a hostname without a port (a port may follow only a development host \
-             listed by name in upstream.insecure_ws_hosts)",
-        );
+        return reject("expected a hostname without a port");
     }
     if name.parse::<std::net::Ipv4Addr>().is_ok() {
         return reject("IP addresses are not accepted; expected a DNS name");

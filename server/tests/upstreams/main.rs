@@ -406,7 +406,7 @@ async fn a_development_host_may_be_crawled_with_its_own_port() {
     let response = post_crawl(relay.addr, r#"{"hostname":"pds.example.com:2583"}"#).await;
     assert!(
         response.starts_with("HTTP/1.1 400 Bad Request\r\n")
-            && response.contains("a port may follow only a development host"),
+            && response.contains("expected a hostname without a port"),
         "{response}"
     );
     relay.stop().await;

@@ -29,6 +29,12 @@ pub async fn get(stream: &mut TcpStream, path: &str, keep_alive: bool) -> io::Re
 /// Send `GET path` with `Connection: close` and read the response and its body as text.
 pub async fn get_text(stream: &mut TcpStream, path: &str) -> io::Result<(Response, String)> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    send_text(stream, &request).await
+}
+
+/// Send `request` (a whole request, head and body, asking to close the connection) and
+/// read the response and its body as text.
+pub async fn send_text(stream: &mut TcpStream, request: &str) -> io::Result<(Response, String)> {
     write_flushed(stream, request.as_bytes()).await?;
     let (response, body) = read_response(stream).await?;
     let text = String::from_utf8(body).map_err(|_| malformed("body is not UTF-8"))?;

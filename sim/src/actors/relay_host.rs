@@ -450,6 +450,16 @@ pub fn publish_host_table(
 ) -> Result<(), relay::store::StoreError> {
     relay::store::Store::open(database)?
         .add_hosts(plans.iter().map(|plan| plan.hostname.as_str()))?;
+    record_upstream_world(spec, plans, sink);
+    Ok(())
+}
+
+/// Record the upstream world of `plans` (generated from `spec`) in the trace.
+pub fn record_upstream_world(
+    spec: &UpstreamsSpec,
+    plans: &[Arc<upstream::HostPlan>],
+    sink: &TraceSink,
+) {
     sink.record(
         "world",
         Event::UpstreamWorld {
@@ -459,7 +469,6 @@ pub fn publish_host_table(
             hostile: spec.hostile.as_ref().map_or(0, |hostile| hostile.hosts),
         },
     );
-    Ok(())
 }
 
 /// What consumers time deliveries against when `scenario` checks `fair_share` or
@@ -551,13 +560,14 @@ impl From<relay::upstream::HostView> for HostEnding {
 
 /// The end of a run, before teardown: record what the steady hosts sent per coverage
 /// window (when consumers timed deliveries against `send_times`), audit the relay's event
-/// log (when the world has upstreams), record how every hostile host and every dead host of
+/// log (when the world has upstreams and the relay's `database` can be read: not a black
+/// box's), record how every hostile host and every dead host of
 /// a loaded table ended (from `hosts`, the relay's host table now) and every consumer's
 /// final tally.
 pub fn finish(
     scenario: &Scenario,
     sink: &TraceSink,
-    database: &Path,
+    database: Option<&Path>,
     plans: &[Arc<upstream::HostPlan>],
     send_times: Option<&consumer::SendTimes>,
     hosts: &[HostEnding],
@@ -577,10 +587,10 @@ pub fn finish(
         (None, None) => 0,
     };
     let emitted_by = Duration::from_secs(scenario.duration_s.saturating_sub(lag_s));
-    if scenario.upstreams.is_some() {
+    if let (Some(database), Some(_)) = (database, &scenario.upstreams) {
         sink.record("world", audit(database, plans, emitted_by));
     }
-    let log = rusqlite::Connection::open(database).ok();
+    let log = database.and_then(|database| rusqlite::Connection::open(database).ok());
     for plan in plans {
         let Some(kind) = plan.hostile else { continue };
         let view = hosts.iter().find(|view| view.hostname == plan.hostname);

@@ -253,6 +253,60 @@ oracles! {
     ReconnectLatencyMax => reconnect_latency_max: ReconnectLatencyMaxSpec,
 }
 
+/// How much of an oracle can be judged from outside a relay (`run --real --relay-cmd`, a
+/// black box known only through the protocol): the cast's own observations (probes, calls,
+/// frames received, subscriptions and cuts at the upstream hosts) are there; the relay's
+/// metrics, database and host table are not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FromOutside {
+    /// Judged as in every other world.
+    Whole,
+    /// Judged on what the cast saw; what it does not judge (said here) needs the relay's
+    /// insides.
+    Partly(&'static str),
+    /// Not judged: it reads (said here) from inside the relay.
+    Not(&'static str),
+}
+
+impl OracleName {
+    /// How much of this oracle a black-box run judges.
+    pub fn from_outside(self) -> FromOutside {
+        use FromOutside::{Not, Partly, Whole};
+        const METRICS: &str = "the relay's /metrics";
+        match self {
+            Self::ProbeLiveness
+            | Self::ProbeLatencyMax
+            | Self::RelayRestartsMax
+            | Self::NoPanics
+            | Self::FaultsFired
+            | Self::SlowConsumersKicked
+            | Self::DeliveryGapMax
+            | Self::NoStaleDelivery
+            | Self::PanicsContained
+            | Self::CallsAnswered
+            | Self::BadInputRejected
+            | Self::FairShare
+            | Self::CoverageMin
+            | Self::ReconnectLatencyMax
+            | Self::NoInternalDials => Whole,
+            Self::NoLostEvents => Partly(
+                "the audit of the relay's event log (its database) and whether consumers caught \
+                 up with the head it had persisted (its /metrics)",
+            ),
+            Self::ConnAccounting
+            | Self::HostsConnectedMin
+            | Self::HandshakesBounded
+            | Self::WorkersBounded
+            | Self::MemoryBounded
+            | Self::RecoveryWithin
+            | Self::ConsumerAccounting
+            | Self::HandlersInFlightMax => Not(METRICS),
+            Self::NoHostForgotten | Self::HostTableMax => Not("the relay's host table (/hosts)"),
+            Self::BadHostsIsolated => Not("the relay's host table and database"),
+        }
+    }
+}
+
 impl OracleName {
     /// Every oracle, in check and report order: file order, with the two always checked
     /// (`no_panics`, `faults_fired`) last.

@@ -305,7 +305,7 @@ impl Timeline {
         relay_host::finish(
             scenario,
             &self.sink,
-            &self.database,
+            Some(&self.database),
             &self.plans,
             None,
             &hosts,

@@ -89,6 +89,68 @@ fn without_the_simulator_a_madsim_scenario_says_how_to_run_it() {
     }
 }
 
+/// `run --real --relay-cmd`: the black box's command runs through the shell, what the run
+/// cannot judge from outside is said before it starts, a relay that dies before it serves
+/// fails the run quoting its output, and the flag does not go with `--relay-bin`.
+#[cfg(not(madsim))]
+#[test]
+fn a_black_box_relay_command_is_run_and_what_is_not_judged_is_said() {
+    let dir = scratch_dir("cli-black-box");
+    std::fs::write(
+        dir.join("bb.toml"),
+        "name = \"bb\"\nduration_s = 5\n[upstreams]\nhosts = 2\n\
+         [prober]\npath = \"/_healthz\"\ninitial_delay_s = 1\nperiod_s = 1\ntimeout_s = 1\n\
+         failure_threshold = 3\n[oracles]\nprobe_liveness = {}\n\
+         hosts_connected_min = { fraction = 1.0, by_s = 5 }\n",
+    )
+    .unwrap();
+    let dead = windtunnel(
+        &[
+            "run",
+            "--real",
+            "--relay-cmd",
+            "echo listening on {addr} in {dir}; exit 3",
+            "bb.toml",
+        ],
+        &dir,
+    );
+    assert_eq!(dead.status.code(), Some(1), "{}", stderr(&dead));
+    let said = stderr(&dead);
+    assert!(
+        said.contains(
+            "bb.toml: black box: the prober asks /xrpc/_health instead of /_healthz \
+             (any relay's liveness)"
+        ) && said.contains(
+            "bb.toml: black box: hosts_connected_min is not judged: it reads the relay's /metrics"
+        ),
+        "{said}"
+    );
+    let report = stdout(&dead);
+    assert!(
+        report.contains("exited before it served (exit status: 3)")
+            && report.contains("listening on 127.0.0.1:"),
+        "{report}"
+    );
+    let both = windtunnel(
+        &[
+            "run",
+            "--real",
+            "--relay-cmd",
+            "true",
+            "--relay-bin",
+            "relay",
+            "bb.toml",
+        ],
+        &dir,
+    );
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+    assert!(
+        stderr(&both).contains("cannot be used with"),
+        "{}",
+        stderr(&both)
+    );
+}
+
 #[cfg(madsim)]
 mod simulated {
     use super::*;

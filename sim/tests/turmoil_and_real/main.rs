@@ -216,6 +216,141 @@ no_panics = {}
     assert!(frames > 100, "the consumers saw only {frames} frames");
 }
 
+/// The command that starts this package's relay as a black box (`--relay-cmd`): it is
+/// configured by its own command line, as any relay would be, to listen at `{addr}`, keep
+/// its database in `{dir}`, dial `localhost` hosts over plain ws:// on loopback, take a
+/// few hundred `requestCrawl`s from one address, and redial its hosts within half a second
+/// of a restart.
+fn our_relay_as_a_black_box() -> RelayProgram {
+    let relay = env!("CARGO_BIN_EXE_windtunnel");
+    RelayProgram::BlackBox(format!(
+        "exec '{relay}' relay serve --listen {{addr}} --set 'store.path={{dir}}/relay.sqlite' \
+         --set 'upstream.insecure_ws_hosts=[\"localhost\"]' \
+         --set 'upstream.egress_allow=[\"127.0.0.0/8\"]' \
+         --set upstream.crawl_per_client_max=0 --set upstream.crawl_new_hosts_max=0 \
+         --set server.shutdown_grace_ms=2000 --set server.drain_timeout_ms=500 \
+         --set server.shutdown_drain_ms=500 --set upstream.startup_jitter_ms=500"
+    ))
+}
+
+/// Real mode with the relay as a black box: started by a shell command, told of its
+/// hosts by `requestCrawl` (`localhost:<port>` each), probed at `/xrpc/_health`, restarted
+/// by the same command on the same directory, and judged only on what the cast saw: not
+/// one read of its `/metrics`, and the oracles that need one are dropped, saying so.
+#[test]
+fn a_black_box_relay_is_seeded_by_request_crawl_and_judged_from_outside() {
+    let scenario = Scenario::parse(
+        Path::new("black_box.toml"),
+        r#"name = "black_box"
+duration_s = 16
+[upstreams]
+hosts = 8
+handshake_latency_ms = [5, 20]
+event_interval_s = [1, 1]
+[prober]
+path = "/_readyz"
+initial_delay_s = 1
+period_s = 1
+timeout_s = 1
+failure_threshold = 4
+[[consumers]]
+name = "fast"
+count = 2
+kind = "fast"
+start_s = 2
+stop_s = 14
+[[faults]]
+kind = "restart_relay"
+at_s = 7
+down_s = 1
+[oracles]
+probe_liveness = {}
+no_stale_delivery = {}
+no_lost_events = { lag_s = 4 }
+consumer_accounting = { settle_s = 2 }
+hosts_connected_min = { fraction = 1.0, by_s = 10 }
+no_panics = {}
+"#,
+    )
+    .unwrap();
+    let mut adapted = scenario.clone();
+    let notes = windtunnel::worlds::real::black_box_scenario(&mut adapted);
+    assert_eq!(
+        notes,
+        [
+            "the prober asks /xrpc/_health instead of /_readyz (any relay's liveness)",
+            "hosts_connected_min is not judged: it reads the relay's /metrics",
+            "no_lost_events is judged in part: not the audit of the relay's event log (its \
+             database) and whether consumers caught up with the head it had persisted (its \
+             /metrics)",
+            "consumer_accounting is not judged: it reads the relay's /metrics",
+        ]
+    );
+    let run = windtunnel::worlds::real::run(&scenario, 1, None, &our_relay_as_a_black_box());
+    assert_eq!(
+        run.verdict,
+        Verdict::Passed,
+        "{:?}\n{}",
+        run.violations,
+        run.logs.clone().unwrap_or_default()
+    );
+    let records = run.trace.records();
+    assert!(
+        !records.iter().any(|r| matches!(
+            r.event,
+            Event::RelaySample { .. } | Event::StoreAudit { .. }
+        )),
+        "nothing is read from inside a black box"
+    );
+    let subscribed: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter(|r| matches!(r.event, Event::Subscribed { .. }))
+        .map(|r| r.node.as_str())
+        .collect();
+    assert_eq!(subscribed.len(), 8, "every host crawled: {subscribed:?}");
+    assert!(
+        subscribed.iter().all(|host| host.starts_with("localhost:")),
+        "{subscribed:?}"
+    );
+    // The restarted relay found its database in {dir}: it resumed every host by cursor.
+    let resumed: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter(|r| matches!(r.event, Event::Subscribed { cursor } if cursor > 0))
+        .map(|r| r.node.as_str())
+        .collect();
+    assert_eq!(resumed, subscribed, "hosts resumed after the restart");
+    let probes_ok = records
+        .iter()
+        .filter(|r| {
+            matches!(
+                &r.event,
+                Event::Probe {
+                    status: Some(200),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(probes_ok >= 10, "only {probes_ok} probes answered 200");
+    let frames: u64 = records
+        .iter()
+        .filter_map(|r| match r.event {
+            Event::ConsumerFinal { frames, .. } => Some(frames),
+            _ => None,
+        })
+        .sum();
+    assert!(frames > 100, "the consumers saw only {frames} frames");
+    let incarnations = records.iter().find_map(|r| match r.event {
+        Event::RelayProcess { incarnations, .. } => Some(incarnations),
+        _ => None,
+    });
+    assert_eq!(
+        incarnations,
+        Some(2),
+        "started, then restarted by the fault"
+    );
+}
+
 #[test]
 fn real_mode_refuses_what_a_loopback_cannot_play() {
     use windtunnel::scenario::REAL;

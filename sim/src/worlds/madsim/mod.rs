@@ -210,7 +210,7 @@ async fn world(scenario: Scenario, sink: TraceSink, database: PathBuf) {
     relay_host::finish(
         &scenario,
         &sink,
-        &database,
+        Some(&database),
         &plans,
         send_times.as_deref(),
         &hosts,

@@ -19,6 +19,16 @@
 //! graceful restart is SIGTERM (the relay drains) and a new process; `kill_relay` is
 //! SIGKILL.
 //!
+//! A black box (`run --real --relay-cmd '<command>'`, [`RelayProgram::BlackBox`]) is any
+//! relay that speaks atproto, started by the user's command and known only through the
+//! protocol: each upstream host listens on 127.0.0.1 at a port of its own and is named
+//! `localhost:<port>` (the form relays accept for a development host), the host table is
+//! seeded with a `requestCrawl` per host once the relay answers `/xrpc/_health` (which the
+//! prober asks too), the consumers read `subscribeRepos`, and nothing is read from the
+//! relay's `/metrics`, `/hosts` or database: the oracles that need those are not judged,
+//! and `no_lost_events` only in part ([`black_box_scenario`],
+//! [`crate::oracle::FromOutside`]).
+//!
 //! What a real loopback cannot do, its table ([`crate::scenario::REAL`]) refuses: network
 //! faults (partition, clog, latency), the relay's fault points and power loss (simulation
 //! builds only), turmoil's accept-queue size and the hostile cast. The faults it plays,
@@ -40,14 +50,15 @@ use tokio::task::{JoinError, JoinSet};
 
 use crate::actors::relay_host::{self, RelayDatabase, SAMPLE_PERIOD};
 use crate::actors::upstream::DeadHost;
-use crate::actors::{cast, rng, upstream, TraceSink, WorldClock};
+use crate::actors::{cast, client, crawl, rng, upstream, TraceSink, WorldClock};
 use crate::logs::LogSettings;
+use crate::oracle::{FromOutside, OracleName};
 use crate::scenario::{Scenario, Supports, REAL};
 use crate::trace::Event;
 use crate::worlds::faults::FaultPlayer;
 use crate::worlds::orchestrator::orchestrator;
 use crate::worlds::{on_fresh_thread, Engine, Reached, RelayPlacement, SeedRun, Unjudged, World};
-use process::{ProcessUsage, RelayProcess, RelayProgram};
+use process::{Placement, ProcessUsage, RelayProcess, RelayProgram};
 
 /// How long the relay gets to release the connections of the clients stopped at the end.
 const CLIENTS_GONE_PAUSE: Duration = Duration::from_millis(100);
@@ -76,7 +87,7 @@ impl Engine for Real {
 }
 
 /// Run `scenario` for real once, with `seed` for the actors' choices and the relay run by
-/// `relay`, and judge it. The relay process's output is appended to the run's logs.
+/// `relay`, and judge it (a black box: as [`black_box_scenario`] adapts it). The relay process's output is appended to the run's logs.
 pub fn run(
     scenario: &Scenario,
     seed: u64,
@@ -84,7 +95,11 @@ pub fn run(
     relay: &RelayProgram,
 ) -> SeedRun {
     let relay = relay.clone();
-    on_fresh_thread("real", scenario, seed, logs, move |scenario, seed| {
+    let mut scenario = scenario.clone();
+    if relay.is_black_box() {
+        black_box_scenario(&mut scenario);
+    }
+    on_fresh_thread("real", &scenario, seed, logs, move |scenario, seed| {
         run_on_this_thread(scenario, seed, &relay)
     })
 }
@@ -109,12 +124,13 @@ fn run_on_this_thread(scenario: &Scenario, seed: u64, program: &RelayProgram) ->
     }
 }
 
-/// The files of one real run: the relay's database, its configuration and its output;
-/// all removed on drop.
+/// The files of one real run: the relay's database, its configuration, its output and a
+/// black box's own directory; all removed on drop.
 struct RunFiles {
     database: RelayDatabase,
     relay_config: PathBuf,
     relay_output: PathBuf,
+    relay_dir: PathBuf,
 }
 
 impl RunFiles {
@@ -124,15 +140,18 @@ impl RunFiles {
         let files = Self {
             relay_config: beside(".relay.toml"),
             relay_output: beside(".relay.log"),
+            relay_dir: beside(".relay"),
             database,
         };
         files.remove_own();
+        let _ = std::fs::create_dir_all(&files.relay_dir);
         files
     }
 
     fn remove_own(&self) {
         let _ = std::fs::remove_file(&self.relay_config);
         let _ = std::fs::remove_file(&self.relay_output);
+        let _ = std::fs::remove_dir_all(&self.relay_dir);
     }
 }
 
@@ -202,6 +221,114 @@ fn on_loopback(plan: upstream::HostPlan) -> upstream::HostPlan {
     }
 }
 
+/// Host `plan` for a black box, which hears of it through `requestCrawl`: on 127.0.0.1 at
+/// `port`, named `localhost:<port>` (how relays take a development host), except a host
+/// whose name must not resolve: it keeps its name under `.invalid`.
+fn on_loopback_port(plan: upstream::HostPlan, port: u16) -> upstream::HostPlan {
+    let hostname = match plan.dead {
+        Some(DeadHost::Unresolved) => format!("{}.invalid", plan.hostname),
+        _ => format!("localhost:{port}"),
+    };
+    upstream::HostPlan {
+        hostname,
+        ip: Ipv4Addr::LOCALHOST,
+        ..plan
+    }
+}
+
+/// `count` ports free on 127.0.0.1 now, all different.
+fn free_ports(count: usize) -> Result<Vec<u16>, String> {
+    let mut taken = std::collections::BTreeSet::new();
+    let mut ports = Vec::with_capacity(count);
+    while ports.len() < count {
+        let port = free_port(Ipv4Addr::LOCALHOST)?;
+        if taken.insert(port) {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+/// How long a `requestCrawl` the relay answered 429 or 503 waits before it is sent again.
+const CRAWL_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How many times one host's `requestCrawl` is sent again before the run fails.
+const CRAWL_RETRIES_MAX: u32 = 120;
+
+/// Tell a black box of every host, as an operator would: a `requestCrawl` each, in plan
+/// order, a 429 or 503 waited out. A host whose name does not resolve may be refused (a
+/// relay checks that a host exists); any other refusal fails the run, quoting the answer.
+async fn request_crawls(
+    relay: SocketAddr,
+    plans: &[Arc<upstream::HostPlan>],
+) -> Result<(), String> {
+    for plan in plans {
+        let mut retries = 0;
+        loop {
+            let failed = |error: std::io::Error| {
+                format!(
+                    "requestCrawl of {} to {relay} failed: {error}",
+                    plan.hostname
+                )
+            };
+            let mut stream = relay::rt::net::TcpStream::connect(relay)
+                .await
+                .map_err(failed)?;
+            let (response, body) =
+                client::send_text(&mut stream, &crawl::crawl_request(&plan.hostname))
+                    .await
+                    .map_err(failed)?;
+            match response.status {
+                200 => break,
+                429 | 503 if retries < CRAWL_RETRIES_MAX => {
+                    retries += 1;
+                    sleep(CRAWL_RETRY_AFTER).await;
+                }
+                _ if plan.dead == Some(DeadHost::Unresolved) => break,
+                status => {
+                    return Err(format!(
+                        "the relay refused requestCrawl of {} ({status}): {body}",
+                        plan.hostname
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `scenario` as a black-box run plays it: the prober asks `/xrpc/_health`, and the oracles
+/// that read from inside the relay are dropped. What was changed, one line each, for the
+/// user (which oracles are not judged, or only in part, and why).
+pub fn black_box_scenario(scenario: &mut Scenario) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(prober) = scenario.prober.as_mut() {
+        if prober.path != relay::http::xrpc::HEALTH_PATH {
+            notes.push(format!(
+                "the prober asks {} instead of {} (any relay's liveness)",
+                relay::http::xrpc::HEALTH_PATH,
+                prober.path
+            ));
+            prober.path = relay::http::xrpc::HEALTH_PATH.to_owned();
+        }
+    }
+    for oracle in OracleName::ALL {
+        if !scenario.oracles.lists(oracle) {
+            continue;
+        }
+        match oracle.from_outside() {
+            FromOutside::Whole => {}
+            FromOutside::Partly(unjudged) => {
+                notes.push(format!("{oracle} is judged in part: not {unjudged}"));
+            }
+            FromOutside::Not(reads) => {
+                scenario.oracles.drop(oracle);
+                notes.push(format!("{oracle} is not judged: it reads {reads}"));
+            }
+        }
+    }
+    notes
+}
+
 /// The loopback block every upstream host listens in, each on its own address (the relay's
 /// egress rule refuses loopback unless its allowlist names it).
 const HOST_NETWORK: Cidr = Cidr::V4(Ipv4Addr::new(127, 16, 0, 0), 16);
@@ -219,6 +346,7 @@ fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
 struct RelayNode {
     program: RelayProgram,
     config: PathBuf,
+    dir: PathBuf,
     output: PathBuf,
     addr: SocketAddr,
     stop_grace: Duration,
@@ -233,9 +361,16 @@ struct RelayNode {
 impl RelayNode {
     /// Start an incarnation and wait until it serves.
     async fn start(&mut self) -> Result<(), String> {
-        let mut process = RelayProcess::start(&self.program, &self.config, &self.output)?;
+        let placement = Placement {
+            addr: self.addr,
+            config: &self.config,
+            dir: &self.dir,
+        };
+        let mut process = RelayProcess::start(&self.program, placement, &self.output)?;
         self.incarnations += 1;
-        process.wait_until_serving(self.addr).await?;
+        process
+            .wait_until_serving(self.addr, self.program.liveness_path())
+            .await?;
         self.running = Some(process);
         Ok(())
     }
@@ -281,28 +416,53 @@ async fn world(
     program: &RelayProgram,
 ) -> Result<(), String> {
     let world_start = now();
+    let black_box = program.is_black_box();
     let relay_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)?));
-    // Every upstream host listens on this port, each on its own address.
+    // Our relay dials every upstream host on this port, each on its own address; a black
+    // box, each on 127.0.0.1 at a port of its own.
     let upstream_port = free_port(Ipv4Addr::new(127, 16, 0, 1))?;
-    let plans: Vec<Arc<upstream::HostPlan>> = match &scenario.upstreams {
-        Some(spec) => upstream::plan(spec, scenario.relay.upstream.max_frame_bytes)
-            .into_iter()
-            .map(|plan| Arc::new(on_loopback(plan)))
-            .collect(),
+    let generated = match &scenario.upstreams {
+        Some(spec) => upstream::plan(spec, scenario.relay.upstream.max_frame_bytes),
         None => Vec::new(),
     };
+    let own_ports = if black_box {
+        free_ports(generated.len())?
+    } else {
+        Vec::new()
+    };
+    let placed: Vec<(Arc<upstream::HostPlan>, SocketAddr)> = generated
+        .into_iter()
+        .enumerate()
+        .map(|(index, plan)| match own_ports.get(index) {
+            Some(&port) => (
+                Arc::new(on_loopback_port(plan, port)),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            ),
+            None => {
+                let plan = on_loopback(plan);
+                let listen = SocketAddr::from((plan.ip, upstream_port));
+                (Arc::new(plan), listen)
+            }
+        })
+        .collect();
+    let plans: Vec<Arc<upstream::HostPlan>> =
+        placed.iter().map(|(plan, _)| Arc::clone(plan)).collect();
     let listening =
-        |plan: &&Arc<upstream::HostPlan>| matches!(plan.dead, None | Some(DeadHost::BlackHole));
-    raise_open_file_limit(plans.iter().filter(listening).count())?;
+        |plan: &Arc<upstream::HostPlan>| matches!(plan.dead, None | Some(DeadHost::BlackHole));
+    raise_open_file_limit(plans.iter().filter(|plan| listening(plan)).count())?;
     let database = &files.database.path;
     if let Some(spec) = &scenario.upstreams {
-        relay_host::publish_host_table(database, spec, &plans, &sink)
-            .map_err(|error| format!("cannot write the relay's host table: {error}"))?;
+        if black_box {
+            relay_host::record_upstream_world(spec, &plans, &sink);
+        } else {
+            relay_host::publish_host_table(database, spec, &plans, &sink)
+                .map_err(|error| format!("cannot write the relay's host table: {error}"))?;
+        }
     }
     // A live host serves; a black hole accepts and never answers, as in the madsim world;
     // nothing listens on a refusing host's address, and an unresolved host has none.
-    for plan in plans.iter().filter(listening) {
-        let listen = SocketAddr::from((plan.ip, upstream_port));
+    for (plan, listen) in placed.iter().filter(|(plan, _)| listening(plan)) {
+        let listen = *listen;
         match plan.dead {
             None => tokio::spawn(upstream::serve(
                 Arc::clone(plan),
@@ -323,16 +483,20 @@ async fn world(
         without_date_header: false,
     }
     .config(&scenario);
-    std::fs::write(&files.relay_config, relay_config.to_toml()).map_err(|error| {
-        format!(
-            "cannot write the relay's configuration to {}: {error}",
-            files.relay_config.display()
-        )
-    })?;
+    // A black box is configured by its own command.
+    if !black_box {
+        std::fs::write(&files.relay_config, relay_config.to_toml()).map_err(|error| {
+            format!(
+                "cannot write the relay's configuration to {}: {error}",
+                files.relay_config.display()
+            )
+        })?;
+    }
     let server = &relay_config.server;
     let mut relay = RelayNode {
         program: program.clone(),
         config: files.relay_config.clone(),
+        dir: files.relay_dir.clone(),
         output: files.relay_output.clone(),
         addr: relay_addr,
         stop_grace: Duration::from_millis(
@@ -343,9 +507,14 @@ async fn world(
         usage: ProcessUsage::default(),
     };
     relay.start().await?;
+    if black_box {
+        request_crawls(relay_addr, &plans).await?;
+    }
     sink.phase("relay_ready");
+    // A black box's insides are not read: no monitor.
     let stop_monitor = Arc::new(Notify::new());
-    let monitor_task = tokio::spawn(monitor(sink.clone(), relay_addr, Arc::clone(&stop_monitor)));
+    let monitor_task = (!black_box)
+        .then(|| tokio::spawn(monitor(sink.clone(), relay_addr, Arc::clone(&stop_monitor))));
 
     let world = Arc::new(RealWorld {
         relay: Mutex::new(relay),
@@ -389,24 +558,30 @@ async fn world(
         fault_outcome(played)?;
     }
     stop_monitor.notify_one();
-    monitor_task
-        .await
-        .map_err(|error| format!("the monitor failed: {error}"))??;
+    if let Some(monitor_task) = monitor_task {
+        monitor_task
+            .await
+            .map_err(|error| format!("the monitor failed: {error}"))??;
+    }
     // The end-of-run reading: a scrape is not instantaneous like an observer's reading, so
     // the clients (a probe due at this very second, a churner mid-request) stop first and
     // the relay gets a moment to release their connections; a connection it still holds
     // after that is counted.
     clients.shutdown().await;
     sleep(CLIENTS_GONE_PAUSE).await;
-    record_scrape(&sink, relay_addr).await?;
-    let hosts = scrape::host_endings(relay_addr)
-        .await
-        .transpose()?
-        .unwrap_or_default();
+    let hosts = if black_box {
+        Vec::new()
+    } else {
+        record_scrape(&sink, relay_addr).await?;
+        scrape::host_endings(relay_addr)
+            .await
+            .transpose()?
+            .unwrap_or_default()
+    };
     relay_host::finish(
         &scenario,
         &sink,
-        database,
+        (!black_box).then_some(database.as_path()),
         &plans,
         send_times.as_deref(),
         &hosts,

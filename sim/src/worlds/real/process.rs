@@ -1,6 +1,7 @@
 //! The relay as a child process in real mode: which program runs it ([`RelayProgram`]: the
 //! relay's own command line, `relay serve --config <file>`, from this windtunnel executable
-//! or from a relay binary), starting it with its output in a log file and none of this
+//! or from a relay binary; or any relay started by a shell command, a black box), starting
+//! it with its output in a log file and none of this
 //! process's `RELAY__*` environment, waiting until it answers HTTP, stopping it gracefully
 //! (SIGTERM, the relay drains) or killing it (SIGKILL, a crash), and its resource use read
 //! from `/proc`. A child left running when the world ends early is killed on drop.
@@ -28,16 +29,39 @@ const OUTPUT_TAIL_LINES: usize = 30;
 
 /// The program that runs the relay.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelayProgram {
-    program: PathBuf,
-    leading_args: Vec<OsString>,
+pub enum RelayProgram {
+    /// This relay's own command line, `<program> <leading args> serve --config <file>`,
+    /// configured from the scenario's `[relay]` table and read through its `/metrics`,
+    /// `/hosts` and database.
+    Ours {
+        /// The executable.
+        program: PathBuf,
+        /// Arguments before `serve`.
+        leading_args: Vec<OsString>,
+    },
+    /// Any relay that speaks atproto, started by a shell command (`sh -c`) in which `{addr}`
+    /// becomes the address it must listen on and `{dir}` a directory of its own for the
+    /// run (for its database; kept across its restarts). Configured by the command, read only
+    /// through the protocol: a black box.
+    BlackBox(String),
+}
+
+/// Where a started relay listens and keeps its files.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement<'a> {
+    /// The address it must listen on.
+    pub addr: SocketAddr,
+    /// Its configuration file (ours only).
+    pub config: &'a Path,
+    /// A directory of its own (a black box's `{dir}`).
+    pub dir: &'a Path,
 }
 
 impl RelayProgram {
     /// The relay's command line inside the windtunnel executable at `windtunnel`
     /// (`windtunnel relay serve …` runs `relay::cli`, exactly what the `relay` binary runs).
     pub fn windtunnel(windtunnel: impl Into<PathBuf>) -> Self {
-        Self {
+        Self::Ours {
             program: windtunnel.into(),
             leading_args: vec!["relay".into()],
         }
@@ -50,21 +74,68 @@ impl RelayProgram {
 
     /// A `relay` binary (e.g. `target/release/relay`).
     pub fn binary(relay: impl Into<PathBuf>) -> Self {
-        Self {
+        Self::Ours {
             program: relay.into(),
             leading_args: Vec::new(),
         }
     }
 
+    /// Whether the relay is a black box, known only through the protocol.
+    pub fn is_black_box(&self) -> bool {
+        matches!(self, Self::BlackBox(_))
+    }
+
+    /// The path that tells whether it is alive: ours `/_healthz`, any relay's `/xrpc/_health`.
+    pub fn liveness_path(&self) -> &'static str {
+        match self {
+            Self::Ours { .. } => "/_healthz",
+            Self::BlackBox(_) => relay::http::xrpc::HEALTH_PATH,
+        }
+    }
+
     /// The command line as a person would type it, for messages.
     pub fn describe(&self) -> String {
-        let mut words = vec![self.program.display().to_string()];
-        words.extend(
-            self.leading_args
-                .iter()
-                .map(|arg| arg.to_string_lossy().into_owned()),
-        );
-        words.join(" ")
+        match self {
+            Self::Ours {
+                program,
+                leading_args,
+            } => {
+                let mut words = vec![program.display().to_string()];
+                words.extend(
+                    leading_args
+                        .iter()
+                        .map(|arg| arg.to_string_lossy().into_owned()),
+                );
+                words.join(" ")
+            }
+            Self::BlackBox(command) => command.clone(),
+        }
+    }
+
+    /// The process to start at `placement`.
+    fn command(&self, placement: Placement<'_>) -> Command {
+        match self {
+            Self::Ours {
+                program,
+                leading_args,
+            } => {
+                let mut command = Command::new(program);
+                command
+                    .args(leading_args)
+                    .arg("serve")
+                    .arg("--config")
+                    .arg(placement.config);
+                command
+            }
+            Self::BlackBox(line) => {
+                let line = line
+                    .replace("{addr}", &placement.addr.to_string())
+                    .replace("{dir}", &placement.dir.display().to_string());
+                let mut command = Command::new("sh");
+                command.arg("-c").arg(line);
+                command
+            }
+        }
     }
 }
 
@@ -75,8 +146,12 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Start `program serve --config <config>`, its stdout and stderr appended to `output`.
-    pub fn start(program: &RelayProgram, config: &Path, output: &Path) -> Result<Self, String> {
+    /// Start `program` at `placement`, its stdout and stderr appended to `output`.
+    pub fn start(
+        program: &RelayProgram,
+        placement: Placement<'_>,
+        output: &Path,
+    ) -> Result<Self, String> {
         let log = File::options()
             .create(true)
             .append(true)
@@ -85,17 +160,10 @@ impl RelayProcess {
         let log_again = log
             .try_clone()
             .map_err(|error| format!("cannot share {}: {error}", output.display()))?;
-        let mut command = Command::new(&program.program);
-        command
-            .args(&program.leading_args)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_again);
-        // The scenario's [relay] table is the whole configuration: nothing from this
-        // process's environment may override it.
+        let mut command = program.command(placement);
+        command.stdin(Stdio::null()).stdout(log).stderr(log_again);
+        // The scenario's [relay] table (or the black box's command) is the whole
+        // configuration: nothing from this process's environment may override it.
         for (name, _) in std::env::vars_os() {
             if name
                 .to_string_lossy()
@@ -118,8 +186,9 @@ impl RelayProcess {
         self.child.id()
     }
 
-    /// Wait until the relay answers an HTTP request on `addr` (any status: it is serving).
-    pub async fn wait_until_serving(&mut self, addr: SocketAddr) -> Result<(), String> {
+    /// Wait until the relay answers a request for `path` on `addr` (any status: it is
+    /// serving).
+    pub async fn wait_until_serving(&mut self, addr: SocketAddr, path: &str) -> Result<(), String> {
         let deadline = now() + SERVING_WITHIN;
         loop {
             if let Some(status) = self.exit_status() {
@@ -128,7 +197,7 @@ impl RelayProcess {
             if let Ok(Ok(mut stream)) = timeout(POLL_PERIOD * 10, TcpStream::connect(addr)).await {
                 if timeout(
                     Duration::from_secs(1),
-                    client::get(&mut stream, "/_healthz", false),
+                    client::get(&mut stream, path, false),
                 )
                 .await
                 .is_ok_and(|answer| answer.is_ok())
