@@ -7,7 +7,8 @@
 #   (A) on the PDS's own ws://localhost:PDS/xrpc/com.atproto.sync.subscribeRepos;
 #   (B) unless --pds-only: through our relay. The relay (RELAY_BIN, default
 #       target/release/relay, built if absent) is started on a fresh database, is asked to crawl
-#       "localhost" (POST /xrpc/com.atproto.sync.requestCrawl), and the same clients read the
+#       "localhost:PDS" (POST /xrpc/com.atproto.sync.requestCrawl: a development host with its
+#       own port, as an operator names a local PDS), and the same clients read the
 #       relay's ws://127.0.0.1:RELAY/xrpc/com.atproto.sync.subscribeRepos?cursor=0, which must
 #       carry every commit, decodable, with seq exactly 1, 2, 3, ...
 # Two readers on each target, both from cursor 0:
@@ -181,7 +182,6 @@ if [ "$through_relay" = 1 ]; then
   relay_args=(serve
     --set "server.listen=127.0.0.1:$relay_port"
     --set "store.path=$work/relay.db"
-    --set "upstream.port=$pds_port"
     --set 'upstream.egress_allow=["127.0.0.0/8", "::1/128"]'
     --set upstream.startup_jitter_ms=0)
   if [ -n "$RELAY_INSECURE_WS_KEY" ]; then
@@ -193,10 +193,10 @@ if [ "$through_relay" = 1 ]; then
   relay_ready() { curl -sf -m 1 "http://127.0.0.1:$relay_port/_readyz" >/dev/null 2>&1; }
   if wait_for 20 "$relay_pid" "the relay" relay_ready; then
     code=$(curl -sS -m 5 -o "$work/crawl.out" -w '%{http_code}' -X POST \
-      -H 'content-type: application/json' -d '{"hostname": "localhost"}' \
+      -H 'content-type: application/json' -d "{\"hostname\": \"localhost:$pds_port\"}" \
       "http://127.0.0.1:$relay_port/xrpc/com.atproto.sync.requestCrawl" 2>"$work/crawl.err") || code=000
     if [[ $code != 2?? ]]; then
-      relay_result="relay: FAIL: POST /xrpc/com.atproto.sync.requestCrawl {\"hostname\": \"localhost\"} answered HTTP $code: $(cat "$work/crawl.out" "$work/crawl.err" 2>/dev/null | head -c 300 | tr '\n' ' ')"
+      relay_result="relay: FAIL: POST /xrpc/com.atproto.sync.requestCrawl {\"hostname\": \"localhost:$pds_port\"} answered HTTP $code: $(cat "$work/crawl.out" "$work/crawl.err" 2>/dev/null | head -c 300 | tr '\n' ' ')"
     fi
   elif kill -0 "$relay_pid" 2>/dev/null; then
     relay_result="relay: FAIL: $relay_bin did not answer /_readyz on 127.0.0.1:$relay_port within 20 s"

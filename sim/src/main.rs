@@ -332,7 +332,7 @@ fn load_for_real(
     let relay = match (relay_bin, relay_cmd) {
         (_, Some(command)) => {
             let mut adapted = loaded.scenario.clone();
-            for note in windtunnel::worlds::real::black_box_scenario(&mut adapted) {
+            for note in windtunnel::worlds::real::black_box::black_box_scenario(&mut adapted) {
                 eprintln!("{}: black box: {note}", path.display());
             }
             RelayProgram::BlackBox(command)

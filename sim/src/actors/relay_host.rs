@@ -180,9 +180,7 @@ pub async fn run_relay(config: relay::config::Config, control: Arc<RelayControl>
     control.stopped.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Read the relay's event log from its database file: holes per host (a missing first
-/// event included), and steady hosts whose log ends before what they had emitted by
-/// `emitted_by`.
+/// Read the relay's event log from its database file and judge it ([`audit_of`]).
 fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duration) -> Event {
     let empty = Event::StoreAudit {
         events: 0,
@@ -209,7 +207,7 @@ fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duratio
     let Ok((events, oldest, head)) = bounds else {
         return empty;
     };
-    let mut per_host: std::collections::BTreeMap<String, (i64, i64, i64)> = Default::default();
+    let mut per_host = PerHost::new();
     if let Ok(mut query) = connection.prepare(
         "SELECT h.hostname, COUNT(e.seq), COALESCE(MIN(e.upstream_seq), 0), COALESCE(MAX(e.upstream_seq), 0) \
          FROM hosts h LEFT JOIN events e ON e.host_id = h.id GROUP BY h.id",
@@ -220,6 +218,23 @@ fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duratio
             per_host.extend(rows.flatten());
         }
     }
+    audit_of(events, oldest, head, &per_host, plans, emitted_by)
+}
+
+/// A log's events per host: hostname → (count, lowest upstream seq, highest upstream seq).
+pub type PerHost = std::collections::BTreeMap<String, (i64, i64, i64)>;
+
+/// The end-of-run audit of an event log of `events` events, relay seqs `oldest..=head`,
+/// `per_host` of them from each host: holes per host (a missing first event included),
+/// and steady hosts whose log ends before what they had emitted by `emitted_by`.
+pub fn audit_of(
+    events: i64,
+    oldest: i64,
+    head: i64,
+    per_host: &PerHost,
+    plans: &[Arc<upstream::HostPlan>],
+    emitted_by: Duration,
+) -> Event {
     // A hole inside a host's range, or (while retention has pruned nothing: the log still
     // starts at relay seq 1) at its start: every host's first event is its seq 1.
     let nothing_pruned = oldest == 1;
@@ -558,6 +573,20 @@ impl From<relay::upstream::HostView> for HostEnding {
     }
 }
 
+/// What the end-of-run audit requires the log to hold: every event a steady host had
+/// emitted by then (the run's end less the `lag_s` the oracles allow).
+pub fn audited_until(scenario: &Scenario) -> Duration {
+    let lag_s = match (
+        &scenario.oracles.no_lost_events,
+        &scenario.oracles.bad_hosts_isolated,
+    ) {
+        (Some(spec), _) => spec.lag_s,
+        (None, Some(spec)) => spec.lag_s,
+        (None, None) => 0,
+    };
+    Duration::from_secs(scenario.duration_s.saturating_sub(lag_s))
+}
+
 /// The end of a run, before teardown: record what the steady hosts sent per coverage
 /// window (when consumers timed deliveries against `send_times`), audit the relay's event
 /// log (when the world has upstreams and the relay's `database` can be read: not a black
@@ -578,15 +607,7 @@ pub fn finish(
     {
         sink.record("world", sent);
     }
-    let lag_s = match (
-        &scenario.oracles.no_lost_events,
-        &scenario.oracles.bad_hosts_isolated,
-    ) {
-        (Some(spec), _) => spec.lag_s,
-        (None, Some(spec)) => spec.lag_s,
-        (None, None) => 0,
-    };
-    let emitted_by = Duration::from_secs(scenario.duration_s.saturating_sub(lag_s));
+    let emitted_by = audited_until(scenario);
     if let (Some(database), Some(_)) = (database, &scenario.upstreams) {
         sink.record("world", audit(database, plans, emitted_by));
     }

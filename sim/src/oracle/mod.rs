@@ -290,8 +290,10 @@ impl OracleName {
             | Self::ReconnectLatencyMax
             | Self::NoInternalDials => Whole,
             Self::NoLostEvents => Partly(
-                "the audit of the relay's event log (its database) and whether consumers caught \
-                 up with the head it had persisted (its /metrics)",
+                "whether consumers caught up with the head the relay had persisted lag_s \
+                 before the end (its /metrics) nor whether what they received is what its log \
+                 holds under the same seqs (its database); the log itself is audited, read \
+                 back from cursor 0",
             ),
             Self::ConnAccounting
             | Self::HostsConnectedMin

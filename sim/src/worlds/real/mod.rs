@@ -25,9 +25,9 @@
 //! `localhost:<port>` (the form relays accept for a development host), the host table is
 //! seeded with a `requestCrawl` per host once the relay answers `/xrpc/_health` (which the
 //! prober asks too), the consumers read `subscribeRepos`, and nothing is read from the
-//! relay's `/metrics`, `/hosts` or database: the oracles that need those are not judged,
-//! and `no_lost_events` only in part ([`black_box_scenario`],
-//! [`crate::oracle::FromOutside`]).
+//! relay's `/metrics`, `/hosts` or database: its log is audited by reading it back from
+//! cursor 0, the oracles that need its insides are not judged, and `no_lost_events` only
+//! in part ([`black_box`]).
 //!
 //! What a real loopback cannot do, its table ([`crate::scenario::REAL`]) refuses: network
 //! faults (partition, clog, latency), the relay's fault points and power loss (simulation
@@ -35,6 +35,7 @@
 //! stopping and starting the relay process, are the one fault player's
 //! ([`crate::worlds::faults`]), through [`RealWorld`].
 
+pub mod black_box;
 pub mod process;
 pub mod scrape;
 
@@ -50,14 +51,16 @@ use tokio::task::{JoinError, JoinSet};
 
 use crate::actors::relay_host::{self, RelayDatabase, SAMPLE_PERIOD};
 use crate::actors::upstream::DeadHost;
-use crate::actors::{cast, client, crawl, rng, upstream, TraceSink, WorldClock};
+use crate::actors::{cast, rng, upstream, TraceSink, WorldClock};
 use crate::logs::LogSettings;
-use crate::oracle::{FromOutside, OracleName};
 use crate::scenario::{Scenario, Supports, REAL};
 use crate::trace::Event;
 use crate::worlds::faults::FaultPlayer;
 use crate::worlds::orchestrator::orchestrator;
 use crate::worlds::{on_fresh_thread, Engine, Reached, RelayPlacement, SeedRun, Unjudged, World};
+use black_box::{
+    audit_from_outside, black_box_scenario, free_ports, on_loopback_port, request_crawls,
+};
 use process::{Placement, ProcessUsage, RelayProcess, RelayProgram};
 
 /// How long the relay gets to release the connections of the clients stopped at the end.
@@ -87,7 +90,8 @@ impl Engine for Real {
 }
 
 /// Run `scenario` for real once, with `seed` for the actors' choices and the relay run by
-/// `relay`, and judge it (a black box: as [`black_box_scenario`] adapts it). The relay process's output is appended to the run's logs.
+/// `relay`, and judge it (a black box: as [`black_box_scenario`] adapts it). The relay
+/// process's output is appended to the run's logs.
 pub fn run(
     scenario: &Scenario,
     seed: u64,
@@ -221,121 +225,13 @@ fn on_loopback(plan: upstream::HostPlan) -> upstream::HostPlan {
     }
 }
 
-/// Host `plan` for a black box, which hears of it through `requestCrawl`: on 127.0.0.1 at
-/// `port`, named `localhost:<port>` (how relays take a development host), except a host
-/// whose name must not resolve: it keeps its name under `.invalid`.
-fn on_loopback_port(plan: upstream::HostPlan, port: u16) -> upstream::HostPlan {
-    let hostname = match plan.dead {
-        Some(DeadHost::Unresolved) => format!("{}.invalid", plan.hostname),
-        _ => format!("localhost:{port}"),
-    };
-    upstream::HostPlan {
-        hostname,
-        ip: Ipv4Addr::LOCALHOST,
-        ..plan
-    }
-}
-
-/// `count` ports free on 127.0.0.1 now, all different.
-fn free_ports(count: usize) -> Result<Vec<u16>, String> {
-    let mut taken = std::collections::BTreeSet::new();
-    let mut ports = Vec::with_capacity(count);
-    while ports.len() < count {
-        let port = free_port(Ipv4Addr::LOCALHOST)?;
-        if taken.insert(port) {
-            ports.push(port);
-        }
-    }
-    Ok(ports)
-}
-
-/// How long a `requestCrawl` the relay answered 429 or 503 waits before it is sent again.
-const CRAWL_RETRY_AFTER: Duration = Duration::from_secs(1);
-/// How many times one host's `requestCrawl` is sent again before the run fails.
-const CRAWL_RETRIES_MAX: u32 = 120;
-
-/// Tell a black box of every host, as an operator would: a `requestCrawl` each, in plan
-/// order, a 429 or 503 waited out. A host whose name does not resolve may be refused (a
-/// relay checks that a host exists); any other refusal fails the run, quoting the answer.
-async fn request_crawls(
-    relay: SocketAddr,
-    plans: &[Arc<upstream::HostPlan>],
-) -> Result<(), String> {
-    for plan in plans {
-        let mut retries = 0;
-        loop {
-            let failed = |error: std::io::Error| {
-                format!(
-                    "requestCrawl of {} to {relay} failed: {error}",
-                    plan.hostname
-                )
-            };
-            let mut stream = relay::rt::net::TcpStream::connect(relay)
-                .await
-                .map_err(failed)?;
-            let (response, body) =
-                client::send_text(&mut stream, &crawl::crawl_request(&plan.hostname))
-                    .await
-                    .map_err(failed)?;
-            match response.status {
-                200 => break,
-                429 | 503 if retries < CRAWL_RETRIES_MAX => {
-                    retries += 1;
-                    sleep(CRAWL_RETRY_AFTER).await;
-                }
-                _ if plan.dead == Some(DeadHost::Unresolved) => break,
-                status => {
-                    return Err(format!(
-                        "the relay refused requestCrawl of {} ({status}): {body}",
-                        plan.hostname
-                    ))
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `scenario` as a black-box run plays it: the prober asks `/xrpc/_health`, and the oracles
-/// that read from inside the relay are dropped. What was changed, one line each, for the
-/// user (which oracles are not judged, or only in part, and why).
-pub fn black_box_scenario(scenario: &mut Scenario) -> Vec<String> {
-    let mut notes = Vec::new();
-    if let Some(prober) = scenario.prober.as_mut() {
-        if prober.path != relay::http::xrpc::HEALTH_PATH {
-            notes.push(format!(
-                "the prober asks {} instead of {} (any relay's liveness)",
-                relay::http::xrpc::HEALTH_PATH,
-                prober.path
-            ));
-            prober.path = relay::http::xrpc::HEALTH_PATH.to_owned();
-        }
-    }
-    for oracle in OracleName::ALL {
-        if !scenario.oracles.lists(oracle) {
-            continue;
-        }
-        match oracle.from_outside() {
-            FromOutside::Whole => {}
-            FromOutside::Partly(unjudged) => {
-                notes.push(format!("{oracle} is judged in part: not {unjudged}"));
-            }
-            FromOutside::Not(reads) => {
-                scenario.oracles.drop(oracle);
-                notes.push(format!("{oracle} is not judged: it reads {reads}"));
-            }
-        }
-    }
-    notes
-}
-
 /// The loopback block every upstream host listens in, each on its own address (the relay's
 /// egress rule refuses loopback unless its allowlist names it).
 const HOST_NETWORK: Cidr = Cidr::V4(Ipv4Addr::new(127, 16, 0, 0), 16);
 
 /// A port free on loopback address `ip` (bound and released; the run binds it next). Another
 /// run holding a port on `ip` is never given the same one.
-fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
+pub(super) fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
     std::net::TcpListener::bind((ip, 0))
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -570,6 +466,11 @@ async fn world(
     clients.shutdown().await;
     sleep(CLIENTS_GONE_PAUSE).await;
     let hosts = if black_box {
+        if scenario.upstreams.is_some() {
+            let audited_until = relay_host::audited_until(&scenario);
+            let audit = audit_from_outside(relay_addr, &plans, audited_until).await?;
+            sink.record("world", audit);
+        }
         Vec::new()
     } else {
         record_scrape(&sink, relay_addr).await?;
