@@ -203,7 +203,7 @@ if [ "$through_relay" = 1 ]; then
   else
     relay_result="relay: FAIL: $relay_bin exited at startup (its log is below)"
   fi
-  [ -z "$relay_result" ] && say "relay on 127.0.0.1:$relay_port, asked to crawl localhost (HTTP $code)"
+  [ -z "$relay_result" ] && say "relay on 127.0.0.1:$relay_port, asked to crawl localhost:$pds_port (HTTP $code)"
 fi
 
 # The readers, all from cursor 0: check.py (the Python SDK; it says when it is connected) and
