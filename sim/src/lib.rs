@@ -24,6 +24,17 @@
 //! Everything judged is judged from the trace, so the plain parts are tested by ordinary
 //! `cargo test` and only running a world needs the simulation build (`cargo sim-test`).
 
+/// The simulation build's allocator (every program of `cargo sim` and `cargo sim-test`):
+/// mimalloc, because a simulated world runs the relay, its hosts and its consumers on one
+/// thread, where glibc's malloc was a sixth of a realistic-volume seed's CPU and mimalloc
+/// takes 29% off it. Ordinary builds (turmoil, real mode and its relay child) keep the
+/// system allocator, as the relay binary does: on the relay's multi-threaded runtime
+/// mimalloc was no faster (BENCHMARKS.md, "The simulation's allocator"). Trace hashes do not
+/// depend on it.
+#[cfg(madsim)]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod actors;
 pub mod artifacts;
 pub mod harness;
