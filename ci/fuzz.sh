@@ -80,9 +80,8 @@ fuzz_one() {
     upstream_frame) options+=(-dict="$PWD/fuzz/dict/cbor.dict") ;;
     scenario | relay_config) options+=(-dict="$PWD/fuzz/dict/toml.dict") ;;
   esac
-  mkdir -p "$work"
+  mkdir -p "$work" "fuzz/artifacts/$target"
   run_start=$(clock)
-  mkdir -p "fuzz/artifacts/$target"
   "$bin_dir/$target" -artifact_prefix="fuzz/artifacts/$target/" "${options[@]}" \
     "$work" "fuzz/corpus/$target" >"$log" 2>&1 || status=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)

@@ -30,6 +30,8 @@
 # once a check kills it.
 #
 # Usage: ci/museum.sh [PATCH...]   (default: every ci/museum/*.patch)
+#        ci/museum.sh --drop-caches   removes the build caches below (~9 GB: copies of the
+#                                     test and simulator builds); the next run rebuilds them
 # Writes target/museum/report.txt (one line per patch, with build and run times), a log per
 # patch in target/museum/logs/, and each failing run's artifact folder in
 # target/museum/artifacts/<patch>/. Exit 0 if every patch was killed, 1 if any survived or
@@ -46,6 +48,10 @@ out="$root/target/museum"
 scratch_parent="${TMPDIR:-/tmp}/windtunnel-museum-$(id -u)"
 scratch="$scratch_parent/workspace"
 report="$out/report.txt"
+if [ "${1:-}" = --drop-caches ]; then
+  rm -rf "$out/plain" "$out/sim" "$out/loom"
+  exit 0
+fi
 mkdir -p "$scratch_parent" "$out/logs" "$out/artifacts" "$out/loom"
 # A cold museum starts from the simulation build's compiled dependencies (the gate's madsim
 # suite and isolation step have just built them with the same flags and profile): copied,
