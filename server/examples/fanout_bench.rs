@@ -247,8 +247,8 @@ fn commit(seq: u64, pad: &str) -> Commit {
 
 /// The frame every consumer receives for `seq`, in every mode (the relay's format).
 fn consumer_frame(seq: u64, pad: &str) -> anyhow::Result<Vec<u8>> {
-    let body = serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(&commit(seq, pad))?)?;
-    Ok(frame::sequenced_frame(Kind::Commit, body, seq).0)
+    let body = frame::Body::read(&serde_ipld_dagcbor::to_vec(&commit(seq, pad))?)?;
+    Ok(frame::sequenced_frame(Kind::Commit, &body, seq).0)
 }
 
 /// A WebSocket upstream: every subscription gets `cursor+1 ..= limit`, sent as fast as the
@@ -512,7 +512,7 @@ async fn baseline(args: &Args, count: usize, mode: Mode) -> anyhow::Result<Run> 
                 bail!("not an event");
             };
             let seq = event.seq;
-            let (encoded, _) = frame::sequenced_frame(event.kind, event.body, seq);
+            let (encoded, _) = frame::sequenced_frame(event.kind, &event.body, seq);
             // No receivers yet only before the run starts; nothing is sent then.
             let _ = ingest_frames.send(Bytes::from(encoded));
             ingested.send_replace(seq);

@@ -585,7 +585,7 @@ async fn consumer(
                 Incoming::Event(event) => {
                     let seq = event.seq;
                     ensure!(seq == next, "expected seq {next}, got {seq}");
-                    let Some(&Ipld::Integer(sent_us)) = event.body.get("t") else {
+                    let Some(&Ipld::Integer(sent_us)) = event.body.fields().get("t") else {
                         bail!("an event without its send time");
                     };
                     let sent_us = u64::try_from(sent_us)?;

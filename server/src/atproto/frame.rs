@@ -8,14 +8,16 @@
 //! the body's shape for its type, the identifiers' syntax, the size limits and, for
 //! `#commit` and `#sync`, that the CAR's root is the commit object the message names. A
 //! message type it does not know is reported as [`Incoming::Unknown`] (the spec: skip it).
-//! The relay rewrites `seq` with its own ([`body_with_seq`]), re-encoding canonically, and
-//! keeps every other field, known or not.
+//! The relay rewrites `seq` with its own ([`Body::write_with_seq`]) and keeps every other
+//! field, known or not: a canonical body (what hosts send) is kept as received and its `seq`
+//! spliced in place ([`canonical`]); any other is decoded and re-encoded canonically.
 
 use std::collections::BTreeMap;
 
 use ipld_core::ipld::Ipld;
 use serde::{Deserialize, Serialize};
 
+use super::canonical;
 use super::car::{self, BadCar};
 use super::message::{
     Account, Commit, CommitObject, ErrorBody, Identity, Info, Sync, REPO_VERSION,
@@ -98,8 +100,77 @@ pub struct Event {
     pub inactive_status: Option<String>,
     /// When the message says it was emitted (its `time`).
     pub time: String,
-    /// The body as received, every field kept (empty from [`decode_forwarded`]).
-    pub body: BTreeMap<String, Ipld>,
+    /// The body, every field kept (empty from [`decode_forwarded`]).
+    pub body: Body,
+}
+
+/// A sequenced message's body as the relay keeps it until it writes its own `seq` in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    /// Canonical DAG-CBOR as received, and where its `seq` value lies.
+    Canonical {
+        /// The body's bytes.
+        bytes: Vec<u8>,
+        /// Where `seq`'s value is in `bytes`.
+        seq_value: std::ops::Range<usize>,
+    },
+    /// Decoded, to be encoded canonically (a body that was not, or is empty).
+    Decoded(BTreeMap<String, Ipld>),
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::Decoded(BTreeMap::new())
+    }
+}
+
+impl Body {
+    /// `body` as the relay keeps it: as received when it is canonical, else decoded.
+    pub fn read(
+        body: &[u8],
+    ) -> Result<Self, serde_ipld_dagcbor::DecodeError<std::convert::Infallible>> {
+        Ok(match canonical::seq_value(body) {
+            Some(seq_value) => Self::Canonical {
+                bytes: body.to_vec(),
+                seq_value,
+            },
+            None => Self::Decoded(serde_ipld_dagcbor::from_slice(body)?),
+        })
+    }
+
+    /// Append the body with `seq` in place of the sender's to `out`, canonically.
+    pub fn write_with_seq(&self, out: &mut Vec<u8>, seq: u64) {
+        match self {
+            Self::Canonical { bytes, seq_value } => {
+                out.extend_from_slice(&bytes[..seq_value.start]);
+                serde_ipld_dagcbor::to_writer(&mut *out, &seq).expect("an integer always encodes");
+                out.extend_from_slice(&bytes[seq_value.end..]);
+            }
+            Self::Decoded(map) => {
+                let mut map = map.clone();
+                map.insert("seq".to_owned(), Ipld::Integer(i128::from(seq)));
+                serde_ipld_dagcbor::to_writer(&mut *out, &map)
+                    .expect("a decoded body always re-encodes");
+            }
+        }
+    }
+
+    /// The body with `seq` in place of the sender's, encoded canonically.
+    pub fn with_seq(&self, seq: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_with_seq(&mut out, seq);
+        out
+    }
+
+    /// The body's fields.
+    pub fn fields(&self) -> BTreeMap<String, Ipld> {
+        match self {
+            Self::Canonical { bytes, .. } => {
+                serde_ipld_dagcbor::from_slice(bytes).expect("a canonical body decodes")
+            }
+            Self::Decoded(map) => map.clone(),
+        }
+    }
 }
 
 /// What one message is.
@@ -221,9 +292,12 @@ fn typed<T: for<'de> Deserialize<'de>>(kind: &'static str, body: &[u8]) -> Resul
 }
 
 fn decode_event(kind: Kind, body: &[u8], limits: &Limits, read: Read) -> Result<Event, BadFrame> {
-    let map = match read {
-        Read::Everything => typed(kind.tag(), body)?,
-        Read::Forwarded => BTreeMap::new(),
+    let kept = match read {
+        Read::Everything => Body::read(body).map_err(|error| BadFrame::Body {
+            kind: kind.tag(),
+            error: error.to_string(),
+        })?,
+        Read::Forwarded => Body::default(),
     };
     let (seq, did, rev, commit, inactive_status, time) = match kind {
         Kind::Commit => {
@@ -280,7 +354,7 @@ fn decode_event(kind: Kind, body: &[u8], limits: &Limits, read: Read) -> Result<
         commit,
         inactive_status,
         time,
-        body: map,
+        body: kept,
     })
 }
 
@@ -407,31 +481,22 @@ pub fn error_frame(error: &str, message: &str) -> Vec<u8> {
     frame
 }
 
-/// `body` with `seq` in place of the sender's, encoded canonically (DAG-CBOR: keys sorted
-/// by length, then bytes), every other field kept.
-pub fn body_with_seq(mut body: BTreeMap<String, Ipld>, seq: u64) -> Vec<u8> {
-    body.insert("seq".to_owned(), Ipld::Integer(i128::from(seq)));
-    serde_ipld_dagcbor::to_vec(&body).expect("a decoded body always re-encodes")
-}
-
 /// The frame of a sequenced message numbered `seq`: its header, then `body` with `seq` in
-/// place of the sender's, encoded canonically in the same buffer (no copy); and where the
-/// body starts in it. What the sequencer does with every event: the body is what the log
-/// stores, the whole frame what every consumer is sent.
-pub fn sequenced_frame(kind: Kind, mut body: BTreeMap<String, Ipld>, seq: u64) -> (Vec<u8>, usize) {
+/// place of the sender's ([`Body::write_with_seq`]) in the same buffer; and where the body
+/// starts in it. What the sequencer does with every event: the body is what the log stores,
+/// the whole frame what every consumer is sent.
+pub fn sequenced_frame(kind: Kind, body: &Body, seq: u64) -> (Vec<u8>, usize) {
     let mut frame = header_bytes(1, Some(kind.tag()));
     let body_at = frame.len();
-    body.insert("seq".to_owned(), Ipld::Integer(i128::from(seq)));
-    serde_ipld_dagcbor::to_writer(&mut frame, &body).expect("a decoded body always re-encodes");
+    body.write_with_seq(&mut frame, seq);
     (frame, body_at)
 }
 
-/// A stored body (canonical DAG-CBOR, as [`body_with_seq`] wrote it) renumbered to `seq`:
+/// A stored body (canonical DAG-CBOR, as [`sequenced_frame`] wrote it) renumbered to `seq`:
 /// the sequencer's rare path, when a batch the log refused is committed event by event and
 /// the events behind a rejected one move down. `None` if `body` is not a DAG-CBOR map.
 pub fn rewrite_seq(body: &[u8], seq: u64) -> Option<Vec<u8>> {
-    let map: BTreeMap<String, Ipld> = serde_ipld_dagcbor::from_slice(body).ok()?;
-    Some(body_with_seq(map, seq))
+    Some(Body::read(body).ok()?.with_seq(seq))
 }
 
 /// An `#info` frame.
@@ -517,13 +582,22 @@ mod tests {
             (Kind::Commit, 41, DID)
         );
         assert_eq!(event.rev.as_deref(), Some(sent.rev.as_str()));
-        let stored = body_with_seq(event.body.clone(), 9000);
+        assert!(
+            matches!(event.body, Body::Canonical { .. }),
+            "a canonical body is kept as received"
+        );
+        let stored = event.body.with_seq(9000);
+        assert_eq!(
+            stored,
+            Body::Decoded(event.body.fields()).with_seq(9000),
+            "the splice writes what re-encoding the decoded body writes"
+        );
         assert_eq!(
             rewrite_seq(&stored, 9000).as_deref(),
             Some(stored.as_slice()),
             "canonical: re-encoding is stable"
         );
-        let (sequenced, body_at) = sequenced_frame(event.kind, event.body.clone(), 9000);
+        let (sequenced, body_at) = sequenced_frame(event.kind, &event.body, 9000);
         assert_eq!(&sequenced[body_at..], stored.as_slice());
         let frame = event_frame(event.kind, &stored);
         assert_eq!(frame, sequenced);
@@ -531,9 +605,10 @@ mod tests {
             panic!("not an event")
         };
         assert_eq!(again.seq, 9000);
-        let resent: Commit =
-            serde_ipld_dagcbor::from_slice(&serde_ipld_dagcbor::to_vec(&again.body).unwrap())
-                .unwrap();
+        let resent: Commit = serde_ipld_dagcbor::from_slice(
+            &serde_ipld_dagcbor::to_vec(&again.body.fields()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(resent, Commit { seq: 9000, ..sent });
     }
 
@@ -553,11 +628,39 @@ mod tests {
         let Incoming::Event(event) = decoded(&encode("#identity", &body)).unwrap() else {
             panic!("not an event")
         };
-        assert_eq!(event.body.get("futureField"), Some(&Ipld::Bool(true)));
+        assert_eq!(
+            event.body.fields().get("futureField"),
+            Some(&Ipld::Bool(true))
+        );
         assert_eq!(
             decoded(&encode("#labels", &body)).unwrap(),
             Incoming::Unknown("#labels".into())
         );
+    }
+
+    #[test]
+    fn a_body_too_deep_for_the_splice_is_decoded_and_re_encoded() {
+        let mut body: BTreeMap<String, Ipld> = serde_ipld_dagcbor::from_slice(
+            &serde_ipld_dagcbor::to_vec(&Identity {
+                seq: 5,
+                did: DID.into(),
+                time: "2026-06-01T00:00:00.000Z".into(),
+                handle: None,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let mut deep = Ipld::Integer(1);
+        for _ in 0..40 {
+            deep = Ipld::List(vec![deep]);
+        }
+        body.insert("deep".into(), deep);
+        let sent = serde_ipld_dagcbor::to_vec(&body).unwrap();
+        let Incoming::Event(event) = decoded(&event_frame(Kind::Identity, &sent)).unwrap() else {
+            panic!("not an event")
+        };
+        assert!(matches!(event.body, Body::Decoded(_)));
+        assert_eq!(event.body.with_seq(5), sent);
     }
 
     #[test]
@@ -706,7 +809,7 @@ mod tests {
         assert_eq!((event.seq, event.did.as_str()), (7, DID));
         assert_eq!(event.rev.as_deref(), Some(good.rev.as_str()));
         assert_eq!(event.time, good.time);
-        assert!(event.body.is_empty(), "the body is not kept");
+        assert_eq!(event.body, Body::default(), "the body is not kept");
         // A CAR that is not one: the relay refuses it, a subscriber does not read it.
         let no_car = Commit {
             blocks: b"not a car".to_vec(),

@@ -28,7 +28,6 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ipld_core::ipld::Ipld;
 use tokio::sync::mpsc;
 
 use super::ingest::Queued;
@@ -51,7 +50,7 @@ pub struct Ingested {
     /// What it changes in its account's state.
     pub account: AccountUpdate,
     /// The body as received, every field kept (the sequencer writes the relay's seq in).
-    pub body: BTreeMap<String, Ipld>,
+    pub body: frame::Body,
     /// What it costs the ingest byte account: the message's size as received.
     pub content_bytes: usize,
 }
@@ -117,7 +116,7 @@ pub(super) async fn run(
             }
             batch_bytes.push(bytes);
             let seq = next_seq + batch.len() as u64;
-            let (encoded, body_at) = frame::sequenced_frame(event.kind, event.body, seq);
+            let (encoded, body_at) = frame::sequenced_frame(event.kind, &event.body, seq);
             let encoded = Bytes::from(encoded);
             batch.push(NewEvent {
                 seq,

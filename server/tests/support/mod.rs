@@ -162,7 +162,7 @@ pub fn commit_frame(seq: u64, pad: usize) -> Vec<u8> {
 pub fn relayed_commit_frame(upstream_seq: u64, pad: usize, relay_seq: u64) -> Vec<u8> {
     frame::event_frame(
         Kind::Commit,
-        &frame::body_with_seq(body_map(&commit(upstream_seq, pad)), relay_seq),
+        &frame::Body::Decoded(body_map(&commit(upstream_seq, pad))).with_seq(relay_seq),
     )
 }
 
@@ -170,7 +170,9 @@ pub fn relayed_commit_frame(upstream_seq: u64, pad: usize, relay_seq: u64) -> Ve
 /// its stored body.
 pub fn stored_commit_bytes(upstream_seq: u64, pad: usize, relay_seq: u64) -> usize {
     Kind::Commit.tag().len()
-        + frame::body_with_seq(body_map(&commit(upstream_seq, pad)), relay_seq).len()
+        + frame::Body::Decoded(body_map(&commit(upstream_seq, pad)))
+            .with_seq(relay_seq)
+            .len()
 }
 
 /// A frame decoded as a consumer would (the lexicon's limits).

@@ -756,7 +756,7 @@ fn stored_kind(tag: &str) -> Option<Kind> {
 mod tests {
     use super::shm_has_room;
     use super::*;
-    use relay::atproto::frame::{body_with_seq, decode, Incoming, Limits};
+    use relay::atproto::frame::{decode, Incoming, Limits};
 
     #[test]
     fn a_consumer_s_digest_matches_the_log_s() {
@@ -775,7 +775,7 @@ mod tests {
                 panic!("event {n} does not decode")
             };
             let kind = event.kind;
-            let body = body_with_seq(event.body, seq);
+            let body = event.body.with_seq(seq);
             log.execute(
                 "INSERT INTO events VALUES (?1, 1, ?2, ?3, ?4)",
                 rusqlite::params![seq as i64, n as i64, kind.tag(), body],
