@@ -8,6 +8,13 @@
 //! host's cursor to 0**: the cursors counted the old protocol's sequence numbers, which
 //! mean nothing to a host speaking the new one. After the upgrade the relay's sequence
 //! starts again at 1 and each host is read from the start of what it still serves.
+//!
+//! Migration 6 dropped the event log's `UNIQUE (host_id, upstream_seq)` index. It never
+//! decided anything: the sequencer drops every event at or below its host's cursor, and the
+//! cursor is written in the same transaction as the events that move it, so a duplicate
+//! never reaches a commit. It did cost every event one more B-tree page written to the WAL
+//! and again at the checkpoint (one of about four; BENCHMARKS.md, "The event log's dedup
+//! index"). The migration copies the log once, which takes as long as the log is big.
 
 use rusqlite::Connection;
 
@@ -24,7 +31,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         consecutive_failures INTEGER NOT NULL DEFAULT 0
     );",
     // 2: the event log. `seq` is the relay's own sequence; (host, upstream_seq) is unique
-    // so an event can never be persisted twice.
+    // so an event can never be persisted twice (until migration 6).
     "CREATE TABLE events (
         seq INTEGER PRIMARY KEY,
         host_id INTEGER NOT NULL,
@@ -66,6 +73,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
         active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
         status TEXT
     ) WITHOUT ROWID;",
+    // 6: the event log without its UNIQUE (host_id, upstream_seq) index (see the module
+    // docs): the table is rebuilt, as SQLite drops a constraint, its rows kept.
+    "CREATE TABLE events_without_index (
+        seq INTEGER PRIMARY KEY,
+        host_id INTEGER NOT NULL,
+        upstream_seq INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('#commit', '#sync', '#identity', '#account')),
+        body BLOB NOT NULL
+    );
+    INSERT INTO events_without_index (seq, host_id, upstream_seq, kind, body)
+        SELECT seq, host_id, upstream_seq, kind, body FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_without_index RENAME TO events;",
 ];
 
 /// The schema version this build writes.

@@ -6,7 +6,8 @@
 //!
 //! An event batch and the host cursors it advances are written in one transaction, so a
 //! restart resumes each upstream exactly after the last event that was persisted: nothing
-//! committed is lost and nothing is persisted twice.
+//! committed is lost and nothing is persisted twice (the sequencer drops what a host's
+//! cursor already covers; the log has no index on the host's seq to say so again).
 //!
 //! Commits are durable before they return (unless `store.durable_commits` is off): WAL
 //! with `synchronous = FULL`, so the WAL is synced at every commit and a power loss or OS crash cannot take back a commit whose

@@ -54,8 +54,52 @@ fn a_newer_schema_is_refused() {
     let error = Store::open(&path).unwrap_err().to_string();
     assert_eq!(
         error,
-        "database content is invalid: schema version 99 is newer than this build's 5"
+        "database content is invalid: schema version 99 is newer than this build's 6"
     );
+}
+
+#[test]
+fn the_log_keeps_its_events_when_its_dedup_index_is_dropped() {
+    let path = temp_db("dedup_index");
+    {
+        let mut connection = Connection::open(&path).unwrap();
+        let transaction = connection.transaction().unwrap();
+        for migration in &super::migrations::MIGRATIONS[..5] {
+            transaction.execute_batch(migration).unwrap();
+        }
+        transaction
+            .execute_batch(
+                "INSERT INTO hosts (hostname, cursor) VALUES ('a.example', 8);
+                 INSERT INTO events VALUES (1, 1, 7, '#identity', x'a0');
+                 INSERT INTO events VALUES (2, 1, 8, '#account', x'a1');
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+        transaction.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let kept = store.events_after(0, Page::events(10)).unwrap();
+    assert_eq!(
+        kept.iter()
+            .map(|event| (event.seq, event.upstream_seq, event.kind, &event.body[..]))
+            .collect::<Vec<_>>(),
+        [
+            (1, 7, Kind::Identity, &b"\xa0"[..]),
+            (2, 8, Kind::Account, &b"\xa1"[..])
+        ]
+    );
+    assert_eq!(store.hosts().unwrap()[0].cursor, 8);
+    let indexes: i64 = store
+        .lock()
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'events'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0, "the log has no index but its seq");
+    store.commit_events(&[event(3, 1, 9)]).unwrap();
+    assert_eq!(store.event_bounds().unwrap(), Some((1, 3)));
 }
 
 #[test]
@@ -102,9 +146,9 @@ fn a_failed_batch_leaves_nothing_behind() {
     let store = Store::open(&temp_db("atomic")).unwrap();
     store.add_hosts(["a.example"]).unwrap();
     store.commit_events(&[event(1, 1, 1)]).unwrap();
-    // seq 3 is fine but (host 1, upstream 1) is already persisted: the whole batch fails.
+    // seq 2 is fine but seq 1 is already in the log: the whole batch fails.
     let error = store
-        .commit_events(&[event(2, 1, 2), event(3, 1, 1)])
+        .commit_events(&[event(2, 1, 2), event(1, 1, 3)])
         .unwrap_err();
     assert!(error.to_string().contains("UNIQUE"), "{error}");
     assert_eq!(store.event_bounds().unwrap(), Some((1, 1)));
@@ -327,9 +371,12 @@ fn accounts_are_written_with_their_events_and_read_back() {
             ("did:plc:b".to_owned(), "3aaaaaaaaaaa2".to_owned())
         ]
     );
-    // A batch that fails leaves the accounts as they were.
+    // A batch that fails (its second event repeats seq 6) leaves the accounts as they were.
     assert!(store
-        .commit_events(&[with(6, "did:plc:d", AccountChange::Seen), event(7, host, 1)])
+        .commit_events(&[
+            with(6, "did:plc:d", AccountChange::Seen),
+            event(6, host, 99)
+        ])
         .is_err());
     assert_eq!(store.account("did:plc:d").unwrap(), None);
 }

@@ -997,17 +997,17 @@ async fn an_event_the_log_refuses_is_rejected_and_the_rest_commit() {
         .unwrap()
         .add_hosts(["127.0.0.1", "localhost"])
         .unwrap();
-    // A database whose event log already holds host B's event 1 while B's cursor says 0
-    // (restored from a backup, edited by hand): B's event 1 breaks UNIQUE(host, upstream
-    // seq) on every commit. Before the fix the sequencer retried that batch forever and no
-    // host's events were persisted again.
+    // A database that refuses host B's event 1 (a trigger: a hand edit, another tool's
+    // rule) with a constraint error, on every commit that carries it. Before the fix the
+    // sequencer retried that batch forever and no host's events were persisted again.
     {
         let connection = rusqlite::Connection::open(&db).unwrap();
         connection
-            .execute(
-                "INSERT INTO events (seq, host_id, upstream_seq, kind, body)
-                 SELECT 1, id, 1, '#commit', x'a0' FROM hosts WHERE hostname = 'localhost'",
-                [],
+            .execute_batch(
+                "CREATE TRIGGER refuse_b_1 BEFORE INSERT ON events
+                 WHEN NEW.upstream_seq = 1
+                  AND NEW.host_id = (SELECT id FROM hosts WHERE hostname = 'localhost')
+                 BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END;",
             )
             .unwrap();
     }
