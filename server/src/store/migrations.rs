@@ -13,7 +13,7 @@
 //! decided anything: the sequencer drops every event at or below its host's cursor, and the
 //! cursor is written in the same transaction as the events that move it, so a duplicate
 //! never reaches a commit. It did cost every event one more B-tree page written to the WAL
-//! and again at the checkpoint (one of about four; BENCHMARKS.md, "The event log's dedup
+//! and again at the checkpoint (one of about four; BENCHMARKS.md, "One decode, no dedup
 //! index"). The migration copies the log once, which takes as long as the log is big.
 
 use rusqlite::Connection;
