@@ -58,25 +58,31 @@ fn a_newer_schema_is_refused() {
     );
 }
 
+/// A database an older build left: schema `version`, holding what `rows` inserts.
+fn database_at_version(name: &str, version: usize, rows: &str) -> std::path::PathBuf {
+    let path = temp_db(name);
+    let mut connection = Connection::open(&path).unwrap();
+    let transaction = connection.transaction().unwrap();
+    for migration in &super::migrations::MIGRATIONS[..version] {
+        transaction.execute_batch(migration).unwrap();
+    }
+    transaction.execute_batch(rows).unwrap();
+    transaction
+        .pragma_update(None, "user_version", version)
+        .unwrap();
+    transaction.commit().unwrap();
+    path
+}
+
 #[test]
 fn the_log_keeps_its_events_when_its_dedup_index_is_dropped() {
-    let path = temp_db("dedup_index");
-    {
-        let mut connection = Connection::open(&path).unwrap();
-        let transaction = connection.transaction().unwrap();
-        for migration in &super::migrations::MIGRATIONS[..5] {
-            transaction.execute_batch(migration).unwrap();
-        }
-        transaction
-            .execute_batch(
-                "INSERT INTO hosts (hostname, cursor) VALUES ('a.example', 8);
-                 INSERT INTO events VALUES (1, 1, 7, '#identity', x'a0');
-                 INSERT INTO events VALUES (2, 1, 8, '#account', x'a1');
-                 PRAGMA user_version = 5;",
-            )
-            .unwrap();
-        transaction.commit().unwrap();
-    }
+    let path = database_at_version(
+        "dedup_index",
+        5,
+        "INSERT INTO hosts (hostname, cursor) VALUES ('a.example', 8);
+         INSERT INTO events VALUES (1, 1, 7, '#identity', x'a0');
+         INSERT INTO events VALUES (2, 1, 8, '#account', x'a1');",
+    );
     let store = Store::open(&path).unwrap();
     let kept = store.events_after(0, Page::events(10)).unwrap();
     assert_eq!(
@@ -104,22 +110,12 @@ fn the_log_keeps_its_events_when_its_dedup_index_is_dropped() {
 
 #[test]
 fn the_json_era_log_is_dropped_and_the_host_cursors_reset() {
-    let path = temp_db("json_era");
-    {
-        let mut connection = Connection::open(&path).unwrap();
-        let transaction = connection.transaction().unwrap();
-        for migration in &super::migrations::MIGRATIONS[..3] {
-            transaction.execute_batch(migration).unwrap();
-        }
-        transaction
-            .execute_batch(
-                "INSERT INTO hosts (hostname, cursor) VALUES ('a.example', 7);
-                 INSERT INTO events VALUES (1, 1, 7, 'post', '{\"n\":7}');
-                 PRAGMA user_version = 3;",
-            )
-            .unwrap();
-        transaction.commit().unwrap();
-    }
+    let path = database_at_version(
+        "json_era",
+        3,
+        "INSERT INTO hosts (hostname, cursor) VALUES ('a.example', 7);
+         INSERT INTO events VALUES (1, 1, 7, 'post', '{\"n\":7}');",
+    );
     let store = Store::open(&path).unwrap();
     assert_eq!(store.event_bounds().unwrap(), None);
     assert_eq!(store.hosts().unwrap()[0].cursor, 0);
