@@ -8,7 +8,7 @@
 //! asserts a speed; it measures and prints.
 
 use relay::rt::time::now;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
@@ -35,14 +35,15 @@ struct Args {
     dir: PathBuf,
 }
 
-/// Events per second committing `events` events in batches of `batch` to a fresh database.
-fn commit_rate(
-    dir: &Path,
-    durable: bool,
-    events: u64,
-    batch: u64,
-    body_bytes: usize,
-) -> anyhow::Result<f64> {
+/// Events per second committing `args.events` events of `args.body_bytes` in batches of
+/// `batch` to a fresh database in `args.dir`.
+fn commit_rate(args: &Args, durable: bool, batch: u64) -> anyhow::Result<f64> {
+    let Args {
+        events,
+        body_bytes,
+        ref dir,
+        ..
+    } = *args;
     let path = dir.join(format!("store_bench-{}.sqlite", std::process::id()));
     let remove = || {
         for suffix in ["", "-wal", "-shm"] {
@@ -87,20 +88,8 @@ fn main() -> anyhow::Result<()> {
     for &batch in &args.batches {
         let (mut durable, mut normal) = (0f64, 0f64);
         for _ in 0..args.rounds {
-            durable = durable.max(commit_rate(
-                &args.dir,
-                true,
-                args.events,
-                batch,
-                args.body_bytes,
-            )?);
-            normal = normal.max(commit_rate(
-                &args.dir,
-                false,
-                args.events,
-                batch,
-                args.body_bytes,
-            )?);
+            durable = durable.max(commit_rate(&args, true, batch)?);
+            normal = normal.max(commit_rate(&args, false, batch)?);
         }
         println!(
             "{batch:>6} {durable:>16.0} {normal:>16.0} {:>8.2}",

@@ -13,6 +13,7 @@
 //! spliced in place ([`canonical`]); any other is decoded and re-encoded canonically.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 use ipld_core::ipld::Ipld;
 use serde::{Deserialize, Serialize};
@@ -126,9 +127,7 @@ impl Default for Body {
 
 impl Body {
     /// `body` as the relay keeps it: as received when it is canonical, else decoded.
-    pub fn read(
-        body: &[u8],
-    ) -> Result<Self, serde_ipld_dagcbor::DecodeError<std::convert::Infallible>> {
+    pub fn read(body: &[u8]) -> Result<Self, serde_ipld_dagcbor::DecodeError<Infallible>> {
         Ok(match canonical::seq_value(body) {
             Some(seq_value) => Self::Canonical {
                 bytes: body.to_vec(),
@@ -285,18 +284,22 @@ fn decode_checking(payload: &[u8], limits: &Limits, read: Read) -> Result<Incomi
 }
 
 fn typed<T: for<'de> Deserialize<'de>>(kind: &'static str, body: &[u8]) -> Result<T, BadFrame> {
-    serde_ipld_dagcbor::from_slice(body).map_err(|error| BadFrame::Body {
+    serde_ipld_dagcbor::from_slice(body).map_err(bad_body(kind))
+}
+
+/// A `kind` body the decoder refused, as [`BadFrame::Body`].
+fn bad_body(
+    kind: &'static str,
+) -> impl FnOnce(serde_ipld_dagcbor::DecodeError<Infallible>) -> BadFrame {
+    move |error| BadFrame::Body {
         kind,
         error: error.to_string(),
-    })
+    }
 }
 
 fn decode_event(kind: Kind, body: &[u8], limits: &Limits, read: Read) -> Result<Event, BadFrame> {
     let kept = match read {
-        Read::Everything => Body::read(body).map_err(|error| BadFrame::Body {
-            kind: kind.tag(),
-            error: error.to_string(),
-        })?,
+        Read::Everything => Body::read(body).map_err(bad_body(kind.tag()))?,
         Read::Forwarded => Body::default(),
     };
     let (seq, did, rev, commit, inactive_status, time) = match kind {
