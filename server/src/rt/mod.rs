@@ -21,6 +21,8 @@ pub use self::timer::HyperTimer;
 
 #[cfg(madsim)]
 mod flow;
+#[cfg(madsim)]
+mod sleep;
 #[cfg(all(feature = "turmoil", not(madsim)))]
 pub mod switched;
 
@@ -69,7 +71,12 @@ pub fn blocking<R>(work: impl FnOnce() -> R) -> R {
 pub mod time {
     use std::sync::Arc;
 
-    pub use tokio::time::{interval_at, sleep, sleep_until, timeout, Duration, Instant};
+    // madsim's own sleeps set a timer at every poll (see `sleep`); tokio's are used as they are.
+    #[cfg(madsim)]
+    pub use super::sleep::{sleep, sleep_until, timeout, Sleep};
+    pub use tokio::time::{interval_at, Duration, Instant};
+    #[cfg(not(madsim))]
+    pub use tokio::time::{sleep, sleep_until, timeout, Sleep};
 
     /// The current instant of the seam's clock: tokio's in production, madsim's virtual
     /// clock in the tunnel (where tokio's `Instant` *is* `std::time::Instant`, virtualised).

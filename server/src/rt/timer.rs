@@ -1,5 +1,5 @@
-//! A `hyper::rt::Timer` built on `tokio::time`, so hyper's timeouts use whichever clock the
-//! seam provides. (hyper-util's `TokioTimer` panics under madsim because it reaches into
+//! A `hyper::rt::Timer` built on the seam's sleeps ([`super::time`]), so hyper's timeouts use
+//! whichever clock the seam provides. (hyper-util's `TokioTimer` panics under madsim because it reaches into
 //! tokio's timer driver directly.)
 
 use std::future::Future;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pin_project_lite::pin_project! {
     struct HyperSleep {
         #[pin]
-        inner: tokio::time::Sleep,
+        inner: super::time::Sleep,
     }
 }
 
@@ -41,7 +41,7 @@ impl hyper::rt::Timer for HyperTimer {
 
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(HyperSleep {
-            inner: tokio::time::sleep(duration),
+            inner: super::time::sleep(duration),
         })
     }
 
@@ -50,7 +50,7 @@ impl hyper::rt::Timer for HyperTimer {
         #[allow(clippy::useless_conversion)]
         let deadline = deadline.into();
         Box::pin(HyperSleep {
-            inner: tokio::time::sleep_until(deadline),
+            inner: super::time::sleep_until(deadline),
         })
     }
 }

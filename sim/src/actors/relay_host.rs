@@ -3,6 +3,8 @@
 //! stops and observes it through, the [`monitor`] that samples its accounting into the
 //! trace, the [`audit`] of its event log after the run, and the run's database file.
 
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -180,49 +182,123 @@ pub async fn run_relay(config: relay::config::Config, control: Arc<RelayControl>
     control.stopped.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Read the relay's event log from its database file and judge it ([`audit_of`]).
-fn audit(database: &Path, plans: &[Arc<upstream::HostPlan>], emitted_by: Duration) -> Event {
-    let empty = Event::StoreAudit {
-        events: 0,
-        oldest_seq: 0,
-        head_seq: 0,
-        hosts_with_gaps: 0,
-        hosts_behind: 0,
-        first_behind: None,
-    };
-    let Ok(connection) = rusqlite::Connection::open(database) else {
-        return empty;
-    };
-    let bounds = connection.query_row(
-        "SELECT COUNT(*), COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM events",
-        [],
-        |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
+/// Judge the relay's event log from one pass over it ([`audit_of`]); an empty log's audit
+/// when it could not be read.
+fn audit(scan: Option<&LogScan>, plans: &[Arc<upstream::HostPlan>], emitted_by: Duration) -> Event {
+    match scan {
+        Some(scan) => audit_of(
+            scan.events,
+            scan.oldest,
+            scan.head,
+            &scan.per_host,
+            plans,
+            emitted_by,
+        ),
+        None => Event::StoreAudit {
+            events: 0,
+            oldest_seq: 0,
+            head_seq: 0,
+            hosts_with_gaps: 0,
+            hosts_behind: 0,
+            first_behind: None,
         },
-    );
-    let Ok((events, oldest, head)) = bounds else {
-        return empty;
-    };
-    let mut per_host = PerHost::new();
-    if let Ok(mut query) = connection.prepare(
-        "SELECT h.hostname, COUNT(e.seq), COALESCE(MIN(e.upstream_seq), 0), COALESCE(MAX(e.upstream_seq), 0) \
-         FROM hosts h LEFT JOIN events e ON e.host_id = h.id GROUP BY h.id",
-    ) {
-        if let Ok(rows) = query.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, (row.get(1)?, row.get(2)?, row.get(3)?)))
-        }) {
-            per_host.extend(rows.flatten());
-        }
     }
-    audit_of(events, oldest, head, &per_host, plans, emitted_by)
 }
 
 /// A log's events per host: hostname → (count, lowest upstream seq, highest upstream seq).
-pub type PerHost = std::collections::BTreeMap<String, (i64, i64, i64)>;
+pub type PerHost = BTreeMap<String, (i64, i64, i64)>;
+
+/// What one pass over the relay's event log finds for the end-of-run checks (the log has
+/// no index on the host, and each row is read with its body: one pass, not one per check).
+struct LogScan {
+    /// Events in the log.
+    events: i64,
+    /// The lowest relay seq (0 when empty).
+    oldest: i64,
+    /// The highest relay seq (0 when empty).
+    head: i64,
+    /// Every host of the host table (`(0, 0, 0)` for one without events).
+    per_host: PerHost,
+    /// Per consumer range (as [`scan_log`] was given them): the rows of the log in it and
+    /// the XOR of their digests.
+    in_ranges: Vec<(u64, u64)>,
+}
+
+/// One pass over the log: its extent, its events per host, and for each of `ranges` the
+/// rows it holds there and their digest (each row's frame rebuilt from its kind and body as
+/// the relay sends it). `None` when the log cannot be read.
+fn scan_log(log: &rusqlite::Connection, ranges: &[Option<RangeInclusive<u64>>]) -> Option<LogScan> {
+    let mut names = log.prepare("SELECT id, hostname FROM hosts").ok()?;
+    let names: BTreeMap<i64, String> = names
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .ok()?
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let mut by_host: BTreeMap<i64, (i64, i64, i64)> = names
+        .keys()
+        .map(|id| (*id, (0, i64::MAX, i64::MIN)))
+        .collect();
+    let (mut events, mut oldest, mut head) = (0, i64::MAX, i64::MIN);
+    let mut in_ranges = vec![(0u64, 0u64); ranges.len()];
+    let mut query = log
+        .prepare("SELECT seq, host_id, upstream_seq, kind, body FROM events")
+        .ok()?;
+    let mut rows = query.query([]).ok()?;
+    while let Some(row) = rows.next().ok()? {
+        let (seq, host_id, upstream_seq): (i64, i64, i64) =
+            (row.get(0).ok()?, row.get(1).ok()?, row.get(2).ok()?);
+        events += 1;
+        oldest = oldest.min(seq);
+        head = head.max(seq);
+        if let Some((count, low, high)) = by_host.get_mut(&host_id) {
+            *count += 1;
+            *low = (*low).min(upstream_seq);
+            *high = (*high).max(upstream_seq);
+        }
+        let seq = seq as u64;
+        let wanted = |range: &Option<RangeInclusive<u64>>| {
+            range.as_ref().is_some_and(|range| range.contains(&seq))
+        };
+        if !ranges.iter().any(wanted) {
+            continue;
+        }
+        let kind = row
+            .get_ref(3)
+            .ok()
+            .and_then(|kind| kind.as_str().ok())
+            .and_then(stored_kind);
+        let body = row.get_ref(4).ok().and_then(|body| body.as_bytes().ok());
+        let digest = match (kind, body) {
+            (Some(kind), Some(body)) => consumer::event_digest(seq, &event_frame(kind, body)),
+            _ => 0,
+        };
+        for (range, (count, xor)) in ranges.iter().zip(&mut in_ranges) {
+            if wanted(range) {
+                *count += 1;
+                *xor ^= digest;
+            }
+        }
+    }
+    let per_host = by_host
+        .into_iter()
+        .filter_map(|(id, (count, low, high))| {
+            let counts = if count == 0 {
+                (0, 0, 0)
+            } else {
+                (count, low, high)
+            };
+            Some((names.get(&id)?.clone(), counts))
+        })
+        .collect();
+    let bound = |value: i64| if events == 0 { 0 } else { value };
+    Some(LogScan {
+        events,
+        oldest: bound(oldest),
+        head: bound(head),
+        per_host,
+        in_ranges,
+    })
+}
 
 /// The end-of-run audit of an event log of `events` events, relay seqs `oldest..=head`,
 /// `per_host` of them from each host: holes per host (a missing first event included),
@@ -607,25 +683,31 @@ pub fn finish(
     {
         sink.record("world", sent);
     }
+    let tallies: Vec<_> = tallies
+        .into_iter()
+        .map(|ConsumerTally { name, slow, tally }| {
+            let tally = tally.lock().expect("tally lock").clone();
+            (name, slow, tally)
+        })
+        .collect();
+    let ranges: Vec<_> = tallies
+        .iter()
+        .map(|(_, _, tally)| received_whole(tally))
+        .collect();
+    let scan = database
+        .and_then(|database| rusqlite::Connection::open(database).ok())
+        .and_then(|log| scan_log(&log, &ranges));
     let emitted_by = audited_until(scenario);
-    if let (Some(database), Some(_)) = (database, &scenario.upstreams) {
-        sink.record("world", audit(database, plans, emitted_by));
+    if let (Some(_), Some(_)) = (database, &scenario.upstreams) {
+        sink.record("world", audit(scan.as_ref(), plans, emitted_by));
     }
-    let log = database.and_then(|database| rusqlite::Connection::open(database).ok());
     for plan in plans {
         let Some(kind) = plan.hostile else { continue };
         let view = hosts.iter().find(|view| view.hostname == plan.hostname);
-        let persisted = log
+        let persisted = scan
             .as_ref()
-            .and_then(|log| {
-                log.query_row(
-                    "SELECT COUNT(*) FROM events e JOIN hosts h ON h.id = e.host_id WHERE h.hostname = ?1",
-                    [&plan.hostname],
-                    |row| row.get::<_, i64>(0),
-                )
-                .ok()
-            })
-            .unwrap_or(0);
+            .and_then(|scan| scan.per_host.get(&plan.hostname))
+            .map_or(0, |(count, _, _)| *count);
         sink.record(
             &plan.hostname,
             Event::HostileOutcome {
@@ -659,20 +741,13 @@ pub fn finish(
             );
         }
     }
-    let tallies: Vec<_> = tallies
-        .into_iter()
-        .map(|ConsumerTally { name, slow, tally }| {
-            let tally = tally.lock().expect("tally lock").clone();
-            (name, slow, tally)
-        })
-        .collect();
-    let agreements = match &log {
-        Some(log) => {
-            let tallies: Vec<_> = tallies.iter().map(|(_, _, tally)| tally).collect();
-            logs_agree(log, &tallies)
-        }
-        None => vec![None; tallies.len()],
-    };
+    let agreements = logs_agree(
+        scan.as_ref(),
+        &tallies
+            .iter()
+            .map(|(_, _, tally)| tally)
+            .collect::<Vec<_>>(),
+    );
     for ((name, slow, tally), log_agrees) in tallies.into_iter().zip(agreements) {
         sink.record(
             &name,
@@ -692,57 +767,25 @@ pub fn finish(
     }
 }
 
+/// The relay seqs a consumer received whole (`first_seq..=last_seq`, each once), if any.
+fn received_whole(tally: &consumer::Tally) -> Option<RangeInclusive<u64>> {
+    let (first, last) = (tally.first_seq, tally.last_seq);
+    (first != 0 && tally.frames == last - first + 1).then_some(first..=last)
+}
+
 /// For each consumer, whether the events it received (its digest over relay seqs
 /// `first_seq..=last_seq`, each received once) are the ones the event log holds under those
-/// seqs — each row's frame rebuilt from its kind and body as the relay sends it; `None` when
-/// the two cannot be compared: nothing received, a range the consumer did not receive
-/// whole, or rows the log no longer holds (retention). One pass over the log serves every
-/// consumer.
-fn logs_agree(log: &rusqlite::Connection, tallies: &[&consumer::Tally]) -> Vec<Option<bool>> {
-    let comparable = |tally: &consumer::Tally| {
-        let (first, last) = (tally.first_seq, tally.last_seq);
-        (first != 0 && tally.frames == last - first + 1).then_some(first..=last)
-    };
-    let ranges: Vec<_> = tallies.iter().map(|tally| comparable(tally)).collect();
-    // Per consumer: the rows of its range the log holds, and their digest.
-    let mut seen = vec![(0u64, 0u64); tallies.len()];
-    let low = ranges.iter().flatten().map(|range| *range.start()).min();
-    let high = ranges.iter().flatten().map(|range| *range.end()).max();
-    let scanned = low.zip(high).and_then(|(low, high)| {
-        let mut query = log
-            .prepare("SELECT seq, kind, body FROM events WHERE seq BETWEEN ?1 AND ?2")
-            .ok()?;
-        let mut rows = query.query([low as i64, high as i64]).ok()?;
-        while let Ok(Some(row)) = rows.next() {
-            let (Ok(seq), Ok(kind), Ok(body)) = (
-                row.get::<_, i64>(0),
-                row.get_ref(1)
-                    .map(|kind| kind.as_str().ok().and_then(stored_kind)),
-                row.get_ref(2).map(|body| body.as_bytes().ok()),
-            ) else {
-                continue;
-            };
-            let seq = seq as u64;
-            let digest = match (kind, body) {
-                (Some(kind), Some(body)) => consumer::event_digest(seq, &event_frame(kind, body)),
-                _ => 0,
-            };
-            for (range, (count, xor)) in ranges.iter().zip(&mut seen) {
-                if range.as_ref().is_some_and(|range| range.contains(&seq)) {
-                    *count += 1;
-                    *xor ^= digest;
-                }
-            }
-        }
-        Some(())
-    });
+/// seqs, as `scan` (made with each tally's [`received_whole`] range) found them; `None` when
+/// the two cannot be compared: the log could not be read, nothing received, a range the
+/// consumer did not receive whole, or rows the log no longer holds (retention).
+fn logs_agree(scan: Option<&LogScan>, tallies: &[&consumer::Tally]) -> Vec<Option<bool>> {
     tallies
         .iter()
-        .zip(ranges.iter().zip(seen))
-        .map(|(tally, (range, (count, digest)))| {
-            scanned?;
-            range.as_ref()?;
-            (count == tally.frames).then_some(digest == tally.digest)
+        .enumerate()
+        .map(|(index, tally)| {
+            let (count, digest) = scan?.in_ranges.get(index)?;
+            received_whole(tally)?;
+            (*count == tally.frames).then_some(*digest == tally.digest)
         })
         .collect()
 }
@@ -758,12 +801,19 @@ mod tests {
     use super::*;
     use relay::atproto::frame::{decode, Incoming, Limits};
 
+    /// [`logs_agree`] on one consumer, after a scan of `log` for its range.
+    fn agrees(log: &rusqlite::Connection, tally: &consumer::Tally) -> Option<bool> {
+        let scan = scan_log(log, &[received_whole(tally)]);
+        logs_agree(scan.as_ref(), &[tally])[0]
+    }
+
     #[test]
     fn a_consumer_s_digest_matches_the_log_s() {
         let repos = super::super::repo::Repos::new(5, Duration::from_millis(20), 0);
         let log = rusqlite::Connection::open_in_memory().unwrap();
         log.execute_batch(
-            "CREATE TABLE events (seq INTEGER PRIMARY KEY, host_id INTEGER, \
+            "CREATE TABLE hosts (id INTEGER PRIMARY KEY, hostname TEXT); \
+             CREATE TABLE events (seq INTEGER PRIMARY KEY, host_id INTEGER, \
              upstream_seq INTEGER, kind TEXT, body BLOB)",
         )
         .unwrap();
@@ -789,20 +839,12 @@ mod tests {
                 tally.first_seq = seq;
             }
         }
-        assert_eq!(logs_agree(&log, &[&tally])[0], Some(true));
+        assert_eq!(agrees(&log, &tally), Some(true));
         log.execute("UPDATE events SET body = x'00' || body WHERE seq = 250", [])
             .unwrap();
-        assert_eq!(
-            logs_agree(&log, &[&tally])[0],
-            Some(false),
-            "one changed body shows"
-        );
+        assert_eq!(agrees(&log, &tally), Some(false), "one changed body shows");
         tally.frames -= 1;
-        assert_eq!(
-            logs_agree(&log, &[&tally])[0],
-            None,
-            "a range not received whole"
-        );
+        assert_eq!(agrees(&log, &tally), None, "a range not received whole");
     }
 
     #[test]
