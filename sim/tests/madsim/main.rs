@@ -14,6 +14,7 @@ use windtunnel::scenario::Scenario;
 use windtunnel::worlds::madsim::Madsim;
 use windtunnel::worlds::{Engine, SeedRun};
 
+mod seam_sleep;
 #[path = "../support/mod.rs"]
 mod support;
 use support::load;
