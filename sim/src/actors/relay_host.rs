@@ -696,6 +696,10 @@ pub fn finish(
         .collect();
     let scan = database
         .and_then(|database| rusqlite::Connection::open(database).ok())
+        .inspect(|log| {
+            // Pages mapped, not copied by a read call each: the pass reads the whole log.
+            let _ = log.pragma_update(None, "mmap_size", 1_i64 << 40);
+        })
         .and_then(|log| scan_log(&log, &ranges));
     let emitted_by = audited_until(scenario);
     if let (Some(_), Some(_)) = (database, &scenario.upstreams) {
