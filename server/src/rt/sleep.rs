@@ -7,14 +7,13 @@
 //! of its task, so every read left timers behind, due up to `read_idle_timeout_ms` later;
 //! each of them woke its task for nothing when it fell due, and the poll that followed set
 //! yet another one. Over a long session a worker carried one timer for every wake-up it
-//! ever had, and the heap (hundreds of thousands of timers in `cold_start_network`) and the
-//! spurious polls cost more than the reads.
+//! ever had (BENCHMARKS.md, "One timer per sleep": the timer heap fell from 6.2% to 4.2% of
+//! `cold_start_network`).
 //!
-//! [`Sleep`] wraps madsim's: it polls the inner sleep (setting a timer) only when its deadline
-//! has no timer yet, and the timer wakes the task through a slot that the latest poll fills
-//! and that dropping the sleep empties, so a timer outliving its sleep wakes nobody. Nothing
-//! else changes: the same deadlines (madsim's 1 ms minimum included) and the same order of
-//! completion.
+//! [`Sleep`] wraps madsim's: it polls the inner sleep (setting a timer) once, and the timer
+//! wakes the task through a slot that the latest poll fills and that dropping the sleep
+//! empties, so a timer outliving its sleep wakes nobody. Nothing else changes: the same
+//! deadlines (madsim's 1 ms minimum included) and the same order of completion.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -51,8 +50,8 @@ impl Wake for WakeSlot {
 /// A sleep until a deadline (see the module docs). [`sleep`] and [`sleep_until`] make one.
 pub struct Sleep {
     inner: tokio::time::Sleep,
-    /// The deadline a timer has been set for, if any.
-    timer_set_for: Option<Instant>,
+    /// Whether the timer for the deadline is set.
+    timer_set: bool,
     slot: Arc<WakeSlot>,
 }
 
@@ -70,25 +69,9 @@ impl Sleep {
     fn of(inner: tokio::time::Sleep) -> Self {
         Self {
             inner,
-            timer_set_for: None,
+            timer_set: false,
             slot: Arc::default(),
         }
-    }
-
-    /// When the sleep ends.
-    pub fn deadline(&self) -> Instant {
-        self.inner.deadline()
-    }
-
-    /// Whether the deadline has passed.
-    pub fn is_elapsed(&self) -> bool {
-        self.inner.is_elapsed()
-    }
-
-    /// Move the deadline (earlier or later); the next poll sets a timer for it.
-    pub fn reset(self: Pin<&mut Self>, deadline: Instant) {
-        let this = self.get_mut();
-        Pin::new(&mut this.inner).reset(deadline);
     }
 }
 
@@ -101,12 +84,11 @@ impl Future for Sleep {
             return Poll::Ready(());
         }
         this.slot.put(Some(cx.waker()));
-        let deadline = this.inner.deadline();
-        if this.timer_set_for != Some(deadline) {
+        if !this.timer_set {
             let through_slot = Waker::from(Arc::clone(&this.slot));
             // Pending (not elapsed, checked above): sets one timer that wakes through the slot.
             let _ = Pin::new(&mut this.inner).poll(&mut Context::from_waker(&through_slot));
-            this.timer_set_for = Some(deadline);
+            this.timer_set = true;
         }
         Poll::Pending
     }
