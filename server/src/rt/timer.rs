@@ -1,6 +1,6 @@
 //! A `hyper::rt::Timer` built on the seam's sleeps ([`super::time`]), so hyper's timeouts use
-//! whichever clock the seam provides. (hyper-util's `TokioTimer` panics under madsim because it reaches into
-//! tokio's timer driver directly.)
+//! whichever clock the seam provides. (hyper-util's `TokioTimer` panics under madsim because
+//! it reaches into tokio's timer driver directly.)
 
 use std::future::Future;
 use std::pin::Pin;

@@ -219,9 +219,9 @@ struct LogScan {
     head: i64,
     /// Every host of the host table (`(0, 0, 0)` for one without events).
     per_host: PerHost,
-    /// Per consumer range (as [`scan_log`] was given them): the rows of the log in it and
-    /// the XOR of their digests.
-    in_ranges: Vec<(u64, u64)>,
+    /// Per range [`scan_log`] was given: the rows of the log in it and the XOR of their
+    /// digests (`None` where no range was given).
+    in_ranges: Vec<Option<(u64, u64)>>,
 }
 
 /// One pass over the log: its extent, its events per host, and for each of `ranges` the
@@ -239,7 +239,10 @@ fn scan_log(log: &rusqlite::Connection, ranges: &[Option<RangeInclusive<u64>>]) 
         .map(|id| (*id, (0, i64::MAX, i64::MIN)))
         .collect();
     let (mut events, mut oldest, mut head) = (0, i64::MAX, i64::MIN);
-    let mut in_ranges = vec![(0u64, 0u64); ranges.len()];
+    let mut in_ranges: Vec<Option<(u64, u64)>> = ranges
+        .iter()
+        .map(|range| range.as_ref().map(|_| (0, 0)))
+        .collect();
     let mut query = log
         .prepare("SELECT seq, host_id, upstream_seq, kind, body FROM events")
         .ok()?;
@@ -272,8 +275,8 @@ fn scan_log(log: &rusqlite::Connection, ranges: &[Option<RangeInclusive<u64>>]) 
             (Some(kind), Some(body)) => consumer::event_digest(seq, &event_frame(kind, body)),
             _ => 0,
         };
-        for (range, (count, xor)) in ranges.iter().zip(&mut in_ranges) {
-            if wanted(range) {
+        for (range, found) in ranges.iter().zip(&mut in_ranges) {
+            if let (true, Some((count, xor))) = (wanted(range), found) {
                 *count += 1;
                 *xor ^= digest;
             }
@@ -779,16 +782,15 @@ fn received_whole(tally: &consumer::Tally) -> Option<RangeInclusive<u64>> {
 
 /// For each consumer, whether the events it received (its digest over relay seqs
 /// `first_seq..=last_seq`, each received once) are the ones the event log holds under those
-/// seqs, as `scan` (made with each tally's [`received_whole`] range) found them; `None` when
-/// the two cannot be compared: the log could not be read, nothing received, a range the
-/// consumer did not receive whole, or rows the log no longer holds (retention).
+/// seqs, as `scan` (made with each tally's [`received_whole`] range, in order) found them;
+/// `None` when the two cannot be compared: the log could not be read, nothing received, a
+/// range the consumer did not receive whole, or rows the log no longer holds (retention).
 fn logs_agree(scan: Option<&LogScan>, tallies: &[&consumer::Tally]) -> Vec<Option<bool>> {
     tallies
         .iter()
         .enumerate()
         .map(|(index, tally)| {
-            let (count, digest) = scan?.in_ranges.get(index)?;
-            received_whole(tally)?;
+            let (count, digest) = scan?.in_ranges.get(index)?.as_ref()?;
             (*count == tally.frames).then_some(*digest == tally.digest)
         })
         .collect()
