@@ -75,19 +75,20 @@ unset LOOM_MAX_PREEMPTIONS LOOM_MAX_DURATION LOOM_MAX_PERMUTATIONS LOOM_MAX_BRAN
 # replace it. Loom builds set their own RUSTFLAGS below.
 unset RUSTFLAGS
 # Simulator builds: the `cargo sim` alias as is, plus incremental compilation, no debug
-# info and opt-level 1 for the three workspace crates (the dependencies keep the alias's
-# profile and stay cached). A patch then costs a 5-50 s rebuild instead of minutes (builds
-# were 801 s of a 970 s museum at opt-level 3, 736 s of 913 s at 1, the exhibits' runs 143
-# and 151 s: BENCHMARKS.md, "The gate"); the behaviour, hence every trace hash, is the same
-# as `cargo sim`'s.
+# info and opt-level 0 for the three workspace crates (the dependencies keep the alias's
+# profile and stay cached). A patch then costs a 3-20 s rebuild instead of minutes: LLVM's
+# optimisation of the two crates a patch rebuilds was most of a build. Builds and runs:
+# 801 + 143 s of a 970 s museum at opt-level 3, 736 + 151 s of 913 s at 1, 278 + 253 s of
+# 559 s at 0 (the unoptimised exhibits run slower, the builds shrink more: BENCHMARKS.md,
+# "The gate"). The behaviour, hence every trace hash, is the same as `cargo sim`'s.
 sim_cargo=(cargo --locked
   --config profile.release.incremental=true
   --config profile.release.package.relay.debug=0
   --config profile.release.package.relay-lifecycle.debug=0
   --config profile.release.package.windtunnel.debug=0
-  --config profile.release.package.relay.opt-level=1
-  --config profile.release.package.relay-lifecycle.opt-level=1
-  --config profile.release.package.windtunnel.opt-level=1)
+  --config profile.release.package.relay.opt-level=0
+  --config profile.release.package.relay-lifecycle.opt-level=0
+  --config profile.release.package.windtunnel.opt-level=0)
 loom_cargo=(env "RUSTFLAGS=--cfg loom" cargo test --locked -q -p loom-tests --release --target-dir "$out/loom")
 loom_model='^loom ([a-z_0-9]+)$'
 unit_test='^test ([a-z_-]+) (--test [a-z_0-9]+ )?([a-z_0-9:]+)$'
