@@ -75,12 +75,12 @@ pub struct Tally {
 }
 
 /// Which hosts' events consumers time, and how: every steady polite host (event `n` sent
-/// `n · interval` after the world started, which the event's `rev` or `time` says), by its
-/// index, which its accounts' DIDs name.
+/// at its schedule's offset after the world started, which the event's `rev` or `time`
+/// says), by its index, which its accounts' DIDs name.
 #[derive(Clone, Debug)]
 pub struct SendTimes {
-    /// Event interval of every steady polite host, by host index.
-    pub intervals: BTreeMap<u32, Duration>,
+    /// The schedule of every steady polite host, by host index.
+    pub schedules: BTreeMap<u32, repo::Schedule>,
     /// `fair_share`: events sent before this point of the run are not timed (the startup
     /// ramp); `None` when the scenario does not check it.
     pub fair_share_from: Option<Duration>,
@@ -103,7 +103,7 @@ impl SendTimes {
     /// timed.
     fn sent(&self, event: &frame::Event) -> Option<(u32, Duration)> {
         let (host, _) = repo::host_of(&event.did)?;
-        self.intervals.contains_key(&host).then_some(())?;
+        self.schedules.contains_key(&host).then_some(())?;
         Some((host, repo::sent_at(event)?))
     }
 
@@ -135,17 +135,18 @@ impl SendTimes {
     }
 
     /// What the steady polite hosts sent in each coverage window of a run of `duration`
-    /// (event `n` at `n · interval`, for `n` from 1), as the trace records it; `None` when
-    /// coverage is not counted.
+    /// (event `n` at its schedule's offset, for `n` from 1), as the trace records it; `None`
+    /// when coverage is not counted.
     pub fn coverage_sent(&self, duration: Duration) -> Option<Event> {
         let CoverageWindows { window, within } = self.coverage?;
         let window_us = window.as_micros().max(1);
         let mut sent = vec![0; duration.as_micros().div_ceil(window_us) as usize];
-        for interval in self.intervals.values().filter(|i| !i.is_zero()) {
-            let mut at = *interval;
-            while at < duration {
-                sent[(at.as_micros() / window_us) as usize] += 1;
-                at += *interval;
+        for schedule in self.schedules.values() {
+            for n in 1..=schedule.sent_by(duration) {
+                let at = schedule.offset(n);
+                if at < duration {
+                    sent[(at.as_micros() / window_us) as usize] += 1;
+                }
             }
         }
         Some(Event::CoverageSent {

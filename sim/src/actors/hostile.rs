@@ -1,7 +1,7 @@
 //! The hostile cast: upstream hosts that misbehave, one way each ([`HostileKind`]).
 //!
 //! Each serves the same address and URL as a polite host and, where its misbehaviour
-//! allows, the same events (event `n` due `n · event_interval` after the world started), so
+//! allows, the same events (event `n` due `n · interval` after the world started: a regular schedule), so
 //! the good events it sends before misbehaving must reach the relay's log like any other.
 //! What the relay should make of each kind is the `bad_hosts_isolated` oracle's table.
 //! Frames are atproto's (binary, DAG-CBOR), so each misbehaviour is one a real host could
@@ -224,7 +224,7 @@ mod tests {
             ip: std::net::Ipv4Addr::new(172, 16, 0, 8),
             dead: None,
             handshake_latency: Duration::ZERO,
-            event_interval: Duration::from_secs(1),
+            schedule: crate::actors::repo::Schedule::regular(Duration::from_secs(1)),
             flap: None,
             body_pad_bytes: 0,
             hostile: Some(HostileKind::Oversize),

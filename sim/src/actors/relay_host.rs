@@ -335,7 +335,7 @@ pub fn audit_of(
         .iter()
         .filter(|plan| plan.dead.is_none() && plan.flap.is_none() && plan.hostile.is_none())
         .filter(|plan| {
-            let emitted = (emitted_by.as_micros() / plan.event_interval.as_micros().max(1)) as i64;
+            let emitted = plan.schedule.sent_by(emitted_by) as i64;
             per_host
                 .get(&plan.hostname)
                 .is_none_or(|(_, _, high)| *high < emitted)
@@ -588,13 +588,13 @@ pub fn send_times(
     if fair_share_from.is_none() && coverage.is_none() {
         return None;
     }
-    let intervals = plans
+    let schedules = plans
         .iter()
         .filter(|plan| plan.dead.is_none() && plan.flap.is_none() && plan.hostile.is_none())
-        .map(|plan| (plan.index, plan.event_interval))
+        .map(|plan| (plan.index, plan.schedule.clone()))
         .collect();
     Some(Arc::new(consumer::SendTimes {
-        intervals,
+        schedules,
         fair_share_from,
         coverage,
     }))
@@ -815,7 +815,11 @@ mod tests {
 
     #[test]
     fn a_consumer_s_digest_matches_the_log_s() {
-        let repos = super::super::repo::Repos::new(5, Duration::from_millis(20), 0);
+        let repos = super::super::repo::Repos::new(
+            5,
+            super::super::repo::Schedule::regular(Duration::from_millis(20)),
+            0,
+        );
         let log = rusqlite::Connection::open_in_memory().unwrap();
         log.execute_batch(
             "CREATE TABLE hosts (id INTEGER PRIMARY KEY, hostname TEXT); \

@@ -3,9 +3,9 @@
 //! few KB, now and then an `#identity` or an `#account`.
 //!
 //! Everything about event `n` of a host is a pure function of (host index, `n`, the host's
-//! event interval), so a resumed subscription is sent the same events again, and every
-//! time in it is simulated time: event `n` is sent `n · interval` after the world started
-//! ([`sent_offset`]), and its `rev`, record keys and `time` say so, counted from
+//! [`Schedule`]), so a resumed subscription is sent the same events again, and every
+//! time in it is simulated time: event `n` is sent at its schedule's offset after the
+//! world started (`n · interval`, or in bursts), and its `rev`, record keys and `time` say so, counted from
 //! [`TIME_BASE_MICROS`] (2026-06-01T00:00:00Z), never from the wall clock. A consumer reads
 //! the send time back from the event ([`sent_at`]) and the host from the DID ([`host_of`]).
 //!
@@ -59,6 +59,7 @@
 //! event only the commit object (new `rev`) is encoded and hashed, the CAR assembled from
 //! the prebuilt sections, and the message encoded.
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ipld_core::cid::Cid;
@@ -151,9 +152,121 @@ pub fn host_of(did_text: &str) -> Option<(u32, u32)> {
     (did(host, account) == did_text).then_some((host, account))
 }
 
-/// When event `n` of a host sending every `interval` is sent, after the world's start.
-pub fn sent_offset(interval: Duration, n: u64) -> Duration {
-    interval * u32::try_from(n).unwrap_or(u32::MAX)
+/// When a host sends its events, after the world's start: event `n` (from 1) at
+/// [`Schedule::offset`]. Regular, one every `interval` (`n · interval`), or in bursts: runs
+/// of events `gap` apart, the run of `s` events followed `s · interval` after its start by
+/// the next run, so the host's long-run rate stays one event per `interval`. A run's size
+/// is geometric (each event is followed by one more with probability `1 − 1/mean`), drawn
+/// from a hash of (the host's burst seed, the run's number): the schedule is a pure
+/// function, and a resumed subscription is sent the same events at the same times.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    interval: Duration,
+    bursts: Option<Arc<Bursts>>,
+}
+
+/// The bursts of a [`Schedule`], in whole microseconds, and the runs drawn so far.
+#[derive(Debug)]
+struct Bursts {
+    seed: u64,
+    /// The long-run time between events.
+    interval_us: u64,
+    /// Time between the events of a run (at least 1, at most the interval).
+    gap_us: u64,
+    /// An event is followed by one more in its run when a draw is below this (`2^64 ·
+    /// (1 − 1/mean)`).
+    more_below: u64,
+    /// `firsts[b]`: how many events come before run `b`, for every run drawn so far and
+    /// the next (`firsts[0] = 0`).
+    firsts: Mutex<Vec<u64>>,
+}
+
+impl Schedule {
+    /// One event every `interval`.
+    pub fn regular(interval: Duration) -> Self {
+        Self {
+            interval,
+            bursts: None,
+        }
+    }
+
+    /// Runs of `mean` events on average, `gap` apart, at a long-run rate of one event every
+    /// `interval`; `seed` draws the run sizes. Times are whole microseconds (as a TID's),
+    /// the gap at least one and at most the interval. A mean of 1 is [`Schedule::regular`].
+    pub fn bursts(interval: Duration, mean: f64, gap: Duration, seed: u64) -> Self {
+        if mean <= 1.0 {
+            return Self::regular(interval);
+        }
+        let interval_us = (interval.as_micros() as u64).max(1);
+        Self {
+            interval,
+            bursts: Some(Arc::new(Bursts {
+                seed,
+                interval_us,
+                gap_us: (gap.as_micros() as u64).clamp(1, interval_us),
+                more_below: ((1.0 - 1.0 / mean) * 2f64.powi(64)) as u64,
+                firsts: Mutex::new(vec![0]),
+            })),
+        }
+    }
+
+    /// The long-run time between events.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// When event `n` is sent (event 0: at the start).
+    pub fn offset(&self, n: u64) -> Duration {
+        let Some(bursts) = &self.bursts else {
+            return self.interval * u32::try_from(n).unwrap_or(u32::MAX);
+        };
+        let Some(before) = n.checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        let firsts = bursts.drawn_until(|last| last > before);
+        let run = firsts.partition_point(|&first| first <= before) - 1;
+        let into_run = before - firsts[run];
+        Duration::from_micros(bursts.run_start_us(firsts[run]) + bursts.gap_us * into_run)
+    }
+
+    /// How many events are sent by `offset`: the number of the one sent at `offset`.
+    pub fn sent_by(&self, offset: Duration) -> u64 {
+        let offset_us = offset.as_micros() as u64;
+        let Some(bursts) = &self.bursts else {
+            return offset_us / (self.interval.as_micros() as u64).max(1);
+        };
+        let firsts = bursts.drawn_until(|last| bursts.run_start_us(last) > offset_us);
+        let started = firsts.partition_point(|&first| bursts.run_start_us(first) <= offset_us);
+        let Some(run) = started.checked_sub(1) else {
+            return 0;
+        };
+        let size = firsts[run + 1] - firsts[run];
+        let sent_in_run = (offset_us - bursts.run_start_us(firsts[run])) / bursts.gap_us + 1;
+        firsts[run] + sent_in_run.min(size)
+    }
+}
+
+impl Bursts {
+    /// When the run that follows `before` events starts.
+    fn run_start_us(&self, before: u64) -> u64 {
+        self.interval_us.saturating_mul(before + 1)
+    }
+
+    /// The runs' first events, drawn on until `enough` holds of the last one.
+    fn drawn_until(&self, enough: impl Fn(u64) -> bool) -> MutexGuard<'_, Vec<u64>> {
+        let mut firsts = self.firsts.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let last = *firsts.last().expect("firsts starts with 0");
+            if enough(last) {
+                return firsts;
+            }
+            let run = firsts.len() as u64 - 1;
+            let more = (0..)
+                .take_while(|&more| mix2(mix2(self.seed, run), more) < self.more_below)
+                .count() as u64;
+            firsts.push(last + 1 + more);
+        }
+    }
 }
 
 /// The Unix time, microseconds, of a send `offset` into the world.
@@ -258,8 +371,8 @@ impl Section {
 pub struct Repos {
     /// The host's index (its DIDs name it).
     host: u32,
-    /// Its event interval: event `n` is sent `n · interval` after the world's start.
-    interval: Duration,
+    /// When it sends its events.
+    schedule: Schedule,
     /// The host's commit signature (not verified by anyone yet; 64 bytes as a real one).
     sig: Vec<u8>,
     /// Prebuilt records, [`RECORDS_PER_COLLECTION`] per collection, in [`COLLECTIONS`] order.
@@ -274,7 +387,7 @@ impl std::fmt::Debug for Repos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repos")
             .field("host", &self.host)
-            .field("interval", &self.interval)
+            .field("schedule", &self.schedule)
             .finish_non_exhaustive()
     }
 }
@@ -369,9 +482,9 @@ const WORDS: [&str; 24] = [
 ];
 
 impl Repos {
-    /// Build host `host`'s blocks; its events fall due every `interval`, each commit padded
+    /// Build host `host`'s blocks; its events fall due on `schedule`, each commit padded
     /// with a block of `pad_bytes` (0: none).
-    pub fn new(host: u32, interval: Duration, pad_bytes: u32) -> Self {
+    pub fn new(host: u32, schedule: Schedule, pad_bytes: u32) -> Self {
         let seed = mix(u64::from(host) ^ 0x7265_706f);
         let sig = (0..64).map(|i| (mix2(seed, i) & 0xff) as u8).collect();
         let created = datetime(TIME_BASE_MICROS - 86_400_000_000);
@@ -434,7 +547,7 @@ impl Repos {
             (pad_bytes > 0).then(|| Section::of_ipld(&Ipld::Bytes(vec![b'x'; pad_bytes as usize])));
         Self {
             host,
-            interval,
+            schedule,
             sig,
             records,
             nodes,
@@ -460,7 +573,7 @@ impl Repos {
 
     fn rev(&self, n: u64) -> String {
         tid(
-            micros_at(sent_offset(self.interval, n)),
+            micros_at(self.schedule.offset(n)),
             (self.host & 0x3ff) as u16,
         )
     }
@@ -470,7 +583,7 @@ impl Repos {
         let seq = i128::from(seq);
         let account = self.account_of(n);
         let did = did(self.host, account);
-        let micros = micros_at(sent_offset(self.interval, n));
+        let micros = micros_at(self.schedule.offset(n));
         let time = datetime(micros);
         match self.kind_of(n) {
             Kind::Identity => Message::Identity(Identity {
@@ -498,7 +611,7 @@ impl Repos {
     fn commit(&self, seq: i128, n: u64, account: u32, did: String, time: String) -> Commit {
         let draw = self.draw(n);
         let rev = self.rev(n);
-        let micros = micros_at(sent_offset(self.interval, n));
+        let micros = micros_at(self.schedule.offset(n));
         let since = (n.saturating_sub(SINCE_LOOKBACK).max(1)..n)
             .rev()
             .find(|&k| self.kind_of(k) == Kind::Commit && self.account_of(k) == account)
@@ -742,9 +855,58 @@ mod tests {
     }
 
     #[test]
+    fn a_bursty_schedule_keeps_the_rate_and_every_send_time_names_its_event() {
+        let interval = Duration::from_micros(151_515);
+        let bursty = Schedule::bursts(interval, 4.0, Duration::from_millis(20), 7);
+        let again = Schedule::bursts(interval, 4.0, Duration::from_millis(20), 7);
+        let mut gaps = std::collections::BTreeMap::new();
+        let mut last = Duration::ZERO;
+        for n in 1..=20_000 {
+            let at = bursty.offset(n);
+            assert!(at > last, "event {n} is sent after event {}", n - 1);
+            assert_eq!(bursty.sent_by(at), n, "the send time of event {n} names it");
+            assert_eq!(bursty.sent_by(at - Duration::from_micros(1)), n - 1);
+            *gaps.entry((at - last).as_millis()).or_insert(0) += 1;
+            last = at;
+        }
+        assert_eq!(
+            again.offset(20_000),
+            last,
+            "the same seed draws the same runs"
+        );
+        // 20,000 events at a mean of 4 a run: ~5,000 runs, so ~15,000 gaps of 20 ms.
+        let in_runs = gaps[&20];
+        assert!(
+            (14_000..16_000).contains(&in_runs),
+            "{in_runs} gaps within runs"
+        );
+        let rate = last.as_secs_f64() / 20_000.0 / interval.as_secs_f64();
+        assert!(
+            (0.97..1.03).contains(&rate),
+            "long-run interval off by {rate}"
+        );
+        let regular = Schedule::regular(interval);
+        assert_eq!(regular.offset(3), interval * 3);
+        assert_eq!(regular.sent_by(interval * 3), 3);
+        assert_eq!(
+            Schedule::bursts(interval, 1.0, Duration::from_millis(20), 7).offset(3),
+            interval * 3,
+            "a mean of one is the regular schedule"
+        );
+    }
+
+    #[test]
     fn every_event_decodes_and_tells_its_host_and_send_time() {
-        let interval = Duration::from_millis(150);
-        let repos = Repos::new(42, interval, 0);
+        for schedule in [
+            Schedule::regular(Duration::from_millis(150)),
+            Schedule::bursts(Duration::from_millis(150), 3.0, Duration::from_millis(5), 1),
+        ] {
+            every_event_of_decodes_and_tells_its_host_and_send_time(schedule);
+        }
+    }
+
+    fn every_event_of_decodes_and_tells_its_host_and_send_time(schedule: Schedule) {
+        let repos = Repos::new(42, schedule.clone(), 0);
         let mut kinds = std::collections::BTreeMap::new();
         let mut last_rev = std::collections::BTreeMap::new();
         for n in 1..=2_000 {
@@ -753,7 +915,7 @@ mod tests {
             assert_eq!(event.seq, n);
             *kinds.entry(event.kind).or_insert(0) += 1;
             assert_eq!(host_of(&event.did).map(|(host, _)| host), Some(42));
-            assert_eq!(sent_at(&event), Some(sent_offset(interval, n)));
+            assert_eq!(sent_at(&event), Some(schedule.offset(n)));
             if let Some(rev) = &event.rev {
                 if let Some(previous) = last_rev.insert(event.did.clone(), rev.clone()) {
                     assert!(*rev > previous, "revs grow per account");
@@ -776,7 +938,7 @@ mod tests {
     fn frame_sizes_follow_the_model() {
         let mut sizes: Vec<usize> = (0..64)
             .flat_map(|host| {
-                let repos = Repos::new(host, Duration::from_millis(10), 0);
+                let repos = Repos::new(host, Schedule::regular(Duration::from_millis(10)), 0);
                 (1..=500).filter_map(move |n| match repos.message(n, n) {
                     commit @ Message::Commit(_) => Some(commit.frame().len()),
                     _ => None,
@@ -804,7 +966,7 @@ mod tests {
 
     #[test]
     fn a_commit_frame_is_the_codec_s_encoding() {
-        let repos = Repos::new(9, Duration::from_millis(5), 0);
+        let repos = Repos::new(9, Schedule::regular(Duration::from_millis(5)), 0);
         let mut commits = 0;
         for n in 1..=300 {
             if let Message::Commit(commit) = repos.message(n, n) {
@@ -827,8 +989,8 @@ mod tests {
 
     #[test]
     fn a_padded_commit_carries_its_pad() {
-        let plain = Repos::new(3, Duration::from_secs(1), 0);
-        let padded = Repos::new(3, Duration::from_secs(1), 8_192);
+        let plain = Repos::new(3, Schedule::regular(Duration::from_secs(1)), 0);
+        let padded = Repos::new(3, Schedule::regular(Duration::from_secs(1)), 8_192);
         let n = (1..).find(|&n| plain.kind_of(n) == Kind::Commit).unwrap();
         let grown = padded.frame(n, n).len() - plain.frame(n, n).len();
         assert!((8_192..8_300).contains(&grown), "{grown}");

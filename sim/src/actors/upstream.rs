@@ -2,9 +2,10 @@
 //!
 //! Every host is its own simulated node with its own IP and DNS name, serving atproto's
 //! firehose, `ws://<name>:80/xrpc/com.atproto.sync.subscribeRepos?cursor=N`, in binary
-//! frames. A host's event log is a pure function of time: event `n` exists from
-//! `n · event_interval` after the world started, so a subscriber that resumes from cursor
-//! `c` is sent `c+1 ..` (the catch-up), then live events as they fall due. What event `n`
+//! frames. A host's event log is a pure function of time: event `n` exists from its
+//! [`Schedule`]'s offset after the world started (`n · interval`, or in bursts), so a
+//! subscriber that resumes from cursor `c` is sent `c+1 ..` (the catch-up), then live
+//! events as they fall due. What event `n`
 //! is — a `#commit` of one of the host's accounts, now and then an `#identity` or an
 //! `#account` — is [`super::repo`]'s. Flaky hosts alternate up and down windows (down: new connections are dropped, live
 //! ones cut); dead hosts never answer, each in one of the ways of [`DeadHost`]. A polite
@@ -34,7 +35,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::repo::{sent_offset, Repos};
+use super::repo::{Repos, Schedule};
 use super::rng::thread_rng;
 use super::TraceSink;
 use crate::scenario::{Between, HostStatus, HostileKind, RateSpec, UpstreamsSpec};
@@ -128,8 +129,8 @@ pub struct HostPlan {
     pub dead: Option<DeadHost>,
     /// Delay before completing a WebSocket handshake.
     pub handshake_latency: Duration,
-    /// Time between events.
-    pub event_interval: Duration,
+    /// When it sends its events.
+    pub schedule: Schedule,
     /// Up/down rhythm, for flaky hosts.
     pub flap: Option<Flap>,
     /// Filler in every commit (one more block in its CAR), bytes.
@@ -234,7 +235,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
             let flaky = dead.is_none() && rng.gen_bool(spec.flaky_fraction);
             let mut draw = |range: Between<u64>| rng.gen_range(range.min..=range.max);
             let handshake_latency = Duration::from_millis(draw(spec.handshake_latency_ms));
-            let event_interval = Duration::from_secs(draw(spec.event_interval_s));
+            let schedule = Schedule::regular(Duration::from_secs(draw(spec.event_interval_s)));
             let flap = flaky.then(|| {
                 let up = Duration::from_secs(draw(spec.flaky_up_s));
                 let down = Duration::from_secs(draw(spec.flaky_down_s));
@@ -255,7 +256,7 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
                 ip: host_ip(index),
                 dead,
                 handshake_latency,
-                event_interval,
+                schedule,
                 flap,
                 body_pad_bytes: spec.body_pad_bytes,
                 hostile: None,
@@ -280,17 +281,17 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
             let handshake_latency = Duration::from_millis(
                 rng.gen_range(spec.handshake_latency_ms.min..=spec.handshake_latency_ms.max),
             );
-            let event_interval = match kind {
+            let schedule = Schedule::regular(match kind {
                 HostileKind::Flood => quickest / hostile.flood_factor,
                 _ => quickest,
-            };
+            });
             hosts.push(HostPlan {
                 index,
                 hostname: hostname(index),
                 ip: host_ip(index),
                 dead: None,
                 handshake_latency,
-                event_interval,
+                schedule,
                 flap: None,
                 body_pad_bytes: spec.body_pad_bytes,
                 hostile: Some(kind),
@@ -306,9 +307,11 @@ pub fn plan(spec: &UpstreamsSpec, frame_limit_bytes: usize) -> Vec<HostPlan> {
 /// The longest interval the rate model gives a host (a nearly silent one): a day.
 const RATE_INTERVAL_MAX: Duration = Duration::from_secs(86_400);
 
-/// Replace the live polite hosts' drawn intervals with the rate model's
+/// Replace the live polite hosts' drawn schedules with the rate model's
 /// ([`crate::scenario::RateSpec`]): the shard hosts share `shard_share` of the total
-/// equally, the others the rest by log-normal weights drawn from the world's seed.
+/// equally, the others the rest by log-normal weights drawn from the world's seed; each
+/// host's events come in bursts when `burst_mean` is above 1 (run sizes from a seed drawn
+/// then).
 fn apply_rate_model(
     rate: &RateSpec,
     spec: &UpstreamsSpec,
@@ -343,15 +346,26 @@ fn apply_rate_model(
         .collect();
     let weight_sum: f64 = weights.iter().map(|(_, weight)| weight).sum();
     let total = rate.events_per_second_total;
-    let interval = |per_second: f64| {
-        Duration::from_secs_f64((1.0 / per_second).min(RATE_INTERVAL_MAX.as_secs_f64()))
-            .max(Duration::from_micros(1))
+    let burst_seed = (rate.burst_mean > 1.0).then(|| rng.gen::<u64>());
+    let schedule = |index: usize, per_second: f64| {
+        let interval =
+            Duration::from_secs_f64((1.0 / per_second).min(RATE_INTERVAL_MAX.as_secs_f64()))
+                .max(Duration::from_micros(1));
+        match burst_seed {
+            Some(seed) => Schedule::bursts(
+                interval,
+                rate.burst_mean,
+                Duration::from_millis(rate.burst_gap_ms),
+                seed ^ index as u64,
+            ),
+            None => Schedule::regular(interval),
+        }
     };
     for &index in live.iter().filter(|&&i| is_shard(i)) {
-        hosts[index].event_interval = interval(total * shard_share / shards as f64);
+        hosts[index].schedule = schedule(index, total * shard_share / shards as f64);
     }
     for (index, weight) in weights {
-        hosts[index].event_interval = interval(total * (1.0 - shard_share) * weight / weight_sum);
+        hosts[index].schedule = schedule(index, total * (1.0 - shard_share) * weight / weight_sum);
     }
 }
 
@@ -375,7 +389,7 @@ impl HostPlan {
     /// Wait until event `seq` falls due (`true`), or, if the host goes down first (flaky
     /// hosts), until then (`false`).
     pub async fn wait_due(&self, seq: u64, world_start: Instant) -> bool {
-        let due = sent_offset(self.event_interval, seq);
+        let due = self.schedule.offset(seq);
         let since_start = now().saturating_duration_since(world_start);
         let cut_at = self
             .flap
@@ -392,7 +406,7 @@ impl HostPlan {
     /// The host's repositories (built at the first call).
     pub fn repos(&self) -> &Repos {
         self.repos
-            .get_or_init(|| Repos::new(self.index, self.event_interval, self.body_pad_bytes))
+            .get_or_init(|| Repos::new(self.index, self.schedule.clone(), self.body_pad_bytes))
     }
 
     /// The frame of event `n` sent under sequence number `seq`.
@@ -402,7 +416,7 @@ impl HostPlan {
 
     /// When event `n` falls due.
     pub fn due(&self, n: u64, world_start: Instant) -> Instant {
-        world_start + sent_offset(self.event_interval, n)
+        world_start + self.schedule.offset(n)
     }
 }
 

@@ -74,6 +74,13 @@ pub struct RateSpec {
     /// silent.
     #[serde(default = "default_tail_sigma")]
     pub tail_sigma: f64,
+    /// Events per burst on average (geometric run sizes; 1: no bursts, one event every
+    /// `1/r` s). A host's long-run rate is the same either way.
+    #[serde(default = "default_burst_mean")]
+    pub burst_mean: f64,
+    /// Time between the events of a burst, milliseconds (at most the host's own interval).
+    #[serde(default = "default_burst_gap_ms")]
+    pub burst_gap_ms: u64,
 }
 
 fn default_events_per_second_total() -> f64 {
@@ -86,6 +93,14 @@ fn default_shard_share() -> f64 {
 
 fn default_tail_sigma() -> f64 {
     2.0
+}
+
+fn default_burst_mean() -> f64 {
+    1.0
+}
+
+fn default_burst_gap_ms() -> u64 {
+    20
 }
 
 /// The hostile cast: upstream hosts that each misbehave in one way, numbered after the
@@ -272,6 +287,18 @@ pub(super) fn problems(scenario: &Scenario) -> Vec<Problem> {
                 found.push(Problem::new(
                     "upstreams.rate.tail_sigma",
                     "expected a sigma within 0..=4".into(),
+                ));
+            }
+            if !(1.0..=1_000.0).contains(&rate.burst_mean) {
+                found.push(Problem::new(
+                    "upstreams.rate.burst_mean",
+                    "expected 1 (no bursts) to 1000 events per burst".into(),
+                ));
+            }
+            if !(1..=60_000).contains(&rate.burst_gap_ms) {
+                found.push(Problem::new(
+                    "upstreams.rate.burst_gap_ms",
+                    "expected 1 to 60000 ms between the events of a burst".into(),
                 ));
             }
         }

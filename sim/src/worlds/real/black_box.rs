@@ -188,7 +188,10 @@ pub(super) async fn audit_from_outside(
                 })?;
             let sent = repo::sent_at(&event)
                 .ok_or_else(|| failed(format!("seq {seq} does not say when it was sent")))?;
-            let n = (sent.as_micros() / plan.event_interval.as_micros().max(1)) as i64;
+            if sent > read_until {
+                break;
+            }
+            let n = plan.schedule.sent_by(sent) as i64;
             let (count, low, high) = per_host.entry(plan.hostname.clone()).or_insert((0, n, n));
             *count += 1;
             (*low, *high) = ((*low).min(n), (*high).max(n));
@@ -197,9 +200,6 @@ pub(super) async fn audit_from_outside(
                 oldest = seq;
             }
             head = seq;
-            if sent > read_until {
-                break;
-            }
         }
         Ok(())
     };

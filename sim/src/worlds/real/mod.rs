@@ -597,7 +597,7 @@ mod tests {
             ip: Ipv4Addr::new(172, 16, 12, 209),
             dead,
             handshake_latency: Duration::ZERO,
-            event_interval: Duration::from_secs(1),
+            schedule: crate::actors::repo::Schedule::regular(Duration::from_secs(1)),
             flap: None,
             body_pad_bytes: 0,
             hostile: None,
