@@ -210,11 +210,6 @@ impl Schedule {
         }
     }
 
-    /// The long-run time between events.
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
     /// When event `n` is sent (event 0: at the start).
     pub fn offset(&self, n: u64) -> Duration {
         let Some(bursts) = &self.bursts else {
@@ -229,7 +224,8 @@ impl Schedule {
         Duration::from_micros(bursts.run_start_us(firsts[run]) + bursts.gap_us * into_run)
     }
 
-    /// How many events are sent by `offset`: the number of the one sent at `offset`.
+    /// How many events are sent by `offset`: the number of the one sent at `offset`. Draws
+    /// the runs up to `offset`, so it is asked about times within a run, not eons.
     pub fn sent_by(&self, offset: Duration) -> u64 {
         let offset_us = offset.as_micros() as u64;
         let Some(bursts) = &self.bursts else {
