@@ -5,9 +5,8 @@
 //! frames. A host's event log is a pure function of time: event `n` exists from its
 //! [`Schedule`]'s offset after the world started (`n · interval`, or in bursts), so a
 //! subscriber that resumes from cursor `c` is sent `c+1 ..` (the catch-up), then live
-//! events as they fall due. What event `n`
-//! is — a `#commit` of one of the host's accounts, now and then an `#identity` or an
-//! `#account` — is [`super::repo`]'s. Flaky hosts alternate up and down windows (down: new connections are dropped, live
+//! events as they fall due. What event `n` is — a `#commit` of one of the host's accounts,
+//! now and then an `#identity` or an `#account` — is [`super::repo`]'s. Flaky hosts alternate up and down windows (down: new connections are dropped, live
 //! ones cut); dead hosts never answer, each in one of the ways of [`DeadHost`]. A polite
 //! host's link can be made slower for a while ([`LinkDelay`], the `hosts_latency` fault). Hostile
 //! hosts (numbered after the polite ones) play one misbehaviour each: [`super::hostile`].

@@ -58,7 +58,8 @@ pub struct UpstreamsSpec {
 /// operator's shards) share `shard_share` of it equally; every other live host `i` gets
 /// weight `exp(tail_sigma · Z_i)` (`Z_i` standard normal from the world's seed, a
 /// log-normal tail: most nearly silent, a few busy), and the rest of the total in
-/// proportion to its weight. A host with rate `r` emits one event every `1/r` s. Sources:
+/// proportion to its weight. A host with rate `r` emits one event every `1/r` s, or, with
+/// `burst_mean` above 1, runs of events at the same long-run rate. Sources:
 /// the host table's data card (scenarios/hosts/atproto-hosts-2026-05.md): the firehose runs
 /// at ~600 to over 2,000 events/s, nearly all of it from the large shards.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

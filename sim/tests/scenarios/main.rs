@@ -237,6 +237,20 @@ fn upstream_and_fault_tables_are_validated() {
         message,
         "bad.toml:6:1: upstreams.flaky_fraction: expected a fraction within 0..=1"
     );
+    let message = parse_error(&format!(
+        "{MINIMAL}[upstreams]\nhosts = 10\nrate = {{ burst_mean = 0.5 }}\n"
+    ));
+    assert_eq!(
+        message,
+        "bad.toml:6:10: upstreams.rate.burst_mean: expected 1 (no bursts) to 1000 events per burst"
+    );
+    let message = parse_error(&format!(
+        "{MINIMAL}[upstreams]\nhosts = 10\nrate = {{ burst_mean = 4.0, burst_gap_ms = 0 }}\n"
+    ));
+    assert_eq!(
+        message,
+        "bad.toml:6:28: upstreams.rate.burst_gap_ms: expected 1 to 60000 ms between the events of a burst"
+    );
     let message = parse_error(&format!("{MINIMAL}[upstreams]\nhost = 10\n"));
     assert!(
         message.starts_with("bad.toml:5:1: unknown field `host`"),
