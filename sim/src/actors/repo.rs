@@ -5,9 +5,10 @@
 //! Everything about event `n` of a host is a pure function of (host index, `n`, the host's
 //! [`Schedule`]), so a resumed subscription is sent the same events again, and every
 //! time in it is simulated time: event `n` is sent at its schedule's offset after the
-//! world started (`n · interval`, or in bursts), and its `rev`, record keys and `time` say so, counted from
-//! [`TIME_BASE_MICROS`] (2026-06-01T00:00:00Z), never from the wall clock. A consumer reads
-//! the send time back from the event ([`sent_at`]) and the host from the DID ([`host_of`]).
+//! world started (`n · interval`, or in bursts), and its `rev`, record keys and `time` say
+//! so, counted from [`TIME_BASE_MICROS`] (2026-06-01T00:00:00Z), never from the wall
+//! clock. A consumer reads the send time back from the event ([`sent_at`]) and the host
+//! from the DID ([`host_of`]).
 //!
 //! ## Accounts
 //!
@@ -567,11 +568,14 @@ impl Repos {
         }
     }
 
-    fn rev(&self, n: u64) -> String {
-        tid(
-            micros_at(self.schedule.offset(n)),
-            (self.host & 0x3ff) as u16,
-        )
+    /// The revision of the event sent at Unix time `micros`.
+    fn rev_at(&self, micros: u64) -> String {
+        tid(micros, (self.host & 0x3ff) as u16)
+    }
+
+    /// The Unix time, microseconds, event `n` is sent at.
+    fn micros_of(&self, n: u64) -> u64 {
+        micros_at(self.schedule.offset(n))
     }
 
     /// Event `n`, under sequence number `seq`.
@@ -579,7 +583,7 @@ impl Repos {
         let seq = i128::from(seq);
         let account = self.account_of(n);
         let did = did(self.host, account);
-        let micros = micros_at(self.schedule.offset(n));
+        let micros = self.micros_of(n);
         let time = datetime(micros);
         match self.kind_of(n) {
             Kind::Identity => Message::Identity(Identity {
@@ -595,7 +599,9 @@ impl Repos {
                 active: true,
                 status: None,
             }),
-            Kind::Commit => Message::Commit(Box::new(self.commit(seq, n, account, did, time))),
+            Kind::Commit => {
+                Message::Commit(Box::new(self.commit(seq, n, account, did, micros, time)))
+            }
         }
     }
 
@@ -604,14 +610,22 @@ impl Repos {
         self.message(seq, n).frame()
     }
 
-    fn commit(&self, seq: i128, n: u64, account: u32, did: String, time: String) -> Commit {
+    /// Event `n`'s commit, sent at Unix time `micros` (`time` as a datetime).
+    fn commit(
+        &self,
+        seq: i128,
+        n: u64,
+        account: u32,
+        did: String,
+        micros: u64,
+        time: String,
+    ) -> Commit {
         let draw = self.draw(n);
-        let rev = self.rev(n);
-        let micros = micros_at(self.schedule.offset(n));
+        let rev = self.rev_at(micros);
         let since = (n.saturating_sub(SINCE_LOOKBACK).max(1)..n)
             .rev()
             .find(|&k| self.kind_of(k) == Kind::Commit && self.account_of(k) == account)
-            .map(|k| self.rev(k));
+            .map(|k| self.rev_at(self.micros_of(k)));
         let ops_count = if (draw >> 24).is_multiple_of(BATCH_ONE_IN) {
             2 + (draw >> 32) % 7
         } else {
