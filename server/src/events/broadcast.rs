@@ -70,7 +70,7 @@ pub struct Broadcaster {
     consumers: Mutex<Consumers>,
     memory: Arc<MemoryGuard>,
     head: AtomicU64,
-    /// Mirrors `consumers.by_id.len()`: lets `publish` skip the lock when nobody listens.
+    /// Mirrors `consumers.by_id.len()`, for the counters (read without the lock).
     consumer_count: AtomicUsize,
     kicked_total: AtomicU64,
     mailbox_high_water: AtomicUsize,
@@ -151,15 +151,15 @@ impl Broadcaster {
         let Some(last) = frames.last() else {
             return;
         };
-        if self.consumer_count.load(SeqCst) == 0 {
-            // Zero-consumer fast path; still under the lock so a concurrent subscribe sees
-            // either the old head (and reads these frames from the store) or the new one.
-            let _consumers = self.lock();
-            self.head.store(last.seq, SeqCst);
-            return;
-        }
+        // The head moves and the consumer set is read under one lock hold, so a subscribe
+        // either comes first (registered at the old head, it is offered these frames) or
+        // after (it reads them from the store). Asking whether anyone listens before the lock
+        // lost a frame for a consumer that subscribed in between.
         let consumers = self.lock();
         self.head.store(last.seq, SeqCst);
+        if consumers.by_id.is_empty() {
+            return;
+        }
         // What the consumers that will read their mailboxes hold; kicked ones are on their
         // way out and discard theirs.
         let mut kept: u64 = consumers
@@ -502,5 +502,68 @@ mod tests {
             }
         });
         assert_eq!(memory.stats().kicked_total, 0, "room enough: no one kicked");
+    }
+
+    /// Real parallelism again: the sequencer publishes while consumers subscribe. A
+    /// subscriber registered at head `h` must find `h + 1` in its mailbox, whatever instant
+    /// it registered at. Found by real mode's black box (a consumer saw seq 17 after 15): a
+    /// publish that read "no consumers" before taking the lock stored the new head without
+    /// offering the frame to a consumer that subscribed in between, which then waited for
+    /// it in its mailbox and never read it from the store. Here a thread subscribes, takes
+    /// its first frame and unsubscribes, over and over, while frames are published one at
+    /// a time, so every round's subscribe lands next to a publish that may see no consumer.
+    #[test]
+    fn a_subscriber_receives_every_frame_above_the_head_it_registered_at() {
+        const FRAMES: u64 = 400_000;
+        // Room for every frame, so a subscriber descheduled for a while is never kicked.
+        let memory = Arc::new(MemoryGuard::new(&MemoryConfig {
+            budget_bytes: 1 << 40,
+            shed_at_pct: 80,
+            resume_at_pct: 60,
+        }));
+        let broadcaster = Arc::new(Broadcaster::new(0, Arc::clone(&memory)));
+        let registry = Registry::new(1);
+        let owner = consumer(&registry);
+        let published = std::sync::atomic::AtomicU64::new(0);
+        let rounds = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for seq in 1..=FRAMES {
+                    broadcaster.publish(&[frame(seq)]);
+                    published.store(seq, SeqCst);
+                }
+            });
+            let mut rounds = 0u64;
+            loop {
+                let (subscription, head) =
+                    broadcaster.subscribe(&registry, owner.id(), FRAMES as usize);
+                if head == FRAMES {
+                    return rounds;
+                }
+                let first = loop {
+                    // Read before looking: once everything is published, an empty mailbox
+                    // stays empty.
+                    let all_published = published.load(SeqCst) == FRAMES;
+                    if let Some(first) = take(&subscription, 1).pop() {
+                        break Some(first.seq);
+                    }
+                    if all_published {
+                        break None;
+                    }
+                    std::hint::spin_loop();
+                };
+                assert_eq!(
+                    first,
+                    Some(head + 1),
+                    "subscribed at head {head} (round {rounds}), the mailbox began at {first:?}"
+                );
+                rounds += 1;
+            }
+        });
+        assert!(
+            rounds > 1_000,
+            "only {rounds} rounds overlapped the publishing"
+        );
+        assert_eq!(published.load(SeqCst), FRAMES);
+        assert_eq!(memory.stats().held_bytes, 0, "every byte accounted for");
     }
 }
