@@ -67,7 +67,8 @@ pub struct EventsConfig {
     /// Events kept in the log; older ones are deleted by the retention loop.
     pub retention_events_max: u64,
     /// Content bytes (kind tags and stored bodies) kept in the log; past it the retention loop deletes
-    /// the oldest events, a batch at a time, until the log is back within it.
+    /// the oldest events, a batch at a time, until the log is back within it (the newest
+    /// event always stays).
     pub retention_bytes_max: u64,
     /// How often the retention loop runs, milliseconds.
     pub retention_interval_ms: u64,

@@ -1,5 +1,7 @@
 //! Retention: keeps the event log within `retention_events_max` events and
-//! `retention_bytes_max` content bytes by deleting the oldest.
+//! `retention_bytes_max` content bytes by deleting the oldest — never the newest: the log's
+//! highest sequence number is what a restarted relay sequences on from, so a log emptied
+//! by retention would make it hand out sequence numbers consumers already hold.
 //!
 //! It works in batches of `retention_batch_rows` and takes the persist lock per batch,
 //! releasing it (and yielding) between batches, so the sequencer's commits interleave with
@@ -34,9 +36,10 @@ pub(super) async fn run(events: Arc<Events>, shutdown: StopSignal) {
             let below = head - config.retention_events_max + 1;
             deleted_this_pass += delete_while(&events, batch_rows, || Some(below)).await;
         }
-        // By bytes: the oldest events (up to the head), a batch at a time, until the log fits.
+        // By bytes: the oldest events below the head, a batch at a time, until the log fits
+        // (or only the head is left: one event larger than the budget stays).
         deleted_this_pass += delete_while(&events, batch_rows, || {
-            (events.log_bytes() > config.retention_bytes_max).then_some(head + 1)
+            (events.log_bytes() > config.retention_bytes_max).then_some(head)
         })
         .await;
         if deleted_this_pass > 0 {

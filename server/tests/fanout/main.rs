@@ -513,6 +513,51 @@ async fn a_cursor_older_than_retention_gets_outdated_cursor_then_the_oldest_kept
     relay.stop().await;
 }
 
+/// The byte rule deletes the oldest events but never the newest, even when the budget is
+/// smaller than one event: the log's highest seq is where a restarted relay sequences on
+/// from, and an emptied log made it start again at 1, handing out seqs consumers held.
+#[tokio::test]
+async fn retention_keeps_the_newest_event_so_a_restart_sequences_on() {
+    let db = db_with_upstream("retention-head");
+    let upstream = Upstream::start(0).await;
+    let relay = start(
+        &db,
+        upstream.port,
+        &[
+            "events.retention_bytes_max=1",
+            "events.retention_interval_ms=20",
+        ],
+    )
+    .await;
+    let observer = relay.observer.clone();
+    upstream.emit_to(30);
+    wait_until("retention has passed over all 30 events", || {
+        let events = observer.events();
+        events.head_seq == 30 && events.oldest_seq >= 30
+    })
+    .await;
+    relay.stop().await;
+    let (oldest, head) = Store::open(&db).unwrap().event_bounds().unwrap().unzip();
+    assert_eq!(
+        (oldest, head),
+        (Some(30), Some(30)),
+        "only the newest is left"
+    );
+
+    let relay = start(&db, upstream.port, &[]).await;
+    let observer = relay.observer.clone();
+    assert_eq!(observer.events().head_seq, 30, "sequencing continues");
+    upstream.emit_to(32);
+    let mut consumer = subscribe(relay.addr, 30).await;
+    assert_eq!(read_events_to(&mut consumer, 32, 0).await, range(31, 32));
+    consumer.close(None).await.unwrap();
+    wait_until("every consumer has left", || {
+        observer.connections().open == 0
+    })
+    .await;
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn invalid_consumer_frames_get_a_close_frame_naming_why() {
     let db = temp_db("bad-frames");
