@@ -512,8 +512,10 @@ mod tests {
     /// it in its mailbox and never read it from the store. Here a thread subscribes, takes
     /// its first frame and unsubscribes, round after round, while another publishes frames
     /// one at a time until the rounds are done, so every subscribe lands next to a publish
-    /// that may have seen no consumer. The rounds are counted, not timed: a loaded machine
-    /// makes the test slower, never weaker.
+    /// that may have seen no consumer. The rounds are counted, not timed, so a loaded machine
+    /// makes the test slower, never red on correct code (it does lower the share of rounds
+    /// the two threads truly overlap, hence 30,000 of them: museum exhibit
+    /// `publish_skips_new_subscriber` gives the kill rates).
     #[test]
     fn a_subscriber_receives_every_frame_above_the_head_it_registered_at() {
         const ROUNDS: u64 = 30_000;
@@ -552,8 +554,8 @@ mod tests {
             }
             let _stop_publisher = StopOnDrop(&rounds_done);
             for round in 0..ROUNDS {
-                // A capacity above anything published while this thread is descheduled, so
-                // it is never kicked; it holds one frame at most when it unsubscribes.
+                // A capacity above anything the publisher lets pile up (`HELD_MAX`), so it
+                // is never kicked; what it still holds leaves the account as it unsubscribes.
                 let (subscription, head) = broadcaster.subscribe(&registry, owner.id(), 1 << 20);
                 // The publisher runs until every round is done: a frame comes.
                 let first = loop {
