@@ -315,6 +315,8 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
     use bytes::Bytes;
     use futures_util::FutureExt;
     use relay_lifecycle::ConnOwner;
@@ -336,6 +338,17 @@ mod tests {
         let owner = registry.try_admit(0).unwrap();
         assert!(owner.activate());
         owner
+    }
+
+    /// Sets its flag when dropped, so a helper thread looping until the flag is set stops
+    /// however the test's own thread ends: a failed assertion must fail the test, not leave
+    /// `thread::scope` waiting for a thread that never stops.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, SeqCst);
+        }
     }
 
     /// One batch of what `subscription` holds now, up to `max_bytes` of text (at least one
@@ -472,15 +485,7 @@ mod tests {
                 (owner, subscription)
             })
             .collect();
-        let done = std::sync::atomic::AtomicBool::new(false);
-        /// Stops the rewriting thread however the sorting ends: a panicking sort must fail
-        /// the test, not leave the scope waiting for a thread that never stops.
-        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, SeqCst);
-            }
-        }
+        let done = AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 // A linear congruential sequence: every pass gives every consumer a new,
@@ -495,6 +500,7 @@ mod tests {
                     }
                 }
             });
+            // However the sorting ends: a panicking sort must fail the test.
             let _stop_rewriter = StopOnDrop(&done);
             for _ in 0..SORTS {
                 let consumers = broadcaster.lock();
@@ -524,11 +530,11 @@ mod tests {
         let broadcaster = Arc::new(Broadcaster::new(0, Arc::clone(&memory)));
         let registry = Registry::new(1);
         let owner = consumer(&registry);
-        let rounds_done = std::sync::atomic::AtomicU64::new(0);
+        let done = AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 let mut seq = 0;
-                while rounds_done.load(SeqCst) < ROUNDS {
+                while !done.load(SeqCst) {
                     if memory.stats().held_bytes > HELD_MAX {
                         // The subscriber is descheduled: wait for it rather than pile up
                         // frames (or reach the budget and kick it).
@@ -544,15 +550,7 @@ mod tests {
                     }
                 }
             });
-            /// Stops the publisher however the rounds end: a failed round must fail the
-            /// test, not leave the scope waiting for a thread that never stops.
-            struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicU64);
-            impl Drop for StopOnDrop<'_> {
-                fn drop(&mut self) {
-                    self.0.store(ROUNDS, SeqCst);
-                }
-            }
-            let _stop_publisher = StopOnDrop(&rounds_done);
+            let _stop_publisher = StopOnDrop(&done);
             for round in 0..ROUNDS {
                 // A capacity above anything the publisher lets pile up (`HELD_MAX`), so it
                 // is never kicked; what it still holds leaves the account as it unsubscribes.
@@ -569,7 +567,6 @@ mod tests {
                     head + 1,
                     "subscribed at head {head} (round {round}), the mailbox began at {first}"
                 );
-                rounds_done.store(round + 1, SeqCst);
             }
         });
         assert_eq!(memory.stats().held_bytes, 0, "every byte accounted for");
